@@ -1,0 +1,136 @@
+"""Fault injection: what should go wrong, decided reproducibly.
+
+Two kinds of fault exist. *Result faults* turn one request's result into `errored`, `expired` or
+`canceled`; they come from a marker in the request text or from configured rates, and depend only on
+(seed, custom_id, how many times that custom_id was submitted before), so a retry of a faulted
+request can succeed. *HTTP faults* are queued through `POST /_emulator/faults`, and each one spoils
+exactly one API response.
+
+Marker grammar (anywhere in a request's params, normally in system or message text)::
+
+    [[emulator:fail=<error_type>]]           every submission errors with <error_type>
+    [[emulator:fail=<error_type>:times=<n>]]  the first n submissions of this custom_id error
+    [[emulator:expired]]  [[emulator:canceled]]   (also with :times=<n>, or as fail=expired)
+
+<error_type> is any word, e.g. invalid_request_error, api_error, overloaded_error, timeout_error.
+The first marker found wins. Without `times` the fault is persistent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from batchops.emulator.config import RATE_OUTCOMES
+
+MARKER = re.compile(
+    r"\[\[emulator:(?:fail=(?P<fail>[a-z_]+)|(?P<kind>expired|canceled))(?::times=(?P<times>\d+))?\]\]"
+)
+
+# (result type, error type or None), e.g. ("errored", "api_error") or ("expired", None).
+Outcome = tuple[str, str | None]
+
+
+def _as_outcome(name: str) -> Outcome:
+    return (name, None) if name in ("expired", "canceled") else ("errored", name)
+
+
+def marker_outcome(text: str, attempt: int) -> Outcome | None:
+    """The outcome a marker in `text` asks for on the `attempt`-th submission (0-based)."""
+    if "[[emulator:" not in text:
+        return None
+    m = MARKER.search(text)
+    if m is None:
+        return None
+    times = m.group("times")
+    if times is not None and attempt >= int(times):
+        return None
+    return _as_outcome(m.group("fail") or m.group("kind"))
+
+
+def rate_outcome(
+    seed: int, custom_id: str, attempt: int, rates: dict[str, float]
+) -> Outcome | None:
+    """The outcome configured rates give this submission, or None for a normal result."""
+    if not rates:
+        return None
+    digest = hashlib.sha256(f"{seed}\x00{custom_id}\x00{attempt}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name in RATE_OUTCOMES:  # fixed order, so the same seed means the same faults
+        edge += rates.get(name, 0.0)
+        if u < edge:
+            return _as_outcome(name)
+    return None
+
+
+Endpoint = Literal["create", "retrieve", "list", "results", "cancel", "delete"]
+
+
+class HttpFault(BaseModel):
+    """One spoiled response; `endpoint` None matches any API endpoint.
+
+    kind `status`: answer `status` with an error envelope (and retry-after-ms / x-should-retry
+    when given) without doing the work. `lost_response`: do the work, then close the connection
+    without answering. `truncate`: send headers and the first `after_bytes` of the body, then
+    close. `slow`: wait `delay_seconds`, then answer normally.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["status", "lost_response", "truncate", "slow"] = "status"
+    endpoint: Endpoint | None = None
+    status: int = Field(default=500, ge=400, le=599)
+    error_type: str | None = None
+    message: str | None = None
+    retry_after_ms: int | None = Field(default=None, ge=0)
+    should_retry: bool | None = None
+    after_bytes: int = Field(default=100, ge=0)
+    delay_seconds: float = Field(default=1.0, ge=0)
+
+
+STATUS_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+class FaultQueue:
+    """Pending HTTP faults, each consumed by the first response it matches."""
+
+    def __init__(self) -> None:
+        self._faults: list[HttpFault] = []
+        self._lock = threading.Lock()
+
+    def add(self, faults: list[HttpFault]) -> int:
+        with self._lock:
+            self._faults.extend(faults)
+            return len(self._faults)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending(self) -> list[HttpFault]:
+        with self._lock:
+            return list(self._faults)
+
+    def take(self, endpoint: str) -> HttpFault | None:
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault.endpoint is None or fault.endpoint == endpoint:
+                    return self._faults.pop(i)
+        return None
