@@ -1,0 +1,551 @@
+"""Items: turn a validated job into the exact requests it sends, each with a fingerprint.
+
+An item is one request of a job, named by its key (a data row's key field, an inline item's
+`key`, or a raw request's custom_id). Rendering is streamed — a million-row data file is read
+line by line — and templates run in Jinja2's immutable sandbox with strict undefined variables,
+because specs arrive by pull request: a template may read its row, nothing else.
+
+Fingerprints hash the canonical JSON of the rendered params, so they change exactly when what
+would be sent changes: not when a spec is reformatted or re-described.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from batchops.errors import SpecError
+from batchops.spec import Job, display_path, forbidden_param_problems, utf8_problem
+
+FINGERPRINT_PREFIX = "sha256:"
+CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_PROBLEM_LINES = 50
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_]")
+_UNSAFE_JOB_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_TEMPLATE_MARKERS = ("{{", "{%", "{#")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One request of a job. `params` is shared structure: treat it as read-only."""
+
+    job: str
+    key: str
+    custom_id: str
+    params: dict[str, Any]
+    fingerprint: str
+    row: dict[str, Any] | None
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+def custom_id_for(job: str, key: str) -> str:
+    """The custom_id of item `key` of `job`: deterministic, and valid for any key.
+
+    Shape: `<job[:16]>-<key[:32], [^A-Za-z0-9_] as '_'>-<h>`, where h is the first 12
+    characters of the lowercase base32 sha256 of `job + "\\x1f" + key` (at most 62 characters).
+    To trace a custom_id back without state: the prefix names the job and, for short ASCII keys,
+    the key; otherwise recompute `custom_id_for(job, key)` over the spec's keys and match.
+    """
+    digest = hashlib.sha256(f"{job}\x1f{key}".encode("utf-8", "surrogatepass")).digest()
+    h = base64.b32encode(digest).decode("ascii").lower()[:12]
+    safe_job = _UNSAFE_JOB_CHARS.sub("_", job[:16])
+    safe_key = _UNSAFE_KEY_CHARS.sub("_", key[:32])
+    return f"{safe_job}-{safe_key}-{h}"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False), byte for byte (orjson where it writes the same bytes)."""
+    if _orjson_exact(obj):
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            pass
+    return _json_canonical(obj)
+
+
+def fingerprint(params: dict[str, Any], betas: Sequence[str] = ()) -> str:
+    """`sha256:<hex>` of the canonical request: the params alone, or with the betas if any."""
+    if betas:
+        return _digest(canonical_json({"betas": sorted(betas), "params": params}))
+    return _digest(canonical_json(params))
+
+
+def _digest(data: bytes) -> str:
+    return FINGERPRINT_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def _json_canonical(obj: Any) -> bytes:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _orjson_exact(obj: Any) -> bool:
+    """True when orjson would write `obj` exactly as json.dumps does.
+
+    They differ on floats below 1e-4 (`1e-05` vs `0.00001`), non-finite floats, integers
+    beyond 64 bits and non-string keys; everything else is byte-identical.
+    """
+    if isinstance(obj, str) or obj is None or isinstance(obj, bool):
+        return True
+    if isinstance(obj, int):
+        return -(2**63) <= obj < 2**64
+    if isinstance(obj, float):
+        return math.isfinite(obj) and (obj == 0 or abs(obj) >= 1e-4)
+    if isinstance(obj, dict):
+        return all(type(k) is str and _orjson_exact(v) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return all(_orjson_exact(v) for v in obj)
+    return False
+
+
+# --- templates ----------------------------------------------------------------------------------
+
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+_FILE_NODES = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+
+
+class _Template:
+    """A compiled template string inside the request structure, with the name errors give it."""
+
+    __slots__ = ("name", "render")
+
+    def __init__(self, name: str, render: Callable[..., str]):
+        self.name = name
+        self.render = render
+
+
+def _compile(source: str, name: str, problems: list[str], where: str) -> str | _Template:
+    if not any(marker in source for marker in _TEMPLATE_MARKERS):
+        return source  # plain text: nothing to render, sent as written
+    try:
+        tree = _ENV.parse(source)
+        for node in tree.find_all(_FILE_NODES):
+            tag = type(node).__name__.lower().replace("fromimport", "from-import")
+            problems.append(
+                f"{where}: template {name!r}: {{% {tag} %}} is not allowed "
+                "(a template sees only its item)"
+            )
+            return source
+        template = _ENV.from_string(source)
+    except TemplateSyntaxError as e:
+        problems.append(f"{where}: template {name!r}: syntax error at line {e.lineno}: {e.message}")
+        return source
+    except SecurityError as e:
+        problems.append(f"{where}: template {name!r}: {e}")
+        return source
+    return _Template(name, template.render)
+
+
+_Part = Any  # a literal JSON value, a _Template, or a _Struct containing templates
+
+
+class _Struct:
+    """A dict or list of which some leaves are templates."""
+
+    __slots__ = ("kind", "parts")
+
+    def __init__(self, kind: type, parts: list[tuple[Any, _Part]]):
+        self.kind = kind
+        self.parts = parts
+
+
+def _plan_content(value: Any, name: str, problems: list[str], where: str) -> _Part:
+    """Compile every string `text`/`content` value inside messages or system blocks."""
+    if isinstance(value, dict):
+        parts, templated = [], False
+        for k, v in value.items():
+            sub = f"{name}.{k}"
+            if k in ("text", "content") and isinstance(v, str):
+                part = _compile(v, sub, problems, where)
+            else:
+                part = _plan_content(v, sub, problems, where)
+            templated = templated or not _is_literal(part)
+            parts.append((k, part))
+        return _Struct(dict, parts) if templated else value
+    if isinstance(value, list):
+        parts = [
+            (None, _plan_content(v, f"{name}[{i}]", problems, where)) for i, v in enumerate(value)
+        ]
+        if all(_is_literal(p) for _, p in parts):
+            return value
+        return _Struct(list, parts)
+    return value
+
+
+def _is_literal(part: _Part) -> bool:
+    return not isinstance(part, _Template | _Struct)
+
+
+def _render(part: _Part, context: dict[str, Any]) -> Any:
+    if isinstance(part, _Template):
+        return part.render(context)
+    if isinstance(part, _Struct):
+        if part.kind is dict:
+            return {k: _render(p, context) for k, p in part.parts}
+        return [_render(p, context) for _, p in part.parts]
+    return part
+
+
+class _RenderError(Exception):
+    def __init__(self, template: str, message: str):
+        self.template = template
+        self.message = message
+
+
+def _render_checked(part: _Part, context: dict[str, Any]) -> Any:
+    try:
+        return _render(part, context)
+    except Exception as e:  # any template failure is a problem line, not a crash
+        name = _failing_template(part, context)
+        if isinstance(e, TemplateError):
+            message = e.message or str(e)
+        else:
+            message = f"{type(e).__name__}: {e}"
+        raise _RenderError(name, message) from None
+
+
+def _failing_template(part: _Part, context: dict[str, Any]) -> str:
+    if isinstance(part, _Template):
+        try:
+            part.render(context)
+        except Exception:
+            return part.name
+    if isinstance(part, _Struct):
+        for _, p in part.parts:
+            name = _failing_template(p, context)
+            if name:
+                return name
+    return ""
+
+
+class _Renderer:
+    """A job's request, compiled once: render(row, key) -> params."""
+
+    def __init__(self, job: Job, problems: list[str], where: str):
+        self.model = job.model
+        self.max_tokens = job.max_tokens
+        if isinstance(job.system, str):
+            self.system: _Part = _compile(job.system, "system", problems, where)
+        elif job.system is not None:
+            self.system = _plan_content(job.system, "system", problems, where)
+        else:
+            self.system = None
+        if job.prompt is not None:
+            prompt = _compile(job.prompt, "prompt", problems, where)
+            self.messages: _Part = _Struct(
+                list, [(None, _Struct(dict, [("role", "user"), ("content", prompt)]))]
+            )
+        else:
+            self.messages = _plan_content(job.messages, "messages", problems, where)
+        self.params = job.params
+        # Floats below 1e-4 etc. can only come from the literal parts; rows enter as strings.
+        literal = {"p": job.params, "m": job.messages, "s": job.system}
+        self.exact = _orjson_exact(literal)
+
+    def render(self, row: dict[str, Any], key: str) -> dict[str, Any]:
+        context = {**row, "row": row, "key": key}
+        params: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
+        if self.system is not None:
+            params["system"] = _render_checked(self.system, context)
+        params["messages"] = _render_checked(self.messages, context)
+        params.update(self.params)
+        return params
+
+
+# --- reading data files -------------------------------------------------------------------------
+
+
+class _Fatal(Exception):
+    """A problem after which the file cannot be read on."""
+
+
+def _binary_lines(path: Path, shown: str) -> Iterator[tuple[int, bytes]]:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise _Fatal(f"{shown}: cannot read: {e.strerror}") from None
+    with f:
+        for number, line in enumerate(f, 1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            yield number, line
+
+
+def _decode(line: bytes, number: int, shown: str) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Fatal(f"{shown}: {utf8_problem(line, e, offset=number - 1)}") from None
+
+
+def _json_line(line: bytes, number: int, shown: str) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        _decode(line, number, shown)  # a UTF-8 problem is the better message
+        try:  # stdlib json accepts lone surrogate escapes that orjson refuses
+            return json.loads(line)
+        except json.JSONDecodeError:
+            pass
+        raise _Fatal(f"{shown}: line {number}: invalid JSON: {e.msg} (column {e.colno})") from None
+
+
+def _jsonl_rows(path: Path, shown: str) -> Iterator[tuple[str, Any]]:
+    for number, line in _binary_lines(path, shown):
+        if not line.strip():
+            continue
+        yield f"{shown}: line {number}", _json_line(line, number, shown)
+
+
+def _csv_rows(path: Path, shown: str) -> Iterator[tuple[str, Any]]:
+    position = {"line": 0}
+
+    def text_lines() -> Iterator[str]:
+        for number, line in _binary_lines(path, shown):
+            position["line"] = number
+            yield _decode(line, number, shown)
+
+    reader = csv.reader(text_lines())
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        duplicates = sorted({h for h in header if header.count(h) > 1})
+        if duplicates:
+            raise _Fatal(f"{shown}: line 1: duplicate column {duplicates[0]!r} in the header")
+        start = reader.line_num + 1
+        for record in reader:
+            where = f"{shown}: line {start}"
+            start = reader.line_num + 1
+            if not record:
+                continue
+            if len(record) != len(header):
+                yield where, _Ragged(len(record), len(header))
+                continue
+            yield where, dict(zip(header, record, strict=True))
+    except csv.Error as e:
+        raise _Fatal(f"{shown}: line {position['line']}: invalid CSV: {e}") from None
+
+
+class _Ragged:
+    __slots__ = ("fields", "expected")
+
+    def __init__(self, fields: int, expected: int):
+        self.fields = fields
+        self.expected = expected
+
+
+def _json_array_rows(path: Path, shown: str) -> Iterator[tuple[str, Any]]:
+    # A JSON array is parsed whole: use jsonl or csv for very large inputs.
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise _Fatal(f"{shown}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _Fatal(f"{shown}: {utf8_problem(data, e)}") from None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _Fatal(
+            f"{shown}: invalid JSON: {e.msg} (at line {e.lineno}, column {e.colno})"
+        ) from None
+    if not isinstance(rows, list):
+        raise _Fatal(f"{shown}: expected a JSON array of objects")
+    for number, row in enumerate(rows, 1):
+        yield f"{shown}: row {number}", row
+
+
+_READERS = {"jsonl": _jsonl_rows, "csv": _csv_rows, "json": _json_array_rows}
+
+
+def _key_of(row: dict[str, Any], field: str) -> str | None | tuple[str]:
+    """The row's key as a string, or a 1-tuple holding the reason there is none."""
+    value = row.get(field)
+    if field not in row:
+        return (f"no {field!r} field",)
+    if value is None or value == "":
+        return (f"empty {field!r}",)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return (f"{field!r} must be a string or an integer, not {type(value).__name__}",)
+    return value if isinstance(value, str) else str(value)
+
+
+# --- the items of a job -------------------------------------------------------------------------
+
+
+class _Problems:
+    """Problem lines of one job, capped so a million bad rows make a readable error."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.count = 0
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if len(self.lines) < MAX_PROBLEM_LINES:
+            self.lines.append(line)
+
+    def error(self, *extra: str) -> SpecError:
+        lines = [*self.lines, *extra]
+        hidden = self.count - len(self.lines)
+        if hidden:
+            lines.append(f"... and {hidden} more problems")
+        return SpecError(*lines)
+
+
+def iter_items(job: Job, root: Path) -> Iterator[Item]:
+    """Every item of `job` in source order, streamed; SpecError lists the problems at the end.
+
+    Problems with single items (duplicate key, missing key, a template failing on one row, a
+    ragged CSV row) are collected, up to 50 lines; a file that cannot be read on (unreadable,
+    not UTF-8, a line that is not JSON) ends iteration at once.
+    """
+    problems = _Problems()
+    spec_shown = display_path(job.spec_file, root)
+    try:
+        if job.requests is not None:
+            yield from _raw_items(job, job.requests.path, root, problems)
+        else:
+            yield from _template_items(job, root, spec_shown, problems)
+    except _Fatal as e:
+        raise problems.error(e.args[0]) from None
+    if problems.count:
+        raise problems.error()
+
+
+def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) -> Iterator[Item]:
+    compile_problems: list[str] = []
+    renderer = _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
+    if compile_problems:
+        raise SpecError(*compile_problems)
+    encode = _encoder(renderer.exact, job.betas)
+    name = job.name
+    if job.input is not None:
+        shown = display_path(job.input.path, root)
+        rows = _READERS[job.input.format](job.input.path, shown)
+        key_field = job.input.key
+    else:
+        rows = ((f"{spec_shown}: jobs.{name}.items.{i}", r) for i, r in enumerate(job.items or []))
+        key_field = "key"
+
+    seen: dict[str, str] = {}
+    for where, row in rows:
+        if isinstance(row, _Ragged):
+            problems.add(
+                f"{where}: job {name}: row has {row.fields} fields, the header has {row.expected}"
+            )
+            continue
+        if not isinstance(row, dict):
+            problems.add(f"{where}: job {name}: expected an object, not {type(row).__name__}")
+            continue
+        key = _key_of(row, key_field)
+        if isinstance(key, tuple):
+            problems.add(f"{where}: job {name}: {key[0]}")
+            continue
+        first = seen.get(key)
+        if first is not None:
+            problems.add(f"{where}: job {name}: item {key}: duplicate key (first at {first})")
+            continue
+        seen[key] = _short_where(where)
+        try:
+            params = renderer.render(row, key)
+        except _RenderError as e:
+            problems.add(f"{where}: job {name}: item {key}: template {e.template!r}: {e.message}")
+            continue
+        yield Item(name, key, custom_id_for(name, key), params, encode(params), row)
+
+
+def _short_where(where: str) -> str:
+    return where.rsplit(": ", 1)[-1]
+
+
+def _encoder(exact: bool, betas: Sequence[str]) -> Callable[[dict[str, Any]], str]:
+    """The fingerprint function for a job: fast when orjson writes what json.dumps would."""
+    sorted_betas = sorted(betas)
+    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+    sha256 = hashlib.sha256
+
+    if not exact:
+        return lambda params: fingerprint(params, sorted_betas)
+
+    def encode(params: dict[str, Any]) -> str:
+        obj = {"betas": sorted_betas, "params": params} if sorted_betas else params
+        try:
+            data = dumps(obj, option=option)
+        except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate from a row
+            data = _json_canonical(obj)
+        return FINGERPRINT_PREFIX + sha256(data).hexdigest()
+
+    return encode
+
+
+def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterator[Item]:
+    shown = display_path(path, root)
+    name = job.name
+    seen: dict[str, str] = {}
+    for where, request in _jsonl_rows(path, shown):
+        if not isinstance(request, dict):
+            problems.add(f"{where}: job {name}: expected an object, not {type(request).__name__}")
+            continue
+        custom_id = request.get("custom_id")
+        label = f"item {custom_id}" if isinstance(custom_id, str) and custom_id else None
+        prefix = f"{where}: job {name}" + (f": {label}" if label else "")
+        line_problems = []
+        extra = sorted(set(request) - {"custom_id", "params"})
+        if extra:
+            line_problems.append(f"unknown field {extra[0]!r} (a request has custom_id and params)")
+        if "custom_id" not in request:
+            line_problems.append("required field 'custom_id' missing")
+        elif not isinstance(custom_id, str) or not CUSTOM_ID_RE.match(custom_id):
+            line_problems.append(
+                f"invalid custom_id {json.dumps(custom_id)} (1-64 characters from "
+                "A-Z, a-z, 0-9, '-' and '_')"
+            )
+        elif custom_id in seen:
+            line_problems.append(f"duplicate custom_id (first at {seen[custom_id]})")
+        params = request.get("params")
+        if "params" not in request:
+            line_problems.append("required field 'params' missing")
+        elif not isinstance(params, dict):
+            line_problems.append("params must be an object")
+        else:
+            for field, kind in (("model", str), ("max_tokens", int), ("messages", list)):
+                if not isinstance(params.get(field), kind) or isinstance(params.get(field), bool):
+                    line_problems.append(f"params.{field}: required, a {kind.__name__}")
+            for param, reason in forbidden_param_problems(params):
+                line_problems.append(f"params.{param}: {reason}")
+        for p in line_problems:
+            problems.add(f"{prefix}: {p}")
+        if line_problems:
+            if isinstance(custom_id, str) and custom_id not in seen:
+                seen[custom_id] = _short_where(where)
+            continue
+        seen[custom_id] = _short_where(where)
+        yield Item(
+            name,
+            custom_id,
+            custom_id_for(name, custom_id),
+            params,
+            fingerprint(params, job.betas),
+            None,
+        )

@@ -1,0 +1,561 @@
+"""Job specs: find, parse and validate the TOML/JSON files that declare jobs (DESIGN §3).
+
+A spec is a reviewed artefact that arrives by pull request, so loading is strict: unknown fields
+anywhere (except inside `params`, which passes through to the API) are errors, every path must
+stay inside the project root, and every problem in every file is reported, one line each, before
+anything else runs. The result is a `Project` of merged, validated `Job`s with absolute paths;
+turning a job into requests is `batchops.items`' work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from batchops.errors import SpecError, location
+
+SPEC_VERSION = 1
+JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SPEC_SUFFIXES = (".toml", ".json")
+DataFormat = Literal["jsonl", "csv", "json"]
+FORMAT_BY_SUFFIX: dict[str, DataFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".json": "json",
+}
+
+# Request params the Message Batches API refuses (ANTHROPIC_BATCHES_API.md §2.1). The value is
+# None when any value is refused, else the one refused value.
+_ABSENT = object()
+BATCH_FORBIDDEN_PARAMS: dict[str, object] = {
+    "stream": True,
+    "speed": _ABSENT,
+    "store": _ABSENT,
+    "previous_thread_event_id": _ABSENT,
+    "cache_hint": _ABSENT,
+    "context_hint": _ABSENT,
+    "research_preview_2026_02": "active",
+}
+# Request params a template job sets through its own fields, never through `params`.
+JOB_FIELD_PARAMS = ("model", "max_tokens", "system", "messages")
+
+
+def forbidden_param_problems(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(param name, reason) for each param the batch API refuses; shared with raw requests."""
+    problems = []
+    for name, refused in BATCH_FORBIDDEN_PARAMS.items():
+        if name not in params:
+            continue
+        value = params[name]
+        if refused is _ABSENT:
+            problems.append((name, "not allowed in a Message Batch"))
+        elif value is refused or (not isinstance(value, bool) and value == refused):
+            problems.append((name, f"{json.dumps(value)} is not allowed in a Message Batch"))
+    if "max_tokens" in params and params["max_tokens"] == 0:
+        problems.append(("max_tokens", "0 is not allowed in a Message Batch"))
+    return problems
+
+
+# --- the public, merged model -------------------------------------------------------------------
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(BaseModel):
+    """A data file: one item per row, identified by the row's `key` field."""
+
+    model_config = _FROZEN
+    path: Path
+    key: str
+    format: DataFormat
+
+
+class RequestsSpec(BaseModel):
+    """A JSONL file of ready-made requests in the Anthropic batch format."""
+
+    model_config = _FROZEN
+    path: Path
+
+
+class OutputSpec(BaseModel):
+    """Where a job's joined results are written."""
+
+    model_config = _FROZEN
+    path: Path
+    format: DataFormat
+
+
+class Job(BaseModel):
+    """One job, defaults applied and paths resolved to absolute paths inside the project root."""
+
+    model_config = _FROZEN
+    name: str
+    spec_file: Path
+    description: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    system: str | list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    betas: list[str] = Field(default_factory=list)
+    budget_usd: float | None = None
+    max_attempts: int = 3
+    output: OutputSpec | None = None
+    input: InputSpec | None = None
+    items: list[dict[str, Any]] | None = None
+    requests: RequestsSpec | None = None
+
+    @property
+    def kind(self) -> Literal["input", "items", "requests"]:
+        """Which item source the job uses."""
+        if self.input is not None:
+            return "input"
+        if self.requests is not None:
+            return "requests"
+        return "items"
+
+    def source_file(self) -> Path | None:
+        """The data file the items come from (None for inline items)."""
+        if self.input is not None:
+            return self.input.path
+        if self.requests is not None:
+            return self.requests.path
+        return None
+
+
+@dataclass(frozen=True)
+class Project:
+    """Every job found under the jobs path; `root` confines all paths."""
+
+    root: Path
+    spec_files: tuple[Path, ...]
+    jobs: tuple[Job, ...]
+
+    def job(self, name: str) -> Job | None:
+        return next((j for j in self.jobs if j.name == name), None)
+
+    def display_path(self, path: Path) -> str:
+        return display_path(path, self.root)
+
+
+# --- the file format, as written ----------------------------------------------------------------
+
+_CLOSED = ConfigDict(extra="forbid", strict=True)
+
+
+class _RawPath(BaseModel):
+    model_config = _CLOSED
+    path: str
+
+
+class _RawInput(_RawPath):
+    key: str = Field(min_length=1)
+    format: DataFormat | None = None
+
+
+class _RawOutput(_RawPath):
+    format: DataFormat | None = None
+
+
+def _requests_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class _RawDefaults(BaseModel):
+    """Fields a job may inherit from `[defaults]` (no item source)."""
+
+    model_config = _CLOSED
+    description: str | None = None
+    model: str | None = Field(default=None, min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    system: str | list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = Field(default=None, min_length=1)
+    params: dict[str, Any] | None = None
+    betas: list[str] | None = None
+    budget_usd: float | None = Field(default=None, ge=0)
+    max_attempts: int | None = Field(default=None, ge=1)
+    output: _RawOutput | None = None
+
+    @field_validator("system", mode="plain")
+    @classmethod
+    def _system(cls, value: Any) -> Any:
+        # One readable message instead of one per union member.
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(b, dict) for b in value):
+            return value
+        raise ValueError("should be a string or a list of content blocks (tables)")
+
+
+class _RawJob(_RawDefaults):
+    input: _RawInput | None = None
+    items: list[dict[str, Any]] | None = None
+    requests: _RawPath | None = None
+
+    _requests = field_validator("requests", mode="before")(_requests_shorthand)
+
+
+class _RawSpec(BaseModel):
+    model_config = _CLOSED
+    version: int
+    defaults: _RawDefaults | None = None
+    jobs: dict[str, _RawJob] = Field(default_factory=dict)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def display_path(path: Path, root: Path) -> str:
+    """`path` relative to `root` when it is inside it, for error lines."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def load_project(jobs_path: Path, root: Path | None = None) -> Project:
+    """Load every spec under `jobs_path` (a directory or one file); SpecError lists all problems.
+
+    `root` confines every path; by default it is the working directory when `jobs_path` is inside
+    it, else the jobs directory itself (or the spec file's folder).
+    """
+    jobs_path = Path(jobs_path)
+    if not jobs_path.exists():
+        raise SpecError(f"{jobs_path}: no such file or directory")
+    resolved = jobs_path.resolve()
+    if root is None:
+        cwd = Path.cwd().resolve()
+        if resolved.is_relative_to(cwd):
+            root = cwd
+        else:
+            root = resolved if resolved.is_dir() else resolved.parent
+    root = Path(root).resolve()
+    if not resolved.is_relative_to(root):
+        raise SpecError(f"{jobs_path}: outside the project root {root}")
+
+    if resolved.is_dir():
+        candidates = _discover(resolved)
+    elif resolved.suffix in SPEC_SUFFIXES:
+        candidates = [resolved]
+    else:
+        raise SpecError(f"{display_path(resolved, root)}: not a .toml or .json spec file")
+
+    problems: list[str] = []
+    parsed: dict[Path, dict[str, Any]] = {}
+    parse_problems: dict[Path, str] = {}
+    for file in candidates:
+        shown = display_path(file, root)
+        try:
+            parsed[file] = _parse_file(file, shown)
+        except SpecError as e:
+            parse_problems[file] = e.problems[0]
+
+    # A data file (a .json array of rows, a .json output) is not a spec, even under jobs/.
+    referenced: set[Path] = set()
+    for file, raw in parsed.items():
+        referenced.update(_referenced_paths(file, raw))
+    spec_files = [f for f in candidates if f not in referenced]
+    if not spec_files and resolved.is_dir():
+        raise SpecError(f"{display_path(resolved, root)}: no .toml or .json spec files found")
+
+    jobs: dict[str, Job] = {}
+    for file in spec_files:
+        if file in parse_problems:
+            problems.append(parse_problems[file])
+            continue
+        for job_or_problem in _jobs_of(file, parsed[file], root):
+            if isinstance(job_or_problem, str):
+                problems.append(job_or_problem)
+                continue
+            job = job_or_problem
+            if job.name in jobs:
+                first = display_path(jobs[job.name].spec_file, root)
+                problems.append(
+                    f"{display_path(file, root)}: jobs.{job.name}: job '{job.name}' is already "
+                    f"defined in {first}"
+                )
+                continue
+            jobs[job.name] = job
+
+    if problems:
+        raise SpecError(*dict.fromkeys(problems))
+    return Project(
+        root=root,
+        spec_files=tuple(spec_files),
+        jobs=tuple(jobs[name] for name in sorted(jobs)),
+    )
+
+
+def _discover(directory: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.endswith(SPEC_SUFFIXES) and not name.startswith("."):
+                found.append(Path(dirpath, name))
+    return sorted(found)
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _parse_file(file: Path, shown: str) -> dict[str, Any]:
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise SpecError(f"{shown}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{shown}: {utf8_problem(data, e)}") from None
+    if file.suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"{shown}: invalid TOML: {e}") from None
+    try:
+        raw = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise SpecError(
+            f"{shown}: invalid JSON: {e.msg} (at line {e.lineno}, column {e.colno})"
+        ) from None
+    except _DuplicateKey as e:
+        raise SpecError(f"{shown}: invalid JSON: duplicate key {json.dumps(e.args[0])}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{shown}: a spec must be a JSON object, not {_type_name(raw)}")
+    return raw
+
+
+def utf8_problem(data: bytes, e: UnicodeDecodeError, offset: int = 0) -> str:
+    """`not valid UTF-8 (byte 0xff at line 3, column 7)` for a decode error in `data`."""
+    start = e.start
+    line = data.count(b"\n", 0, start) + 1
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    return f"not valid UTF-8 (byte 0x{data[start]:02x} at line {line + offset}, column {column})"
+
+
+def _type_name(value: Any) -> str:
+    return {
+        list: "an array",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _referenced_paths(file: Path, raw: dict[str, Any]) -> Iterable[Path]:
+    """Paths a parsed (not yet validated) spec points at, so discovery can skip them."""
+
+    def path_of(value: Any) -> Path | None:
+        if isinstance(value, dict):
+            value = value.get("path")
+        if isinstance(value, str):
+            try:
+                return (file.parent / value).resolve()
+            except (OSError, ValueError):
+                return None
+        return None
+
+    tables = []
+    if isinstance(raw.get("defaults"), dict):
+        tables.append(raw["defaults"])
+    if isinstance(raw.get("jobs"), dict):
+        tables.extend(t for t in raw["jobs"].values() if isinstance(t, dict))
+    for table in tables:
+        for field in ("input", "requests", "output"):
+            path = path_of(table.get(field))
+            if path is not None:
+                yield path
+
+
+def _loc(parts: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _validation_lines(shown: str, e: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    lines = []
+    for err in e.errors(include_url=False):
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field missing"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        lines.append(location(shown, _loc(prefix + tuple(err["loc"])), msg))
+    return lines
+
+
+def _jobs_of(file: Path, raw: dict[str, Any], root: Path) -> list[Job | str]:
+    """The jobs of one parsed spec file, or a problem line for each thing wrong with it."""
+    shown = display_path(file, root)
+    version = raw.get("version")
+    if "version" not in raw:
+        return [f"{shown}: version: required field missing (this batchops reads version = 1)"]
+    if type(version) is not int or version != SPEC_VERSION:
+        return [
+            f"{shown}: version: unsupported spec version {json.dumps(version)} "
+            f"(this batchops reads version = {SPEC_VERSION})"
+        ]
+    try:
+        spec = _RawSpec.model_validate(raw)
+    except ValidationError as e:
+        return list(_validation_lines(shown, e))
+
+    out: list[Job | str] = []
+    if spec.defaults is not None and spec.defaults.params is not None:
+        out.extend(_params_problems(shown, ("defaults", "params"), spec.defaults.params))
+    for name, raw_job in spec.jobs.items():
+        if not JOB_NAME_RE.match(name):
+            out.append(
+                f"{shown}: jobs.{name}: invalid job name {json.dumps(name)} (lowercase letters, "
+                "digits, '-' and '_', starting with a letter or digit, at most 64 characters)"
+            )
+            continue
+        job_or_problems = _merge(file, shown, root, name, spec.defaults or _RawDefaults(), raw_job)
+        if isinstance(job_or_problems, Job):
+            out.append(job_or_problems)
+        else:
+            out.extend(job_or_problems)
+    return out
+
+
+def _params_problems(shown: str, where: tuple[str, ...], params: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key in JOB_FIELD_PARAMS:
+        if key in params:
+            lines.append(
+                location(shown, _loc((*where, key)), f"set {key} as a job field, not in params")
+            )
+    for key, reason in forbidden_param_problems(params):
+        if key not in JOB_FIELD_PARAMS:
+            lines.append(location(shown, _loc((*where, key)), reason))
+    return lines
+
+
+def _merge(
+    file: Path, shown: str, root: Path, name: str, defaults: _RawDefaults, raw: _RawJob
+) -> Job | list[str]:
+    where = f"jobs.{name}"
+    problems: list[str] = []
+
+    def problem(field: str | None, message: str) -> None:
+        problems.append(location(shown, f"{where}.{field}" if field else where, message))
+
+    sources = [s for s in ("input", "items", "requests") if getattr(raw, s) is not None]
+    if not sources:
+        problem(None, "no item source: set one of input, items or requests")
+    elif len(sources) > 1:
+        problem(None, f"more than one item source ({', '.join(sources)}): set exactly one")
+
+    def inherited(field: str) -> Any:
+        value = getattr(raw, field)
+        return getattr(defaults, field) if value is None else value
+
+    fields: dict[str, Any] = {
+        "name": name,
+        "spec_file": file,
+        "description": inherited("description"),
+        "max_attempts": inherited("max_attempts") or 3,
+        "budget_usd": inherited("budget_usd"),
+        "betas": inherited("betas") or [],
+    }
+    output = inherited("output")
+    if output is not None:
+        out_loc = f"{where}.output.path" if raw.output is not None else "defaults.output.path"
+        path = _confined(file, root, output.path, problems, shown, out_loc, must_exist=False)
+        fmt = output.format or FORMAT_BY_SUFFIX.get(Path(output.path).suffix.lower(), "jsonl")
+        if path is not None:
+            fields["output"] = OutputSpec(path=path, format=fmt)
+
+    if raw.requests is not None:
+        # Raw requests are sent exactly as written: nothing of the template fields applies.
+        for field in ("model", "max_tokens", "system", "prompt", "messages", "params"):
+            if getattr(raw, field) is not None:
+                problem(field, "a requests job sends its requests as written; remove this field")
+        path = _confined(file, root, raw.requests.path, problems, shown, f"{where}.requests.path")
+        if path is not None:
+            fields["requests"] = RequestsSpec(path=path)
+    elif sources:
+        for field in ("model", "max_tokens"):
+            fields[field] = inherited(field)
+            if fields[field] is None:
+                problem(None, f"{field} is required (set it in the job or in [defaults])")
+        fields["system"] = inherited("system")
+        # prompt and messages are one choice: a job's own choice replaces the default's.
+        if raw.prompt is not None or raw.messages is not None:
+            prompt, messages = raw.prompt, raw.messages
+        else:
+            prompt, messages = defaults.prompt, defaults.messages
+        if (prompt is None) == (messages is None):
+            problem(None, "set exactly one of prompt or messages")
+        fields["prompt"], fields["messages"] = prompt, messages
+        params = {**(defaults.params or {}), **(raw.params or {})}
+        if raw.params:
+            problems.extend(_params_problems(shown, (where, "params"), raw.params))
+        fields["params"] = params
+        if raw.input is not None:
+            fmt = raw.input.format or FORMAT_BY_SUFFIX.get(Path(raw.input.path).suffix.lower())
+            if fmt is None:
+                problem("input.format", "cannot tell the format from the file name; set format")
+            path = _confined(file, root, raw.input.path, problems, shown, f"{where}.input.path")
+            if path is not None and fmt is not None:
+                fields["input"] = InputSpec(path=path, key=raw.input.key, format=fmt)
+        elif raw.items is not None:
+            fields["items"] = raw.items
+    if problems:
+        return problems
+    return Job(**fields)
+
+
+def _confined(
+    file: Path,
+    root: Path,
+    value: str,
+    problems: list[str],
+    shown: str,
+    field: str,
+    must_exist: bool = True,
+) -> Path | None:
+    """`value` resolved against the spec's folder, or None after recording why it is refused."""
+    written = Path(value)
+    lexical = Path(os.path.normpath(file.parent / written))
+    try:
+        resolved = lexical.resolve() if written.is_absolute() else (file.parent / written).resolve()
+    except (OSError, RuntimeError) as e:
+        problems.append(location(shown, field, f"{json.dumps(value)}: cannot resolve ({e})"))
+        return None
+    if not resolved.is_relative_to(root):
+        if lexical.is_relative_to(root):
+            why = f"is outside the project root (a symlink to {resolved})"
+        else:
+            why = "is outside the project root"
+        problems.append(location(shown, field, f"{json.dumps(value)} {why}"))
+        return None
+    if must_exist and not resolved.is_file():
+        problems.append(location(shown, field, f"{json.dumps(value)}: no such file"))
+        return None
+    return resolved
