@@ -1,0 +1,128 @@
+"""The library's front door: one `Context` per invocation, one method per command.
+
+The CLI builds a Context from its options and calls one method; tests do the same without click.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from batchops import desired as desired_mod
+from batchops.desired import Desired
+from batchops.planner import Plan, make_plan
+from batchops.pricing import PriceTable
+from batchops.spec import Project, load_project
+from batchops.state import BatchRecord, StateReader, utcnow
+
+
+@dataclass
+class Settings:
+    jobs_path: Path = Path("jobs")
+    state_path: Path = Path("state/batchops.db")
+    prices_file: Path | None = None
+    root: Path | None = None
+    base_url: str | None = None  # None: the SDK's own default (ANTHROPIC_BASE_URL or the real API)
+    api_key: str | None = None  # None: the SDK's own default (ANTHROPIC_API_KEY); never stored
+    max_batch_requests: int = 100_000
+    max_batch_bytes: int = 250_000_000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.api_key or os.environ.get("ANTHROPIC_API_KEY")
+                    or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    name: str
+    spec_file: str
+    source: str
+    items: int
+    model: str | None
+    estimated_cost_usd: float
+    cost_note: str | None
+
+
+class Context:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow):
+        self.settings = settings
+        self.clock = clock
+        self._prices: PriceTable | None = None
+
+    # -- inputs
+    @property
+    def prices(self) -> PriceTable:
+        if self._prices is None:
+            user = self.settings.prices_file or os.environ.get("BATCHOPS_PRICES")
+            self._prices = PriceTable.load(Path(user) if user else None)
+        return self._prices
+
+    def project(self) -> Project:
+        return load_project(Path(self.settings.jobs_path), self.settings.root)
+
+    def desired(self, job_names: Iterable[str] | None = None) -> Desired:
+        return desired_mod.collect(self.project(), self.prices, self.clock().date(), job_names)
+
+    # -- commands
+    def validate(self, job_names: Iterable[str] | None = None) -> list[ValidatedJob]:
+        """Parse every spec and render every item; no network, no state."""
+        desired = self.desired(job_names)
+        out = []
+        for dj in desired.jobs:
+            job = desired.spec_job(dj.name)
+            source = "input" if job.input else "items" if job.items is not None else "requests"
+            out.append(ValidatedJob(
+                dj.name, _rel(job.spec_file, desired.project.root), source, len(dj.items),
+                job.model, round(sum(i.cost_usd for i in dj.items), 6), dj.cost_note,
+            ))
+        return out
+
+    def plan(
+        self,
+        job_names: Iterable[str] | None = None,
+        refresh: bool = False,
+    ) -> tuple[Plan, Desired]:
+        """Diff specs against state (read-only); with `refresh`, remote batches are polled first."""
+        desired = self.desired(job_names)
+        remote: dict[str, BatchRecord] | None = None
+        reader = StateReader.open(self.settings.state_path)
+        try:
+            return plan_from(reader, desired, self.clock(), remote), desired
+        finally:
+            reader.close()
+
+
+def plan_from(
+    reader: StateReader, desired: Desired, now: datetime,
+    remote: dict[str, BatchRecord] | None = None,
+) -> Plan:
+    """Make the plan for `desired` against what `reader` holds (the pure diff does the rest)."""
+    scope = None if desired.all_jobs_in_scope else [j.name for j in desired.jobs]
+    batches = reader.batches()
+    if remote:
+        batches = [remote.get(b.id, b) for b in batches]
+    return make_plan(
+        desired.jobs,
+        reader.item_records(scope),
+        batches,
+        reader.open_intents(),
+        now=now,
+        lineage=reader.lineage,
+        serial=reader.serial,
+        spec_digest=desired.spec_digest,
+        inflight_batches=reader.batch_jobs_of_inflight(),
+        all_jobs_in_scope=desired.all_jobs_in_scope,
+    )
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
