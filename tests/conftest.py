@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test gets its own emulator on a free loopback port, so no test sees
+another's batches, clock or faults, and nothing touches the network or the user's machine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import anthropic
+import pytest
+
+from batchops.emulator import EmulatorAdmin, EmulatorConfig, running_emulator
+
+# The SDK honours proxy settings (trust_env); loopback must never go through a proxy.
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+DUMMY_API_KEY = "sk-ant-test-dummy"
+
+
+# ---------------------------------------------------------------- emulator
+@pytest.fixture
+def emulator_config() -> EmulatorConfig:
+    """Override in a test module to start the emulator differently."""
+    return EmulatorConfig(processing_seconds=0)
+
+
+@pytest.fixture
+def emulator(emulator_config: EmulatorConfig) -> Iterator[str]:
+    """Base URL of a fresh emulator, e.g. http://127.0.0.1:54321."""
+    with running_emulator(emulator_config) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def emulator_admin(emulator: str) -> Iterator[EmulatorAdmin]:
+    with EmulatorAdmin(emulator) as admin:
+        yield admin
+
+
+@pytest.fixture
+def sdk_client(emulator: str) -> Iterator[anthropic.Anthropic]:
+    """The real SDK pointed at the emulator, with the SDK's default retries."""
+    with anthropic.Anthropic(base_url=emulator, api_key=DUMMY_API_KEY) as client:
+        yield client
