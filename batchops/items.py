@@ -499,6 +499,14 @@ def _encoder(exact: bool, betas: Sequence[str]) -> Callable[[dict[str, Any]], st
     return encode
 
 
+# What a cost estimate needs from a raw request; the API checks the rest when it processes it.
+_RAW_REQUIRED = (
+    ("model", str, "a string"),
+    ("max_tokens", int, "an integer"),
+    ("messages", list, "a list"),
+)
+
+
 def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterator[Item]:
     shown = display_path(path, root)
     name = job.name
@@ -529,9 +537,10 @@ def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterato
         elif not isinstance(params, dict):
             line_problems.append("params must be an object")
         else:
-            for field, kind in (("model", str), ("max_tokens", int), ("messages", list)):
-                if not isinstance(params.get(field), kind) or isinstance(params.get(field), bool):
-                    line_problems.append(f"params.{field}: required, a {kind.__name__}")
+            for field, kind, what in _RAW_REQUIRED:
+                value = params.get(field)
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    line_problems.append(f"params.{field}: required, {what}")
             for param, reason in forbidden_param_problems(params):
                 line_problems.append(f"params.{param}: {reason}")
         for p in line_problems:
