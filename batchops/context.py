@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchops import desired as desired_mod
 from batchops.desired import Desired
 from batchops.planner import Plan, make_plan
 from batchops.pricing import PriceTable
 from batchops.spec import Project, load_project
-from batchops.state import BatchRecord, StateReader, utcnow
+from batchops.state import BatchRecord, StateReader, StateStore, iso, utcnow
+
+if TYPE_CHECKING:
+    from batchops.applier import ApplyReport, Progress
+    from batchops.client import BatchesClient
 
 
 @dataclass
@@ -34,8 +38,11 @@ class Settings:
 
     @property
     def has_credentials(self) -> bool:
-        return bool(self.api_key or os.environ.get("ANTHROPIC_API_KEY")
-                    or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
+        return bool(
+            self.api_key
+            or os.environ.get("ANTHROPIC_API_KEY")
+            or os.environ.get("ANTHROPIC_AUTH_TOKEN")
+        )
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,17 @@ class Context:
         for dj in desired.jobs:
             job = desired.spec_job(dj.name)
             source = "input" if job.input else "items" if job.items is not None else "requests"
-            out.append(ValidatedJob(
-                dj.name, _rel(job.spec_file, desired.project.root), source, len(dj.items),
-                job.model, round(sum(i.cost_usd for i in dj.items), 6), dj.cost_note,
-            ))
+            out.append(
+                ValidatedJob(
+                    dj.name,
+                    _rel(job.spec_file, desired.project.root),
+                    source,
+                    len(dj.items),
+                    job.model,
+                    round(sum(i.cost_usd for i in dj.items), 6),
+                    dj.cost_note,
+                )
+            )
         return out
 
     def plan(
@@ -90,16 +104,107 @@ class Context:
     ) -> tuple[Plan, Desired]:
         """Diff specs against state (read-only); with `refresh`, remote batches are polled first."""
         desired = self.desired(job_names)
-        remote: dict[str, BatchRecord] | None = None
         reader = StateReader.open(self.settings.state_path)
         try:
-            return plan_from(reader, desired, self.clock(), remote), desired
+            remote: dict[str, BatchRecord] | None = None
+            notes: list[str] = []
+            if refresh and self.settings.has_credentials and reader.db is not None:
+                from batchops.applier import remote_view
+
+                client = self.client()
+                try:
+                    remote, notes = remote_view(reader.batches(), client)
+                finally:
+                    client.close()
+            plan = plan_from(reader, desired, self.clock(), remote)
+            return replace(plan, notes=tuple(notes)), desired
         finally:
             reader.close()
 
+    def client(self) -> BatchesClient:
+        from batchops.client import BatchesClient
+
+        return BatchesClient(self.settings.base_url, self.settings.api_key)
+
+    def apply(
+        self,
+        job_names: Iterable[str] | None = None,
+        *,
+        plan_file: Path | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        poll_interval: float = 5.0,
+        lock_timeout: float = 0.0,
+        confirm: Callable[[Plan], bool] | None = None,
+        progress: Progress | None = None,
+        submit: bool = True,
+    ) -> ApplyReport:
+        """Reconcile remote batches with the specs (or send a saved plan); see `applier`."""
+        from batchops import planfile
+        from batchops.applier import Applier, check_saved_plan
+
+        job_names = list(job_names or [])
+        saved = None
+        if plan_file is not None:
+            saved = planfile.load(plan_file)
+            job_names = list(saved.header.get("job_names") or [])
+            desired = self.desired(job_names)
+            reader = StateReader.open(self.settings.state_path)
+            try:
+                check_saved_plan(
+                    saved,
+                    reader.lineage,
+                    reader.serial,
+                    desired.spec_digest,
+                    reader.plan_applied(saved.plan_id),
+                )
+            finally:
+                reader.close()
+        else:
+            self.desired(job_names)  # bad specs fail here, before the state file is touched
+        store = StateStore.open(self.settings.state_path)
+        client = self.client()
+        command = "apply" if submit else "refresh"
+        try:
+            applier = Applier(self, store, client, progress)
+            lock = applier.lock(command, lock_timeout)
+            try:
+                if saved is not None:
+                    check_saved_plan(
+                        saved,
+                        store.lineage,
+                        store.serial,
+                        saved.spec_digest,
+                        store.plan_applied(saved.plan_id),
+                    )
+                    with store.transaction() as db:
+                        db["applied_plans"].insert(
+                            {"plan_id": saved.plan_id, "applied_at": iso(self.clock())}
+                        )
+                return applier.run(
+                    job_names,
+                    wait=wait,
+                    timeout=timeout,
+                    poll_interval=poll_interval,
+                    confirm=confirm,
+                    saved=saved,
+                    submit=submit,
+                )
+            finally:
+                store.release_lock(lock.lock_id)
+        finally:
+            client.close()
+            store.close()
+
+    def refresh(self, progress: Progress | None = None) -> ApplyReport:
+        """Poll remote batches and harvest finished ones; submit nothing."""
+        return self.apply(progress=progress, submit=False)
+
 
 def plan_from(
-    reader: StateReader, desired: Desired, now: datetime,
+    reader: StateReader,
+    desired: Desired,
+    now: datetime,
     remote: dict[str, BatchRecord] | None = None,
 ) -> Plan:
     """Make the plan for `desired` against what `reader` holds (the pure diff does the rest)."""

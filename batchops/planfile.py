@@ -45,7 +45,12 @@ class SavedPlan:
 def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) -> str:
     """Write the plan and every request it would send; atomically (temporary file, then rename)."""
     plan_id = str(uuid.uuid4())
-    header = {"kind": MAGIC, "plan_id": plan_id, "plan": plan_to_dict(plan, prices_source)}
+    header = {
+        "kind": MAGIC,
+        "plan_id": plan_id,
+        "job_names": None if desired.all_jobs_in_scope else [j.name for j in desired.jobs],
+        "plan": plan_to_dict(plan, prices_source),
+    }
     path = Path(path)
     if not path.parent.is_dir():
         raise PlanError(f"{path}: directory {path.parent} does not exist")
@@ -59,11 +64,20 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
                     continue
                 for item in items_for(desired.project, job.name, set(submits)):
                     action = submits[item.key]
-                    fh.write(orjson.dumps({
-                        "job": job.name, "key": item.key, "custom_id": item.custom_id,
-                        "fingerprint": item.fingerprint, "reason": action.reason,
-                        "attempt": action.attempt, "params": item.params,
-                    }) + b"\n")
+                    fh.write(
+                        orjson.dumps(
+                            {
+                                "job": job.name,
+                                "key": item.key,
+                                "custom_id": item.custom_id,
+                                "fingerprint": item.fingerprint,
+                                "reason": action.reason,
+                                "attempt": action.attempt,
+                                "params": item.params,
+                            }
+                        )
+                        + b"\n"
+                    )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -82,5 +96,11 @@ def load(path: Path) -> SavedPlan:
     if not isinstance(header, dict) or header.get("kind") != MAGIC:
         raise PlanError(f"{path}: not a batchops plan file")
     plan = header["plan"]
-    return SavedPlan(path, header["plan_id"], plan.get("lineage"), int(plan.get("serial", 0)),
-                     plan.get("spec_digest", ""), header)
+    return SavedPlan(
+        path,
+        header["plan_id"],
+        plan.get("lineage"),
+        int(plan.get("serial", 0)),
+        plan.get("spec_digest", ""),
+        header,
+    )

@@ -206,12 +206,21 @@ def make_plan(
             if item_state in ("todo", "changed", "retry"):
                 attempt = record.attempts + 1 if item_state == "retry" and record else 1
                 actions.append(
-                    SubmitItem(job.name, item.key, item.custom_id, item.fingerprint, item_state,
-                               attempt, item.cost_usd)
+                    SubmitItem(
+                        job.name,
+                        item.key,
+                        item.custom_id,
+                        item.fingerprint,
+                        item_state,
+                        attempt,
+                        item.cost_usd,
+                    )
                 )
                 cost += item.cost_usd
             elif item_state == "failed":
-                failed.append(FailedItem(item.key, record.error_type if record else None, detail or ""))
+                failed.append(
+                    FailedItem(item.key, record.error_type if record else None, detail or "")
+                )
             elif item_state == "pending" and detail and record is not None:
                 obsolete.add(f"{job.name}\x1f{item.key}")
         for key, record in state_items.items():
@@ -221,22 +230,36 @@ def make_plan(
                 if record.inflight:
                     obsolete.add(f"{job.name}\x1f{key}")
         job_plans.append(
-            JobPlan(job.name, counts, tuple(actions), tuple(failed), round(cost, 6),
-                    job.budget_usd, job.cost_note)
+            JobPlan(
+                job.name,
+                counts,
+                tuple(actions),
+                tuple(failed),
+                round(cost, 6),
+                job.budget_usd,
+                job.cost_note,
+            )
         )
 
     if all_jobs_in_scope:
         for name in sorted(set(by_job) - scope):
             counts = dict.fromkeys(ITEM_STATES, 0)
             counts["removed"] = len(by_job[name])
-            forget = tuple(ForgetItem(name, key, "job no longer in any spec") for key in by_job[name])
+            forget = tuple(
+                ForgetItem(name, key, "job no longer in any spec") for key in by_job[name]
+            )
             obsolete.update(f"{name}\x1f{key}" for key, r in by_job[name].items() if r.inflight)
             job_plans.append(JobPlan(name, counts, forget, (), 0.0, None))
             scope.add(name)
 
     batch_actions = _batch_actions(
-        [b for b in batches if b.job in scope], list(intents), inflight_batches or {}, obsolete,
-        now, prune_margin, scope,
+        [b for b in batches if b.job in scope],
+        list(intents),
+        inflight_batches or {},
+        obsolete,
+        now,
+        prune_margin,
+        scope,
     )
     return Plan(now, lineage, serial, spec_digest, tuple(job_plans), tuple(batch_actions))
 
@@ -253,9 +276,15 @@ def _batch_actions(
     out: list[BatchAction] = []
     for intent in intents:
         if intent.job in scope and intent.status == "open":
-            out.append(BatchAction("adopt", None, intent.job,
-                                   "create outcome unknown: find the batch remotely or send again",
-                                   intent.id))
+            out.append(
+                BatchAction(
+                    "adopt",
+                    None,
+                    intent.job,
+                    "create outcome unknown: find the batch remotely or send again",
+                    intent.id,
+                )
+            )
     for b in batches:
         if b.finished or b.drift == "deleted":
             continue
@@ -265,17 +294,33 @@ def _batch_actions(
         if b.processing_status == "ended":
             if b.harvested_at is None:
                 if lost:
-                    out.append(BatchAction("requeue", b.id, b.job,
-                                           "results expired before harvest: items sent again"))
+                    out.append(
+                        BatchAction(
+                            "requeue",
+                            b.id,
+                            b.job,
+                            "results expired before harvest: items sent again",
+                        )
+                    )
                     continue
                 out.append(BatchAction("harvest", b.id, b.job, "ended"))
             if near_expiry and not lost:
-                out.append(BatchAction("prune", b.id, b.job,
-                                       f"results expire {_when(expires, now)}: delete remotely"))
+                out.append(
+                    BatchAction(
+                        "prune",
+                        b.id,
+                        b.job,
+                        f"results expire {_when(expires, now)}: delete remotely",
+                    )
+                )
             continue
         members = inflight_batches.get(b.id, set())
-        if b.canceled_by_us_at is None and b.processing_status == "in_progress" and members \
-                and members <= obsolete:
+        if (
+            b.canceled_by_us_at is None
+            and b.processing_status == "in_progress"
+            and members
+            and members <= obsolete
+        ):
             out.append(BatchAction("cancel", b.id, b.job, "every item in it is obsolete"))
     return out
 

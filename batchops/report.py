@@ -43,7 +43,8 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
                 "counts": job.counts,
                 "actions": [_action_dict(a) for a in job.actions],
                 "failed": [
-                    {"key": f.key, "error_type": f.error_type, "message": f.message} for f in job.failed
+                    {"key": f.key, "error_type": f.error_type, "message": f.message}
+                    for f in job.failed
                 ],
                 "estimated_cost_usd": job.estimated_cost_usd,
                 "budget_usd": job.budget_usd,
@@ -52,8 +53,13 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
             for job in plan.jobs
         ],
         "batches": [
-            {"action": b.action, "batch_id": b.batch_id, "job": b.job, "reason": b.reason,
-             "intent_id": b.intent_id}
+            {
+                "action": b.action,
+                "batch_id": b.batch_id,
+                "job": b.job,
+                "reason": b.reason,
+                "intent_id": b.intent_id,
+            }
             for b in plan.batches
         ],
     }
@@ -61,8 +67,13 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
 
 def _action_dict(action: SubmitItem | ForgetItem) -> dict[str, Any]:
     if isinstance(action, SubmitItem):
-        return {"action": "submit", "key": action.key, "reason": action.reason,
-                "custom_id": action.custom_id, "attempt": action.attempt}
+        return {
+            "action": "submit",
+            "key": action.key,
+            "reason": action.reason,
+            "custom_id": action.custom_id,
+            "attempt": action.attempt,
+        }
     return {"action": "forget", "key": action.key, "reason": action.reason}
 
 
@@ -74,8 +85,13 @@ def _job_rows(plan: Plan) -> list[list[Any]]:
     rows = []
     for job in plan.jobs:
         rows.append(
-            [job.name, *(job.counts[s] for s in ITEM_STATES), len(job.submits),
-             money(job.estimated_cost_usd), money(job.budget_usd)]
+            [
+                job.name,
+                *(job.counts[s] for s in ITEM_STATES),
+                len(job.submits),
+                money(job.estimated_cost_usd),
+                money(job.budget_usd),
+            ]
         )
     return rows
 
@@ -119,8 +135,14 @@ def _failed_lines(plan: Plan, limit: int = MAX_LISTED) -> list[str]:
 
 
 def plan_text(plan: Plan, prices_source: str | None = None) -> str:
-    out = [tabulate(_job_rows(plan), headers=HEADERS, tablefmt="simple",
-                    colalign=("left",) + ("right",) * (len(HEADERS) - 1))]
+    out = [
+        tabulate(
+            _job_rows(plan),
+            headers=HEADERS,
+            tablefmt="simple",
+            colalign=("left",) + ("right",) * (len(HEADERS) - 1),
+        )
+    ]
     actions = _action_lines(plan)
     if actions:
         out += ["", "Actions:", *actions]
@@ -137,16 +159,37 @@ def plan_text(plan: Plan, prices_source: str | None = None) -> str:
 
 
 def plan_markdown(plan: Plan, prices_source: str | None = None) -> str:
-    out = ["### batchops plan", "", f"**{_sentence(plan)}**", "",
-           tabulate(_job_rows(plan), headers=HEADERS, tablefmt="github")]
+    out = [
+        "### batchops plan",
+        "",
+        f"**{_sentence(plan)}**",
+        "",
+        tabulate(_job_rows(plan), headers=HEADERS, tablefmt="github"),
+    ]
     actions = _action_lines(plan)
     if actions:
-        out += ["", "<details><summary>Actions</summary>", "", "```diff", *actions, "```", "",
-                "</details>"]
+        out += [
+            "",
+            "<details><summary>Actions</summary>",
+            "",
+            "```diff",
+            *actions,
+            "```",
+            "",
+            "</details>",
+        ]
     failed = _failed_lines(plan)
     if failed:
-        out += ["", "<details><summary>Failed items</summary>", "", "```", *failed, "```", "",
-                "</details>"]
+        out += [
+            "",
+            "<details><summary>Failed items</summary>",
+            "",
+            "```",
+            *failed,
+            "```",
+            "",
+            "</details>",
+        ]
     footer = f"State lineage `{plan.lineage or 'new'}`, serial {plan.serial}"
     if prices_source:
         footer += f"; prices: {prices_source}"

@@ -235,8 +235,10 @@ class BatchRecord:
     @property
     def finished(self) -> bool:
         """Nothing more will happen to it remotely or locally."""
-        return self.pruned_at is not None or self.drift == "deleted" or (
-            self.harvested_at is not None and self.archived_at is not None
+        return (
+            self.pruned_at is not None
+            or self.drift in ("deleted", "results-lost")
+            or (self.harvested_at is not None and self.archived_at is not None)
         )
 
 
@@ -327,18 +329,28 @@ class StateReader:
     def item_records(self, jobs: list[str] | None = None) -> Iterator[ItemRecord]:
         if self.db is None:
             return
+        # While an attempt is in flight, the fingerprint that matters is the one it carries.
         sql = (
-            "select job, key, custom_id, fingerprint, attempts, inflight_attempt is not null,"
-            " outcome, error_type, error_message, canceled_by_us from items"
+            "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint), i.attempts,"
+            " i.inflight_attempt is not null, i.outcome, i.error_type, i.error_message,"
+            " i.canceled_by_us from items i left join attempts a on a.id = i.inflight_attempt"
         )
         params: list[Any] = []
         if jobs is not None:
-            sql += f" where job in ({', '.join('?' for _ in jobs)})"
+            sql += f" where i.job in ({', '.join('?' for _ in jobs)})"
             params = list(jobs)
         for row in self.db.execute(sql, params):
             yield ItemRecord(
-                row[0], row[1], row[2], row[3], row[4] or 0, bool(row[5]), row[6], row[7],
-                row[8], bool(row[9]),
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4] or 0,
+                bool(row[5]),
+                row[6],
+                row[7],
+                row[8],
+                bool(row[9]),
             )
 
     def job_names(self) -> list[str]:
@@ -350,7 +362,9 @@ class StateReader:
     def batches(self, *, unfinished_only: bool = False) -> list[BatchRecord]:
         if self.db is None:
             return []
-        rows = [BatchRecord.from_row(r) for r in self.db["batches"].rows_where(order_by="created_at")]
+        rows = [
+            BatchRecord.from_row(r) for r in self.db["batches"].rows_where(order_by="created_at")
+        ]
         return [b for b in rows if not (unfinished_only and b.finished)]
 
     def batch(self, batch_id: str) -> BatchRecord | None:
@@ -377,8 +391,12 @@ class StateReader:
             return []
         return [
             IntentRecord(
-                r["id"], r["job"], parse_time(r["created_at"]) or utcnow(), r["request_count"],
-                r["status"], r["batch_id"],
+                r["id"],
+                r["job"],
+                parse_time(r["created_at"]) or utcnow(),
+                r["request_count"],
+                r["status"],
+                r["batch_id"],
             )
             for r in self.db["intents"].rows_where("status = 'open'", order_by="created_at")
         ]
@@ -395,9 +413,10 @@ class StateReader:
     def plan_applied(self, plan_id: str) -> bool:
         if self.db is None:
             return False
-        return self.db.execute(
-            "select 1 from applied_plans where plan_id = ?", [plan_id]
-        ).fetchone() is not None
+        return (
+            self.db.execute("select 1 from applied_plans where plan_id = ?", [plan_id]).fetchone()
+            is not None
+        )
 
 
 class StateStore(StateReader):
@@ -442,13 +461,16 @@ class StateStore(StateReader):
         assert self.db is not None
         with self.db.atomic():
             yield self.db
-            self.db.execute("update meta set value = cast(value as integer) + 1 where key = 'serial'")
+            self.db.execute(
+                "update meta set value = cast(value as integer) + 1 where key = 'serial'"
+            )
 
     # -- the lock (not a state change: it does not bump the serial)
     def acquire_lock(self, command: str) -> LockInfo:
         assert self.db is not None
-        info = LockInfo(str(uuid.uuid4()), os.getpid(), socket.gethostname(), iso(utcnow()) or "",
-                        command)
+        info = LockInfo(
+            str(uuid.uuid4()), os.getpid(), socket.gethostname(), iso(utcnow()) or "", command
+        )
         conn = self.db.conn
         conn.execute("begin immediate")
         try:

@@ -1,0 +1,179 @@
+"""The Message Batches API, as batchops uses it: every remote call goes through the official SDK.
+
+Creates are sent with the SDK's retries off (the API has no idempotency key, so a retried create
+could make a second batch); reads are retried by the SDK. Failures come back as `RemoteError`
+with one line that names the call, the status and the request id, never the API key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import anthropic
+import orjson
+
+from batchops.errors import RemoteError
+from batchops.state import parse_time
+
+RESULT_RETENTION = timedelta(days=29)
+READ_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class RemoteBatch:
+    id: str
+    processing_status: str
+    request_counts: dict[str, int]
+    created_at: datetime
+    expires_at: datetime | None
+    ended_at: datetime | None
+    cancel_initiated_at: datetime | None
+    archived_at: datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.request_counts.values())
+
+    @classmethod
+    def from_sdk(cls, batch: Any) -> RemoteBatch:
+        data = batch.model_dump(mode="json") if hasattr(batch, "model_dump") else dict(batch)
+        return cls(
+            id=data["id"],
+            processing_status=data["processing_status"],
+            request_counts={k: int(v or 0) for k, v in (data.get("request_counts") or {}).items()},
+            created_at=parse_time(data["created_at"]),  # type: ignore[arg-type]
+            expires_at=parse_time(data.get("expires_at")),
+            ended_at=parse_time(data.get("ended_at")),
+            cancel_initiated_at=parse_time(data.get("cancel_initiated_at")),
+            archived_at=parse_time(data.get("archived_at")),
+        )
+
+
+class CreateOutcomeUnknown(Exception):
+    """The create may or may not have made a batch (timeout, dropped connection, 5xx)."""
+
+
+class NotFound(Exception):
+    """The batch does not exist remotely (deleted, or never was)."""
+
+
+def describe(exc: BaseException, what: str) -> str:
+    """One line about an SDK failure; never includes the key."""
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        kind = err.get("type") or type(exc).__name__
+        message = err.get("message") or str(exc)
+        rid = f" (request-id {exc.request_id})" if exc.request_id else ""
+        return f"{what} failed: HTTP {exc.status_code} {kind}: {message}{rid}"
+    if isinstance(exc, anthropic.APITimeoutError):
+        return f"{what} failed: timed out"
+    if isinstance(exc, anthropic.APIConnectionError):
+        return f"{what} failed: connection error ({exc.__cause__ or exc})"
+    return f"{what} failed: {type(exc).__name__}: {exc}"
+
+
+class BatchesClient:
+    """A thin adapter over `anthropic.Anthropic().messages.batches`."""
+
+    def __init__(
+        self, base_url: str | None = None, api_key: str | None = None, timeout: float = 600.0
+    ):
+        kwargs: dict[str, Any] = {"max_retries": READ_RETRIES, "timeout": timeout}
+        if base_url:
+            kwargs["base_url"] = base_url
+        if api_key:
+            kwargs["api_key"] = api_key
+        try:
+            self._sdk = anthropic.Anthropic(**kwargs)
+        except anthropic.AnthropicError as exc:
+            raise RemoteError(f"cannot set up the Anthropic client: {exc}") from None
+
+    def close(self) -> None:
+        self._sdk.close()
+
+    def create(self, requests: Sequence[dict[str, Any]], betas: Sequence[str] = ()) -> RemoteBatch:
+        """Create one batch, without retries. Raises CreateOutcomeUnknown when it may exist."""
+        sdk = self._sdk.with_options(max_retries=0)
+        try:
+            if betas:
+                batch = sdk.beta.messages.batches.create(requests=list(requests), betas=list(betas))
+            else:
+                batch = sdk.messages.batches.create(requests=list(requests))
+        except anthropic.APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in (408, 409):
+                raise CreateOutcomeUnknown(describe(exc, "create batch")) from exc
+            raise RemoteError(describe(exc, "create batch")) from None
+        except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+            raise CreateOutcomeUnknown(describe(exc, "create batch")) from exc
+        return RemoteBatch.from_sdk(batch)
+
+    def retrieve(self, batch_id: str) -> RemoteBatch:
+        try:
+            return RemoteBatch.from_sdk(self._sdk.messages.batches.retrieve(batch_id))
+        except anthropic.NotFoundError:
+            raise NotFound(batch_id) from None
+        except anthropic.APIError as exc:
+            raise RemoteError(describe(exc, f"retrieve batch {batch_id}")) from None
+
+    def list_recent(self, since: datetime) -> Iterator[RemoteBatch]:
+        """Batches created at or after `since`, newest first (stops paging at older ones)."""
+        try:
+            for batch in self._sdk.messages.batches.list(limit=100):
+                remote = RemoteBatch.from_sdk(batch)
+                if remote.created_at < since:
+                    return
+                yield remote
+        except anthropic.APIError as exc:
+            raise RemoteError(describe(exc, "list batches")) from None
+
+    def cancel(self, batch_id: str) -> RemoteBatch:
+        try:
+            return RemoteBatch.from_sdk(self._sdk.messages.batches.cancel(batch_id))
+        except anthropic.NotFoundError:
+            raise NotFound(batch_id) from None
+        except anthropic.APIError as exc:
+            raise RemoteError(describe(exc, f"cancel batch {batch_id}")) from None
+
+    def delete(self, batch_id: str) -> None:
+        try:
+            self._sdk.messages.batches.delete(batch_id)
+        except anthropic.NotFoundError:
+            raise NotFound(batch_id) from None
+        except anthropic.APIError as exc:
+            raise RemoteError(describe(exc, f"delete batch {batch_id}")) from None
+
+    @contextlib.contextmanager
+    def results(self, batch_id: str) -> Iterator[Iterator[dict[str, Any]]]:
+        """Stream a batch's result lines as dicts; the response is closed whatever happens."""
+        what = f"read results of batch {batch_id}"
+        try:
+            with self._sdk.messages.batches.with_streaming_response.results(batch_id) as response:
+                yield _parse_lines(response.iter_lines(), what)
+        except anthropic.NotFoundError:
+            raise NotFound(batch_id) from None
+        except anthropic.APIError as exc:
+            raise RemoteError(describe(exc, what)) from None
+        except RemoteError:
+            raise
+        except Exception as exc:  # httpx2 protocol errors on a cut stream are not anthropic errors
+            raise RemoteError(
+                f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise RemoteError(f"{what} failed: line {number} is not a JSON object")
+        yield value
