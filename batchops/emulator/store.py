@@ -29,6 +29,7 @@ from batchops.emulator.responses import FAULT_MESSAGES, cache_prefix, validation
 DAY = 86_400.0
 EXPIRY = 1 * DAY
 RETENTION = 29 * DAY
+INSERT_CHUNK = 2_000
 RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
 
 SCHEMA = """
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS requests (
     error_type TEXT,
     error_message TEXT,
     cache_state TEXT,
-    params BLOB NOT NULL,
+    params TEXT NOT NULL,
     PRIMARY KEY (batch_seq, idx)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS requests_pos ON requests (batch_seq, pos);
@@ -128,7 +129,7 @@ class ResultRow:
     error_type: str | None
     error_message: str | None
     cache_state: str | None
-    params: bytes
+    params: str
 
 
 class Store:
@@ -175,54 +176,16 @@ class Store:
             ).fetchone()
         return self._row(values) if values else None
 
-    def create(self, requests: list[dict[str, Any]], settings: RuntimeSettings) -> BatchRow:
-        """Store a batch whose envelope was already checked; plan every request's result now."""
-        rows = []
+    def create(self, requests: list[Any], settings: RuntimeSettings) -> BatchRow:
+        """Store a batch whose envelope was already checked; plan every request's result now.
+
+        Consumes `requests`: each entry is dropped once stored, and rows go to SQLite a chunk at
+        a time, so a 100,000-request create never holds a second copy of the payload.
+        """
+        positions = list(range(len(requests)))
+        random.shuffle(positions)  # results come back in no particular order
+        seen_prefixes: set[str] = set()
         with self._lock:
-            attempts = {}
-            for req in requests:
-                found = self._db.execute(
-                    "SELECT count FROM submissions WHERE custom_id = ?", (req["custom_id"],)
-                ).fetchone()
-                attempts[req["custom_id"]] = found[0] if found else 0
-            seen_prefixes: set[str] = set()
-            positions = list(range(len(requests)))
-            random.shuffle(positions)  # results come back in no particular order
-            for idx, req in enumerate(requests):
-                custom_id = req["custom_id"]
-                params = req.get("params")
-                blob = orjson.dumps(params)
-                attempt = attempts[custom_id]
-                outcome, error_type, message = self._plan(
-                    blob, params, custom_id, attempt, settings
-                )
-                cache_state = None
-                if outcome == "succeeded" and b"cache_control" in blob:
-                    prefix = cache_prefix(params)
-                    if prefix is not None:
-                        known = (
-                            prefix[0] in seen_prefixes
-                            or self._db.execute(
-                                "SELECT 1 FROM cache_prefixes WHERE hash = ?", (prefix[0],)
-                            ).fetchone()
-                        )
-                        cache_state = "read" if known else "write"
-                        seen_prefixes.add(prefix[0])
-                rows.append(
-                    (
-                        idx,
-                        positions[idx],
-                        custom_id,
-                        attempt,
-                        outcome,
-                        error_type,
-                        message,
-                        cache_state,
-                        blob,
-                    )
-                )
-            now = self.clock.now()
-            speed = settings.speed
             batch_id = random_id("msgbatch_")
             self._db.execute("BEGIN")
             try:
@@ -231,22 +194,33 @@ class Store:
                     " VALUES (?, ?, ?, ?, ?)",
                     (
                         batch_id,
-                        now,
-                        settings.processing_seconds / speed,
-                        settings.cancel_seconds / speed,
+                        self.clock.now(),
+                        settings.processing_seconds / settings.speed,
+                        settings.cancel_seconds / settings.speed,
                         len(requests),
                     ),
                 )
                 seq = cur.lastrowid
-                self._db.executemany(
-                    "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    ((seq, *r) for r in rows),
-                )
-                self._db.executemany(
-                    "INSERT INTO submissions (custom_id, count) VALUES (?, 1)"
-                    " ON CONFLICT (custom_id) DO UPDATE SET count = count + 1",
-                    ((r[2],) for r in rows),
-                )
+                for start in range(0, len(requests), INSERT_CHUNK):
+                    rows = []
+                    for idx in range(start, min(start + INSERT_CHUNK, len(requests))):
+                        req, requests[idx] = requests[idx], None
+                        rows.append(
+                            (
+                                seq,
+                                idx,
+                                positions[idx],
+                                *self._request_row(req, settings, seen_prefixes),
+                            )
+                        )
+                    self._db.executemany(
+                        "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                    )
+                    self._db.executemany(
+                        "INSERT INTO submissions (custom_id, count) VALUES (?, 1)"
+                        " ON CONFLICT (custom_id) DO UPDATE SET count = count + 1",
+                        ((r[3],) for r in rows),
+                    )
                 self._db.executemany(
                     "INSERT OR IGNORE INTO cache_prefixes (hash) VALUES (?)",
                     ((h,) for h in seen_prefixes),
@@ -260,14 +234,41 @@ class Store:
             raise RuntimeError("batch vanished after insert")
         return found
 
+    def _request_row(
+        self, req: dict[str, Any], settings: RuntimeSettings, seen_prefixes: set[str]
+    ) -> tuple:
+        """(custom_id, attempt, outcome, error type, message, cache state, params JSON)."""
+        custom_id = req["custom_id"]
+        params = req.get("params")
+        # Stored as text: orjson's bytes keep a 4 KiB buffer, which 100,000 rows can't afford.
+        text = orjson.dumps(params).decode()
+        found = self._db.execute(
+            "SELECT count FROM submissions WHERE custom_id = ?", (custom_id,)
+        ).fetchone()
+        attempt = found[0] if found else 0
+        outcome, error_type, message = self._plan(text, params, custom_id, attempt, settings)
+        cache_state = None
+        if outcome == "succeeded" and "cache_control" in text:
+            prefix = cache_prefix(params)
+            if prefix is not None:
+                known = (
+                    prefix[0] in seen_prefixes
+                    or self._db.execute(
+                        "SELECT 1 FROM cache_prefixes WHERE hash = ?", (prefix[0],)
+                    ).fetchone()
+                )
+                cache_state = "read" if known else "write"
+                seen_prefixes.add(prefix[0])
+        return custom_id, attempt, outcome, error_type, message, cache_state, text
+
     @staticmethod
     def _plan(
-        blob: bytes, params: Any, custom_id: str, attempt: int, settings: RuntimeSettings
+        text: str, params: Any, custom_id: str, attempt: int, settings: RuntimeSettings
     ) -> tuple[str, str | None, str | None]:
         """(outcome, error type, error message) for one request if it gets processed."""
         fault: Outcome | None = None
-        if b"[[emulator:" in blob:
-            fault = marker_outcome(blob.decode(), attempt)
+        if "[[emulator:" in text:
+            fault = marker_outcome(text, attempt)
         if fault is None:
             problem = validation_error(params)
             if problem is not None:
