@@ -655,3 +655,49 @@ def test_good_items_are_yielded_before_the_error(project: Path) -> None:
         for item in iter_items(project_.jobs[0], project_.root):
             seen.append(item.key)
     assert seen == ["a", "b"]
+
+
+def test_custom_id_hash_is_lowercase_base32_of_sha256() -> None:
+    import base64
+    import hashlib
+
+    for job, key in [("j", "k"), ("ticket-sentiment", "T-1001"), ("x", "ключ" * 40)]:
+        digest = hashlib.sha256(f"{job}\x1f{key}".encode()).digest()
+        expected = base64.b32encode(digest).decode().lower()[:12]
+        assert custom_id_for(job, key).endswith("-" + expected)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "Subject: {{ subject }}\n\n{{n}}",
+        "{{- subject -}}  {{ n }} {{ f }} {{ none }} {{ flag }} {{ tags }} {{ obj }}\n",
+        "braces { } {{ '{x}' }} {{ subject }}",
+        "{# a comment #}{{ subject }}",
+        "{{ subject | upper }} {{ row.subject }} {% if n > 1 %}many{% endif %}",
+        "{{ key }}: {{ row }}",
+    ],
+)
+def test_fast_substitution_renders_exactly_as_jinja(source: str) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from batchops.items import _GLOBALS, _compile
+
+    row = {
+        "subject": "Hi {there}",
+        "n": 3,
+        "f": 0.1,
+        "none": None,
+        "flag": True,
+        "tags": ["a", "b"],
+        "obj": {"k": 1},
+    }
+    context = {**_GLOBALS, **row, "row": row, "key": "k1"}
+    problems: list[str] = []
+    template = _compile(source, "prompt", problems, "here")
+    assert problems == []
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    assert template.render(context) == env.from_string(source).render(context)
