@@ -260,6 +260,184 @@ def refresh(ctx: click.Context) -> None:
         raise BatchopsError(*report.problems)
 
 
+# --------- status, results, state surgery
+def _offline_context(ctx: click.Context) -> Context:
+    """A Context for the offline commands; tests may freeze its clock through `obj["clock"]`."""
+    context = _context(ctx)
+    clock = ctx.obj.get("clock")
+    if clock is not None:
+        context.clock = clock
+    return context
+
+
+def _echo_json(data: object) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.command()
+@job_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
+    """Where each job stands and what it cost, as of the last apply or refresh (offline)."""
+    from batchops.status import duration
+    from batchops.status import status as job_status
+
+    report = job_status(_offline_context(ctx), job_names)
+    if json_:
+        _echo_json(report.to_dict())
+        return
+    rows = [[j.name, j.items, j.succeeded, j.pending, j.retrying, j.failed, j.todo, j.removed,
+             money(j.actual_cost_usd), money(j.estimated_cost_usd)] for j in report.jobs]
+    click.echo(tabulate(rows, headers=["job", "items", "succeeded", "pending", "retrying", "failed",
+                                       "to do", "removed", "actual cost", "est. cost"],
+                        colalign=("left",) + ("right",) * 9))
+    for j in report.jobs:
+        if j.cost_note:
+            click.echo(f"Note: {j.name}: {j.cost_note}")
+    click.echo(f"\nActual cost {money(report.actual_cost_usd)} of an estimated "
+               f"{money(report.estimated_cost_usd)} (ceiling, at batch prices).")
+    if report.batches_in_flight:
+        click.echo("\nBatches in flight:")
+        click.echo(tabulate(
+            [[b.id, b.job, b.processing_status, b.request_count, duration(b.age_seconds),
+              duration(b.expires_in_seconds)] for b in report.batches_in_flight],
+            headers=["batch", "job", "status", "requests", "age", "expires in"],
+            colalign=("left", "left", "left", "right", "right", "right")))
+    else:
+        click.echo("No batches in flight.")
+    expiry = report.next_result_expiry
+    if expiry is not None:
+        click.echo(f"Nearest remote result expiry: batch {expiry.batch_id} ({expiry.job}), "
+                   f"{expiry.results_expire_at:%Y-%m-%d %H:%M} UTC, in {duration(expiry.in_seconds)}.")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--format", "fmt", default="jsonl", show_default=True, metavar="jsonl|csv|json",
+              help="Output format (csv has no full message column).")
+@click.option("-o", "--out", "out_file", type=click.Path(path_type=Path),
+              help="Write to FILE (atomically) instead of standard output.")
+@click.option("--failed", "failed_only", is_flag=True, help="Only failed items, with their errors.")
+@click.pass_context
+def results(ctx: click.Context, job: str, fmt: str, out_file: Path | None,
+            failed_only: bool) -> None:
+    """Export JOB's current results joined to its input rows, one row per input key."""
+    from batchops.results import export
+
+    target = out_file if out_file is not None else click.get_binary_stream("stdout")
+    summary = export(_offline_context(ctx), job, fmt, target, failed_only=failed_only)
+    if out_file is not None:
+        click.echo(f"Wrote {summary.rows} rows of {job} to {out_file} ({fmt}).")
+
+
+@cli.group("state")
+def state_group() -> None:
+    """Inspect the state file, or make it forget (never touches anything remote)."""
+
+
+@state_group.command("list")
+@json_option
+@click.pass_context
+def state_list(ctx: click.Context, json_: bool) -> None:
+    """Jobs and batches recorded in the state file."""
+    from batchops.surgery import state_list as listing
+
+    found = listing(_offline_context(ctx))
+    if json_:
+        _echo_json(found.to_dict())
+        return
+    click.echo(f"State {found.path}: lineage {found.lineage}, serial {found.serial}.\n")
+    click.echo(tabulate(
+        [[j.name, j.items, j.in_flight, j.outcomes["succeeded"], j.outcomes["errored"],
+          j.outcomes["expired"] + j.outcomes["canceled"] + j.outcomes["lost"], j.batches,
+          j.results] for j in found.jobs],
+        headers=["job", "items", "in flight", "succeeded", "errored", "other", "batches",
+                 "results"],
+        colalign=("left",) + ("right",) * 7))
+    if found.batches:
+        click.echo("")
+        click.echo(tabulate(
+            [[b.id, b.job, b.status, b.request_count, _when(b.created_at), b.drift or ""]
+             for b in found.batches],
+            headers=["batch", "job", "status", "requests", "created", "drift"],
+            colalign=("left", "left", "left", "right", "left", "left")))
+
+
+def _when(moment) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+@state_group.command("show")
+@click.argument("target", metavar="BATCH_ID|JOB")
+@json_option
+@click.pass_context
+def state_show(ctx: click.Context, target: str, json_: bool) -> None:
+    """Details of one batch or one job in the state file."""
+    from batchops.surgery import BatchDetail
+    from batchops.surgery import state_show as show
+
+    detail = show(_offline_context(ctx), target)
+    data = detail.to_dict()
+    if json_:
+        _echo_json(data)
+        return
+    if isinstance(detail, BatchDetail):
+        click.echo(f"Batch {detail.record.id}")
+        fields = [(k, v) for k, v in data.items()
+                  if k not in ("kind", "id", "request_counts", "attempts") and v is not None]
+        click.echo(tabulate(fields, tablefmt="plain"))
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(detail.request_counts.items()))
+        click.echo(f"Request counts: {counts or '-'}")
+        attempts = ", ".join(f"{k} {v}" for k, v in detail.attempts.items())
+        click.echo(f"Attempts by outcome: {attempts or '-'}")
+        return
+    job = detail.job
+    click.echo(f"Job {job.name}")
+    click.echo(tabulate([("items", job.items), ("in flight", job.in_flight),
+                         *((f"last outcome {k}", v) for k, v in job.outcomes.items() if v),
+                         ("batches", job.batches), ("results", job.results)], tablefmt="plain"))
+    if detail.batches:
+        click.echo("")
+        click.echo(tabulate(
+            [[b.id, b.status, b.request_count, _when(b.created_at), b.drift or ""]
+             for b in detail.batches],
+            headers=["batch", "status", "requests", "created", "drift"],
+            colalign=("left", "left", "right", "left", "left")))
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+@state_group.command("rm")
+@click.argument("target", metavar="JOB|BATCH_ID")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
+    """Forget a job or a batch (a backup of the state file is made first)."""
+    from batchops.surgery import preview_rm
+    from batchops.surgery import state_rm as remove
+
+    context = _offline_context(ctx)
+    if not yes:
+        if not _interactive():
+            raise BatchopsError("state rm needs --yes when standard input is not a terminal")
+        preview = preview_rm(context, target)
+        click.echo(f"This forgets {preview.kind} {target}: "
+                   + ", ".join(f"{n} {t}" for t, n in preview.rows.items())
+                   + ". Nothing remote is touched.")
+        if not click.confirm("Remove it from the state?", default=False):
+            click.echo("Nothing removed.")
+            ctx.exit(1)
+    removal = remove(context, target)
+    click.echo(f"Backed up the state to {removal.backup_path}.")
+    verb = "marked lost" if removal.kind == "batch" else "deleted"
+    rows = ", ".join(f"{n} {t}" for t, n in removal.rows.items())
+    click.echo(f"Removed {removal.kind} {target} from the state ({rows} rows {verb}). "
+               "Nothing remote was touched.")
+
+
 # ---------------------------------------------------------------- emulator (owned by the emulator work)
 @cli.group()
 def emulator() -> None:

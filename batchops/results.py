@@ -1,0 +1,290 @@
+"""`batchops results`: a job's current results joined to its input rows, streamed to a file.
+
+Users come for the answers, not for a database. Every input key appears exactly once, in source
+order: with its answer when the item has a current result (a stored success whose fingerprint is
+the spec's current one), otherwise with its state (`pending`, `todo`, `failed` …) and no text.
+
+The export streams: items are rendered one at a time (`iter_items`) and each key is looked up in
+state by primary key, so a million results never sit in memory. Files are written atomically (a
+temporary file in the same folder, then `os.replace`), so a reader never sees half a file and a
+failed export leaves the previous one in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from batchops.context import Context, plan_from
+from batchops.desired import select_jobs
+from batchops.errors import BatchopsError
+from batchops.items import Item, iter_items
+from batchops.planner import DesiredItem, classify
+from batchops.spec import Job
+from batchops.state import ItemRecord, StateReader
+
+FORMATS = ("jsonl", "csv", "json")
+# Columns of every row, in order; `input` (the input row) and `message` (jsonl/json only) follow.
+COLUMNS = (
+    "key",
+    "custom_id",
+    "state",
+    "text",
+    "detail",
+    "error_type",
+    "error_message",
+    "stop_reason",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "batch_id",
+)
+UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
+
+_LOOKUP = (
+    "select i.custom_id, coalesce(a.fingerprint, i.fingerprint), i.attempts,"
+    " i.inflight_attempt is not null, i.outcome, i.error_type, i.error_message, i.canceled_by_us,"
+    " r.fingerprint, r.type, r.text, r.message, r.stop_reason, r.model, r.input_tokens,"
+    " r.output_tokens, r.batch_id"
+    " from items i left join attempts a on a.id = i.inflight_attempt"
+    " left join results r on r.id = i.result_id"
+    " where i.job = ? and i.key = ?"
+)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    job: str
+    format: str
+    rows: int
+    path: Path | None  # None: written to a stream
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise BatchopsError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+    return fmt
+
+
+def _job(context: Context, job_name: str) -> tuple[Job, Path]:
+    project = context.project()
+    (job,) = select_jobs(project, [job_name])
+    return job, project.root
+
+
+def _input_of(item: Item) -> dict[str, Any]:
+    """The input row an item came from (a raw request's line for a `requests` job)."""
+    if item.row is not None:
+        return item.row
+    return {"custom_id": item.key, "params": item.params}
+
+
+def iter_results(
+    context: Context, job_name: str, *, failed_only: bool = False
+) -> Iterator[dict[str, Any]]:
+    """One row per item of the job, in source order (only `failed` items with `failed_only`).
+
+    `message` holds the full stored Message as an `orjson.Fragment` (pre-serialised JSON).
+    """
+    job, root = _job(context, job_name)
+    reader = StateReader.open(context.settings.state_path)
+    try:
+        yield from _rows(job, root, reader, failed_only)
+    finally:
+        reader.close()
+
+
+def _rows(job: Job, root: Path, reader: StateReader, failed_only: bool) -> Iterator[dict[str, Any]]:
+    execute = reader.db.execute if reader.db is not None else None
+    name, max_attempts = job.name, job.max_attempts
+    for item in iter_items(job, root):
+        found = execute(_LOOKUP, (name, item.key)).fetchone() if execute is not None else None
+        record = None
+        if found is not None:
+            record = ItemRecord(
+                name,
+                item.key,
+                found[0],
+                found[1],
+                found[2] or 0,
+                bool(found[3]),
+                found[4],
+                found[5],
+                found[6],
+                bool(found[7]),
+            )
+        state, detail = classify(
+            DesiredItem(item.key, item.custom_id, item.fingerprint, 0.0), record, max_attempts
+        )
+        if failed_only and state != "failed":
+            continue
+        current = (
+            found is not None
+            and state == "succeeded"
+            and found[9] == "succeeded"
+            and found[8] == item.fingerprint
+        )
+        errored = record is not None and state in ("failed", "retry")
+        yield {
+            "key": item.key,
+            "custom_id": item.custom_id,
+            "state": state,
+            "text": found[10] if current else None,
+            "detail": detail,
+            "error_type": (record.error_type or record.outcome) if errored and record else None,
+            "error_message": record.error_message if errored and record else None,
+            "stop_reason": found[12] if current else None,
+            "model": found[13] if current else None,
+            "input_tokens": found[14] if current else None,
+            "output_tokens": found[15] if current else None,
+            "batch_id": found[16] if current else None,
+            "input": _input_of(item),
+            "message": orjson.Fragment(found[11]) if current and found[11] else None,
+        }
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: IO[bytes], input_fields=()) -> int:
+    """Write rows to a binary stream in `fmt`; returns the number of rows."""
+    check_format(fmt)
+    count = 0
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            count += 1
+    elif fmt == "json":
+        out.write(b"[")
+        for row in rows:
+            out.write(b"\n" if count == 0 else b",\n")
+            out.write(orjson.dumps(row))
+            count += 1
+        out.write(b"\n]\n" if count else b"]\n")
+    else:
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+        try:
+            writer = csv.writer(text, lineterminator="\n")
+            fields = list(input_fields)
+            writer.writerow([*COLUMNS, *(f"input.{f}" for f in fields)])
+            for row in rows:
+                source = row["input"]
+                writer.writerow(
+                    [
+                        *(_cell(row[c]) for c in COLUMNS),
+                        *(_cell(source.get(f)) for f in fields),
+                    ]
+                )
+                count += 1
+        finally:
+            text.detach()
+    out.flush()
+    return count
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _input_fields(job: Job, root: Path) -> list[str]:
+    """CSV header fields for the input rows: the first row's for fixed-shape sources, else all."""
+    if job.requests is not None:
+        return ["custom_id", "params"]
+    fields: dict[str, None] = {}
+    for item in iter_items(job, root):
+        fields.update(dict.fromkeys(_input_of(item)))
+        if job.input is not None and job.input.format == "csv":
+            break  # every CSV row has the header's fields
+    return list(fields)
+
+
+def export(
+    context: Context,
+    job_name: str,
+    fmt: str = "jsonl",
+    out: IO[bytes] | Path | None = None,
+    *,
+    failed_only: bool = False,
+    create_dirs: bool = False,
+) -> ExportSummary:
+    """Export a job's results to a binary stream, or atomically to a file path."""
+    check_format(fmt)
+    job, root = _job(context, job_name)
+    fields = _input_fields(job, root) if fmt == "csv" else []
+    if isinstance(out, Path):
+        with atomic_write(out, create_dirs=create_dirs) as f:
+            rows = write_rows(
+                iter_results(context, job_name, failed_only=failed_only), fmt, f, fields
+            )
+        return ExportSummary(job_name, fmt, rows, out)
+    if out is None:
+        raise BatchopsError("export needs an output stream or file")
+    rows = write_rows(iter_results(context, job_name, failed_only=failed_only), fmt, out, fields)
+    return ExportSummary(job_name, fmt, rows, None)
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]]:
+    """Write `path` through a temporary file in its folder, renamed over it on success only."""
+    path = Path(path)
+    parent = path.parent
+    if create_dirs:
+        parent.mkdir(parents=True, exist_ok=True)
+    if not parent.is_dir():
+        raise BatchopsError(f"{path}: cannot write: directory {parent} does not exist")
+    if path.is_dir():
+        raise BatchopsError(f"{path}: cannot write: it is a directory")
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are not secrets
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_outputs(context: Context, job_names: Iterable[str] | None = None) -> list[Path]:
+    """Write the `output` file of every selected job that has one and no work left to do.
+
+    A job with items pending, to do or to retry is skipped: its file would be incomplete. Called
+    by `apply` at the end of its run; returns the paths written.
+    """
+    project = context.project()
+    jobs = [j for j in select_jobs(project, job_names) if j.output is not None]
+    if not jobs:
+        return []
+    desired = context.desired([j.name for j in jobs])
+    reader = StateReader.open(context.settings.state_path)
+    try:
+        plan = plan_from(reader, desired, context.clock())
+    finally:
+        reader.close()
+    written = []
+    for job in jobs:
+        job_plan = plan.job(job.name)
+        output = job.output
+        if output is None or job_plan is None:
+            continue
+        if any(job_plan.counts[s] for s in UNFINISHED_STATES):
+            continue
+        export(context, job.name, output.format, output.path, create_dirs=True)
+        written.append(output.path)
+    return written

@@ -1,0 +1,262 @@
+"""`batchops status`: where every job stands, what it has cost, and what is still out there.
+
+Status is offline and read-only, like `plan --no-refresh`: it classifies items with the planner's
+own rules (one source of truth for "pending" or "failed"), prices stored usage for the actual
+cost, and reads recorded batches. It never writes the state file and never calls the API, so it
+shows remote progress as of the last `apply` or `refresh`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from batchops.context import Context, plan_from
+from batchops.pricing import PriceTable, Usage
+from batchops.state import BatchRecord, StateReader, iso
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    items: int  # items the specs declare now (0 for a job no longer in any spec)
+    succeeded: int
+    pending: int
+    retrying: int
+    failed: int
+    todo: int  # never sent with the current fingerprint (todo + changed)
+    removed: int
+    actual_cost_usd: float
+    estimated_cost_usd: float
+    cost_note: str | None = None
+
+
+@dataclass(frozen=True)
+class InFlightBatch:
+    id: str
+    job: str
+    processing_status: str
+    request_count: int
+    created_at: datetime | None
+    expires_at: datetime | None
+    age_seconds: float | None
+    expires_in_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ResultExpiry:
+    batch_id: str
+    job: str
+    results_expire_at: datetime
+    in_seconds: float
+
+
+@dataclass(frozen=True)
+class Status:
+    created_at: datetime
+    state_path: str
+    lineage: str | None
+    serial: int
+    jobs: tuple[JobStatus, ...]
+    batches_in_flight: tuple[InFlightBatch, ...]
+    next_result_expiry: ResultExpiry | None
+
+    @property
+    def actual_cost_usd(self) -> float:
+        return round(sum(j.actual_cost_usd for j in self.jobs), 6)
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        return round(sum(j.estimated_cost_usd for j in self.jobs), 6)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON shape of `batchops status --json`."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "created_at": iso(self.created_at),
+            "state": {"path": self.state_path, "lineage": self.lineage, "serial": self.serial},
+            "jobs": [
+                {
+                    "name": j.name,
+                    "items": j.items,
+                    "succeeded": j.succeeded,
+                    "pending": j.pending,
+                    "retrying": j.retrying,
+                    "failed": j.failed,
+                    "todo": j.todo,
+                    "removed": j.removed,
+                    "actual_cost_usd": j.actual_cost_usd,
+                    "estimated_cost_usd": j.estimated_cost_usd,
+                    "cost_note": j.cost_note,
+                }
+                for j in self.jobs
+            ],
+            "totals": {
+                "actual_cost_usd": self.actual_cost_usd,
+                "estimated_cost_usd": self.estimated_cost_usd,
+            },
+            "batches_in_flight": [
+                {
+                    "id": b.id,
+                    "job": b.job,
+                    "processing_status": b.processing_status,
+                    "request_count": b.request_count,
+                    "created_at": iso(b.created_at),
+                    "expires_at": iso(b.expires_at),
+                    "age_seconds": _round(b.age_seconds),
+                    "expires_in_seconds": _round(b.expires_in_seconds),
+                }
+                for b in self.batches_in_flight
+            ],
+            "next_result_expiry": None
+            if self.next_result_expiry is None
+            else {
+                "batch_id": self.next_result_expiry.batch_id,
+                "job": self.next_result_expiry.job,
+                "results_expire_at": iso(self.next_result_expiry.results_expire_at),
+                "in_seconds": _round(self.next_result_expiry.in_seconds),
+            },
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
+    """Where each job stands, from the specs and the recorded state only (no network, no writes)."""
+    desired = context.desired(job_names)
+    now = context.clock()
+    reader = StateReader.open(context.settings.state_path)
+    try:
+        plan = plan_from(reader, desired, now)
+        actual, notes = actual_costs(reader, context.prices)
+        estimates = {j.name: (sum(i.cost_usd for i in j.items), len(j.items)) for j in desired.jobs}
+        cost_notes = {j.name: j.cost_note for j in desired.jobs}
+        jobs = []
+        for jp in plan.jobs:
+            c = jp.counts
+            estimate, items = estimates.get(jp.name, (0.0, 0))
+            note = "; ".join(n for n in (cost_notes.get(jp.name), notes.get(jp.name)) if n)
+            jobs.append(
+                JobStatus(
+                    name=jp.name,
+                    items=items,
+                    succeeded=c["succeeded"],
+                    pending=c["pending"],
+                    retrying=c["retry"],
+                    failed=c["failed"],
+                    todo=c["todo"] + c["changed"],
+                    removed=c["removed"],
+                    actual_cost_usd=round(actual.get(jp.name, 0.0), 6),
+                    estimated_cost_usd=round(estimate, 6),
+                    cost_note=note or None,
+                )
+            )
+        scope = {j.name for j in jobs}
+        batches = [b for b in reader.batches() if b.job in scope]
+        return Status(
+            created_at=now,
+            state_path=str(context.settings.state_path),
+            lineage=reader.lineage,
+            serial=reader.serial,
+            jobs=tuple(jobs),
+            batches_in_flight=tuple(_in_flight(batches, now)),
+            next_result_expiry=_next_expiry(batches, now),
+        )
+    finally:
+        reader.close()
+
+
+def actual_costs(
+    reader: StateReader, prices: PriceTable
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Job → USD billed for every succeeded result stored (history included), at batch prices.
+
+    Each result is priced on the day its batch was created (the result's arrival day when the
+    batch row is gone). Returns the costs and, per job, a note naming models with no price.
+    """
+    costs: dict[str, float] = {}
+    unpriced: dict[str, set[str]] = {}
+    if reader.db is None:
+        return costs, {}
+    sql = (
+        "select r.job, r.model, substr(coalesce(b.created_at, r.received_at), 1, 10),"
+        " sum(coalesce(r.input_tokens, 0)), sum(coalesce(r.output_tokens, 0)),"
+        " sum(max(coalesce(r.cache_creation_input_tokens, 0)"
+        " - coalesce(r.cache_creation_1h_input_tokens, 0), 0)),"
+        " sum(coalesce(r.cache_creation_1h_input_tokens, 0)),"
+        " sum(coalesce(r.cache_read_input_tokens, 0))"
+        " from results r left join batches b on b.id = r.batch_id"
+        " where r.type = 'succeeded' group by 1, 2, 3"
+    )
+    for job, model, day, inp, out, write_5m, write_1h, read in reader.db.execute(sql):
+        costs.setdefault(job, 0.0)
+        price = prices.price(model or "", date.fromisoformat(day)) if day else None
+        if price is None:
+            unpriced.setdefault(job, set()).add(model or "(unknown model)")
+            continue
+        costs[job] += Usage(inp, out, write_5m, write_1h, read).cost(price)
+    notes = {
+        job: f"no price for model {', '.join(sorted(models))} in {prices.source}: "
+        "actual cost excludes it"
+        for job, models in unpriced.items()
+    }
+    return costs, notes
+
+
+def _in_flight(batches: list[BatchRecord], now: datetime) -> list[InFlightBatch]:
+    out = []
+    for b in batches:
+        if b.finished or b.drift == "deleted" or b.processing_status == "ended":
+            continue
+        out.append(
+            InFlightBatch(
+                id=b.id,
+                job=b.job,
+                processing_status=b.processing_status,
+                request_count=b.request_count,
+                created_at=b.created_at,
+                expires_at=b.expires_at,
+                age_seconds=None if b.created_at is None else (now - b.created_at).total_seconds(),
+                expires_in_seconds=None
+                if b.expires_at is None
+                else (b.expires_at - now).total_seconds(),
+            )
+        )
+    return out
+
+
+def _next_expiry(batches: list[BatchRecord], now: datetime) -> ResultExpiry | None:
+    """The harvested, not yet pruned batch whose remote results expire first."""
+    candidates = [
+        (b.results_expire_at, b.id, b.job)
+        for b in batches
+        if b.harvested_at is not None
+        and b.pruned_at is None
+        and b.drift not in ("deleted", "results-lost")
+        and b.results_expire_at is not None
+    ]
+    if not candidates:
+        return None
+    expires, batch_id, job = min(candidates)
+    return ResultExpiry(batch_id, job, expires, (expires - now).total_seconds())
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: 45 s, 12 min, 5.2 h, 28.9 days (negative: '… ago')."""
+    if seconds is None:
+        return "-"
+    if seconds < 0:
+        return f"{duration(-seconds)} ago"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
