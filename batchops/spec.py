@@ -288,6 +288,9 @@ def load_project(jobs_path: Path, root: Path | None = None) -> Project:
                 continue
             jobs[job.name] = job
 
+    problems.extend(
+        _clashing_outputs(sorted(jobs.values(), key=lambda j: j.name), spec_files, root)
+    )
     if problems:
         raise SpecError(*dict.fromkeys(problems))
     return Project(
@@ -295,6 +298,29 @@ def load_project(jobs_path: Path, root: Path | None = None) -> Project:
         spec_files=tuple(spec_files),
         jobs=tuple(jobs[name] for name in sorted(jobs)),
     )
+
+
+def _clashing_outputs(jobs: list[Job], spec_files: list[Path], root: Path) -> list[str]:
+    """An output file that another job also writes, or that is a spec or data file, is refused."""
+    claimed: dict[Path, str] = {f: "a spec file" for f in spec_files}
+    for job in jobs:
+        source = job.source_file()
+        if source is not None:
+            claimed.setdefault(source, f"the input of job {job.name}")
+    problems = []
+    for job in jobs:
+        if job.output is None:
+            continue
+        path = job.output.path
+        if path in claimed:
+            shown = display_path(path, root)
+            problems.append(
+                f"{display_path(job.spec_file, root)}: jobs.{job.name}.output.path: "
+                f"{shown} is also {claimed[path]}"
+            )
+        else:
+            claimed[path] = f"the output of job {job.name}"
+    return problems
 
 
 def _discover(directory: Path) -> list[Path]:

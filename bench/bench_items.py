@@ -62,7 +62,9 @@ def main() -> None:
         write_rows(data, args.rows)
         (root / "jobs/bench.toml").write_text(SPEC, encoding="utf-8")
         size_mb = data.stat().st_size / 1e6
-        print(f"{args.rows:,} rows, {size_mb:.0f} MB jsonl; peak RSS after setup {peak_mb():.0f} MB")
+        print(
+            f"{args.rows:,} rows, {size_mb:.0f} MB jsonl; peak RSS after setup {peak_mb():.0f} MB"
+        )
 
         project = load_project(root / "jobs", root=root)
         (job,) = project.jobs

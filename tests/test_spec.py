@@ -538,3 +538,14 @@ def test_empty_jobs_directory(project: Path) -> None:
 
 def test_missing_jobs_path(project: Path) -> None:
     assert problems("nowhere") == ["nowhere: no such file or directory"]
+
+
+def test_output_clashing_with_another_output_or_an_input(project: Path) -> None:
+    spec = MINIMAL_JOB + 'output = { path = "out/x.jsonl" }\n'
+    spec += MINIMAL_JOB.replace("sentiment", "second") + 'output = { path = "out/x.jsonl" }\n'
+    spec += MINIMAL_JOB.replace("sentiment", "third") + 'output = { path = "data/t.jsonl" }\n'
+    write(project, "jobs/a.toml", "version = 1\n" + spec)
+    assert problems() == [
+        "jobs/a.toml: jobs.sentiment.output.path: jobs/out/x.jsonl is also the output of job second",
+        "jobs/a.toml: jobs.third.output.path: jobs/data/t.jsonl is also the input of job second",
+    ]
