@@ -137,9 +137,28 @@ def _orjson_exact(obj: Any) -> bool:
 
 # --- templates ----------------------------------------------------------------------------------
 
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-)
+MAX_TEMPLATE_VALUE = 1_000_000  # characters or elements a template may build with `*`
+MAX_EXPONENT = 1_000
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, also refusing `'x' * 10**9` and `9 ** 9 ** 9` (a CI-killing PR)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int) and abs(right) > MAX_EXPONENT:
+                raise SecurityError(f"exponent {right} is over the limit of {MAX_EXPONENT}")
+            return left**right
+        sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
+        counts = [v for v in (left, right) if isinstance(v, int)]
+        if sizes and counts and sizes[0] * counts[0] > MAX_TEMPLATE_VALUE:
+            raise SecurityError(f"a value over {MAX_TEMPLATE_VALUE:,} long is over the limit")
+        return left * right
+
+
+_ENV = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _GLOBALS = dict(_ENV.globals)  # what Template.render merges into every context
 _FILE_NODES = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
 

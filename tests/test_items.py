@@ -701,3 +701,26 @@ def test_fast_substitution_renders_exactly_as_jinja(source: str) -> None:
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
     )
     assert template.render(context) == env.from_string(source).render(context)
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("'x' * 10**9", "a value over 1,000,000 long is over the limit"),
+        ("[1] * 2000000", "a value over 1,000,000 long is over the limit"),
+        ("9 ** 99999", "exponent 99999 is over the limit of 1000"),
+    ],
+)
+def test_template_cannot_exhaust_memory(project: Path, expression: str, message: str) -> None:
+    spec_job(project, BASE.replace("body", expression) + 'items = [{ key = "k" }]')
+    assert item_problems(project) == [
+        f"jobs/a.toml: jobs.j.items.0: job j: item k: template 'prompt': {message}"
+    ]
+
+
+def test_template_arithmetic_still_works(project: Path) -> None:
+    spec_job(
+        project, BASE.replace("body", "'-' * 3 ~ 2 ** 3 ~ n * 2") + 'items = [{ key = "k", n = 4 }]'
+    )
+    (item,) = items_of(project)
+    assert item.params["messages"][0]["content"] == "---88"
