@@ -218,3 +218,15 @@ def test_bad_fault_is_refused(emulator_admin: EmulatorAdmin) -> None:
         emulator_admin.add_faults([{"kind": "explode"}])
     with pytest.raises(httpx2.HTTPStatusError):
         emulator_admin.add_faults([{"status": 500, "endpoint": "nowhere"}])
+
+
+@pytest.mark.parametrize("kind, expected", [("duplicate_line", 11), ("drop_line", 9)])
+def test_result_file_with_a_duplicated_or_missing_line(
+    sdk_client: anthropic.Anthropic, emulator_admin: EmulatorAdmin, kind: str, expected: int
+) -> None:
+    batch = sdk_client.messages.batches.create(requests=[request(f"r{i}") for i in range(10)])
+    emulator_admin.add_faults([{"kind": kind, "endpoint": "results"}])
+    spoiled = [line.custom_id for line in sdk_client.messages.batches.results(batch.id)]
+    assert len(spoiled) == expected
+    assert len(set(spoiled)) == (10 if kind == "duplicate_line" else 9)
+    assert len(list(sdk_client.messages.batches.results(batch.id))) == 10

@@ -272,12 +272,19 @@ def result_line(row: BatchRow, life: Lifecycle, rr: ResultRow) -> dict[str, Any]
     return {"custom_id": rr.custom_id, "result": result}
 
 
-def result_stream(emu: Emulator, row: BatchRow, life: Lifecycle) -> Iterator[bytes]:
-    """JSONL, LF only, one line per request, generated a page at a time from the store."""
+def result_stream(
+    emu: Emulator, row: BatchRow, life: Lifecycle, spoil: str | None = None
+) -> Iterator[bytes]:
+    """JSONL, LF only, one line per request, generated a page at a time from the store.
+
+    `spoil` ("duplicate_line" or "drop_line") repeats or leaves out the first line.
+    """
     buf = bytearray()
-    for rr in emu.store.result_rows(row):
-        buf += orjson.dumps(result_line(row, life, rr))
-        buf += b"\n"
+    for n, rr in enumerate(emu.store.result_rows(row)):
+        line = orjson.dumps(result_line(row, life, rr)) + b"\n"
+        if n == 0 and spoil == "drop_line":
+            continue
+        buf += line * 2 if n == 0 and spoil == "duplicate_line" else line
         if len(buf) >= RESULTS_CHUNK_BYTES:
             yield bytes(buf)
             buf.clear()
@@ -299,7 +306,8 @@ async def results(request: Request, emu: Emulator) -> Response:
         return error_response(
             request, 404, "not_found_error", f"Results for batch {row.id} are no longer available"
         )
-    return StreamingResponse(result_stream(emu, row, life), media_type="application/x-jsonl")
+    spoil = getattr(request.state, "spoil_results", None)
+    return StreamingResponse(result_stream(emu, row, life, spoil), media_type="application/x-jsonl")
 
 
 # ---------------------------------------------------------------------------- admin handlers
@@ -411,6 +419,9 @@ class RequestIdAndFaults:
         name = endpoint_name(scope["method"], scope["path"])
         fault = self.emulator.faults.take(name) if name else None
         if fault is None:
+            return await self.app(scope, receive, stamped)
+        if fault.kind in ("duplicate_line", "drop_line"):
+            scope["state"]["spoil_results"] = fault.kind
             return await self.app(scope, receive, stamped)
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay_seconds)

@@ -14,6 +14,18 @@ Marker grammar (anywhere in a request's params, normally in system or message te
 
 <error_type> is any word, e.g. invalid_request_error, api_error, overloaded_error, timeout_error.
 The first marker found wins. Without `times` the fault is persistent.
+
+HTTP faults are a JSON list posted to `/_emulator/faults`, each consumed by the first response
+whose endpoint (create, retrieve, list, results, cancel, delete; omitted = any) matches::
+
+    {"kind": "status", "status": 529, "retry_after_ms": 20, "endpoint": "create"}
+    {"kind": "status", "status": 500, "should_retry": false}
+    {"kind": "lost_response", "endpoint": "create"}     committed, then the socket is closed
+    {"kind": "truncate", "endpoint": "results", "after_bytes": 3000}
+    {"kind": "slow", "delay_seconds": 2.5}
+    {"kind": "duplicate_line" | "drop_line", "endpoint": "results"}
+
+See HttpFault for every field and its default.
 """
 
 from __future__ import annotations
@@ -77,12 +89,15 @@ class HttpFault(BaseModel):
     kind `status`: answer `status` with an error envelope (and retry-after-ms / x-should-retry
     when given) without doing the work. `lost_response`: do the work, then close the connection
     without answering. `truncate`: send headers and the first `after_bytes` of the body, then
-    close. `slow`: wait `delay_seconds`, then answer normally.
+    close. `slow`: wait `delay_seconds`, then answer normally. `duplicate_line` / `drop_line`
+    (results only): a well-framed result file with one line repeated, or one line missing.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["status", "lost_response", "truncate", "slow"] = "status"
+    kind: Literal["status", "lost_response", "truncate", "slow", "duplicate_line", "drop_line"] = (
+        "status"
+    )
     endpoint: Endpoint | None = None
     status: int = Field(default=500, ge=400, le=599)
     error_type: str | None = None
