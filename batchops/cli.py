@@ -305,11 +305,13 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
             headers=["batch", "job", "status", "requests", "age", "expires in"],
             colalign=("left", "left", "left", "right", "right", "right")))
     else:
-        click.echo("No batches in flight.")
+        click.echo("\nNo batches in flight.")
     expiry = report.next_result_expiry
     if expiry is not None:
-        click.echo(f"Nearest remote result expiry: batch {expiry.batch_id} ({expiry.job}), "
+        click.echo(f"\nNearest remote result expiry: batch {expiry.batch_id} ({expiry.job}), "
                    f"{expiry.results_expire_at:%Y-%m-%d %H:%M} UTC, in {duration(expiry.in_seconds)}.")
+    else:
+        click.echo("\nNo harvested results are held remotely.")
 
 
 @cli.command()
