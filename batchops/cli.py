@@ -327,7 +327,7 @@ def results(ctx: click.Context, job: str, fmt: str, out_file: Path | None,
     """Export JOB's current results joined to its input rows, one row per input key."""
     from batchops.results import export
 
-    target = out_file if out_file is not None else click.get_binary_stream("stdout")
+    target = out_file if out_file is not None else sys.stdout.buffer
     summary = export(_offline_context(ctx), job, fmt, target, failed_only=failed_only)
     if out_file is not None:
         click.echo(f"Wrote {summary.rows} rows of {job} to {out_file} ({fmt}).")
