@@ -127,11 +127,9 @@ def refreshed(record: BatchRecord, remote: RemoteBatch | None) -> tuple[BatchRec
 
 
 def needs_polling(record: BatchRecord) -> bool:
-    return (
-        not record.finished
-        and record.drift != "deleted"
-        and (record.processing_status != "ended" or record.harvested_at is None)
-    )
+    """Every batch batchops has not finished with, harvested ones included: a harvested batch is
+    polled too, so retention is judged on the remote's dates and outside deletes show as drift."""
+    return not record.finished
 
 
 def remote_view(
@@ -691,6 +689,8 @@ class Applier:
                 in_flight
                 or any(a.action in ("harvest", "adopt") for a in final.batches)
                 or (submit and any(j.submits for j in final.jobs))
+                # removed items still in flight: forgotten once their batch is harvested
+                or any(a.action == "forget" for j in final.jobs for a in j.actions)
             )
             if not outstanding:
                 return self.report
@@ -705,7 +705,7 @@ class Applier:
         if not forget:
             return
         with self.store.transaction() as db:
-            db.executemany(
+            db.conn.executemany(
                 "delete from items where job = ? and key = ? and inflight_attempt is null", forget
             )
 
@@ -771,7 +771,9 @@ def check_saved_plan(
     problems = []
     if already_applied:
         problems.append(f"{saved.path}: this plan was already applied; make a new plan")
-    if saved.lineage != store_lineage:
+    # A plan made before the state file existed applies to the fresh file apply creates for it.
+    fresh = saved.lineage is None and store_serial == 0
+    if saved.lineage != store_lineage and not fresh:
         problems.append(
             f"{saved.path}: plan was made for state lineage {saved.lineage}, "
             f"but the state file has lineage {store_lineage}"

@@ -1,0 +1,5 @@
+"""`python -m batchops`: the same as the `batchops` command."""
+
+from batchops.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Small batchops projects for tests: a spec and a data file written into a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from batchops.context import Context, Settings
+
+API_KEY = "sk-ant-test-dummy"
+
+
+def write_project(root: Path, rows: list[dict], *, max_attempts: int = 3, extra: str = "") -> Path:
+    """A project with one job `demo` over `rows` (each a dict with `id` and `text`)."""
+    jobs = root / "jobs"
+    (jobs / "data").mkdir(parents=True, exist_ok=True)
+    write_rows(root, rows)
+    (jobs / "demo.toml").write_text(
+        "version = 1\n\n"
+        "[jobs.demo]\n"
+        'model = "claude-haiku-4-5"\n'
+        "max_tokens = 16\n"
+        f"max_attempts = {max_attempts}\n"
+        'prompt = "Classify: {{ text }}"\n'
+        'input = { path = "data/rows.jsonl", key = "id" }\n' + extra,
+        encoding="utf-8",
+    )
+    return jobs
+
+
+def write_rows(root: Path, rows: list[dict]) -> None:
+    path = root / "jobs" / "data" / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def rows(n: int, **overrides: str) -> list[dict]:
+    """n rows r1..rn; `overrides` maps a key to a replacement text."""
+    return [{"id": f"r{i}", "text": overrides.get(f"r{i}", f"text number {i}")} for i in range(1, n + 1)]
+
+
+def context(root: Path, base_url: str | None, **settings) -> Context:
+    return Context(
+        Settings(
+            jobs_path=root / "jobs",
+            state_path=root / "state" / "batchops.db",
+            root=root,
+            base_url=base_url,
+            api_key=API_KEY if base_url else None,
+            **settings,
+        )
+    )
+
+
+def apply(ctx: Context, **kw):
+    kw.setdefault("poll_interval", 0.05)
+    kw.setdefault("timeout", 60)
+    return ctx.apply(**kw)
+
+
+def run_cli(root: Path, base_url: str | None, *args: str, env: dict | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `batchops` as a real process in `root`, pointed at `base_url`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    full_env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+    if base_url:
+        full_env.update({"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": API_KEY})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "batchops", *args],
+        cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )

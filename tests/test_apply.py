@@ -1,0 +1,320 @@
+"""apply end to end: the real SDK over HTTP against the emulator on loopback (DESIGN §5–§6)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import pytest
+
+from batchops.emulator import EmulatorAdmin
+from batchops.errors import BudgetExceeded, LockHeld, StateError
+from batchops.items import custom_id_for
+from batchops.state import StateStore
+from tests.projects import apply, context, rows, write_project, write_rows
+
+DAY = 24 * 3600
+
+
+def states(ctx) -> dict[str, str]:
+    """key → DESIGN §5 state, as a fresh offline plan sees it."""
+    plan, desired = ctx.plan(refresh=False)
+    from batchops.planner import classify
+    from batchops.state import StateReader
+
+    reader = StateReader.open(ctx.settings.state_path)
+    records = {r.key: r for r in reader.item_records()}
+    reader.close()
+    out = {}
+    for job in desired.jobs:
+        for item in job.items:
+            out[item.key] = classify(item, records.get(item.key), job.max_attempts)[0]
+    return out
+
+
+def submissions(admin: EmulatorAdmin, key: str, job: str = "demo") -> int:
+    return admin.stats()["submissions"].get(custom_id_for(job, key), 0)
+
+
+def db_rows(ctx, sql: str, params=()) -> list[tuple]:
+    conn = sqlite3.connect(ctx.settings.state_path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def test_apply_then_apply_again_sends_nothing(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(5))
+    ctx = context(tmp_path, emulator)
+    report = apply(ctx, wait=True)
+    assert report.submitted == 5
+    assert set(states(ctx).values()) == {"succeeded"}
+    assert db_rows(ctx, "select count(*) from results where type = 'succeeded'") == [(5,)]
+    before = emulator_admin.stats()
+
+    again = apply(ctx, wait=True)
+    assert again.submitted == 0
+    assert emulator_admin.stats() == before
+
+
+def test_editing_one_row_sends_exactly_that_item(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(5))
+    ctx = context(tmp_path, emulator)
+    apply(ctx, wait=True)
+    write_rows(tmp_path, rows(5, r3="a different text"))
+    plan, _ = ctx.plan(refresh=False)
+    assert [(a.key, a.reason) for a in plan.jobs[0].submits] == [("r3", "changed")]
+    report = apply(ctx, wait=True)
+    assert report.submitted == 1
+    assert {k: submissions(emulator_admin, k) for k in ("r1", "r2", "r3", "r4", "r5")} == {
+        "r1": 1, "r2": 1, "r3": 2, "r4": 1, "r5": 1,
+    }
+    # the old result is kept as history; the current one is for the new fingerprint
+    assert db_rows(ctx, "select count(*) from results where key = 'r3'") == [(2,)]
+    assert states(ctx)["r3"] == "succeeded"
+
+
+def test_retries_up_to_max_attempts_and_never_invalid_requests(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(
+        6,
+        r1="[[emulator:fail=overloaded_error:times=2]]",  # succeeds on the third attempt
+        r2="[[emulator:fail=api_error]]",  # never succeeds: three attempts, then failed
+        r3="[[emulator:fail=invalid_request_error]]",  # not retryable: one attempt
+        r4="[[emulator:expired:times=1]]",
+        r5="[[emulator:fail=timeout_error:times=1]]",
+    ), max_attempts=3)
+    ctx = context(tmp_path, emulator)
+    apply(ctx, wait=True)
+    assert states(ctx) == {"r1": "succeeded", "r2": "failed", "r3": "failed", "r4": "succeeded",
+                           "r5": "succeeded", "r6": "succeeded"}
+    assert {k: submissions(emulator_admin, k) for k in ("r1", "r2", "r3", "r4", "r5", "r6")} == {
+        "r1": 3, "r2": 3, "r3": 1, "r4": 2, "r5": 2, "r6": 1,
+    }
+    plan, _ = ctx.plan(refresh=False)
+    failed = {f.key: f for f in plan.jobs[0].failed}
+    assert failed["r3"].error_type == "invalid_request_error"
+    assert failed["r3"].message.startswith("invalid_request_error: ")
+    assert failed["r2"].message.startswith("max_attempts (3) used up; last: api_error")
+    # nothing more to do: a further apply sends nothing
+    before = emulator_admin.stats()
+    assert apply(ctx, wait=True).submitted == 0
+    assert emulator_admin.stats() == before
+
+
+def test_invalid_request_is_sent_again_only_when_the_item_changes(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(2, r1="[[emulator:fail=invalid_request_error]]"))
+    ctx = context(tmp_path, emulator)
+    apply(ctx, wait=True)
+    assert states(ctx)["r1"] == "failed"
+    write_rows(tmp_path, rows(2, r1="fixed text"))
+    apply(ctx, wait=True)
+    assert states(ctx)["r1"] == "succeeded"
+    assert submissions(emulator_admin, "r1") == 2
+
+
+def test_lost_create_response_is_adopted_not_sent_again(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(4))
+    emulator_admin.add_faults([{"kind": "lost_response", "endpoint": "create"}])
+    ctx = context(tmp_path, emulator)
+    report = apply(ctx, wait=True)
+    assert len(report.adopted) == 1
+    stats = emulator_admin.stats()
+    assert stats["batches_created"] == 1
+    assert set(stats["submissions"].values()) == {1}
+    assert set(states(ctx).values()) == {"succeeded"}
+
+
+def test_truncated_results_store_nothing_then_harvest_whole(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(30))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)  # submits; the batch ends at once but is harvested on the next run
+    emulator_admin.add_faults([{"kind": "truncate", "endpoint": "results", "after_bytes": 2000}])
+    report = apply(ctx)
+    assert report.harvested == []
+    assert report.problems and "harvest of batch" in report.problems[0]
+    assert db_rows(ctx, "select count(*) from results") == [(0,)]
+    report = apply(ctx)
+    assert len(report.harvested) == 1
+    assert db_rows(ctx, "select count(*) from results") == [(30,)]
+    assert set(emulator_admin.stats()["submissions"].values()) == {1}
+
+
+@pytest.mark.parametrize("status", [429, 529])
+def test_rate_limits_and_overload_are_survived(tmp_path, emulator, emulator_admin, status):
+    write_project(tmp_path, rows(3))
+    emulator_admin.add_faults([
+        {"kind": "status", "status": status, "endpoint": "create", "retry_after_ms": 10},
+        {"kind": "status", "status": status, "endpoint": "retrieve", "retry_after_ms": 10},
+        {"kind": "status", "status": status, "endpoint": "list", "retry_after_ms": 10},
+    ])
+    ctx = context(tmp_path, emulator)
+    apply(ctx, wait=True)
+    assert set(states(ctx).values()) == {"succeeded"}
+    stats = emulator_admin.stats()
+    assert stats["batches_created"] == 1
+    assert set(stats["submissions"].values()) == {1}
+
+
+def test_lock_held_fails_at_once_naming_the_holder(tmp_path, emulator):
+    write_project(tmp_path, rows(1))
+    ctx = context(tmp_path, emulator)
+    store = StateStore.open(ctx.settings.state_path)
+    held = store.acquire_lock("apply")
+    try:
+        with pytest.raises(LockHeld) as caught:
+            apply(ctx)
+        assert f"lock {held.lock_id} held by pid {held.pid}" in caught.value.problems[0]
+    finally:
+        store.release_lock(held.lock_id)
+        store.close()
+    assert apply(ctx, wait=True).submitted == 1
+
+
+def test_budget_exceeded_refuses_before_sending(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(3), extra="budget_usd = 0.000001\n")
+    ctx = context(tmp_path, emulator)
+    with pytest.raises(BudgetExceeded) as caught:
+        apply(ctx)
+    assert caught.value.problems[0].startswith("job demo: estimated cost $0.0")
+    assert "exceeds its budget_usd $0.0000" in caught.value.problems[0]
+    assert emulator_admin.stats()["batches_created"] == 0
+
+
+def test_results_near_expiry_are_pruned(tmp_path, emulator, emulator_admin, sdk_client):
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    apply(ctx, wait=True)
+    [(batch_id,)] = db_rows(ctx, "select id from batches")
+    assert [b.action for b in ctx.plan(refresh=False)[0].batches] == []
+    emulator_admin.advance_clock(28 * DAY)
+    plan, _ = ctx.plan(refresh=True)
+    assert [(b.action, b.batch_id) for b in plan.batches] == [("prune", batch_id)]
+    report = apply(ctx)
+    assert report.pruned == [batch_id]
+    import anthropic
+
+    with pytest.raises(anthropic.NotFoundError):
+        sdk_client.messages.batches.retrieve(batch_id)
+    assert set(states(ctx).values()) == {"succeeded"}
+    assert db_rows(ctx, "select count(*) from results") == [(3,)]
+
+
+def test_unharvested_batch_harvested_then_pruned_on_day_28(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)  # sent, not harvested
+    emulator_admin.advance_clock(28 * DAY)
+    report = apply(ctx)
+    assert len(report.harvested) == 1 and report.pruned == report.harvested
+    assert db_rows(ctx, "select count(*) from results") == [(3,)]
+    assert set(emulator_admin.stats()["submissions"].values()) == {1}
+
+
+def test_results_archived_before_harvest_are_sent_again(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)  # sent, not harvested
+    emulator_admin.advance_clock(30 * DAY)
+    report = apply(ctx, wait=True)
+    assert len(report.requeued) == 1
+    assert any("expired remotely before they were harvested" in d for d in report.drift)
+    assert set(states(ctx).values()) == {"succeeded"}
+    assert set(emulator_admin.stats()["submissions"].values()) == {2}
+
+
+def test_removed_items_cancel_their_batch_and_are_forgotten(tmp_path, emulator, emulator_admin):
+    emulator_admin.set_config(processing_seconds=3600)
+    write_project(tmp_path, rows(2))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)
+    write_rows(tmp_path, [{"id": "other", "text": "something else"}])
+    plan, _ = ctx.plan(refresh=True)
+    assert sorted((a.action, a.key) for a in plan.jobs[0].actions) == [
+        ("forget", "r1"), ("forget", "r2"), ("submit", "other")]
+    assert [b.action for b in plan.batches] == ["cancel"]
+    emulator_admin.set_config(processing_seconds=0)
+    report = apply(ctx, wait=True)
+    assert len(report.canceled) == 1
+    assert states(ctx) == {"other": "succeeded"}
+    assert db_rows(ctx, "select key from items order by key") == [("other",)]
+
+
+def test_plan_never_writes_state(tmp_path, emulator):
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)
+    state = ctx.settings.state_path
+    digest = hashlib.sha256(state.read_bytes()).hexdigest()
+    ctx.plan(refresh=True)
+    ctx.plan(refresh=False)
+    assert hashlib.sha256(state.read_bytes()).hexdigest() == digest
+
+
+def test_plan_does_not_create_a_state_file(tmp_path, emulator):
+    write_project(tmp_path, rows(1))
+    ctx = context(tmp_path, emulator)
+    ctx.plan(refresh=True)
+    assert not ctx.settings.state_path.exists()
+
+
+def test_saved_plan_applies_exactly_once(tmp_path, emulator, emulator_admin):
+    from batchops import planfile
+
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    plan, desired = ctx.plan(refresh=False)
+    path = tmp_path / "plan.jsonl"
+    planfile.save(plan, desired, path, None)
+    write_rows(tmp_path, rows(3))  # rewriting identical data changes nothing
+    report = apply(ctx, plan_file=path, wait=True)
+    assert report.submitted == 3
+    with pytest.raises(StateError) as caught:
+        apply(ctx, plan_file=path)
+    assert any("already applied" in p for p in caught.value.problems)
+    assert emulator_admin.stats()["batches_created"] == 1
+
+
+def test_stale_saved_plan_is_refused_without_network(tmp_path, emulator):
+    from batchops import planfile
+
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    plan, desired = ctx.plan(refresh=False)
+    path = tmp_path / "plan.jsonl"
+    planfile.save(plan, desired, path, None)
+    write_rows(tmp_path, rows(3, r2="edited"))
+    offline = context(tmp_path, "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(StateError) as caught:
+        offline.apply(plan_file=path)
+    assert caught.value.problems == [
+        f"{path}: specs changed since the plan was made; make a new plan"]
+    assert not ctx.settings.state_path.exists()
+
+
+def test_batches_are_split_by_count_and_size(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(7))
+    ctx = context(tmp_path, emulator, max_batch_requests=3)
+    report = apply(ctx, wait=True)
+    assert len(report.batches_created) == 3
+    ctx = context(tmp_path, emulator, max_batch_bytes=1500)
+    write_rows(tmp_path, rows(7, r1="x" * 200, r2="y" * 200))
+    report = apply(ctx, wait=True)
+    assert report.submitted == 2 and len(report.batches_created) == 2
+
+
+def test_changed_while_in_flight_waits_for_its_batch(tmp_path, emulator, emulator_admin):
+    emulator_admin.set_config(processing_seconds=3600)
+    write_project(tmp_path, rows(2))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)
+    write_rows(tmp_path, rows(2, r1="new text"))
+    plan, _ = ctx.plan(refresh=False)
+    assert plan.jobs[0].counts["pending"] == 2 and not plan.jobs[0].submits
+    assert apply(ctx).submitted == 0  # never two unfinished batches for one item
+    emulator_admin.advance_clock(2 * 3600)  # the batch ends
+    emulator_admin.set_config(processing_seconds=0)
+    apply(ctx, wait=True)
+    assert states(ctx) == {"r1": "succeeded", "r2": "succeeded"}
+    assert submissions(emulator_admin, "r1") == 2
+
