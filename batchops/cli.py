@@ -426,18 +426,22 @@ def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
         if not _interactive():
             raise BatchopsError("state rm needs --yes when standard input is not a terminal")
         preview = preview_rm(context, target)
-        click.echo(f"This forgets {preview.kind} {target}: "
-                   + ", ".join(f"{n} {t}" for t, n in preview.rows.items())
-                   + ". Nothing remote is touched.")
+        click.echo(f"This forgets {preview.kind} {target}: {_removal_text(preview.rows)}. "
+                   "Nothing remote is touched.")
         if not click.confirm("Remove it from the state?", default=False):
             click.echo("Nothing removed.")
             ctx.exit(1)
     removal = remove(context, target)
     click.echo(f"Backed up the state to {removal.backup_path}.")
-    verb = "marked lost" if removal.kind == "batch" else "deleted"
-    rows = ", ".join(f"{n} {t}" for t, n in removal.rows.items())
-    click.echo(f"Removed {removal.kind} {target} from the state ({rows} rows {verb}). "
+    click.echo(f"Removed {removal.kind} {target} from the state: {_removal_text(removal.rows)}. "
                "Nothing remote was touched.")
+
+
+def _removal_text(rows: dict[str, int]) -> str:
+    if "jobs" in rows:  # a job: every row of it goes
+        return "rows " + ", ".join(f"{table} {n}" for table, n in rows.items())
+    return (f"{rows['attempts']} unfinished attempts become lost and {rows['items']} items are "
+            "sent again by the next apply; stored results stay")
 
 
 # ---------------------------------------------------------------- emulator (owned by the emulator work)
