@@ -33,8 +33,8 @@ FORMAT_BY_SUFFIX: dict[str, DataFormat] = {
     ".json": "json",
 }
 
-# Request params the Message Batches API refuses (ANTHROPIC_BATCHES_API.md §2.1). The value is
-# None when any value is refused, else the one refused value.
+# Request params the Message Batches API refuses (ANTHROPIC_BATCHES_API.md §2.1): the one refused
+# value, or _ABSENT when any value is refused.
 _ABSENT = object()
 BATCH_FORBIDDEN_PARAMS: dict[str, object] = {
     "stream": True,

@@ -369,6 +369,7 @@ def test_fingerprint_with_betas_is_order_independent() -> None:
 # --- custom_id ----------------------------------------------------------------------------------
 
 NASTY_KEYS = [
+    "",
     "T-1001",
     "with space",
     "a/b/c",
