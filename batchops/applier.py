@@ -35,7 +35,7 @@ from batchops.context import Context, plan_from
 from batchops.desired import Desired, items_for
 from batchops.errors import BudgetExceeded, LockHeld, PlanError, RemoteError, StateError
 from batchops.planfile import SavedPlan
-from batchops.planner import BatchAction, Plan, SubmitItem
+from batchops.planner import DEFAULT_PRUNE_MARGIN, BatchAction, Plan, SubmitItem
 from batchops.pricing import usage_from_message
 from batchops.report import money
 from batchops.state import BatchRecord, IntentRecord, LockInfo, StateStore, iso
@@ -92,13 +92,18 @@ class HarvestFailed(Exception):
 # ------------------------------------------------------------------------------ refresh (shared)
 
 
-def refreshed(record: BatchRecord, remote: RemoteBatch | None) -> tuple[BatchRecord, str | None]:
+def refreshed(
+    record: BatchRecord, remote: RemoteBatch | None, now: datetime
+) -> tuple[BatchRecord, str | None]:
     """The record as the remote sees it now (None: deleted remotely), with a drift note if any."""
     from dataclasses import replace
 
     if remote is None:
         if record.pruned_at is not None:
             return record, None
+        expires = record.results_expire_at
+        if record.harvested_at and expires and expires - now <= DEFAULT_PRUNE_MARGIN:
+            return replace(record, pruned_at=now), None  # our own prune, cut short by a crash
         lost = record.harvested_at is None
         note = f"batch {record.id} ({record.job}) was deleted outside batchops" + (
             ": its results were never harvested, so its items will be sent again" if lost else ""
@@ -133,7 +138,7 @@ def needs_polling(record: BatchRecord) -> bool:
 
 
 def remote_view(
-    reader_batches: Iterable[BatchRecord], client: BatchesClient
+    reader_batches: Iterable[BatchRecord], client: BatchesClient, now: datetime
 ) -> tuple[dict[str, BatchRecord], list[str]]:
     """Poll every batch still in flight; nothing is written (used by `plan`)."""
     out: dict[str, BatchRecord] = {}
@@ -145,7 +150,7 @@ def remote_view(
             remote: RemoteBatch | None = client.retrieve(record.id)
         except NotFound:
             remote = None
-        updated, note = refreshed(record, remote)
+        updated, note = refreshed(record, remote, now)
         out[record.id] = updated
         if note:
             notes.append(note)
@@ -205,7 +210,7 @@ class Applier:
                 remote: RemoteBatch | None = self.client.retrieve(record.id)
             except NotFound:
                 remote = None
-            updated, note = refreshed(record, remote)
+            updated, note = refreshed(record, remote, self.now())
             if note:
                 self.report.drift.append(note)
                 self.progress.note(f"Drift: {note}.")

@@ -113,7 +113,7 @@ class Context:
 
                 client = self.client()
                 try:
-                    remote, notes = remote_view(reader.batches(), client)
+                    remote, notes = remote_view(reader.batches(), client, self.clock())
                 finally:
                     client.close()
             plan = plan_from(reader, desired, self.clock(), remote)

@@ -1,0 +1,135 @@
+"""Guarantee 3: SIGKILL of `apply` at any step loses nothing and duplicates nothing.
+
+`apply` runs as a real process (`python -m batchops`); BATCHOPS_TEST_DIE_AT names the checkpoint
+at which it kills itself. The next apply must converge to what an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import threading
+
+import pytest
+
+from tests.projects import rows, run_cli, write_project
+
+DAY = 24 * 3600
+N = 12
+
+
+def results_count(root) -> int:
+    conn = sqlite3.connect(root / "state" / "batchops.db")
+    try:
+        return conn.execute("select count(distinct key) from results where type = 'succeeded'"
+                            ).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def assert_converged(root, emulator, admin, max_submissions: int = 1) -> None:
+    done = run_cli(root, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05",
+                   "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert results_count(root) == N
+    stats = admin.stats()
+    assert len(stats["submissions"]) == N
+    assert max(stats["submissions"].values()) <= max_submissions
+    again = run_cli(root, emulator, "apply", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert admin.stats() == stats  # nothing more to send
+
+
+@pytest.mark.parametrize("point", ["after-intent", "after-create", "mid-harvest"])
+def test_sigkill_at_each_step_then_apply_converges(tmp_path, emulator, emulator_admin, point):
+    write_project(tmp_path, rows(N))
+    killed = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05",
+                     env={"BATCHOPS_TEST_DIE_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    # after-intent: the create was never sent; the intent is found unsent, the items sent once.
+    # after-create: the batch exists but is not recorded; it is adopted, not sent again.
+    # mid-harvest: the harvest transaction never committed; the batch is harvested whole.
+    assert_converged(tmp_path, emulator, emulator_admin)
+    if point == "after-create":
+        assert emulator_admin.stats()["batches_created"] == 1
+
+
+@pytest.mark.parametrize("point", ["mid-prune", "after-delete"])
+def test_sigkill_mid_prune_then_apply_converges(tmp_path, emulator, emulator_admin, point):
+    write_project(tmp_path, rows(N))
+    first = run_cli(tmp_path, emulator, "apply", "--yes")  # sent, not yet harvested
+    assert first.returncode == 0, first.stderr
+    emulator_admin.advance_clock(28 * DAY)
+    killed = run_cli(tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": point})
+    assert killed.returncode == -signal.SIGKILL
+    assert_converged(tmp_path, emulator, emulator_admin)
+    conn = sqlite3.connect(tmp_path / "state" / "batchops.db")
+    assert conn.execute("select count(*) from batches where pruned_at is null").fetchone() == (0,)
+    conn.close()
+
+
+def test_a_lock_left_by_a_killed_apply_is_reported_and_taken_over(tmp_path, emulator,
+                                                                 emulator_admin):
+    write_project(tmp_path, rows(N))
+    killed = run_cli(tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-create"})
+    assert killed.returncode == -signal.SIGKILL
+    done = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+    assert done.returncode == 0, done.stderr
+    assert "Taking over a lock left by process" in done.stdout
+    assert "which is no longer running" in done.stdout
+
+
+def test_two_concurrent_applies_never_send_twice(tmp_path, emulator, emulator_admin):
+    emulator_admin.set_config(processing_seconds=0.5)
+    write_project(tmp_path, rows(N))
+    outcomes: list[subprocess.CompletedProcess] = []
+
+    def run() -> None:
+        outcomes.append(run_cli(tmp_path, emulator, "apply", "--yes", "--wait",
+                                "--poll-interval", "0.05"))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(o.returncode for o in outcomes)
+    assert codes in ([0, 0], [0, 1])
+    for o in outcomes:
+        if o.returncode == 1:
+            assert "state is locked: lock " in o.stderr and " held by pid " in o.stderr
+    assert set(emulator_admin.stats()["submissions"].values()) == {1}
+
+
+def test_api_key_never_in_state_plan_or_output(tmp_path, emulator):
+    secret = "sk-ant-api03-SECRETSECRETSECRET-123"
+    write_project(tmp_path, rows(3, r2="[[emulator:fail=api_error:times=1]]"))
+    env = {"ANTHROPIC_API_KEY": secret}
+    outputs = [
+        run_cli(tmp_path, emulator, "plan", "-o", "plan.jsonl", env=env),
+        run_cli(tmp_path, emulator, "apply", "plan.jsonl", "--wait", "--poll-interval", "0.05",
+                env=env),
+        run_cli(tmp_path, emulator, "plan", "--json", env=env),
+        run_cli(tmp_path, emulator, "--debug", "plan", "--markdown", env=env),
+        run_cli(tmp_path, "http://127.0.0.1:9", "apply", "--yes", env=env),  # an API failure
+    ]
+    for out in outputs:
+        assert secret not in out.stdout and secret not in out.stderr
+    assert outputs[1].returncode == 0, outputs[1].stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "batchops.db" for p in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+    assert hashlib.sha256(secret.encode()).hexdigest().encode() not in (
+        tmp_path / "state" / "batchops.db").read_bytes()
+
+
+def test_cli_apply_without_yes_off_a_terminal_is_refused(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(1))
+    out = run_cli(tmp_path, emulator, "apply")
+    assert out.returncode == 1
+    assert out.stderr == (
+        "Error: apply needs --yes (or --auto-approve) when standard input is not a terminal\n")
+    assert emulator_admin.stats()["batches_created"] == 0
