@@ -1,0 +1,197 @@
+"""`batchops validate` and `batchops plan` through the CLI: exact output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from batchops.cli import cli
+from batchops.state import StateStore
+from tests.projects import API_KEY, apply, context, rows, write_project
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
+                "BATCHOPS_JOBS", "BATCHOPS_STATE", "BATCHOPS_PRICES"):
+        monkeypatch.delenv(var, raising=False)
+    write_project(tmp_path, rows(3), extra="budget_usd = 1.00\n")
+    return tmp_path
+
+
+def run(*args: str, env: dict | None = None):
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+PLAN_TEXT = """\
+job      todo    changed    pending    retry    failed    succeeded    removed    to send    est. cost    budget
+-----  ------  ---------  ---------  -------  --------  -----------  ---------  ---------  -----------  --------
+demo        3          0          0        0         0            0          0          3      $0.0001     $1.00
+
+Actions:
+  + submit  demo  r1  [todo]
+  + submit  demo  r2  [todo]
+  + submit  demo  r3  [todo]
+
+Plan: 3 to submit. Estimated cost $0.0001.
+Prices: batchops price table as of 2026-11-21.
+"""
+
+
+def test_plan_table(project):
+    result = run("plan", "--no-refresh")
+    assert result.exit_code == 0
+    assert result.output == PLAN_TEXT
+    assert not (project / "state").exists()
+
+
+def test_validate(project):
+    result = run("validate")
+    assert result.exit_code == 0
+    assert result.output == (
+        "job    spec            source      items  model               est. cost\n"
+        "-----  --------------  --------  -------  ----------------  -----------\n"
+        "demo   jobs/demo.toml  input           3  claude-haiku-4-5      $0.0001\n"
+        "\n"
+        "Valid: 1 jobs, 3 items.\n"
+    )
+
+
+def test_plan_json_shape(project):
+    result = run("plan", "--no-refresh", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["format_version"] == 1
+    assert data["changes"] is True
+    assert data["lineage"] is None and data["serial"] == 0
+    assert data["spec_digest"].startswith("sha256:")
+    assert data["summary"] == {"submit": 3, "forget": 0, "harvest": 0, "cancel": 0, "prune": 0,
+                               "adopt": 0, "requeue": 0,
+                               "estimated_cost_usd": data["summary"]["estimated_cost_usd"]}
+    assert 0 < data["summary"]["estimated_cost_usd"] < 0.001
+    [job] = data["jobs"]
+    assert job["name"] == "demo"
+    assert job["counts"] == {"todo": 3, "changed": 0, "pending": 0, "retry": 0, "failed": 0,
+                             "succeeded": 0, "removed": 0}
+    assert [(a["action"], a["key"], a["reason"]) for a in job["actions"]] == [
+        ("submit", "r1", "todo"), ("submit", "r2", "todo"), ("submit", "r3", "todo")]
+    assert job["budget_usd"] == 1.0
+    assert data["batches"] == []
+
+
+def test_plan_markdown(project):
+    result = run("plan", "--no-refresh", "--markdown")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == "### batchops plan"
+    assert lines[2] == "**Plan: 3 to submit. Estimated cost $0.0001.**"
+    assert "| demo  |      3 |" in result.output
+    assert "```diff" in result.output and "  + submit  demo  r1  [todo]" in lines
+
+
+def test_detailed_exitcode(project, emulator):
+    assert run("plan", "--no-refresh", "--detailed-exitcode").exit_code == 2
+    apply(context(project, emulator), wait=True)
+    env = {"ANTHROPIC_BASE_URL": emulator, "ANTHROPIC_API_KEY": API_KEY}
+    result = run("plan", "--detailed-exitcode", env=env)
+    assert result.exit_code == 0
+    assert "No changes. State matches the specs." in result.output
+
+
+def test_budget_exceeded_exits_1_naming_job_estimate_and_budget(project):
+    (project / "jobs" / "demo.toml").write_text(
+        (project / "jobs" / "demo.toml").read_text().replace("budget_usd = 1.00", "budget_usd = 0.00001"))
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: job demo: estimated cost $0.0001 exceeds its budget_usd $0.0000\n")
+    assert "Plan: 3 to submit." in result.stdout
+
+
+def test_saved_plan_file_holds_the_exact_requests(project):
+    result = run("plan", "--no-refresh", "-o", "plan.jsonl")
+    assert result.exit_code == 0
+    assert result.output.endswith(
+        "Saved this plan to plan.jsonl: apply it with `batchops apply plan.jsonl`.\n")
+    lines = (project / "plan.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["kind"] == "batchops-plan" and header["plan"]["summary"]["submit"] == 3
+    requests = [json.loads(line) for line in lines[1:]]
+    assert [r["key"] for r in requests] == ["r1", "r2", "r3"]
+    assert requests[0]["params"] == {
+        "model": "claude-haiku-4-5", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Classify: text number 1"}]}
+
+
+def test_plan_output_in_a_missing_directory_is_one_error(project):
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh", "-o", "nowhere/plan.jsonl"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: nowhere/plan.jsonl: directory nowhere does not exist\n"
+
+
+def test_unknown_job_is_one_error(project):
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh", "--job", "nope"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: unknown job 'nope' (jobs: demo)\n"
+
+
+def test_bad_spec_is_reported_per_problem_and_nothing_is_written(project):
+    (project / "jobs" / "demo.toml").write_text(
+        'version = 1\n[jobs.demo]\nmodel = "claude-haiku-4-5"\nmax_tokens = "many"\nprompt = "x"\n'
+        'items = [{ key = "a" }]\nstreem = true\n')
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "Error: jobs/demo.toml: jobs.demo.max_tokens: Input should be a valid integer",
+        "Error: jobs/demo.toml: jobs.demo.streem: unknown field",
+    ]
+    assert not (project / "state").exists()
+
+
+def test_a_newer_state_file_is_refused(project):
+    state = project / "state" / "batchops.db"
+    StateStore.open(state).close()
+    conn = sqlite3.connect(state)
+    conn.execute("insert into _sqlite_migrations (migration_set, name, applied_at)"
+                 " values ('batchops', 'm9999_from_the_future', '2030-01-01')")
+    conn.commit()
+    conn.close()
+    before = state.read_bytes()
+    for command in (["plan", "--no-refresh"], ["apply", "--yes"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1
+        assert result.stderr == (
+            "Error: state/batchops.db: state schema is newer than this batchops understands "
+            "(migration 'm9999_from_the_future'); upgrade batchops to use this state file\n")
+    assert state.read_bytes() == before
+
+
+def test_a_corrupt_state_file_is_refused(project):
+    state = project / "state" / "batchops.db"
+    state.parent.mkdir()
+    state.write_bytes(b"this is not sqlite at all" * 100)
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: state/batchops.db: not a batchops state file (file is not a database)\n")
+
+
+def test_state_lineage_and_serial(project):
+    store = StateStore.open(project / "state" / "batchops.db")
+    lineage, serial = store.lineage, store.serial
+    assert lineage and serial == 0
+    with store.transaction():
+        pass
+    assert store.serial == 1
+    lock = store.acquire_lock("apply")
+    store.release_lock(lock.lock_id)
+    assert store.serial == 1  # the lock is not state
+    store.close()
+    again = StateStore.open(project / "state" / "batchops.db")
+    assert again.lineage == lineage and again.serial == 1
+    again.close()
