@@ -583,6 +583,53 @@ class Applier:
                 [remote.id, intent_id],
             )
 
+    # -- import: adopt a batch by hand
+    def import_batch(self, desired: Desired, job_name: str, batch_id: str) -> int:
+        """Adopt a remote batch made outside this state (or lost from it); returns results stored.
+
+        Its custom_ids are known only from its results, so it must have ended. Each result is
+        matched to the job's items by custom_id and recorded as an attempt at the item's current
+        fingerprint.
+        """
+        if self.store.batch(batch_id) is not None:
+            raise StateError(f"batch {batch_id} is already in state (job "
+                             f"{self.store.batch(batch_id).job})")
+        try:
+            remote = self.client.retrieve(batch_id)
+        except NotFound:
+            raise RemoteError(f"batch {batch_id} does not exist remotely") from None
+        if remote.processing_status != "ended":
+            raise StateError(f"batch {batch_id} is still {remote.processing_status}: its "
+                             "custom_ids are only known from its results; import it once it ends")
+        if remote.archived_at is not None:
+            raise StateError(f"batch {batch_id}: its results expired remotely; nothing to import")
+        by_custom_id = {
+            item.custom_id: item
+            for dj in desired.jobs if dj.name == job_name for item in dj.items
+        }
+        with self.client.results(batch_id) as lines:
+            custom_ids = [line.get("custom_id") for line in lines]
+        unknown = [c for c in custom_ids if c not in by_custom_id]
+        if unknown:
+            raise StateError(f"batch {batch_id}: {len(unknown)} of its {len(custom_ids)} results "
+                             f"are not items of job {job_name} (first: {unknown[0]!r})")
+        busy = {r.key for r in self.store.item_records([job_name]) if r.inflight}
+        clash = [by_custom_id[c].key for c in custom_ids if by_custom_id[c].key in busy]
+        if clash:
+            raise StateError(f"batch {batch_id}: item {clash[0]} of job {job_name} is already in "
+                             "flight in another batch")
+        chunk = [
+            (SubmitItem(job_name, by_custom_id[c].key, c, by_custom_id[c].fingerprint, "import",
+                        1, 0.0), {})
+            for c in custom_ids
+        ]
+        intent_id = self._commit_intent(job_name, chunk, 0)
+        self._record_created(intent_id, job_name, remote)
+        record = self.store.batch(batch_id)
+        if record is None or not self.harvest(record):
+            raise RemoteError(*(self.report.problems or [f"batch {batch_id}: harvest failed"]))
+        return self.report.results_stored
+
     # -- cancel, prune
     def cancel(self, action: BatchAction) -> None:
         try:

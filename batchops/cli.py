@@ -63,7 +63,6 @@ def _context(ctx: click.Context, *, remote: bool = False) -> Context:
     settings: Settings = ctx.obj["settings"]
     if remote and ctx.obj.get("use_emulator") and settings.base_url is None:
         from batchops.emulator import running_emulator
-
         from batchops.emulator_mode import emulator_config_for
 
         settings.base_url = ctx.with_resource(running_emulator(emulator_config_for(settings.state_path)))
@@ -442,6 +441,26 @@ def _removal_text(rows: dict[str, int]) -> str:
         return "rows " + ", ".join(f"{table} {n}" for table, n in rows.items())
     return (f"{rows['attempts']} unfinished attempts become lost and {rows['items']} items are "
             "sent again by the next apply; stored results stay")
+
+
+@cli.command("import")
+@click.argument("job")
+@click.argument("batch_id")
+@click.pass_context
+def import_(ctx: click.Context, job: str, batch_id: str) -> None:
+    """Adopt remote batch BATCH_ID (ended) into JOB's state, matching results by custom_id."""
+    context = _context(ctx, remote=True)
+    stored = context.import_batch(job, batch_id, progress=CliProgress())
+    click.echo(f"Imported batch {batch_id} into {job}: {stored} results stored.")
+
+
+@cli.command("force-unlock")
+@click.argument("lock_id")
+@click.pass_context
+def force_unlock(ctx: click.Context, lock_id: str) -> None:
+    """Remove a stale state lock. Only when no apply is running."""
+    held = _context(ctx).force_unlock(lock_id)
+    click.echo(f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, since {held.since}).")
 
 
 # ---------------------------------------------------------------- emulator (owned by the emulator work)

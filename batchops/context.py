@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from batchops import desired as desired_mod
 from batchops.desired import Desired
+from batchops.errors import StateError
 from batchops.planner import Plan, make_plan
 from batchops.pricing import PriceTable
 from batchops.spec import Project, load_project
-from batchops.state import BatchRecord, StateReader, StateStore, iso, utcnow
+from batchops.state import BatchRecord, LockInfo, StateReader, StateStore, iso, utcnow
 
 if TYPE_CHECKING:
     from batchops.applier import ApplyReport, Progress
@@ -194,6 +195,35 @@ class Context:
                 store.release_lock(lock.lock_id)
         finally:
             client.close()
+            store.close()
+
+    def import_batch(self, job_name: str, batch_id: str,
+                     progress: Progress | None = None) -> int:
+        """`batchops import JOB BATCH_ID`: adopt a remote batch by hand; returns results stored."""
+        from batchops.applier import Applier
+
+        desired = self.desired([job_name])
+        store = StateStore.open(self.settings.state_path)
+        client = self.client()
+        try:
+            applier = Applier(self, store, client, progress)
+            lock = applier.lock("import")
+            try:
+                return applier.import_batch(desired, job_name, batch_id)
+            finally:
+                store.release_lock(lock.lock_id)
+        finally:
+            client.close()
+            store.close()
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        """Remove the lock `lock_id` (after making sure no apply holds it)."""
+        if not Path(self.settings.state_path).exists():
+            raise StateError(f"{self.settings.state_path}: no state file")
+        store = StateStore.open(self.settings.state_path)
+        try:
+            return store.force_unlock(lock_id)
+        finally:
             store.close()
 
     def refresh(self, progress: Progress | None = None) -> ApplyReport:

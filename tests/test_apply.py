@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from batchops.desired import items_for
 from batchops.emulator import EmulatorAdmin
 from batchops.errors import BudgetExceeded, LockHeld, StateError
 from batchops.items import custom_id_for
@@ -318,3 +319,54 @@ def test_changed_while_in_flight_waits_for_its_batch(tmp_path, emulator, emulato
     assert states(ctx) == {"r1": "succeeded", "r2": "succeeded"}
     assert submissions(emulator_admin, "r1") == 2
 
+
+
+def test_import_adopts_a_batch_made_by_hand(tmp_path, emulator, emulator_admin, sdk_client):
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    _, desired = ctx.plan(refresh=False)
+    items = {i.key: i for i in items_for(desired.project, "demo")}
+    made = sdk_client.messages.batches.create(requests=[
+        {"custom_id": items[k].custom_id, "params": items[k].params} for k in ("r1", "r2")])
+    assert ctx.import_batch("demo", made.id) == 2
+    assert states(ctx) == {"r1": "succeeded", "r2": "succeeded", "r3": "todo"}
+    report = apply(ctx, wait=True)
+    assert report.submitted == 1
+    assert submissions(emulator_admin, "r1") == 1
+    with pytest.raises(StateError) as caught:
+        ctx.import_batch("demo", made.id)
+    assert caught.value.problems == [f"batch {made.id} is already in state (job demo)"]
+
+
+def test_import_refuses_a_batch_still_running(tmp_path, emulator, emulator_admin, sdk_client):
+    emulator_admin.set_config(processing_seconds=3600)
+    write_project(tmp_path, rows(1))
+    ctx = context(tmp_path, emulator)
+    made = sdk_client.messages.batches.create(requests=[
+        {"custom_id": "r1", "params": {"model": "m", "max_tokens": 1, "messages": []}}])
+    with pytest.raises(StateError) as caught:
+        ctx.import_batch("demo", made.id)
+    assert caught.value.problems == [
+        f"batch {made.id} is still in_progress: its custom_ids are only known from its results; "
+        "import it once it ends"]
+
+
+def test_force_unlock_needs_the_lock_id(tmp_path):
+    from click.testing import CliRunner
+
+    from batchops.cli import cli
+
+    write_project(tmp_path, rows(1))
+    state = tmp_path / "state" / "batchops.db"
+    store = StateStore.open(state)
+    held = store.acquire_lock("apply")
+    store.close()
+    runner = CliRunner()
+    wrong = runner.invoke(cli, ["--state", str(state), "force-unlock", "nope"])
+    assert wrong.exit_code == 1
+    assert wrong.stderr.startswith(f"Error: {state}: lock id 'nope' does not match the lock held "
+                                   f"(lock {held.lock_id} held by pid {held.pid}")
+    right = runner.invoke(cli, ["--state", str(state), "force-unlock", held.lock_id])
+    assert right.exit_code == 0
+    assert right.stdout == (f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, "
+                            f"since {held.since}).\n")
