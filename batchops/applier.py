@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -83,6 +84,7 @@ class ApplyReport:
     final_plan: Plan | None = None
     timed_out: bool = False
     approved: bool = True
+    outputs: list[Path] = field(default_factory=list)  # job output files written
 
 
 class HarvestFailed(Exception):

@@ -216,6 +216,13 @@ def apply(ctx: click.Context, plan_file: Path | None, job_names: tuple[str, ...]
     _finish(ctx, report, wait)
 
 
+def _shown(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _finish(ctx: click.Context, report, wait: bool) -> None:
     """The closing summary and status table, and the exit code of DESIGN §4."""
     click.echo("")
@@ -225,6 +232,8 @@ def _finish(ctx: click.Context, report, wait: bool) -> None:
         f"{len(report.adopted)} adopted, {len(report.canceled)} cancelled, "
         f"{len(report.pruned)} pruned."
     )
+    for path in report.outputs:
+        click.echo(f"Wrote {_shown(path)}")
     final = report.final_plan
     if final is not None and final.jobs:
         click.echo("")

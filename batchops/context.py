@@ -182,15 +182,14 @@ class Context:
                         db["applied_plans"].insert(
                             {"plan_id": saved.plan_id, "applied_at": iso(self.clock())}
                         )
-                return applier.run(
-                    job_names,
-                    wait=wait,
-                    timeout=timeout,
-                    poll_interval=poll_interval,
-                    confirm=confirm,
-                    saved=saved,
-                    submit=submit,
-                )
+                report = applier.run(job_names, wait=wait, timeout=timeout,
+                                    poll_interval=poll_interval, confirm=confirm, saved=saved,
+                                    submit=submit)
+                if report.approved:
+                    from batchops.results import write_outputs
+
+                    report.outputs = write_outputs(self, job_names)
+                return report
             finally:
                 store.release_lock(lock.lock_id)
         finally:

@@ -148,7 +148,11 @@ def _last_user_text(params: dict[str, Any]) -> str:
 
 def _text(params: dict[str, Any], rng: random.Random) -> str:
     prompt = _last_user_text(params)
-    m = CHOICE.search(prompt) or EITHER.search(prompt)
+    system = params.get("system")
+    if isinstance(system, list):
+        system = " ".join(b.get("text", "") for b in system if isinstance(b, dict))
+    m = next((m for text in (prompt, system if isinstance(system, str) else "")
+              for m in (CHOICE.search(text), EITHER.search(text)) if m), None)
     if m:
         return rng.choice(m.groups())
     n = rng.randint(8, 30)
