@@ -39,8 +39,9 @@ class DesiredJob:
     cost_note: str | None = None  # why the estimate is incomplete (e.g. no price for the model)
 
 
-@dataclass(frozen=True)
-class SubmitItem:
+class SubmitItem(NamedTuple):
+    """Send one item (a tuple: a million of them are made for a large job)."""
+
     job: str
     key: str
     custom_id: str
@@ -51,8 +52,7 @@ class SubmitItem:
     action: str = "submit"
 
 
-@dataclass(frozen=True)
-class ForgetItem:
+class ForgetItem(NamedTuple):
     job: str
     key: str
     reason: str

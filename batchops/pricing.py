@@ -113,57 +113,67 @@ class PriceTable:
         )
 
 
-def _text_tokens(chars: int) -> int:
-    return math.ceil(chars / CHARS_PER_TOKEN)
-
-
-def _block_tokens(block: Any) -> int:
+def _chars(block: Any) -> int:
+    """Characters a content block counts as (images and binary documents at a fixed size)."""
     if isinstance(block, str):
-        return _text_tokens(len(block))
+        return len(block)
     if not isinstance(block, dict):
-        return _text_tokens(len(orjson.dumps(block)))
+        return len(orjson.dumps(block))
     kind = block.get("type")
     if kind == "text":
-        return _text_tokens(len(str(block.get("text", ""))))
+        return len(str(block.get("text", "")))
     if kind in ("image", "document"):
         source = block.get("source") or {}
         if kind == "document" and source.get("type") == "text":
-            return _text_tokens(len(str(source.get("data", ""))))
-        return IMAGE_TOKENS
-    return _text_tokens(len(orjson.dumps(block)))
+            return len(str(source.get("data", "")))
+        return IMAGE_TOKENS * CHARS_PER_TOKEN
+    return len(orjson.dumps(block))
 
 
 def _cache_ttl(block: Any) -> str | None:
-    if isinstance(block, dict) and isinstance(block.get("cache_control"), dict):
-        return str(block["cache_control"].get("ttl", "5m"))
+    if isinstance(block, dict):
+        control = block.get("cache_control")
+        if isinstance(control, dict):
+            return str(control.get("ttl", "5m"))
     return None
 
 
 def estimate_input(params: dict[str, Any]) -> Usage:
-    """Estimate the input tokens of a request, splitting out a cached prefix (tools → system → messages)."""
-    blocks: list[tuple[int, str | None]] = []
-    for tool in params.get("tools") or []:
-        blocks.append((_text_tokens(len(orjson.dumps(tool))), _cache_ttl(tool)))
+    """Estimate the input tokens of a request, splitting out a cached prefix (tools → system → messages).
+
+    One pass over the blocks, counting characters; this runs once per item, a million times for a
+    large job, so it stays lean.
+    """
+    total = 0
+    prefix = 0
+    ttl: str | None = None
+    for tool in params.get("tools") or ():
+        total += len(orjson.dumps(tool))
+        if (t := _cache_ttl(tool)) is not None:
+            prefix, ttl = total, t
     system = params.get("system")
     if isinstance(system, str):
-        blocks.append((_text_tokens(len(system)), None))
+        total += len(system)
     elif isinstance(system, list):
-        blocks.extend((_block_tokens(b), _cache_ttl(b)) for b in system)
-    for message in params.get("messages") or []:
+        for block in system:
+            total += _chars(block)
+            if (t := _cache_ttl(block)) is not None:
+                prefix, ttl = total, t
+    for message in params.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            blocks.extend((_block_tokens(b), _cache_ttl(b)) for b in content)
-        else:
-            blocks.append((_block_tokens(content or ""), None))
-        blocks.append((MESSAGE_OVERHEAD_TOKENS, None))
-    last_cached = max((i for i, (_, ttl) in enumerate(blocks) if ttl), default=-1)
-    ttl = blocks[last_cached][1] if last_cached >= 0 else None
-    prefix = sum(t for t, _ in blocks[: last_cached + 1])
-    rest = sum(t for t, _ in blocks[last_cached + 1 :])
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            for block in content:
+                total += _chars(block)
+                if (t := _cache_ttl(block)) is not None:
+                    prefix, ttl = total, t
+        total += MESSAGE_OVERHEAD_TOKENS * CHARS_PER_TOKEN
+    cached = math.ceil(prefix / CHARS_PER_TOKEN)
     return Usage(
-        input_tokens=rest,
-        cache_write_5m_tokens=prefix if ttl != "1h" else 0,
-        cache_write_1h_tokens=prefix if ttl == "1h" else 0,
+        input_tokens=math.ceil((total - prefix) / CHARS_PER_TOKEN),
+        cache_write_5m_tokens=cached if ttl is not None and ttl != "1h" else 0,
+        cache_write_1h_tokens=cached if ttl == "1h" else 0,
     )
 
 
