@@ -370,3 +370,34 @@ def test_force_unlock_needs_the_lock_id(tmp_path):
     assert right.exit_code == 0
     assert right.stdout == (f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, "
                             f"since {held.since}).\n")
+
+
+def test_declining_the_confirmation_sends_nothing(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(2))
+    ctx = context(tmp_path, emulator)
+    shown = []
+    report = apply(ctx, confirm=lambda plan: shown.append(plan.summary()["submit"]) or False)
+    assert not report.approved and shown == [2]
+    assert emulator_admin.stats()["batches_created"] == 0
+
+
+def test_lock_timeout_waits_for_the_holder(tmp_path, emulator):
+    import threading
+
+    write_project(tmp_path, rows(1))
+    ctx = context(tmp_path, emulator)
+    store = StateStore.open(ctx.settings.state_path)
+    held = store.acquire_lock("apply")
+    store.close()
+
+    def release() -> None:
+        other = StateStore.open(ctx.settings.state_path)  # SQLite connections stay in one thread
+        other.release_lock(held.lock_id)
+        other.close()
+
+    timer = threading.Timer(1.0, release)
+    timer.start()
+    try:
+        assert apply(ctx, lock_timeout=30, wait=True).submitted == 1
+    finally:
+        timer.join()

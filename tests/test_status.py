@@ -81,11 +81,11 @@ def test_status_json(project: Path) -> None:
                 # 2.5 out, 0.625 5m write, 1.0 1h write, 0.05 read):
                 # r1 old 75 + r1 940 + r6 old 120 + gone 31 = 1166 µ$
                 "actual_cost_usd": 0.001166,
-                "estimated_cost_usd": 0.00027,
+                "estimated_cost_usd": 0.000276,
                 "cost_note": None,
             }
         ],
-        "totals": {"actual_cost_usd": 0.001166, "estimated_cost_usd": 0.00027},
+        "totals": {"actual_cost_usd": 0.001166, "estimated_cost_usd": 0.000276},
         "batches_in_flight": [
             {
                 "id": "msgbatch_live",

@@ -1,0 +1,83 @@
+"""The dated price table, its override, and cost estimates and actuals (ANTHROPIC_BATCHES_API §8)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from click.testing import CliRunner
+
+from batchops.cli import cli
+from batchops.errors import SpecError
+from batchops.pricing import PriceTable, Usage, estimate_request, usage_from_message
+from tests.projects import rows, write_project
+
+
+def test_shipped_batch_prices_and_cache_multipliers():
+    table = PriceTable.load()
+    haiku = table.price("claude-haiku-4-5", date(2026, 11, 21))
+    assert (haiku.input, haiku.output) == (0.5, 2.5)
+    assert haiku.cache_write_5m == pytest.approx(0.625)
+    assert haiku.cache_write_1h == pytest.approx(1.0)
+    assert haiku.cache_read == pytest.approx(0.05)
+    # the doc's worked example: a Sonnet 4.6 cache read in a batch is $0.15/MTok
+    assert table.price("claude-sonnet-4-6", date(2026, 11, 21)).cache_read == pytest.approx(0.15)
+    assert table.price("claude-opus-5-5", date(2026, 11, 21)).cache_read == pytest.approx(0.1)
+
+
+def test_dated_rows_and_model_aliases():
+    table = PriceTable.load()
+    assert table.price("claude-sonnet-5", date(2026, 8, 31)).input == 1.0
+    assert table.price("claude-sonnet-5", date(2026, 9, 1)).input == 1.5
+    assert table.price("claude-haiku-4-5-20251001", date(2026, 11, 21)).input == 0.5
+    assert table.price("claude-opus-4-10", date(2026, 11, 21)) is None  # no prefix guessing
+    assert table.price("gpt-5", date(2026, 11, 21)) is None
+
+
+def test_a_user_file_overrides_rows(tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('as_of = "2027-01-01"\n[models."claude-haiku-4-5"]\ninput = 1.0\noutput = 4.0\n')
+    table = PriceTable.load(prices)
+    assert table.price("claude-haiku-4-5", date(2027, 1, 1)).output == 4.0
+    assert table.price("claude-opus-4-6", date(2027, 1, 1)).output == 12.5
+    assert table.source == f"{prices} as of 2027-01-01"
+
+
+def test_a_bad_price_file_is_one_error(tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text("as_of = \n")
+    with pytest.raises(SpecError) as caught:
+        PriceTable.load(prices)
+    assert caught.value.problems[0].startswith(f"{prices}: invalid TOML: ")
+
+
+def test_estimate_is_a_ceiling_with_the_cached_prefix_at_write_price():
+    params = {
+        "model": "claude-haiku-4-5", "max_tokens": 100,
+        "system": [{"type": "text", "text": "r" * 3000, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "q" * 300}],
+    }
+    usage = estimate_request(params)
+    assert usage == Usage(input_tokens=104, output_tokens=100, cache_write_5m_tokens=1000)
+    price = PriceTable.load().price("claude-haiku-4-5", date(2026, 11, 21))
+    assert usage.cost(price) == pytest.approx((104 * 0.5 + 100 * 2.5 + 1000 * 0.625) / 1e6)
+
+
+def test_actual_usage_splits_cache_writes_by_ttl():
+    usage = usage_from_message({
+        "input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 300,
+        "cache_read_input_tokens": 7,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+    })
+    assert usage == Usage(10, 5, 100, 200, 7)
+
+
+def test_plan_uses_the_prices_option(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_project(tmp_path, rows(2))
+    (tmp_path / "p.toml").write_text('as_of = "2027-01-01"\n[models."claude-haiku-4-5"]\n'
+                                     'input = 1000.0\noutput = 1000.0\n')
+    result = CliRunner().invoke(cli, ["--prices", "p.toml", "plan", "--no-refresh"])
+    assert result.exit_code == 0
+    assert "Plan: 2 to submit. Estimated cost $0.0560." in result.output
+    assert "Prices: p.toml as of 2027-01-01." in result.output
