@@ -726,10 +726,16 @@ class Applier:
                     self.submit(desired, [a for j in plan.jobs for a in j.submits])
                 self._forget(plan)
                 for action in plan.batches:
-                    if action.action == "cancel":
-                        self.cancel(action)
-                    elif action.action == "prune":
-                        self.prune(action)
+                    if action.action not in ("cancel", "prune"):
+                        continue
+                    try:
+                        (self.cancel if action.action == "cancel" else self.prune)(action)
+                    except RemoteError as exc:
+                        # e.g. the batch ended between refresh and cancel: the next run re-plans
+                        self.report.problems.extend(exc.problems)
+                        self.progress.note(
+                            f"Could not {action.action} batch {action.batch_id}: {exc.problems[0]}"
+                        )
             first = False
             final, _ = self.current_plan(job_names)
             self.report.final_plan = final

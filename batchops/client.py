@@ -158,16 +158,25 @@ class BatchesClient:
             raise NotFound(batch_id) from None
         except anthropic.APIError as exc:
             raise RemoteError(describe(exc, what)) from None
-        except RemoteError:
-            raise
-        except Exception as exc:  # httpx2 protocol errors on a cut stream are not anthropic errors
-            raise RemoteError(
-                f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
-            ) from None
 
 
 def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(lines, 1):
+    """Parse JSONL lines; a stream cut short (an httpx2 protocol error, not an anthropic one)
+    becomes a RemoteError. Errors raised by the consumer pass through untouched."""
+    lines = iter(lines)
+    number = 0
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except anthropic.APIError as exc:
+            raise RemoteError(describe(exc, what)) from None
+        except Exception as exc:
+            raise RemoteError(
+                f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
+            ) from None
+        number += 1
         if not line.strip():
             continue
         try:

@@ -401,3 +401,20 @@ def test_lock_timeout_waits_for_the_holder(tmp_path, emulator):
         assert apply(ctx, lock_timeout=30, wait=True).submitted == 1
     finally:
         timer.join()
+
+
+@pytest.mark.parametrize(("fault", "problem"), [
+    ("duplicate_line", "appears twice in the results"),
+    ("drop_line", "result lines, but request_counts add up to 5"),
+])
+def test_results_that_do_not_check_out_store_nothing(tmp_path, emulator, emulator_admin, fault,
+                                                     problem):
+    write_project(tmp_path, rows(5))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)
+    emulator_admin.add_faults([{"kind": fault, "endpoint": "results"}])
+    report = apply(ctx)
+    assert len(report.problems) == 1 and problem in report.problems[0]
+    assert db_rows(ctx, "select count(*) from results") == [(0,)]
+    assert len(apply(ctx).harvested) == 1
+    assert db_rows(ctx, "select count(*) from results") == [(5,)]
