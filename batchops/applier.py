@@ -39,7 +39,7 @@ from batchops.planfile import SavedPlan
 from batchops.planner import DEFAULT_PRUNE_MARGIN, BatchAction, Plan, SubmitItem
 from batchops.pricing import usage_from_message
 from batchops.report import money
-from batchops.state import BatchRecord, IntentRecord, LockInfo, StateStore, iso
+from batchops.state import BatchRecord, IntentRecord, LockInfo, StateStore, iso, pid_alive
 
 KILL_ENV = "BATCHOPS_TEST_DIE_AT"  # test seam: SIGKILL this process at the named checkpoint
 RESULT_TYPES = frozenset({"succeeded", "errored", "canceled", "expired"})
@@ -188,7 +188,7 @@ class Applier:
         deadline = time.monotonic() + lock_timeout
         while True:
             held = self.store.lock()
-            if held is not None and held.host == socket.gethostname() and not _alive(held.pid):
+            if held is not None and held.host == socket.gethostname() and not pid_alive(held.pid):
                 self.progress.note(
                     f"Taking over a lock left by process {held.pid}, which is no "
                     f"longer running ({held.describe().split(' (')[0]})."
@@ -254,14 +254,7 @@ class Applier:
                 f"{intent.job}): created by an earlier run whose response was lost."
             )
             return remote.id
-        with self.store.transaction() as db:
-            db.execute("update attempts set status = 'unsent' where intent_id = ?", [intent.id])
-            db.execute(
-                "update items set inflight_attempt = null where inflight_attempt in"
-                " (select id from attempts where intent_id = ?)",
-                [intent.id],
-            )
-            db.execute("update intents set status = 'unsent' where id = ?", [intent.id])
+        self._mark_unsent(intent.id)
         self.progress.note(
             f"Create for {intent.job} ({intent.request_count} requests) never "
             "reached the API: its items will be sent again."
@@ -808,16 +801,6 @@ def _result_row(result: dict[str, Any], kind: str) -> dict[str, Any]:
         row["error_type"] = error.get("type")
         row["error_message"] = error.get("message")
     return row
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_saved_plan(

@@ -262,7 +262,7 @@ class LockInfo:
 
     def describe(self) -> str:
         text = f"lock {self.lock_id} held by pid {self.pid} on {self.host} since {self.since}"
-        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+        if self.host == socket.gethostname() and not pid_alive(self.pid):
             text += (
                 f" (that process is no longer running: if no apply is in progress, "
                 f"run `batchops force-unlock {self.lock_id}`)"
@@ -270,7 +270,7 @@ class LockInfo:
         return text
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
