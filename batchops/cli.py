@@ -149,16 +149,20 @@ class CliProgress:
         self._done = 0
 
     def note(self, message: str) -> None:
-        if self._bar is not None:
-            click.echo("")
-        click.echo(message)
+        if self._bar is None:
+            click.echo(message)
+            return
+        click.echo("\r\033[K" + message)  # over the bar's line, then draw the bar again below
+        self._bar.render_progress()
 
     def waiting(self, done: int, total: int, in_flight: int) -> None:
         if not self.tty:
             click.echo(f"Waiting: {done}/{total} items done, {in_flight} in flight.")
             return
         if self._bar is None or self._bar.length != total:
-            self._bar = click.progressbar(length=total, label="Items done", show_pos=True)
+            self._bar = click.progressbar(
+                length=total, label="Items done", show_pos=True, show_eta=False
+            )
             self._done = 0
         self._bar.update(done - self._done)
         self._done = done
