@@ -330,28 +330,18 @@ class StateReader:
         if self.db is None:
             return
         # While an attempt is in flight, the fingerprint that matters is the one it carries.
+        # (inflight and canceled_by_us come back as 0/1; a million rows, so no per-row Python.)
         sql = (
-            "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint), i.attempts,"
-            " i.inflight_attempt is not null, i.outcome, i.error_type, i.error_message,"
-            " i.canceled_by_us from items i left join attempts a on a.id = i.inflight_attempt"
+            "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
+            " coalesce(i.attempts, 0), i.inflight_attempt is not null, i.outcome, i.error_type,"
+            " i.error_message, coalesce(i.canceled_by_us, 0)"
+            " from items i left join attempts a on a.id = i.inflight_attempt"
         )
         params: list[Any] = []
         if jobs is not None:
             sql += f" where i.job in ({', '.join('?' for _ in jobs)})"
             params = list(jobs)
-        for row in self.db.execute(sql, params):
-            yield ItemRecord(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4] or 0,
-                bool(row[5]),
-                row[6],
-                row[7],
-                row[8],
-                bool(row[9]),
-            )
+        yield from map(ItemRecord._make, self.db.execute(sql, params))
 
     def job_names(self) -> list[str]:
         if self.db is None:
