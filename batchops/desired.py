@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from batchops import parallel
 from batchops.errors import BatchopsError, SpecError
 from batchops.items import Item, iter_items
 from batchops.planner import DesiredItem, DesiredJob
@@ -66,22 +67,35 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
     missing: set[str] = set()
     items: list[DesiredItem] = []
     digest.update(f"job\x1f{job.name}\x1f{job.max_attempts}\x1f{job.budget_usd}\n".encode())
+    for key, custom_id, fp, cost, model in _rows(job, root, prices, today, price_cache):
+        if cost is None:
+            missing.add(model)
+            cost = 0.0
+        items.append(DesiredItem(key, custom_id, fp, cost))
+        digest.update(f"{key}\x1f{fp}\n".encode())
+    note = None
+    if missing:
+        note = f"no price for model {', '.join(sorted(missing))} in {prices.source}: estimate excludes it"
+    return DesiredJob(job.name, job.max_attempts, job.budget_usd, tuple(items), note)
+
+
+def _rows(
+    job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
+) -> Iterator[tuple[str, str, str, float | None, str]]:
+    """(key, custom_id, fingerprint, cost or None when unpriced, model) per item, in order."""
+    if parallel.wants_parallel(job):
+        for key, custom_id, fp, cost, model in parallel.desired_rows(job, root, prices, today):
+            if model not in price_cache:
+                price_cache[model] = prices.price(model, today)
+            yield key, custom_id, fp, (cost if price_cache[model] is not None else None), model
+        return
     for item in iter_items(job, root):
         model = str(item.params.get("model", ""))
         if model not in price_cache:
             price_cache[model] = prices.price(model, today)
         price = price_cache[model]
-        if price is None:
-            missing.add(model)
-            cost = 0.0
-        else:
-            cost = estimate_request(item.params).cost(price)  # type: ignore[arg-type]
-        items.append(DesiredItem(item.key, item.custom_id, item.fingerprint, cost))
-        digest.update(f"{item.key}\x1f{item.fingerprint}\n".encode())
-    note = None
-    if missing:
-        note = f"no price for model {', '.join(sorted(missing))} in {prices.source}: estimate excludes it"
-    return DesiredJob(job.name, job.max_attempts, job.budget_usd, tuple(items), note)
+        cost = estimate_request(item.params).cost(price) if price is not None else None
+        yield item.key, item.custom_id, item.fingerprint, cost, model
 
 
 def items_for(project: Project, job_name: str, keys: set[str] | None = None) -> Iterator[Item]:

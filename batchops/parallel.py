@@ -1,0 +1,216 @@
+"""Rendering a large job on every core, for planning.
+
+Planning a million-item job is dominated by rendering, hashing and pricing each item: pure Python
+on one core. For a jsonl input file past PARALLEL_MIN_BYTES, the parent reads raw lines and hands
+chunks of them to worker processes, which parse, render, fingerprint and price them; the parent
+keeps source order, finds duplicate keys across chunks, and reports every problem with exactly the
+line the one-core path (`items.iter_items`) would give — a test holds the two paths to that.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from batchops.errors import SpecError
+from batchops.items import (
+    _binary_lines,
+    _custom_id_maker,
+    _encoder,
+    _Fatal,
+    _json_line,
+    _key_of,
+    _Problems,
+    _Renderer,
+    _RenderError,
+)
+from batchops.pricing import PriceTable, estimate_request
+from batchops.spec import Job, display_path
+
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+CHUNK_LINES = 20_000
+
+# One worker's view of the job, built once per process by `_init`.
+_worker: dict[str, Any] = {}
+
+
+def workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def wants_parallel(job: Job, min_bytes: int = PARALLEL_MIN_BYTES) -> bool:
+    """A jsonl input large enough to repay starting processes, on a machine with cores to spare."""
+    if job.input is None or job.input.format != "jsonl" or workers() < 2:
+        return False
+    try:
+        return job.input.path.stat().st_size >= min_bytes
+    except OSError:
+        return False  # the one-core path reports the unreadable file
+
+
+def desired_rows(
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    chunk_lines: int = CHUNK_LINES,
+    processes: int | None = None,
+) -> Iterator[tuple[str, str, str, float, str]]:
+    """(key, custom_id, fingerprint, cost, model) per item in source order; SpecError as iter_items."""
+    spec_shown = display_path(job.spec_file, root)
+    compile_problems: list[str] = []
+    _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
+    if compile_problems:
+        raise SpecError(*compile_problems)
+    if job.input is None:
+        raise ValueError("desired_rows needs a job with an input file")
+    shown = display_path(job.input.path, root)
+    problems = _Problems()
+    seen: dict[str, int] = {}
+    name = job.name
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=processes or workers(),
+        mp_context=context,
+        initializer=_init,
+        initargs=(job, shown, prices, today),
+    )
+    try:
+        pending: deque[Future] = deque()
+        chunks = _chunks(job.input.path, shown, chunk_lines)
+        fatal: str | None = None
+        while True:
+            while len(pending) < 2 * (processes or workers()):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                if isinstance(chunk, str):  # the file could not be read on
+                    fatal = chunk
+                    break
+                pending.append(pool.submit(_render_chunk, chunk))
+            if not pending:
+                break
+            for outcome in pending.popleft().result():
+                kind = outcome[0]
+                if kind == "ok":
+                    _, number, key, custom_id, fp, cost, model = outcome
+                    if key in seen:
+                        problems.add(
+                            f"{shown}: line {number}: job {name}: item {key}: "
+                            f"duplicate key (first at line {seen[key]})"
+                        )
+                        continue
+                    seen[key] = number
+                    yield key, custom_id, fp, cost, model
+                elif kind == "render_error":
+                    _, number, key, message = outcome
+                    if key in seen:
+                        problems.add(
+                            f"{shown}: line {number}: job {name}: item {key}: "
+                            f"duplicate key (first at line {seen[key]})"
+                        )
+                        continue
+                    seen[key] = number
+                    problems.add(message)
+                elif kind == "problem":
+                    problems.add(outcome[2])
+                else:  # fatal: what came before stands, nothing after is read
+                    fatal = outcome[1]
+                    break
+            if fatal is not None:
+                break
+        if fatal is not None:
+            raise problems.error(fatal)
+        if problems.count:
+            raise problems.error()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(path: Path, shown: str, size: int) -> Iterator[list[tuple[int, bytes]] | str]:
+    chunk: list[tuple[int, bytes]] = []
+    try:
+        for number, line in _binary_lines(path, shown):
+            chunk.append((number, line))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    except _Fatal as exc:
+        if chunk:
+            yield chunk
+        yield exc.args[0]
+        return
+    if chunk:
+        yield chunk
+
+
+def _init(job: Job, shown: str, prices: PriceTable, today: date) -> None:
+    problems: list[str] = []
+    renderer = _Renderer(job, problems, "")
+    _worker.update(
+        job=job,
+        shown=shown,
+        renderer=renderer,
+        encode=_encoder(renderer.exact, job.betas),
+        custom_id=_custom_id_maker(job.name),
+        prices=prices,
+        today=today,
+        price_cache={},
+    )
+
+
+def _render_chunk(chunk: list[tuple[int, bytes]]) -> list[tuple]:
+    w = _worker
+    job: Job = w["job"]
+    shown, renderer, encode, custom_id = w["shown"], w["renderer"], w["encode"], w["custom_id"]
+    key_field = job.input.key  # type: ignore[union-attr]
+    name = job.name
+    out: list[tuple] = []
+    for number, line in chunk:
+        if not line.strip():
+            continue
+        try:
+            row = _json_line(line, number, shown)
+        except _Fatal as exc:
+            out.append(("fatal", exc.args[0]))
+            return out
+        where = f"{shown}: line {number}"
+        if not isinstance(row, dict):
+            out.append(
+                (
+                    "problem",
+                    number,
+                    f"{where}: job {name}: expected an object, not {type(row).__name__}",
+                )
+            )
+            continue
+        key = _key_of(row, key_field)
+        if isinstance(key, tuple):
+            out.append(("problem", number, f"{where}: job {name}: {key[0]}"))
+            continue
+        try:
+            params = renderer.render(row, key)
+        except _RenderError as e:
+            out.append(
+                (
+                    "render_error",
+                    number,
+                    key,
+                    f"{where}: job {name}: item {key}: template {e.template!r}: {e.message}",
+                )
+            )
+            continue
+        model = str(params.get("model", ""))
+        cache = w["price_cache"]
+        if model not in cache:
+            cache[model] = w["prices"].price(model, w["today"])
+        price = cache[model]
+        cost = estimate_request(params).cost(price) if price is not None else 0.0
+        out.append(("ok", number, key, custom_id(key), encode(params), cost, model))
+    return out
