@@ -87,6 +87,33 @@ class ApplyReport:
     outputs: list[Path] = field(default_factory=list)  # job output files written
 
 
+def report_to_dict(report: ApplyReport) -> dict[str, Any]:
+    """The JSON shape of `apply --json` / `refresh --json` (format_version 1)."""
+    final = report.final_plan
+    return {
+        "format_version": 1,
+        "approved": report.approved,
+        "submitted": report.submitted,
+        "batches_created": report.batches_created,
+        "adopted": report.adopted,
+        "harvested": report.harvested,
+        "results_stored": report.results_stored,
+        "canceled": report.canceled,
+        "pruned": report.pruned,
+        "requeued": report.requeued,
+        "drift": report.drift,
+        "problems": report.problems,
+        "timed_out": report.timed_out,
+        "outputs": [str(p) for p in report.outputs],
+        "jobs": [
+            {"name": j.name, "counts": j.counts,
+             "failed": [{"key": f.key, "error_type": f.error_type, "message": f.message}
+                        for f in j.failed]}
+            for j in (final.jobs if final is not None else ())
+        ],
+    }
+
+
 class HarvestFailed(Exception):
     """A batch's results did not check out; nothing was stored for it."""
 

@@ -143,25 +143,28 @@ def plan(ctx: click.Context, job_names: tuple[str, ...], json_: bool, markdown: 
 class CliProgress:
     """Fills the library's progress seam: notes as lines, a progress bar on a terminal."""
 
-    def __init__(self) -> None:
-        self.tty = sys.stdout.isatty()
+    def __init__(self, err: bool = False) -> None:
+        self.err = err  # with --json, stdout is for the JSON alone
+        self.tty = (sys.stderr if err else sys.stdout).isatty()
         self._bar = None
         self._done = 0
 
     def note(self, message: str) -> None:
         if self._bar is None:
-            click.echo(message)
+            click.echo(message, err=self.err)
             return
-        click.echo("\r\033[K" + message)  # over the bar's line, then draw the bar again below
+        # over the bar's line, then draw the bar again below
+        click.echo("\r\033[K" + message, err=self.err)
         self._bar.render_progress()
 
     def waiting(self, done: int, total: int, in_flight: int) -> None:
         if not self.tty:
-            click.echo(f"Waiting: {done}/{total} items done, {in_flight} in flight.")
+            click.echo(f"Waiting: {done}/{total} items done, {in_flight} in flight.", err=self.err)
             return
         if self._bar is None or self._bar.length != total:
             self._bar = click.progressbar(
-                length=total, label="Items done", show_pos=True, show_eta=False
+                length=total, label="Items done", show_pos=True, show_eta=False,
+                file=sys.stderr if self.err else None,
             )
             self._done = 0
         self._bar.update(done - self._done)
@@ -189,10 +192,11 @@ def _status_rows(the_plan) -> list[list[object]]:
               help="With --wait: seconds between polls [default: 5, 1 with --emulator].")
 @click.option("--lock-timeout", type=float, default=0.0, show_default=True,
               help="Wait this many seconds for another apply's lock.")
+@json_option
 @click.pass_context
 def apply(ctx: click.Context, plan_file: Path | None, job_names: tuple[str, ...], yes: bool,
           wait: bool, timeout: float | None, poll_interval: float | None,
-          lock_timeout: float) -> None:
+          lock_timeout: float, json_: bool) -> None:
     """Make it so: submit, retry, harvest, cancel and prune. Safe to re-run after any failure."""
     if plan_file is None and not yes and not sys.stdin.isatty():
         raise BatchopsError("apply needs --yes (or --auto-approve) when standard input is not a "
@@ -200,10 +204,10 @@ def apply(ctx: click.Context, plan_file: Path | None, job_names: tuple[str, ...]
     context = _context(ctx, remote=True)
 
     def confirm(the_plan) -> bool:
-        click.echo(plan_text(the_plan, context.prices.source))
-        return click.confirm("\nApply this plan?", default=False)
+        click.echo(plan_text(the_plan, context.prices.source), err=json_)
+        return click.confirm("\nApply this plan?", default=False, err=json_)
 
-    progress = CliProgress()
+    progress = CliProgress(err=json_)
     if poll_interval is None:
         poll_interval = 1.0 if ctx.obj.get("use_emulator") else 5.0
     try:
@@ -215,9 +219,9 @@ def apply(ctx: click.Context, plan_file: Path | None, job_names: tuple[str, ...]
     finally:
         progress.close()
     if not report.approved:
-        click.echo("Apply cancelled: nothing was sent.")
+        click.echo("Apply cancelled: nothing was sent.", err=json_)
         ctx.exit(1)
-    _finish(ctx, report, wait)
+    _finish(ctx, report, json_)
 
 
 def _shown(path: Path) -> str:
@@ -227,8 +231,25 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _finish(ctx: click.Context, report, wait: bool) -> None:
-    """The closing summary and status table, and the exit code of DESIGN §4."""
+def _finish(ctx: click.Context, report, json_: bool) -> None:
+    """The closing summary and status table (or JSON), and the exit code of DESIGN §4."""
+    problems = list(report.problems)
+    final = report.final_plan
+    if report.timed_out:
+        problems.append("timed out with items still pending; run apply again to continue")
+    if final is not None and any(j.failed for j in final.jobs):
+        problems.append(f"{sum(len(j.failed) for j in final.jobs)} items failed (see above)")
+    if json_:
+        from batchops.applier import report_to_dict
+
+        click.echo(orjson.dumps(report_to_dict(report), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _summary(report)
+    if problems:
+        raise BatchopsError(*problems)
+
+
+def _summary(report) -> None:
     click.echo("")
     click.echo(
         f"Apply complete: {report.submitted} requests sent in {len(report.batches_created)} "
@@ -248,22 +269,22 @@ def _finish(ctx: click.Context, report, wait: bool) -> None:
             click.echo(f"  ! failed  {name}  {f.key}  {f.message}")
         if len(failed) > 20:
             click.echo(f"  … and {len(failed) - 20} more failed items")
-    problems = list(report.problems)
-    if report.timed_out:
-        problems.append("timed out with items still pending; run apply again to continue")
-    if final is not None and any(j.failed for j in final.jobs):
-        problems.append(f"{sum(len(j.failed) for j in final.jobs)} items failed (see above)")
-    if problems:
-        raise BatchopsError(*problems)
 
 
 @cli.command()
+@json_option
 @click.pass_context
-def refresh(ctx: click.Context) -> None:
+def refresh(ctx: click.Context, json_: bool) -> None:
     """Poll remote batches and harvest finished ones; send nothing."""
     context = _context(ctx, remote=True)
-    progress = CliProgress()
-    report = context.refresh(progress=progress)
+    report = context.refresh(progress=CliProgress(err=json_))
+    if json_:
+        from batchops.applier import report_to_dict
+
+        click.echo(orjson.dumps(report_to_dict(report), option=orjson.OPT_INDENT_2).decode())
+        if report.problems:
+            raise BatchopsError(*report.problems)
+        return
     for note in report.drift:
         click.echo(f"Drift: {note}")
     click.echo(f"Refreshed: {len(report.harvested)} batches harvested "

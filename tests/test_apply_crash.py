@@ -133,3 +133,22 @@ def test_cli_apply_without_yes_off_a_terminal_is_refused(tmp_path, emulator, emu
     assert out.stderr == (
         "Error: apply needs --yes (or --auto-approve) when standard input is not a terminal\n")
     assert emulator_admin.stats()["batches_created"] == 0
+
+
+def test_apply_json_is_one_document_on_stdout(tmp_path, emulator):
+    import json
+
+    write_project(tmp_path, rows(3, r2="[[emulator:fail=invalid_request_error]]"))
+    out = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05",
+                  "--json")
+    assert out.returncode == 1  # an item failed
+    report = json.loads(out.stdout)
+    assert report["submitted"] == 3 and len(report["batches_created"]) == 1
+    assert report["jobs"][0]["counts"]["succeeded"] == 2
+    assert report["jobs"][0]["failed"][0]["key"] == "r2"
+    assert report["jobs"][0]["failed"][0]["error_type"] == "invalid_request_error"
+    assert "Created batch" in out.stderr
+    assert out.stderr.rstrip().endswith("Error: 1 items failed (see above)")
+    refreshed = run_cli(tmp_path, emulator, "refresh", "--json")
+    assert refreshed.returncode == 0
+    assert json.loads(refreshed.stdout)["submitted"] == 0
