@@ -243,9 +243,11 @@ class Applier:
             if note:
                 self.report.drift.append(note)
                 self.progress.note(f"Drift: {note}.")
-            self._save_batch(updated)
             if updated.drift == "deleted" and updated.harvested_at is None:
+                # requeue first: saving drift=deleted makes the batch finished (never polled
+                # again), so a crash between the two must not leave its items in flight
                 self._requeue(updated, "deleted")
+            self._save_batch(updated)
 
     def _save_batch(self, b: BatchRecord) -> None:
         with self.store.transaction() as db:
@@ -260,6 +262,7 @@ class Applier:
                     "archived_at": iso(b.archived_at),
                     "results_expire_at": iso(b.results_expire_at),
                     "drift": b.drift,
+                    "pruned_at": iso(b.pruned_at),
                     "refreshed_at": iso(self.now()),
                 },
             )
@@ -631,6 +634,10 @@ class Applier:
         }
         with self.client.results(batch_id) as lines:
             custom_ids = [line.get("custom_id") for line in lines]
+        if len(custom_ids) != remote.total or len(set(custom_ids)) != len(custom_ids):
+            raise RemoteError(f"batch {batch_id}: its results did not check out ({len(custom_ids)} "
+                              f"lines, {len(set(custom_ids))} distinct custom_ids, request_counts "
+                              f"add up to {remote.total}); nothing was imported, try again")
         unknown = [c for c in custom_ids if c not in by_custom_id]
         if unknown:
             raise StateError(f"batch {batch_id}: {len(unknown)} of its {len(custom_ids)} results "

@@ -204,7 +204,9 @@ def make_plan(
             item_state, detail = classify(item, record, job.max_attempts)
             counts[item_state] += 1
             if item_state in ("todo", "changed", "retry"):
-                attempt = record.attempts + 1 if item_state == "retry" and record else 1
+                # a lost attempt was already uncounted by the requeue: its resend takes its number
+                lost = item_state == "todo" and record is not None and record.outcome == "lost"
+                attempt = record.attempts + 1 if (item_state == "retry" or lost) and record else 1
                 actions.append(
                     SubmitItem(
                         job.name,
