@@ -118,6 +118,10 @@ class HarvestFailed(Exception):
     """A batch's results did not check out; nothing was stored for it."""
 
 
+class ForeignResults(HarvestFailed):
+    """The results carry a custom_id this batch was not sent: it is not the batch we think."""
+
+
 # ------------------------------------------------------------------------------ refresh (shared)
 
 
@@ -276,8 +280,9 @@ class Applier:
             if b.id not in known and b.total == intent.request_count
         ]
         if candidates:
-            remote = min(candidates, key=lambda b: b.created_at)
-            self._record_created(intent.id, intent.job, remote)
+            # the earliest created after the intent; one from the clock-skew slack before it last
+            remote = min(candidates, key=lambda b: (b.created_at < intent.created_at, b.created_at))
+            self._record_created(intent.id, intent.job, remote, status="adopted")
             self.report.adopted.append(remote.id)
             self.progress.note(
                 f"Adopted batch {remote.id} ({intent.request_count} requests, "
@@ -308,6 +313,14 @@ class Applier:
             with self.client.results(record.id) as lines, self.store.transaction() as db:
                 stored = self._store_results(db, record, lines, sent, expected, canceled_by_us)
                 db["batches"].update(record.id, {"harvested_at": iso(self.now())})
+        except ForeignResults as exc:
+            if self._adopted(record.id):
+                self._unadopt(record, str(exc))
+                return False
+            message = str(exc)
+            self.report.problems.append(f"harvest of batch {record.id} ({record.job}): {message}")
+            self.progress.note(f"Could not harvest batch {record.id}: {message}.")
+            return False
         except (HarvestFailed, RemoteError) as exc:
             message = str(exc).splitlines()[0]
             self.report.problems.append(f"harvest of batch {record.id} ({record.job}): {message}")
@@ -324,6 +337,37 @@ class Applier:
         self.progress.note(f"Harvested batch {record.id} ({record.job}): {stored} results.")
         return True
 
+    def _adopted(self, batch_id: str) -> bool:
+        row = self.db.execute(
+            "select 1 from intents where batch_id = ? and status = 'adopted'", [batch_id]
+        ).fetchone()
+        return row is not None
+
+    def _unadopt(self, record: BatchRecord, why: str) -> None:
+        """An adopted batch turned out not to be ours: forget it, and send its items again."""
+        with self.store.transaction() as db:
+            db.execute(
+                "update items set inflight_attempt = null, attempts = max(a.number - 1, 0),"
+                " updated_at = ? from attempts a where a.id = items.inflight_attempt"
+                " and a.batch_id = ?",
+                [iso(self.now()), record.id],
+            )
+            db.execute(
+                "update attempts set status = 'unsent', batch_id = null where batch_id = ?",
+                [record.id],
+            )
+            db.execute(
+                "update intents set status = 'unsent', batch_id = null where batch_id = ?",
+                [record.id],
+            )
+            db["batches"].update(record.id, {"drift": "not-ours"})
+        note = (
+            f"batch {record.id} was adopted by mistake ({why}): it is not ours, so it is "
+            "forgotten and its items will be sent again"
+        )
+        self.report.drift.append(note)
+        self.progress.note(f"Drift: {note}.")
+
     def _store_results(
         self, db, record: BatchRecord, lines, sent: dict, expected: int, canceled_by_us: bool
     ) -> int:
@@ -332,10 +376,12 @@ class Applier:
         count = 0
         for line in lines:
             custom_id = line.get("custom_id")
-            result = line.get("result") or {}
+            result = line.get("result")
+            if not isinstance(custom_id, str) or not isinstance(result, dict):
+                raise HarvestFailed(f"a result line without a custom_id and a result: {line!r:.200}")
             kind = result.get("type")
             if custom_id not in sent:
-                raise HarvestFailed(
+                raise ForeignResults(
                     f"result for custom_id {custom_id!r}, which this batch was not sent"
                 )
             if custom_id in seen:
@@ -552,7 +598,8 @@ class Applier:
                 db.execute(
                     "insert into items (job, key, custom_id, attempts, inflight_attempt, updated_at)"
                     " values (?, ?, ?, 0, ?, ?) on conflict (job, key) do update set"
-                    " inflight_attempt = excluded.inflight_attempt, updated_at = excluded.updated_at",
+                    " inflight_attempt = excluded.inflight_attempt, updated_at = excluded.updated_at,"
+                    " forgotten_at = null",
                     [job, action.key, action.custom_id, cursor.lastrowid, now],
                 )
         return intent_id
@@ -567,7 +614,9 @@ class Applier:
             )
             db.execute("update intents set status = 'unsent' where id = ?", [intent_id])
 
-    def _record_created(self, intent_id: str, job: str, remote: RemoteBatch) -> None:
+    def _record_created(
+        self, intent_id: str, job: str, remote: RemoteBatch, status: str = "created"
+    ) -> None:
         now = iso(self.now())
         with self.store.transaction() as db:
             count = db.execute(
@@ -604,8 +653,8 @@ class Applier:
                 [now, intent_id],
             )
             db.execute(
-                "update intents set status = 'created', batch_id = ? where id = ?",
-                [remote.id, intent_id],
+                "update intents set status = ?, batch_id = ? where id = ?",
+                [status, remote.id, intent_id],
             )
 
     # -- import: adopt a batch by hand
@@ -647,9 +696,16 @@ class Applier:
         if clash:
             raise StateError(f"batch {batch_id}: item {clash[0]} of job {job_name} is already in "
                              "flight in another batch")
+        records = {r.key: r for r in self.store.item_records([job_name])}
+
+        def attempt(item) -> int:  # the retry count goes on for an unchanged item
+            record = records.get(item.key)
+            same = record is not None and record.fingerprint == item.fingerprint
+            return record.attempts + 1 if same else 1
+
         chunk = [
             (SubmitItem(job_name, by_custom_id[c].key, c, by_custom_id[c].fingerprint, "import",
-                        1, 0.0), {})
+                        attempt(by_custom_id[c]), 0.0), {})
             for c in custom_ids
         ]
         intent_id = self._commit_intent(job_name, chunk, 0)
@@ -787,13 +843,21 @@ class Applier:
             time.sleep(poll_interval)
 
     def _forget(self, plan: Plan) -> None:
-        """Drop removed items that are not in flight (history rows stay)."""
-        forget = [(a.job, a.key) for j in plan.jobs for a in j.actions if a.action == "forget"]
-        if not forget:
+        """Forget removed items that are not in flight. Their rows stay, marked, so an item that
+        comes back with the same fingerprint is recognised as done and not paid for again."""
+        now = iso(self.now())
+        forget = [(now, a.job, a.key) for j in plan.jobs for a in j.actions if a.action == "forget"]
+        remembered = [(j.name, key) for j in plan.jobs for key in j.remembered]
+        if not forget and not remembered:
             return
         with self.store.transaction() as db:
             db.conn.executemany(
-                "delete from items where job = ? and key = ? and inflight_attempt is null", forget
+                "update items set forgotten_at = ? where job = ? and key = ?"
+                " and inflight_attempt is null",
+                forget,
+            )
+            db.conn.executemany(
+                "update items set forgotten_at = null where job = ? and key = ?", remembered
             )
 
 

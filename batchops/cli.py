@@ -124,6 +124,11 @@ def plan(ctx: click.Context, job_names: tuple[str, ...], json_: bool, markdown: 
         click.echo(plan_text(the_plan, source))
     for note in the_plan.notes:
         click.echo(f"Drift: {note}", err=json_)
+    over = [j for j in the_plan.jobs if j.over_budget]
+    if over:  # a plan over budget is shown, never saved
+        raise BudgetExceeded(*(
+            f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
+            f"{money(j.budget_usd)}" for j in over))
     if out_file is not None:
         from batchops import planfile
 
@@ -131,11 +136,6 @@ def plan(ctx: click.Context, job_names: tuple[str, ...], json_: bool, markdown: 
         if not json_:
             click.echo(f"Saved this plan to {out_file}: apply it with `batchops apply {out_file}`.",
                        err=markdown)
-    over = [j for j in the_plan.jobs if j.over_budget]
-    if over:
-        raise BudgetExceeded(*(
-            f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
-            f"{money(j.budget_usd)}" for j in over))
     if detailed_exitcode and the_plan.changes:
         ctx.exit(2)
 

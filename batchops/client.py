@@ -156,7 +156,7 @@ class BatchesClient:
                 yield _parse_lines(response.iter_lines(), what)
         except anthropic.NotFoundError:
             raise NotFound(batch_id) from None
-        except anthropic.APIError as exc:
+        except anthropic.AnthropicError as exc:  # includes "No results_url" (not yet ended)
             raise RemoteError(describe(exc, what)) from None
 
 

@@ -84,6 +84,8 @@ class JobPlan:
     estimated_cost_usd: float
     budget_usd: float | None
     cost_note: str | None = None
+    # keys back in a spec after being forgotten: apply clears their mark (not an action to show)
+    remembered: tuple[str, ...] = ()
 
     @property
     def submits(self) -> list[SubmitItem]:
@@ -198,9 +200,12 @@ def make_plan(
         failed: list[FailedItem] = []
         cost = 0.0
         wanted: set[str] = set()
+        remembered: list[str] = []
         for item in job.items:
             wanted.add(item.key)
             record = state_items.get(item.key)
+            if record is not None and record.forgotten:
+                remembered.append(item.key)
             item_state, detail = classify(item, record, job.max_attempts)
             counts[item_state] += 1
             if item_state in ("todo", "changed", "retry"):
@@ -226,7 +231,7 @@ def make_plan(
             elif item_state == "pending" and detail and record is not None:
                 obsolete.add(f"{job.name}\x1f{item.key}")
         for key, record in state_items.items():
-            if key not in wanted:
+            if key not in wanted and not record.forgotten:
                 counts["removed"] += 1
                 actions.append(ForgetItem(job.name, key, "no longer in any spec"))
                 if record.inflight:
@@ -240,16 +245,18 @@ def make_plan(
                 round(cost, 6),
                 job.budget_usd,
                 job.cost_note,
+                tuple(remembered),
             )
         )
 
     if all_jobs_in_scope:
         for name in sorted(set(by_job) - scope):
+            remembered = [key for key, r in by_job[name].items() if not r.forgotten]
+            if not remembered:
+                continue
             counts = dict.fromkeys(ITEM_STATES, 0)
-            counts["removed"] = len(by_job[name])
-            forget = tuple(
-                ForgetItem(name, key, "job no longer in any spec") for key in by_job[name]
-            )
+            counts["removed"] = len(remembered)
+            forget = tuple(ForgetItem(name, key, "job no longer in any spec") for key in remembered)
             obsolete.update(f"{name}\x1f{key}" for key, r in by_job[name].items() if r.inflight)
             job_plans.append(JobPlan(name, counts, forget, (), 0.0, None))
             scope.add(name)

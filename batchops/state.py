@@ -166,6 +166,12 @@ def m0001_initial(db: Database) -> None:
     db["applied_plans"].create({"plan_id": str, "applied_at": str}, pk="plan_id")
 
 
+@migrations()
+def m0002_items_forgotten_at(db: Database) -> None:
+    """Forgotten items keep their row (and so their result): re-adding one sends nothing."""
+    db["items"].add_column("forgotten_at", str)
+
+
 KNOWN_MIGRATIONS = [m.name for m in migrations._migrations]
 
 
@@ -194,6 +200,7 @@ class ItemRecord(NamedTuple):
     error_type: str | None
     error_message: str | None
     canceled_by_us: bool
+    forgotten: bool = False  # removed from the specs and forgotten; the row stays as memory
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,7 @@ class BatchRecord:
         """Nothing more will happen to it remotely or locally."""
         return (
             self.pruned_at is not None
-            or self.drift in ("deleted", "results-lost")
+            or self.drift in ("deleted", "results-lost", "not-ours")
             or (self.harvested_at is not None and self.archived_at is not None)
         )
 
@@ -334,7 +341,7 @@ class StateReader:
         sql = (
             "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
             " coalesce(i.attempts, 0), i.inflight_attempt is not null, i.outcome, i.error_type,"
-            " i.error_message, coalesce(i.canceled_by_us, 0)"
+            " i.error_message, coalesce(i.canceled_by_us, 0), i.forgotten_at is not null"
             " from items i left join attempts a on a.id = i.inflight_attempt"
         )
         params: list[Any] = []

@@ -238,7 +238,7 @@ def test_removed_items_cancel_their_batch_and_are_forgotten(tmp_path, emulator, 
     report = apply(ctx, wait=True)
     assert len(report.canceled) == 1
     assert states(ctx) == {"other": "succeeded"}
-    assert db_rows(ctx, "select key from items order by key") == [("other",)]
+    assert db_rows(ctx, "select key from items where forgotten_at is null") == [("other",)]
 
 
 def test_plan_never_writes_state(tmp_path, emulator):
@@ -418,3 +418,35 @@ def test_results_that_do_not_check_out_store_nothing(tmp_path, emulator, emulato
     assert db_rows(ctx, "select count(*) from results") == [(0,)]
     assert len(apply(ctx).harvested) == 1
     assert db_rows(ctx, "select count(*) from results") == [(5,)]
+
+
+def test_an_item_removed_then_added_back_is_not_paid_for_again(tmp_path, emulator, emulator_admin):
+    write_project(tmp_path, rows(3))
+    ctx = context(tmp_path, emulator)
+    apply(ctx, wait=True)
+    write_rows(tmp_path, rows(2))
+    plan, _ = ctx.plan(refresh=False)
+    assert [(a.action, a.key) for a in plan.jobs[0].actions] == [("forget", "r3")]
+    apply(ctx, wait=True)
+    plan, _ = ctx.plan(refresh=False)
+    assert not plan.changes and plan.jobs[0].counts["removed"] == 0
+    write_rows(tmp_path, rows(3))
+    plan, _ = ctx.plan(refresh=False)
+    assert not plan.changes and plan.jobs[0].counts["succeeded"] == 3
+    assert apply(ctx, wait=True).submitted == 0
+    # the whole job file gone, then back: nothing is sent either
+    spec = tmp_path / "jobs" / "demo.toml"
+    text = spec.read_text()
+    spec.unlink()
+    (tmp_path / "jobs" / "other.toml").write_text(
+        'version = 1\n[jobs.other]\nmodel = "claude-haiku-4-5"\nmax_tokens = 5\nprompt = "x"\n'
+        'items = [{ key = "o1" }]\n')
+    plan, _ = ctx.plan(refresh=False)
+    assert [(j.name, j.counts["removed"]) for j in plan.jobs] == [("other", 0), ("demo", 3)]
+    apply(ctx, wait=True)
+    spec.write_text(text)
+    assert apply(ctx, wait=True).submitted == 0
+    assert {k: submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {
+        "r1": 1, "r2": 1, "r3": 1}
+    assert states(ctx) == {"o1": "succeeded", "r1": "succeeded", "r2": "succeeded",
+                           "r3": "succeeded"}

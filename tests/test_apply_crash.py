@@ -152,3 +152,22 @@ def test_apply_json_is_one_document_on_stdout(tmp_path, emulator):
     refreshed = run_cli(tmp_path, emulator, "refresh", "--json")
     assert refreshed.returncode == 0
     assert json.loads(refreshed.stdout)["submitted"] == 0
+
+
+def test_a_batch_adopted_by_mistake_is_given_up_and_its_items_sent(tmp_path, emulator,
+                                                                  emulator_admin, sdk_client):
+    write_project(tmp_path, rows(2))
+    killed = run_cli(tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-intent"})
+    assert killed.returncode == -signal.SIGKILL
+    # someone else in the workspace makes a batch of the same size after our intent
+    params = {"model": "claude-haiku-4-5", "max_tokens": 5,
+              "messages": [{"role": "user", "content": "not ours"}]}
+    sdk_client.messages.batches.create(requests=[{"custom_id": f"other-{i}", "params": params}
+                                                 for i in range(2)])
+    done = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Adopted batch" in done.stdout
+    assert "was adopted by mistake" in done.stdout
+    assert results_count(tmp_path) == 2
+    submissions = emulator_admin.stats()["submissions"]
+    assert sorted(submissions.values()) == [1, 1, 1, 1]  # ours once each, theirs once each

@@ -105,11 +105,12 @@ def test_detailed_exitcode(project, emulator):
 def test_budget_exceeded_exits_1_naming_job_estimate_and_budget(project):
     (project / "jobs" / "demo.toml").write_text(
         (project / "jobs" / "demo.toml").read_text().replace("budget_usd = 1.00", "budget_usd = 0.00001"))
-    result = CliRunner().invoke(cli, ["plan", "--no-refresh"])
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh", "-o", "plan.jsonl"])
     assert result.exit_code == 1
     assert result.stderr == (
         "Error: job demo: estimated cost $0.0001 exceeds its budget_usd $0.0000\n")
     assert "Plan: 3 to submit." in result.stdout
+    assert not (project / "plan.jsonl").exists()  # a plan over budget is never saved
 
 
 def test_saved_plan_file_holds_the_exact_requests(project):
