@@ -106,9 +106,14 @@ def report_to_dict(report: ApplyReport) -> dict[str, Any]:
         "timed_out": report.timed_out,
         "outputs": [str(p) for p in report.outputs],
         "jobs": [
-            {"name": j.name, "counts": j.counts,
-             "failed": [{"key": f.key, "error_type": f.error_type, "message": f.message}
-                        for f in j.failed]}
+            {
+                "name": j.name,
+                "counts": j.counts,
+                "failed": [
+                    {"key": f.key, "error_type": f.error_type, "message": f.message}
+                    for f in j.failed
+                ],
+            }
             for j in (final.jobs if final is not None else ())
         ],
     }
@@ -378,7 +383,9 @@ class Applier:
             custom_id = line.get("custom_id")
             result = line.get("result")
             if not isinstance(custom_id, str) or not isinstance(result, dict):
-                raise HarvestFailed(f"a result line without a custom_id and a result: {line!r:.200}")
+                raise HarvestFailed(
+                    f"a result line without a custom_id and a result: {line!r:.200}"
+                )
             kind = result.get("type")
             if custom_id not in sent:
                 raise ForeignResults(
@@ -666,36 +673,44 @@ class Applier:
         fingerprint.
         """
         if self.store.batch(batch_id) is not None:
-            raise StateError(f"batch {batch_id} is already in state (job "
-                             f"{self.store.batch(batch_id).job})")
+            raise StateError(
+                f"batch {batch_id} is already in state (job {self.store.batch(batch_id).job})"
+            )
         try:
             remote = self.client.retrieve(batch_id)
         except NotFound:
             raise RemoteError(f"batch {batch_id} does not exist remotely") from None
         if remote.processing_status != "ended":
-            raise StateError(f"batch {batch_id} is still {remote.processing_status}: its "
-                             "custom_ids are only known from its results; import it once it ends")
+            raise StateError(
+                f"batch {batch_id} is still {remote.processing_status}: its "
+                "custom_ids are only known from its results; import it once it ends"
+            )
         if remote.archived_at is not None:
             raise StateError(f"batch {batch_id}: its results expired remotely; nothing to import")
         by_custom_id = {
-            item.custom_id: item
-            for dj in desired.jobs if dj.name == job_name for item in dj.items
+            item.custom_id: item for dj in desired.jobs if dj.name == job_name for item in dj.items
         }
         with self.client.results(batch_id) as lines:
             custom_ids = [line.get("custom_id") for line in lines]
         if len(custom_ids) != remote.total or len(set(custom_ids)) != len(custom_ids):
-            raise RemoteError(f"batch {batch_id}: its results did not check out ({len(custom_ids)} "
-                              f"lines, {len(set(custom_ids))} distinct custom_ids, request_counts "
-                              f"add up to {remote.total}); nothing was imported, try again")
+            raise RemoteError(
+                f"batch {batch_id}: its results did not check out ({len(custom_ids)} "
+                f"lines, {len(set(custom_ids))} distinct custom_ids, request_counts "
+                f"add up to {remote.total}); nothing was imported, try again"
+            )
         unknown = [c for c in custom_ids if c not in by_custom_id]
         if unknown:
-            raise StateError(f"batch {batch_id}: {len(unknown)} of its {len(custom_ids)} results "
-                             f"are not items of job {job_name} (first: {unknown[0]!r})")
+            raise StateError(
+                f"batch {batch_id}: {len(unknown)} of its {len(custom_ids)} results "
+                f"are not items of job {job_name} (first: {unknown[0]!r})"
+            )
         busy = {r.key for r in self.store.item_records([job_name]) if r.inflight}
         clash = [by_custom_id[c].key for c in custom_ids if by_custom_id[c].key in busy]
         if clash:
-            raise StateError(f"batch {batch_id}: item {clash[0]} of job {job_name} is already in "
-                             "flight in another batch")
+            raise StateError(
+                f"batch {batch_id}: item {clash[0]} of job {job_name} is already in "
+                "flight in another batch"
+            )
         records = {r.key: r for r in self.store.item_records([job_name])}
 
         def attempt(item) -> int:  # the retry count goes on for an unchanged item
@@ -704,8 +719,18 @@ class Applier:
             return record.attempts + 1 if same else 1
 
         chunk = [
-            (SubmitItem(job_name, by_custom_id[c].key, c, by_custom_id[c].fingerprint, "import",
-                        attempt(by_custom_id[c]), 0.0), {})
+            (
+                SubmitItem(
+                    job_name,
+                    by_custom_id[c].key,
+                    c,
+                    by_custom_id[c].fingerprint,
+                    "import",
+                    attempt(by_custom_id[c]),
+                    0.0,
+                ),
+                {},
+            )
             for c in custom_ids
         ]
         intent_id = self._commit_intent(job_name, chunk, 0)

@@ -35,19 +35,48 @@ class BatchopsGroup(click.Group):
 
 
 @click.group(cls=BatchopsGroup)
-@click.option("--jobs", "jobs_path", type=click.Path(path_type=Path), envvar="BATCHOPS_JOBS",
-              default=Path("jobs"), show_default=True, help="Spec file or folder of specs.")
-@click.option("--state", "state_path", type=click.Path(path_type=Path), envvar="BATCHOPS_STATE",
-              default=None, help="State file [default: state/batchops.db, or state/emulator.db with --emulator].")
-@click.option("--prices", "prices_file", type=click.Path(path_type=Path), envvar="BATCHOPS_PRICES",
-              default=None, help="A price table overriding the shipped one.")
-@click.option("--emulator", "use_emulator", is_flag=True,
-              help="Run against the built-in emulator, started in-process on loopback.")
+@click.option(
+    "--jobs",
+    "jobs_path",
+    type=click.Path(path_type=Path),
+    envvar="BATCHOPS_JOBS",
+    default=Path("jobs"),
+    show_default=True,
+    help="Spec file or folder of specs.",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path),
+    envvar="BATCHOPS_STATE",
+    default=None,
+    help="State file [default: state/batchops.db, or state/emulator.db with --emulator].",
+)
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(path_type=Path),
+    envvar="BATCHOPS_PRICES",
+    default=None,
+    help="A price table overriding the shipped one.",
+)
+@click.option(
+    "--emulator",
+    "use_emulator",
+    is_flag=True,
+    help="Run against the built-in emulator, started in-process on loopback.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="batchops")
 @click.pass_context
-def cli(ctx: click.Context, jobs_path: Path, state_path: Path | None, prices_file: Path | None,
-        use_emulator: bool, debug: bool) -> None:
+def cli(
+    ctx: click.Context,
+    jobs_path: Path,
+    state_path: Path | None,
+    prices_file: Path | None,
+    use_emulator: bool,
+    debug: bool,
+) -> None:
     """batchops: Anthropic Message Batches jobs as code, with plan and apply."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -65,14 +94,17 @@ def _context(ctx: click.Context, *, remote: bool = False) -> Context:
         from batchops.emulator import running_emulator
         from batchops.emulator_mode import emulator_config_for
 
-        settings.base_url = ctx.with_resource(running_emulator(emulator_config_for(settings.state_path)))
+        settings.base_url = ctx.with_resource(
+            running_emulator(emulator_config_for(settings.state_path))
+        )
         settings.api_key = "batchops-emulator"
     return Context(settings)
 
 
 def job_option(f):
-    return click.option("--job", "job_names", multiple=True, metavar="NAME",
-                        help="Only this job (repeatable).")(f)
+    return click.option(
+        "--job", "job_names", multiple=True, metavar="NAME", help="Only this job (repeatable)."
+    )(f)
 
 
 def json_option(f):
@@ -88,13 +120,30 @@ def validate(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> Non
     context = _context(ctx)
     jobs = context.validate(job_names)
     if json_:
-        click.echo(orjson.dumps({"valid": True, "jobs": [asdict(j) for j in jobs]},
-                                option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                {"valid": True, "jobs": [asdict(j) for j in jobs]}, option=orjson.OPT_INDENT_2
+            ).decode()
+        )
         return
-    rows = [[j.name, j.spec_file, j.source, j.items, j.model or "(per request)",
-             money(j.estimated_cost_usd)] for j in jobs]
-    click.echo(tabulate(rows, headers=["job", "spec", "source", "items", "model", "est. cost"],
-                        colalign=("left", "left", "left", "right", "left", "right")))
+    rows = [
+        [
+            j.name,
+            j.spec_file,
+            j.source,
+            j.items,
+            j.model or "(per request)",
+            money(j.estimated_cost_usd),
+        ]
+        for j in jobs
+    ]
+    click.echo(
+        tabulate(
+            rows,
+            headers=["job", "spec", "source", "items", "model", "est. cost"],
+            colalign=("left", "left", "left", "right", "left", "right"),
+        )
+    )
     for j in jobs:
         if j.cost_note:
             click.echo(f"Note: {j.name}: {j.cost_note}")
@@ -108,10 +157,23 @@ def validate(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> Non
 @click.option("--markdown", is_flag=True, help="Markdown for a pull-request comment.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes.")
 @click.option("--no-refresh", is_flag=True, help="Stay offline: use recorded remote state.")
-@click.option("-o", "--out", "out_file", type=click.Path(path_type=Path), help="Save the plan to apply it later.")
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    help="Save the plan to apply it later.",
+)
 @click.pass_context
-def plan(ctx: click.Context, job_names: tuple[str, ...], json_: bool, markdown: bool,
-         detailed_exitcode: bool, no_refresh: bool, out_file: Path | None) -> None:
+def plan(
+    ctx: click.Context,
+    job_names: tuple[str, ...],
+    json_: bool,
+    markdown: bool,
+    detailed_exitcode: bool,
+    no_refresh: bool,
+    out_file: Path | None,
+) -> None:
     """Show what apply would do, and what it would cost. Writes nothing."""
     context = _context(ctx, remote=not no_refresh)
     the_plan, desired = context.plan(job_names, refresh=not no_refresh)
@@ -126,16 +188,22 @@ def plan(ctx: click.Context, job_names: tuple[str, ...], json_: bool, markdown: 
         click.echo(f"Drift: {note}", err=json_)
     over = [j for j in the_plan.jobs if j.over_budget]
     if over:  # a plan over budget is shown, never saved
-        raise BudgetExceeded(*(
-            f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
-            f"{money(j.budget_usd)}" for j in over))
+        raise BudgetExceeded(
+            *(
+                f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
+                f"{money(j.budget_usd)}"
+                for j in over
+            )
+        )
     if out_file is not None:
         from batchops import planfile
 
         planfile.save(the_plan, desired, out_file, source)
         if not json_:
-            click.echo(f"Saved this plan to {out_file}: apply it with `batchops apply {out_file}`.",
-                       err=markdown)
+            click.echo(
+                f"Saved this plan to {out_file}: apply it with `batchops apply {out_file}`.",
+                err=markdown,
+            )
     if detailed_exitcode and the_plan.changes:
         ctx.exit(2)
 
@@ -163,7 +231,10 @@ class CliProgress:
             return
         if self._bar is None or self._bar.length != total:
             self._bar = click.progressbar(
-                length=total, label="Items done", show_pos=True, show_eta=False,
+                length=total,
+                label="Items done",
+                show_pos=True,
+                show_eta=False,
                 file=sys.stderr if self.err else None,
             )
             self._done = 0
@@ -177,9 +248,16 @@ class CliProgress:
 
 
 def _status_rows(the_plan) -> list[list[object]]:
-    return [[j.name, j.counts["succeeded"], j.counts["pending"],
-             j.counts["todo"] + j.counts["changed"] + j.counts["retry"], j.counts["failed"]]
-            for j in the_plan.jobs]
+    return [
+        [
+            j.name,
+            j.counts["succeeded"],
+            j.counts["pending"],
+            j.counts["todo"] + j.counts["changed"] + j.counts["retry"],
+            j.counts["failed"],
+        ]
+        for j in the_plan.jobs
+    ]
 
 
 @cli.command()
@@ -188,19 +266,37 @@ def _status_rows(the_plan) -> list[list[object]]:
 @click.option("--yes", "--auto-approve", "yes", is_flag=True, help="Apply without asking.")
 @click.option("--wait", is_flag=True, help="Keep going until nothing is pending.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
-@click.option("--poll-interval", type=float, default=None,
-              help="With --wait: seconds between polls [default: 5, 1 with --emulator].")
-@click.option("--lock-timeout", type=float, default=0.0, show_default=True,
-              help="Wait this many seconds for another apply's lock.")
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=None,
+    help="With --wait: seconds between polls [default: 5, 1 with --emulator].",
+)
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Wait this many seconds for another apply's lock.",
+)
 @json_option
 @click.pass_context
-def apply(ctx: click.Context, plan_file: Path | None, job_names: tuple[str, ...], yes: bool,
-          wait: bool, timeout: float | None, poll_interval: float | None,
-          lock_timeout: float, json_: bool) -> None:
+def apply(
+    ctx: click.Context,
+    plan_file: Path | None,
+    job_names: tuple[str, ...],
+    yes: bool,
+    wait: bool,
+    timeout: float | None,
+    poll_interval: float | None,
+    lock_timeout: float,
+    json_: bool,
+) -> None:
     """Make it so: submit, retry, harvest, cancel and prune. Safe to re-run after any failure."""
     if plan_file is None and not yes and not sys.stdin.isatty():
-        raise BatchopsError("apply needs --yes (or --auto-approve) when standard input is not a "
-                            "terminal")
+        raise BatchopsError(
+            "apply needs --yes (or --auto-approve) when standard input is not a terminal"
+        )
     context = _context(ctx, remote=True)
 
     def confirm(the_plan) -> bool:
@@ -212,9 +308,14 @@ def apply(ctx: click.Context, plan_file: Path | None, job_names: tuple[str, ...]
         poll_interval = 1.0 if ctx.obj.get("use_emulator") else 5.0
     try:
         report = context.apply(
-            job_names, plan_file=plan_file, wait=wait, timeout=timeout,
-            poll_interval=poll_interval, lock_timeout=lock_timeout,
-            confirm=None if (yes or plan_file) else confirm, progress=progress,
+            job_names,
+            plan_file=plan_file,
+            wait=wait,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            lock_timeout=lock_timeout,
+            confirm=None if (yes or plan_file) else confirm,
+            progress=progress,
         )
     finally:
         progress.close()
@@ -262,8 +363,11 @@ def _summary(report) -> None:
     final = report.final_plan
     if final is not None and final.jobs:
         click.echo("")
-        click.echo(tabulate(_status_rows(final),
-                            headers=["job", "succeeded", "pending", "to send", "failed"]))
+        click.echo(
+            tabulate(
+                _status_rows(final), headers=["job", "succeeded", "pending", "to send", "failed"]
+            )
+        )
         failed = [(j.name, f) for j in final.jobs for f in j.failed]
         for name, f in failed[:20]:
             click.echo(f"  ! failed  {name}  {f.key}  {f.message}")
@@ -287,8 +391,10 @@ def refresh(ctx: click.Context, json_: bool) -> None:
         return
     for note in report.drift:
         click.echo(f"Drift: {note}")
-    click.echo(f"Refreshed: {len(report.harvested)} batches harvested "
-               f"({report.results_stored} results), {len(report.adopted)} adopted.")
+    click.echo(
+        f"Refreshed: {len(report.harvested)} batches harvested "
+        f"({report.results_stored} results), {len(report.adopted)} adopted."
+    )
     if report.problems:
         raise BatchopsError(*report.problems)
 
@@ -320,43 +426,99 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
     if json_:
         _echo_json(report.to_dict())
         return
-    rows = [[j.name, j.items, j.succeeded, j.pending, j.retrying, j.failed, j.todo, j.removed,
-             money(j.actual_cost_usd), money(j.estimated_cost_usd)] for j in report.jobs]
-    click.echo(tabulate(rows, headers=["job", "items", "succeeded", "pending", "retrying", "failed",
-                                       "to do", "removed", "actual cost", "est. cost"],
-                        colalign=("left",) + ("right",) * 9))
+    rows = [
+        [
+            j.name,
+            j.items,
+            j.succeeded,
+            j.pending,
+            j.retrying,
+            j.failed,
+            j.todo,
+            j.removed,
+            money(j.actual_cost_usd),
+            money(j.estimated_cost_usd),
+        ]
+        for j in report.jobs
+    ]
+    click.echo(
+        tabulate(
+            rows,
+            headers=[
+                "job",
+                "items",
+                "succeeded",
+                "pending",
+                "retrying",
+                "failed",
+                "to do",
+                "removed",
+                "actual cost",
+                "est. cost",
+            ],
+            colalign=("left",) + ("right",) * 9,
+        )
+    )
     for j in report.jobs:
         if j.cost_note:
             click.echo(f"Note: {j.name}: {j.cost_note}")
-    click.echo(f"\nActual cost {money(report.actual_cost_usd)} of an estimated "
-               f"{money(report.estimated_cost_usd)} (ceiling, at batch prices).")
+    click.echo(
+        f"\nActual cost {money(report.actual_cost_usd)} of an estimated "
+        f"{money(report.estimated_cost_usd)} (ceiling, at batch prices)."
+    )
     if report.batches_in_flight:
         click.echo("\nBatches in flight:")
-        click.echo(tabulate(
-            [[b.id, b.job, b.processing_status, b.request_count, duration(b.age_seconds),
-              duration(b.expires_in_seconds)] for b in report.batches_in_flight],
-            headers=["batch", "job", "status", "requests", "age", "expires in"],
-            colalign=("left", "left", "left", "right", "right", "right")))
+        click.echo(
+            tabulate(
+                [
+                    [
+                        b.id,
+                        b.job,
+                        b.processing_status,
+                        b.request_count,
+                        duration(b.age_seconds),
+                        duration(b.expires_in_seconds),
+                    ]
+                    for b in report.batches_in_flight
+                ],
+                headers=["batch", "job", "status", "requests", "age", "expires in"],
+                colalign=("left", "left", "left", "right", "right", "right"),
+            )
+        )
     else:
         click.echo("\nNo batches in flight.")
     expiry = report.next_result_expiry
     if expiry is not None:
-        click.echo(f"\nNearest remote result expiry: batch {expiry.batch_id} ({expiry.job}), "
-                   f"{expiry.results_expire_at:%Y-%m-%d %H:%M} UTC, in {duration(expiry.in_seconds)}.")
+        click.echo(
+            f"\nNearest remote result expiry: batch {expiry.batch_id} ({expiry.job}), "
+            f"{expiry.results_expire_at:%Y-%m-%d %H:%M} UTC, in {duration(expiry.in_seconds)}."
+        )
     else:
         click.echo("\nNo harvested results are held remotely.")
 
 
 @cli.command()
 @click.argument("job")
-@click.option("--format", "fmt", default="jsonl", show_default=True, metavar="jsonl|csv|json",
-              help="Output format (csv has no full message column).")
-@click.option("-o", "--out", "out_file", type=click.Path(path_type=Path),
-              help="Write to FILE (atomically) instead of standard output.")
+@click.option(
+    "--format",
+    "fmt",
+    default="jsonl",
+    show_default=True,
+    metavar="jsonl|csv|json",
+    help="Output format (csv has no full message column).",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    help="Write to FILE (atomically) instead of standard output.",
+)
 @click.option("--failed", "failed_only", is_flag=True, help="Only failed items, with their errors.")
 @click.pass_context
-def results(ctx: click.Context, job: str, fmt: str, out_file: Path | None,
-            failed_only: bool) -> None:
+def results(
+    ctx: click.Context, job: str, fmt: str, out_file: Path | None, failed_only: bool
+) -> None:
     """Export JOB's current results joined to its input rows, one row per input key."""
     from batchops.results import export
 
@@ -383,20 +545,46 @@ def state_list(ctx: click.Context, json_: bool) -> None:
         _echo_json(found.to_dict())
         return
     click.echo(f"State {found.path}: lineage {found.lineage}, serial {found.serial}.\n")
-    click.echo(tabulate(
-        [[j.name, j.items, j.in_flight, j.outcomes["succeeded"], j.outcomes["errored"],
-          j.outcomes["expired"] + j.outcomes["canceled"] + j.outcomes["lost"], j.batches,
-          j.results] for j in found.jobs],
-        headers=["job", "items", "in flight", "succeeded", "errored", "other", "batches",
-                 "results"],
-        colalign=("left",) + ("right",) * 7))
+    click.echo(
+        tabulate(
+            [
+                [
+                    j.name,
+                    j.items,
+                    j.in_flight,
+                    j.outcomes["succeeded"],
+                    j.outcomes["errored"],
+                    j.outcomes["expired"] + j.outcomes["canceled"] + j.outcomes["lost"],
+                    j.batches,
+                    j.results,
+                ]
+                for j in found.jobs
+            ],
+            headers=[
+                "job",
+                "items",
+                "in flight",
+                "succeeded",
+                "errored",
+                "other",
+                "batches",
+                "results",
+            ],
+            colalign=("left",) + ("right",) * 7,
+        )
+    )
     if found.batches:
         click.echo("")
-        click.echo(tabulate(
-            [[b.id, b.job, b.status, b.request_count, _when(b.created_at), b.drift or ""]
-             for b in found.batches],
-            headers=["batch", "job", "status", "requests", "created", "drift"],
-            colalign=("left", "left", "left", "right", "left", "left")))
+        click.echo(
+            tabulate(
+                [
+                    [b.id, b.job, b.status, b.request_count, _when(b.created_at), b.drift or ""]
+                    for b in found.batches
+                ],
+                headers=["batch", "job", "status", "requests", "created", "drift"],
+                colalign=("left", "left", "left", "right", "left", "left"),
+            )
+        )
 
 
 def _when(moment) -> str:
@@ -419,8 +607,11 @@ def state_show(ctx: click.Context, target: str, json_: bool) -> None:
         return
     if isinstance(detail, BatchDetail):
         click.echo(f"Batch {detail.record.id}")
-        fields = [(k, v) for k, v in data.items()
-                  if k not in ("kind", "id", "request_counts", "attempts") and v is not None]
+        fields = [
+            (k, v)
+            for k, v in data.items()
+            if k not in ("kind", "id", "request_counts", "attempts") and v is not None
+        ]
         click.echo(tabulate(fields, tablefmt="plain"))
         counts = ", ".join(f"{k} {v}" for k, v in sorted(detail.request_counts.items()))
         click.echo(f"Request counts: {counts or '-'}")
@@ -429,16 +620,30 @@ def state_show(ctx: click.Context, target: str, json_: bool) -> None:
         return
     job = detail.job
     click.echo(f"Job {job.name}")
-    click.echo(tabulate([("items", job.items), ("in flight", job.in_flight),
-                         *((f"last outcome {k}", v) for k, v in job.outcomes.items() if v),
-                         ("batches", job.batches), ("results", job.results)], tablefmt="plain"))
+    click.echo(
+        tabulate(
+            [
+                ("items", job.items),
+                ("in flight", job.in_flight),
+                *((f"last outcome {k}", v) for k, v in job.outcomes.items() if v),
+                ("batches", job.batches),
+                ("results", job.results),
+            ],
+            tablefmt="plain",
+        )
+    )
     if detail.batches:
         click.echo("")
-        click.echo(tabulate(
-            [[b.id, b.status, b.request_count, _when(b.created_at), b.drift or ""]
-             for b in detail.batches],
-            headers=["batch", "status", "requests", "created", "drift"],
-            colalign=("left", "left", "right", "left", "left")))
+        click.echo(
+            tabulate(
+                [
+                    [b.id, b.status, b.request_count, _when(b.created_at), b.drift or ""]
+                    for b in detail.batches
+                ],
+                headers=["batch", "status", "requests", "created", "drift"],
+                colalign=("left", "left", "right", "left", "left"),
+            )
+        )
 
 
 def _interactive() -> bool:
@@ -459,22 +664,28 @@ def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
         if not _interactive():
             raise BatchopsError("state rm needs --yes when standard input is not a terminal")
         preview = preview_rm(context, target)
-        click.echo(f"This forgets {preview.kind} {target}: {_removal_text(preview.rows)}. "
-                   "Nothing remote is touched.")
+        click.echo(
+            f"This forgets {preview.kind} {target}: {_removal_text(preview.rows)}. "
+            "Nothing remote is touched."
+        )
         if not click.confirm("Remove it from the state?", default=False):
             click.echo("Nothing removed.")
             ctx.exit(1)
     removal = remove(context, target)
     click.echo(f"Backed up the state to {removal.backup_path}.")
-    click.echo(f"Removed {removal.kind} {target} from the state: {_removal_text(removal.rows)}. "
-               "Nothing remote was touched.")
+    click.echo(
+        f"Removed {removal.kind} {target} from the state: {_removal_text(removal.rows)}. "
+        "Nothing remote was touched."
+    )
 
 
 def _removal_text(rows: dict[str, int]) -> str:
     if "jobs" in rows:  # a job: every row of it goes
         return "rows " + ", ".join(f"{table} {n}" for table, n in rows.items())
-    return (f"{rows['attempts']} unfinished attempts become lost and {rows['items']} items are "
-            "sent again by the next apply; stored results stay")
+    return (
+        f"{rows['attempts']} unfinished attempts become lost and {rows['items']} items are "
+        "sent again by the next apply; stored results stay"
+    )
 
 
 @cli.command("import")
@@ -519,32 +730,68 @@ def emulator() -> None:
 @emulator.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8765, show_default=True, type=int, help="0 picks a free port.")
-@click.option("--processing-seconds", default=1.0, show_default=True, type=float,
-              help="How long each new batch stays in progress.")
-@click.option("--speed", default=1.0, show_default=True, type=float,
-              help="Divides processing time; expiry and archive keep calendar time.")
-@click.option("--fault", "fault_rates", multiple=True, callback=_fault_rates, metavar="OUTCOME=RATE",
-              help="Share of requests given an outcome: api_error, overloaded_error, "
-                   "timeout_error, rate_limit_error, invalid_request_error, expired, canceled.")
+@click.option(
+    "--processing-seconds",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="How long each new batch stays in progress.",
+)
+@click.option(
+    "--speed",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Divides processing time; expiry and archive keep calendar time.",
+)
+@click.option(
+    "--fault",
+    "fault_rates",
+    multiple=True,
+    callback=_fault_rates,
+    metavar="OUTCOME=RATE",
+    help="Share of requests given an outcome: api_error, overloaded_error, "
+    "timeout_error, rate_limit_error, invalid_request_error, expired, canceled.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for --fault choices.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="SQLite file so batches survive a restart [default: in memory].")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="SQLite file so batches survive a restart [default: in memory].",
+)
 @click.option("--api-key", default=None, help="Accept only this key [default: any non-empty key].")
-def emulator_serve(host: str, port: int, processing_seconds: float, speed: float,
-                   fault_rates: dict[str, float], seed: int, db_path: Path | None,
-                   api_key: str | None) -> None:
+def emulator_serve(
+    host: str,
+    port: int,
+    processing_seconds: float,
+    speed: float,
+    fault_rates: dict[str, float],
+    seed: int,
+    db_path: Path | None,
+    api_key: str | None,
+) -> None:
     """Serve the Message Batches API on HOST:PORT until interrupted; prints the base URL."""
     from pydantic import ValidationError
 
     from batchops.emulator import EmulatorConfig, serve
 
     try:
-        config = EmulatorConfig(host=host, port=port, processing_seconds=processing_seconds,
-                                speed=speed, fault_rates=fault_rates, seed=seed, db_path=db_path,
-                                api_key=api_key)
+        config = EmulatorConfig(
+            host=host,
+            port=port,
+            processing_seconds=processing_seconds,
+            speed=speed,
+            fault_rates=fault_rates,
+            seed=seed,
+            db_path=db_path,
+            api_key=api_key,
+        )
     except ValidationError as exc:
-        raise BatchopsError(*(f"{'.'.join(map(str, e['loc'])) or 'emulator'}: {e['msg']}"
-                              for e in exc.errors())) from None
+        raise BatchopsError(
+            *(f"{'.'.join(map(str, e['loc'])) or 'emulator'}: {e['msg']}" for e in exc.errors())
+        ) from None
     serve(config, on_ready=lambda url: click.echo(url))
 
 

@@ -182,9 +182,15 @@ class Context:
                         db["applied_plans"].insert(
                             {"plan_id": saved.plan_id, "applied_at": iso(self.clock())}
                         )
-                report = applier.run(job_names, wait=wait, timeout=timeout,
-                                    poll_interval=poll_interval, confirm=confirm, saved=saved,
-                                    submit=submit)
+                report = applier.run(
+                    job_names,
+                    wait=wait,
+                    timeout=timeout,
+                    poll_interval=poll_interval,
+                    confirm=confirm,
+                    saved=saved,
+                    submit=submit,
+                )
                 if report.approved:
                     from batchops.results import write_outputs
 
@@ -196,8 +202,7 @@ class Context:
             client.close()
             store.close()
 
-    def import_batch(self, job_name: str, batch_id: str,
-                     progress: Progress | None = None) -> int:
+    def import_batch(self, job_name: str, batch_id: str, progress: Progress | None = None) -> int:
         """`batchops import JOB BATCH_ID`: adopt a remote batch by hand; returns results stored."""
         from batchops.applier import Applier
 

@@ -32,8 +32,16 @@ def make_project(root: Path, n: int) -> None:
     (root / "jobs" / "data").mkdir(parents=True)
     with (root / "jobs" / "data" / "rows.jsonl").open("wb") as fh:
         for i in range(n):
-            fh.write(orjson.dumps({"id": f"row-{i}", "subject": f"Order {i} late",
-                                   "body": f"My order number {i} has not arrived yet."}) + b"\n")
+            fh.write(
+                orjson.dumps(
+                    {
+                        "id": f"row-{i}",
+                        "subject": f"Order {i} late",
+                        "body": f"My order number {i} has not arrived yet.",
+                    }
+                )
+                + b"\n"
+            )
     (root / "jobs" / "big.toml").write_text(
         'version = 1\n[jobs.big]\nmodel = "claude-haiku-4-5"\nmax_tokens = 8\n'
         'system = "Reply with one word: positive, negative or neutral."\n'
@@ -70,8 +78,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_project(root, n)
-        ctx = Context(Settings(jobs_path=root / "jobs", state_path=root / "state" / "b.db",
-                               root=root))
+        ctx = Context(
+            Settings(jobs_path=root / "jobs", state_path=root / "state" / "b.db", root=root)
+        )
 
         def baseline() -> str:
             count = 0
@@ -89,8 +98,10 @@ def main() -> None:
         empty = timed("plan, empty state", plan)
         fill_state(ctx, n)
         full = timed("plan, all items succeeded in state", plan)
-        print(f"\nratio to baseline: empty state {empty / base:.1f}x, full state {full / base:.1f}x;"
-              f" peak RSS {peak_mb():.0f} MB")
+        print(
+            f"\nratio to baseline: empty state {empty / base:.1f}x, full state {full / base:.1f}x;"
+            f" peak RSS {peak_mb():.0f} MB"
+        )
 
 
 if __name__ == "__main__":

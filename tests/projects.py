@@ -38,7 +38,9 @@ def write_rows(root: Path, rows: list[dict]) -> None:
 
 def rows(n: int, **overrides: str) -> list[dict]:
     """n rows r1..rn; `overrides` maps a key to a replacement text."""
-    return [{"id": f"r{i}", "text": overrides.get(f"r{i}", f"text number {i}")} for i in range(1, n + 1)]
+    return [
+        {"id": f"r{i}", "text": overrides.get(f"r{i}", f"text number {i}")} for i in range(1, n + 1)
+    ]
 
 
 def context(root: Path, base_url: str | None, **settings) -> Context:
@@ -60,8 +62,9 @@ def apply(ctx: Context, **kw):
     return ctx.apply(**kw)
 
 
-def run_cli(root: Path, base_url: str | None, *args: str, env: dict | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    root: Path, base_url: str | None, *args: str, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run `batchops` as a real process in `root`, pointed at `base_url`."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     full_env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
@@ -70,5 +73,9 @@ def run_cli(root: Path, base_url: str | None, *args: str, env: dict | None = Non
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "batchops", *args],
-        cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=root,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

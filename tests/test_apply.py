@@ -69,7 +69,11 @@ def test_editing_one_row_sends_exactly_that_item(tmp_path, emulator, emulator_ad
     report = apply(ctx, wait=True)
     assert report.submitted == 1
     assert {k: submissions(emulator_admin, k) for k in ("r1", "r2", "r3", "r4", "r5")} == {
-        "r1": 1, "r2": 1, "r3": 2, "r4": 1, "r5": 1,
+        "r1": 1,
+        "r2": 1,
+        "r3": 2,
+        "r4": 1,
+        "r5": 1,
     }
     # the old result is kept as history; the current one is for the new fingerprint
     assert db_rows(ctx, "select count(*) from results where key = 'r3'") == [(2,)]
@@ -77,20 +81,35 @@ def test_editing_one_row_sends_exactly_that_item(tmp_path, emulator, emulator_ad
 
 
 def test_retries_up_to_max_attempts_and_never_invalid_requests(tmp_path, emulator, emulator_admin):
-    write_project(tmp_path, rows(
-        6,
-        r1="[[emulator:fail=overloaded_error:times=2]]",  # succeeds on the third attempt
-        r2="[[emulator:fail=api_error]]",  # never succeeds: three attempts, then failed
-        r3="[[emulator:fail=invalid_request_error]]",  # not retryable: one attempt
-        r4="[[emulator:expired:times=1]]",
-        r5="[[emulator:fail=timeout_error:times=1]]",
-    ), max_attempts=3)
+    write_project(
+        tmp_path,
+        rows(
+            6,
+            r1="[[emulator:fail=overloaded_error:times=2]]",  # succeeds on the third attempt
+            r2="[[emulator:fail=api_error]]",  # never succeeds: three attempts, then failed
+            r3="[[emulator:fail=invalid_request_error]]",  # not retryable: one attempt
+            r4="[[emulator:expired:times=1]]",
+            r5="[[emulator:fail=timeout_error:times=1]]",
+        ),
+        max_attempts=3,
+    )
     ctx = context(tmp_path, emulator)
     apply(ctx, wait=True)
-    assert states(ctx) == {"r1": "succeeded", "r2": "failed", "r3": "failed", "r4": "succeeded",
-                           "r5": "succeeded", "r6": "succeeded"}
+    assert states(ctx) == {
+        "r1": "succeeded",
+        "r2": "failed",
+        "r3": "failed",
+        "r4": "succeeded",
+        "r5": "succeeded",
+        "r6": "succeeded",
+    }
     assert {k: submissions(emulator_admin, k) for k in ("r1", "r2", "r3", "r4", "r5", "r6")} == {
-        "r1": 3, "r2": 3, "r3": 1, "r4": 2, "r5": 2, "r6": 1,
+        "r1": 3,
+        "r2": 3,
+        "r3": 1,
+        "r4": 2,
+        "r5": 2,
+        "r6": 1,
     }
     plan, _ = ctx.plan(refresh=False)
     failed = {f.key: f for f in plan.jobs[0].failed}
@@ -103,7 +122,9 @@ def test_retries_up_to_max_attempts_and_never_invalid_requests(tmp_path, emulato
     assert emulator_admin.stats() == before
 
 
-def test_invalid_request_is_sent_again_only_when_the_item_changes(tmp_path, emulator, emulator_admin):
+def test_invalid_request_is_sent_again_only_when_the_item_changes(
+    tmp_path, emulator, emulator_admin
+):
     write_project(tmp_path, rows(2, r1="[[emulator:fail=invalid_request_error]]"))
     ctx = context(tmp_path, emulator)
     apply(ctx, wait=True)
@@ -144,11 +165,13 @@ def test_truncated_results_store_nothing_then_harvest_whole(tmp_path, emulator, 
 @pytest.mark.parametrize("status", [429, 529])
 def test_rate_limits_and_overload_are_survived(tmp_path, emulator, emulator_admin, status):
     write_project(tmp_path, rows(3))
-    emulator_admin.add_faults([
-        {"kind": "status", "status": status, "endpoint": "create", "retry_after_ms": 10},
-        {"kind": "status", "status": status, "endpoint": "retrieve", "retry_after_ms": 10},
-        {"kind": "status", "status": status, "endpoint": "list", "retry_after_ms": 10},
-    ])
+    emulator_admin.add_faults(
+        [
+            {"kind": "status", "status": status, "endpoint": "create", "retry_after_ms": 10},
+            {"kind": "status", "status": status, "endpoint": "retrieve", "retry_after_ms": 10},
+            {"kind": "status", "status": status, "endpoint": "list", "retry_after_ms": 10},
+        ]
+    )
     ctx = context(tmp_path, emulator)
     apply(ctx, wait=True)
     assert set(states(ctx).values()) == {"succeeded"}
@@ -232,7 +255,10 @@ def test_removed_items_cancel_their_batch_and_are_forgotten(tmp_path, emulator, 
     write_rows(tmp_path, [{"id": "other", "text": "something else"}])
     plan, _ = ctx.plan(refresh=True)
     assert sorted((a.action, a.key) for a in plan.jobs[0].actions) == [
-        ("forget", "r1"), ("forget", "r2"), ("submit", "other")]
+        ("forget", "r1"),
+        ("forget", "r2"),
+        ("submit", "other"),
+    ]
     assert [b.action for b in plan.batches] == ["cancel"]
     emulator_admin.set_config(processing_seconds=0)
     report = apply(ctx, wait=True)
@@ -289,7 +315,8 @@ def test_stale_saved_plan_is_refused_without_network(tmp_path, emulator):
     with pytest.raises(StateError) as caught:
         offline.apply(plan_file=path)
     assert caught.value.problems == [
-        f"{path}: specs changed since the plan was made; make a new plan"]
+        f"{path}: specs changed since the plan was made; make a new plan"
+    ]
     assert not ctx.settings.state_path.exists()
 
 
@@ -320,14 +347,16 @@ def test_changed_while_in_flight_waits_for_its_batch(tmp_path, emulator, emulato
     assert submissions(emulator_admin, "r1") == 2
 
 
-
 def test_import_adopts_a_batch_made_by_hand(tmp_path, emulator, emulator_admin, sdk_client):
     write_project(tmp_path, rows(3))
     ctx = context(tmp_path, emulator)
     _, desired = ctx.plan(refresh=False)
     items = {i.key: i for i in items_for(desired.project, "demo")}
-    made = sdk_client.messages.batches.create(requests=[
-        {"custom_id": items[k].custom_id, "params": items[k].params} for k in ("r1", "r2")])
+    made = sdk_client.messages.batches.create(
+        requests=[
+            {"custom_id": items[k].custom_id, "params": items[k].params} for k in ("r1", "r2")
+        ]
+    )
     assert ctx.import_batch("demo", made.id) == 2
     assert states(ctx) == {"r1": "succeeded", "r2": "succeeded", "r3": "todo"}
     report = apply(ctx, wait=True)
@@ -342,13 +371,15 @@ def test_import_refuses_a_batch_still_running(tmp_path, emulator, emulator_admin
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(1))
     ctx = context(tmp_path, emulator)
-    made = sdk_client.messages.batches.create(requests=[
-        {"custom_id": "r1", "params": {"model": "m", "max_tokens": 1, "messages": []}}])
+    made = sdk_client.messages.batches.create(
+        requests=[{"custom_id": "r1", "params": {"model": "m", "max_tokens": 1, "messages": []}}]
+    )
     with pytest.raises(StateError) as caught:
         ctx.import_batch("demo", made.id)
     assert caught.value.problems == [
         f"batch {made.id} is still in_progress: its custom_ids are only known from its results; "
-        "import it once it ends"]
+        "import it once it ends"
+    ]
 
 
 def test_force_unlock_needs_the_lock_id(tmp_path):
@@ -364,12 +395,15 @@ def test_force_unlock_needs_the_lock_id(tmp_path):
     runner = CliRunner()
     wrong = runner.invoke(cli, ["--state", str(state), "force-unlock", "nope"])
     assert wrong.exit_code == 1
-    assert wrong.stderr.startswith(f"Error: {state}: lock id 'nope' does not match the lock held "
-                                   f"(lock {held.lock_id} held by pid {held.pid}")
+    assert wrong.stderr.startswith(
+        f"Error: {state}: lock id 'nope' does not match the lock held "
+        f"(lock {held.lock_id} held by pid {held.pid}"
+    )
     right = runner.invoke(cli, ["--state", str(state), "force-unlock", held.lock_id])
     assert right.exit_code == 0
-    assert right.stdout == (f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, "
-                            f"since {held.since}).\n")
+    assert right.stdout == (
+        f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, since {held.since}).\n"
+    )
 
 
 def test_declining_the_confirmation_sends_nothing(tmp_path, emulator, emulator_admin):
@@ -403,12 +437,16 @@ def test_lock_timeout_waits_for_the_holder(tmp_path, emulator):
         timer.join()
 
 
-@pytest.mark.parametrize(("fault", "problem"), [
-    ("duplicate_line", "appears twice in the results"),
-    ("drop_line", "result lines, but request_counts add up to 5"),
-])
-def test_results_that_do_not_check_out_store_nothing(tmp_path, emulator, emulator_admin, fault,
-                                                     problem):
+@pytest.mark.parametrize(
+    ("fault", "problem"),
+    [
+        ("duplicate_line", "appears twice in the results"),
+        ("drop_line", "result lines, but request_counts add up to 5"),
+    ],
+)
+def test_results_that_do_not_check_out_store_nothing(
+    tmp_path, emulator, emulator_admin, fault, problem
+):
     write_project(tmp_path, rows(5))
     ctx = context(tmp_path, emulator)
     apply(ctx)
@@ -440,13 +478,21 @@ def test_an_item_removed_then_added_back_is_not_paid_for_again(tmp_path, emulato
     spec.unlink()
     (tmp_path / "jobs" / "other.toml").write_text(
         'version = 1\n[jobs.other]\nmodel = "claude-haiku-4-5"\nmax_tokens = 5\nprompt = "x"\n'
-        'items = [{ key = "o1" }]\n')
+        'items = [{ key = "o1" }]\n'
+    )
     plan, _ = ctx.plan(refresh=False)
     assert [(j.name, j.counts["removed"]) for j in plan.jobs] == [("other", 0), ("demo", 3)]
     apply(ctx, wait=True)
     spec.write_text(text)
     assert apply(ctx, wait=True).submitted == 0
     assert {k: submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {
-        "r1": 1, "r2": 1, "r3": 1}
-    assert states(ctx) == {"o1": "succeeded", "r1": "succeeded", "r2": "succeeded",
-                           "r3": "succeeded"}
+        "r1": 1,
+        "r2": 1,
+        "r3": 1,
+    }
+    assert states(ctx) == {
+        "o1": "succeeded",
+        "r1": "succeeded",
+        "r2": "succeeded",
+        "r3": "succeeded",
+    }

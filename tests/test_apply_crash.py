@@ -23,15 +23,17 @@ N = 12
 def results_count(root) -> int:
     conn = sqlite3.connect(root / "state" / "batchops.db")
     try:
-        return conn.execute("select count(distinct key) from results where type = 'succeeded'"
-                            ).fetchone()[0]
+        return conn.execute(
+            "select count(distinct key) from results where type = 'succeeded'"
+        ).fetchone()[0]
     finally:
         conn.close()
 
 
 def assert_converged(root, emulator, admin, max_submissions: int = 1) -> None:
-    done = run_cli(root, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05",
-                   "--timeout", "60")
+    done = run_cli(
+        root, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05", "--timeout", "60"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert results_count(root) == N
     stats = admin.stats()
@@ -45,8 +47,16 @@ def assert_converged(root, emulator, admin, max_submissions: int = 1) -> None:
 @pytest.mark.parametrize("point", ["after-intent", "after-create", "mid-harvest"])
 def test_sigkill_at_each_step_then_apply_converges(tmp_path, emulator, emulator_admin, point):
     write_project(tmp_path, rows(N))
-    killed = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05",
-                     env={"BATCHOPS_TEST_DIE_AT": point})
+    killed = run_cli(
+        tmp_path,
+        emulator,
+        "apply",
+        "--yes",
+        "--wait",
+        "--poll-interval",
+        "0.05",
+        env={"BATCHOPS_TEST_DIE_AT": point},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     # after-intent: the create was never sent; the intent is found unsent, the items sent once.
     # after-create: the batch exists but is not recorded; it is adopted, not sent again.
@@ -70,10 +80,13 @@ def test_sigkill_mid_prune_then_apply_converges(tmp_path, emulator, emulator_adm
     conn.close()
 
 
-def test_a_lock_left_by_a_killed_apply_is_reported_and_taken_over(tmp_path, emulator,
-                                                                 emulator_admin):
+def test_a_lock_left_by_a_killed_apply_is_reported_and_taken_over(
+    tmp_path, emulator, emulator_admin
+):
     write_project(tmp_path, rows(N))
-    killed = run_cli(tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-create"})
+    killed = run_cli(
+        tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-create"}
+    )
     assert killed.returncode == -signal.SIGKILL
     done = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
     assert done.returncode == 0, done.stderr
@@ -87,8 +100,9 @@ def test_two_concurrent_applies_never_send_twice(tmp_path, emulator, emulator_ad
     outcomes: list[subprocess.CompletedProcess] = []
 
     def run() -> None:
-        outcomes.append(run_cli(tmp_path, emulator, "apply", "--yes", "--wait",
-                                "--poll-interval", "0.05"))
+        outcomes.append(
+            run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+        )
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
@@ -109,8 +123,9 @@ def test_api_key_never_in_state_plan_or_output(tmp_path, emulator):
     env = {"ANTHROPIC_API_KEY": secret}
     outputs = [
         run_cli(tmp_path, emulator, "plan", "-o", "plan.jsonl", env=env),
-        run_cli(tmp_path, emulator, "apply", "plan.jsonl", "--wait", "--poll-interval", "0.05",
-                env=env),
+        run_cli(
+            tmp_path, emulator, "apply", "plan.jsonl", "--wait", "--poll-interval", "0.05", env=env
+        ),
         run_cli(tmp_path, emulator, "plan", "--json", env=env),
         run_cli(tmp_path, emulator, "--debug", "plan", "--markdown", env=env),
         run_cli(tmp_path, "http://127.0.0.1:9", "apply", "--yes", env=env),  # an API failure
@@ -122,8 +137,10 @@ def test_api_key_never_in_state_plan_or_output(tmp_path, emulator):
     assert any(p.name == "batchops.db" for p in files)
     for path in files:
         assert secret.encode() not in path.read_bytes(), path
-    assert hashlib.sha256(secret.encode()).hexdigest().encode() not in (
-        tmp_path / "state" / "batchops.db").read_bytes()
+    assert (
+        hashlib.sha256(secret.encode()).hexdigest().encode()
+        not in (tmp_path / "state" / "batchops.db").read_bytes()
+    )
 
 
 def test_cli_apply_without_yes_off_a_terminal_is_refused(tmp_path, emulator, emulator_admin):
@@ -131,7 +148,8 @@ def test_cli_apply_without_yes_off_a_terminal_is_refused(tmp_path, emulator, emu
     out = run_cli(tmp_path, emulator, "apply")
     assert out.returncode == 1
     assert out.stderr == (
-        "Error: apply needs --yes (or --auto-approve) when standard input is not a terminal\n")
+        "Error: apply needs --yes (or --auto-approve) when standard input is not a terminal\n"
+    )
     assert emulator_admin.stats()["batches_created"] == 0
 
 
@@ -139,8 +157,9 @@ def test_apply_json_is_one_document_on_stdout(tmp_path, emulator):
     import json
 
     write_project(tmp_path, rows(3, r2="[[emulator:fail=invalid_request_error]]"))
-    out = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05",
-                  "--json")
+    out = run_cli(
+        tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05", "--json"
+    )
     assert out.returncode == 1  # an item failed
     report = json.loads(out.stdout)
     assert report["submitted"] == 3 and len(report["batches_created"]) == 1
@@ -154,16 +173,23 @@ def test_apply_json_is_one_document_on_stdout(tmp_path, emulator):
     assert json.loads(refreshed.stdout)["submitted"] == 0
 
 
-def test_a_batch_adopted_by_mistake_is_given_up_and_its_items_sent(tmp_path, emulator,
-                                                                  emulator_admin, sdk_client):
+def test_a_batch_adopted_by_mistake_is_given_up_and_its_items_sent(
+    tmp_path, emulator, emulator_admin, sdk_client
+):
     write_project(tmp_path, rows(2))
-    killed = run_cli(tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-intent"})
+    killed = run_cli(
+        tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-intent"}
+    )
     assert killed.returncode == -signal.SIGKILL
     # someone else in the workspace makes a batch of the same size after our intent
-    params = {"model": "claude-haiku-4-5", "max_tokens": 5,
-              "messages": [{"role": "user", "content": "not ours"}]}
-    sdk_client.messages.batches.create(requests=[{"custom_id": f"other-{i}", "params": params}
-                                                 for i in range(2)])
+    params = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "not ours"}],
+    }
+    sdk_client.messages.batches.create(
+        requests=[{"custom_id": f"other-{i}", "params": params} for i in range(2)]
+    )
     done = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Adopted batch" in done.stdout

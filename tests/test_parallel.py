@@ -21,7 +21,8 @@ def project(tmp_path, lines: list[str]):
     (tmp_path / "jobs" / "j.toml").write_text(
         'version = 1\n[jobs.j]\nmodel = "claude-haiku-4-5"\nmax_tokens = 5\n'
         'system = "Sort: {{ kind }}"\nprompt = "{{ text }} ({{ key }})"\n'
-        'input = { path = "data/rows.jsonl", key = "id" }\n')
+        'input = { path = "data/rows.jsonl", key = "id" }\n'
+    )
     return load_project(tmp_path / "jobs", tmp_path).jobs[0]
 
 
@@ -40,8 +41,9 @@ def one_core(job, root):
 def many_cores(job, root):
     out, error = [], None
     try:
-        for row in parallel.desired_rows(job, root, PriceTable.load(), TODAY, chunk_lines=3,
-                                         processes=2):
+        for row in parallel.desired_rows(
+            job, root, PriceTable.load(), TODAY, chunk_lines=3, processes=2
+        ):
             out.append(row)
     except SpecError as exc:
         error = exc.problems
@@ -59,14 +61,18 @@ def test_same_items_in_the_same_order(tmp_path):
 
 
 def test_same_problem_lines(tmp_path):
-    lines = GOOD[:4] + [
-        '{"id": "k1", "kind": "t", "text": "a duplicate across a chunk boundary"}',
-        '{"kind": "t", "text": "no key"}',
-        '["not", "an", "object"]',
-        '{"id": "nokind", "text": "template variable missing"}',
-        '{"id": "nokind", "kind": "t", "text": "duplicate of a row that failed"}',
-        '{"id": "", "kind": "t", "text": "empty key"}',
-    ] + GOOD[10:14]
+    lines = (
+        GOOD[:4]
+        + [
+            '{"id": "k1", "kind": "t", "text": "a duplicate across a chunk boundary"}',
+            '{"kind": "t", "text": "no key"}',
+            '["not", "an", "object"]',
+            '{"id": "nokind", "text": "template variable missing"}',
+            '{"id": "nokind", "kind": "t", "text": "duplicate of a row that failed"}',
+            '{"id": "", "kind": "t", "text": "empty key"}',
+        ]
+        + GOOD[10:14]
+    )
     job = project(tmp_path, lines)
     serial, parallel_ = one_core(job, tmp_path), many_cores(job, tmp_path)
     assert serial == parallel_

@@ -16,8 +16,14 @@ from tests.projects import API_KEY, apply, context, rows, write_project
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
-                "BATCHOPS_JOBS", "BATCHOPS_STATE", "BATCHOPS_PRICES"):
+    for var in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
+        "BATCHOPS_JOBS",
+        "BATCHOPS_STATE",
+        "BATCHOPS_PRICES",
+    ):
         monkeypatch.delenv(var, raising=False)
     write_project(tmp_path, rows(3), extra="budget_usd = 1.00\n")
     return tmp_path
@@ -69,16 +75,33 @@ def test_plan_json_shape(project):
     assert data["changes"] is True
     assert data["lineage"] is None and data["serial"] == 0
     assert data["spec_digest"].startswith("sha256:")
-    assert data["summary"] == {"submit": 3, "forget": 0, "harvest": 0, "cancel": 0, "prune": 0,
-                               "adopt": 0, "requeue": 0,
-                               "estimated_cost_usd": data["summary"]["estimated_cost_usd"]}
+    assert data["summary"] == {
+        "submit": 3,
+        "forget": 0,
+        "harvest": 0,
+        "cancel": 0,
+        "prune": 0,
+        "adopt": 0,
+        "requeue": 0,
+        "estimated_cost_usd": data["summary"]["estimated_cost_usd"],
+    }
     assert 0 < data["summary"]["estimated_cost_usd"] < 0.001
     [job] = data["jobs"]
     assert job["name"] == "demo"
-    assert job["counts"] == {"todo": 3, "changed": 0, "pending": 0, "retry": 0, "failed": 0,
-                             "succeeded": 0, "removed": 0}
+    assert job["counts"] == {
+        "todo": 3,
+        "changed": 0,
+        "pending": 0,
+        "retry": 0,
+        "failed": 0,
+        "succeeded": 0,
+        "removed": 0,
+    }
     assert [(a["action"], a["key"], a["reason"]) for a in job["actions"]] == [
-        ("submit", "r1", "todo"), ("submit", "r2", "todo"), ("submit", "r3", "todo")]
+        ("submit", "r1", "todo"),
+        ("submit", "r2", "todo"),
+        ("submit", "r3", "todo"),
+    ]
     assert job["budget_usd"] == 1.0
     assert data["batches"] == []
 
@@ -104,11 +127,15 @@ def test_detailed_exitcode(project, emulator):
 
 def test_budget_exceeded_exits_1_naming_job_estimate_and_budget(project):
     (project / "jobs" / "demo.toml").write_text(
-        (project / "jobs" / "demo.toml").read_text().replace("budget_usd = 1.00", "budget_usd = 0.00001"))
+        (project / "jobs" / "demo.toml")
+        .read_text()
+        .replace("budget_usd = 1.00", "budget_usd = 0.00001")
+    )
     result = CliRunner().invoke(cli, ["plan", "--no-refresh", "-o", "plan.jsonl"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: job demo: estimated cost $0.0001 exceeds its budget_usd $0.0000\n")
+        "Error: job demo: estimated cost $0.0001 exceeds its budget_usd $0.0000\n"
+    )
     assert "Plan: 3 to submit." in result.stdout
     assert not (project / "plan.jsonl").exists()  # a plan over budget is never saved
 
@@ -117,15 +144,18 @@ def test_saved_plan_file_holds_the_exact_requests(project):
     result = run("plan", "--no-refresh", "-o", "plan.jsonl")
     assert result.exit_code == 0
     assert result.output.endswith(
-        "Saved this plan to plan.jsonl: apply it with `batchops apply plan.jsonl`.\n")
+        "Saved this plan to plan.jsonl: apply it with `batchops apply plan.jsonl`.\n"
+    )
     lines = (project / "plan.jsonl").read_text().splitlines()
     header = json.loads(lines[0])
     assert header["kind"] == "batchops-plan" and header["plan"]["summary"]["submit"] == 3
     requests = [json.loads(line) for line in lines[1:]]
     assert [r["key"] for r in requests] == ["r1", "r2", "r3"]
     assert requests[0]["params"] == {
-        "model": "claude-haiku-4-5", "max_tokens": 16,
-        "messages": [{"role": "user", "content": "Classify: text number 1"}]}
+        "model": "claude-haiku-4-5",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Classify: text number 1"}],
+    }
 
 
 def test_plan_output_in_a_missing_directory_is_one_error(project):
@@ -143,7 +173,8 @@ def test_unknown_job_is_one_error(project):
 def test_bad_spec_is_reported_per_problem_and_nothing_is_written(project):
     (project / "jobs" / "demo.toml").write_text(
         'version = 1\n[jobs.demo]\nmodel = "claude-haiku-4-5"\nmax_tokens = "many"\nprompt = "x"\n'
-        'items = [{ key = "a" }]\nstreem = true\n')
+        'items = [{ key = "a" }]\nstreem = true\n'
+    )
     result = CliRunner().invoke(cli, ["plan", "--no-refresh"])
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -158,8 +189,10 @@ def test_a_newer_state_file_is_refused(project):
     state = project / "state" / "batchops.db"
     StateStore.open(state).close()
     conn = sqlite3.connect(state)
-    conn.execute("insert into _sqlite_migrations (migration_set, name, applied_at)"
-                 " values ('batchops', 'm9999_from_the_future', '2030-01-01')")
+    conn.execute(
+        "insert into _sqlite_migrations (migration_set, name, applied_at)"
+        " values ('batchops', 'm9999_from_the_future', '2030-01-01')"
+    )
     conn.commit()
     conn.close()
     before = state.read_bytes()
@@ -168,7 +201,8 @@ def test_a_newer_state_file_is_refused(project):
         assert result.exit_code == 1
         assert result.stderr == (
             "Error: state/batchops.db: state schema is newer than this batchops understands "
-            "(migration 'm9999_from_the_future'); upgrade batchops to use this state file\n")
+            "(migration 'm9999_from_the_future'); upgrade batchops to use this state file\n"
+        )
     assert state.read_bytes() == before
 
 
@@ -179,7 +213,8 @@ def test_a_corrupt_state_file_is_refused(project):
     result = CliRunner().invoke(cli, ["plan", "--no-refresh"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: state/batchops.db: not a batchops state file (file is not a database)\n")
+        "Error: state/batchops.db: not a batchops state file (file is not a database)\n"
+    )
 
 
 def test_state_lineage_and_serial(project):

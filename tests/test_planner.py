@@ -12,46 +12,90 @@ from batchops.state import BatchRecord, IntentRecord, ItemRecord
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
-def record(key="k", fp="fp1", attempts=1, inflight=False, outcome=None, error_type=None,
-           canceled_by_us=False, job="j") -> ItemRecord:
-    return ItemRecord(job, key, f"cid-{key}", fp, attempts, inflight, outcome, error_type,
-                      "message" if error_type else None, canceled_by_us)
+def record(
+    key="k",
+    fp="fp1",
+    attempts=1,
+    inflight=False,
+    outcome=None,
+    error_type=None,
+    canceled_by_us=False,
+    job="j",
+) -> ItemRecord:
+    return ItemRecord(
+        job,
+        key,
+        f"cid-{key}",
+        fp,
+        attempts,
+        inflight,
+        outcome,
+        error_type,
+        "message" if error_type else None,
+        canceled_by_us,
+    )
 
 
 def item(key="k", fp="fp1", cost=0.01) -> DesiredItem:
     return DesiredItem(key, f"cid-{key}", fp, cost)
 
 
-def batch(id_="b1", status="in_progress", created=NOW - timedelta(hours=1), harvested=None,
-          archived=None, canceled=None, job="j", pruned=None) -> BatchRecord:
-    return BatchRecord(id_, job, 1, status, created, created + timedelta(hours=24),
-                       None, archived, created + timedelta(days=29), harvested, canceled,
-                       pruned, None, None)
+def batch(
+    id_="b1",
+    status="in_progress",
+    created=NOW - timedelta(hours=1),
+    harvested=None,
+    archived=None,
+    canceled=None,
+    job="j",
+    pruned=None,
+) -> BatchRecord:
+    return BatchRecord(
+        id_,
+        job,
+        1,
+        status,
+        created,
+        created + timedelta(hours=24),
+        None,
+        archived,
+        created + timedelta(days=29),
+        harvested,
+        canceled,
+        pruned,
+        None,
+        None,
+    )
 
 
-@pytest.mark.parametrize(("rec", "expected"), [
-    (None, "todo"),
-    (record(inflight=True), "pending"),
-    (record(inflight=True, fp="old"), "pending"),
-    (record(fp="old", outcome="succeeded"), "changed"),
-    (record(outcome="succeeded"), "succeeded"),
-    (record(outcome="errored", error_type="overloaded_error"), "retry"),
-    (record(outcome="errored", error_type="api_error", attempts=3), "failed"),
-    (record(outcome="errored", error_type="timeout_error"), "retry"),
-    (record(outcome="errored", error_type="rate_limit_error", attempts=2), "retry"),
-    (record(outcome="errored", error_type="invalid_request_error"), "failed"),
-    (record(outcome="expired"), "retry"),
-    (record(outcome="expired", attempts=3), "failed"),
-    (record(outcome="canceled", canceled_by_us=True), "retry"),
-    (record(outcome="canceled", canceled_by_us=False), "failed"),
-    (record(outcome="lost", attempts=0), "todo"),
-])
+@pytest.mark.parametrize(
+    ("rec", "expected"),
+    [
+        (None, "todo"),
+        (record(inflight=True), "pending"),
+        (record(inflight=True, fp="old"), "pending"),
+        (record(fp="old", outcome="succeeded"), "changed"),
+        (record(outcome="succeeded"), "succeeded"),
+        (record(outcome="errored", error_type="overloaded_error"), "retry"),
+        (record(outcome="errored", error_type="api_error", attempts=3), "failed"),
+        (record(outcome="errored", error_type="timeout_error"), "retry"),
+        (record(outcome="errored", error_type="rate_limit_error", attempts=2), "retry"),
+        (record(outcome="errored", error_type="invalid_request_error"), "failed"),
+        (record(outcome="expired"), "retry"),
+        (record(outcome="expired", attempts=3), "failed"),
+        (record(outcome="canceled", canceled_by_us=True), "retry"),
+        (record(outcome="canceled", canceled_by_us=False), "failed"),
+        (record(outcome="lost", attempts=0), "todo"),
+    ],
+)
 def test_classify(rec, expected):
     assert classify(item(), rec, max_attempts=3)[0] == expected
 
 
 def test_failed_items_carry_the_api_message():
-    state, detail = classify(item(), record(outcome="errored", error_type="invalid_request_error"), 3)
+    state, detail = classify(
+        item(), record(outcome="errored", error_type="invalid_request_error"), 3
+    )
     assert (state, detail) == ("failed", "invalid_request_error: message")
     state, detail = classify(item(), record(outcome="expired", attempts=2), 2)
     assert (state, detail) == ("failed", "max_attempts (2) used up; last: expired")
@@ -59,8 +103,15 @@ def test_failed_items_carry_the_api_message():
 
 def plan_for(items, records=(), batches=(), intents=(), inflight=None, scope_all=True, job="j"):
     return make_plan(
-        [DesiredJob(job, 3, 1.0, tuple(items))], records, batches, intents, now=NOW,
-        lineage="L", serial=7, spec_digest="sha256:x", inflight_batches=inflight or {},
+        [DesiredJob(job, 3, 1.0, tuple(items))],
+        records,
+        batches,
+        intents,
+        now=NOW,
+        lineage="L",
+        serial=7,
+        spec_digest="sha256:x",
+        inflight_batches=inflight or {},
         all_jobs_in_scope=scope_all,
     )
 
@@ -68,16 +119,28 @@ def plan_for(items, records=(), batches=(), intents=(), inflight=None, scope_all
 def test_submit_actions_carry_reason_attempt_and_cost():
     plan = plan_for(
         [item("a"), item("b", fp="new"), item("c"), item("d")],
-        [record("b", fp="old", outcome="succeeded"),
-         record("c", outcome="errored", error_type="api_error", attempts=2),
-         record("d", outcome="succeeded")],
+        [
+            record("b", fp="old", outcome="succeeded"),
+            record("c", outcome="errored", error_type="api_error", attempts=2),
+            record("d", outcome="succeeded"),
+        ],
     )
     job = plan.jobs[0]
     assert [(a.key, a.reason, a.attempt) for a in job.submits] == [
-        ("a", "todo", 1), ("b", "changed", 1), ("c", "retry", 3)]
+        ("a", "todo", 1),
+        ("b", "changed", 1),
+        ("c", "retry", 3),
+    ]
     assert job.estimated_cost_usd == pytest.approx(0.03)
-    assert job.counts == {"todo": 1, "changed": 1, "pending": 0, "retry": 1, "failed": 0,
-                          "succeeded": 1, "removed": 0}
+    assert job.counts == {
+        "todo": 1,
+        "changed": 1,
+        "pending": 0,
+        "retry": 1,
+        "failed": 0,
+        "succeeded": 1,
+        "removed": 0,
+    }
     assert plan.summary()["submit"] == 3 and plan.changes
 
 
@@ -109,8 +172,12 @@ def test_a_batch_with_one_current_item_is_not_cancelled():
 
 
 def test_a_batch_whose_items_all_changed_is_cancelled():
-    plan = plan_for([item("a", fp="new")], [record("a", fp="old", inflight=True)], [batch("b1")],
-                    inflight={"b1": {"j\x1fa"}})
+    plan = plan_for(
+        [item("a", fp="new")],
+        [record("a", fp="old", inflight=True)],
+        [batch("b1")],
+        inflight={"b1": {"j\x1fa"}},
+    )
     assert plan.jobs[0].counts["pending"] == 1 and not plan.jobs[0].submits
     assert [b.action for b in plan.batches] == ["cancel"]
 

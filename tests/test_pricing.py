@@ -36,7 +36,9 @@ def test_dated_rows_and_model_aliases():
 
 def test_a_user_file_overrides_rows(tmp_path):
     prices = tmp_path / "prices.toml"
-    prices.write_text('as_of = "2027-01-01"\n[models."claude-haiku-4-5"]\ninput = 1.0\noutput = 4.0\n')
+    prices.write_text(
+        'as_of = "2027-01-01"\n[models."claude-haiku-4-5"]\ninput = 1.0\noutput = 4.0\n'
+    )
     table = PriceTable.load(prices)
     assert table.price("claude-haiku-4-5", date(2027, 1, 1)).output == 4.0
     assert table.price("claude-opus-4-6", date(2027, 1, 1)).output == 12.5
@@ -53,7 +55,8 @@ def test_a_bad_price_file_is_one_error(tmp_path):
 
 def test_estimate_is_a_ceiling_with_the_cached_prefix_at_write_price():
     params = {
-        "model": "claude-haiku-4-5", "max_tokens": 100,
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
         "system": [{"type": "text", "text": "r" * 3000, "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": "q" * 300}],
     }
@@ -64,19 +67,24 @@ def test_estimate_is_a_ceiling_with_the_cached_prefix_at_write_price():
 
 
 def test_actual_usage_splits_cache_writes_by_ttl():
-    usage = usage_from_message({
-        "input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 300,
-        "cache_read_input_tokens": 7,
-        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
-    })
+    usage = usage_from_message(
+        {
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cache_creation_input_tokens": 300,
+            "cache_read_input_tokens": 7,
+            "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+        }
+    )
     assert usage == Usage(10, 5, 100, 200, 7)
 
 
 def test_plan_uses_the_prices_option(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_project(tmp_path, rows(2))
-    (tmp_path / "p.toml").write_text('as_of = "2027-01-01"\n[models."claude-haiku-4-5"]\n'
-                                     'input = 1000.0\noutput = 1000.0\n')
+    (tmp_path / "p.toml").write_text(
+        'as_of = "2027-01-01"\n[models."claude-haiku-4-5"]\ninput = 1000.0\noutput = 1000.0\n'
+    )
     result = CliRunner().invoke(cli, ["--prices", "p.toml", "plan", "--no-refresh"])
     assert result.exit_code == 0
     assert "Plan: 2 to submit. Estimated cost $0.0560." in result.output

@@ -68,8 +68,11 @@ def test_import_with_a_short_results_read_records_nothing(
     ctx = context(tmp_path, emulator)
     _, desired = ctx.plan(refresh=False)
     items = {i.key: i for i in items_for(desired.project, "demo")}
-    made = sdk_client.messages.batches.create(requests=[
-        {"custom_id": items[k].custom_id, "params": items[k].params} for k in ("r1", "r2", "r3")])
+    made = sdk_client.messages.batches.create(
+        requests=[
+            {"custom_id": items[k].custom_id, "params": items[k].params} for k in ("r1", "r2", "r3")
+        ]
+    )
     emulator_admin.add_faults([{"kind": "drop_line", "endpoint": "results"}])
     with pytest.raises(BatchopsError):
         ctx.import_batch("demo", made.id)

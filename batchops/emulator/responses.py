@@ -151,8 +151,15 @@ def _text(params: dict[str, Any], rng: random.Random) -> str:
     system = params.get("system")
     if isinstance(system, list):
         system = " ".join(b.get("text", "") for b in system if isinstance(b, dict))
-    m = next((m for text in (prompt, system if isinstance(system, str) else "")
-              for m in (CHOICE.search(text), EITHER.search(text)) if m), None)
+    m = next(
+        (
+            m
+            for text in (prompt, system if isinstance(system, str) else "")
+            for m in (CHOICE.search(text), EITHER.search(text))
+            if m
+        ),
+        None,
+    )
     if m:
         return rng.choice(m.groups())
     n = rng.randint(8, 30)
