@@ -742,6 +742,10 @@ class Applier:
 
     # -- cancel, prune
     def cancel(self, action: BatchAction) -> None:
+        # Marked ours before the call: a crash after it must not read as an outside cancel.
+        with self.store.transaction() as db:
+            db["batches"].update(action.batch_id, {"canceled_by_us_at": iso(self.now())})
+        checkpoint("after-cancel-mark")
         try:
             remote = self.client.cancel(action.batch_id or "")
         except NotFound:
@@ -750,7 +754,6 @@ class Applier:
             db["batches"].update(
                 action.batch_id,
                 {
-                    "canceled_by_us_at": iso(self.now()),
                     "cancel_initiated_at": iso(remote.cancel_initiated_at),
                     "processing_status": remote.processing_status,
                 },

@@ -324,12 +324,8 @@ def _batch_actions(
                 )
             continue
         members = inflight_batches.get(b.id, set())
-        if (
-            b.canceled_by_us_at is None
-            and b.processing_status == "in_progress"
-            and members
-            and members <= obsolete
-        ):
+        # in_progress, not canceling: a cancel marked ours but never sent (a crash) is sent again
+        if b.processing_status == "in_progress" and members and members <= obsolete:
             out.append(BatchAction("cancel", b.id, b.job, "every item in it is obsolete"))
     return out
 

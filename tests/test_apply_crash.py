@@ -197,3 +197,23 @@ def test_a_batch_adopted_by_mistake_is_given_up_and_its_items_sent(
     assert results_count(tmp_path) == 2
     submissions = emulator_admin.stats()["submissions"]
     assert sorted(submissions.values()) == [1, 1, 1, 1]  # ours once each, theirs once each
+
+
+def test_sigkill_around_a_cancel_still_counts_it_as_ours(tmp_path, emulator, emulator_admin):
+    emulator_admin.set_config(processing_seconds=3600)
+    write_project(tmp_path, rows(2))
+    assert run_cli(tmp_path, emulator, "apply", "--yes").returncode == 0
+    write_project(tmp_path, [{"id": "new", "text": "replaces both"}])
+    emulator_admin.set_config(processing_seconds=0)  # for the new item's batch
+    killed = run_cli(
+        tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-cancel-mark"}
+    )
+    assert killed.returncode == -signal.SIGKILL
+    done = run_cli(
+        tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05", "--timeout", "60"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "outside batchops" not in done.stdout
+    conn = sqlite3.connect(tmp_path / "state" / "batchops.db")
+    assert conn.execute("select key from items where forgotten_at is null").fetchall() == [("new",)]
+    conn.close()
