@@ -118,7 +118,20 @@ class Context:
                 finally:
                     client.close()
             plan = plan_from(reader, desired, self.clock(), remote)
-            return replace(plan, notes=tuple(notes)), desired
+            offline_note = None
+            if remote is None:
+                moving = [
+                    b
+                    for b in reader.batches(unfinished_only=True)
+                    if b.processing_status != "ended" or b.harvested_at is None
+                ]
+                if moving:
+                    why = "--no-refresh" if not refresh else "no ANTHROPIC_API_KEY"
+                    offline_note = (
+                        f"{len(moving)} batches in flight were not refreshed ({why}): "
+                        "the plan uses their last recorded state"
+                    )
+            return replace(plan, notes=tuple(notes), offline_note=offline_note), desired
         finally:
             reader.close()
 

@@ -105,7 +105,8 @@ class Plan:
     jobs: tuple[JobPlan, ...]
     batches: tuple[BatchAction, ...]
     format_version: int = FORMAT_VERSION
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # drift seen by the refresh
+    offline_note: str | None = None  # set when batches in flight were not polled
 
     @property
     def changes(self) -> bool:

@@ -35,6 +35,8 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
         "serial": plan.serial,
         "spec_digest": plan.spec_digest,
         "changes": plan.changes,
+        "refreshed": plan.offline_note is None,
+        "offline_note": plan.offline_note,
         "summary": summary,
         "prices": prices_source,
         "jobs": [
@@ -150,6 +152,8 @@ def plan_text(plan: Plan, prices_source: str | None = None) -> str:
     if failed:
         out += ["", "Failed (not sent again until the item changes):", *failed]
     notes = [j.cost_note for j in plan.jobs if j.cost_note]
+    if plan.offline_note:
+        notes.append(plan.offline_note)
     if notes:
         out += ["", *(f"Note: {n}" for n in notes)]
     out += ["", _sentence(plan)]
@@ -163,6 +167,7 @@ def plan_markdown(plan: Plan, prices_source: str | None = None) -> str:
         "### batchops plan",
         "",
         f"**{_sentence(plan)}**",
+        *(["", f"> Note: {plan.offline_note}."] if plan.offline_note else []),
         "",
         tabulate(_job_rows(plan), headers=HEADERS, tablefmt="github"),
     ]

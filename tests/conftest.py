@@ -42,3 +42,18 @@ def sdk_client(emulator: str) -> Iterator[anthropic.Anthropic]:
     """The real SDK pointed at the emulator, with the SDK's default retries."""
     with anthropic.Anthropic(base_url=emulator, api_key=DUMMY_API_KEY) as client:
         yield client
+
+
+# ---------------------------------------------------------------- isolation
+@pytest.fixture(autouse=True)
+def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach the real API: whatever the developer's shell holds, no key, no base URL."""
+    for name in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
+        "BATCHOPS_JOBS",
+        "BATCHOPS_STATE",
+        "BATCHOPS_PRICES",
+    ):
+        monkeypatch.delenv(name, raising=False)

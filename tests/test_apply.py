@@ -496,3 +496,21 @@ def test_an_item_removed_then_added_back_is_not_paid_for_again(tmp_path, emulato
         "r2": "succeeded",
         "r3": "succeeded",
     }
+
+
+def test_an_offline_plan_says_which_batches_it_did_not_refresh(tmp_path, emulator, emulator_admin):
+    from batchops.report import plan_text
+
+    emulator_admin.set_config(processing_seconds=3600)
+    write_project(tmp_path, rows(2))
+    apply(context(tmp_path, emulator))
+    offline, _ = context(tmp_path, emulator).plan(refresh=False)
+    assert offline.offline_note == (
+        "1 batches in flight were not refreshed (--no-refresh): the plan uses their last "
+        "recorded state"
+    )
+    assert f"Note: {offline.offline_note}" in plan_text(offline)
+    no_key, _ = context(tmp_path, None).plan(refresh=True)
+    assert "(no ANTHROPIC_API_KEY)" in no_key.offline_note
+    online, _ = context(tmp_path, emulator).plan(refresh=True)
+    assert online.offline_note is None
