@@ -32,6 +32,17 @@ class BatchopsGroup(click.Group):
             for problem in exc.problems:
                 click.echo(f"Error: {problem}", err=True)
             ctx.exit(1)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: still one line, the traceback behind --debug
+            if (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {exc} (a bug in batchops, or a "
+                "damaged state file; run with --debug for the traceback)",
+                err=True,
+            )
+            ctx.exit(1)
 
 
 @click.group(cls=BatchopsGroup)

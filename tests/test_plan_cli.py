@@ -231,3 +231,18 @@ def test_state_lineage_and_serial(project):
     again = StateStore.open(project / "state" / "batchops.db")
     assert again.lineage == lineage and again.serial == 1
     again.close()
+
+
+def test_an_unexpected_failure_is_one_line_without_debug(project):
+    state = project / "state" / "batchops.db"
+    StateStore.open(state).close()
+    conn = sqlite3.connect(state)
+    conn.execute("drop table items")  # a state file damaged by hand
+    conn.commit()
+    conn.close()
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: unexpected OperationalError: no such table: items")
+    assert result.stderr.count("\n") == 1
+    with pytest.raises(sqlite3.OperationalError):
+        CliRunner().invoke(cli, ["--debug", "plan", "--no-refresh"], catch_exceptions=False)
