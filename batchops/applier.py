@@ -119,6 +119,14 @@ def report_to_dict(report: ApplyReport) -> dict[str, Any]:
     }
 
 
+_INSERT_RESULT = (
+    "insert into results (job, key, custom_id, fingerprint, batch_id, attempt_id, type, text,"
+    " message, stop_reason, error_type, error_message, model, input_tokens, output_tokens,"
+    " cache_creation_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens,"
+    " received_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 class HarvestFailed(Exception):
     """A batch's results did not check out; nothing was stored for it."""
 
@@ -205,12 +213,14 @@ class Applier:
         store: StateStore,
         client: BatchesClient,
         progress: Progress | None = None,
+        desired: Desired | None = None,
     ):
         self.context = context
         self.store = store
         self.client = client
         self.progress = progress or NullProgress()
         self.report = ApplyReport()
+        self.desired: Desired | None = desired
 
     @property
     def db(self):
@@ -378,6 +388,7 @@ class Applier:
     ) -> int:
         now = iso(self.now())
         seen: set[str] = set()
+        rows: list[tuple] = []
         count = 0
         for line in lines:
             custom_id = line.get("custom_id")
@@ -401,13 +412,8 @@ class Applier:
                 checkpoint("mid-harvest")
             attempt_id, key, fingerprint = sent[custom_id]
             row = _result_row(result, kind)
-            cursor = db.execute(
-                "insert into results (job, key, custom_id, fingerprint, batch_id, attempt_id, type,"
-                " text, message, stop_reason, error_type, error_message, model, input_tokens,"
-                " output_tokens, cache_creation_input_tokens, cache_creation_1h_input_tokens,"
-                " cache_read_input_tokens, received_at)"
-                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
+            rows.append(
+                (
                     record.job,
                     key,
                     custom_id,
@@ -427,32 +433,31 @@ class Applier:
                     row["cache_write_1h"],
                     row["cache_read"],
                     now,
-                ],
+                )
             )
-            db.execute(
-                "update attempts set status = 'done', outcome = ? where id = ?", [kind, attempt_id]
-            )
-            db.execute(
-                "update items set inflight_attempt = null, outcome = ?, error_type = ?,"
-                " error_message = ?, canceled_by_us = ?, result_id = ?, updated_at = ?"
-                " where job = ? and key = ? and inflight_attempt = ?",
-                [
-                    kind,
-                    row["error_type"],
-                    row["error_message"],
-                    int(canceled_by_us and kind == "canceled"),
-                    cursor.lastrowid if kind == "succeeded" else None,
-                    now,
-                    record.job,
-                    key,
-                    attempt_id,
-                ],
-            )
+            if len(rows) >= 5000:
+                db.conn.executemany(_INSERT_RESULT, rows)
+                rows.clear()
+        db.conn.executemany(_INSERT_RESULT, rows)
         if count != expected:
             raise HarvestFailed(f"{count} result lines, but request_counts add up to {expected}")
         missing = len(sent) - len(seen)
         if missing:
             raise HarvestFailed(f"{missing} submitted custom_ids have no result")
+        # Two set-based statements rather than two per result: a batch may hold 100,000.
+        db.execute(
+            "update attempts set status = 'done', outcome = r.type from results r"
+            " where r.batch_id = ? and r.attempt_id = attempts.id",
+            [record.id],
+        )
+        db.execute(
+            "update items set inflight_attempt = null, outcome = r.type,"
+            " error_type = r.error_type, error_message = r.error_message,"
+            " canceled_by_us = (? and r.type = 'canceled'),"
+            " result_id = case when r.type = 'succeeded' then r.id end, updated_at = ?"
+            " from results r where r.batch_id = ? and r.attempt_id = items.inflight_attempt",
+            [int(canceled_by_us), now, record.id],
+        )
         return count
 
     def _requeue(self, record: BatchRecord, why: str) -> None:
@@ -794,8 +799,10 @@ class Applier:
                 )
 
     def current_plan(self, job_names: list[str] | None) -> tuple[Plan, Desired]:
-        desired = self.context.desired(job_names)
-        return plan_from(self.store, desired, self.now()), desired
+        """The plan now. The specs are read once a run: what was approved is what is done."""
+        if self.desired is None:
+            self.desired = self.context.desired(job_names)
+        return plan_from(self.store, self.desired, self.now()), self.desired
 
     def run(
         self,

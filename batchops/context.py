@@ -175,12 +175,12 @@ class Context:
             finally:
                 reader.close()
         else:
-            self.desired(job_names)  # bad specs fail here, before the state file is touched
+            desired = self.desired(job_names)  # bad specs fail here, before state is touched
         store = StateStore.open(self.settings.state_path)
         client = self.client()
         command = "apply" if submit else "refresh"
         try:
-            applier = Applier(self, store, client, progress)
+            applier = Applier(self, store, client, progress, desired)
             lock = applier.lock(command, lock_timeout)
             try:
                 if saved is not None:
@@ -188,7 +188,7 @@ class Context:
                         saved,
                         store.lineage,
                         store.serial,
-                        saved.spec_digest,
+                        desired.spec_digest,  # the specs this run will act on
                         store.plan_applied(saved.plan_id),
                     )
                     with store.transaction() as db:

@@ -172,6 +172,13 @@ def m0002_items_forgotten_at(db: Database) -> None:
     db["items"].add_column("forgotten_at", str)
 
 
+@migrations()
+def m0003_harvest_indexes(db: Database) -> None:
+    """A harvest updates items and attempts from its results in one statement each."""
+    db["items"].create_index(["inflight_attempt"])
+    db["results"].create_index(["attempt_id"])
+
+
 KNOWN_MIGRATIONS = [m.name for m in migrations._migrations]
 
 
