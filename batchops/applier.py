@@ -17,8 +17,9 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ from batchops.errors import BudgetExceeded, LockHeld, PlanError, RemoteError, St
 from batchops.planfile import SavedPlan
 from batchops.planner import DEFAULT_PRUNE_MARGIN, BatchAction, Plan, SubmitItem
 from batchops.pricing import usage_from_message
-from batchops.report import money
+from batchops.report import failed_dict, money
 from batchops.state import BatchRecord, IntentRecord, LockInfo, StateStore, iso, pid_alive
 
 KILL_ENV = "BATCHOPS_TEST_DIE_AT"  # test seam: SIGKILL this process at the named checkpoint
@@ -80,7 +81,6 @@ class ApplyReport:
     requeued: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    first_plan: Plan | None = None
     final_plan: Plan | None = None
     timed_out: bool = False
     approved: bool = True
@@ -109,10 +109,7 @@ def report_to_dict(report: ApplyReport) -> dict[str, Any]:
             {
                 "name": j.name,
                 "counts": j.counts,
-                "failed": [
-                    {"key": f.key, "error_type": f.error_type, "message": f.message}
-                    for f in j.failed
-                ],
+                "failed": [failed_dict(f) for f in j.failed],
             }
             for j in (final.jobs if final is not None else ())
         ],
@@ -142,8 +139,6 @@ def refreshed(
     record: BatchRecord, remote: RemoteBatch | None, now: datetime
 ) -> tuple[BatchRecord, str | None]:
     """The record as the remote sees it now (None: deleted remotely), with a drift note if any."""
-    from dataclasses import replace
-
     if remote is None:
         if record.pruned_at is not None:
             return record, None
@@ -183,6 +178,17 @@ def needs_polling(record: BatchRecord) -> bool:
     return not record.finished
 
 
+def poll(
+    record: BatchRecord, client: BatchesClient, now: datetime
+) -> tuple[BatchRecord, str | None]:
+    """Retrieve one batch and return `refreshed` of it (a batch gone remotely reads as None)."""
+    try:
+        remote: RemoteBatch | None = client.retrieve(record.id)
+    except NotFound:
+        remote = None
+    return refreshed(record, remote, now)
+
+
 def remote_view(
     reader_batches: Iterable[BatchRecord], client: BatchesClient, now: datetime
 ) -> tuple[dict[str, BatchRecord], list[str]]:
@@ -192,11 +198,7 @@ def remote_view(
     for record in reader_batches:
         if not needs_polling(record):
             continue
-        try:
-            remote: RemoteBatch | None = client.retrieve(record.id)
-        except NotFound:
-            remote = None
-        updated, note = refreshed(record, remote, now)
+        updated, note = poll(record, client, now)
         out[record.id] = updated
         if note:
             notes.append(note)
@@ -254,11 +256,7 @@ class Applier:
         for record in self.store.batches():
             if not needs_polling(record):
                 continue
-            try:
-                remote: RemoteBatch | None = self.client.retrieve(record.id)
-            except NotFound:
-                remote = None
-            updated, note = refreshed(record, remote, self.now())
+            updated, note = poll(record, self.client, self.now())
             if note:
                 self.report.drift.append(note)
                 self.progress.note(f"Drift: {note}.")
@@ -461,7 +459,10 @@ class Applier:
         return count
 
     def _requeue(self, record: BatchRecord, why: str) -> None:
-        """Results can no longer be read: the items in flight in this batch go back to todo."""
+        """Results can no longer be read: the items in flight in this batch go back to todo.
+
+        `why` is the batch's drift: "deleted" or "results-lost".
+        """
         with self.store.transaction() as db:
             db.execute(
                 "update items set inflight_attempt = null, outcome = 'lost',"
@@ -474,9 +475,7 @@ class Applier:
                 "update attempts set status = 'lost' where batch_id = ? and status = 'sent'",
                 [record.id],
             )
-            db["batches"].update(
-                record.id, {"drift": "deleted" if why == "deleted" else "results-lost"}
-            )
+            db["batches"].update(record.id, {"drift": why})
         self.report.requeued.append(record.id)
 
     # -- submit
@@ -572,8 +571,6 @@ class Applier:
     def _commit_intent(
         self, job: str, chunk: list[tuple[SubmitItem, dict[str, Any]]], size: int
     ) -> str:
-        import uuid
-
         intent_id = f"intent_{uuid.uuid4().hex}"
         now = iso(self.now())
         with self.store.transaction() as db:
@@ -677,10 +674,9 @@ class Applier:
         matched to the job's items by custom_id and recorded as an attempt at the item's current
         fingerprint.
         """
-        if self.store.batch(batch_id) is not None:
-            raise StateError(
-                f"batch {batch_id} is already in state (job {self.store.batch(batch_id).job})"
-            )
+        known = self.store.batch(batch_id)
+        if known is not None:
+            raise StateError(f"batch {batch_id} is already in state (job {known.job})")
         try:
             remote = self.client.retrieve(batch_id)
         except NotFound:
@@ -709,14 +705,14 @@ class Applier:
                 f"batch {batch_id}: {len(unknown)} of its {len(custom_ids)} results "
                 f"are not items of job {job_name} (first: {unknown[0]!r})"
             )
-        busy = {r.key for r in self.store.item_records([job_name]) if r.inflight}
+        records = {r.key: r for r in self.store.item_records([job_name])}
+        busy = {key for key, r in records.items() if r.inflight}
         clash = [by_custom_id[c].key for c in custom_ids if by_custom_id[c].key in busy]
         if clash:
             raise StateError(
                 f"batch {batch_id}: item {clash[0]} of job {job_name} is already in "
                 "flight in another batch"
             )
-        records = {r.key: r for r in self.store.item_records([job_name])}
 
         def attempt(item) -> int:  # the retry count goes on for an unchanged item
             record = records.get(item.key)
@@ -823,11 +819,9 @@ class Applier:
             plan, desired = self.current_plan(job_names)
             self.harvest_and_requeue(plan)
             plan, desired = self.current_plan(job_names)
-            if first:
-                self.report.first_plan = plan
-                if confirm is not None and plan.changes and not confirm(plan):
-                    self.report.approved = False
-                    return self.report
+            if first and confirm is not None and plan.changes and not confirm(plan):
+                self.report.approved = False
+                return self.report
             if submit:
                 over = [j for j in plan.jobs if j.over_budget]
                 if over:

@@ -84,12 +84,11 @@ class Context:
         out = []
         for dj in desired.jobs:
             job = desired.spec_job(dj.name)
-            source = "input" if job.input else "items" if job.items is not None else "requests"
             out.append(
                 ValidatedJob(
                     dj.name,
                     _rel(job.spec_file, desired.project.root),
-                    source,
+                    job.kind,
                     len(dj.items),
                     job.model,
                     round(sum(i.cost_usd for i in dj.items), 6),
@@ -268,7 +267,7 @@ def plan_from(
         lineage=reader.lineage,
         serial=reader.serial,
         spec_digest=desired.spec_digest,
-        inflight_batches=reader.batch_jobs_of_inflight(),
+        inflight_batches=reader.inflight_by_batch(),
         all_jobs_in_scope=desired.all_jobs_in_scope,
     )
 

@@ -465,7 +465,7 @@ def _json_array_rows(path: Path, shown: str) -> Iterator[tuple[int, Any]]:
 _READERS = {"jsonl": _jsonl_rows, "csv": _csv_rows, "json": _json_array_rows}
 
 
-def _key_of(row: dict[str, Any], field: str) -> str | None | tuple[str]:
+def _key_of(row: dict[str, Any], field: str) -> str | tuple[str]:
     """The row's key as a string, or a 1-tuple holding the reason there is none."""
     value = row.get(field)
     if field not in row:

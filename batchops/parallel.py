@@ -98,8 +98,8 @@ def desired_rows(
                 break
             for outcome in pending.popleft().result():
                 kind = outcome[0]
-                if kind == "ok":
-                    _, number, key, custom_id, fp, cost, model = outcome
+                if kind in ("ok", "render_error"):
+                    number, key = outcome[1], outcome[2]
                     if key in seen:
                         problems.add(
                             f"{shown}: line {number}: job {name}: item {key}: "
@@ -107,17 +107,10 @@ def desired_rows(
                         )
                         continue
                     seen[key] = number
-                    yield key, custom_id, fp, cost, model
-                elif kind == "render_error":
-                    _, number, key, message = outcome
-                    if key in seen:
-                        problems.add(
-                            f"{shown}: line {number}: job {name}: item {key}: "
-                            f"duplicate key (first at line {seen[key]})"
-                        )
-                        continue
-                    seen[key] = number
-                    problems.add(message)
+                    if kind == "ok":
+                        yield outcome[2:]
+                    else:
+                        problems.add(outcome[3])
                 elif kind == "problem":
                     problems.add(outcome[2])
                 else:  # fatal: what came before stands, nothing after is read

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from tabulate import tabulate
 
-from batchops.planner import ACTIONS, ITEM_STATES, ForgetItem, Plan, SubmitItem
+from batchops.planner import ACTIONS, ITEM_STATES, FailedItem, ForgetItem, Plan, SubmitItem
 from batchops.state import iso
 
 MAX_LISTED = 20  # item actions listed per job in the human formats (--json lists all)
@@ -44,10 +44,7 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
                 "name": job.name,
                 "counts": job.counts,
                 "actions": [_action_dict(a) for a in job.actions],
-                "failed": [
-                    {"key": f.key, "error_type": f.error_type, "message": f.message}
-                    for f in job.failed
-                ],
+                "failed": [failed_dict(f) for f in job.failed],
                 "estimated_cost_usd": job.estimated_cost_usd,
                 "budget_usd": job.budget_usd,
                 "cost_note": job.cost_note,
@@ -65,6 +62,10 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
             for b in plan.batches
         ],
     }
+
+
+def failed_dict(failed: FailedItem) -> dict[str, Any]:
+    return {"key": failed.key, "error_type": failed.error_type, "message": failed.message}
 
 
 def _action_dict(action: SubmitItem | ForgetItem) -> dict[str, Any]:

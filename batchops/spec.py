@@ -144,9 +144,6 @@ class Project:
     def job(self, name: str) -> Job | None:
         return next((j for j in self.jobs if j.name == name), None)
 
-    def display_path(self, path: Path) -> str:
-        return display_path(path, self.root)
-
 
 # --- the file format, as written ----------------------------------------------------------------
 

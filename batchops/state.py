@@ -89,7 +89,7 @@ def m0001_initial(db: Database) -> None:
             "number": int,  # 1-based attempt number for this fingerprint
             "intent_id": str,
             "batch_id": str,  # null until the create is confirmed or adopted
-            "status": str,  # open|sent|unsent|done
+            "status": str,  # open|sent|unsent|done|lost
             "outcome": str,
             "created_at": str,
         },
@@ -104,7 +104,7 @@ def m0001_initial(db: Database) -> None:
             "created_at": str,
             "request_count": int,
             "body_bytes": int,
-            "status": str,  # open|created|unsent
+            "status": str,  # open|created|adopted|unsent
             "batch_id": str,
             "plan_id": str,
         },
@@ -357,11 +357,6 @@ class StateReader:
             params = list(jobs)
         yield from map(ItemRecord._make, self.db.execute(sql, params))
 
-    def job_names(self) -> list[str]:
-        if self.db is None:
-            return []
-        return [r[0] for r in self.db.execute("select distinct job from items order by job")]
-
     # -- batches and intents
     def batches(self, *, unfinished_only: bool = False) -> list[BatchRecord]:
         if self.db is None:
@@ -377,8 +372,8 @@ class StateReader:
         rows = list(self.db["batches"].rows_where("id = ?", [batch_id]))
         return BatchRecord.from_row(rows[0]) if rows else None
 
-    def batch_jobs_of_inflight(self) -> dict[str, set[str]]:
-        """batch id → the job of each item still in flight in it (for cancel decisions)."""
+    def inflight_by_batch(self) -> dict[str, set[str]]:
+        """batch id → `job\x1fkey` of each item still in flight in it (for cancel decisions)."""
         if self.db is None:
             return {}
         out: dict[str, set[str]] = {}
