@@ -146,8 +146,8 @@ def batch_status(b: BatchRecord) -> str:
         return "pruned"
     if b.drift == "deleted":
         return "deleted"
-    if b.drift == "results-lost":
-        return "results-lost"
+    if b.drift in ("results-lost", "not-ours"):
+        return b.drift
     if b.harvested_at is not None:
         return "harvested"
     if b.drift == "canceled" and b.processing_status != "ended":
