@@ -14,7 +14,7 @@ from batchops.emulator import EmulatorAdmin, EmulatorConfig, running_emulator
 # The SDK honours proxy settings (trust_env); loopback must never go through a proxy.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
-DUMMY_API_KEY = "sk-ant-test-dummy"
+DUMMY_API_KEY = "test-dummy-key"
 
 
 # ---------------------------------------------------------------- emulator

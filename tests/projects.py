@@ -10,7 +10,7 @@ from pathlib import Path
 
 from batchops.context import Context, Settings
 
-API_KEY = "sk-ant-test-dummy"
+API_KEY = "test-dummy-key"
 
 
 def write_project(root: Path, rows: list[dict], *, max_attempts: int = 3, extra: str = "") -> Path:

@@ -118,7 +118,7 @@ def test_two_concurrent_applies_never_send_twice(tmp_path, emulator, emulator_ad
 
 
 def test_api_key_never_in_state_plan_or_output(tmp_path, emulator):
-    secret = "sk-ant-api03-SECRETSECRETSECRET-123"
+    secret = "dummy-secret-key-SECRETSECRETSECRET-123"
     write_project(tmp_path, rows(3, r2="[[emulator:fail=api_error:times=1]]"))
     env = {"ANTHROPIC_API_KEY": secret}
     outputs = [

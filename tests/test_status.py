@@ -135,7 +135,7 @@ def test_status_without_state_creates_nothing(project: Path) -> None:
 def test_status_needs_no_network(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even with credentials and an unreachable API configured, status answers offline."""
     fill_demo_state(project)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-dummy")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-dummy-key")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
     assert run("status").exit_code == 0
 
