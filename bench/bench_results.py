@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -23,20 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SPEC = """\
-version = 1
-
-[jobs.bench]
-model = "claude-haiku-4-5"
-max_tokens = 8
-system = "Reply with exactly one word: positive, negative or neutral."
-prompt = "Subject: {{ subject }}\\nCustomer plan: {{ plan }}\\n\\n{{ body }}"
-input = { path = "data/rows.jsonl", key = "id" }
-"""
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from bench_items import SPEC, peak_mb  # the same job as the rendering benchmark
 
 
 def setup(root: Path, rows: int) -> None:
