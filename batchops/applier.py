@@ -34,12 +34,12 @@ from batchops.client import (
     RemoteBatch,
 )
 from batchops.context import Context, plan_from
-from batchops.desired import Desired, items_for
 from batchops.errors import BudgetExceeded, LockHeld, PlanError, RemoteError, StateError
 from batchops.planfile import SavedPlan
 from batchops.planner import DEFAULT_PRUNE_MARGIN, BatchAction, Plan, SubmitItem
 from batchops.pricing import usage_from_message
 from batchops.report import failed_dict, money
+from batchops.spec.desired import Desired, items_for
 from batchops.state import BatchRecord, IntentRecord, LockInfo, StateStore, iso, pid_alive
 
 KILL_ENV = "BATCHOPS_TEST_DIE_AT"  # test seam: SIGKILL this process at the named checkpoint

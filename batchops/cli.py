@@ -103,7 +103,7 @@ def _context(ctx: click.Context, *, remote: bool = False) -> Context:
     settings: Settings = ctx.obj["settings"]
     if remote and ctx.obj.get("use_emulator") and settings.base_url is None:
         from batchops.emulator import running_emulator
-        from batchops.emulator_mode import emulator_config_for
+        from batchops.emulator.mode import emulator_config_for
 
         settings.base_url = ctx.with_resource(
             running_emulator(emulator_config_for(settings.state_path))

@@ -12,12 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchops import desired as desired_mod
-from batchops.desired import Desired
 from batchops.errors import StateError
 from batchops.planner import Plan, make_plan
 from batchops.pricing import PriceTable
-from batchops.spec import Project, load_project
+from batchops.spec import desired as desired_mod
+from batchops.spec.desired import Desired
+from batchops.spec.model import Project, load_project
 from batchops.state import BatchRecord, LockInfo, StateReader, StateStore, iso, utcnow
 
 if TYPE_CHECKING:

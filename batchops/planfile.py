@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
-from batchops.desired import Desired, items_for
 from batchops.errors import PlanError
 from batchops.planner import Plan
 from batchops.report import plan_to_dict
+from batchops.spec.desired import Desired, items_for
 
 MAGIC = "batchops-plan"
 

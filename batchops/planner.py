@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from batchops.spec.desired import DesiredItem, DesiredJob
 from batchops.state import BatchRecord, IntentRecord, ItemRecord
 
 FORMAT_VERSION = 1
@@ -19,24 +20,6 @@ ITEM_STATES = ("todo", "changed", "pending", "retry", "failed", "succeeded", "re
 ACTIONS = ("submit", "forget", "harvest", "cancel", "prune", "adopt", "requeue")
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
 DEFAULT_PRUNE_MARGIN = timedelta(days=2)
-
-
-class DesiredItem(NamedTuple):
-    """An item as the specs want it (rendered elsewhere; only what the diff needs)."""
-
-    key: str
-    custom_id: str
-    fingerprint: str
-    cost_usd: float
-
-
-@dataclass(frozen=True)
-class DesiredJob:
-    name: str
-    max_attempts: int
-    budget_usd: float | None
-    items: tuple[DesiredItem, ...]
-    cost_note: str | None = None  # why the estimate is incomplete (e.g. no price for the model)
 
 
 class SubmitItem(NamedTuple):

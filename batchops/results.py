@@ -25,11 +25,11 @@ from typing import IO, Any
 import orjson
 
 from batchops.context import Context, plan_from
-from batchops.desired import select_jobs
 from batchops.errors import BatchopsError
-from batchops.items import Item, iter_items
 from batchops.planner import DesiredItem, classify
-from batchops.spec import Job
+from batchops.spec.desired import select_jobs
+from batchops.spec.items import Item, iter_items
+from batchops.spec.model import Job
 from batchops.state import ItemRecord, StateReader
 
 FORMATS = ("jsonl", "csv", "json")

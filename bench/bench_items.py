@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchops.items import iter_items
-from batchops.spec import load_project
+from batchops.spec.items import iter_items
+from batchops.spec.model import load_project
 
 SPEC = """\
 version = 1

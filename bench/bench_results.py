@@ -26,8 +26,8 @@ from bench_items import SPEC, peak_mb  # the same job as the rendering benchmark
 
 
 def setup(root: Path, rows: int) -> None:
-    from batchops.items import iter_items
-    from batchops.spec import load_project
+    from batchops.spec.items import iter_items
+    from batchops.spec.model import load_project
     from batchops.state import StateStore
 
     data = root / "jobs" / "data" / "rows.jsonl"
@@ -92,7 +92,7 @@ def measure(root: Path, mode: str) -> dict:
     start = time.perf_counter()
     rows = 0
     if mode == "render":
-        from batchops.items import iter_items
+        from batchops.spec.items import iter_items
 
         project = ctx.project()
         for _ in iter_items(project.jobs[0], project.root):
@@ -102,7 +102,7 @@ def measure(root: Path, mode: str) -> dict:
         results = {
             r[0]: r for r in conn.execute("select key, text, message, fingerprint from results")
         }
-        from batchops.items import iter_items
+        from batchops.spec.items import iter_items
 
         project = ctx.project()
         with (root / "naive.jsonl").open("w", encoding="utf-8") as f:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from batchops.context import Context, Settings
-from batchops.items import iter_items
-from batchops.spec import load_project
+from batchops.spec.items import iter_items
+from batchops.spec.model import load_project
 from batchops.state import StateStore
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

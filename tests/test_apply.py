@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 
-from batchops.desired import items_for
 from batchops.emulator import EmulatorAdmin
 from batchops.errors import BudgetExceeded, LockHeld, StateError
-from batchops.items import custom_id_for
+from batchops.spec.desired import items_for
+from batchops.spec.items import custom_id_for
 from batchops.state import StateStore
 from tests.projects import apply, context, rows, write_project, write_rows
 

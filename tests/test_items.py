@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchops.errors import SpecError
-from batchops.items import (
+from batchops.spec.items import (
     CUSTOM_ID_RE,
     Item,
     canonical_json,
@@ -18,7 +18,7 @@ from batchops.items import (
     fingerprint,
     iter_items,
 )
-from batchops.spec import Project, load_project
+from batchops.spec.model import Project, load_project
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -683,7 +683,7 @@ def test_fast_substitution_renders_exactly_as_jinja(source: str) -> None:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from batchops.items import _GLOBALS, _compile
+    from batchops.spec.items import _GLOBALS, _compile
 
     row = {
         "subject": "Hi {there}",

@@ -6,11 +6,11 @@ from datetime import date
 
 import pytest
 
-from batchops import parallel
 from batchops.errors import SpecError
-from batchops.items import iter_items
 from batchops.pricing import PriceTable, estimate_request
-from batchops.spec import load_project
+from batchops.spec import parallel
+from batchops.spec.items import iter_items
+from batchops.spec.model import load_project
 
 TODAY = date(2026, 11, 21)
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from batchops.cli import cli
 from batchops.context import Context, Settings
 from batchops.errors import BatchopsError
-from batchops.items import iter_items
 from batchops.results import atomic_write, export, write_outputs
-from batchops.spec import load_project
+from batchops.spec.items import iter_items
+from batchops.spec.model import load_project
 from tests.statefill import NOW, context, fill_demo_state, items_of, write_project
 
 REPO_JOBS = Path(__file__).resolve().parent.parent / "jobs"

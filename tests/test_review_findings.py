@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from batchops.applier import Applier
-from batchops.desired import items_for
 from batchops.errors import BatchopsError
+from batchops.spec.desired import items_for
 from tests.projects import apply, context, rows, write_project
 from tests.test_apply import DAY, db_rows, states, submissions
 

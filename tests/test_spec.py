@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchops.errors import SpecError
-from batchops.spec import Job, Project, load_project
+from batchops.spec.model import Job, Project, load_project
 
 REPO = Path(__file__).resolve().parent.parent
 

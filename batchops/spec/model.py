@@ -4,7 +4,7 @@ A spec is a reviewed artefact that arrives by pull request, so loading is strict
 anywhere (except inside `params`, which passes through to the API) are errors, every path must
 stay inside the project root, and every problem in every file is reported, one line each, before
 anything else runs. The result is a `Project` of merged, validated `Job`s with absolute paths;
-turning a job into requests is `batchops.items`' work.
+turning a job into requests is `batchops.spec.items`' work.
 """
 
 from __future__ import annotations

@@ -11,13 +11,31 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
-from batchops import parallel
 from batchops.errors import BatchopsError, SpecError
-from batchops.items import Item, iter_items
-from batchops.planner import DesiredItem, DesiredJob
 from batchops.pricing import PriceTable, estimate_request
-from batchops.spec import Job, Project
+from batchops.spec import parallel
+from batchops.spec.items import Item, iter_items
+from batchops.spec.model import Job, Project
+
+
+class DesiredItem(NamedTuple):
+    """An item as the specs want it (rendered elsewhere; only what the diff needs)."""
+
+    key: str
+    custom_id: str
+    fingerprint: str
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class DesiredJob:
+    name: str
+    max_attempts: int
+    budget_usd: float | None
+    items: tuple[DesiredItem, ...]
+    cost_note: str | None = None  # why the estimate is incomplete (e.g. no price for the model)
 
 
 @dataclass(frozen=True)

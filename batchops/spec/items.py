@@ -28,7 +28,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from batchops.errors import SpecError
-from batchops.spec import Job, display_path, forbidden_param_problems, utf8_problem
+from batchops.spec.model import Job, display_path, forbidden_param_problems, utf8_problem
 
 FINGERPRINT_PREFIX = "sha256:"
 CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from batchops.errors import SpecError
-from batchops.items import (
+from batchops.pricing import PriceTable, estimate_request
+from batchops.spec.items import (
     _binary_lines,
     _custom_id_maker,
     _encoder,
@@ -30,8 +31,7 @@ from batchops.items import (
     _Renderer,
     _RenderError,
 )
-from batchops.pricing import PriceTable, estimate_request
-from batchops.spec import Job, display_path
+from batchops.spec.model import Job, display_path
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 CHUNK_LINES = 20_000
