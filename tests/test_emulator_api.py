@@ -179,10 +179,13 @@ def test_bad_params_are_accepted_at_create_and_error_later(
     good = request("good")
     bad = {
         "no_model": {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
-        "no_max_tokens": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        "no_messages": {"model": "m", "max_tokens": 5},
+        "no_max_tokens": {
+            "model": "claude-haiku-4-5",
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        "no_messages": {"model": "claude-haiku-4-5", "max_tokens": 5},
         "zero_tokens": {
-            "model": "m",
+            "model": "claude-haiku-4-5",
             "max_tokens": 0,
             "messages": [{"role": "user", "content": "x"}],
         },

@@ -20,7 +20,11 @@ HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
 def request(custom_id: str, text: str = "Say hello.") -> dict[str, Any]:
     return {
         "custom_id": custom_id,
-        "params": {"model": "m", "max_tokens": 32, "messages": [{"role": "user", "content": text}]},
+        "params": {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 32,
+            "messages": [{"role": "user", "content": text}],
+        },
     }
 
 

@@ -43,6 +43,8 @@ class RuntimeSettings(BaseModel):
     cancel_seconds: float = Field(default=0.25, ge=0)
     seed: int = 0
     fault_rates: dict[str, float] = Field(default_factory=dict)
+    # Model ids accepted besides batchops.apirules.MODELS (a model newer than that list).
+    extra_models: list[str] = Field(default_factory=list)
 
     @field_validator("fault_rates")
     @classmethod

@@ -270,7 +270,7 @@ class Store:
         if "[[emulator:" in text:
             fault = marker_outcome(text, attempt)
         if fault is None:
-            problem = validation_error(params)
+            problem = validation_error(params, settings.extra_models)
             if problem is not None:
                 return "errored", "invalid_request_error", problem
             fault = rate_outcome(settings.seed, custom_id, attempt, settings.fault_rates)
