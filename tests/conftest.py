@@ -57,3 +57,30 @@ def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
         "BATCHOPS_PRICES",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+from tests.pgserver import PostgresServer, start_server_or_skip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the whole session (tests/pgserver.py); `.dsn` reaches it.
+
+    No server skips the tests that use it, or fails them when BATCHOPS_REQUIRE_POSTGRES is set (CI).
+    """
+    server = start_server_or_skip()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PostgresServer) -> Iterator[str]:
+    """DSN of a fresh, empty database of its own, dropped (connections and all) after the test."""
+    name = pg_server.create_database()
+    try:
+        yield pg_server.dsn_for(name)
+    finally:
+        pg_server.drop_database(name)
