@@ -14,8 +14,12 @@ import httpx2
 class EmulatorAdmin:
     """Move the emulator's clock, change its settings, queue faults and read its counters."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
-        self._http = httpx2.Client(base_url=base_url.rstrip("/"), timeout=timeout, trust_env=False)
+    def __init__(self, base_url: str, timeout: float = 30.0, api_key: str | None = None) -> None:
+        """`api_key` is needed when the emulator was started with one; admin calls check it too."""
+        headers = {"x-api-key": api_key} if api_key else {}
+        self._http = httpx2.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout, trust_env=False, headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -89,21 +89,27 @@ def batch_json(emu: Emulator, request: Request, row: BatchRow, life: Lifecycle) 
 Handler = Callable[[Request, Emulator], Awaitable[Response]]
 
 
+def auth_problem(request: Request, emu: Emulator) -> Response | None:
+    """A 401 if the request carries no key, or not the configured one (either header form)."""
+    key = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if not key and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    if not key:
+        return error_response(request, 401, "authentication_error", "x-api-key header is required")
+    if emu.config.api_key is not None and key != emu.config.api_key:
+        return error_response(request, 401, "authentication_error", "invalid x-api-key")
+    return None
+
+
 def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Check auth and `anthropic-version` the way the API does before any handler runs."""
 
     async def endpoint(request: Request) -> Response:
         emu: Emulator = request.app.state.emulator
-        key = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if not key and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
-        if not key:
-            return error_response(
-                request, 401, "authentication_error", "x-api-key header is required"
-            )
-        if emu.config.api_key is not None and key != emu.config.api_key:
-            return error_response(request, 401, "authentication_error", "invalid x-api-key")
+        refused = auth_problem(request, emu)
+        if refused is not None:
+            return refused
         if not request.headers.get("anthropic-version"):
             return error_response(
                 request, 400, "invalid_request_error", "anthropic-version: header is required"
@@ -139,6 +145,10 @@ def envelope_problem(body: Any) -> str | None:
     return None
 
 
+# The rest of a refused body is never read: closing the connection spares draining it.
+CLOSE = {"connection": "close"}
+
+
 async def read_capped(request: Request, cap: int) -> bytearray | None:
     """The body, or None if it is larger than `cap` bytes."""
     declared = request.headers.get("content-length")
@@ -160,7 +170,7 @@ async def create(request: Request, emu: Emulator) -> Response:
         body = {
             "error": {"type": "request_too_large", "message": "Request exceeds the maximum size"}
         }
-        return json_response(body, 413)
+        return json_response(body, 413, CLOSE)
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -311,19 +321,47 @@ async def results(request: Request, emu: Emulator) -> Response:
 
 
 # ---------------------------------------------------------------------------- admin handlers
-def _emu(request: Request) -> Emulator:
-    return request.app.state.emulator
+ADMIN_MAX_BODY_BYTES = 1_000_000
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    return orjson.loads(raw) if raw else {}
+def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Admin calls: the API's key check when a key is configured, and a small JSON body.
+
+    The parsed body (or `{}` for none) is left in `request.state.body`.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        emu: Emulator = request.app.state.emulator
+        if emu.config.api_key is not None:
+            refused = auth_problem(request, emu)
+            if refused is not None:
+                return refused
+        request.state.body = {}
+        if request.method in ("POST", "PUT", "PATCH"):
+            raw = await read_capped(request, ADMIN_MAX_BODY_BYTES)
+            if raw is None:
+                return error_response(
+                    request,
+                    413,
+                    "request_too_large",
+                    f"Admin request bodies are limited to {ADMIN_MAX_BODY_BYTES} bytes",
+                    CLOSE,
+                )
+            try:
+                request.state.body = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                return error_response(
+                    request, 400, "invalid_request_error", "Request body is not valid JSON"
+                )
+        return await handler(request, emu)
+
+    return endpoint
 
 
-async def admin_clock(request: Request) -> Response:
-    emu = _emu(request)
+@admin
+async def admin_clock(request: Request, emu: Emulator) -> Response:
     if request.method == "POST":
-        body = await _json_body(request)
+        body = request.state.body
         seconds = body.get("advance_seconds") if isinstance(body, dict) else None
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
             return error_response(
@@ -333,10 +371,10 @@ async def admin_clock(request: Request) -> Response:
     return json_response({"offset_seconds": emu.clock.offset})
 
 
-async def admin_config(request: Request) -> Response:
-    emu = _emu(request)
+@admin
+async def admin_config(request: Request, emu: Emulator) -> Response:
     if request.method == "POST":
-        body = await _json_body(request)
+        body = request.state.body
         try:
             emu.settings = RuntimeSettings(**{**emu.settings.model_dump(), **body})
         except (ValidationError, TypeError) as exc:
@@ -347,12 +385,12 @@ async def admin_config(request: Request) -> Response:
 FAULT_LIST = TypeAdapter(list[HttpFault])
 
 
-async def admin_faults(request: Request) -> Response:
-    emu = _emu(request)
+@admin
+async def admin_faults(request: Request, emu: Emulator) -> Response:
     if request.method == "POST":
         try:
-            faults = FAULT_LIST.validate_python(await _json_body(request))
-        except (ValidationError, orjson.JSONDecodeError) as exc:
+            faults = FAULT_LIST.validate_python(request.state.body)
+        except ValidationError as exc:
             return error_response(request, 400, "invalid_request_error", str(exc))
         emu.faults.add(faults)
     elif request.method == "DELETE":
@@ -360,8 +398,9 @@ async def admin_faults(request: Request) -> Response:
     return json_response({"pending": [f.model_dump() for f in emu.faults.pending()]})
 
 
-async def admin_stats(request: Request) -> Response:
-    return json_response(_emu(request).store.stats())
+@admin
+async def admin_stats(request: Request, emu: Emulator) -> Response:
+    return json_response(emu.store.stats())
 
 
 # ---------------------------------------------------------------------------- errors
