@@ -534,7 +534,7 @@ def test_non_utf8_data_file(project: Path) -> None:
     )
     spec_job(project, BASE + 'input = { path = "data/t.jsonl", key = "id" }\n')
     assert item_problems(project) == [
-        "jobs/data/t.jsonl: not valid UTF-8 (byte 0xe9 at line 2, column 25)"
+        "jobs/data/t.jsonl: job j: not valid UTF-8 (byte 0xe9 at line 2, column 25)"
     ]
 
 
@@ -542,7 +542,7 @@ def test_non_utf8_csv_file(project: Path) -> None:
     write(project / "jobs/data/p.csv", b"id,body\na,ok\nb,caf\xe9\n")
     spec_job(project, BASE + 'input = { path = "data/p.csv", key = "id" }\n')
     assert item_problems(project) == [
-        "jobs/data/p.csv: not valid UTF-8 (byte 0xe9 at line 3, column 6)"
+        "jobs/data/p.csv: job j: not valid UTF-8 (byte 0xe9 at line 3, column 6)"
     ]
 
 
@@ -550,7 +550,7 @@ def test_invalid_json_line_is_fatal(project: Path) -> None:
     write(project / "jobs/data/t.jsonl", '{"id": "a", "body": "1"}\n{"id": "b",}\n{"id": "c"}\n')
     spec_job(project, BASE + 'input = { path = "data/t.jsonl", key = "id" }\n')
     assert item_problems(project) == [
-        "jobs/data/t.jsonl: line 2: invalid JSON: trailing comma is not allowed (column 11)"
+        "jobs/data/t.jsonl: line 2: job j: invalid JSON: trailing comma is not allowed (column 11)"
     ]
 
 
@@ -559,7 +559,7 @@ def test_problems_before_a_fatal_one_are_kept(project: Path) -> None:
     spec_job(project, BASE + 'input = { path = "data/t.jsonl", key = "id" }\n')
     assert item_problems(project) == [
         "jobs/data/t.jsonl: line 1: job j: no 'id' field",
-        "jobs/data/t.jsonl: line 2: invalid JSON: invalid literal, expected 'null' (column 1)",
+        "jobs/data/t.jsonl: line 2: job j: invalid JSON: invalid literal, expected 'null' (column 1)",
     ]
 
 
@@ -707,9 +707,17 @@ def test_fast_substitution_renders_exactly_as_jinja(source: str) -> None:
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
-        ("'x' * 10**9", "a value over 1,000,000 long is over the limit"),
-        ("[1] * 2000000", "a value over 1,000,000 long is over the limit"),
-        ("9 ** 99999", "exponent 99999 is over the limit of 1000"),
+        (
+            "'x' * 10**9",
+            "would build a value of 1,000,000,000 characters, over the size budget of "
+            "10,000,000 (render_max_size)",
+        ),
+        (
+            "[1] * 20000000",
+            "would build a value of 40,000,000 characters, over the size budget of "
+            "10,000,000 (render_max_size)",
+        ),
+        ("9 ** 99999", "would build a number of 299,997 bits, over 4,096"),
     ],
 )
 def test_template_cannot_exhaust_memory(project: Path, expression: str, message: str) -> None:

@@ -3,7 +3,10 @@
 An item is one request of a job, named by its key (a data row's key field, an inline item's
 `key`, or a raw request's custom_id). Rendering is streamed — a million-row data file is read
 line by line — and templates run in Jinja2's immutable sandbox with strict undefined variables,
-because specs arrive by pull request: a template may read its row, nothing else.
+because specs arrive by pull request: a template may read its row, nothing else, within a time
+and size budget per item (`batchops.spec.sandbox`). Data files are read only inside the project
+root, only if they are regular files, a bounded line at a time; whatever they hold, the outcome
+is items or SpecError lines naming the file, the place and the job, never another exception.
 
 Fingerprints hash the canonical JSON of the rendered params, so they change exactly when what
 would be sent changes: not when a spec is reformatted or re-described.
@@ -22,13 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2 import TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from batchops.errors import SpecError
-from batchops.spec.model import Job, display_path, forbidden_param_problems, utf8_problem
+from batchops.safetext import terminal
+from batchops.spec import sandbox
+from batchops.spec.files import (
+    MAX_JSON_DATA_BYTES,
+    FileRefused,
+    bounded_lines,
+    open_regular,
+    read_bounded,
+)
+from batchops.spec.model import (
+    MAX_TOKENS_CAP,
+    Job,
+    display_path,
+    forbidden_param_problems,
+    has_surrogate,
+    json_error,
+    json_problem,
+    strict_json,
+    utf8_problem,
+)
 
 FINGERPRINT_PREFIX = "sha256:"
 CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -137,28 +157,7 @@ def _orjson_exact(obj: Any) -> bool:
 
 # --- templates ----------------------------------------------------------------------------------
 
-MAX_TEMPLATE_VALUE = 1_000_000  # characters or elements a template may build with `*`
-MAX_EXPONENT = 1_000
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, also refusing `'x' * 10**9` and `9 ** 9 ** 9` (a CI-killing PR)."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
-            if isinstance(right, int) and abs(right) > MAX_EXPONENT:
-                raise SecurityError(f"exponent {right} is over the limit of {MAX_EXPONENT}")
-            return left**right
-        sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
-        counts = [v for v in (left, right) if isinstance(v, int)]
-        if sizes and counts and sizes[0] * counts[0] > MAX_TEMPLATE_VALUE:
-            raise SecurityError(f"a value over {MAX_TEMPLATE_VALUE:,} long is over the limit")
-        return left * right
-
-
-_ENV = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_ENV = sandbox.ENV
 _GLOBALS = dict(_ENV.globals)  # what Template.render merges into every context
 _FILE_NODES = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
 
@@ -185,17 +184,20 @@ def _compile(source: str, name: str, problems: list[str], where: str) -> str | _
                 "(a template sees only its item)"
             )
             return source
-        template = _ENV.from_string(source)
         simple = _simple_format(tree)
+        if simple is not None:
+            return _Template(name, simple)
+        template = sandbox.compile_template(tree)
     except TemplateSyntaxError as e:
         problems.append(f"{where}: template {name!r}: syntax error at line {e.lineno}: {e.message}")
         return source
     except SecurityError as e:
         problems.append(f"{where}: template {name!r}: {e}")
         return source
-    if simple is not None:
-        return _Template(name, simple)
-    return _Template(name, _fast_render(template))
+    except Exception as e:  # a template too deep or too large to compile is a problem line too
+        problems.append(f"{where}: template {name!r}: cannot compile: {_exception_message(e)}")
+        return source
+    return _Template(name, sandbox.output_renderer(template))
 
 
 def _simple_format(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | None:
@@ -206,36 +208,35 @@ def _simple_format(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | No
     (filters, attributes, tags) returns None and goes through Jinja.
     """
     pieces = []
+    names: list[str] = []
+    literal = 0
     for node in tree.body:
         if not isinstance(node, nodes.Output):
             return None
         for child in node.nodes:
             if isinstance(child, nodes.TemplateData):
                 pieces.append(child.data.replace("{", "{{").replace("}", "}}"))
+                literal += len(child.data)
             elif isinstance(child, nodes.Name) and child.ctx == "load":
                 pieces.append("{" + child.name + "}")
+                names.append(child.name)
             else:
                 return None
     format_map = "".join(pieces).format_map
 
     def render(context: dict[str, Any]) -> str:
+        # The output's size, before it is built: a name used 10,000 times must not build GBs.
+        size = literal
+        for n in names:
+            value = context.get(n, "")
+            size += len(value) if type(value) is str else len(str(value))
+        budget = sandbox.current()
+        if size > budget.max_size:
+            budget.refuse(size, "an output")
         try:
             return format_map(context)
         except KeyError as e:
             raise UndefinedError(f"{e.args[0]!r} is undefined") from None
-
-    return render
-
-
-def _fast_render(template: Template) -> Callable[[dict[str, Any]], str]:
-    """`template.render`, minus its per-call merge of the globals (4x faster).
-
-    The caller passes the whole context, `_GLOBALS` included (see `_Renderer.render`).
-    """
-    root, name, blocks, concat = template.root_render_func, template.name, template.blocks, "".join
-
-    def render(context: dict[str, Any]) -> str:
-        return concat(root(Context(_ENV, context, name, blocks)))
 
     return render
 
@@ -282,7 +283,10 @@ def _is_literal(part: _Part) -> bool:
 
 def _render(part: _Part, context: dict[str, Any]) -> Any:
     if isinstance(part, _Template):
-        return part.render(context)
+        try:
+            return part.render(context)
+        except Exception as e:  # any template failure is a problem line naming it
+            raise _RenderError(part.name, _exception_message(e)) from None
     if isinstance(part, _Struct):
         if part.kind is dict:
             return {k: _render(p, context) for k, p in part.parts}
@@ -290,24 +294,27 @@ def _render(part: _Part, context: dict[str, Any]) -> Any:
     return part
 
 
+def _exception_message(e: BaseException) -> str:
+    if isinstance(e, TemplateError):
+        return e.message or str(e)
+    if isinstance(e, RecursionError):
+        return "nested too deeply (recursion limit)"
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    return f"{type(e).__name__}: {e}"
+
+
 class _RenderError(Exception):
+    """An item that cannot be rendered: in which template (if one) and why."""
+
     def __init__(self, template: str, message: str):
         self.template = template
         self.message = message
 
-
-def _failing_template(part: _Part, context: dict[str, Any]) -> str:
-    if isinstance(part, _Template):
-        try:
-            part.render(context)
-        except Exception:
-            return part.name
-    if isinstance(part, _Struct):
-        for _, p in part.parts:
-            name = _failing_template(p, context)
-            if name:
-                return name
-    return ""
+    def describe(self) -> str:
+        if self.template:
+            return f"template {self.template!r}: {self.message}"
+        return self.message
 
 
 class _Renderer:
@@ -329,6 +336,8 @@ class _Renderer:
         else:
             self.messages = _plan_content(job.messages, "messages", problems, where)
         self.params = job.params
+        self.seconds = job.render_seconds
+        self.max_size = job.render_max_size
         # Floats below 1e-4 etc. can only come from the literal parts; rows enter as strings.
         literal = {"p": job.params, "m": job.messages, "s": job.system}
         self.exact = _orjson_exact(literal)
@@ -336,6 +345,7 @@ class _Renderer:
     def render(self, row: dict[str, Any], key: str) -> dict[str, Any]:
         context = {**_GLOBALS, **row, "row": row, "key": key}
         params: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
+        token = sandbox.start(sandbox.Budget(self.seconds, self.max_size))
         try:
             if self.system is not None:
                 params["system"] = _render(self.system, context)
@@ -344,71 +354,125 @@ class _Renderer:
                 params["messages"] = [{"role": "user", "content": content}]
             else:
                 params["messages"] = _render(self.messages, context)
-        except Exception as e:  # any template failure is a problem line, not a crash
-            raise self._error(e, context) from None
+        except _RenderError:
+            raise
+        except Exception as e:  # any other failure is a problem line too, not a crash
+            raise _RenderError("", _exception_message(e)) from None
+        finally:
+            sandbox.stop(token)
         params.update(self.params)
         return params
-
-    def _error(self, e: Exception, context: dict[str, Any]) -> _RenderError:
-        parts = (self.system, self.prompt, self.messages)
-        name = next(filter(None, (_failing_template(p, context) for p in parts)), "")
-        if isinstance(e, TemplateError):
-            message = e.message or str(e)
-        else:
-            message = f"{type(e).__name__}: {e}"
-        return _RenderError(name, message)
 
 
 # --- reading data files -------------------------------------------------------------------------
 
 
 class _Fatal(Exception):
-    """A problem after which the file cannot be read on."""
+    """A problem after which the file cannot be read on: where (file, line) and what."""
+
+    def __init__(self, where: str, detail: str):
+        super().__init__(where, detail)
+        self.where = where
+        self.detail = detail
+
+    def line(self, job: str) -> str:
+        """The error line, naming the job that reads the file."""
+        return f"{self.where}: job {job}: {self.detail}"
 
 
-def _binary_lines(path: Path, shown: str) -> Iterator[tuple[int, bytes]]:
+class _BadRow:
+    """A row that cannot be an item (the rest of the file is read on)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _root_of(path: Path, root: Path | None) -> Path:
+    return root if root is not None else Path(path).resolve().parent
+
+
+def _binary_lines(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, bytes]]:
     try:
-        f = path.open("rb")
-    except OSError as e:
-        raise _Fatal(f"{shown}: cannot read: {e.strerror}") from None
+        f = open_regular(path, _root_of(path, root))
+    except FileRefused as e:
+        raise _Fatal(shown, e.args[0]) from None
     with f:
-        for number, line in enumerate(f, 1):
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
-            yield number, line
+        try:
+            for number, line in bounded_lines(f):
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                yield number, line
+        except FileRefused as e:
+            raise _Fatal(shown, e.args[0]) from None
+        except OSError as e:
+            raise _Fatal(shown, f"cannot read: {e.strerror}") from None
 
 
 def _decode(line: bytes, number: int, shown: str) -> str:
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _Fatal(f"{shown}: {utf8_problem(line, e, offset=number - 1)}") from None
+        raise _Fatal(shown, utf8_problem(line, e, offset=number - 1)) from None
+
+
+def _bad_value(value: Any) -> _BadRow | None:
+    problem = json_problem(value)
+    if problem is None:
+        return None
+    place, why = problem
+    return _BadRow(f"{place}: {why}" if place else why)
 
 
 def _json_line(line: bytes, number: int, shown: str) -> Any:
+    """The value on one jsonl line, a _BadRow for a row that cannot be an item, or _Fatal."""
     try:
-        return orjson.loads(line)
+        row = orjson.loads(line)
     except orjson.JSONDecodeError as e:
         _decode(line, number, shown)  # a UTF-8 problem is the better message
-        try:  # stdlib json accepts lone surrogate escapes that orjson refuses
-            return json.loads(line)
+        try:  # stdlib json accepts lone surrogate escapes and big numbers that orjson refuses
+            row = strict_json(line)
         except json.JSONDecodeError:
-            pass
-        raise _Fatal(f"{shown}: line {number}: invalid JSON: {e.msg} (column {e.colno})") from None
+            raise _Fatal(
+                f"{shown}: line {number}", f"invalid JSON: {e.msg} (column {e.colno})"
+            ) from None
+        except (ValueError, RecursionError) as e2:
+            raise _Fatal(f"{shown}: line {number}", json_error(e2)) from None
+        return _bad_value(row) or row
+    # orjson keeps the last of duplicate keys silently. Written out again, a row holds exactly
+    # as many colons as the line unless a key was dropped (or a colon was escaped as \u003a):
+    # only then is the line parsed again, strictly.
+    if type(row) is dict or type(row) is list:
+        try:
+            same = line.count(b":") == _colons(row) and b"\\u003" not in line
+        except orjson.JSONEncodeError:
+            return _BadRow("nested too deeply")
+        if not same:
+            try:
+                strict_json(line)
+            except (ValueError, RecursionError) as e:
+                return _BadRow(json_error(e))
+    return row
 
 
-def _jsonl_rows(path: Path, shown: str) -> Iterator[tuple[int, Any]]:
-    for number, line in _binary_lines(path, shown):
+def _colons(value: Any) -> int:
+    """Colons in `value` written as JSON by orjson (keys and string contents)."""
+    return orjson.dumps(value).count(b":")
+
+
+def _jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
+    for number, line in _binary_lines(path, shown, root):
         if not line.strip():
             continue
         yield number, _json_line(line, number, shown)
 
 
-def _csv_rows(path: Path, shown: str) -> Iterator[tuple[int, Any]]:
+def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
     position = {"line": 0}
 
     def text_lines() -> Iterator[str]:
-        for number, line in _binary_lines(path, shown):
+        for number, line in _binary_lines(path, shown, root):
             position["line"] = number
             yield _decode(line, number, shown)
 
@@ -419,47 +483,40 @@ def _csv_rows(path: Path, shown: str) -> Iterator[tuple[int, Any]]:
             return
         duplicates = sorted({h for h in header if header.count(h) > 1})
         if duplicates:
-            raise _Fatal(f"{shown}: line 1: duplicate column {duplicates[0]!r} in the header")
+            raise _Fatal(f"{shown}: line 1", f"duplicate column {duplicates[0]!r} in the header")
         start = reader.line_num + 1
         for record in reader:
             number, start = start, reader.line_num + 1
             if not record:
                 continue
             if len(record) != len(header):
-                yield number, _Ragged(len(record), len(header))
+                message = f"row has {len(record)} fields, the header has {len(header)}"
+                yield number, _BadRow(message)
                 continue
             yield number, dict(zip(header, record, strict=True))
     except csv.Error as e:
-        raise _Fatal(f"{shown}: line {position['line']}: invalid CSV: {e}") from None
+        raise _Fatal(f"{shown}: line {position['line']}", f"invalid CSV: {e}") from None
 
 
-class _Ragged:
-    __slots__ = ("fields", "expected")
-
-    def __init__(self, fields: int, expected: int):
-        self.fields = fields
-        self.expected = expected
-
-
-def _json_array_rows(path: Path, shown: str) -> Iterator[tuple[int, Any]]:
+def _json_array_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
     # A JSON array is parsed whole: use jsonl or csv for very large inputs.
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise _Fatal(f"{shown}: cannot read: {e.strerror}") from None
+        limit = MAX_JSON_DATA_BYTES
+        data = read_bounded(path, _root_of(path, root), limit, "a .json data file (use jsonl)")
+    except FileRefused as e:
+        raise _Fatal(shown, e.args[0]) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise _Fatal(f"{shown}: {utf8_problem(data, e)}") from None
+        raise _Fatal(shown, utf8_problem(data, e)) from None
     try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _Fatal(
-            f"{shown}: invalid JSON: {e.msg} (at line {e.lineno}, column {e.colno})"
-        ) from None
+        rows = strict_json(text)
+    except (ValueError, RecursionError) as e:
+        raise _Fatal(shown, json_error(e)) from None
     if not isinstance(rows, list):
-        raise _Fatal(f"{shown}: expected a JSON array of objects")
-    yield from enumerate(rows, 1)
+        raise _Fatal(shown, "expected a JSON array of objects")
+    for number, row in enumerate(rows, 1):
+        yield number, _bad_value(row) or row
 
 
 _READERS = {"jsonl": _jsonl_rows, "csv": _csv_rows, "json": _json_array_rows}
@@ -474,7 +531,13 @@ def _key_of(row: dict[str, Any], field: str) -> str | tuple[str]:
         return (f"empty {field!r}",)
     if isinstance(value, bool) or not isinstance(value, str | int):
         return (f"{field!r} must be a string or an integer, not {type(value).__name__}",)
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            return (f"{field!r} is an integer out of range (64 bits at most)",)
+        return str(value)
+    if not value.isascii() and has_surrogate(value):
+        return (f"{field!r} holds a lone surrogate (not UTF-8)",)
+    return value
 
 
 # --- the items of a job -------------------------------------------------------------------------
@@ -490,10 +553,10 @@ class _Problems:
     def add(self, line: str) -> None:
         self.count += 1
         if len(self.lines) < MAX_PROBLEM_LINES:
-            self.lines.append(line)
+            self.lines.append(terminal(line))  # keys and values are shown, never obeyed
 
     def error(self, *extra: str) -> SpecError:
-        lines = [*self.lines, *extra]
+        lines = [*self.lines, *map(terminal, extra)]
         hidden = self.count - len(self.lines)
         if hidden:
             lines.append(f"... and {hidden} more problems")
@@ -515,7 +578,7 @@ def iter_items(job: Job, root: Path) -> Iterator[Item]:
         else:
             yield from _template_items(job, root, spec_shown, problems)
     except _Fatal as e:
-        raise problems.error(e.args[0]) from None
+        raise problems.error(e.line(job.name)) from None
     if problems.count:
         raise problems.error()
 
@@ -525,13 +588,13 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
     renderer = _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
     if compile_problems:
         raise SpecError(*compile_problems)
-    encode = _encoder(renderer.exact, job.betas)
+    encode = _encoder(renderer.exact, job.betas, renderer.max_size)
     name = job.name
     custom_id = _custom_id_maker(name)
     rows: Iterator[tuple[int, Any]]
     if job.input is not None:
         shown = display_path(job.input.path, root)
-        rows = _READERS[job.input.format](job.input.path, shown)
+        rows = _READERS[job.input.format](job.input.path, shown, root)
         key_field = job.input.key
         unit = "row" if job.input.format == "json" else "line"
         short = f"{unit} {{}}".format
@@ -554,19 +617,15 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
                 seen[key] = number
                 try:
                     params = renderer.render(row, key)
+                    fp = encode(params)
                 except _RenderError as e:
-                    problems.add(
-                        f"{where_of(number)}: job {name}: item {key}: "
-                        f"template {e.template!r}: {e.message}"
-                    )
+                    problems.add(f"{where_of(number)}: job {name}: item {key}: {e.describe()}")
                     continue
-                yield Item(name, key, custom_id(key), params, encode(params), row)
+                yield Item(name, key, custom_id(key), params, fp, row)
                 continue
         where = where_of(number)
-        if isinstance(row, _Ragged):
-            problems.add(
-                f"{where}: job {name}: row has {row.fields} fields, the header has {row.expected}"
-            )
+        if isinstance(row, _BadRow):
+            problems.add(f"{where}: job {name}: {row.message}")
             continue
         if not isinstance(row, dict):
             problems.add(f"{where}: job {name}: expected an object, not {type(row).__name__}")
@@ -579,21 +638,41 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
         problems.add(f"{where}: job {name}: item {key}: duplicate key (first at {first})")
 
 
-def _encoder(exact: bool, betas: Sequence[str]) -> Callable[[dict[str, Any]], str]:
-    """The fingerprint function for a job: fast when orjson writes what json.dumps would."""
+def _encoder(
+    exact: bool, betas: Sequence[str], max_size: int | None = None
+) -> Callable[[dict[str, Any]], str]:
+    """The fingerprint function for a job: fast when orjson writes what json.dumps would.
+
+    It refuses (_RenderError) a request the API could not receive: one holding a lone
+    surrogate (not UTF-8) or larger than `max_size` bytes (the job's render_max_size).
+    """
     sorted_betas = sorted(betas)
     dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
     sha256 = hashlib.sha256
-
-    if not exact:
-        return lambda params: fingerprint(params, sorted_betas)
+    limit = max_size if max_size is not None else sandbox.RENDER_MAX_SIZE_DEFAULT
 
     def encode(params: dict[str, Any]) -> str:
         obj = {"betas": sorted_betas, "params": params} if sorted_betas else params
-        try:
-            data = dumps(obj, option=option)
-        except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate from a row
-            data = _json_canonical(obj)
+        data = None
+        if exact:
+            try:
+                data = dumps(obj, option=option)
+            except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate from a row
+                data = None
+        if data is None:
+            text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError:
+                problem = json_problem(params) or ("", "not UTF-8")
+                where = f" at {problem[0]}" if problem[0] else ""
+                raise _RenderError("", f"the rendered request{where}: {problem[1]}") from None
+        if len(data) > limit:
+            raise _RenderError(
+                "",
+                f"the rendered request is {len(data):,} bytes, over the size budget of "
+                f"{limit:,} (render_max_size)",
+            )
         return FINGERPRINT_PREFIX + sha256(data).hexdigest()
 
     return encode
@@ -611,8 +690,11 @@ def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterato
     shown = display_path(path, root)
     name = job.name
     seen: dict[str, int] = {}
-    for number, request in _jsonl_rows(path, shown):
+    for number, request in _jsonl_rows(path, shown, root):
         where = f"{shown}: line {number}"
+        if isinstance(request, _BadRow):
+            problems.add(f"{where}: job {name}: {request.message}")
+            continue
         if not isinstance(request, dict):
             problems.add(f"{where}: job {name}: expected an object, not {type(request).__name__}")
             continue
@@ -642,6 +724,12 @@ def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterato
                 value = params.get(field)
                 if not isinstance(value, kind) or isinstance(value, bool):
                     line_problems.append(f"params.{field}: required, {what}")
+            max_tokens = params.get("max_tokens")
+            if type(max_tokens) is int and not 0 <= max_tokens <= MAX_TOKENS_CAP:
+                line_problems.append(f"params.max_tokens: at most {MAX_TOKENS_CAP:,}")
+            problem = json_problem(params)
+            if problem is not None:
+                line_problems.append(f"params.{problem[0]}: {problem[1]}")
             for param, reason in forbidden_param_problems(params):
                 line_problems.append(f"params.{param}: {reason}")
         for p in line_problems:

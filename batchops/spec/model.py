@@ -10,8 +10,10 @@ turning a job into requests is `batchops.spec.items`' work.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from batchops.errors import SpecError, location
+from batchops.safetext import terminal
+from batchops.spec.files import MAX_SPEC_BYTES, FileRefused, read_bounded
 
 SPEC_VERSION = 1
 JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -47,6 +51,69 @@ BATCH_FORBIDDEN_PARAMS: dict[str, object] = {
 }
 # Request params a template job sets through its own fields, never through `params`.
 JOB_FIELD_PARAMS = ("model", "max_tokens", "system", "messages")
+
+# Rendering budgets (DESIGN §6.11), settable in [defaults] or a job within these caps; see
+# batchops.spec.items for what they bound.
+RENDER_SECONDS_DEFAULT = 2.0
+RENDER_SECONDS_CAP = 30.0
+RENDER_MAX_SIZE_DEFAULT = 10_000_000
+RENDER_MAX_SIZE_CAP = 32_000_000  # the Messages API refuses a request over 32 MB
+RENDER_MAX_SIZE_MIN = 1_000
+MAX_TOKENS_CAP = 1_000_000  # far above any model's output limit, far below an overflow
+MAX_ATTEMPTS_CAP = 100
+MAX_DEPTH = 64  # nesting of objects and arrays in a spec, a row or a request
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what every JSON parser on the way reads exactly
+
+
+def json_problem(value: Any, max_depth: int = MAX_DEPTH) -> tuple[str, str] | None:
+    """(dotted place, reason) of the first thing in `value` the API could not receive, or None.
+
+    Refused: nesting past `max_depth`, non-string keys, lone surrogates in keys or strings
+    (not UTF-8), integers beyond 64 bits, NaN and infinities (not JSON).
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        obj, place, depth = stack.pop()
+        t = type(obj)
+        if t is str or isinstance(obj, str):
+            if not obj.isascii() and has_surrogate(obj):
+                return place, f"lone surrogate {_first_surrogate(obj)} in a string (not UTF-8)"
+        elif t is bool or obj is None:
+            continue
+        elif t is int or isinstance(obj, int):
+            if not INT_MIN <= obj <= INT_MAX:
+                return place, "integer out of range (64 bits at most)"
+        elif t is float or isinstance(obj, float):
+            if not math.isfinite(obj):
+                return place, f"{obj} is not a JSON number"
+        elif isinstance(obj, dict | list | tuple):
+            if depth >= max_depth:
+                return place, f"nested more than {max_depth} levels deep"
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    if not isinstance(k, str):
+                        return place, f"key {k!r} is not a string"
+                    sub = f"{place}.{k}" if place else k
+                    if not k.isascii() and has_surrogate(k):
+                        return sub, f"lone surrogate {_first_surrogate(k)} in a key (not UTF-8)"
+                    stack.append((v, sub, depth + 1))
+            else:
+                for i, v in enumerate(obj):
+                    stack.append((v, f"{place}.{i}" if place else str(i), depth + 1))
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    """True when `text` holds a lone surrogate, which UTF-8 (and so the API) cannot carry."""
+    return _SURROGATE.search(text) is not None
+
+
+def _first_surrogate(text: str) -> str:
+    match = _SURROGATE.search(text)
+    return f"\\u{ord(match.group()):04x}" if match else ""
 
 
 def forbidden_param_problems(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -110,6 +177,8 @@ class Job(BaseModel):
     betas: list[str] = Field(default_factory=list)
     budget_usd: float | None = None
     max_attempts: int = 3
+    render_seconds: float = RENDER_SECONDS_DEFAULT
+    render_max_size: int = RENDER_MAX_SIZE_DEFAULT
     output: OutputSpec | None = None
     input: InputSpec | None = None
     items: list[dict[str, Any]] | None = None
@@ -147,7 +216,7 @@ class Project:
 
 # --- the file format, as written ----------------------------------------------------------------
 
-_CLOSED = ConfigDict(extra="forbid", strict=True)
+_CLOSED = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _RawPath(BaseModel):
@@ -174,15 +243,25 @@ class _RawDefaults(BaseModel):
     model_config = _CLOSED
     description: str | None = None
     model: str | None = Field(default=None, min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     system: str | list[dict[str, Any]] | None = None
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = Field(default=None, min_length=1)
     params: dict[str, Any] | None = None
     betas: list[str] | None = None
     budget_usd: float | None = Field(default=None, ge=0)
-    max_attempts: int | None = Field(default=None, ge=1)
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_CAP)
+    render_seconds: float | None = Field(default=None, gt=0, le=RENDER_SECONDS_CAP)
+    render_max_size: int | None = Field(
+        default=None, ge=RENDER_MAX_SIZE_MIN, le=RENDER_MAX_SIZE_CAP
+    )
     output: _RawOutput | None = None
+
+    @field_validator("render_seconds", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        # `render_seconds = 1` is as good as `1.0` (strict mode refuses ints for floats).
+        return float(value) if type(value) is int else value
 
     @field_validator("system", mode="plain")
     @classmethod
@@ -221,32 +300,43 @@ def display_path(path: Path, root: Path) -> str:
         return str(path)
 
 
-def load_project(jobs_path: Path, root: Path | None = None) -> Project:
+def load_project(
+    jobs_path: Path, root: Path | None = None, protected: Iterable[Path] = ()
+) -> Project:
     """Load every spec under `jobs_path` (a directory or one file); SpecError lists all problems.
 
-    `root` confines every path; by default it is the working directory when `jobs_path` is inside
-    it, else the jobs directory itself (or the spec file's folder).
+    `root` confines every path (spec files, data files, outputs; symlinks resolved); by default
+    it is the working directory when `jobs_path` is written inside it, else the jobs directory
+    itself (or the spec file's folder). No output may be a spec or data file, lie inside `.git`,
+    or be one of the `protected` paths (pass the state file: its -wal, -shm and -journal
+    companions are protected with it); see `check_outputs`.
     """
     jobs_path = Path(jobs_path)
     if not jobs_path.exists():
-        raise SpecError(f"{jobs_path}: no such file or directory")
+        raise SpecError(terminal(f"{jobs_path}: no such file or directory"))
+    lexical = Path(os.path.abspath(jobs_path))
     resolved = jobs_path.resolve()
     if root is None:
         cwd = Path.cwd().resolve()
-        if resolved.is_relative_to(cwd):
+        if lexical.is_relative_to(Path(os.path.abspath(Path.cwd()))) or resolved.is_relative_to(
+            cwd
+        ):
             root = cwd
         else:
             root = resolved if resolved.is_dir() else resolved.parent
     root = Path(root).resolve()
     if not resolved.is_relative_to(root):
-        raise SpecError(f"{jobs_path}: outside the project root {root}")
+        why = "outside the project root"
+        if resolved != lexical:
+            why += f" (a symlink to {resolved})"
+        raise SpecError(terminal(f"{jobs_path}: {why} {root}"))
 
     if resolved.is_dir():
         candidates = _discover(resolved)
     elif resolved.suffix in SPEC_SUFFIXES:
         candidates = [resolved]
     else:
-        raise SpecError(f"{display_path(resolved, root)}: not a .toml or .json spec file")
+        raise SpecError(terminal(f"{display_path(resolved, root)}: not a .toml or .json spec file"))
 
     problems: list[str] = []
     parsed: dict[Path, dict[str, Any]] = {}
@@ -254,7 +344,7 @@ def load_project(jobs_path: Path, root: Path | None = None) -> Project:
     for file in candidates:
         shown = display_path(file, root)
         try:
-            parsed[file] = _parse_file(file, shown)
+            parsed[file] = _parse_file(file, shown, root)
         except SpecError as e:
             parse_problems[file] = e.problems[0]
 
@@ -264,7 +354,9 @@ def load_project(jobs_path: Path, root: Path | None = None) -> Project:
         referenced.update(_referenced_paths(file, raw))
     spec_files = [f for f in candidates if f not in referenced]
     if not spec_files and resolved.is_dir():
-        raise SpecError(f"{display_path(resolved, root)}: no .toml or .json spec files found")
+        raise SpecError(
+            terminal(f"{display_path(resolved, root)}: no .toml or .json spec files found")
+        )
 
     jobs: dict[str, Job] = {}
     for file in spec_files:
@@ -285,39 +377,95 @@ def load_project(jobs_path: Path, root: Path | None = None) -> Project:
                 continue
             jobs[job.name] = job
 
-    problems.extend(
-        _clashing_outputs(sorted(jobs.values(), key=lambda j: j.name), spec_files, root)
-    )
-    if problems:
-        raise SpecError(*dict.fromkeys(problems))
-    return Project(
+    project = Project(
         root=root,
         spec_files=tuple(spec_files),
         jobs=tuple(jobs[name] for name in sorted(jobs)),
     )
+    problems.extend(check_outputs(project, protected, candidates))
+    if problems:
+        raise SpecError(*dict.fromkeys(terminal(p) for p in problems))
+    return project
 
 
-def _clashing_outputs(jobs: list[Job], spec_files: list[Path], root: Path) -> list[str]:
-    """An output file that another job also writes, or that is a spec or data file, is refused."""
-    claimed: dict[Path, str] = {f: "a spec file" for f in spec_files}
-    for job in jobs:
+_STATE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def check_outputs(
+    project: Project, protected: Iterable[Path] = (), other_files: Iterable[Path] = ()
+) -> list[str]:
+    """A problem line for each output path a job may not, or cannot, write.
+
+    Refused: the output of another job, a spec file (or any of `other_files`), a job's data file,
+    anything inside a `.git` folder, the project's `batchops.toml`, each of the `protected`
+    paths with its SQLite companions (-wal, -shm, -journal), a folder, anything that is not a
+    regular file, and a path whose folder cannot be made (a file is in the way).
+    """
+    root = project.root
+    claimed: dict[Path, str] = {}
+    for path in protected:
+        for suffix in _STATE_COMPANIONS:
+            companion = Path(os.path.abspath(f"{path}{suffix}"))
+            for form in {companion, _resolve_quietly(companion)}:
+                claimed.setdefault(form, f"a protected file ({display_path(form, root)})")
+    claimed.setdefault(root / "batchops.toml", "the project settings")
+    for f in (*project.spec_files, *other_files):
+        claimed.setdefault(f, "a spec file")
+    for job in project.jobs:
         source = job.source_file()
         if source is not None:
             claimed.setdefault(source, f"the input of job {job.name}")
     problems = []
-    for job in jobs:
+    for job in project.jobs:
         if job.output is None:
             continue
         path = job.output.path
-        if path in claimed:
-            shown = display_path(path, root)
-            problems.append(
-                f"{display_path(job.spec_file, root)}: jobs.{job.name}.output.path: "
-                f"{shown} is also {claimed[path]}"
-            )
-        else:
-            claimed[path] = f"the output of job {job.name}"
+        shown = display_path(path, root)
+        where = f"{display_path(job.spec_file, root)}: jobs.{job.name}.output.path: {shown}"
+        why = _output_problem(path, root)
+        if why is None and path in claimed:
+            why = f"is also {claimed[path]}"
+        if why is not None:
+            problems.append(f"{where} {why}")
+            continue
+        claimed[path] = f"the output of job {job.name}"
     return problems
+
+
+def _resolve_quietly(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
+
+
+def _output_problem(path: Path, root: Path) -> str | None:
+    """Why `path` (resolved, inside `root`) cannot be an output file, or None."""
+    relative = path.relative_to(root)
+    if any(part.lower() == ".git" for part in relative.parts):
+        return "is inside .git"
+    if path == root:
+        return "is the project root"
+    try:
+        mode = path.lstat().st_mode if path.exists() or path.is_symlink() else None
+    except OSError as e:
+        return f"cannot be checked: {e.strerror}"
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            return "is a folder"
+        if not stat.S_ISREG(mode):
+            return "is not a regular file"
+        return None
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            return f"is under {display_path(parent, root)}, a broken symlink"
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"is under {display_path(parent, root)}, which is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {display_path(parent, root)} is not writable"
+    return None
 
 
 def _discover(directory: Path) -> list[Path]:
@@ -330,43 +478,77 @@ def _discover(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for json.loads: a key twice in one object is an error, not last-wins."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKey(key)
+            raise DuplicateKey(key)
         result[key] = value
     return result
 
 
-class _DuplicateKey(ValueError):
+class DuplicateKey(ValueError):
     pass
 
 
-def _parse_file(file: Path, shown: str) -> dict[str, Any]:
+def _no_constants(name: str) -> Any:
+    raise NotJson(f"{name} is not valid JSON")
+
+
+class NotJson(ValueError):
+    pass
+
+
+def strict_json(text: str | bytes) -> Any:
+    """json.loads refusing duplicate keys and NaN/Infinity; ValueError says why."""
+    return json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=_no_constants)
+
+
+def json_error(e: BaseException) -> str:
+    """The reason a `strict_json` call failed, for an error line."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON: {e.msg} (at line {e.lineno}, column {e.colno})"
+    if isinstance(e, DuplicateKey):
+        return f"invalid JSON: duplicate key {terminal(json.dumps(e.args[0]))}"
+    if isinstance(e, RecursionError):
+        return "invalid JSON: nested too deeply"
+    if isinstance(e, NotJson):
+        return f"invalid JSON: {e.args[0]}"
+    if "integer string conversion" in str(e):
+        return "invalid JSON: a number with too many digits"
+    return f"invalid JSON: {e}"
+
+
+def _parse_file(file: Path, shown: str, root: Path) -> dict[str, Any]:
     try:
-        data = file.read_bytes()
-    except OSError as e:
-        raise SpecError(f"{shown}: cannot read: {e.strerror}") from None
+        data = read_bounded(file, root, MAX_SPEC_BYTES, "a spec file")
+    except FileRefused as e:
+        raise SpecError(f"{shown}: {e.args[0]}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(f"{shown}: {utf8_problem(data, e)}") from None
     if file.suffix == ".toml":
         try:
-            return tomllib.loads(text)
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"{shown}: invalid TOML: {e}") from None
-    try:
-        raw = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except json.JSONDecodeError as e:
-        raise SpecError(
-            f"{shown}: invalid JSON: {e.msg} (at line {e.lineno}, column {e.colno})"
-        ) from None
-    except _DuplicateKey as e:
-        raise SpecError(f"{shown}: invalid JSON: duplicate key {json.dumps(e.args[0])}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{shown}: a spec must be a JSON object, not {_type_name(raw)}")
+        except RecursionError:
+            raise SpecError(f"{shown}: invalid TOML: nested too deeply") from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise SpecError(f"{shown}: invalid TOML: {e}") from None
+    else:
+        try:
+            raw = strict_json(text)
+        except (ValueError, RecursionError) as e:
+            raise SpecError(f"{shown}: {json_error(e)}") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"{shown}: a spec must be a JSON object, not {_type_name(raw)}")
+    problem = json_problem(raw)
+    if problem is not None:
+        place, why = problem
+        raise SpecError(location(shown, place, why))
     return raw
 
 
@@ -506,6 +688,9 @@ def _merge(
         "budget_usd": inherited("budget_usd"),
         "betas": inherited("betas") or [],
     }
+    for budget in ("render_seconds", "render_max_size"):
+        if inherited(budget) is not None:
+            fields[budget] = inherited(budget)
     output = inherited("output")
     if output is not None:
         out_loc = f"{where}.output.path" if raw.output is not None else "defaults.output.path"
@@ -578,7 +763,14 @@ def _confined(
             why = "is outside the project root"
         problems.append(location(shown, field, f"{json.dumps(value)} {why}"))
         return None
-    if must_exist and not resolved.is_file():
-        problems.append(location(shown, field, f"{json.dumps(value)}: no such file"))
-        return None
+    if must_exist:
+        try:
+            mode = resolved.stat().st_mode
+        except OSError:
+            problems.append(location(shown, field, f"{json.dumps(value)}: no such file"))
+            return None
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+            problems.append(location(shown, field, f"{json.dumps(value)}: not a file ({kind})"))
+            return None
     return resolved

@@ -21,6 +21,7 @@ from typing import Any
 from batchops.errors import SpecError
 from batchops.pricing import PriceTable, estimate_request
 from batchops.spec.items import (
+    _BadRow,
     _binary_lines,
     _custom_id_maker,
     _encoder,
@@ -83,7 +84,7 @@ def desired_rows(
     )
     try:
         pending: deque[Future] = deque()
-        chunks = _chunks(job.input.path, shown, chunk_lines)
+        chunks = _chunks(job.input.path, shown, chunk_lines, root, name)
         fatal: str | None = None
         while True:
             while len(pending) < 2 * (processes or workers()):
@@ -126,10 +127,12 @@ def desired_rows(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _chunks(path: Path, shown: str, size: int) -> Iterator[list[tuple[int, bytes]] | str]:
+def _chunks(
+    path: Path, shown: str, size: int, root: Path | None = None, job_name: str = ""
+) -> Iterator[list[tuple[int, bytes]] | str]:
     chunk: list[tuple[int, bytes]] = []
     try:
-        for number, line in _binary_lines(path, shown):
+        for number, line in _binary_lines(path, shown, root):
             chunk.append((number, line))
             if len(chunk) >= size:
                 yield chunk
@@ -137,7 +140,7 @@ def _chunks(path: Path, shown: str, size: int) -> Iterator[list[tuple[int, bytes
     except _Fatal as exc:
         if chunk:
             yield chunk
-        yield exc.args[0]
+        yield exc.line(job_name)
         return
     if chunk:
         yield chunk
@@ -150,7 +153,7 @@ def _init(job: Job, shown: str, prices: PriceTable, today: date) -> None:
         job=job,
         shown=shown,
         renderer=renderer,
-        encode=_encoder(renderer.exact, job.betas),
+        encode=_encoder(renderer.exact, job.betas, renderer.max_size),
         custom_id=_custom_id_maker(job.name),
         prices=prices,
         today=today,
@@ -171,9 +174,12 @@ def _render_chunk(chunk: list[tuple[int, bytes]]) -> list[tuple]:
         try:
             row = _json_line(line, number, shown)
         except _Fatal as exc:
-            out.append(("fatal", exc.args[0]))
+            out.append(("fatal", exc.line(name)))
             return out
         where = f"{shown}: line {number}"
+        if isinstance(row, _BadRow):
+            out.append(("problem", number, f"{where}: job {name}: {row.message}"))
+            continue
         if not isinstance(row, dict):
             out.append(
                 (
@@ -189,14 +195,10 @@ def _render_chunk(chunk: list[tuple[int, bytes]]) -> list[tuple]:
             continue
         try:
             params = renderer.render(row, key)
+            fp = encode(params)
         except _RenderError as e:
             out.append(
-                (
-                    "render_error",
-                    number,
-                    key,
-                    f"{where}: job {name}: item {key}: template {e.template!r}: {e.message}",
-                )
+                ("render_error", number, key, f"{where}: job {name}: item {key}: {e.describe()}")
             )
             continue
         model = str(params.get("model", ""))
@@ -205,5 +207,5 @@ def _render_chunk(chunk: list[tuple[int, bytes]]) -> list[tuple]:
             cache[model] = w["prices"].price(model, w["today"])
         price = cache[model]
         cost = estimate_request(params).cost(price) if price is not None else 0.0
-        out.append(("ok", number, key, custom_id(key), encode(params), cost, model))
+        out.append(("ok", number, key, custom_id(key), fp, cost, model))
     return out

@@ -1,0 +1,91 @@
+"""Reading files a pull request points at: inside the project root, regular files, bounded.
+
+A spec or data file may be a symlink (to `/etc/passwd`, to `/dev/zero`), a FIFO that blocks
+every reader, or gigabytes of one line. Every read of the spec layer goes through `open_regular`
+(the path, symlinks resolved, must lie inside the root; the open never blocks and is refused
+for anything but a regular file) and reads at most a stated number of bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+MIB = 1024 * 1024
+MAX_SPEC_BYTES = 16 * MIB  # one spec file (inline items included)
+MAX_JSON_DATA_BYTES = 64 * MIB  # a .json array data file, parsed whole: jsonl has no such limit
+MAX_LINE_BYTES = 32 * MIB  # one line of a jsonl or csv data file (the API's request limit)
+
+
+class FileRefused(Exception):
+    """A file that is not read; args[0] is the reason, without the file's name."""
+
+
+def confined(path: Path, root: Path) -> Path:
+    """`path` with symlinks resolved, refused unless inside `root`."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError) as e:
+        raise FileRefused(f"cannot resolve: {e}") from None
+    if not resolved.is_relative_to(root):
+        raise FileRefused(f"is outside the project root (a symlink to {resolved})")
+    return resolved
+
+
+def open_regular(path: Path, root: Path) -> BinaryIO:
+    """Open `path` for reading if, symlinks resolved, it is a regular file inside `root`."""
+    resolved = confined(path, root)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(resolved, flags)
+    except OSError as e:
+        raise FileRefused(f"cannot read: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileRefused(f"not a regular file ({_kind(mode)})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def read_bounded(path: Path, root: Path, limit: int, what: str) -> bytes:
+    """The whole file, refused past `limit` bytes (`what` names the limit in the message)."""
+    with open_regular(path, root) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FileRefused(f"larger than the {limit // MIB} MiB limit for {what}")
+    return data
+
+
+def bounded_lines(f: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) from an open file; FileRefused for a line longer than `limit`."""
+    number = 0
+    readline = f.readline
+    while True:
+        line = readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            raise FileRefused(f"line {number}: longer than the {limit // MIB} MiB line limit")
+        yield number, line
