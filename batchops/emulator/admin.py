@@ -52,6 +52,73 @@ class EmulatorAdmin:
     def clear_faults(self) -> None:
         self._call("DELETE", "/_emulator/faults")
 
+    # -------------------------------------------------------------- shared-workspace faults
+    def teammate_create(
+        self,
+        requests: list[dict[str, Any]],
+        hidden_seconds: float | None = None,
+        hidden_lists: int | None = None,
+    ) -> dict[str, Any]:
+        """Create a batch as another client in the same workspace would; returns the batch.
+
+        It lists and retrieves like any batch but is not counted in `stats()["submissions"]`.
+        `hidden_seconds` / `hidden_lists` keep it out of list calls for a while.
+        """
+        body: dict[str, Any] = {"requests": requests}
+        if hidden_seconds is not None:
+            body["hidden_seconds"] = hidden_seconds
+        if hidden_lists is not None:
+            body["hidden_lists"] = hidden_lists
+        return self._call("POST", "/_emulator/teammate/batches", body)
+
+    def hide_next_create(
+        self, seconds: float | None = None, lists: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The next create commits and answers, but list calls leave the batch out for `seconds`
+        of emulator time or for the next `lists` list calls (give exactly one)."""
+        fault: dict[str, Any] = {"kind": "hidden", "endpoint": "create"}
+        if seconds is not None:
+            fault["hidden_seconds"] = seconds
+        if lists is not None:
+            fault["hidden_lists"] = lists
+        return self.add_faults([fault])
+
+    def refuse_next_create(self, status: int = 500, **fields: Any) -> list[dict[str, Any]]:
+        """The next create answers `status` before anything is committed (no batch is made)."""
+        return self.add_faults(
+            [{"kind": "status", "status": status, "endpoint": "create", **fields}]
+        )
+
+    def lose_next_create_response(self) -> list[dict[str, Any]]:
+        """The next create commits its batch, then the connection closes without an answer."""
+        return self.add_faults([{"kind": "lost_response", "endpoint": "create"}])
+
+    def not_found(
+        self, batch_id: str, endpoint: str = "retrieve", times: int = 1
+    ) -> list[dict[str, Any]]:
+        """The next `times` calls to `endpoint` (retrieve or results) for `batch_id` answer 404,
+        although the batch exists."""
+        return self.add_faults(
+            [
+                {
+                    "kind": "status",
+                    "status": 404,
+                    "endpoint": endpoint,
+                    "batch_id": batch_id,
+                    "times": times,
+                }
+            ]
+        )
+
+    def set_clock_skew(self, seconds: float) -> dict[str, Any]:
+        """Report every timestamp `seconds` off real time (+ ahead, - behind), as a server whose
+        clock disagrees with the client's would; lifecycle timing is unchanged. 0 undoes it."""
+        return self._call("POST", "/_emulator/clock", {"skew_seconds": seconds})
+
+    def clock(self) -> dict[str, Any]:
+        """`{"offset_seconds": …, "skew_seconds": …}`."""
+        return self._call("GET", "/_emulator/clock")
+
     def stats(self) -> dict[str, Any]:
         """`{"batches_created": n, "submissions": {custom_id: count}}`."""
         return self._call("GET", "/_emulator/stats")

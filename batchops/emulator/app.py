@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchops.emulator.clock import Clock, derived_id, random_id
 from batchops.emulator.config import EmulatorConfig, RuntimeSettings
-from batchops.emulator.faults import STATUS_ERROR_TYPES, FaultQueue, HttpFault
+from batchops.emulator.faults import STATUS_ERROR_TYPES, FaultQueue, HttpFault, ListLag
 from batchops.emulator.responses import build_message, errored
 from batchops.emulator.store import BatchRow, Lifecycle, ResultRow, Store, lifecycle
 
@@ -44,8 +45,9 @@ class Emulator:
         self.config = config
         self.settings: RuntimeSettings = config.runtime()
         self.clock = Clock()
-        self.store = Store(config.db_path, self.clock)
+        self.store = Store(config.db_path, self.clock, markers=config.faults_enabled)
         self.faults = FaultQueue()
+        self.list_lag = ListLag()
 
 
 # ---------------------------------------------------------------------------- responses
@@ -181,7 +183,25 @@ async def create(request: Request, emu: Emulator) -> Response:
     problem = envelope_problem(parsed)
     if problem is not None:
         return error_response(request, 400, "invalid_request_error", problem)
-    row = await anyio.to_thread.run_sync(emu.store.create, parsed["requests"], emu.settings)
+    hidden: HttpFault | None = getattr(request.state, "hidden", None)
+    return await _create(request, emu, parsed["requests"], hidden)
+
+
+async def _create(
+    request: Request,
+    emu: Emulator,
+    requests: list[Any],
+    hidden: HttpFault | None = None,
+    count_submissions: bool = True,
+) -> Response:
+    row = await anyio.to_thread.run_sync(
+        emu.store.create, requests, emu.settings, count_submissions
+    )
+    if hidden is not None:
+        until = None
+        if hidden.hidden_seconds is not None:
+            until = row.created_at + hidden.hidden_seconds
+        emu.list_lag.hide(row.id, until, hidden.hidden_lists)
     life = lifecycle(row, row.created_at)
     # The create answer always shows the batch as accepted, even with processing_seconds=0.
     life = Lifecycle("in_progress", None, 0, None, None, life.expires_at)
@@ -216,7 +236,8 @@ async def list_batches(request: Request, emu: Emulator) -> Response:
         return error_response(
             request, 400, "invalid_request_error", "Cannot specify both after_id and before_id"
         )
-    page = emu.store.page(int(raw_limit), after_id or None, before_id or None)
+    hidden = emu.list_lag.hidden(emu.clock.now())
+    page = emu.store.page(int(raw_limit), after_id or None, before_id or None, hidden)
     if page is None:
         return error_response(request, 400, "invalid_request_error", "Unknown pagination cursor")
     rows, has_more = page
@@ -361,20 +382,45 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 @admin
 async def admin_clock(request: Request, emu: Emulator) -> Response:
     if request.method == "POST":
-        body = request.state.body
-        seconds = body.get("advance_seconds") if isinstance(body, dict) else None
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+        body = request.state.body if isinstance(request.state.body, dict) else {}
+        seconds, skew = body.get("advance_seconds"), body.get("skew_seconds")
+        if seconds is None and skew is None:
+            return error_response(
+                request, 400, "invalid_request_error", "advance_seconds or skew_seconds is required"
+            )
+        if seconds is not None and (not _finite(seconds) or seconds < 0):
             return error_response(
                 request, 400, "invalid_request_error", "advance_seconds: a number >= 0 is required"
             )
-        emu.store.advance_clock(float(seconds))
-    return json_response({"offset_seconds": emu.clock.offset})
+        if skew is not None:
+            if not _finite(skew):
+                return error_response(
+                    request, 400, "invalid_request_error", "skew_seconds: a number is required"
+                )
+            if not emu.config.faults_enabled:
+                return _faults_off(request)
+            emu.clock.skew = float(skew)
+        if seconds is not None:
+            emu.store.advance_clock(float(seconds))
+    return json_response({"offset_seconds": emu.clock.offset, "skew_seconds": emu.clock.skew})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _faults_off(request: Request) -> Response:
+    return error_response(
+        request, 400, "invalid_request_error", "faults are off in this emulator (faults none)"
+    )
 
 
 @admin
 async def admin_config(request: Request, emu: Emulator) -> Response:
     if request.method == "POST":
         body = request.state.body
+        if not emu.config.faults_enabled and isinstance(body, dict) and body.get("fault_rates"):
+            return _faults_off(request)
         try:
             emu.settings = RuntimeSettings(**{**emu.settings.model_dump(), **body})
         except (ValidationError, TypeError) as exc:
@@ -388,6 +434,8 @@ FAULT_LIST = TypeAdapter(list[HttpFault])
 @admin
 async def admin_faults(request: Request, emu: Emulator) -> Response:
     if request.method == "POST":
+        if not emu.config.faults_enabled:
+            return _faults_off(request)
         try:
             faults = FAULT_LIST.validate_python(request.state.body)
         except ValidationError as exc:
@@ -396,6 +444,27 @@ async def admin_faults(request: Request, emu: Emulator) -> Response:
     elif request.method == "DELETE":
         emu.faults.clear()
     return json_response({"pending": [f.model_dump() for f in emu.faults.pending()]})
+
+
+@admin
+async def admin_teammate_create(request: Request, emu: Emulator) -> Response:
+    """A batch created in the same workspace by another client: it lists, retrieves and ends like
+    any other, but does not count in `stats()["submissions"]`. Same body as a create, plus
+    optional `hidden_seconds` / `hidden_lists` (see HttpFault kind `hidden`)."""
+    body = request.state.body
+    problem = envelope_problem(body)
+    if problem is not None:
+        return error_response(request, 400, "invalid_request_error", problem)
+    hidden = None
+    lag = {k: body[k] for k in ("hidden_seconds", "hidden_lists") if body.get(k) is not None}
+    if lag:
+        if not emu.config.faults_enabled:
+            return _faults_off(request)
+        try:
+            hidden = HttpFault(kind="hidden", endpoint="create", **lag)
+        except ValidationError as exc:
+            return error_response(request, 400, "invalid_request_error", str(exc))
+    return await _create(request, emu, body["requests"], hidden, count_submissions=False)
 
 
 @admin
@@ -418,6 +487,13 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 # ---------------------------------------------------------------------------- outer ASGI layer
+def path_batch_id(path: str) -> str | None:
+    """The batch id in an API path, if it names one."""
+    if not path.startswith(API_PREFIX + "/"):
+        return None
+    return path[len(API_PREFIX) + 1 :].split("/")[0] or None
+
+
 def endpoint_name(method: str, path: str) -> str | None:
     """Which API endpoint a request is for, in the names HTTP faults use."""
     if not path.startswith(API_PREFIX):
@@ -456,11 +532,14 @@ class RequestIdAndFaults:
             await send(message)
 
         name = endpoint_name(scope["method"], scope["path"])
-        fault = self.emulator.faults.take(name) if name else None
+        fault = self.emulator.faults.take(name, path_batch_id(scope["path"])) if name else None
         if fault is None:
             return await self.app(scope, receive, stamped)
         if fault.kind in ("duplicate_line", "drop_line"):
             scope["state"]["spoil_results"] = fault.kind
+            return await self.app(scope, receive, stamped)
+        if fault.kind == "hidden":
+            scope["state"]["hidden"] = fault
             return await self.app(scope, receive, stamped)
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay_seconds)
@@ -474,10 +553,11 @@ class RequestIdAndFaults:
 
     async def _status(self, fault: HttpFault, request_id: str, send: Send) -> None:
         error_type = fault.error_type or STATUS_ERROR_TYPES.get(fault.status, "api_error")
+        message = fault.message or (NOT_FOUND if fault.status == 404 else "Injected fault")
         body = orjson.dumps(
             {
                 "type": "error",
-                "error": {"type": error_type, "message": fault.message or "Injected fault"},
+                "error": {"type": error_type, "message": message},
                 "request_id": request_id,
             }
         )
@@ -523,6 +603,7 @@ def build_app(config: EmulatorConfig) -> tuple[ASGIApp, Emulator]:
         Route("/_emulator/config", admin_config, methods=["GET", "POST"]),
         Route("/_emulator/faults", admin_faults, methods=["GET", "POST", "DELETE"]),
         Route("/_emulator/stats", admin_stats, methods=["GET"]),
+        Route("/_emulator/teammate/batches", admin_teammate_create, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}

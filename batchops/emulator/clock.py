@@ -37,10 +37,16 @@ def rfc3339(epoch: float) -> str:
 
 
 class Clock:
-    """Internal time = real time + offset; reported time = internal time - offset."""
+    """Internal time = real time + offset; reported time = internal time - offset + skew.
+
+    `skew` is a fault: a server whose clock is off by `skew` seconds from the client's (or a
+    client whose clock is off by `-skew`). It changes only what is reported, never when a batch
+    ends, expires or is archived.
+    """
 
     def __init__(self, offset: float = 0.0) -> None:
         self.offset = offset
+        self.skew = 0.0
 
     def now(self) -> float:
         """Internal now, against which stored instants are compared."""
@@ -48,7 +54,7 @@ class Clock:
 
     def report(self, instant: float) -> str:
         """Format a stored internal instant as the client should see it."""
-        return rfc3339(instant - self.offset)
+        return rfc3339(instant - self.offset + self.skew)
 
     def advance(self, seconds: float) -> float:
         self.offset += seconds

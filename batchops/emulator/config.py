@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Outcomes a request can be given by rate; errored ones are named by their error type.
 RATE_OUTCOMES: tuple[str, ...] = (
@@ -65,6 +65,14 @@ class EmulatorConfig(RuntimeSettings):
     db_path: Path | None = None
     max_body_bytes: int = Field(default=256_000_000, gt=0)
     api_key: str | None = None
+    # False turns every fault off: markers are plain text, and rates and HTTP faults are refused.
+    faults_enabled: bool = True
+
+    @model_validator(mode="after")
+    def _no_rates_without_faults(self) -> EmulatorConfig:
+        if not self.faults_enabled and self.fault_rates:
+            raise ValueError("fault_rates: faults are off (faults none); drop the rates")
+        return self
 
     def runtime(self) -> RuntimeSettings:
         return RuntimeSettings(**self.model_dump(include=set(RuntimeSettings.model_fields)))

@@ -24,6 +24,8 @@ whose endpoint (create, retrieve, list, results, cancel, delete; omitted = any) 
     {"kind": "truncate", "endpoint": "results", "after_bytes": 3000}
     {"kind": "slow", "delay_seconds": 2.5}
     {"kind": "duplicate_line" | "drop_line", "endpoint": "results"}
+    {"kind": "status", "status": 404, "endpoint": "retrieve", "batch_id": "msgbatch_…", "times": 2}
+    {"kind": "hidden", "endpoint": "create", "hidden_seconds": 30}   or "hidden_lists": 2
 
 See HttpFault for every field and its default.
 """
@@ -35,7 +37,7 @@ import re
 import threading
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from batchops.emulator.config import RATE_OUTCOMES
 
@@ -91,13 +93,18 @@ class HttpFault(BaseModel):
     without answering. `truncate`: send headers and the first `after_bytes` of the body, then
     close. `slow`: wait `delay_seconds`, then answer normally. `duplicate_line` / `drop_line`
     (results only): a well-framed result file with one line repeated, or one line missing.
+    `hidden` (create only): the batch is committed and answered, but the list endpoint leaves it
+    out for `hidden_seconds` of emulator time or for the next `hidden_lists` list calls.
+
+    `batch_id` restricts the fault to requests for that batch (retrieve, results, cancel,
+    delete); `times` is how many matching responses it spoils before it is used up.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["status", "lost_response", "truncate", "slow", "duplicate_line", "drop_line"] = (
-        "status"
-    )
+    kind: Literal[
+        "status", "lost_response", "truncate", "slow", "duplicate_line", "drop_line", "hidden"
+    ] = "status"
     endpoint: Endpoint | None = None
     status: int = Field(default=500, ge=400, le=599)
     error_type: str | None = None
@@ -106,6 +113,19 @@ class HttpFault(BaseModel):
     should_retry: bool | None = None
     after_bytes: int = Field(default=100, ge=0)
     delay_seconds: float = Field(default=1.0, ge=0)
+    batch_id: str | None = None
+    times: int = Field(default=1, ge=1)
+    hidden_seconds: float | None = Field(default=None, ge=0)
+    hidden_lists: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _hidden_shape(self) -> HttpFault:
+        if self.kind == "hidden":
+            if self.endpoint != "create":
+                raise ValueError("a hidden fault needs endpoint create")
+            if (self.hidden_seconds is None) == (self.hidden_lists is None):
+                raise ValueError("a hidden fault needs one of hidden_seconds or hidden_lists")
+        return self
 
 
 STATUS_ERROR_TYPES = {
@@ -143,9 +163,45 @@ class FaultQueue:
         with self._lock:
             return list(self._faults)
 
-    def take(self, endpoint: str) -> HttpFault | None:
+    def take(self, endpoint: str, batch_id: str | None = None) -> HttpFault | None:
         with self._lock:
             for i, fault in enumerate(self._faults):
-                if fault.endpoint is None or fault.endpoint == endpoint:
-                    return self._faults.pop(i)
+                if fault.endpoint not in (None, endpoint):
+                    continue
+                if fault.batch_id is not None and fault.batch_id != batch_id:
+                    continue
+                if fault.times > 1:
+                    self._faults[i] = fault.model_copy(update={"times": fault.times - 1})
+                    return fault
+                return self._faults.pop(i)
         return None
+
+
+class ListLag:
+    """Batches that exist but that the list endpoint does not show yet (the `hidden` fault).
+
+    Retrieve, cancel and results see such a batch at once; only listing lags, as an eventually
+    consistent index would. A batch shows again once the emulator clock reaches `until`, or after
+    `lists` list calls have left it out.
+    """
+
+    def __init__(self) -> None:
+        self._hidden: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    def hide(self, batch_id: str, until: float | None, lists: int | None) -> None:
+        with self._lock:
+            self._hidden[batch_id] = [until, lists]
+
+    def hidden(self, now: float) -> set[str]:
+        """The ids to leave out of a list call made now; counts that call against them."""
+        with self._lock:
+            out = set()
+            for batch_id, (until, lists) in list(self._hidden.items()):
+                if (until is not None and now >= until) or (lists is not None and lists <= 0):
+                    del self._hidden[batch_id]
+                    continue
+                out.add(batch_id)
+                if lists is not None:
+                    self._hidden[batch_id][1] = lists - 1
+            return out

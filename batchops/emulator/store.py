@@ -14,7 +14,7 @@ import math
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,9 @@ class ResultRow:
 class Store:
     """All emulator state behind one lock; every method is one short transaction."""
 
-    def __init__(self, db_path: Path | None, clock: Clock) -> None:
+    def __init__(self, db_path: Path | None, clock: Clock, markers: bool = True) -> None:
+        """`markers` False makes `[[emulator:…]]` markers plain text (faults off)."""
+        self.markers = markers
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             str(db_path) if db_path else ":memory:", check_same_thread=False, isolation_level=None
@@ -176,11 +178,14 @@ class Store:
             ).fetchone()
         return self._row(values) if values else None
 
-    def create(self, requests: list[Any], settings: RuntimeSettings) -> BatchRow:
+    def create(
+        self, requests: list[Any], settings: RuntimeSettings, count_submissions: bool = True
+    ) -> BatchRow:
         """Store a batch whose envelope was already checked; plan every request's result now.
 
         Consumes `requests`: each entry is dropped once stored, and rows go to SQLite a chunk at
         a time, so a 100,000-request create never holds a second copy of the payload.
+        `count_submissions` False leaves `stats()["submissions"]` alone (another client's batch).
         """
         positions = list(range(len(requests)))
         random.shuffle(positions)  # results come back in no particular order
@@ -216,11 +221,12 @@ class Store:
                     self._db.executemany(
                         "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
                     )
-                    self._db.executemany(
-                        "INSERT INTO submissions (custom_id, count) VALUES (?, 1)"
-                        " ON CONFLICT (custom_id) DO UPDATE SET count = count + 1",
-                        ((r[3],) for r in rows),
-                    )
+                    if count_submissions:
+                        self._db.executemany(
+                            "INSERT INTO submissions (custom_id, count) VALUES (?, 1)"
+                            " ON CONFLICT (custom_id) DO UPDATE SET count = count + 1",
+                            ((r[3],) for r in rows),
+                        )
                 self._db.executemany(
                     "INSERT OR IGNORE INTO cache_prefixes (hash) VALUES (?)",
                     ((h,) for h in seen_prefixes),
@@ -246,7 +252,9 @@ class Store:
             "SELECT count FROM submissions WHERE custom_id = ?", (custom_id,)
         ).fetchone()
         attempt = found[0] if found else 0
-        outcome, error_type, message = self._plan(text, params, custom_id, attempt, settings)
+        outcome, error_type, message = self._plan(
+            text if self.markers else "", params, custom_id, attempt, settings
+        )
         cache_state = None
         if outcome == "succeeded" and "cache_control" in text:
             prefix = cache_prefix(params)
@@ -300,9 +308,14 @@ class Store:
             self._db.execute("COMMIT")
 
     def page(
-        self, limit: int, after_id: str | None, before_id: str | None
+        self,
+        limit: int,
+        after_id: str | None,
+        before_id: str | None,
+        hidden: Collection[str] = (),
     ) -> tuple[list[BatchRow], bool] | None:
-        """Newest first; None when a cursor id is unknown."""
+        """Newest first; None when a cursor id is unknown. `hidden` ids are left out."""
+        skip = orjson.dumps(sorted(hidden)).decode()
         with self._lock:
             if before_id is not None:
                 cursor = self._seq(before_id)
@@ -310,8 +323,8 @@ class Store:
                     return None
                 found = self._db.execute(
                     f"SELECT {self._COLS} FROM batches WHERE deleted = 0 AND seq > ?"
-                    " ORDER BY seq ASC LIMIT ?",
-                    (cursor, limit + 1),
+                    f" AND {self._VISIBLE} ORDER BY seq ASC LIMIT ?",
+                    (cursor, skip, limit + 1),
                 ).fetchall()
                 has_more = len(found) > limit
                 rows = list(reversed(found[:limit]))
@@ -323,12 +336,14 @@ class Store:
                         return None
                 found = self._db.execute(
                     f"SELECT {self._COLS} FROM batches WHERE deleted = 0 AND seq < ?"
-                    " ORDER BY seq DESC LIMIT ?",
-                    (cursor if cursor is not None else 2**62, limit + 1),
+                    f" AND {self._VISIBLE} ORDER BY seq DESC LIMIT ?",
+                    (cursor if cursor is not None else 2**62, skip, limit + 1),
                 ).fetchall()
                 has_more = len(found) > limit
                 rows = found[:limit]
         return [self._row(r) for r in rows], has_more
+
+    _VISIBLE = "id NOT IN (SELECT value FROM json_each(?))"
 
     def _seq(self, batch_id: str) -> int | None:
         found = self._db.execute("SELECT seq FROM batches WHERE id = ?", (batch_id,)).fetchone()
