@@ -21,7 +21,8 @@ MAX_LINE_BYTES = 32 * MIB  # one line of a jsonl or csv data file (the API's req
 
 
 class FileRefused(Exception):
-    """A file that is not read; args[0] is the reason, without the file's name."""
+    """A file that is not read; args[0] is the reason, without the file's name (args[1], if
+    there, the line number)."""
 
 
 def confined(path: Path, root: Path) -> Path:
@@ -87,5 +88,5 @@ def bounded_lines(f: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[in
             return
         number += 1
         if len(line) > limit and not line.endswith(b"\n"):
-            raise FileRefused(f"line {number}: longer than the {limit // MIB} MiB line limit")
+            raise FileRefused(f"longer than the {limit // MIB} MiB line limit", number)
         yield number, line

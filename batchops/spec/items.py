@@ -405,7 +405,8 @@ def _binary_lines(path: Path, shown: str, root: Path | None = None) -> Iterator[
                     line = line[3:]
                 yield number, line
         except FileRefused as e:
-            raise _Fatal(shown, e.args[0]) from None
+            where = f"{shown}: line {e.args[1]}" if len(e.args) > 1 else shown
+            raise _Fatal(where, e.args[0]) from None
         except OSError as e:
             raise _Fatal(shown, f"cannot read: {e.strerror}") from None
 

@@ -390,7 +390,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         budget = _budget()
         budget.tick()
         if getattr(__obj, "__self__", None) is __self and __obj.__name__.startswith("budget_"):
-            return __obj(*args, **kwargs)  # a helper of the rewritten tree: it counts itself
+            return __obj(*args)  # a helper of the rewritten tree (it counts itself); kwargs are
+            # Jinja's own bookkeeping (_loop_vars, _block_vars)
         args = _method_precheck(__obj, args, kwargs, budget)
         return budget.value(super().call(__context, __obj, *args, **kwargs))
 
