@@ -42,7 +42,32 @@ class BudgetExceeded(PlanError):
 
 
 class RemoteError(BatchopsError):
-    """The Message Batches API failed in a way batchops cannot recover from in this run."""
+    """The Message Batches API failed in a way batchops cannot recover from in this run.
+
+    `status` is the HTTP status when there was a response; `retryable` says whether the same
+    call may succeed later (429, 5xx, a dropped connection), so callers never read the message.
+    """
+
+    def __init__(self, *problems: str, status: int | None = None, retryable: bool = False):
+        super().__init__(*problems)
+        self.status = status
+        self.retryable = retryable
+
+
+class NotFound(RemoteError):
+    """The API answered 404 for a batch (deleted, never existed, or a passing fault)."""
+
+    def __init__(self, batch_id: str):
+        super().__init__(f"batch {batch_id} not found", status=404)
+        self.batch_id = batch_id
+
+
+class CreateOutcomeUnknown(RemoteError):
+    """A create may or may not have made a batch (timeout, dropped connection, 5xx)."""
+
+
+class NoCredentials(BatchopsError):
+    """No API key, and not running against the emulator."""
 
 
 def location(file: object, *parts: object) -> str:

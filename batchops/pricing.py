@@ -200,3 +200,12 @@ def usage_from_message(usage: dict[str, Any]) -> Usage:
         cache_write_1h_tokens=write_1h,
         cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
     )
+
+
+def money(value: float | None) -> str:
+    """Dollars as people read them: cents, or four places below a cent."""
+    if value is None:
+        return "-"
+    if value >= 1 or round(value, 2) == value:
+        return f"${value:,.2f}"
+    return f"${value:,.4f}"

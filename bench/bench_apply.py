@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench_plan import make_project
 
-from batchops.context import Context, Settings
+from batchops.commands.context import Context, Settings
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from batchops.context import Context, Settings
-from batchops.state import StateStore
+from batchops.commands.context import Context, Settings
+from batchops.state.sqlite import SqliteWriter as StateStore
 
 
 def peak_mb() -> float:

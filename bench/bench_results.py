@@ -28,7 +28,7 @@ from bench_items import SPEC, peak_mb  # the same job as the rendering benchmark
 def setup(root: Path, rows: int) -> None:
     from batchops.spec.items import iter_items
     from batchops.spec.model import load_project
-    from batchops.state import StateStore
+    from batchops.state.sqlite import SqliteWriter as StateStore
 
     data = root / "jobs" / "data" / "rows.jsonl"
     data.parent.mkdir(parents=True)
@@ -63,7 +63,7 @@ def setup(root: Path, rows: int) -> None:
         )
         chunk.clear()
 
-    with store.transaction():
+    with store._transaction():
         for i, item in enumerate(iter_items(job, project.root), 1):
             text = ("positive", "negative", "neutral")[i % 3]
             message = json.dumps(
@@ -86,7 +86,7 @@ def setup(root: Path, rows: int) -> None:
 
 
 def measure(root: Path, mode: str) -> dict:
-    from batchops.context import Context, Settings
+    from batchops.commands.context import Context, Settings
 
     ctx = Context(Settings(jobs_path=root / "jobs", state_path=root / "state.db", root=root))
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def measure(root: Path, mode: str) -> dict:
                 f.write("\n")
                 rows += 1
     else:
-        from batchops.results import export
+        from batchops.commands.results import export
 
         fmt = mode.split()[1]
         rows = export(ctx, "bench", fmt, root / f"out.{fmt}").rows

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchops.context import Context, Settings
+from batchops.commands.context import Context, Settings
 
 API_KEY = "test-dummy-key"
 

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batchops.context import Context, Settings
+from batchops.commands.context import Context, Settings
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
-from batchops.state import StateStore
+from batchops.state.sqlite import SqliteWriter as StateStore
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 OLD_FP = "sha256:" + "0" * 64
@@ -204,7 +204,7 @@ def fill_demo_state(root: Path) -> Path:
     cid = {k: v[0] for k, v in ids.items()}
     fp = {k: v[1] for k, v in ids.items()}
     gone_cid = "demo-gone-aaaaaaaaaaaa"
-    with f.store.transaction():
+    with f.store._transaction():
         f.batch(
             "msgbatch_old",
             "ended",

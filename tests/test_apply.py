@@ -8,10 +8,10 @@ import sqlite3
 import pytest
 
 from batchops.emulator import EmulatorAdmin
-from batchops.errors import BudgetExceeded, LockHeld, StateError
+from batchops.errors import BudgetExceeded, LockHeld, PlanError, StateError
 from batchops.spec.desired import items_for
 from batchops.spec.items import custom_id_for
-from batchops.state import StateStore
+from batchops.state.sqlite import SqliteWriter as StateStore
 from tests.projects import apply, context, rows, write_project, write_rows
 
 DAY = 24 * 3600
@@ -20,8 +20,8 @@ DAY = 24 * 3600
 def states(ctx) -> dict[str, str]:
     """key → DESIGN §5 state, as a fresh offline plan sees it."""
     plan, desired = ctx.plan(refresh=False)
-    from batchops.planner import classify
-    from batchops.state import StateReader
+    from batchops.plan.diff import classify
+    from batchops.state.sqlite import SqliteReader as StateReader
 
     reader = StateReader.open(ctx.settings.state_path)
     records = {r.key: r for r in reader.item_records()}
@@ -184,7 +184,7 @@ def test_lock_held_fails_at_once_naming_the_holder(tmp_path, emulator):
     write_project(tmp_path, rows(1))
     ctx = context(tmp_path, emulator)
     store = StateStore.open(ctx.settings.state_path)
-    held = store.acquire_lock("apply")
+    held = store.held
     try:
         with pytest.raises(LockHeld) as caught:
             apply(ctx)
@@ -286,7 +286,7 @@ def test_plan_does_not_create_a_state_file(tmp_path, emulator):
 
 
 def test_saved_plan_applies_exactly_once(tmp_path, emulator, emulator_admin):
-    from batchops import planfile
+    from batchops.plan import saved as planfile
 
     write_project(tmp_path, rows(3))
     ctx = context(tmp_path, emulator)
@@ -303,7 +303,7 @@ def test_saved_plan_applies_exactly_once(tmp_path, emulator, emulator_admin):
 
 
 def test_stale_saved_plan_is_refused_without_network(tmp_path, emulator):
-    from batchops import planfile
+    from batchops.plan import saved as planfile
 
     write_project(tmp_path, rows(3))
     ctx = context(tmp_path, emulator)
@@ -312,7 +312,7 @@ def test_stale_saved_plan_is_refused_without_network(tmp_path, emulator):
     planfile.save(plan, desired, path, None)
     write_rows(tmp_path, rows(3, r2="edited"))
     offline = context(tmp_path, "http://127.0.0.1:9")  # nothing listens there
-    with pytest.raises(StateError) as caught:
+    with pytest.raises(PlanError) as caught:
         offline.apply(plan_file=path)
     assert caught.value.problems == [
         f"{path}: specs changed since the plan was made; make a new plan"
@@ -390,7 +390,7 @@ def test_force_unlock_needs_the_lock_id(tmp_path):
     write_project(tmp_path, rows(1))
     state = tmp_path / "state" / "batchops.db"
     store = StateStore.open(state)
-    held = store.acquire_lock("apply")
+    held, store.held = store.held, None  # left behind, as by a process that died holding it
     store.close()
     runner = CliRunner()
     wrong = runner.invoke(cli, ["--state", str(state), "force-unlock", "nope"])
@@ -421,13 +421,11 @@ def test_lock_timeout_waits_for_the_holder(tmp_path, emulator):
     write_project(tmp_path, rows(1))
     ctx = context(tmp_path, emulator)
     store = StateStore.open(ctx.settings.state_path)
-    held = store.acquire_lock("apply")
+    held, store.held = store.held, None
     store.close()
 
     def release() -> None:
-        other = StateStore.open(ctx.settings.state_path)  # SQLite connections stay in one thread
-        other.release_lock(held.lock_id)
-        other.close()
+        StateStore.force_unlock_at(ctx.settings.state_path, held.lock_id)
 
     timer = threading.Timer(1.0, release)
     timer.start()
@@ -499,7 +497,7 @@ def test_an_item_removed_then_added_back_is_not_paid_for_again(tmp_path, emulato
 
 
 def test_an_offline_plan_says_which_batches_it_did_not_refresh(tmp_path, emulator, emulator_admin):
-    from batchops.report import plan_text
+    from batchops.views.plan import plan_text
 
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(2))

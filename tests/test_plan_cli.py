@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchops.cli import cli
-from batchops.state import StateStore
+from batchops.state.sqlite import SqliteWriter as StateStore
 from tests.projects import API_KEY, apply, context, rows, write_project
 
 
@@ -71,7 +71,7 @@ def test_plan_json_shape(project):
     result = run("plan", "--no-refresh", "--json")
     assert result.exit_code == 0
     data = json.loads(result.output)
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["changes"] is True
     assert data["lineage"] is None and data["serial"] == 0
     assert data["spec_digest"].startswith("sha256:")
@@ -84,6 +84,7 @@ def test_plan_json_shape(project):
         "adopt": 0,
         "requeue": 0,
         "estimated_cost_usd": data["summary"]["estimated_cost_usd"],
+        "batches_to_create": 1,
     }
     assert 0 < data["summary"]["estimated_cost_usd"] < 0.001
     [job] = data["jobs"]
@@ -149,8 +150,11 @@ def test_saved_plan_file_holds_the_exact_requests(project):
     lines = (project / "plan.jsonl").read_text().splitlines()
     header = json.loads(lines[0])
     assert header["kind"] == "batchops-plan" and header["plan"]["summary"]["submit"] == 3
-    requests = [json.loads(line) for line in lines[1:]]
+    body = [json.loads(line) for line in lines[1:-1]]
+    assert body[0]["step"]["action"] == "submit" and body[0]["step"]["requests"] == 3
+    requests = body[1:]
     assert [r["key"] for r in requests] == ["r1", "r2", "r3"]
+    assert json.loads(lines[-1])["kind"] == "batchops-plan-end"
     assert requests[0]["params"] == {
         "model": "claude-haiku-4-5",
         "max_tokens": 16,
@@ -197,7 +201,7 @@ def test_a_newer_state_file_is_refused(project):
     conn.close()
     before = state.read_bytes()
     for command in (["plan", "--no-refresh"], ["apply", "--yes"]):
-        result = CliRunner().invoke(cli, command)
+        result = CliRunner().invoke(cli, command, env={"ANTHROPIC_API_KEY": "test-not-a-key"})
         assert result.exit_code == 1
         assert result.stderr == (
             "Error: state/batchops.db: state schema is newer than this batchops understands "
@@ -221,10 +225,10 @@ def test_state_lineage_and_serial(project):
     store = StateStore.open(project / "state" / "batchops.db")
     lineage, serial = store.lineage, store.serial
     assert lineage and serial == 0
-    with store.transaction():
+    with store._transaction():
         pass
     assert store.serial == 1
-    lock = store.acquire_lock("apply")
+    lock = store.held
     store.release_lock(lock.lock_id)
     assert store.serial == 1  # the lock is not state
     store.close()

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchops.planner import DesiredItem, DesiredJob, classify, make_plan
-from batchops.state import BatchRecord, IntentRecord, ItemRecord
+from batchops.plan.diff import classify, make_plan
+from batchops.spec.desired import DesiredItem, DesiredJob
+from batchops.state.records import BatchRecord, IntentRecord, ItemRecord
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -206,10 +207,10 @@ def test_batch_actions_harvest_prune_requeue_adopt():
     assert [(b.action, b.batch_id or b.intent_id) for b in plan.batches] == [
         ("adopt", "intent_1"),
         ("harvest", "harvest-me"),
-        ("prune", "prune-me"),
         ("harvest", "harvest-and-prune"),
-        ("prune", "harvest-and-prune"),
         ("requeue", "lost"),
+        ("prune", "prune-me"),
+        ("prune", "harvest-and-prune"),
     ]
 
 

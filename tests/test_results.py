@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from batchops.cli import cli
-from batchops.context import Context, Settings
+from batchops.commands.context import Context, Settings
+from batchops.commands.results import atomic_write, export, write_outputs
 from batchops.errors import BatchopsError
-from batchops.results import atomic_write, export, write_outputs
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
 from tests.statefill import NOW, context, fill_demo_state, items_of, write_project

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchops.applier import Applier
+from batchops.apply.evaluator import Evaluator
 from batchops.errors import BatchopsError
 from batchops.spec.desired import items_for
 from tests.projects import apply, context, rows, write_project
@@ -27,10 +27,10 @@ def test_crash_between_deleted_drift_and_requeue_still_converges(
     [(batch_id,)] = db_rows(ctx, "select id from batches")
     sdk_client.messages.batches.delete(batch_id)
 
-    def die(self, record, why):
+    def die(self, step, index=0):
         raise Killed
 
-    monkeypatch.setattr(Applier, "_requeue", die)
+    monkeypatch.setattr(Evaluator, "requeue", die)
     with pytest.raises(Killed):
         apply(ctx)
     monkeypatch.undo()
@@ -88,7 +88,7 @@ def test_prune_cut_short_after_the_delete_is_recorded_even_once_results_expired(
     # refresh() recognises "deleted remotely, harvested, near expiry" as our own prune cut short
     # and sets pruned_at, but _save_batch dropped that field. Before expiry a re-prune papered
     # over it; once the results had expired, the batch was polled (a 404) by every run forever.
-    import batchops.applier as applier_mod
+    import batchops.apply.evaluator as applier_mod
 
     write_project(tmp_path, rows(2))
     ctx = context(tmp_path, emulator)
@@ -108,7 +108,7 @@ def test_prune_cut_short_after_the_delete_is_recorded_even_once_results_expired(
     # the next run comes after day 29 (by batchops' clock): no prune action any more
     from datetime import timedelta
 
-    from batchops.state import utcnow
+    from batchops.clock import utcnow
 
     ctx.clock = lambda: utcnow() + timedelta(days=2)
     report = apply(ctx)

@@ -12,13 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 import batchops.cli
-from batchops import state as state_mod
 from batchops.cli import cli
-from batchops.context import Context, Settings
+from batchops.commands.context import Context, Settings
+from batchops.commands.status import status
 from batchops.emulator import EmulatorAdmin
 from batchops.errors import StateError
-from batchops.state import StateReader, StateStore
-from batchops.status import status
+from batchops.state import sqlite as state_mod
+from batchops.state.sqlite import SqliteReader as StateReader
+from batchops.state.sqlite import SqliteWriter as StateStore
 from tests.statefill import NOW, context, fill_demo_state, write_project
 
 DAY = 86400
@@ -287,7 +288,7 @@ def test_rm_asks_on_a_terminal(
 
 def test_rm_refuses_while_locked(project: Path) -> None:
     store = StateStore.open(project / "state" / "batchops.db")
-    lock = store.acquire_lock("apply")
+    lock = store.held
     try:
         result = run("state", "rm", "demo", "--yes")
     finally:
@@ -306,8 +307,8 @@ def test_rm_refuses_while_locked(project: Path) -> None:
 def test_open_backs_up_before_a_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "state.db"
     store = StateStore.open(path)
-    with store.transaction() as db:
-        db["jobs"].insert({"name": "kept"})
+    with store._transaction():
+        store.db["jobs"].insert({"name": "kept"})
     store.close()
 
     def m0002_fake(db) -> None:

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from batchops.cli import cli
-from batchops.context import Context, Settings
-from batchops.state import StateReader
-from batchops.status import duration, status
+from batchops.commands.context import Context, Settings
+from batchops.commands.status import duration, status
+from batchops.state.sqlite import SqliteReader as StateReader
 from tests.statefill import NOW, context, fill_demo_state, write_project
 
 REPO_JOBS = Path(__file__).resolve().parent.parent / "jobs"

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from batchops.errors import BatchopsError, SpecError
 from batchops.pricing import PriceTable, estimate_request
 from batchops.spec import parallel
-from batchops.spec.items import Item, iter_items
+from batchops.spec.items import Item, iter_items, request_size
 from batchops.spec.model import Job, Project
 
 
@@ -27,6 +27,7 @@ class DesiredItem(NamedTuple):
     custom_id: str
     fingerprint: str
     cost_usd: float
+    size: int = 0  # bytes of its request line in a create body (for splitting into batches)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class DesiredJob:
     budget_usd: float | None
     items: tuple[DesiredItem, ...]
     cost_note: str | None = None  # why the estimate is incomplete (e.g. no price for the model)
+    betas: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,27 +87,32 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
     missing: set[str] = set()
     items: list[DesiredItem] = []
     digest.update(f"job\x1f{job.name}\x1f{job.max_attempts}\x1f{job.budget_usd}\n".encode())
-    for key, custom_id, fp, cost, model in _rows(job, root, prices, today, price_cache):
+    for key, custom_id, fp, cost, model, size in _rows(job, root, prices, today, price_cache):
         if cost is None:
             missing.add(model)
             cost = 0.0
-        items.append(DesiredItem(key, custom_id, fp, cost))
+        items.append(DesiredItem(key, custom_id, fp, cost, size))
         digest.update(f"{key}\x1f{fp}\n".encode())
     note = None
     if missing:
         note = f"no price for model {', '.join(sorted(missing))} in {prices.source}: estimate excludes it"
-    return DesiredJob(job.name, job.max_attempts, job.budget_usd, tuple(items), note)
+    return DesiredJob(
+        job.name, job.max_attempts, job.budget_usd, tuple(items), note, tuple(job.betas)
+    )
 
 
 def _rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
-) -> Iterator[tuple[str, str, str, float | None, str]]:
-    """(key, custom_id, fingerprint, cost or None when unpriced, model) per item, in order."""
+) -> Iterator[tuple[str, str, str, float | None, str, int]]:
+    """(key, custom_id, fingerprint, cost or None when unpriced, model, request bytes) per item."""
     if parallel.wants_parallel(job):
-        for key, custom_id, fp, cost, model in parallel.desired_rows(job, root, prices, today):
+        for key, custom_id, fp, cost, model, size in parallel.desired_rows(
+            job, root, prices, today
+        ):
             if model not in price_cache:
                 price_cache[model] = prices.price(model, today)
-            yield key, custom_id, fp, (cost if price_cache[model] is not None else None), model
+            priced = cost if price_cache[model] is not None else None
+            yield key, custom_id, fp, priced, model, size
         return
     for item in iter_items(job, root):
         model = str(item.params.get("model", ""))
@@ -113,7 +120,7 @@ def _rows(
             price_cache[model] = prices.price(model, today)
         price = price_cache[model]
         cost = estimate_request(item.params).cost(price) if price is not None else None
-        yield item.key, item.custom_id, item.fingerprint, cost, model
+        yield item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
 
 
 def items_for(project: Project, job_name: str, keys: set[str] | None = None) -> Iterator[Item]:

@@ -748,3 +748,16 @@ def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterato
             fingerprint(params, job.betas),
             None,
         )
+
+
+def request_size_of(custom_id: str, params: dict[str, Any]) -> int:
+    """Bytes of `{"custom_id": …, "params": …}` and its separator in a create body."""
+    try:
+        body = len(orjson.dumps(params))
+    except (TypeError, orjson.JSONEncodeError):
+        body = len(json.dumps(params, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return body + len(custom_id.encode()) + 28
+
+
+def request_size(item: Item) -> int:
+    return request_size_of(item.custom_id, item.params)

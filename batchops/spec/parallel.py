@@ -31,6 +31,7 @@ from batchops.spec.items import (
     _Problems,
     _Renderer,
     _RenderError,
+    request_size_of,
 )
 from batchops.spec.model import Job, display_path
 
@@ -62,8 +63,9 @@ def desired_rows(
     today: date,
     chunk_lines: int = CHUNK_LINES,
     processes: int | None = None,
-) -> Iterator[tuple[str, str, str, float, str]]:
-    """(key, custom_id, fingerprint, cost, model) per item in source order; SpecError as iter_items."""
+) -> Iterator[tuple[str, str, str, float, str, int]]:
+    """(key, custom_id, fingerprint, cost, model, bytes) per item in source order; SpecError as
+    iter_items."""
     spec_shown = display_path(job.spec_file, root)
     compile_problems: list[str] = []
     _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
@@ -207,5 +209,7 @@ def _render_chunk(chunk: list[tuple[int, bytes]]) -> list[tuple]:
             cache[model] = w["prices"].price(model, w["today"])
         price = cache[model]
         cost = estimate_request(params).cost(price) if price is not None else 0.0
-        out.append(("ok", number, key, custom_id(key), fp, cost, model))
+        cid = custom_id(key)
+        size = request_size_of(cid, params)
+        out.append(("ok", number, key, cid, fp, cost, model, size))
     return out

@@ -24,13 +24,14 @@ from typing import IO, Any
 
 import orjson
 
-from batchops.context import Context, plan_from
+from batchops.commands.context import Context
 from batchops.errors import BatchopsError
-from batchops.planner import DesiredItem, classify
-from batchops.spec.desired import select_jobs
+from batchops.plan.build import plan_from
+from batchops.plan.diff import classify
+from batchops.spec.desired import DesiredItem, select_jobs
 from batchops.spec.items import Item, iter_items
 from batchops.spec.model import Job
-from batchops.state import ItemRecord, StateReader
+from batchops.state.api import StateReader
 
 FORMATS = ("jsonl", "csv", "json")
 # Columns of every row, in order; `input` (the input row) and `message` (jsonl/json only) follow.
@@ -49,16 +50,6 @@ COLUMNS = (
     "batch_id",
 )
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
-
-_LOOKUP = (
-    "select i.custom_id, coalesce(a.fingerprint, i.fingerprint), i.attempts,"
-    " i.inflight_attempt is not null, i.outcome, i.error_type, i.error_message, i.canceled_by_us,"
-    " r.fingerprint, r.type, r.text, r.message, r.stop_reason, r.model, r.input_tokens,"
-    " r.output_tokens, r.batch_id"
-    " from items i left join attempts a on a.id = i.inflight_attempt"
-    " left join results r on r.id = i.result_id"
-    " where i.job = ? and i.key = ?"
-)
 
 
 @dataclass(frozen=True)
@@ -96,7 +87,7 @@ def iter_results(
     `message` holds the full stored Message as an `orjson.Fragment` (pre-serialised JSON).
     """
     job, root = _job(context, job_name)
-    reader = StateReader.open(context.settings.state_path)
+    reader = context.reader()
     try:
         yield from _rows(job, root, reader, failed_only)
     finally:
@@ -104,24 +95,11 @@ def iter_results(
 
 
 def _rows(job: Job, root: Path, reader: StateReader, failed_only: bool) -> Iterator[dict[str, Any]]:
-    execute = reader.db.execute if reader.db is not None else None
     name, max_attempts = job.name, job.max_attempts
+    lookup = reader.result_lookups(name)
     for item in iter_items(job, root):
-        found = execute(_LOOKUP, (name, item.key)).fetchone() if execute is not None else None
-        record = None
-        if found is not None:
-            record = ItemRecord(
-                name,
-                item.key,
-                found[0],
-                found[1],
-                found[2] or 0,
-                bool(found[3]),
-                found[4],
-                found[5],
-                found[6],
-                bool(found[7]),
-            )
+        found = lookup(item.key)
+        record = found.record if found is not None else None
         state, detail = classify(
             DesiredItem(item.key, item.custom_id, item.fingerprint, 0.0), record, max_attempts
         )
@@ -130,25 +108,27 @@ def _rows(job: Job, root: Path, reader: StateReader, failed_only: bool) -> Itera
         current = (
             found is not None
             and state == "succeeded"
-            and found[9] == "succeeded"
-            and found[8] == item.fingerprint
+            and found.result_type == "succeeded"
+            and found.result_fingerprint == item.fingerprint
         )
         errored = record is not None and state in ("failed", "retry")
         yield {
             "key": item.key,
             "custom_id": item.custom_id,
             "state": state,
-            "text": found[10] if current else None,
+            "text": found.text if current and found else None,
             "detail": detail,
             "error_type": (record.error_type or record.outcome) if errored and record else None,
             "error_message": record.error_message if errored and record else None,
-            "stop_reason": found[12] if current else None,
-            "model": found[13] if current else None,
-            "input_tokens": found[14] if current else None,
-            "output_tokens": found[15] if current else None,
-            "batch_id": found[16] if current else None,
+            "stop_reason": found.stop_reason if current and found else None,
+            "model": found.model if current and found else None,
+            "input_tokens": found.input_tokens if current and found else None,
+            "output_tokens": found.output_tokens if current and found else None,
+            "batch_id": found.batch_id if current and found else None,
             "input": _input_of(item),
-            "message": orjson.Fragment(found[11]) if current and found[11] else None,
+            "message": orjson.Fragment(found.message)
+            if current and found and found.message
+            else None,
         }
 
 
@@ -272,7 +252,7 @@ def write_outputs(context: Context, job_names: Iterable[str] | None = None) -> l
     if not jobs:
         return []
     desired = context.desired([j.name for j in jobs])
-    reader = StateReader.open(context.settings.state_path)
+    reader = context.reader()
     try:
         plan = plan_from(reader, desired, context.clock())
     finally:

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from batchops.context import Context, plan_from
+from batchops.clock import iso
+from batchops.commands.context import Context
+from batchops.plan.build import plan_from
 from batchops.pricing import PriceTable, Usage
-from batchops.state import BatchRecord, StateReader, iso
+from batchops.state.api import StateReader
+from batchops.state.records import BatchRecord
 
 FORMAT_VERSION = 1
 
@@ -131,7 +134,7 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
     """Where each job stands, from the specs and the recorded state only (no network, no writes)."""
     desired = context.desired(job_names)
     now = context.clock()
-    reader = StateReader.open(context.settings.state_path)
+    reader = context.reader()
     try:
         plan = plan_from(reader, desired, now)
         actual, notes = actual_costs(reader, context.prices)
@@ -182,19 +185,7 @@ def actual_costs(
     """
     costs: dict[str, float] = {}
     unpriced: dict[str, set[str]] = {}
-    if reader.db is None:
-        return costs, {}
-    sql = (
-        "select r.job, r.model, substr(coalesce(b.created_at, r.received_at), 1, 10),"
-        " sum(coalesce(r.input_tokens, 0)), sum(coalesce(r.output_tokens, 0)),"
-        " sum(max(coalesce(r.cache_creation_input_tokens, 0)"
-        " - coalesce(r.cache_creation_1h_input_tokens, 0), 0)),"
-        " sum(coalesce(r.cache_creation_1h_input_tokens, 0)),"
-        " sum(coalesce(r.cache_read_input_tokens, 0))"
-        " from results r left join batches b on b.id = r.batch_id"
-        " where r.type = 'succeeded' group by 1, 2, 3"
-    )
-    for job, model, day, inp, out, write_5m, write_1h, read in reader.db.execute(sql):
+    for job, model, day, inp, out, write_5m, write_1h, read in reader.usage_rows():
         costs.setdefault(job, 0.0)
         price = prices.price(model or "", date.fromisoformat(day)) if day else None
         if price is None:

@@ -12,23 +12,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchops.errors import StateError
-from batchops.planner import Plan, make_plan
+from batchops.clock import utcnow
+from batchops.errors import NoCredentials, StateError
+from batchops.plan.actions import Plan
+from batchops.plan.build import plan_from
+from batchops.plan.diff import BatchLimits
 from batchops.pricing import PriceTable
 from batchops.spec import desired as desired_mod
 from batchops.spec.desired import Desired
 from batchops.spec.model import Project, load_project
-from batchops.state import BatchRecord, LockInfo, StateReader, StateStore, iso, utcnow
+from batchops.state import open_reader, open_writer, state_exists
+from batchops.state.records import BatchRecord, LockInfo
 
 if TYPE_CHECKING:
-    from batchops.applier import ApplyReport, Progress
-    from batchops.client import BatchesClient
+    from batchops.apply.evaluator import ApplyReport, Progress
+    from batchops.plan.saved import SavedPlan
+    from batchops.remote import BatchesClient
 
 
 @dataclass
 class Settings:
     jobs_path: Path = Path("jobs")
-    state_path: Path = Path("state/batchops.db")
+    state_path: Path | str = Path("state/batchops.db")  # a file, or a postgresql:// URL
     prices_file: Path | None = None
     root: Path | None = None
     base_url: str | None = None  # None: the SDK's own default (ANTHROPIC_BASE_URL or the real API)
@@ -44,6 +49,10 @@ class Settings:
             or os.environ.get("ANTHROPIC_API_KEY")
             or os.environ.get("ANTHROPIC_AUTH_TOKEN")
         )
+
+    @property
+    def limits(self) -> BatchLimits:
+        return BatchLimits(self.max_batch_requests, self.max_batch_bytes)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,9 @@ class Context:
     def desired(self, job_names: Iterable[str] | None = None) -> Desired:
         return desired_mod.collect(self.project(), self.prices, self.clock().date(), job_names)
 
+    def reader(self):
+        return open_reader(self.settings.state_path)
+
     # -- commands
     def validate(self, job_names: Iterable[str] | None = None) -> list[ValidatedJob]:
         """Parse every spec and render every item; no network, no state."""
@@ -104,25 +116,25 @@ class Context:
     ) -> tuple[Plan, Desired]:
         """Diff specs against state (read-only); with `refresh`, remote batches are polled first."""
         desired = self.desired(job_names)
-        reader = StateReader.open(self.settings.state_path)
+        reader = self.reader()
         try:
             remote: dict[str, BatchRecord] | None = None
             notes: list[str] = []
-            if refresh and self.settings.has_credentials and reader.db is not None:
-                from batchops.applier import remote_view
+            if refresh and self.settings.has_credentials and reader.exists:
+                from batchops.apply.refresh import remote_view
 
                 client = self.client()
                 try:
                     remote, notes = remote_view(reader.batches(), client, self.clock())
                 finally:
                     client.close()
-            plan = plan_from(reader, desired, self.clock(), remote)
+            plan = plan_from(reader, desired, self.clock(), remote, self.settings.limits)
             offline_note = None
             if remote is None:
                 moving = [
                     b
-                    for b in reader.batches(unfinished_only=True)
-                    if b.processing_status != "ended" or b.harvested_at is None
+                    for b in reader.batches()
+                    if not b.finished and (b.processing_status != "ended" or b.harvested_at is None)
                 ]
                 if moving:
                     why = "--no-refresh" if not refresh else "no ANTHROPIC_API_KEY"
@@ -135,9 +147,18 @@ class Context:
             reader.close()
 
     def client(self) -> BatchesClient:
-        from batchops.client import BatchesClient
+        """The API client; refuses to start without credentials (before anything is written)."""
+        if not self.settings.has_credentials:
+            raise NoCredentials("no API key: set ANTHROPIC_API_KEY (or use --emulator)")
+        from batchops.remote import BatchesClient
 
         return BatchesClient(self.settings.base_url, self.settings.api_key)
+
+    def load_plan(self, plan_file: Path) -> SavedPlan:
+        """Read and verify a saved plan against the specs as they render now (no network)."""
+        from batchops.plan import saved as saved_mod
+
+        return saved_mod.load(plan_file, lambda names: self.desired(names or []))
 
     def apply(
         self,
@@ -152,124 +173,149 @@ class Context:
         progress: Progress | None = None,
         submit: bool = True,
     ) -> ApplyReport:
-        """Reconcile remote batches with the specs (or send a saved plan); see `applier`."""
-        from batchops import planfile
-        from batchops.applier import Applier, check_saved_plan
+        """Reconcile remote batches with the specs (or run a saved plan); see `apply.run`."""
+        from batchops.apply.evaluator import NullProgress
+        from batchops.apply.run import run_cycles
 
+        progress = progress or NullProgress()
         job_names = list(job_names or [])
         saved = None
         if plan_file is not None:
-            saved = planfile.load(plan_file)
-            job_names = list(saved.header.get("job_names") or [])
+            saved = self.load_plan(plan_file)
+            job_names = list(saved.plan.job_names or [])
             desired = self.desired(job_names)
-            reader = StateReader.open(self.settings.state_path)
+            reader = self.reader()
             try:
-                check_saved_plan(
-                    saved,
-                    reader.lineage,
-                    reader.serial,
-                    desired.spec_digest,
-                    reader.plan_applied(saved.plan_id),
-                )
+                check_saved_plan(saved, reader.lineage, reader.serial, desired.spec_digest,
+                                 reader.plan_applied(saved.plan_id))  # fmt: skip
             finally:
                 reader.close()
         else:
             desired = self.desired(job_names)  # bad specs fail here, before state is touched
-        store = StateStore.open(self.settings.state_path)
-        client = self.client()
+        client = self.client()  # no credentials: fail before the state is written
         command = "apply" if submit else "refresh"
+
+        def takeover(held: LockInfo) -> None:
+            progress.note(
+                f"Taking over a lock left by process {held.pid}, which is no "
+                f"longer running ({held.describe().split(' (')[0]})."
+            )
+
         try:
-            applier = Applier(self, store, client, progress, desired)
-            lock = applier.lock(command, lock_timeout)
+            state = open_writer(
+                self.settings.state_path, command, lock_timeout=lock_timeout, on_takeover=takeover
+            )
             try:
                 if saved is not None:
-                    check_saved_plan(
-                        saved,
-                        store.lineage,
-                        store.serial,
-                        desired.spec_digest,  # the specs this run will act on
-                        store.plan_applied(saved.plan_id),
-                    )
-                    with store.transaction() as db:
-                        db["applied_plans"].insert(
-                            {"plan_id": saved.plan_id, "applied_at": iso(self.clock())}
-                        )
-                report = applier.run(
-                    job_names,
-                    wait=wait,
-                    timeout=timeout,
-                    poll_interval=poll_interval,
+                    check_saved_plan(saved, state.lineage, state.serial, desired.spec_digest,
+                                     state.plan_applied(saved.plan_id))  # fmt: skip
+                    state.record_plan_applied(saved.plan_id, self.clock())
+                report = run_cycles(
+                    state,
+                    client,
+                    desired,
+                    clock=self.clock,
+                    limits=self.settings.limits,
+                    progress=progress,
                     confirm=confirm,
                     saved=saved,
                     submit=submit,
+                    wait=wait,
+                    timeout=timeout,
+                    poll_interval=poll_interval,
                 )
-                if report.approved:
-                    from batchops.results import write_outputs
-
-                    report.outputs = write_outputs(self, job_names)
-                return report
             finally:
-                store.release_lock(lock.lock_id)
+                state.close()
+            if report.approved:
+                from batchops.commands.results import write_outputs
+
+                report.outputs = write_outputs(self, job_names)
+            return report
         finally:
             client.close()
-            store.close()
 
     def import_batch(self, job_name: str, batch_id: str, progress: Progress | None = None) -> int:
         """`batchops import JOB BATCH_ID`: adopt a remote batch by hand; returns results stored."""
-        from batchops.applier import Applier
+        from batchops.apply.evaluator import NullProgress
+        from batchops.apply.run import import_batch
 
         desired = self.desired([job_name])
-        store = StateStore.open(self.settings.state_path)
         client = self.client()
         try:
-            applier = Applier(self, store, client, progress)
-            lock = applier.lock("import")
+            state = open_writer(self.settings.state_path, "import")
             try:
-                return applier.import_batch(desired, job_name, batch_id)
+                return import_batch(
+                    state,
+                    client,
+                    desired,
+                    job_name,
+                    batch_id,
+                    clock=self.clock,
+                    progress=progress or NullProgress(),
+                )
             finally:
-                store.release_lock(lock.lock_id)
+                state.close()
         finally:
             client.close()
-            store.close()
 
     def force_unlock(self, lock_id: str) -> LockInfo:
         """Remove the lock `lock_id` (after making sure no apply holds it)."""
-        if not Path(self.settings.state_path).exists():
+        if not state_exists(self.settings.state_path):
             raise StateError(f"{self.settings.state_path}: no state file")
-        store = StateStore.open(self.settings.state_path)
+        reader = self.reader()
         try:
-            return store.force_unlock(lock_id)
+            held = reader.lock()
         finally:
-            store.close()
+            reader.close()
+        if held is None:
+            raise StateError(f"{self.settings.state_path}: state is not locked")
+        if held.lock_id != lock_id:
+            raise StateError(
+                f"{self.settings.state_path}: lock id {lock_id!r} does not match the lock "
+                f"held ({held.describe()})"
+            )
+        from batchops.state import force_unlock
+
+        return force_unlock(self.settings.state_path, lock_id)
+
+    def migrate(self) -> None:
+        """Upgrade the state's schema (under the lock)."""
+        if not state_exists(self.settings.state_path):
+            raise StateError(f"{self.settings.state_path}: no state file")
+        open_writer(self.settings.state_path, "state migrate").close()
 
     def refresh(self, progress: Progress | None = None) -> ApplyReport:
         """Poll remote batches and harvest finished ones; submit nothing."""
         return self.apply(progress=progress, submit=False)
 
 
-def plan_from(
-    reader: StateReader,
-    desired: Desired,
-    now: datetime,
-    remote: dict[str, BatchRecord] | None = None,
-) -> Plan:
-    """Make the plan for `desired` against what `reader` holds (the pure diff does the rest)."""
-    scope = None if desired.all_jobs_in_scope else [j.name for j in desired.jobs]
-    batches = reader.batches()
-    if remote:
-        batches = [remote.get(b.id, b) for b in batches]
-    return make_plan(
-        desired.jobs,
-        reader.item_records(scope),
-        batches,
-        reader.open_intents(),
-        now=now,
-        lineage=reader.lineage,
-        serial=reader.serial,
-        spec_digest=desired.spec_digest,
-        inflight_batches=reader.inflight_by_batch(),
-        all_jobs_in_scope=desired.all_jobs_in_scope,
-    )
+def check_saved_plan(
+    saved: SavedPlan,
+    store_lineage: str | None,
+    store_serial: int,
+    spec_digest: str,
+    already_applied: bool,
+) -> None:
+    """Refuse a saved plan that no longer matches (before any network call)."""
+    problems = []
+    if already_applied:
+        problems.append(f"{saved.path}: this plan was already applied; make a new plan")
+    # A plan made before the state file existed applies to the fresh file apply creates for it.
+    fresh = saved.lineage is None and store_serial == 0
+    if saved.lineage != store_lineage and not fresh:
+        problems.append(
+            f"{saved.path}: plan was made for state lineage {saved.lineage}, "
+            f"but the state file has lineage {store_lineage}"
+        )
+    if saved.serial != store_serial:
+        problems.append(
+            f"{saved.path}: state changed since the plan was made (serial "
+            f"{saved.serial} → {store_serial}); make a new plan"
+        )
+    if saved.spec_digest != spec_digest:
+        problems.append(f"{saved.path}: specs changed since the plan was made; make a new plan")
+    if problems:
+        raise StateError(*problems)
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 import anthropic
 import orjson
 
-from batchops.errors import RemoteError
-from batchops.state import parse_time
+from batchops.clock import parse_time
+from batchops.errors import CreateOutcomeUnknown, NotFound, RemoteError
 
 RESULT_RETENTION = timedelta(days=29)
 READ_RETRIES = 5
@@ -53,12 +53,11 @@ class RemoteBatch:
         )
 
 
-class CreateOutcomeUnknown(Exception):
-    """The create may or may not have made a batch (timeout, dropped connection, 5xx)."""
-
-
-class NotFound(Exception):
-    """The batch does not exist remotely (deleted, or never was)."""
+def remote_error(exc: BaseException, what: str) -> RemoteError:
+    """A RemoteError for an SDK failure, carrying the HTTP status and whether to try again."""
+    status = getattr(exc, "status_code", None)
+    retryable = status is None or status == 429 or status >= 500 or status in (408, 409)
+    return RemoteError(describe(exc, what), status=status, retryable=retryable)
 
 
 def describe(exc: BaseException, what: str) -> str:
@@ -106,10 +105,12 @@ class BatchesClient:
                 batch = sdk.messages.batches.create(requests=list(requests))
         except anthropic.APIStatusError as exc:
             if exc.status_code >= 500 or exc.status_code in (408, 409):
-                raise CreateOutcomeUnknown(describe(exc, "create batch")) from exc
-            raise RemoteError(describe(exc, "create batch")) from None
+                raise CreateOutcomeUnknown(
+                    describe(exc, "create batch"), status=exc.status_code, retryable=True
+                ) from exc
+            raise remote_error(exc, "create batch") from None
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
-            raise CreateOutcomeUnknown(describe(exc, "create batch")) from exc
+            raise CreateOutcomeUnknown(describe(exc, "create batch"), retryable=True) from exc
         return RemoteBatch.from_sdk(batch)
 
     def retrieve(self, batch_id: str) -> RemoteBatch:
@@ -118,7 +119,7 @@ class BatchesClient:
         except anthropic.NotFoundError:
             raise NotFound(batch_id) from None
         except anthropic.APIError as exc:
-            raise RemoteError(describe(exc, f"retrieve batch {batch_id}")) from None
+            raise remote_error(exc, f"retrieve batch {batch_id}") from None
 
     def list_recent(self, since: datetime) -> Iterator[RemoteBatch]:
         """Batches created at or after `since`, newest first (stops paging at older ones)."""
@@ -129,7 +130,7 @@ class BatchesClient:
                     return
                 yield remote
         except anthropic.APIError as exc:
-            raise RemoteError(describe(exc, "list batches")) from None
+            raise remote_error(exc, "list batches") from None
 
     def cancel(self, batch_id: str) -> RemoteBatch:
         try:
@@ -137,7 +138,7 @@ class BatchesClient:
         except anthropic.NotFoundError:
             raise NotFound(batch_id) from None
         except anthropic.APIError as exc:
-            raise RemoteError(describe(exc, f"cancel batch {batch_id}")) from None
+            raise remote_error(exc, f"cancel batch {batch_id}") from None
 
     def delete(self, batch_id: str) -> None:
         try:
@@ -145,7 +146,7 @@ class BatchesClient:
         except anthropic.NotFoundError:
             raise NotFound(batch_id) from None
         except anthropic.APIError as exc:
-            raise RemoteError(describe(exc, f"delete batch {batch_id}")) from None
+            raise remote_error(exc, f"delete batch {batch_id}") from None
 
     @contextlib.contextmanager
     def results(self, batch_id: str) -> Iterator[Iterator[dict[str, Any]]]:
@@ -157,7 +158,7 @@ class BatchesClient:
         except anthropic.NotFoundError:
             raise NotFound(batch_id) from None
         except anthropic.AnthropicError as exc:  # includes "No results_url" (not yet ended)
-            raise RemoteError(describe(exc, what)) from None
+            raise remote_error(exc, what) from None
 
 
 def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
@@ -171,7 +172,7 @@ def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
         except StopIteration:
             return
         except anthropic.APIError as exc:
-            raise RemoteError(describe(exc, what)) from None
+            raise remote_error(exc, what) from None
         except Exception as exc:
             raise RemoteError(
                 f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"

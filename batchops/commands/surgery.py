@@ -17,22 +17,15 @@ from typing import Any
 
 import orjson
 
-from batchops.context import Context
+from batchops.clock import iso
+from batchops.commands.context import Context
 from batchops.errors import BatchopsError, StateError
-from batchops.state import BatchRecord, StateReader, StateStore, backup, iso
+from batchops.state import is_postgres, open_writer, state_exists
+from batchops.state.api import OUTCOMES, StateReader
+from batchops.state.records import BatchRecord, JobSummary
 
-OUTCOMES = ("succeeded", "errored", "expired", "canceled", "lost")
-
-
-@dataclass(frozen=True)
-class JobEntry:
-    name: str
-    items: int
-    in_flight: int
-    # last finished attempt per item, by outcome (OUTCOMES, and "none": never finished)
-    outcomes: dict[str, int]
-    batches: int
-    results: int  # result rows stored (history included)
+JobEntry = JobSummary  # last finished attempt per item by outcome (OUTCOMES, and "none")
+__all__ = ["OUTCOMES", "JobEntry"]
 
 
 @dataclass(frozen=True)
@@ -161,51 +154,12 @@ def _entry(b: BatchRecord) -> BatchEntry:
     )
 
 
-def _job_names(reader: StateReader) -> list[str]:
-    if reader.db is None:
-        return []
-    sql = (
-        "select name from jobs union select job from items union select job from batches"
-        " union select job from results union select job from intents order by 1"
-    )
-    return [r[0] for r in reader.db.execute(sql) if r[0] is not None]
-
-
-def _job_entries(reader: StateReader, names: list[str]) -> list[JobEntry]:
-    if reader.db is None:
-        return []
-    db = reader.db
-    items: dict[str, list[int]] = {}
-    outcomes: dict[str, dict[str, int]] = {}
-    for job, outcome, inflight, count in db.execute(
-        "select job, outcome, inflight_attempt is not null, count(*) from items group by 1, 2, 3"
-    ):
-        total = items.setdefault(job, [0, 0])
-        total[0] += count
-        if inflight:
-            total[1] += count
-        per = outcomes.setdefault(job, dict.fromkeys((*OUTCOMES, "none"), 0))
-        per[outcome if outcome in per else "none"] += count
-    batches = dict(db.execute("select job, count(*) from batches group by job").fetchall())
-    results = dict(db.execute("select job, count(*) from results group by job").fetchall())
-    return [
-        JobEntry(
-            name,
-            items.get(name, [0, 0])[0],
-            items.get(name, [0, 0])[1],
-            outcomes.get(name, dict.fromkeys((*OUTCOMES, "none"), 0)),
-            batches.get(name, 0),
-            results.get(name, 0),
-        )
-        for name in names
-    ]
-
-
 def _reader(context: Context) -> StateReader:
-    path = Path(context.settings.state_path)
-    if not path.exists():
-        raise StateError(f"{path}: no state file (nothing has been applied yet)")
-    return StateReader.open(path)
+    if not state_exists(context.settings.state_path):
+        raise StateError(
+            f"{context.settings.state_path}: no state file (nothing has been applied yet)"
+        )
+    return context.reader()
 
 
 def state_list(context: Context) -> StateListing:
@@ -216,7 +170,7 @@ def state_list(context: Context) -> StateListing:
             str(context.settings.state_path),
             reader.lineage,
             reader.serial,
-            tuple(_job_entries(reader, _job_names(reader))),
+            tuple(reader.job_summaries(reader.job_names())),
             tuple(_entry(b) for b in reader.batches()),
         )
     finally:
@@ -232,31 +186,20 @@ def state_show(context: Context, target: str) -> BatchDetail | JobDetail:
         reader.close()
 
 
-def _show(reader: StateReader, target: str, path: Path) -> BatchDetail | JobDetail:
+def _show(reader: StateReader, target: str, path: Path | str) -> BatchDetail | JobDetail:
     record = reader.batch(target)
-    if record is not None and reader.db is not None:
-        db = reader.db
-        attempts = dict(
-            db.execute(
-                "select coalesce(outcome, status), count(*) from attempts where batch_id = ?"
-                " group by 1 order by 1",
-                [target],
-            ).fetchall()
-        )
-        results = db.execute("select count(*) from results where batch_id = ?", [target])
-        intent = db.execute("select intent_id from batches where id = ?", [target]).fetchone()
+    if record is not None:
+        intent, attempts, results = reader.batch_detail(target)
         counts = orjson.loads(record.request_counts) if record.request_counts else {}
-        return BatchDetail(
-            record, batch_status(record), intent[0], counts, attempts, results.fetchone()[0]
-        )
-    if target in _job_names(reader):
-        (entry,) = _job_entries(reader, [target])
+        return BatchDetail(record, batch_status(record), intent, counts, attempts, results)
+    if target in reader.job_names():
+        (entry,) = reader.job_summaries([target])
         batches = tuple(_entry(b) for b in reader.batches() if b.job == target)
         return JobDetail(entry, batches)
     raise _unknown(target, path)
 
 
-def _unknown(target: str, path: Path) -> BatchopsError:
+def _unknown(target: str, path: Path | str) -> BatchopsError:
     kind = "batch" if target.startswith("msgbatch_") else "job or batch"
     return BatchopsError(f"no {kind} {target!r} in state {path}")
 
@@ -265,29 +208,39 @@ def preview_rm(context: Context, target: str) -> Removal:
     """What `rm` would remove (nothing is written)."""
     reader = _reader(context)
     try:
-        return _removal(reader, target, Path(context.settings.state_path), count_only=True)
+        found = reader.removal_counts(target)
     finally:
         reader.close()
+    if found is None:
+        raise _unknown(target, context.settings.state_path)
+    return Removal(found[0], target, found[1])
 
 
 def state_rm(context: Context, target: str) -> Removal:
-    """Forget a job or a batch: back up the file, then delete in one transaction (serial +1)."""
-    path = Path(context.settings.state_path)
-    reader = _reader(context)  # refuses a missing file before StateStore.open would create one
-    reader.close()
-    store = StateStore.open(path)
+    """Forget a job or a batch: back up the state, then remove in one transaction (serial +1).
+
+    Takes the state's lock like apply, so it never runs beside one.
+    """
+    location = context.settings.state_path
+    preview_rm(context, target)  # unknown target: fail before anything is written
+    state = open_writer(location, f"state rm {target}")
     try:
-        _removal(store, target, path, count_only=True)  # unknown target: fail before the backup
-        lock = store.acquire_lock(f"state rm {target}")
-        try:
-            copy = backup(path, _backup_path(path, context.clock()))
-            with store.transaction():
-                removal = _removal(store, target, path, count_only=False)
-        finally:
-            store.release_lock(lock.lock_id)
+        copy = None if is_postgres(location) else _backup(Path(location), context.clock())
+        kind, rows = state.remove(target)
     finally:
-        store.close()
-    return Removal(removal.kind, removal.target, removal.rows, copy)
+        state.close()
+    return Removal(kind, target, rows, copy)
+
+
+def _backup(path: Path, now: datetime) -> Path:
+    from batchops.state.sqlite import backup
+
+    target = _backup_path(path, now)
+    try:
+        return backup(path, target)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def _backup_path(path: Path, now: datetime) -> Path:
@@ -298,58 +251,3 @@ def _backup_path(path: Path, now: datetime) -> Path:
         candidate = path.with_name(f"{path.name}.backup-{stamp}-{n}")
         n += 1
     return candidate
-
-
-_JOB_TABLES = (
-    ("items", "job = ?"),
-    ("attempts", "job = ?"),
-    ("results", "job = ?"),
-    ("batches", "job = ?"),
-    ("intents", "job = ?"),
-    ("jobs", "name = ?"),
-)
-
-
-def _removal(reader: StateReader, target: str, path: Path, *, count_only: bool) -> Removal:
-    db = reader.db
-    if db is None:
-        raise _unknown(target, path)
-    if reader.batch(target) is not None:
-        return _batch_removal(db, target, count_only)
-    if target not in _job_names(reader):
-        raise _unknown(target, path)
-    rows = {}
-    for table, where in _JOB_TABLES:
-        if count_only:
-            rows[table] = db.execute(
-                f"select count(*) from {table} where {where}", [target]
-            ).fetchone()[0]
-        else:
-            rows[table] = db.execute(f"delete from {table} where {where}", [target]).rowcount
-    return Removal("job", target, rows)
-
-
-_UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
-
-
-def _batch_removal(db, batch_id: str, count_only: bool) -> Removal:
-    in_flight_sql = f"inflight_attempt in (select id from attempts where {_UNFINISHED})"
-    if count_only:
-        items = db.execute(f"select count(*) from items where {in_flight_sql}", [batch_id])
-        attempts = db.execute(f"select count(*) from attempts where {_UNFINISHED}", [batch_id])
-        return Removal(
-            "batch",
-            batch_id,
-            {"batches": 1, "items": items.fetchone()[0], "attempts": attempts.fetchone()[0]},
-        )
-    # The attempt is not counted against max_attempts: nobody saw it fail (as for a lost batch).
-    items = db.execute(
-        "update items set inflight_attempt = null, outcome = 'lost',"
-        f" attempts = max(attempts - 1, 0) where {in_flight_sql}",
-        [batch_id],
-    ).rowcount
-    attempts = db.execute(
-        f"update attempts set status = 'lost', outcome = 'lost' where {_UNFINISHED}", [batch_id]
-    ).rowcount
-    db.execute("delete from batches where id = ?", [batch_id])
-    return Removal("batch", batch_id, {"batches": 1, "items": items, "attempts": attempts})

@@ -10,74 +10,11 @@ from typing import Any
 import orjson
 from tabulate import tabulate
 
-from batchops.planner import ACTIONS, ITEM_STATES, FailedItem, ForgetItem, Plan, SubmitItem
-from batchops.state import iso
+from batchops.plan.actions import ACTIONS, ITEM_STATES, Plan, SubmitItem
+from batchops.plan.serialize import plan_to_dict
+from batchops.pricing import money
 
 MAX_LISTED = 20  # item actions listed per job in the human formats (--json lists all)
-
-
-def money(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1 or round(value, 2) == value:
-        return f"${value:,.2f}"
-    return f"${value:,.4f}"
-
-
-def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]:
-    """The stable, versioned JSON shape of DESIGN §5."""
-    summary: dict[str, Any] = dict(plan.summary())
-    summary["estimated_cost_usd"] = round(plan.estimated_cost_usd, 6)
-    return {
-        "format_version": plan.format_version,
-        "created_at": iso(plan.created_at),
-        "lineage": plan.lineage,
-        "serial": plan.serial,
-        "spec_digest": plan.spec_digest,
-        "changes": plan.changes,
-        "refreshed": plan.offline_note is None,
-        "offline_note": plan.offline_note,
-        "summary": summary,
-        "prices": prices_source,
-        "jobs": [
-            {
-                "name": job.name,
-                "counts": job.counts,
-                "actions": [_action_dict(a) for a in job.actions],
-                "failed": [failed_dict(f) for f in job.failed],
-                "estimated_cost_usd": job.estimated_cost_usd,
-                "budget_usd": job.budget_usd,
-                "cost_note": job.cost_note,
-            }
-            for job in plan.jobs
-        ],
-        "batches": [
-            {
-                "action": b.action,
-                "batch_id": b.batch_id,
-                "job": b.job,
-                "reason": b.reason,
-                "intent_id": b.intent_id,
-            }
-            for b in plan.batches
-        ],
-    }
-
-
-def failed_dict(failed: FailedItem) -> dict[str, Any]:
-    return {"key": failed.key, "error_type": failed.error_type, "message": failed.message}
-
-
-def _action_dict(action: SubmitItem | ForgetItem) -> dict[str, Any]:
-    if isinstance(action, SubmitItem):
-        return {
-            "action": "submit",
-            "key": action.key,
-            "reason": action.reason,
-            "custom_id": action.custom_id,
-            "attempt": action.attempt,
-        }
-    return {"action": "forget", "key": action.key, "reason": action.reason}
 
 
 def plan_json(plan: Plan, prices_source: str | None = None) -> str:
@@ -122,8 +59,8 @@ def _action_lines(plan: Plan, limit: int = MAX_LISTED) -> list[str]:
         if len(job.actions) > limit:
             lines.append(f"  … and {len(job.actions) - limit} more actions for {job.name}")
     for b in plan.batches:
-        target = b.batch_id or f"intent {b.intent_id}"
-        lines.append(f"  ~ {b.action:<7} {b.job}  {target}  [{b.reason}]")
+        target = getattr(b, "batch_id", None) or f"intent {getattr(b, 'intent_id', '')}"
+        lines.append(f"  ~ {b.kind:<7} {b.job}  {target}  [{b.reason}]")
     return lines
 
 

@@ -15,9 +15,9 @@ import orjson
 from tabulate import tabulate
 
 from batchops import __version__
-from batchops.context import Context, Settings
-from batchops.errors import BatchopsError, BudgetExceeded
-from batchops.report import money, plan_json, plan_markdown, plan_text
+from batchops.commands.context import Context, Settings
+from batchops.errors import BatchopsError
+from batchops.views.plan import money, plan_json, plan_markdown, plan_text
 
 
 class BatchopsGroup(click.Group):
@@ -197,19 +197,13 @@ def plan(
         click.echo(plan_text(the_plan, source))
     for note in the_plan.notes:
         click.echo(f"Drift: {note}", err=json_)
-    over = [j for j in the_plan.jobs if j.over_budget]
-    if over:  # a plan over budget is shown, never saved
-        raise BudgetExceeded(
-            *(
-                f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
-                f"{money(j.budget_usd)}"
-                for j in over
-            )
-        )
-    if out_file is not None:
-        from batchops import planfile
+    from batchops.apply.run import check_budget
 
-        planfile.save(the_plan, desired, out_file, source)
+    check_budget(the_plan)  # a plan over budget is shown, never saved
+    if out_file is not None:
+        from batchops.plan import saved
+
+        saved.save(the_plan, desired, out_file, source)
         if not json_:
             click.echo(
                 f"Saved this plan to {out_file}: apply it with `batchops apply {out_file}`.",
@@ -352,9 +346,7 @@ def _finish(ctx: click.Context, report, json_: bool) -> None:
     if final is not None and any(j.failed for j in final.jobs):
         problems.append(f"{sum(len(j.failed) for j in final.jobs)} items failed (see above)")
     if json_:
-        from batchops.applier import report_to_dict
-
-        click.echo(orjson.dumps(report_to_dict(report), option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         _summary(report)
     if problems:
@@ -394,9 +386,7 @@ def refresh(ctx: click.Context, json_: bool) -> None:
     context = _context(ctx, remote=True)
     report = context.refresh(progress=CliProgress(err=json_))
     if json_:
-        from batchops.applier import report_to_dict
-
-        click.echo(orjson.dumps(report_to_dict(report), option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
         if report.problems:
             raise BatchopsError(*report.problems)
         return
@@ -430,8 +420,8 @@ def _echo_json(data: object) -> None:
 @click.pass_context
 def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
     """Where each job stands and what it cost, as of the last apply or refresh (offline)."""
-    from batchops.status import duration
-    from batchops.status import status as job_status
+    from batchops.commands.status import duration
+    from batchops.commands.status import status as job_status
 
     report = job_status(_offline_context(ctx), job_names)
     if json_:
@@ -531,7 +521,7 @@ def results(
     ctx: click.Context, job: str, fmt: str, out_file: Path | None, failed_only: bool
 ) -> None:
     """Export JOB's current results joined to its input rows, one row per input key."""
-    from batchops.results import export
+    from batchops.commands.results import export
 
     target = out_file if out_file is not None else sys.stdout.buffer
     summary = export(_offline_context(ctx), job, fmt, target, failed_only=failed_only)
@@ -549,7 +539,7 @@ def state_group() -> None:
 @click.pass_context
 def state_list(ctx: click.Context, json_: bool) -> None:
     """Jobs and batches recorded in the state file."""
-    from batchops.surgery import state_list as listing
+    from batchops.commands.surgery import state_list as listing
 
     found = listing(_offline_context(ctx))
     if json_:
@@ -608,8 +598,8 @@ def _when(moment) -> str:
 @click.pass_context
 def state_show(ctx: click.Context, target: str, json_: bool) -> None:
     """Details of one batch or one job in the state file."""
-    from batchops.surgery import BatchDetail
-    from batchops.surgery import state_show as show
+    from batchops.commands.surgery import BatchDetail
+    from batchops.commands.surgery import state_show as show
 
     detail = show(_offline_context(ctx), target)
     data = detail.to_dict()
@@ -667,8 +657,8 @@ def _interactive() -> bool:
 @click.pass_context
 def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
     """Forget a job or a batch (a backup of the state file is made first)."""
-    from batchops.surgery import preview_rm
-    from batchops.surgery import state_rm as remove
+    from batchops.commands.surgery import preview_rm
+    from batchops.commands.surgery import state_rm as remove
 
     context = _offline_context(ctx)
     if not yes:
@@ -773,6 +763,14 @@ def emulator() -> None:
     help="SQLite file so batches survive a restart [default: in memory].",
 )
 @click.option("--api-key", default=None, help="Accept only this key [default: any non-empty key].")
+@click.option(
+    "--faults",
+    type=click.Choice(["none", "markers", "demo"]),
+    default="markers",
+    show_default=True,
+    help="none: no faults at all; markers: [[emulator:...]] markers and --fault rates; "
+    "demo: also the README demo's rates.",
+)
 def emulator_serve(
     host: str,
     port: int,
@@ -782,14 +780,17 @@ def emulator_serve(
     seed: int,
     db_path: Path | None,
     api_key: str | None,
+    faults: str,
 ) -> None:
     """Serve the Message Batches API on HOST:PORT until interrupted; prints the base URL."""
     from pydantic import ValidationError
 
-    from batchops.emulator import EmulatorConfig, serve
+    from batchops.emulator import serve
+    from batchops.emulator.mode import serve_config
 
     try:
-        config = EmulatorConfig(
+        config = serve_config(
+            faults,
             host=host,
             port=port,
             processing_seconds=processing_seconds,

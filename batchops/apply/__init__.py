@@ -1,0 +1,1 @@
+"""Making the plan so: the evaluator (`evaluator`), the apply loop (`run`), and polling (`refresh`)."""

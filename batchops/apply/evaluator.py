@@ -1,0 +1,439 @@
+"""The evaluator: runs a plan's steps in order, a method per step type, one transaction each.
+
+Every state change goes through the state API (`StateWriter`), so a SIGKILL anywhere leaves a
+state that the next apply completes:
+
+- submit: the intent (with its attempts) is committed before the create call, which is sent
+  with SDK retries off; the created batch is recorded after. A create whose response is lost
+  leaves the intent open; the next plan carries a `ResolveIntent` step for it.
+- harvest: result lines are verified (each custom_id one this batch was sent, none twice, as
+  many as request_counts) and stored in one transaction, or nothing is.
+- cancel: marked ours before the call, so a crash cannot make it look like an outside cancel.
+- prune: only a harvested batch is deleted remotely.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from batchops.apply.refresh import as_record
+from batchops.clock import iso
+from batchops.errors import CreateOutcomeUnknown, NotFound, PlanError, RemoteError
+from batchops.plan.actions import (
+    Cancel,
+    Forget,
+    Harvest,
+    Plan,
+    Prune,
+    Requeue,
+    ResolveIntent,
+    SubmitBatch,
+    SubmitItem,
+)
+from batchops.plan.serialize import failed_dict
+from batchops.pricing import usage_from_message
+from batchops.remote import BatchesClient
+from batchops.state.api import StateWriter
+from batchops.state.records import RESULT_TYPES, BatchRecord, ResultRow, SentAttempt
+
+KILL_ENV = "BATCHOPS_TEST_DIE_AT"  # test seam: SIGKILL this process at the named checkpoint
+ADOPT_SLACK = timedelta(minutes=2)  # clock skew allowed between the intent and the remote create
+CREATE_TRIES = 4
+
+RequestSource = Callable[[int, SubmitBatch], list[tuple[SubmitItem, dict[str, Any]]]]
+
+
+def checkpoint(name: str) -> None:
+    """Die here, hard, when a test asks for it (BATCHOPS_TEST_DIE_AT=name)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Progress(Protocol):
+    def note(self, message: str) -> None: ...
+
+    def waiting(self, done: int, total: int, in_flight: int) -> None: ...
+
+
+class NullProgress:
+    def note(self, message: str) -> None:
+        pass
+
+    def waiting(self, done: int, total: int, in_flight: int) -> None:
+        pass
+
+
+@dataclass
+class ApplyReport:
+    submitted: int = 0
+    batches_created: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    harvested: list[str] = field(default_factory=list)
+    results_stored: int = 0
+    canceled: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    final_plan: Plan | None = None
+    timed_out: bool = False
+    approved: bool = True
+    outputs: list[Path] = field(default_factory=list)  # job output files written
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of `apply --json` / `refresh --json` (format_version 1)."""
+        final = self.final_plan
+        return {
+            "format_version": 1,
+            "approved": self.approved,
+            "submitted": self.submitted,
+            "batches_created": self.batches_created,
+            "adopted": self.adopted,
+            "harvested": self.harvested,
+            "results_stored": self.results_stored,
+            "canceled": self.canceled,
+            "pruned": self.pruned,
+            "requeued": self.requeued,
+            "drift": self.drift,
+            "problems": self.problems,
+            "timed_out": self.timed_out,
+            "outputs": [str(p) for p in self.outputs],
+            "jobs": [
+                {"name": j.name, "counts": j.counts, "failed": [failed_dict(f) for f in j.failed]}
+                for j in (final.jobs if final is not None else ())
+            ],
+        }
+
+
+class HarvestFailed(Exception):
+    """A batch's results did not check out; nothing was stored for it."""
+
+
+class ForeignResults(HarvestFailed):
+    """The results carry a custom_id this batch was not sent: it is not the batch we think."""
+
+
+class Evaluator:
+    """Runs plans against one state and one client."""
+
+    def __init__(
+        self,
+        state: StateWriter,
+        client: BatchesClient,
+        clock: Callable[[], datetime],
+        progress: Progress | None = None,
+        report: ApplyReport | None = None,
+    ):
+        self.state = state
+        self.client = client
+        self.clock = clock
+        self.progress = progress or NullProgress()
+        self.report = report or ApplyReport()
+        self._visit: dict[type, Callable[[Any, int], None]] = {
+            ResolveIntent: self.resolve_intent,
+            Harvest: self.harvest,
+            Requeue: self.requeue,
+            SubmitBatch: self.submit,
+            Forget: self.forget,
+            Cancel: self.cancel,
+            Prune: self.prune,
+        }
+        self._requests: RequestSource | None = None
+        self._failed_jobs: set[str] = set()
+
+    def run(self, plan: Plan, requests: RequestSource) -> None:
+        """Execute every step of `plan`, in order; `requests` renders a submit step's requests."""
+        self._requests = requests
+        self._failed_jobs = set()
+        for index, step in enumerate(plan.steps):
+            visit = self._visit.get(type(step))
+            if visit is None:
+                raise PlanError(f"unknown plan step {type(step).__name__}")
+            visit(step, index)
+
+    def _note(self, message: str) -> None:
+        self.progress.note(message)
+
+    # -- intents
+    def resolve_intent(self, step: ResolveIntent, index: int = 0) -> str | None:
+        """Adopt the batch an unanswered create made, or mark the intent unsent. Returns its id."""
+        intent = next((i for i in self.state.open_intents() if i.id == step.intent_id), None)
+        if intent is None:
+            return None
+        known = {b.id for b in self.state.batches()}
+        candidates = [
+            b
+            for b in self.client.list_recent(intent.created_at - ADOPT_SLACK)
+            if b.id not in known and b.total == intent.request_count
+        ]
+        if candidates:
+            # the earliest created after the intent; one from the clock-skew slack before it last
+            remote = min(candidates, key=lambda b: (b.created_at < intent.created_at, b.created_at))
+            record = as_record(remote, intent.job, intent.request_count)
+            self.state.record_created(intent.id, record, self.clock(), adopted=True)
+            self.report.adopted.append(remote.id)
+            self._note(
+                f"Adopted batch {remote.id} ({intent.request_count} requests, "
+                f"{intent.job}): created by an earlier run whose response was lost."
+            )
+            return remote.id
+        self.state.mark_unsent(intent.id)
+        self._note(
+            f"Create for {intent.job} ({intent.request_count} requests) never "
+            "reached the API: its items will be sent again."
+        )
+        return None
+
+    # -- harvest
+    def harvest(self, step: Harvest | BatchRecord, index: int = 0) -> bool:
+        record = step if isinstance(step, BatchRecord) else self.state.batch(step.batch_id)
+        if record is None or record.harvested_at is not None:
+            return record is not None
+        sent = self.state.sent_attempts(record.id)
+        counts = orjson.loads(record.request_counts) if record.request_counts else {}
+        expected = sum(counts.values()) if counts else record.request_count
+        try:
+            with self.client.results(record.id) as lines:
+                stored = self.state.store_harvest(
+                    record.id,
+                    self._verified_rows(record, lines, sent, expected),
+                    canceled_by_us=record.canceled_by_us_at is not None,
+                    now=self.clock(),
+                )
+        except ForeignResults as exc:
+            if record.adopted:
+                self._not_ours(record, str(exc))
+                return False
+            return self._harvest_problem(record, str(exc), again=False)
+        except NotFound:
+            return self._harvest_problem(
+                record, "its results were not found (HTTP 404)", again=True
+            )
+        except (HarvestFailed, RemoteError) as exc:
+            return self._harvest_problem(record, str(exc).splitlines()[0], again=True)
+        self.report.harvested.append(record.id)
+        self.report.results_stored += stored
+        self._note(f"Harvested batch {record.id} ({record.job}): {stored} results.")
+        return True
+
+    def _harvest_problem(self, record: BatchRecord, message: str, *, again: bool) -> bool:
+        self.report.problems.append(f"harvest of batch {record.id} ({record.job}): {message}")
+        tail = " Nothing was stored for it; the next run tries again." if again else ""
+        self._note(f"Could not harvest batch {record.id}: {message}.{tail}")
+        return False
+
+    def _not_ours(self, record: BatchRecord, why: str) -> None:
+        """An adopted batch turned out not to be ours: forget it, and send its items again."""
+        self.state.release_batch(record.id, "not-ours", self.clock())
+        note = (
+            f"batch {record.id} was adopted by mistake ({why}): it is not ours, so it is "
+            "forgotten and its items will be sent again"
+        )
+        self.report.drift.append(note)
+        self._note(f"Drift: {note}.")
+
+    def _verified_rows(
+        self,
+        record: BatchRecord,
+        lines: Iterator[dict[str, Any]],
+        sent: dict[str, SentAttempt],
+        expected: int,
+    ) -> Iterator[ResultRow]:
+        """Result lines as rows to store; raises (so nothing is stored) when they do not check out."""
+        now = iso(self.clock()) or ""
+        seen: set[str] = set()
+        count = 0
+        for line in lines:
+            custom_id = line.get("custom_id")
+            result = line.get("result")
+            if not isinstance(custom_id, str) or not isinstance(result, dict):
+                raise HarvestFailed(
+                    f"a result line without a custom_id and a result: {line!r:.200}"
+                )
+            kind = result.get("type")
+            if custom_id not in sent:
+                raise ForeignResults(
+                    f"result for custom_id {custom_id!r}, which this batch was not sent"
+                )
+            if custom_id in seen:
+                raise HarvestFailed(f"custom_id {custom_id!r} appears twice in the results")
+            if kind not in RESULT_TYPES:
+                raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
+            seen.add(custom_id)
+            count += 1
+            if count == max(expected // 2, 1):
+                checkpoint("mid-harvest")
+            attempt = sent[custom_id]
+            yield _result_row(record, custom_id, attempt, result, kind, now)
+        if count != expected:
+            raise HarvestFailed(f"{count} result lines, but request_counts add up to {expected}")
+        missing = len(sent) - len(seen)
+        if missing:
+            raise HarvestFailed(f"{missing} submitted custom_ids have no result")
+
+    # -- requeue, forget
+    def requeue(self, step: Requeue, index: int = 0) -> None:
+        self.state.release_batch(step.batch_id, step.drift, self.clock())
+        self.report.requeued.append(step.batch_id)
+        self._note(f"Batch {step.batch_id} ({step.job}): {step.reason}.")
+
+    def forget(self, step: Forget, index: int = 0) -> None:
+        now = self.clock()
+        if step.keys:
+            self.state.forget(((step.job, k) for k in step.keys), now)
+        if step.remembered:
+            self.state.remember((step.job, k) for k in step.remembered)
+
+    # -- submit
+    def submit(self, step: SubmitBatch, index: int) -> None:
+        if step.job in self._failed_jobs:
+            return
+        assert self._requests is not None
+        chunk = self._requests(index, step)
+        try:
+            self._send(step, chunk)
+        except RemoteError as exc:
+            if exc.retryable:
+                raise
+            # one job's refused create is that job's problem: the other jobs are still sent
+            self._failed_jobs.add(step.job)
+            self.report.problems.extend(f"job {step.job}: {p}" for p in exc.problems)
+            self._note(f"Could not send job {step.job}: {exc.problems[0]}")
+
+    def _send(self, step: SubmitBatch, chunk: list[tuple[SubmitItem, dict[str, Any]]]) -> None:
+        items = [item for item, _ in chunk]
+        requests = [{"custom_id": item.custom_id, "params": params} for item, params in chunk]
+        for try_number in range(1, CREATE_TRIES + 1):
+            intent_id = f"intent_{uuid.uuid4().hex}"
+            self.state.record_intent(intent_id, step.job, items, step.request_bytes, self.clock())
+            checkpoint("after-intent")
+            try:
+                remote = self.client.create(requests, step.betas)
+            except CreateOutcomeUnknown as exc:
+                self._note(f"{exc}; looking for the batch remotely before sending again.")
+                resolved = self.resolve_intent(
+                    ResolveIntent(intent_id, step.job, len(items), "create outcome unknown")
+                )
+                if resolved:
+                    return
+                if try_number == CREATE_TRIES:
+                    raise RemoteError(str(exc), retryable=True) from None
+                time.sleep(min(2**try_number * 0.25, 5))
+                continue
+            except RemoteError as exc:
+                self.state.mark_unsent(intent_id)
+                if not exc.retryable or try_number == CREATE_TRIES:
+                    raise
+                self._note(f"{exc}; trying again.")
+                time.sleep(min(2**try_number * 0.25, 5))
+                continue
+            checkpoint("after-create")
+            self.state.record_created(intent_id, as_record(remote, step.job), self.clock())
+            self.report.batches_created.append(remote.id)
+            self.report.submitted += len(items)
+            self._note(f"Created batch {remote.id} for {step.job}: {len(items)} requests.")
+            return
+
+    # -- cancel, prune
+    def cancel(self, step: Cancel, index: int = 0) -> None:
+        # Marked ours before the call: a crash after it must not read as an outside cancel.
+        self.state.mark_cancel_requested(step.batch_id, self.clock())
+        checkpoint("after-cancel-mark")
+        try:
+            remote = self.client.cancel(step.batch_id)
+        except NotFound:
+            return
+        except RemoteError as exc:
+            self._step_problem(step, exc)
+            return
+        self.state.record_cancel(
+            step.batch_id, remote.cancel_initiated_at, remote.processing_status
+        )
+        self.report.canceled.append(step.batch_id)
+        self._note(f"Cancelled batch {step.batch_id} ({step.job}): {step.reason}.")
+
+    def prune(self, step: Prune, index: int = 0) -> None:
+        record = self.state.batch(step.batch_id)
+        if record is None:
+            return
+        if record.harvested_at is None and not self.harvest(record):
+            return
+        checkpoint("mid-prune")
+        try:
+            self.client.delete(record.id)
+        except NotFound:
+            pass
+        except RemoteError as exc:
+            self._step_problem(step, exc)
+            return
+        checkpoint("after-delete")
+        self.state.mark_pruned(record.id, self.clock())
+        self.report.pruned.append(record.id)
+        self._note(f"Pruned batch {record.id} ({record.job}): {step.reason}.")
+
+    def _step_problem(self, step: Cancel | Prune, exc: RemoteError) -> None:
+        # e.g. the batch ended between refresh and cancel: the next run re-plans
+        self.report.problems.extend(exc.problems)
+        self._note(f"Could not {step.kind} batch {step.batch_id}: {exc.problems[0]}")
+
+
+def _result_row(
+    record: BatchRecord,
+    custom_id: str,
+    attempt: SentAttempt,
+    result: dict[str, Any],
+    kind: str,
+    now: str,
+) -> ResultRow:
+    text = message = stop_reason = error_type = error_message = model = None
+    tokens: list[int | None] = [None] * 5
+    if kind == "succeeded":
+        body = result.get("message") or {}
+        message = orjson.dumps(body).decode()
+        text = "".join(
+            b.get("text", "")
+            for b in body.get("content") or []
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        stop_reason = body.get("stop_reason")
+        model = body.get("model")
+        usage = usage_from_message(body.get("usage") or {})
+        tokens = [
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
+            usage.cache_write_1h_tokens,
+            usage.cache_read_tokens,
+        ]
+    elif kind == "errored":
+        envelope = result.get("error") or {}
+        error = envelope.get("error") if isinstance(envelope.get("error"), dict) else envelope
+        error_type = error.get("type")
+        error_message = error.get("message")
+    return ResultRow(
+        record.job,
+        attempt.key,
+        custom_id,
+        attempt.fingerprint,
+        record.id,
+        attempt.attempt_id,
+        kind,
+        text,
+        message,
+        stop_reason,
+        error_type,
+        error_message,
+        model,
+        *tokens,
+        now,
+    )

@@ -1,0 +1,101 @@
+"""What the remote says of the batches state records: polling, and the drift it reveals.
+
+Used by `plan` (in memory, nothing written) and by `apply` (which saves what it learnt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+
+import orjson
+
+from batchops.errors import NotFound
+from batchops.plan.diff import DEFAULT_PRUNE_MARGIN
+from batchops.remote import RESULT_RETENTION, BatchesClient, RemoteBatch
+from batchops.state.records import BatchRecord
+
+
+def as_record(remote: RemoteBatch, job: str, request_count: int = 0) -> BatchRecord:
+    """A remote batch as state records it."""
+    return BatchRecord(
+        id=remote.id,
+        job=job,
+        request_count=request_count or remote.total,
+        processing_status=remote.processing_status,
+        created_at=remote.created_at,
+        expires_at=remote.expires_at,
+        ended_at=remote.ended_at,
+        archived_at=remote.archived_at,
+        results_expire_at=remote.created_at + RESULT_RETENTION,
+        harvested_at=None,
+        canceled_by_us_at=None,
+        pruned_at=None,
+        drift=None,
+        request_counts=orjson.dumps(remote.request_counts).decode(),
+    )
+
+
+def refreshed(
+    record: BatchRecord, remote: RemoteBatch | None, now: datetime
+) -> tuple[BatchRecord, str | None]:
+    """The record as the remote sees it now (None: deleted remotely), with a drift note if any."""
+    if remote is None:
+        if record.pruned_at is not None:
+            return record, None
+        expires = record.results_expire_at
+        if record.harvested_at and expires and expires - now <= DEFAULT_PRUNE_MARGIN:
+            return replace(record, pruned_at=now), None  # our own prune, cut short by a crash
+        lost = record.harvested_at is None
+        note = f"batch {record.id} ({record.job}) was deleted outside batchops" + (
+            ": its results were never harvested, so its items will be sent again" if lost else ""
+        )
+        return replace(record, drift="deleted"), note
+    note = None
+    updated = replace(
+        record,
+        processing_status=remote.processing_status,
+        expires_at=remote.expires_at,
+        ended_at=remote.ended_at,
+        archived_at=remote.archived_at,
+        created_at=remote.created_at,
+        results_expire_at=remote.created_at + RESULT_RETENTION,
+        request_counts=orjson.dumps(remote.request_counts).decode(),
+    )
+    if remote.cancel_initiated_at and record.canceled_by_us_at is None and record.drift is None:
+        updated = replace(updated, drift="canceled")
+        note = f"batch {record.id} ({record.job}) was cancelled outside batchops"
+    if remote.archived_at and record.harvested_at is None:
+        note = (
+            f"batch {record.id} ({record.job}): results expired remotely before they were "
+            "harvested; its items will be sent again"
+        )
+    return updated, note
+
+
+def poll(
+    record: BatchRecord, client: BatchesClient, now: datetime
+) -> tuple[BatchRecord, str | None]:
+    """Retrieve one batch and return `refreshed` of it (a batch gone remotely reads as None)."""
+    try:
+        remote: RemoteBatch | None = client.retrieve(record.id)
+    except NotFound:
+        remote = None
+    return refreshed(record, remote, now)
+
+
+def remote_view(
+    batches: Iterable[BatchRecord], client: BatchesClient, now: datetime
+) -> tuple[dict[str, BatchRecord], list[str]]:
+    """Poll every batch batchops has not finished with; nothing is written."""
+    out: dict[str, BatchRecord] = {}
+    notes: list[str] = []
+    for record in batches:
+        if record.finished:
+            continue
+        updated, note = poll(record, client, now)
+        out[record.id] = updated
+        if note:
+            notes.append(note)
+    return out, notes

@@ -1,0 +1,235 @@
+"""`apply` and `refresh`: a loop of refresh → plan → show/confirm → evaluate → wait.
+
+Within a cycle, the plan that was shown and confirmed is the plan the evaluator runs. A harvest can
+only tell what to retry once it is done, so a cycle that harvested is followed at once by another
+(its own plan, shown and confirmed in turn); `--wait` keeps cycling until nothing is in flight.
+A saved plan is run exactly as written, once; with `--wait`, later cycles only poll and harvest.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+
+from batchops.apply.evaluator import ApplyReport, Evaluator, Progress, RequestSource
+from batchops.apply.refresh import as_record, poll
+from batchops.errors import BudgetExceeded, NotFound, RemoteError, StateError
+from batchops.plan.actions import Cancel, Forget, Harvest, Plan, Prune, SubmitBatch, SubmitItem
+from batchops.plan.build import plan_from
+from batchops.plan.diff import BatchLimits
+from batchops.plan.saved import SavedPlan, saved_requests, spec_requests
+from batchops.pricing import money
+from batchops.remote import BatchesClient
+from batchops.spec.desired import Desired
+from batchops.state.api import StateWriter
+
+Confirm = Callable[[Plan], bool]
+
+
+def budget_problems(plan: Plan) -> list[str]:
+    """One line per job whose estimate exceeds its budget_usd (the one place the rule lives)."""
+    return [
+        f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
+        f"{money(j.budget_usd)}"
+        for j in plan.over_budget()
+    ]
+
+
+def check_budget(plan: Plan) -> None:
+    problems = budget_problems(plan)
+    if problems:
+        raise BudgetExceeded(*problems)
+
+
+def refresh_state(
+    state: StateWriter, client: BatchesClient, now: datetime, report: ApplyReport, progress
+) -> None:
+    """Poll every batch batchops has not finished with, and save what the remote says."""
+    for record in state.batches():
+        if record.finished:
+            continue
+        updated, note = poll(record, client, now)
+        if note:
+            report.drift.append(note)
+            progress.note(f"Drift: {note}.")
+        if updated != record:
+            state.save_batch(updated, now)
+
+
+def _refresh_only(plan: Plan) -> Plan:
+    """What `refresh` runs of a plan: poll results home, send and delete nothing."""
+    keep = tuple(s for s in plan.steps if not isinstance(s, SubmitBatch | Forget | Cancel | Prune))
+    return replace(plan, steps=keep)
+
+
+def run_cycles(
+    state: StateWriter,
+    client: BatchesClient,
+    desired: Desired,
+    *,
+    clock: Callable[[], datetime],
+    limits: BatchLimits,
+    progress: Progress,
+    confirm: Confirm | None = None,
+    saved: SavedPlan | None = None,
+    submit: bool = True,
+    wait: bool = False,
+    timeout: float | None = None,
+    poll_interval: float = 5.0,
+) -> ApplyReport:
+    """The reconcile loop. The caller holds the state (and so its lock)."""
+    report = ApplyReport()
+    evaluator = Evaluator(state, client, clock, progress, report)
+    started = time.monotonic()
+    first = True
+    while True:
+        if saved is not None and first:
+            plan = saved.plan
+            requests: RequestSource = lambda index, step: saved_requests(saved, index)  # noqa: E731
+        else:
+            refresh_state(state, client, clock(), report, progress)
+            plan = plan_from(state, desired, clock(), limits=limits)
+            if not submit or saved is not None:
+                plan = _refresh_only(plan)
+            requests = _spec_source(plan, desired)
+        if plan.changes:
+            if submit:
+                check_budget(plan)
+            if confirm is not None and not confirm(plan):
+                report.approved = False
+                return report
+        if plan.steps:
+            evaluator.run(plan, requests)
+        first = False
+        harvested = any(
+            isinstance(s, Harvest) or s.kind in ("adopt", "requeue") for s in plan.steps
+        )
+        final = plan_from(state, desired, clock(), limits=limits)
+        report.final_plan = final
+        if not wait:
+            follow_up = submit and saved is None and (final.submits or _forgets(final))
+            if harvested and follow_up:
+                continue  # what the harvest settled is sent or forgotten in this run, as its own plan
+            return report
+        in_flight = sum(j.counts["pending"] for j in final.jobs)
+        total = sum(sum(j.counts.values()) - j.counts["removed"] for j in final.jobs)
+        done = sum(j.counts["succeeded"] + j.counts["failed"] for j in final.jobs)
+        progress.waiting(done, total, in_flight)
+        outstanding = (
+            in_flight
+            or any(s.kind in ("harvest", "adopt", "requeue") for s in final.steps)
+            or (submit and saved is None and bool(final.submits))
+            # removed items still in flight: forgotten once their batch is harvested
+            or any(a.action == "forget" for j in final.jobs for a in j.actions)
+        )
+        if not outstanding:
+            return report
+        if timeout is not None and time.monotonic() - started >= timeout:
+            report.timed_out = True
+            return report
+        time.sleep(poll_interval)
+
+
+def _forgets(plan: Plan) -> bool:
+    return any(isinstance(s, Forget) and s.keys for s in plan.steps)
+
+
+def _spec_source(plan: Plan, desired: Desired) -> RequestSource:
+    """Requests of each submit step, rendered from the specs once per job, in step order."""
+    chunks = spec_requests(plan, desired)
+    position = {"next": 0}
+
+    def requests(index: int, step: SubmitBatch):
+        while True:
+            chunk = next(chunks)
+            current = position["next"]
+            position["next"] += 1
+            if current == index:
+                return chunk
+
+    return requests
+
+
+def import_batch(
+    state: StateWriter,
+    client: BatchesClient,
+    desired: Desired,
+    job_name: str,
+    batch_id: str,
+    *,
+    clock: Callable[[], datetime],
+    progress: Progress,
+) -> int:
+    """Adopt a remote batch made outside this state (or lost from it); returns results stored.
+
+    Its custom_ids are known only from its results, so it must have ended. Each result is matched
+    to the job's items by custom_id and recorded as an attempt at the item's current fingerprint.
+    """
+    known = state.batch(batch_id)
+    if known is not None:
+        raise StateError(f"batch {batch_id} is already in state (job {known.job})")
+    try:
+        remote = client.retrieve(batch_id)
+    except NotFound:
+        raise RemoteError(f"batch {batch_id} does not exist remotely") from None
+    if remote.processing_status != "ended":
+        raise StateError(
+            f"batch {batch_id} is still {remote.processing_status}: its "
+            "custom_ids are only known from its results; import it once it ends"
+        )
+    if remote.archived_at is not None:
+        raise StateError(f"batch {batch_id}: its results expired remotely; nothing to import")
+    by_custom_id = {
+        item.custom_id: item for dj in desired.jobs if dj.name == job_name for item in dj.items
+    }
+    with client.results(batch_id) as lines:
+        custom_ids = [line.get("custom_id") for line in lines]
+    if len(custom_ids) != remote.total or len(set(custom_ids)) != len(custom_ids):
+        raise RemoteError(
+            f"batch {batch_id}: its results did not check out ({len(custom_ids)} "
+            f"lines, {len(set(custom_ids))} distinct custom_ids, request_counts "
+            f"add up to {remote.total}); nothing was imported, try again"
+        )
+    unknown = [c for c in custom_ids if c not in by_custom_id]
+    if unknown:
+        raise StateError(
+            f"batch {batch_id}: {len(unknown)} of its {len(custom_ids)} results "
+            f"are not items of job {job_name} (first: {unknown[0]!r})"
+        )
+    records = {r.key: r for r in state.item_records([job_name])}
+    busy = {key for key, r in records.items() if r.inflight}
+    clash = [by_custom_id[c].key for c in custom_ids if by_custom_id[c].key in busy]
+    if clash:
+        raise StateError(
+            f"batch {batch_id}: item {clash[0]} of job {job_name} is already in "
+            "flight in another batch"
+        )
+
+    def attempt(key: str, fingerprint: str) -> int:  # the retry count goes on for an unchanged item
+        record = records.get(key)
+        same = record is not None and record.fingerprint == fingerprint
+        return record.attempts + 1 if same and record is not None else 1
+
+    items = [
+        SubmitItem(
+            job_name,
+            by_custom_id[c].key,
+            c,
+            by_custom_id[c].fingerprint,
+            "import",
+            attempt(by_custom_id[c].key, by_custom_id[c].fingerprint),
+            0.0,
+        )
+        for c in custom_ids
+    ]
+    intent_id = f"intent_{uuid.uuid4().hex}"
+    state.record_intent(intent_id, job_name, items, 0, clock())
+    state.record_created(intent_id, as_record(remote, job_name), clock())
+    evaluator = Evaluator(state, client, clock, progress)
+    record = state.batch(batch_id)
+    if record is None or not evaluator.harvest(record):
+        raise RemoteError(*(evaluator.report.problems or [f"batch {batch_id}: harvest failed"]))
+    return evaluator.report.results_stored

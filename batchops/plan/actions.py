@@ -1,0 +1,204 @@
+"""The plan as data: small frozen actions, each carrying what it needs to run and to be explained.
+
+`plan` renders a `Plan`; `apply` hands the very same object to the evaluator, which dispatches on
+each step's type. A saved plan is this object serialized (`saved`). Steps run in the order of
+`Plan.steps`: resolve intents, harvest, requeue, submit, forget, cancel, prune.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+FORMAT_VERSION = 2
+ITEM_STATES = ("todo", "changed", "pending", "retry", "failed", "succeeded", "removed")
+# Counted in the summary, in this order.
+ACTIONS = ("submit", "forget", "harvest", "cancel", "prune", "adopt", "requeue")
+
+
+class SubmitItem(NamedTuple):
+    """Send one item (a tuple: a million of them are made for a large job)."""
+
+    job: str
+    key: str
+    custom_id: str
+    fingerprint: str
+    reason: str  # todo | changed | retry | requeue
+    attempt: int  # the attempt number this submission will be, for this fingerprint
+    cost_usd: float
+    size: int = 0  # bytes of its request line in the create body
+    action: str = "submit"
+
+
+class ForgetItem(NamedTuple):
+    job: str
+    key: str
+    reason: str
+    action: str = "forget"
+
+
+@dataclass(frozen=True)
+class FailedItem:
+    key: str
+    error_type: str | None
+    message: str
+
+
+# -- steps: what the evaluator runs, one transaction (or remote call and transaction) each
+
+
+class _Step:
+    kind: str
+
+    @property
+    def action(self) -> str:
+        """The action's name as the plan's JSON shape and its text show it."""
+        return self.kind
+
+
+@dataclass(frozen=True)
+class ResolveIntent(_Step):
+    """A create whose response never came: find its batch remotely (proven ours) or send again."""
+
+    intent_id: str
+    job: str
+    request_count: int
+    reason: str
+    kind: str = "adopt"
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Harvest(_Step):
+    batch_id: str
+    job: str
+    reason: str
+    kind: str = "harvest"
+
+
+@dataclass(frozen=True)
+class Requeue(_Step):
+    """A batch whose results can no longer be read: its items are given back (and resubmitted
+    by this plan's SubmitBatch steps, which list them with reason `requeue`)."""
+
+    batch_id: str
+    job: str
+    reason: str
+    items: int
+    drift: str  # deleted | results-lost
+    kind: str = "requeue"
+
+
+@dataclass(frozen=True)
+class SubmitBatch(_Step):
+    """One new remote batch: these items, split already by count and bytes."""
+
+    job: str
+    betas: tuple[str, ...]
+    items: tuple[SubmitItem, ...]
+    request_bytes: int
+    kind: str = "submit"
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(i.cost_usd for i in self.items)
+
+
+@dataclass(frozen=True)
+class Forget(_Step):
+    """Items no longer in any spec (their rows stay, so re-adding one sends nothing), and items
+    back in a spec after being forgotten."""
+
+    job: str
+    keys: tuple[str, ...]
+    remembered: tuple[str, ...] = ()
+    kind: str = "forget"
+
+
+@dataclass(frozen=True)
+class Cancel(_Step):
+    batch_id: str
+    job: str
+    reason: str
+    kind: str = "cancel"
+
+
+@dataclass(frozen=True)
+class Prune(_Step):
+    """Delete a batch remotely before its results expire (after it was harvested)."""
+
+    batch_id: str
+    job: str
+    reason: str
+    kind: str = "prune"
+
+
+Step = ResolveIntent | Harvest | Requeue | SubmitBatch | Forget | Cancel | Prune
+BatchStep = ResolveIntent | Harvest | Requeue | Cancel | Prune
+STEP_ORDER = (ResolveIntent, Harvest, Requeue, SubmitBatch, Forget, Cancel, Prune)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    name: str
+    counts: dict[str, int]
+    actions: tuple[SubmitItem | ForgetItem, ...]
+    failed: tuple[FailedItem, ...]
+    estimated_cost_usd: float
+    budget_usd: float | None
+    cost_note: str | None = None
+
+    @property
+    def submits(self) -> list[SubmitItem]:
+        return [a for a in self.actions if isinstance(a, SubmitItem)]
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget_usd is not None and self.estimated_cost_usd > self.budget_usd
+
+
+@dataclass(frozen=True)
+class Plan:
+    created_at: datetime
+    lineage: str | None
+    serial: int
+    spec_digest: str
+    jobs: tuple[JobPlan, ...]
+    steps: tuple[Step, ...]
+    format_version: int = FORMAT_VERSION
+    notes: tuple[str, ...] = field(default_factory=tuple)  # drift seen by the refresh
+    offline_note: str | None = None  # set when batches in flight were not polled
+    job_names: tuple[str, ...] | None = None  # the --job selection; None: every job
+
+    @property
+    def batches(self) -> tuple[BatchStep, ...]:
+        """The steps on existing batches and intents (everything but submit and forget)."""
+        return tuple(s for s in self.steps if not isinstance(s, SubmitBatch | Forget))
+
+    @property
+    def submits(self) -> tuple[SubmitBatch, ...]:
+        return tuple(s for s in self.steps if isinstance(s, SubmitBatch))
+
+    @property
+    def changes(self) -> bool:
+        return any(not isinstance(s, Forget) or s.keys for s in self.steps)
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        return sum(j.estimated_cost_usd for j in self.jobs)
+
+    def summary(self) -> dict[str, int]:
+        counts = dict.fromkeys(ACTIONS, 0)
+        for job in self.jobs:
+            for action in job.actions:
+                counts["submit" if isinstance(action, SubmitItem) else "forget"] += 1
+        for step in self.batches:
+            counts[step.kind] += 1
+        return counts
+
+    def job(self, name: str) -> JobPlan | None:
+        return next((j for j in self.jobs if j.name == name), None)
+
+    def over_budget(self) -> list[JobPlan]:
+        return [j for j in self.jobs if j.over_budget]

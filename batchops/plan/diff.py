@@ -1,0 +1,338 @@
+"""The diff: desired items and recorded state in, an immutable plan out.
+
+`make_plan` is a pure function (no I/O, no clock: `now` is passed in), so every rule of DESIGN §5
+is testable without a network. It returns every step the cycle will take, submits already split
+into batches by count and bytes, so the budget check, the rendering and a saved plan all see
+exactly what apply will do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from batchops.plan.actions import (
+    ITEM_STATES,
+    Cancel,
+    FailedItem,
+    Forget,
+    ForgetItem,
+    Harvest,
+    JobPlan,
+    Plan,
+    Prune,
+    Requeue,
+    ResolveIntent,
+    Step,
+    SubmitBatch,
+    SubmitItem,
+)
+from batchops.spec.desired import DesiredItem, DesiredJob
+from batchops.state.records import BatchRecord, IntentRecord, ItemRecord
+
+RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
+DEFAULT_PRUNE_MARGIN = timedelta(days=2)
+ENVELOPE_BYTES = 1024  # the create body around its requests
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """DESIGN §6.9: the API's limits per batch (configurable lower)."""
+
+    max_requests: int = 100_000
+    max_bytes: int = 250_000_000
+
+
+def classify(
+    desired: DesiredItem, record: ItemRecord | None, max_attempts: int
+) -> tuple[str, str | None]:
+    """The DESIGN §5 state of one desired item, with the reason or error message."""
+    if record is None or record.fingerprint is None:
+        return "todo", None
+    if record.inflight:
+        if record.fingerprint != desired.fingerprint:
+            return "pending", "changed while in flight: sent again once its batch ends"
+        return "pending", None
+    if record.fingerprint != desired.fingerprint:
+        return "changed", None
+    outcome = record.outcome
+    if outcome == "succeeded":
+        return "succeeded", None
+    if outcome == "lost" or outcome is None:
+        return "todo", "results lost before harvest" if outcome == "lost" else None
+    retryable = (
+        (outcome == "errored" and record.error_type in RETRYABLE_ERRORS)
+        or outcome == "expired"
+        or (outcome == "canceled" and record.canceled_by_us)
+    )
+    if retryable:
+        if record.attempts < max_attempts:
+            return "retry", _describe_outcome(record)
+        return "failed", f"max_attempts ({max_attempts}) used up; last: {_describe_outcome(record)}"
+    return "failed", _describe_outcome(record)
+
+
+def _describe_outcome(record: ItemRecord) -> str:
+    if record.outcome == "errored":
+        return f"{record.error_type}: {record.error_message or ''}".rstrip(": ")
+    if record.outcome == "canceled" and not record.canceled_by_us:
+        return "canceled outside batchops"
+    return str(record.outcome)
+
+
+def lost_batches(batches: Iterable[BatchRecord], now: datetime) -> dict[str, str]:
+    """batch id → drift, for batches whose results can no longer be read and were not harvested."""
+    out = {}
+    for b in batches:
+        if b.pruned_at is not None or b.harvested_at is not None or b.drift == "not-ours":
+            continue
+        if b.drift == "deleted":
+            out[b.id] = "deleted"
+        elif b.drift == "results-lost" or b.archived_at is not None:
+            out[b.id] = "results-lost"
+        elif b.processing_status == "ended" and b.results_expire_at and now >= b.results_expire_at:
+            out[b.id] = "results-lost"
+    return out
+
+
+def make_plan(
+    desired_jobs: Iterable[DesiredJob],
+    records: Iterable[ItemRecord],
+    batches: Iterable[BatchRecord],
+    intents: Iterable[IntentRecord],
+    *,
+    now: datetime,
+    lineage: str | None,
+    serial: int,
+    spec_digest: str,
+    inflight_batches: dict[str, set[str]] | None = None,
+    all_jobs_in_scope: bool = True,
+    prune_margin: timedelta = DEFAULT_PRUNE_MARGIN,
+    limits: BatchLimits = BatchLimits(),  # noqa: B008 (frozen)
+) -> Plan:
+    """Diff the desired jobs against recorded state.
+
+    `records` are the items in state for the jobs in scope (every job in state when
+    `all_jobs_in_scope`); `inflight_batches` maps a batch id to the `job\\x1fkey` of the items in
+    flight in it, for the cancel and requeue rules.
+    """
+    desired_jobs = list(desired_jobs)
+    batches = list(batches)
+    inflight_batches = inflight_batches or {}
+    by_job: dict[str, dict[str, ItemRecord]] = {}
+    for record in records:
+        by_job.setdefault(record.job, {})[record.key] = record
+    scope = {j.name for j in desired_jobs}
+    drifts = {b.id: b.drift for b in batches}
+    # a lost batch is requeued while it still carries items, or until its drift is recorded
+    lost = {
+        batch_id: drift
+        for batch_id, drift in lost_batches(batches, now).items()
+        if inflight_batches.get(batch_id) or drifts[batch_id] != drift
+    }
+    obsolete: set[str] = set()  # job\x1fkey of in-flight items nobody wants any more
+
+    job_plans: list[JobPlan] = []
+    submit_steps: list[SubmitBatch] = []
+    forget_steps: list[Forget] = []
+    for job in desired_jobs:
+        state_items = by_job.get(job.name, {})
+        counts = dict.fromkeys(ITEM_STATES, 0)
+        actions: list[SubmitItem | ForgetItem] = []
+        submits: list[SubmitItem] = []
+        failed: list[FailedItem] = []
+        cost = 0.0
+        wanted: set[str] = set()
+        remembered: list[str] = []
+        for item in job.items:
+            wanted.add(item.key)
+            record = state_items.get(item.key)
+            if record is not None and record.forgotten:
+                remembered.append(item.key)
+            if record is not None and record.inflight and record.inflight_batch in lost:
+                # its batch's results are gone: it is sent again, as this plan's requeue says
+                changed = record.fingerprint != item.fingerprint
+                item_state = "changed" if changed else "todo"
+                reason, attempt = ("changed", 1) if changed else ("requeue", record.attempts)
+            else:
+                item_state, detail = classify(item, record, job.max_attempts)
+                reason = item_state
+                lost_before = record is not None and record.outcome == "lost"
+                if item_state == "retry" or (item_state == "todo" and lost_before):
+                    attempt = record.attempts + 1 if record else 1
+                else:
+                    attempt = 1
+            counts[item_state] += 1
+            if item_state in ("todo", "changed", "retry"):
+                submit = SubmitItem(
+                    job.name,
+                    item.key,
+                    item.custom_id,
+                    item.fingerprint,
+                    reason,
+                    attempt,
+                    item.cost_usd,
+                    item.size,
+                )
+                actions.append(submit)
+                submits.append(submit)
+                cost += item.cost_usd
+            elif item_state == "failed":
+                failed.append(
+                    FailedItem(item.key, record.error_type if record else None, detail or "")
+                )
+            elif item_state == "pending" and detail and record is not None:
+                obsolete.add(f"{job.name}\x1f{item.key}")
+        forgotten: list[str] = []
+        for key, record in state_items.items():
+            if key not in wanted and not record.forgotten:
+                counts["removed"] += 1
+                actions.append(ForgetItem(job.name, key, "no longer in any spec"))
+                if record.inflight:
+                    obsolete.add(f"{job.name}\x1f{key}")
+                else:
+                    forgotten.append(key)
+        job_plans.append(
+            JobPlan(
+                job.name,
+                counts,
+                tuple(actions),
+                tuple(failed),
+                round(cost, 6),
+                job.budget_usd,
+                job.cost_note,
+            )
+        )
+        submit_steps.extend(split(job.name, job.betas, submits, limits))
+        if forgotten or remembered:
+            forget_steps.append(Forget(job.name, tuple(forgotten), tuple(remembered)))
+
+    if all_jobs_in_scope:
+        for name in sorted(set(by_job) - scope):
+            left = [key for key, r in by_job[name].items() if not r.forgotten]
+            if not left:
+                continue
+            counts = dict.fromkeys(ITEM_STATES, 0)
+            counts["removed"] = len(left)
+            forget = tuple(ForgetItem(name, key, "job no longer in any spec") for key in left)
+            obsolete.update(f"{name}\x1f{key}" for key, r in by_job[name].items() if r.inflight)
+            job_plans.append(JobPlan(name, counts, forget, (), 0.0, None))
+            idle = tuple(key for key in left if not by_job[name][key].inflight)
+            if idle:
+                forget_steps.append(Forget(name, idle))
+            scope.add(name)
+
+    steps: list[Step] = list(_intent_steps(intents, scope))
+    steps += _batch_steps(
+        [b for b in batches if b.job in scope],
+        inflight_batches,
+        lost,
+        obsolete,
+        now,
+        prune_margin,
+    )
+    steps += submit_steps
+    steps += forget_steps
+    steps.sort(key=_step_rank)
+    return Plan(
+        now,
+        lineage,
+        serial,
+        spec_digest,
+        tuple(job_plans),
+        tuple(steps),
+        job_names=None if all_jobs_in_scope else tuple(j.name for j in desired_jobs),
+    )
+
+
+_RANK = {"adopt": 0, "harvest": 1, "requeue": 2, "submit": 3, "forget": 4, "cancel": 5, "prune": 6}
+
+
+def _step_rank(step: Step) -> int:
+    return _RANK[step.kind]
+
+
+def split(
+    job: str, betas: tuple[str, ...], submits: list[SubmitItem], limits: BatchLimits
+) -> list[SubmitBatch]:
+    """The one splitter: consecutive items into batches within the count and byte limits."""
+    out: list[SubmitBatch] = []
+    chunk: list[SubmitItem] = []
+    size = ENVELOPE_BYTES
+    for item in submits:
+        if chunk and (len(chunk) >= limits.max_requests or size + item.size > limits.max_bytes):
+            out.append(SubmitBatch(job, betas, tuple(chunk), size))
+            chunk, size = [], ENVELOPE_BYTES
+        chunk.append(item)
+        size += item.size
+    if chunk:
+        out.append(SubmitBatch(job, betas, tuple(chunk), size))
+    return out
+
+
+def _intent_steps(intents: Iterable[IntentRecord], scope: set[str]) -> list[ResolveIntent]:
+    return [
+        ResolveIntent(
+            intent.id,
+            intent.job,
+            intent.request_count,
+            "create outcome unknown: find the batch remotely, or send again",
+        )
+        for intent in intents
+        if intent.job in scope and intent.status == "open"
+    ]
+
+
+def _batch_steps(
+    batches: list[BatchRecord],
+    inflight_batches: dict[str, set[str]],
+    lost: dict[str, str],
+    obsolete: set[str],
+    now: datetime,
+    margin: timedelta,
+) -> list[Step]:
+    out: list[Step] = []
+    for b in batches:
+        if b.id in lost:
+            why = (
+                "deleted outside batchops before harvest"
+                if lost[b.id] == "deleted"
+                else "results expired before harvest"
+            )
+            members = len(inflight_batches.get(b.id, ()))
+            out.append(Requeue(b.id, b.job, f"{why}: items sent again", members, lost[b.id]))
+            continue
+        if b.finished:
+            continue
+        expires = b.results_expire_at
+        near_expiry = expires is not None and expires - now <= margin
+        if b.processing_status == "ended":
+            if b.harvested_at is None:
+                out.append(Harvest(b.id, b.job, "ended"))
+            # the evaluator deletes it only once harvested: an adopted batch is proven ours then
+            if near_expiry:
+                why = f"results expire {_when(expires, now)}: delete remotely"
+                out.append(Prune(b.id, b.job, why))
+            continue
+        members = inflight_batches.get(b.id, set())
+        # in_progress, not canceling: a cancel marked ours but never sent (a crash) is sent again.
+        # An adopted batch is not proven ours until its results are read: never cancelled.
+        if (
+            b.processing_status == "in_progress"
+            and not b.adopted
+            and members
+            and members <= obsolete
+        ):
+            out.append(Cancel(b.id, b.job, "every item in it is obsolete"))
+    return out
+
+
+def _when(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    delta = moment - now
+    if delta.total_seconds() <= 0:
+        return "now"
+    hours = delta.total_seconds() / 3600
+    return f"in {hours:.0f} h" if hours < 48 else f"in {hours / 24:.1f} days"

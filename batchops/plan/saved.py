@@ -1,0 +1,356 @@
+"""Saved plans (`plan -o FILE`, `apply FILE`, `show FILE`): the plan object, serialized.
+
+A plan file is JSON Lines:
+- line 1, the header: `{"kind": "batchops-plan", "plan_id", "plan": <the JSON shape>}`;
+- one line per step, in order; a submit step is followed by one line per request it sends:
+  `{"key", "custom_id", "fingerprint", "reason", "attempt", "params"}`;
+- a last line `{"kind": "batchops-plan-end", "lines": N, "digest": "sha256:…"}` over every byte
+  before it, so a truncated or edited file is refused.
+
+Loading verifies more than the digest (which anyone can recompute): every request must be exactly
+one that the specs render now (same job, key, custom_id and fingerprint of its params), so an
+edited, added or removed request is refused before any network call. The API key is never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from batchops.clock import parse_time
+from batchops.errors import PlanError
+from batchops.plan.actions import (
+    Cancel,
+    FailedItem,
+    Forget,
+    ForgetItem,
+    Harvest,
+    JobPlan,
+    Plan,
+    Prune,
+    Requeue,
+    ResolveIntent,
+    Step,
+    SubmitBatch,
+    SubmitItem,
+)
+from batchops.plan.serialize import plan_to_dict, step_dict
+from batchops.spec.desired import Desired, DesiredItem, items_for
+from batchops.spec.items import fingerprint, request_size_of
+
+MAGIC = "batchops-plan"
+END = "batchops-plan-end"
+DIGEST_PREFIX = "sha256:"
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    """A verified plan file: the plan to run, and where each submit step's requests are."""
+
+    path: Path
+    plan_id: str
+    plan: Plan
+    header: dict[str, Any]
+    offsets: dict[int, int]  # index of a submit step in plan.steps → byte offset of its requests
+
+    @property
+    def lineage(self) -> str | None:
+        return self.plan.lineage
+
+    @property
+    def serial(self) -> int:
+        return self.plan.serial
+
+    @property
+    def spec_digest(self) -> str:
+        return self.plan.spec_digest
+
+
+class _Writer:
+    def __init__(self, fh: IO[bytes]):
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.lines = 0
+
+    def line(self, value: Any) -> None:
+        data = orjson.dumps(value) + b"\n"
+        self.digest.update(data)
+        self.fh.write(data)
+        self.lines += 1
+
+
+def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) -> str:
+    """Write the plan and every request it sends, atomically (temporary file, then rename)."""
+    plan_id = str(uuid.uuid4())
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise PlanError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise PlanError(f"{path}: is a directory")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            out = _Writer(fh)
+            out.line({"kind": MAGIC, "plan_id": plan_id, "plan": plan_to_dict(plan, prices_source)})
+            for step, requests in zip(plan.steps, spec_requests(plan, desired), strict=True):
+                out.line({"step": step_dict(step)})
+                for item, params in requests:
+                    out.line(
+                        {
+                            "key": item.key,
+                            "custom_id": item.custom_id,
+                            "fingerprint": item.fingerprint,
+                            "reason": item.reason,
+                            "attempt": item.attempt,
+                            "params": params,
+                        }
+                    )
+            fh.write(
+                orjson.dumps(
+                    {
+                        "kind": END,
+                        "lines": out.lines,
+                        "digest": DIGEST_PREFIX + out.digest.hexdigest(),
+                    }
+                )
+                + b"\n"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return plan_id
+
+
+def spec_requests(
+    plan: Plan, desired: Desired
+) -> Iterator[list[tuple[SubmitItem, dict[str, Any]]]]:
+    """Per step of `plan`, the requests it sends rendered from the specs (empty for other steps).
+
+    Each job is rendered once, in source order, which is the order of its submit steps' items.
+    A request whose fingerprint no longer matches the plan's is refused.
+    """
+    streams: dict[str, Iterator] = {}
+    for step in plan.steps:
+        if not isinstance(step, SubmitBatch):
+            yield []
+            continue
+        if step.job not in streams:
+            keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
+            streams[step.job] = items_for(desired.project, step.job, keys)
+        stream = streams[step.job]
+        chunk = []
+        for wanted in step.items:
+            item = next(stream, None)
+            if item is None or item.key != wanted.key or item.fingerprint != wanted.fingerprint:
+                raise PlanError(
+                    f"job {step.job}: item {wanted.key} changed since the plan was made; "
+                    "make a new plan"
+                )
+            chunk.append((wanted, item.params))
+        yield chunk
+
+
+def saved_requests(saved: SavedPlan, index: int) -> list[tuple[SubmitItem, dict[str, Any]]]:
+    """The requests of submit step `index`, read again from the file and checked once more."""
+    step = saved.plan.steps[index]
+    assert isinstance(step, SubmitBatch)
+    out = []
+    with saved.path.open("rb") as fh:
+        fh.seek(saved.offsets[index])
+        for wanted in step.items:
+            line = orjson.loads(fh.readline())
+            params = line["params"]
+            if (
+                line["key"] != wanted.key
+                or line["custom_id"] != wanted.custom_id
+                or fingerprint(params, step.betas) != wanted.fingerprint
+            ):
+                raise PlanError(f"{saved.path}: changed while it was being applied")
+            out.append((wanted, params))
+    return out
+
+
+def load(path: Path, desired_for: Any) -> SavedPlan:
+    """Read and verify a plan file. `desired_for(job_names)` renders the specs it applies to."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such plan file") from None
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read the plan file ({exc.strerror})") from None
+    lines = data.split(b"\n")
+    header = _json(lines[0], path, 1)
+    if not isinstance(header, dict) or header.get("kind") != MAGIC:
+        raise PlanError(f"{path}: not a batchops plan file")
+    shape = header.get("plan") or {}
+    if shape.get("format_version") != 2:
+        raise PlanError(
+            f"{path}: plan format {shape.get('format_version')!r} is not 2; make a new plan"
+        )
+    _check_digest(data, lines, path)
+    desired: Desired = desired_for(shape.get("job_names"))
+    if shape.get("spec_digest") != desired.spec_digest:
+        raise PlanError(f"{path}: specs changed since the plan was made; make a new plan")
+    by_key = {(j.name, i.key): i for j in desired.jobs for i in j.items}
+    steps: list[Step] = []
+    offsets: dict[int, int] = {}
+    position = len(lines[0]) + 1
+    n = 1
+    body = lines[1:-2]  # the end line and the empty string after its newline
+    index = 0
+    while index < len(body):
+        raw = body[index]
+        n += 1
+        entry = _json(raw, path, n).get("step") if raw else None
+        position += len(raw) + 1
+        index += 1
+        if not isinstance(entry, dict):
+            raise PlanError(f"{path}: line {n}: not a plan step")
+        step = _step(entry, path, n)
+        if isinstance(step, SubmitBatch):
+            offsets[len(steps)] = position
+            items = []
+            for _ in range(int(entry.get("requests", 0))):
+                if index >= len(body):
+                    raise PlanError(f"{path}: ends inside a submit step")
+                raw = body[index]
+                n += 1
+                position += len(raw) + 1
+                index += 1
+                items.append(_verified(_json(raw, path, n), step, by_key, path, n))
+            step = SubmitBatch(step.job, step.betas, tuple(items), step.request_bytes)
+        steps.append(step)
+    plan = _plan(shape, steps, desired)
+    return SavedPlan(path, str(header.get("plan_id")), plan, header, offsets)
+
+
+def _json(raw: bytes, path: Path, n: int) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise PlanError(f"{path}: line {n} is not JSON: the file is damaged") from None
+
+
+def _check_digest(data: bytes, lines: list[bytes], path: Path) -> None:
+    if len(lines) < 3 or lines[-1] != b"":
+        raise PlanError(f"{path}: truncated (no end line); make a new plan")
+    end = _json(lines[-2], path, len(lines) - 1)
+    if not isinstance(end, dict) or end.get("kind") != END:
+        raise PlanError(f"{path}: truncated (no end line); make a new plan")
+    content = data[: len(data) - len(lines[-2]) - 1]
+    digest = DIGEST_PREFIX + hashlib.sha256(content).hexdigest()
+    if end.get("digest") != digest or end.get("lines") != len(lines) - 2:
+        raise PlanError(f"{path}: its content does not match its digest: the file was edited")
+
+
+def _step(entry: dict[str, Any], path: Path, n: int) -> Step:
+    kind = entry.get("action")
+    try:
+        if kind == "submit":
+            return SubmitBatch(entry["job"], tuple(entry["betas"]), (), int(entry["request_bytes"]))
+        if kind == "adopt":
+            return ResolveIntent(
+                entry["intent_id"], entry["job"], int(entry["request_count"]), entry["reason"]
+            )
+        if kind == "harvest":
+            return Harvest(entry["batch_id"], entry["job"], entry["reason"])
+        if kind == "requeue":
+            return Requeue(
+                entry["batch_id"],
+                entry["job"],
+                entry["reason"],
+                int(entry["items"]),
+                entry["drift"],
+            )
+        if kind == "forget":
+            return Forget(entry["job"], tuple(entry["keys"]), tuple(entry["remembered"]))
+        if kind == "cancel":
+            return Cancel(entry["batch_id"], entry["job"], entry["reason"])
+        if kind == "prune":
+            return Prune(entry["batch_id"], entry["job"], entry["reason"])
+    except (KeyError, TypeError, ValueError):
+        raise PlanError(f"{path}: line {n}: a {kind} step is missing a field") from None
+    raise PlanError(f"{path}: line {n}: unknown step {kind!r}")
+
+
+def _verified(
+    line: Any,
+    step: SubmitBatch,
+    by_key: dict[tuple[str, str], DesiredItem],
+    path: Path,
+    n: int,
+) -> SubmitItem:
+    """The request on line n, as a SubmitItem, if it is exactly one the specs render now."""
+    if not isinstance(line, dict) or not isinstance(line.get("params"), dict):
+        raise PlanError(f"{path}: line {n}: not a request")
+    key, custom_id = line.get("key"), line.get("custom_id")
+    wanted = by_key.get((step.job, key)) if isinstance(key, str) else None
+    if wanted is None or wanted.custom_id != custom_id:
+        raise PlanError(
+            f"{path}: line {n}: request {custom_id!r} is not an item of job {step.job} "
+            "in the specs; refusing the plan"
+        )
+    actual = fingerprint(line["params"], step.betas)
+    if actual != wanted.fingerprint or line.get("fingerprint") != wanted.fingerprint:
+        raise PlanError(
+            f"{path}: line {n}: request {custom_id!r} is not what the specs render for job "
+            f"{step.job} item {key} (it was edited, or the specs changed); refusing the plan"
+        )
+    attempt = line.get("attempt")
+    if not isinstance(attempt, int) or attempt < 1:
+        raise PlanError(f"{path}: line {n}: bad attempt number")
+    size = request_size_of(custom_id, line["params"])
+    return SubmitItem(
+        step.job, key, custom_id, wanted.fingerprint, str(line.get("reason")), attempt,
+        wanted.cost_usd, size,
+    )  # fmt: skip
+
+
+def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
+    """The plan object: steps as verified, costs recomputed from the specs (never from the file)."""
+    budgets = {j.name: j.budget_usd for j in desired.jobs}
+    notes = {j.name: j.cost_note for j in desired.jobs}
+    submits: dict[str, list[SubmitItem]] = {}
+    for step in steps:
+        if isinstance(step, SubmitBatch):
+            submits.setdefault(step.job, []).extend(step.items)
+    jobs = []
+    for entry in shape.get("jobs") or []:
+        name = entry["name"]
+        sent = submits.get(name, [])
+        forgets = tuple(
+            ForgetItem(name, a["key"], a["reason"])
+            for a in entry.get("actions") or []
+            if a.get("action") == "forget"
+        )
+        jobs.append(
+            JobPlan(
+                name,
+                dict(entry["counts"]),
+                (*sent, *forgets),
+                tuple(FailedItem(f["key"], f["error_type"], f["message"]) for f in entry["failed"]),
+                round(sum(i.cost_usd for i in sent), 6),
+                budgets.get(name),
+                notes.get(name),
+            )
+        )
+    job_names = shape.get("job_names")
+    return Plan(
+        parse_time(shape.get("created_at")),  # type: ignore[arg-type]
+        shape.get("lineage"),
+        int(shape.get("serial") or 0),
+        str(shape.get("spec_digest") or ""),
+        tuple(jobs),
+        tuple(steps),
+        notes=tuple(shape.get("notes") or ()),
+        offline_note=shape.get("offline_note"),
+        job_names=tuple(job_names) if job_names is not None else None,
+    )

@@ -1,0 +1,11 @@
+"""The Message Batches API as batchops uses it, through the official SDK (see `client`)."""
+
+from batchops.remote.client import (
+    RESULT_RETENTION,
+    BatchesClient,
+    CreateOutcomeUnknown,
+    NotFound,
+    RemoteBatch,
+)
+
+__all__ = ["RESULT_RETENTION", "BatchesClient", "CreateOutcomeUnknown", "NotFound", "RemoteBatch"]

@@ -1,0 +1,75 @@
+"""The single record of what was sent and what came back, behind one API (`api`).
+
+`open_reader` and `open_writer` pick the backend from the location: a file path is SQLite (the
+default, embedded); a `postgresql://` URL is PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from batchops.state.api import StateReader, StateWriter
+from batchops.state.records import LockInfo
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(location: str | Path) -> bool:
+    return str(location).startswith(POSTGRES_SCHEMES)
+
+
+def open_reader(location: str | Path) -> StateReader:
+    """A read-only view; a state that does not exist yet reads as empty and is not created."""
+    if is_postgres(location):
+        from batchops.state.postgres import PostgresReader
+
+        return PostgresReader.open(str(location))
+    from batchops.state.sqlite import SqliteReader
+
+    return SqliteReader.open(Path(location))
+
+
+def open_writer(
+    location: str | Path,
+    command: str,
+    *,
+    lock_timeout: float = 0.0,
+    on_takeover: Callable[[LockInfo], None] | None = None,
+) -> StateWriter:
+    """The writable state, holding its lock (released by `close`); migrations run under it."""
+    if is_postgres(location):
+        from batchops.state.postgres import PostgresWriter
+
+        return PostgresWriter.open(
+            str(location), command, lock_timeout=lock_timeout, on_takeover=on_takeover
+        )
+    from batchops.state.sqlite import SqliteWriter
+
+    return SqliteWriter.open(
+        Path(location), command, lock_timeout=lock_timeout, on_takeover=on_takeover
+    )
+
+
+def force_unlock(location: str | Path, lock_id: str) -> LockInfo:
+    """Remove the lock `lock_id`, whoever holds it (the caller checked it is the one held)."""
+    if is_postgres(location):
+        from batchops.state.postgres import PostgresWriter
+
+        return PostgresWriter.force_unlock_at(str(location), lock_id)
+    from batchops.state.sqlite import SqliteWriter
+
+    return SqliteWriter.force_unlock_at(Path(location), lock_id)
+
+
+def state_exists(location: str | Path) -> bool:
+    if is_postgres(location):
+        reader = open_reader(location)
+        try:
+            return reader.exists
+        finally:
+            reader.close()
+    return Path(location).exists()
+
+
+__all__ = ["StateReader", "StateWriter", "is_postgres", "open_reader", "open_writer"]

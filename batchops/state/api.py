@@ -1,0 +1,199 @@
+"""The state API: what every backend implements, and the only way state is read or changed.
+
+`StateReader` answers queries; `StateWriter` adds the transitions apply, import and state surgery
+make, each one transaction that bumps the serial (so a saved plan can tell that anything moved).
+A backend (SQLite in `sqlite`, PostgreSQL in `postgres`) implements both and passes the contract
+suite in `tests/test_state_contract.py`. Nothing outside `batchops.state` writes SQL.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from batchops.state.records import (
+    BatchRecord,
+    IntentRecord,
+    ItemRecord,
+    JobSummary,
+    LockInfo,
+    ResultLookup,
+    ResultRow,
+    SentAttempt,
+    UsageRow,
+)
+
+# Drift: what happened to a batch outside batchops (or what batchops found out about it).
+RELEASE_DRIFTS = ("deleted", "results-lost", "not-ours")
+OUTCOMES = ("succeeded", "errored", "expired", "canceled", "lost")
+
+
+class Attempt(Protocol):
+    """What recording an intent needs of each request in it (a plan's submit action)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def custom_id(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+class StateReader(ABC):
+    """A read-only view of the state: what the planner and the reports may see."""
+
+    location: str  # shown in messages (a path, or a URL without its password)
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def exists(self) -> bool:
+        """False for a state nothing was ever written to (reads then answer empty)."""
+
+    @property
+    @abstractmethod
+    def lineage(self) -> str | None: ...
+
+    @property
+    @abstractmethod
+    def serial(self) -> int: ...
+
+    @abstractmethod
+    def item_records(self, jobs: Sequence[str] | None = None) -> Iterator[ItemRecord]: ...
+
+    @abstractmethod
+    def batches(self) -> list[BatchRecord]:
+        """Every batch recorded, oldest first."""
+
+    @abstractmethod
+    def batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    @abstractmethod
+    def inflight_by_batch(self) -> dict[str, set[str]]:
+        """batch id → `job\\x1fkey` of each item still in flight in it."""
+
+    @abstractmethod
+    def open_intents(self) -> list[IntentRecord]: ...
+
+    @abstractmethod
+    def lock(self) -> LockInfo | None: ...
+
+    @abstractmethod
+    def plan_applied(self, plan_id: str) -> bool: ...
+
+    @abstractmethod
+    def sent_attempts(self, batch_id: str) -> dict[str, SentAttempt]:
+        """custom_id → the attempt a batch carries for it (what a result must match)."""
+
+    @abstractmethod
+    def job_names(self) -> list[str]:
+        """Every job the state mentions anywhere, sorted."""
+
+    @abstractmethod
+    def job_summaries(self, names: Sequence[str]) -> list[JobSummary]: ...
+
+    @abstractmethod
+    def batch_detail(self, batch_id: str) -> tuple[str | None, dict[str, int], int]:
+        """(intent id, attempts carried by outcome or status, results stored) of one batch."""
+
+    @abstractmethod
+    def result_lookup(self, job: str, key: str) -> ResultLookup | None: ...
+
+    def result_lookups(self, job: str) -> Callable[[str], ResultLookup | None]:
+        """`result_lookup` for many keys of one job (a backend may prepare it once)."""
+        return lambda key: self.result_lookup(job, key)
+
+    @abstractmethod
+    def usage_rows(self) -> Iterator[UsageRow]: ...
+
+    @abstractmethod
+    def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
+        """("job" | "batch", rows `remove` would touch per table), or None if unknown."""
+
+
+class StateWriter(StateReader):
+    """The writable state: apply, refresh, import and state surgery hold one, under the lock."""
+
+    @abstractmethod
+    def release_lock(self, lock_id: str) -> None: ...
+
+    @abstractmethod
+    def force_unlock(self, lock_id: str) -> LockInfo: ...
+
+    @abstractmethod
+    def record_intent(
+        self,
+        intent_id: str,
+        job: str,
+        attempts: Sequence[Attempt],
+        body_bytes: int,
+        now: datetime,
+        list_anchor: str | None = None,
+    ) -> None:
+        """Before a create: the intent and an open attempt per request, items put in flight."""
+
+    @abstractmethod
+    def record_created(
+        self, intent_id: str, batch: BatchRecord, now: datetime, *, adopted: bool = False
+    ) -> None:
+        """The batch an intent made (from its create response, or found and adopted)."""
+
+    @abstractmethod
+    def mark_unsent(self, intent_id: str) -> None:
+        """The create never made a batch: its items are no longer in flight."""
+
+    @abstractmethod
+    def save_batch(self, batch: BatchRecord, now: datetime) -> None:
+        """What a refresh learnt of a batch (status, dates, counts, drift)."""
+
+    @abstractmethod
+    def store_harvest(
+        self, batch_id: str, rows: Iterable[ResultRow], *, canceled_by_us: bool, now: datetime
+    ) -> int:
+        """Store a batch's verified results and settle its items, all or nothing.
+
+        `rows` may raise: then nothing is stored. Returns the number of rows stored.
+        """
+
+    @abstractmethod
+    def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
+        """Give back the items a batch still carries (results lost, deleted, or not ours).
+
+        The attempt does not count against max_attempts. Returns the items released.
+        """
+
+    @abstractmethod
+    def forget(self, keys: Iterable[tuple[str, str]], now: datetime) -> None:
+        """Mark items no longer in any spec (not in flight); their rows stay as memory."""
+
+    @abstractmethod
+    def remember(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Clear the forgotten mark of items back in a spec."""
+
+    @abstractmethod
+    def mark_cancel_requested(self, batch_id: str, now: datetime) -> None: ...
+
+    @abstractmethod
+    def record_cancel(
+        self, batch_id: str, cancel_initiated_at: datetime | None, processing_status: str
+    ) -> None: ...
+
+    @abstractmethod
+    def mark_pruned(self, batch_id: str, now: datetime) -> None: ...
+
+    @abstractmethod
+    def record_plan_applied(self, plan_id: str, now: datetime) -> None: ...
+
+    @abstractmethod
+    def remove(self, target: str) -> tuple[str, dict[str, int]]:
+        """`state rm`: forget a job's rows or one batch (its unfinished attempts become lost)."""
+
+    @abstractmethod
+    def make_durable(self) -> None:
+        """Leave the state self-contained (for SQLite: checkpoint the WAL into the file)."""

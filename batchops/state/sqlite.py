@@ -1,0 +1,854 @@
+"""The SQLite backend: one file, embedded, nothing to run (the default).
+
+Tables (see `m0001_initial` and later migrations):
+- meta: lineage (set once, when the file is created), serial, created_at.
+- jobs: every job batchops has sent anything for.
+- items: one row per (job, key): the current fingerprint, attempts used for it, the attempt in
+  flight (if any) and the outcome of the last finished attempt. The planner reads only this table
+  (joined to the attempt in flight) for items, so planning a million items is one scan.
+- attempts: one row per submission of an item (history; never deleted).
+- intents: the intent to create a remote batch, committed before the create call.
+- batches: remote batches and what batchops knows of them.
+- results: every result line harvested (current and history).
+- lock: at most one row, the apply holding the state.
+
+Opening for writing takes the lock and runs pending migrations in one exclusive transaction, so
+two applies racing on a new file end with one running and the other told who holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from batchops.clock import iso, parse_time, utcnow
+from batchops.errors import LockHeld, StateError
+from batchops.state.api import OUTCOMES, RELEASE_DRIFTS, Attempt, StateReader, StateWriter
+from batchops.state.records import (
+    BatchRecord,
+    IntentRecord,
+    ItemRecord,
+    JobSummary,
+    LockInfo,
+    ResultLookup,
+    ResultRow,
+    SentAttempt,
+    UsageRow,
+    pid_alive,
+)
+
+MIGRATION_SET = "batchops"
+migrations = Migrations(MIGRATION_SET)
+
+
+@migrations()
+def m0001_initial(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["jobs"].create(
+        {"name": str, "spec_file": str, "first_seen_at": str, "last_applied_at": str}, pk="name"
+    )
+    db["items"].create(
+        {
+            "job": str,
+            "key": str,
+            "custom_id": str,
+            "fingerprint": str,  # fingerprint of the newest attempt
+            "attempts": int,  # attempts sent for that fingerprint
+            "inflight_attempt": int,  # attempts.id of the unfinished attempt, or null
+            "outcome": str,  # of the last finished attempt: succeeded|errored|expired|canceled|lost
+            "error_type": str,
+            "error_message": str,
+            "canceled_by_us": int,
+            "result_id": int,  # results.id of the current successful result
+            "updated_at": str,
+        },
+        pk=("job", "key"),
+        not_null={"job", "key", "custom_id"},
+        defaults={"attempts": 0, "canceled_by_us": 0},
+    )
+    db["attempts"].create(
+        {
+            "id": int,
+            "job": str,
+            "key": str,
+            "custom_id": str,
+            "fingerprint": str,
+            "number": int,  # 1-based attempt number for this fingerprint
+            "intent_id": str,
+            "batch_id": str,  # null until the create is confirmed or adopted
+            "status": str,  # open|sent|unsent|done|lost
+            "outcome": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["attempts"].create_index(["intent_id"])
+    db["attempts"].create_index(["batch_id", "custom_id"])
+    db["intents"].create(
+        {
+            "id": str,
+            "job": str,
+            "created_at": str,
+            "request_count": int,
+            "body_bytes": int,
+            "status": str,  # open|created|adopted|unsent
+            "batch_id": str,
+            "plan_id": str,
+        },
+        pk="id",
+    )
+    db["batches"].create(
+        {
+            "id": str,
+            "job": str,
+            "intent_id": str,
+            "request_count": int,
+            "processing_status": str,
+            "request_counts": str,  # JSON of the remote request_counts
+            "created_at": str,
+            "expires_at": str,
+            "ended_at": str,
+            "cancel_initiated_at": str,
+            "archived_at": str,
+            "results_expire_at": str,
+            "harvested_at": str,
+            "canceled_by_us_at": str,
+            "pruned_at": str,
+            "drift": str,  # what happened outside batchops, if anything
+            "refreshed_at": str,
+        },
+        pk="id",
+    )
+    db["results"].create(
+        {
+            "id": int,
+            "job": str,
+            "key": str,
+            "custom_id": str,
+            "fingerprint": str,
+            "batch_id": str,
+            "attempt_id": int,
+            "type": str,  # succeeded|errored|expired|canceled
+            "text": str,
+            "message": str,  # the full Message JSON (succeeded only)
+            "stop_reason": str,
+            "error_type": str,
+            "error_message": str,
+            "model": str,
+            "input_tokens": int,
+            "output_tokens": int,
+            "cache_creation_input_tokens": int,
+            "cache_creation_1h_input_tokens": int,
+            "cache_read_input_tokens": int,
+            "received_at": str,
+        },
+        pk="id",
+    )
+    db["results"].create_index(["job", "key"])
+    db["results"].create_index(["batch_id"])
+    db["lock"].create(
+        {"id": int, "lock_id": str, "pid": int, "host": str, "since": str, "command": str},
+        pk="id",
+    )
+    db["applied_plans"].create({"plan_id": str, "applied_at": str}, pk="plan_id")
+
+
+@migrations()
+def m0002_items_forgotten_at(db: Database) -> None:
+    """Forgotten items keep their row (and so their result): re-adding one sends nothing."""
+    db["items"].add_column("forgotten_at", str)
+
+
+@migrations()
+def m0003_harvest_indexes(db: Database) -> None:
+    """A harvest updates items and attempts from its results in one statement each."""
+    db["items"].create_index(["inflight_attempt"])
+    db["results"].create_index(["attempt_id"])
+
+
+@migrations()
+def m0004_intent_list_anchor(db: Database) -> None:
+    """Where the remote batch list stood before a create: adoption looks only after it."""
+    db["intents"].add_column("list_anchor", str)
+
+
+KNOWN_MIGRATIONS = [m.name for m in migrations._migrations]
+
+_ITEM_SQL = (
+    "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
+    " coalesce(i.attempts, 0), i.inflight_attempt is not null, i.outcome, i.error_type,"
+    " i.error_message, coalesce(i.canceled_by_us, 0), i.forgotten_at is not null, a.batch_id"
+    " from items i left join attempts a on a.id = i.inflight_attempt"
+)
+_BATCH_SQL = (
+    "select b.*, coalesce(i.status = 'adopted', 0) as adopted from batches b"
+    " left join intents i on i.id = b.intent_id"
+)
+_INSERT_RESULT = (
+    "insert into results (job, key, custom_id, fingerprint, batch_id, attempt_id, type, text,"
+    " message, stop_reason, error_type, error_message, model, input_tokens, output_tokens,"
+    " cache_creation_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens,"
+    " received_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
+_JOB_TABLES = (
+    ("items", "job = ?"),
+    ("attempts", "job = ?"),
+    ("results", "job = ?"),
+    ("batches", "job = ?"),
+    ("intents", "job = ?"),
+    ("jobs", "name = ?"),
+)
+
+
+def _pending(db: Database, path: Path) -> list[str]:
+    """The pending migrations; refuse a file written by a newer batchops."""
+    applied = [m.name for m in migrations.applied(db)]
+    unknown = [name for name in applied if name not in KNOWN_MIGRATIONS]
+    if unknown:
+        raise StateError(
+            f"{path}: state schema is newer than this batchops understands "
+            f"(migration {unknown[-1]!r}); upgrade batchops to use this state file"
+        )
+    return [m.name for m in migrations.pending(db)]
+
+
+def _not_state(path: Path, exc: Exception | str) -> StateError:
+    return StateError(f"{path}: not a batchops state file ({exc})")
+
+
+class SqliteReader(StateReader):
+    def __init__(self, db: Database | None, path: Path):
+        self.db = db
+        self.path = path
+        self.location = str(path)
+
+    @classmethod
+    def open(cls, path: Path) -> SqliteReader:
+        """Open read-only; a missing file is an empty state (and nothing is created)."""
+        path = Path(path)
+        if not path.exists():
+            return cls(None, path)
+        try:
+            conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+            db = Database(conn)
+            pending = _pending(db, path)
+        except sqlite3.DatabaseError as exc:
+            raise _not_state(path, exc) from None
+        if pending and KNOWN_MIGRATIONS[0] in pending:
+            conn.close()
+            raise _not_state(path, "no schema")
+        if pending:
+            conn.close()
+            raise StateError(
+                f"{path}: the state was written by an older batchops and needs upgrading "
+                f"(migration {pending[0]}): run `batchops state migrate`"
+            )
+        return cls(db, path)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.conn.close()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        if self.db is None:
+            return []
+        return self.db.execute(sql, list(params)).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._rows(sql, params)
+        return rows[0][0] if rows else None
+
+    @property
+    def exists(self) -> bool:
+        return self.db is not None
+
+    def meta(self, key: str) -> str | None:
+        return self._one("select value from meta where key = ?", [key])
+
+    @property
+    def lineage(self) -> str | None:
+        return self.meta("lineage")
+
+    @property
+    def serial(self) -> int:
+        value = self.meta("serial")
+        return int(value) if value is not None else 0
+
+    def item_records(self, jobs: Sequence[str] | None = None) -> Iterator[ItemRecord]:
+        if self.db is None:
+            return
+        sql, params = _ITEM_SQL, []
+        if jobs is not None:
+            sql += f" where i.job in ({', '.join('?' for _ in jobs)})"
+            params = list(jobs)
+        yield from map(ItemRecord._make, self.db.execute(sql, params))
+
+    def _batches(self, where: str = "", params: Sequence[Any] = ()) -> list[BatchRecord]:
+        if self.db is None:
+            return []
+        cursor = self.db.execute(f"{_BATCH_SQL} {where} order by b.created_at", list(params))
+        names = [d[0] for d in cursor.description]
+        return [BatchRecord.from_row(dict(zip(names, row, strict=True))) for row in cursor]
+
+    def batches(self) -> list[BatchRecord]:
+        return self._batches()
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        found = self._batches("where b.id = ?", [batch_id])
+        return found[0] if found else None
+
+    def inflight_by_batch(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        sql = (
+            "select a.batch_id, a.job, a.key from items i join attempts a on a.id = i.inflight_attempt"
+            " where a.batch_id is not null"
+        )
+        for batch_id, job, key in self._rows(sql):
+            out.setdefault(batch_id, set()).add(f"{job}\x1f{key}")
+        return out
+
+    def open_intents(self) -> list[IntentRecord]:
+        sql = (
+            "select id, job, created_at, request_count, status, batch_id, list_anchor"
+            " from intents where status = 'open' order by created_at"
+        )
+        return [
+            IntentRecord(r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6])
+            for r in self._rows(sql)
+        ]
+
+    def lock(self) -> LockInfo | None:
+        rows = self._rows("select lock_id, pid, host, since, command from lock where id = 1")
+        return LockInfo(*rows[0]) if rows else None
+
+    def plan_applied(self, plan_id: str) -> bool:
+        return bool(self._rows("select 1 from applied_plans where plan_id = ?", [plan_id]))
+
+    def sent_attempts(self, batch_id: str) -> dict[str, SentAttempt]:
+        sql = (
+            "select custom_id, id, key, fingerprint from attempts"
+            " where batch_id = ? and status = 'sent'"
+        )
+        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self._rows(sql, [batch_id])}
+
+    def job_names(self) -> list[str]:
+        sql = (
+            "select name from jobs union select job from items union select job from batches"
+            " union select job from results union select job from intents order by 1"
+        )
+        return [r[0] for r in self._rows(sql) if r[0] is not None]
+
+    def job_summaries(self, names: Sequence[str]) -> list[JobSummary]:
+        items: dict[str, list[int]] = {}
+        outcomes: dict[str, dict[str, int]] = {}
+        sql = (
+            "select job, outcome, inflight_attempt is not null, count(*) from items"
+            " group by 1, 2, 3"
+        )
+        for job, outcome, inflight, count in self._rows(sql):
+            total = items.setdefault(job, [0, 0])
+            total[0] += count
+            if inflight:
+                total[1] += count
+            per = outcomes.setdefault(job, dict.fromkeys((*OUTCOMES, "none"), 0))
+            per[outcome if outcome in per else "none"] += count
+        batches = dict(self._rows("select job, count(*) from batches group by job"))
+        results = dict(self._rows("select job, count(*) from results group by job"))
+        return [
+            JobSummary(
+                name,
+                items.get(name, [0, 0])[0],
+                items.get(name, [0, 0])[1],
+                outcomes.get(name, dict.fromkeys((*OUTCOMES, "none"), 0)),
+                batches.get(name, 0),
+                results.get(name, 0),
+            )
+            for name in names
+        ]
+
+    def batch_detail(self, batch_id: str) -> tuple[str | None, dict[str, int], int]:
+        attempts = dict(
+            self._rows(
+                "select coalesce(outcome, status), count(*) from attempts where batch_id = ?"
+                " group by 1 order by 1",
+                [batch_id],
+            )
+        )
+        results = self._one("select count(*) from results where batch_id = ?", [batch_id]) or 0
+        intent = self._one("select intent_id from batches where id = ?", [batch_id])
+        return intent, attempts, results
+
+    def result_lookup(self, job: str, key: str) -> ResultLookup | None:
+        if self.db is None:
+            return None
+        found = self.db.execute(
+            f"{_ITEM_SQL} left join results r on r.id = i.result_id where i.job = ? and i.key = ?",
+            [job, key],
+        ).fetchone()
+        if found is None:
+            return None
+        result = (
+            self.db.execute(
+                "select r.fingerprint, r.type, r.text, r.message, r.stop_reason, r.model,"
+                " r.input_tokens, r.output_tokens, r.batch_id from items i"
+                " join results r on r.id = i.result_id where i.job = ? and i.key = ?",
+                [job, key],
+            ).fetchone()
+            or (None,) * 9
+        )
+        return ResultLookup(ItemRecord._make(found), *result)
+
+    def result_lookups(self, job: str) -> Callable[[str], ResultLookup | None]:
+        """A fast `result_lookup` for one job (one prepared query per key)."""
+        if self.db is None:
+            return lambda key: None
+        execute = self.db.conn.execute
+        sql = (
+            "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
+            " coalesce(i.attempts, 0), i.inflight_attempt is not null, i.outcome, i.error_type,"
+            " i.error_message, coalesce(i.canceled_by_us, 0), i.forgotten_at is not null,"
+            " a.batch_id, r.fingerprint, r.type, r.text, r.message, r.stop_reason, r.model,"
+            " r.input_tokens, r.output_tokens, r.batch_id"
+            " from items i left join attempts a on a.id = i.inflight_attempt"
+            " left join results r on r.id = i.result_id where i.job = ? and i.key = ?"
+        )
+
+        def lookup(key: str) -> ResultLookup | None:
+            row = execute(sql, (job, key)).fetchone()
+            if row is None:
+                return None
+            return ResultLookup(ItemRecord._make(row[:12]), *row[12:])
+
+        return lookup
+
+    def usage_rows(self) -> Iterator[UsageRow]:
+        sql = (
+            "select r.job, r.model, substr(coalesce(b.created_at, r.received_at), 1, 10),"
+            " sum(coalesce(r.input_tokens, 0)), sum(coalesce(r.output_tokens, 0)),"
+            " sum(max(coalesce(r.cache_creation_input_tokens, 0)"
+            " - coalesce(r.cache_creation_1h_input_tokens, 0), 0)),"
+            " sum(coalesce(r.cache_creation_1h_input_tokens, 0)),"
+            " sum(coalesce(r.cache_read_input_tokens, 0))"
+            " from results r left join batches b on b.id = r.batch_id"
+            " where r.type = 'succeeded' group by 1, 2, 3"
+        )
+        yield from map(UsageRow._make, self._rows(sql))
+
+    def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
+        if self.db is None:
+            return None
+        if self.batch(target) is not None:
+            in_flight = f"inflight_attempt in (select id from attempts where {_UNFINISHED})"
+            return "batch", {
+                "batches": 1,
+                "items": self._one(f"select count(*) from items where {in_flight}", [target]),
+                "attempts": self._one(
+                    f"select count(*) from attempts where {_UNFINISHED}", [target]
+                ),
+            }
+        if target not in self.job_names():
+            return None
+        return "job", {
+            table: self._one(f"select count(*) from {table} where {where}", [target])
+            for table, where in _JOB_TABLES
+        }
+
+
+class SqliteWriter(SqliteReader, StateWriter):
+    """The writable state, opened holding the lock (see `open`)."""
+
+    db: Database
+
+    def __init__(self, db: Database, path: Path, lock: LockInfo | None = None):
+        super().__init__(db, path)
+        self.held = lock
+
+    @classmethod
+    def open(  # type: ignore[override]
+        cls,
+        path: Path,
+        command: str = "apply",
+        *,
+        lock_timeout: float = 0.0,
+        on_takeover: Callable[[LockInfo], None] | None = None,
+    ) -> SqliteWriter:
+        """Open for writing: create the file if needed, take the lock, then migrate, atomically."""
+        path = Path(path)
+        existed = path.exists()
+        if not existed:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            db = Database(conn)
+            db.enable_wal()
+        except sqlite3.DatabaseError as exc:
+            raise _not_state(path, exc) from None
+        deadline = time.monotonic() + lock_timeout
+        while True:
+            try:
+                lock = cls._lock_and_migrate(db, path, command, existed, on_takeover)
+                return cls(db, path, lock)
+            except LockHeld:
+                if time.monotonic() >= deadline:
+                    conn.close()
+                    raise
+                time.sleep(0.25)
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise _not_state(path, exc) from None
+            except BaseException:
+                conn.close()
+                raise
+
+    @classmethod
+    def force_unlock_at(cls, path: Path, lock_id: str) -> LockInfo:
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        writer = cls(Database(conn), Path(path))
+        try:
+            return writer.force_unlock(lock_id)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _lock_and_migrate(
+        db: Database,
+        path: Path,
+        command: str,
+        existed: bool,
+        on_takeover: Callable[[LockInfo], None] | None,
+    ) -> LockInfo:
+        conn = db.conn
+        conn.execute("begin immediate")
+        try:
+            pending = _pending(db, path)
+            tables = set(db.table_names()) - {migrations.migrations_table}
+            if existed and KNOWN_MIGRATIONS[0] in pending and tables:
+                raise _not_state(path, "no schema")
+            if "lock" in tables:
+                rows = conn.execute(
+                    "select lock_id, pid, host, since, command from lock where id = 1"
+                ).fetchall()
+                if rows:
+                    held = LockInfo(*rows[0])
+                    if held.host == socket.gethostname() and not pid_alive(held.pid):
+                        if on_takeover is not None:
+                            on_takeover(held)
+                        conn.execute("delete from lock where id = 1")
+                    else:
+                        raise LockHeld(f"{path}: state is locked: {held.describe()}")
+            if pending:
+                if existed and KNOWN_MIGRATIONS[0] not in pending:
+                    backup(path, path.with_name(path.name + f".backup-before-{pending[0]}"))
+                migrations.apply(db)
+            if conn.execute("select 1 from meta where key = 'lineage'").fetchone() is None:
+                conn.executemany(
+                    "insert or replace into meta (key, value) values (?, ?)",
+                    [
+                        ("lineage", str(uuid.uuid4())),
+                        ("serial", "0"),
+                        ("created_at", iso(utcnow())),
+                    ],
+                )
+            info = LockInfo(
+                str(uuid.uuid4()), os.getpid(), socket.gethostname(), iso(utcnow()) or "", command
+            )
+            conn.execute(
+                "insert into lock (id, lock_id, pid, host, since, command) values (1, ?, ?, ?, ?, ?)",
+                [info.lock_id, info.pid, info.host, info.since, info.command],
+            )
+            conn.execute("commit")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("rollback")
+            raise
+        return info
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic state change; bumps the serial in the same transaction."""
+        with self.db.atomic():
+            yield self.db.conn
+            self.db.conn.execute(
+                "update meta set value = cast(value as integer) + 1 where key = 'serial'"
+            )
+
+    def close(self) -> None:
+        if self.held is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.release_lock(self.held.lock_id)
+        with contextlib.suppress(sqlite3.Error):
+            self.make_durable()
+        super().close()
+
+    # -- the lock (not a state change: it does not bump the serial)
+    def release_lock(self, lock_id: str) -> None:
+        with self.db.atomic():
+            self.db.execute("delete from lock where id = 1 and lock_id = ?", [lock_id])
+        if self.held is not None and self.held.lock_id == lock_id:
+            self.held = None
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        held = self.lock()
+        if held is None:
+            raise StateError(f"{self.path}: state is not locked")
+        if held.lock_id != lock_id:
+            raise StateError(
+                f"{self.path}: lock id {lock_id!r} does not match the lock held ({held.describe()})"
+            )
+        self.release_lock(lock_id)
+        return held
+
+    def make_durable(self) -> None:
+        self.db.conn.execute("pragma wal_checkpoint(truncate)")
+
+    # -- sending
+    def record_intent(
+        self,
+        intent_id: str,
+        job: str,
+        attempts: Sequence[Attempt],
+        body_bytes: int,
+        now: datetime,
+        list_anchor: str | None = None,
+    ) -> None:
+        stamp = iso(now)
+        with self._transaction() as conn:
+            conn.execute(
+                "insert into intents (id, job, created_at, request_count, body_bytes, status,"
+                " list_anchor) values (?, ?, ?, ?, ?, 'open', ?)",
+                [intent_id, job, stamp, len(attempts), body_bytes, list_anchor],
+            )
+            conn.execute(
+                "insert into jobs (name, first_seen_at, last_applied_at) values (?, ?, ?)"
+                " on conflict (name) do update set last_applied_at = excluded.last_applied_at",
+                [job, stamp, stamp],
+            )
+            for a in attempts:
+                cursor = conn.execute(
+                    "insert into attempts (job, key, custom_id, fingerprint, number, intent_id,"
+                    " status, created_at) values (?, ?, ?, ?, ?, ?, 'open', ?)",
+                    [job, a.key, a.custom_id, a.fingerprint, a.attempt, intent_id, stamp],
+                )
+                conn.execute(
+                    "insert into items (job, key, custom_id, attempts, inflight_attempt, updated_at)"
+                    " values (?, ?, ?, 0, ?, ?) on conflict (job, key) do update set"
+                    " inflight_attempt = excluded.inflight_attempt,"
+                    " custom_id = excluded.custom_id, updated_at = excluded.updated_at,"
+                    " forgotten_at = null",
+                    [job, a.key, a.custom_id, cursor.lastrowid, stamp],
+                )
+
+    def record_created(
+        self, intent_id: str, batch: BatchRecord, now: datetime, *, adopted: bool = False
+    ) -> None:
+        stamp = iso(now)
+        with self._transaction() as conn:
+            count = conn.execute(
+                "select count(*) from attempts where intent_id = ?", [intent_id]
+            ).fetchone()[0]
+            conn.execute(
+                "insert into batches (id, job, intent_id, request_count, processing_status,"
+                " request_counts, created_at, expires_at, ended_at, archived_at,"
+                " results_expire_at, refreshed_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    batch.id,
+                    batch.job,
+                    intent_id,
+                    count,
+                    batch.processing_status,
+                    batch.request_counts,
+                    iso(batch.created_at),
+                    iso(batch.expires_at),
+                    iso(batch.ended_at),
+                    iso(batch.archived_at),
+                    iso(batch.results_expire_at),
+                    stamp,
+                ],
+            )
+            conn.execute(
+                "update attempts set status = 'sent', batch_id = ? where intent_id = ?",
+                [batch.id, intent_id],
+            )
+            conn.execute(
+                "update items set fingerprint = a.fingerprint, attempts = a.number, updated_at = ?"
+                " from attempts a where a.id = items.inflight_attempt and a.intent_id = ?",
+                [stamp, intent_id],
+            )
+            conn.execute(
+                "update intents set status = ?, batch_id = ? where id = ?",
+                ["adopted" if adopted else "created", batch.id, intent_id],
+            )
+
+    def mark_unsent(self, intent_id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("update attempts set status = 'unsent' where intent_id = ?", [intent_id])
+            conn.execute(
+                "update items set inflight_attempt = null where inflight_attempt in"
+                " (select id from attempts where intent_id = ?)",
+                [intent_id],
+            )
+            conn.execute("update intents set status = 'unsent' where id = ?", [intent_id])
+
+    # -- refresh and harvest
+    def save_batch(self, batch: BatchRecord, now: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "update batches set processing_status = ?, request_counts = ?, created_at = ?,"
+                " expires_at = ?, ended_at = ?, archived_at = ?, results_expire_at = ?,"
+                " drift = ?, pruned_at = ?, refreshed_at = ? where id = ?",
+                [
+                    batch.processing_status,
+                    batch.request_counts,
+                    iso(batch.created_at),
+                    iso(batch.expires_at),
+                    iso(batch.ended_at),
+                    iso(batch.archived_at),
+                    iso(batch.results_expire_at),
+                    batch.drift,
+                    iso(batch.pruned_at),
+                    iso(now),
+                    batch.id,
+                ],
+            )
+
+    def store_harvest(
+        self, batch_id: str, rows: Iterable[ResultRow], *, canceled_by_us: bool, now: datetime
+    ) -> int:
+        count = 0
+        with self._transaction() as conn:
+            chunk: list[ResultRow] = []
+            for row in rows:
+                chunk.append(row)
+                count += 1
+                if len(chunk) >= 5000:
+                    conn.executemany(_INSERT_RESULT, chunk)
+                    chunk.clear()
+            conn.executemany(_INSERT_RESULT, chunk)
+            # Two set-based statements rather than two per result: a batch may hold 100,000.
+            conn.execute(
+                "update attempts set status = 'done', outcome = r.type from results r"
+                " where r.batch_id = ? and r.attempt_id = attempts.id",
+                [batch_id],
+            )
+            conn.execute(
+                "update items set inflight_attempt = null, outcome = r.type,"
+                " error_type = r.error_type, error_message = r.error_message,"
+                " canceled_by_us = (? and r.type = 'canceled'),"
+                " result_id = case when r.type = 'succeeded' then r.id end, updated_at = ?"
+                " from results r where r.batch_id = ? and r.attempt_id = items.inflight_attempt",
+                [int(canceled_by_us), iso(now), batch_id],
+            )
+            conn.execute("update batches set harvested_at = ? where id = ?", [iso(now), batch_id])
+        return count
+
+    def _release(
+        self, conn: sqlite3.Connection, batch_id: str, drift: str, now: datetime
+    ) -> tuple[int, int]:
+        if drift not in RELEASE_DRIFTS:
+            raise ValueError(f"unknown drift {drift!r}")
+        released = conn.execute(
+            "update items set inflight_attempt = null, outcome = 'lost',"
+            " attempts = max(attempts - 1, 0), updated_at = ?"
+            f" where inflight_attempt in (select id from attempts where {_UNFINISHED})",
+            [iso(now), batch_id],
+        ).rowcount
+        if drift == "not-ours":
+            conn.execute(
+                "update intents set status = 'unsent', batch_id = null where batch_id = ?",
+                [batch_id],
+            )
+            attempts = conn.execute(
+                f"update attempts set status = 'unsent', batch_id = null where {_UNFINISHED}",
+                [batch_id],
+            ).rowcount
+        else:
+            attempts = conn.execute(
+                f"update attempts set status = 'lost', outcome = 'lost' where {_UNFINISHED}",
+                [batch_id],
+            ).rowcount
+        conn.execute("update batches set drift = ? where id = ?", [drift, batch_id])
+        return released, attempts
+
+    def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
+        with self._transaction() as conn:
+            return self._release(conn, batch_id, drift, now)[0]
+
+    def forget(self, keys: Iterable[tuple[str, str]], now: datetime) -> None:
+        stamp = iso(now)
+        with self._transaction() as conn:
+            conn.executemany(
+                "update items set forgotten_at = ? where job = ? and key = ?"
+                " and inflight_attempt is null",
+                ((stamp, job, key) for job, key in keys),
+            )
+
+    def remember(self, keys: Iterable[tuple[str, str]]) -> None:
+        with self._transaction() as conn:
+            conn.executemany(
+                "update items set forgotten_at = null where job = ? and key = ?", list(keys)
+            )
+
+    def mark_cancel_requested(self, batch_id: str, now: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "update batches set canceled_by_us_at = ? where id = ?", [iso(now), batch_id]
+            )
+
+    def record_cancel(
+        self, batch_id: str, cancel_initiated_at: datetime | None, processing_status: str
+    ) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "update batches set cancel_initiated_at = ?, processing_status = ? where id = ?",
+                [iso(cancel_initiated_at), processing_status, batch_id],
+            )
+
+    def mark_pruned(self, batch_id: str, now: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute("update batches set pruned_at = ? where id = ?", [iso(now), batch_id])
+
+    def record_plan_applied(self, plan_id: str, now: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "insert into applied_plans (plan_id, applied_at) values (?, ?)",
+                [plan_id, iso(now)],
+            )
+
+    def remove(self, target: str) -> tuple[str, dict[str, int]]:
+        with self._transaction() as conn:
+            if self.batch(target) is not None:
+                items, attempts = self._release(conn, target, "deleted", utcnow())
+                conn.execute("delete from batches where id = ?", [target])
+                return "batch", {"batches": 1, "items": items, "attempts": attempts}
+            if target not in self.job_names():
+                raise StateError(f"no job or batch {target!r} in state {self.path}")
+            rows = {
+                table: conn.execute(f"delete from {table} where {where}", [target]).rowcount
+                for table, where in _JOB_TABLES
+            }
+            return "job", rows
+
+
+def backup(source: Path, target: Path) -> Path:
+    """Copy a state file with SQLite's online backup API (consistent even under WAL)."""
+    src = sqlite3.connect(f"file:{Path(source).resolve()}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(str(target))
+        with dst:
+            src.backup(dst)
+        dst.close()
+    finally:
+        src.close()
+    return target
