@@ -4,6 +4,11 @@ Handlers check only what the real API checks at that point (auth, `anthropic-ver
 envelope) and leave everything else to the store and the lifecycle. An outer ASGI layer stamps a
 `request-id` on every response and applies queued HTTP faults, including the two no framework
 handler can express: a response that never arrives, and a body cut off mid-stream.
+
+Admin calls (`/_emulator/clock`, `config`, `faults`, `stats`, `teammate/batches`) check the same
+key as the API when one is configured, and read at most ADMIN_MAX_BODY_BYTES. No body is read
+without a bound: a declared length over the cap is refused before reading, an undeclared one as
+soon as it passes the cap, and the connection is closed rather than drained.
 """
 
 from __future__ import annotations
