@@ -1,0 +1,526 @@
+"""The state API contract: every backend (SQLite, PostgreSQL) passes the same tests.
+
+Each test drives the public API only (`open_reader`, `open_writer`, `force_unlock`); the few
+backend-specific checks (what tables exist, faking a newer migration or a dead lock holder) go
+through `Backend.raw`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from batchops.errors import LockHeld, StateError
+from batchops.state import force_unlock, open_reader, open_writer
+from batchops.state.api import StateWriter
+from batchops.state.records import BatchRecord, ResultRow
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+JOB = "demo"
+
+
+@dataclass(frozen=True)
+class Att:
+    key: str
+    custom_id: str
+    fingerprint: str
+    attempt: int = 1
+
+
+@dataclass
+class Backend:
+    name: str
+    location: str
+
+    def raw(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run SQL behind the API's back (`?` placeholders), for what the API cannot set up."""
+        if self.name == "sqlite":
+            conn = sqlite3.connect(self.location)
+            try:
+                with conn:
+                    return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.location, autocommit=True) as conn:
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def tables(self) -> set[str]:
+        if self.name == "sqlite":
+            if not Path(self.location).exists():
+                return set()
+            return {r[0] for r in self.raw("select name from sqlite_master where type = 'table'")}
+        return {
+            r[0]
+            for r in self.raw(
+                "select table_name from information_schema.tables where table_schema = 'public'"
+            )
+        }
+
+    def migrations_table(self) -> str:
+        return "_sqlite_migrations" if self.name == "sqlite" else "_batchops_migrations"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", str(tmp_path / "state.db"))
+    return Backend("postgres", request.getfixturevalue("pg_dsn"))
+
+
+@pytest.fixture
+def writer(backend: Backend) -> Iterator[StateWriter]:
+    w = open_writer(backend.location, "test")
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def atts(*keys: str, attempt: int = 1) -> list[Att]:
+    return [Att(k, f"cid-{k}-{attempt}", f"sha256:{k}", attempt) for k in keys]
+
+
+def batch_record(batch_id: str, job: str = JOB, **changes) -> BatchRecord:
+    values = dict(
+        id=batch_id,
+        job=job,
+        request_count=0,
+        processing_status="in_progress",
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=1),
+        ended_at=None,
+        archived_at=None,
+        results_expire_at=None,
+        harvested_at=None,
+        canceled_by_us_at=None,
+        pruned_at=None,
+        drift=None,
+        request_counts=None,
+    )
+    values.update(changes)
+    return BatchRecord(**values)
+
+
+def result_row(
+    w: StateWriter, batch_id: str, custom_id: str, type_: str = "succeeded"
+) -> ResultRow:
+    sent = w.sent_attempts(batch_id)[custom_id]
+    ok = type_ == "succeeded"
+    return ResultRow(
+        job=JOB,
+        key=sent.key,
+        custom_id=custom_id,
+        fingerprint=sent.fingerprint,
+        batch_id=batch_id,
+        attempt_id=sent.attempt_id,
+        type=type_,
+        text=f"answer {sent.key}" if ok else None,
+        message="{}" if ok else None,
+        stop_reason="end_turn" if ok else None,
+        error_type=None if ok else "api_error",
+        error_message=None if ok else "boom",
+        model="claude-haiku-4-5",
+        input_tokens=10,
+        output_tokens=5,
+        cache_creation_input_tokens=0,
+        cache_creation_1h_input_tokens=0,
+        cache_read_input_tokens=0,
+        received_at="2026-03-10T12:00:00Z",
+    )
+
+
+def sent_batch(w: StateWriter, batch_id: str = "msgbatch_1", *keys: str) -> list[Att]:
+    """Record an intent for `keys` (default a, b) and the batch that carries them."""
+    sent = atts(*(keys or ("a", "b")))
+    w.record_intent(f"intent-{batch_id}", JOB, sent, 100, NOW, list_anchor="msgbatch_0")
+    w.record_created(f"intent-{batch_id}", batch_record(batch_id), NOW)
+    return sent
+
+
+def records(w: StateWriter) -> dict[str, object]:
+    return {r.key: r for r in w.item_records()}
+
+
+# ---------------------------------------------------------------- lineage and serial
+def test_new_state_has_lineage_and_serial_zero(writer: StateWriter, backend: Backend) -> None:
+    assert writer.exists
+    assert writer.lineage
+    assert writer.serial == 0
+    reader = open_reader(backend.location)
+    try:
+        assert reader.exists
+        assert reader.lineage == writer.lineage
+        assert reader.serial == 0
+    finally:
+        reader.close()
+
+
+def test_each_write_bumps_serial(writer: StateWriter) -> None:
+    sent_batch(writer)
+    assert writer.serial == 2
+    writer.mark_pruned("msgbatch_1", NOW)
+    writer.record_plan_applied("plan-1", NOW)
+    assert writer.serial == 4
+
+
+def test_lineage_survives_reopen(backend: Backend) -> None:
+    w = open_writer(backend.location, "test")
+    lineage = w.lineage
+    w.record_plan_applied("p", NOW)
+    w.close()
+    w = open_writer(backend.location, "test")
+    try:
+        assert w.lineage == lineage
+        assert w.serial == 1
+    finally:
+        w.close()
+
+
+# ---------------------------------------------------------------- sending
+def test_record_intent_puts_items_in_flight(writer: StateWriter) -> None:
+    writer.record_intent("i1", JOB, atts("a", "b"), 100, NOW, list_anchor="msgbatch_0")
+    items = records(writer)
+    assert set(items) == {"a", "b"}
+    assert all(r.inflight and r.inflight_batch is None for r in items.values())
+    assert items["a"].custom_id == "cid-a-1"
+    assert items["a"].attempts == 0
+    [intent] = writer.open_intents()
+    assert (intent.id, intent.job, intent.request_count, intent.status, intent.list_anchor) == (
+        "i1",
+        JOB,
+        2,
+        "open",
+        "msgbatch_0",
+    )
+    assert intent.batch_id is None
+    assert writer.job_names() == [JOB]
+
+
+def test_record_created(writer: StateWriter) -> None:
+    sent_batch(writer)
+    assert writer.open_intents() == []
+    sent = writer.sent_attempts("msgbatch_1")
+    assert set(sent) == {"cid-a-1", "cid-b-1"}
+    assert sent["cid-a-1"].key == "a" and sent["cid-a-1"].fingerprint == "sha256:a"
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None
+    assert (batch.job, batch.request_count, batch.created_at, batch.adopted) == (JOB, 2, NOW, False)
+    assert [b.id for b in writer.batches()] == ["msgbatch_1"]
+    assert writer.inflight_by_batch() == {"msgbatch_1": {f"{JOB}\x1fa", f"{JOB}\x1fb"}}
+    items = records(writer)
+    assert items["a"].attempts == 1 and items["a"].inflight_batch == "msgbatch_1"
+    assert writer.batch("nope") is None
+    intent, attempts, results = writer.batch_detail("msgbatch_1")
+    assert (intent, attempts, results) == ("intent-msgbatch_1", {"sent": 2}, 0)
+
+
+def test_record_created_adopted(writer: StateWriter) -> None:
+    writer.record_intent("i1", JOB, atts("a"), 10, NOW)
+    writer.record_created("i1", batch_record("msgbatch_9"), NOW, adopted=True)
+    batch = writer.batch("msgbatch_9")
+    assert batch is not None and batch.adopted
+
+
+def test_mark_unsent(writer: StateWriter) -> None:
+    writer.record_intent("i1", JOB, atts("a", "b"), 100, NOW)
+    writer.mark_unsent("i1")
+    assert writer.open_intents() == []
+    assert not any(r.inflight for r in writer.item_records())
+    assert writer.inflight_by_batch() == {}
+
+
+def test_save_batch(writer: StateWriter) -> None:
+    sent_batch(writer)
+    writer.save_batch(
+        batch_record("msgbatch_1", processing_status="ended", ended_at=NOW, request_counts="{}"),
+        NOW,
+    )
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None
+    assert (batch.processing_status, batch.ended_at, batch.request_counts) == ("ended", NOW, "{}")
+
+
+# ---------------------------------------------------------------- harvest
+def test_store_harvest_settles_items(writer: StateWriter) -> None:
+    sent_batch(writer)
+    rows = [
+        result_row(writer, "msgbatch_1", "cid-a-1"),
+        result_row(writer, "msgbatch_1", "cid-b-1", "errored"),
+    ]
+    serial = writer.serial
+    assert writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 2
+    assert writer.serial == serial + 1
+    items = records(writer)
+    assert not items["a"].inflight and items["a"].outcome == "succeeded"
+    assert items["b"].outcome == "errored" and items["b"].error_type == "api_error"
+    assert writer.inflight_by_batch() == {}
+    lookup = writer.result_lookup(JOB, "a")
+    assert lookup is not None
+    assert (lookup.text, lookup.result_type, lookup.batch_id) == (
+        "answer a",
+        "succeeded",
+        "msgbatch_1",
+    )
+    assert writer.result_lookups(JOB)("a") == lookup
+    errored = writer.result_lookup(JOB, "b")
+    assert errored is not None and errored.text is None and errored.record.outcome == "errored"
+    assert writer.result_lookup(JOB, "zz") is None
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None and batch.harvested_at == NOW
+    assert writer.batch_detail("msgbatch_1") == (
+        "intent-msgbatch_1",
+        {"errored": 1, "succeeded": 1},
+        2,
+    )
+    [usage] = list(writer.usage_rows())
+    assert usage == (JOB, "claude-haiku-4-5", "2026-03-10", 10, 5, 0, 0, 0)
+    [summary] = writer.job_summaries([JOB])
+    assert (summary.items, summary.in_flight, summary.batches, summary.results) == (2, 0, 1, 2)
+    assert summary.outcomes["succeeded"] == 1 and summary.outcomes["errored"] == 1
+
+
+def test_store_harvest_canceled_by_us(writer: StateWriter) -> None:
+    sent_batch(writer)
+    rows = [result_row(writer, "msgbatch_1", "cid-a-1", "canceled")]
+    writer.store_harvest("msgbatch_1", rows, canceled_by_us=True, now=NOW)
+    items = records(writer)
+    assert items["a"].outcome == "canceled" and items["a"].canceled_by_us
+    assert items["b"].inflight  # no result for it yet
+
+
+def test_store_harvest_raising_iterable_stores_nothing(writer: StateWriter) -> None:
+    sent_batch(writer)
+    good = result_row(writer, "msgbatch_1", "cid-a-1")
+    serial = writer.serial
+
+    def rows() -> Iterator[ResultRow]:
+        yield good
+        raise RuntimeError("verification failed")
+
+    with pytest.raises(RuntimeError, match="verification failed"):
+        writer.store_harvest("msgbatch_1", rows(), canceled_by_us=False, now=NOW)
+    assert writer.serial == serial
+    assert all(r.inflight for r in writer.item_records())
+    assert writer.batch_detail("msgbatch_1")[2] == 0
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None and batch.harvested_at is None
+    # The writer is still usable afterwards.
+    assert writer.store_harvest("msgbatch_1", [good], canceled_by_us=False, now=NOW) == 1
+
+
+# ---------------------------------------------------------------- release
+@pytest.mark.parametrize("drift", ["deleted", "not-ours"])
+def test_release_batch(writer: StateWriter, drift: str) -> None:
+    sent_batch(writer)
+    assert writer.release_batch("msgbatch_1", drift, NOW) == 2
+    items = records(writer)
+    assert not any(r.inflight for r in items.values())
+    assert all(r.attempts == 0 and r.outcome == "lost" for r in items.values())
+    assert writer.inflight_by_batch() == {}
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None and batch.drift == drift
+    if drift == "not-ours":
+        assert writer.sent_attempts("msgbatch_1") == {}
+    else:
+        assert writer.batch_detail("msgbatch_1")[1] == {"lost": 2}
+
+
+def test_release_batch_unknown_drift(writer: StateWriter) -> None:
+    sent_batch(writer)
+    with pytest.raises(ValueError):
+        writer.release_batch("msgbatch_1", "weird", NOW)
+    assert all(r.inflight for r in writer.item_records())
+
+
+# ---------------------------------------------------------------- forget, cancel, prune, plans
+def test_forget_and_remember(writer: StateWriter) -> None:
+    sent_batch(writer)
+    writer.store_harvest(
+        "msgbatch_1",
+        [result_row(writer, "msgbatch_1", "cid-a-1")],
+        canceled_by_us=False,
+        now=NOW,
+    )
+    writer.forget([(JOB, "a"), (JOB, "b")], NOW)
+    items = records(writer)
+    assert items["a"].forgotten
+    assert not items["b"].forgotten  # in flight: never forgotten
+    writer.remember(iter([(JOB, "a")]))
+    assert not records(writer)["a"].forgotten
+    serial = writer.serial
+    writer.forget([], NOW)
+    writer.remember([])
+    assert writer.serial == serial + 2
+
+
+def test_cancel_and_prune(writer: StateWriter) -> None:
+    sent_batch(writer)
+    writer.mark_cancel_requested("msgbatch_1", NOW)
+    writer.record_cancel("msgbatch_1", NOW + timedelta(seconds=1), "canceling")
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None
+    assert (batch.canceled_by_us_at, batch.processing_status) == (NOW, "canceling")
+    assert not batch.finished
+    writer.mark_pruned("msgbatch_1", NOW)
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None and batch.pruned_at == NOW and batch.finished
+
+
+def test_plan_applied(writer: StateWriter) -> None:
+    assert not writer.plan_applied("plan-1")
+    writer.record_plan_applied("plan-1", NOW)
+    assert writer.plan_applied("plan-1")
+    assert not writer.plan_applied("plan-2")
+
+
+# ---------------------------------------------------------------- remove
+def test_remove_job(writer: StateWriter) -> None:
+    sent_batch(writer)
+    writer.record_intent("i-other", "other", atts("x"), 10, NOW)
+    expected = {"items": 2, "attempts": 2, "results": 0, "batches": 1, "intents": 1, "jobs": 1}
+    assert writer.removal_counts(JOB) == ("job", expected)
+    assert writer.remove(JOB) == ("job", expected)
+    assert writer.job_names() == ["other"]
+    assert writer.batches() == []
+    assert writer.removal_counts(JOB) is None
+    serial = writer.serial
+    with pytest.raises(StateError, match="no job or batch"):
+        writer.remove(JOB)
+    assert writer.serial == serial
+
+
+def test_remove_batch(writer: StateWriter) -> None:
+    sent_batch(writer)
+    expected = {"batches": 1, "items": 2, "attempts": 2}
+    assert writer.removal_counts("msgbatch_1") == ("batch", expected)
+    assert writer.remove("msgbatch_1") == ("batch", expected)
+    assert writer.batch("msgbatch_1") is None
+    assert not any(r.inflight for r in writer.item_records())
+
+
+# ---------------------------------------------------------------- locks
+def test_second_writer_is_refused_naming_the_holder(writer: StateWriter, backend: Backend) -> None:
+    held = writer.lock()
+    assert held is not None and held.command == "test"
+    with pytest.raises(LockHeld) as caught:
+        open_writer(backend.location, "other")
+    message = str(caught.value)
+    assert f"pid {held.pid}" in message and held.host in message and held.lock_id in message
+
+
+def test_lock_timeout_waits(writer: StateWriter, backend: Backend) -> None:
+    start = time.monotonic()
+    with pytest.raises(LockHeld):
+        open_writer(backend.location, "other", lock_timeout=0.6)
+    assert time.monotonic() - start >= 0.5
+
+    held = writer.lock()
+    assert held is not None
+    # Released from another thread, through a connection of its own (SQLite's are per thread).
+    timer = threading.Timer(0.5, force_unlock, [backend.location, held.lock_id])
+    timer.start()
+    try:
+        second = open_writer(backend.location, "other", lock_timeout=10)
+    finally:
+        timer.join()
+    try:
+        lock = second.lock()
+        assert lock is not None and lock.command == "other"
+    finally:
+        second.close()
+
+
+def test_close_releases_the_lock(backend: Backend) -> None:
+    open_writer(backend.location, "test").close()
+    reader = open_reader(backend.location)
+    try:
+        assert reader.lock() is None
+    finally:
+        reader.close()
+
+
+def test_force_unlock(writer: StateWriter, backend: Backend) -> None:
+    held = writer.lock()
+    assert held is not None
+    with pytest.raises(StateError, match="does not match"):
+        force_unlock(backend.location, "not-the-id")
+    assert force_unlock(backend.location, held.lock_id) == held
+    with pytest.raises(StateError, match="not locked"):
+        force_unlock(backend.location, held.lock_id)
+    open_writer(backend.location, "other").close()
+
+
+def test_dead_holder_on_this_host_is_taken_over(writer: StateWriter, backend: Backend) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(child.stdout)
+    backend.raw("update lock set pid = ? where id = 1", (dead_pid,))
+    taken = []
+    second = open_writer(backend.location, "other", on_takeover=taken.append)
+    try:
+        assert [t.pid for t in taken] == [dead_pid]
+        lock = second.lock()
+        assert lock is not None and lock.command == "other"
+    finally:
+        second.close()
+
+
+# ---------------------------------------------------------------- readers and migrations
+def test_reader_on_missing_state_answers_empty_and_creates_nothing(backend: Backend) -> None:
+    reader = open_reader(backend.location)
+    try:
+        assert not reader.exists
+        assert (reader.lineage, reader.serial, reader.lock()) == (None, 0, None)
+        assert list(reader.item_records()) == [] and list(reader.item_records([JOB])) == []
+        assert reader.batches() == [] and reader.batch("x") is None
+        assert reader.inflight_by_batch() == {} and reader.open_intents() == []
+        assert reader.job_names() == [] and list(reader.usage_rows()) == []
+        assert reader.result_lookup(JOB, "a") is None and reader.result_lookups(JOB)("a") is None
+        assert reader.removal_counts(JOB) is None and not reader.plan_applied("p")
+        assert reader.sent_attempts("x") == {}
+    finally:
+        reader.close()
+    assert backend.tables() == set()
+    if backend.name == "sqlite":
+        assert not Path(backend.location).exists()
+
+
+def test_reader_sees_items_for_selected_jobs(writer: StateWriter, backend: Backend) -> None:
+    sent_batch(writer)
+    writer.record_intent("i-other", "other", atts("x"), 10, NOW)
+    reader = open_reader(backend.location)
+    try:
+        assert {r.key for r in reader.item_records([JOB])} == {"a", "b"}
+        assert {r.key for r in reader.item_records()} == {"a", "b", "x"}
+        assert reader.serial == writer.serial
+    finally:
+        reader.close()
+
+
+def test_newer_unknown_migration_is_refused(backend: Backend) -> None:
+    open_writer(backend.location, "test").close()
+    backend.raw(
+        f"insert into {backend.migrations_table()} (migration_set, name, applied_at)"
+        " values (?, ?, ?)",
+        ("batchops", "m9999_from_the_future", "2030-01-01T00:00:00Z"),
+    )
+    with pytest.raises(StateError, match="newer"):
+        open_writer(backend.location, "test")
+    with pytest.raises(StateError, match="newer"):
+        open_reader(backend.location)
