@@ -524,3 +524,22 @@ def test_newer_unknown_migration_is_refused(backend: Backend) -> None:
         open_writer(backend.location, "test")
     with pytest.raises(StateError, match="newer"):
         open_reader(backend.location)
+
+
+def test_postgres_location_never_shows_the_password(pg_dsn: str) -> None:
+    url = pg_dsn.replace("postgres@", "postgres:hunter2@", 1) + "?password=hunter3"
+    writer = open_writer(url, "test")
+    try:
+        assert "hunter" not in writer.location
+        assert writer.location.startswith("postgresql://postgres@127.0.0.1:")
+    finally:
+        writer.close()
+    reader = open_reader(url)
+    try:
+        assert "hunter" not in reader.location and reader.exists
+    finally:
+        reader.close()
+    unreachable = url.replace("/test_", "/missing_", 1)
+    with pytest.raises(StateError, match="cannot connect") as caught:
+        open_reader(unreachable)
+    assert "hunter" not in str(caught.value)
