@@ -213,6 +213,23 @@ def plan(
         ctx.exit(2)
 
 
+@cli.command()
+@click.argument("plan_file", type=click.Path(path_type=Path))
+@json_option
+@click.option("--markdown", is_flag=True, help="Markdown for a pull-request comment.")
+@click.pass_context
+def show(ctx: click.Context, plan_file: Path, json_: bool, markdown: bool) -> None:
+    """Render a saved plan the way `plan` does (checked against the specs; no network)."""
+    saved = _context(ctx).load_plan(plan_file)
+    source = saved.header.get("plan", {}).get("prices")
+    if json_:
+        click.echo(plan_json(saved.plan, source))
+    elif markdown:
+        click.echo(plan_markdown(saved.plan, source))
+    else:
+        click.echo(plan_text(saved.plan, source))
+
+
 class CliProgress:
     """Fills the library's progress seam: notes as lines, a progress bar on a terminal."""
 
@@ -649,6 +666,14 @@ def state_show(ctx: click.Context, target: str, json_: bool) -> None:
 
 def _interactive() -> bool:
     return sys.stdin.isatty()
+
+
+@state_group.command("migrate")
+@click.pass_context
+def state_migrate(ctx: click.Context) -> None:
+    """Upgrade a state written by an older batchops (under the lock)."""
+    _context(ctx).migrate()
+    click.echo(f"State {ctx.obj['settings'].state_path} is up to date.")
 
 
 @state_group.command("rm")
