@@ -543,3 +543,144 @@ def test_postgres_location_never_shows_the_password(pg_dsn: str) -> None:
     with pytest.raises(StateError, match="cannot connect") as caught:
         open_reader(unreachable)
     assert "hunter" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- copies (state push and pull)
+COPY_KEPT_APART = {"lock", "leases"}  # each state's own; never copied
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def other(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A second, empty state to copy into (of either kind)."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", str(tmp_path / "copy.db"))
+        return
+    server = request.getfixturevalue("pg_server")
+    name = server.create_database()
+    try:
+        yield Backend("postgres", server.dsn_for(name))
+    finally:
+        server.drop_database(name)
+
+
+def filled(w: StateWriter) -> None:
+    """A little of everything: a harvest (both outcomes, a cancel flag), a forgotten item, an open
+    intent, a plan applied."""
+    sent_batch(w)
+    rows = [
+        result_row(w, "msgbatch_1", "cid-a-1"),
+        result_row(w, "msgbatch_1", "cid-b-1", "canceled"),
+    ]
+    w.store_harvest("msgbatch_1", rows, canceled_by_us=True, now=NOW)
+    w.forget([(JOB, "b")], NOW)
+    w.record_intent("i-open", JOB, atts("c"), 10, NOW, list_anchor="msgbatch_1")
+    w.record_plan_applied("plan-1", NOW)
+
+
+def dump(location: str) -> dict[str, list[tuple]]:
+    reader = open_reader(location)
+    try:
+        return {table: sorted(rows, key=repr) for table, _, rows in reader.dump_tables()}
+    finally:
+        reader.close()
+
+
+def test_state_tables_name_every_column_of_every_table(writer: StateWriter, backend: Backend):
+    from batchops.state.api import STATE_TABLES
+
+    if backend.name == "sqlite":
+        tables = backend.tables() - {"_sqlite_migrations"}
+        found = {t: {r[1] for r in backend.raw(f"pragma table_info({t})")} for t in tables}
+    else:
+        rows = backend.raw(
+            "select table_name, column_name from information_schema.columns"
+            " where table_schema = 'public' and table_name != '_batchops_migrations'"
+        )
+        found = {}
+        for table, column in rows:
+            found.setdefault(table, set()).add(column)
+    copied = {t: set(c) for t, c in STATE_TABLES}
+    assert {t: c for t, c in found.items() if t not in COPY_KEPT_APART} == copied
+
+
+def test_dump_and_load_copy_every_row(writer: StateWriter, backend: Backend, other: Backend):
+    filled(writer)
+    source = dump(backend.location)
+    target = open_writer(other.location, "copy")
+    try:
+        counts = target.load_tables(writer.dump_tables(), expected=writer.table_counts())
+        assert counts == writer.table_counts()
+        assert counts["results"] == 2 and counts["attempts"] == 3 and counts["meta"] == 3
+        assert (target.lineage, target.serial) == (writer.lineage, writer.serial)
+        assert records(target) == records(writer)
+        assert target.batches() == writer.batches()
+        assert target.result_lookup(JOB, "a") == writer.result_lookup(JOB, "a")
+        assert target.open_intents() == writer.open_intents()
+        assert target.plan_applied("plan-1")
+        # ids go on after the copied ones, in both backends (see the dump below)
+        target.record_intent("i-next", JOB, atts("d"), 10, NOW)
+        assert target.lock() is not None and target.lock().command == "copy"
+    finally:
+        target.close()
+    copy = dump(other.location)
+    assert {
+        t: rows
+        for t, rows in copy.items()
+        if t not in ("attempts", "items", "intents", "meta", "jobs")
+    } == {
+        t: rows
+        for t, rows in source.items()
+        if t not in ("attempts", "items", "intents", "meta", "jobs")
+    }
+    assert len(copy["attempts"]) == len(source["attempts"]) + 1
+    assert [r for r in copy["attempts"] if r[6] != "i-next"] == source["attempts"]
+    assert [r[0] for r in copy["attempts"] if r[6] == "i-next"] == [4]
+    assert {r[1]: r[9] for r in copy["items"]}["b"] is True  # canceled_by_us, a bool in a dump
+
+
+def test_load_refuses_a_state_that_is_not_empty_unless_replace(
+    writer: StateWriter, backend: Backend, other: Backend
+) -> None:
+    filled(writer)
+    target = open_writer(other.location, "copy")
+    try:
+        for n in range(writer.serial + 1):  # a serial past the source's
+            target.record_plan_applied(f"theirs-{n}", NOW)
+        own = (target.lineage, target.serial)
+        assert own[1] > writer.serial
+        with pytest.raises(StateError, match="not empty; nothing was copied"):
+            target.load_tables(writer.dump_tables())
+        assert (target.lineage, target.serial) == own and target.plan_applied("theirs-0")
+        counts = target.load_tables(writer.dump_tables(), replace=True)
+        assert counts == writer.table_counts()
+        assert target.lineage == writer.lineage and not target.plan_applied("theirs-0")
+        assert target.serial == max(own[1], writer.serial) + 1  # past both: no plan matches
+    finally:
+        target.close()
+
+
+def test_load_that_does_not_check_out_writes_nothing(
+    writer: StateWriter, backend: Backend, other: Backend
+) -> None:
+    filled(writer)
+    wrong = {**writer.table_counts(), "results": 99}
+    target = open_writer(other.location, "copy")
+    try:
+        lineage = target.lineage
+        with pytest.raises(StateError, match="does not check out"):
+            target.load_tables(writer.dump_tables(), expected=wrong)
+        assert target.is_empty() and target.lineage == lineage and target.serial == 0
+        with pytest.raises(ValueError, match="not a state table"):
+            target.load_tables([("lock", ("id",), iter([(1,)]))])
+        assert target.is_empty()
+    finally:
+        target.close()
+
+
+def test_missing_state_dumps_nothing_and_counts_zero(backend: Backend) -> None:
+    reader = open_reader(backend.location)
+    try:
+        assert list(reader.dump_tables()) == [] and reader.is_empty()
+        assert set(reader.table_counts().values()) == {0}
+    finally:
+        reader.close()

@@ -29,6 +29,65 @@ from batchops.state.records import (
 RELEASE_DRIFTS = ("deleted", "results-lost", "not-ours")
 OUTCOMES = ("succeeded", "errored", "expired", "canceled", "lost")
 
+# What a copy of the state carries (`dump_tables` / `load_tables`: state push, pull, and tests),
+# table by table, with the columns in one order both backends share. The lock or leases and the
+# migrations record belong to each state and are never copied. A flag column is a bool in a dump.
+STATE_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("meta", ("key", "value")),
+    ("jobs", ("name", "spec_file", "first_seen_at", "last_applied_at")),
+    (
+        "items",
+        (
+            "job", "key", "custom_id", "fingerprint", "attempts", "inflight_attempt", "outcome",
+            "error_type", "error_message", "canceled_by_us", "result_id", "updated_at",
+            "forgotten_at",
+        ),
+    ),
+    (
+        "attempts",
+        (
+            "id", "job", "key", "custom_id", "fingerprint", "number", "intent_id", "batch_id",
+            "status", "outcome", "created_at",
+        ),
+    ),
+    (
+        "intents",
+        (
+            "id", "job", "created_at", "request_count", "body_bytes", "status", "batch_id",
+            "plan_id", "list_anchor",
+        ),
+    ),
+    (
+        "batches",
+        (
+            "id", "job", "intent_id", "request_count", "processing_status", "request_counts",
+            "created_at", "expires_at", "ended_at", "cancel_initiated_at", "archived_at",
+            "results_expire_at", "harvested_at", "canceled_by_us_at", "pruned_at", "drift",
+            "refreshed_at",
+        ),
+    ),
+    (
+        "results",
+        (
+            "id", "job", "key", "custom_id", "fingerprint", "batch_id", "attempt_id", "type",
+            "text", "message", "stop_reason", "error_type", "error_message", "model",
+            "input_tokens", "output_tokens", "cache_creation_input_tokens",
+            "cache_creation_1h_input_tokens", "cache_read_input_tokens", "received_at",
+        ),
+    ),
+    ("applied_plans", ("plan_id", "applied_at")),
+)  # fmt: skip
+FLAG_COLUMNS = {"items": ("canceled_by_us",)}
+# One table of a dump: (table, columns, rows); its rows are read lazily, so consume them in order.
+TableDump = tuple[str, tuple[str, ...], Iterator[tuple]]
+
+
+def check_dump_table(table: str, columns: Sequence[str]) -> None:
+    """Refuse a dump table that is not one of STATE_TABLES, or a column it does not have."""
+    known = dict(STATE_TABLES).get(table)
+    if known is None or not set(columns) <= set(known):
+        raise ValueError(f"not a state table of this batchops: {table} {tuple(columns)}")
+
 
 class Attempt(Protocol):
     """What recording an intent needs of each request in it (a plan's submit action)."""
@@ -116,6 +175,18 @@ class StateReader(ABC):
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
         """("job" | "batch", rows `remove` would touch per table), or None if unknown."""
 
+    @abstractmethod
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table of STATE_TABLES (all zero for a state that does not exist)."""
+
+    def is_empty(self) -> bool:
+        """Nothing recorded yet (a new state has its meta rows, and nothing else)."""
+        return not any(n for table, n in self.table_counts().items() if table != "meta")
+
+    @abstractmethod
+    def dump_tables(self) -> Iterator[TableDump]:
+        """Every row of every STATE_TABLES table, in that order, read from one snapshot."""
+
 
 class StateWriter(StateReader):
     """The writable state: apply, refresh, import and state surgery hold one, under the lock."""
@@ -197,3 +268,19 @@ class StateWriter(StateReader):
     @abstractmethod
     def make_durable(self) -> None:
         """Leave the state self-contained (for SQLite: checkpoint the WAL into the file)."""
+
+    @abstractmethod
+    def load_tables(
+        self,
+        tables: Iterable[TableDump],
+        *,
+        replace: bool = False,
+        expected: dict[str, int] | None = None,
+    ) -> dict[str, int]:
+        """Make this state a copy of a dump (another state's `dump_tables`), in one transaction.
+
+        Lineage and serial come with the dump (the serial moves past this state's own when
+        `replace` overwrites rows). A state that is not empty is refused unless `replace`. With
+        `expected` (rows per table of the source), any other count rolls everything back.
+        Returns the rows now in each table.
+        """

@@ -28,7 +28,16 @@ import psycopg
 
 from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import LockHeld, StateError
-from batchops.state.api import OUTCOMES, RELEASE_DRIFTS, Attempt, StateReader, StateWriter
+from batchops.state.api import (
+    OUTCOMES,
+    RELEASE_DRIFTS,
+    STATE_TABLES,
+    Attempt,
+    StateReader,
+    StateWriter,
+    TableDump,
+    check_dump_table,
+)
 from batchops.state.records import (
     BatchRecord,
     IntentRecord,
@@ -392,6 +401,27 @@ class PostgresReader(StateReader):
             table: self._one(f"select count(*) from {table} where {where}", [target])
             for table, where in _JOB_TABLES
         }
+
+    # -- copies of the whole state (state push and pull)
+    def table_counts(self) -> dict[str, int]:
+        return {table: self._one(f"select count(*) from {table}") or 0 for table, _ in STATE_TABLES}
+
+    def dump_tables(self) -> Iterator[TableDump]:
+        if not self._exists:
+            return
+        with self.conn.transaction():
+            # one snapshot for every table
+            self.conn.execute("set transaction isolation level repeatable read")
+            for table, columns in STATE_TABLES:
+                yield table, columns, self._server_rows(table, columns)
+
+    def _server_rows(self, table: str, columns: tuple[str, ...]) -> Iterator[tuple]:
+        """A table's rows through a server-side cursor: a large results table is never all in
+        memory at once."""
+        with self.conn.cursor(name=f"batchops_dump_{table}") as cursor:
+            cursor.itersize = 2000
+            cursor.execute(f"select {', '.join(columns)} from {table}")
+            yield from cursor
 
 
 class PostgresWriter(PostgresReader, StateWriter):
@@ -765,3 +795,46 @@ class PostgresWriter(PostgresReader, StateWriter):
                 for table, where in _JOB_TABLES
             }
             return "job", rows
+
+    def load_tables(
+        self,
+        tables: Iterable[TableDump],
+        *,
+        replace: bool = False,
+        expected: dict[str, int] | None = None,
+    ) -> dict[str, int]:
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                had_rows, own_serial = not self.is_empty(), self.serial
+                if had_rows and not replace:
+                    raise StateError(f"{self.location}: the state is not empty; nothing was copied")
+                for table, _ in STATE_TABLES:
+                    cur.execute(f"delete from {table}")
+                for table, columns, rows in tables:
+                    check_dump_table(table, columns)
+                    with cur.copy(f"copy {table} ({', '.join(columns)}) from stdin") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                for table in ("attempts", "results"):  # identities go on after the copied ids
+                    cur.execute(
+                        f"select setval(pg_get_serial_sequence('{table}', 'id'),"
+                        f" coalesce((select max(id) from {table}), 0) + 1, false)"
+                    )
+                if self.lineage is None:
+                    raise StateError(
+                        f"{self.location}: the copy carries no lineage; nothing was copied"
+                    )
+                if had_rows:  # overwritten: a plan made against what was here must not match
+                    cur.execute(
+                        "update meta set value = %s where key = 'serial'",
+                        [str(max(self.serial, own_serial) + 1)],
+                    )
+                counts = self.table_counts()
+                if expected is not None and counts != expected:
+                    raise StateError(
+                        f"{self.location}: the copy does not check out (rows {counts}, "
+                        f"expected {expected}); nothing was copied"
+                    )
+        except psycopg.Error as exc:
+            raise StateError(f"{self.location}: cannot load the copy ({exc})") from None
+        return counts

@@ -34,7 +34,17 @@ from sqlite_utils.migrations import Migrations
 
 from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import LockHeld, StateError
-from batchops.state.api import OUTCOMES, RELEASE_DRIFTS, Attempt, StateReader, StateWriter
+from batchops.state.api import (
+    FLAG_COLUMNS,
+    OUTCOMES,
+    RELEASE_DRIFTS,
+    STATE_TABLES,
+    Attempt,
+    StateReader,
+    StateWriter,
+    TableDump,
+    check_dump_table,
+)
 from batchops.state.records import (
     BatchRecord,
     IntentRecord,
@@ -465,6 +475,25 @@ class SqliteReader(StateReader):
             for table, where in _JOB_TABLES
         }
 
+    # -- copies of the whole state (state push and pull)
+    def table_counts(self) -> dict[str, int]:
+        return {table: self._one(f"select count(*) from {table}") or 0 for table, _ in STATE_TABLES}
+
+    def dump_tables(self) -> Iterator[TableDump]:
+        if self.db is None:
+            return
+        conn = self.db.conn
+        own = not conn.in_transaction
+        if own:
+            conn.execute("begin")  # one snapshot for every table
+        try:
+            for table, columns in STATE_TABLES:
+                cursor = conn.execute(f"select {', '.join(columns)} from {table} order by rowid")
+                yield table, columns, _dump_rows(table, columns, cursor)
+        finally:
+            if own and conn.in_transaction:
+                conn.execute("rollback")
+
 
 class SqliteWriter(SqliteReader, StateWriter):
     """The writable state, opened holding the lock (see `open`)."""
@@ -839,6 +868,57 @@ class SqliteWriter(SqliteReader, StateWriter):
                 for table, where in _JOB_TABLES
             }
             return "job", rows
+
+    def load_tables(
+        self,
+        tables: Iterable[TableDump],
+        *,
+        replace: bool = False,
+        expected: dict[str, int] | None = None,
+    ) -> dict[str, int]:
+        conn = self.db.conn
+        conn.execute("begin immediate")
+        try:
+            had_rows, own_serial = not self.is_empty(), self.serial
+            if had_rows and not replace:
+                raise StateError(f"{self.path}: the state is not empty; nothing was copied")
+            for table, _ in STATE_TABLES:
+                conn.execute(f"delete from {table}")
+            for table, columns, rows in tables:
+                check_dump_table(table, columns)
+                marks = ", ".join("?" for _ in columns)
+                conn.executemany(
+                    f"insert into {table} ({', '.join(columns)}) values ({marks})", rows
+                )
+            if self.lineage is None:
+                raise StateError(f"{self.path}: the copy carries no lineage; nothing was copied")
+            if had_rows:  # overwritten: a plan made against what was here must not match
+                conn.execute(
+                    "update meta set value = ? where key = 'serial'",
+                    [str(max(self.serial, own_serial) + 1)],
+                )
+            counts = self.table_counts()
+            if expected is not None and counts != expected:
+                raise StateError(
+                    f"{self.path}: the copy does not check out (rows {counts}, expected "
+                    f"{expected}); nothing was copied"
+                )
+            conn.execute("commit")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("rollback")
+            raise
+        return counts
+
+
+def _dump_rows(table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> Iterator[tuple]:
+    """Rows as a dump carries them: SQLite's 0/1 flags as bools."""
+    flags = {columns.index(c) for c in FLAG_COLUMNS.get(table, ())}
+    if not flags:
+        yield from rows
+        return
+    for row in rows:
+        yield tuple(bool(v) if i in flags and v is not None else v for i, v in enumerate(row))
 
 
 def backup(source: Path, target: Path) -> Path:
