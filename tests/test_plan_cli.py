@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -114,7 +115,7 @@ def test_plan_markdown(project):
     assert lines[0] == "### batchops plan"
     assert lines[2] == "**Plan: 3 to submit. Estimated cost $0.0001.**"
     assert "| demo  |      3 |" in result.output
-    assert "```diff" in result.output and "  + submit  demo  r1  [todo]" in lines
+    assert "```diff" in result.output and "+ submit  demo  r1  [todo]" in lines  # column 0
 
 
 def test_detailed_exitcode(project, emulator):
@@ -250,3 +251,32 @@ def test_an_unexpected_failure_is_one_line_without_debug(project):
     assert result.stderr.count("\n") == 1
     with pytest.raises(sqlite3.OperationalError):
         CliRunner().invoke(cli, ["--debug", "plan", "--no-refresh"], catch_exceptions=False)
+
+
+def test_plan_markdown_is_capped_for_github_with_a_summary_of_what_was_left_out(project):
+    jobs = project / "jobs"
+    keys = [f"{i:03d}-" + "k" * 400 for i in range(25)]
+    (jobs / "data" / "long.jsonl").write_text(
+        "".join(json.dumps({"id": k, "text": "t"}) + "\n" for k in keys), encoding="utf-8"
+    )
+    spec = ['version = 1\n[defaults]\nmodel = "claude-haiku-4-5"\nmax_tokens = 8\n']
+    for n in range(20):
+        spec.append(
+            f'[jobs.long-{n:02d}]\nprompt = "{{{{ text }}}}"\n'
+            'input = { path = "data/long.jsonl", key = "id" }\n'
+        )
+    (jobs / "long.toml").write_text("".join(spec), encoding="utf-8")
+    result = run("plan", "--no-refresh", "--markdown")
+    assert result.exit_code == 0
+    out = result.output
+    assert len(out) < 65_536
+    last = out.rstrip("\n").splitlines()[-3]
+    assert re.fullmatch(
+        r"\*\*Left out to stay under GitHub's 65,536-character comment limit: \d+ action lines\. "
+        r"Run `batchops plan` for the whole plan\.\*\*",
+        last,
+    ), last
+    assert out.count("```diff") == 1 and out.count("\n```\n") == 1  # the block is closed
+    assert "+ submit  long-00  000-kkkk" in out
+    assert "000-" + "k" * 295 + "…  [todo]" in out  # a long key is cut to 300 characters
+    assert "k" * 296 not in out

@@ -1,6 +1,9 @@
 """Rendering of plans for people (a table, Markdown for PR comments) and for scripts (JSON).
 
-Everything renders the very same `Plan` object that apply walks.
+Everything renders the very same `Plan` object that apply walks. Keys, reasons and error messages
+come from specs, data files and the API, so every one of them passes through `batchops.safetext`:
+on a terminal no control character is printed (a key cannot forge a plan line or clear the
+screen), and in Markdown they sit inside code blocks whose fence no key can close.
 """
 
 from __future__ import annotations
@@ -13,8 +16,14 @@ from tabulate import tabulate
 from batchops.plan.actions import ACTIONS, ITEM_STATES, Plan, SubmitItem
 from batchops.plan.serialize import plan_to_dict
 from batchops.pricing import money
+from batchops.safetext import markdown_block, markdown_text, terminal
+from batchops.views.text import plural, shorten
 
 MAX_LISTED = 20  # item actions listed per job in the human formats (--json lists all)
+# GitHub refuses a comment over 65,536 characters; stay under it with room for the summary line.
+MARKDOWN_CAP = 65_536
+_MARKDOWN_BUDGET = MARKDOWN_CAP - 1_000
+_FIELD_CAP = 300  # a key or message longer than this is cut in Markdown (the text plan has all)
 
 
 def plan_json(plan: Plan, prices_source: str | None = None) -> str:
@@ -47,31 +56,55 @@ def _sentence(plan: Plan) -> str:
     return f"Plan: {', '.join(parts)}. Estimated cost {money(plan.estimated_cost_usd)}."
 
 
-def _action_lines(plan: Plan, limit: int = MAX_LISTED) -> list[str]:
+def _action_lines(
+    plan: Plan, limit: int = MAX_LISTED, indent: str = "  ", batch_mark: str = "~", cap: int = 0
+) -> list[str]:
+    """One line per action; `+`/`-`/`batch_mark` after `indent` (none for a GitHub diff block)."""
+
+    def safe(value: object) -> str:
+        shown = terminal(value)
+        return shorten(shown, cap) if cap else shown
+
     lines: list[str] = []
     for job in plan.jobs:
         for action in job.actions[:limit]:
+            key, reason = safe(action.key), safe(action.reason)
             if isinstance(action, SubmitItem):
                 extra = f" (attempt {action.attempt})" if action.reason == "retry" else ""
-                lines.append(f"  + submit  {job.name}  {action.key}  [{action.reason}]{extra}")
+                lines.append(f"{indent}+ submit  {job.name}  {key}  [{reason}]{extra}")
             else:
-                lines.append(f"  - forget  {job.name}  {action.key}  [{action.reason}]")
+                lines.append(f"{indent}- forget  {job.name}  {key}  [{reason}]")
         if len(job.actions) > limit:
-            lines.append(f"  … and {len(job.actions) - limit} more actions for {job.name}")
+            more = plural(len(job.actions) - limit, "more action")
+            lines.append(f"  … and {more} for {job.name}")
     for b in plan.batches:
         target = getattr(b, "batch_id", None) or f"intent {getattr(b, 'intent_id', '')}"
-        lines.append(f"  ~ {b.kind:<7} {b.job}  {target}  [{b.reason}]")
+        lines.append(
+            f"{indent}{batch_mark} {b.kind:<7} {safe(b.job)}  {safe(target)}  [{safe(b.reason)}]"
+        )
     return lines
 
 
-def _failed_lines(plan: Plan, limit: int = MAX_LISTED) -> list[str]:
+def _failed_lines(plan: Plan, limit: int = MAX_LISTED, cap: int = 0) -> list[str]:
+    def safe(value: object) -> str:
+        shown = terminal(value)
+        return shorten(shown, cap) if cap else shown
+
     lines = []
     for job in plan.jobs:
         for failed in job.failed[:limit]:
-            lines.append(f"  ! failed  {job.name}  {failed.key}  {failed.message}")
+            lines.append(f"  ! failed  {job.name}  {safe(failed.key)}  {safe(failed.message)}")
         if len(job.failed) > limit:
-            lines.append(f"  … and {len(job.failed) - limit} more failed items in {job.name}")
+            more = plural(len(job.failed) - limit, "more failed item")
+            lines.append(f"  … and {more} in {job.name}")
     return lines
+
+
+def _notes(plan: Plan) -> list[str]:
+    notes = [j.cost_note for j in plan.jobs if j.cost_note]
+    if plan.offline_note:
+        notes.append(plan.offline_note)
+    return [terminal(n) for n in notes]
 
 
 def plan_text(plan: Plan, prices_source: str | None = None) -> str:
@@ -89,52 +122,73 @@ def plan_text(plan: Plan, prices_source: str | None = None) -> str:
     failed = _failed_lines(plan)
     if failed:
         out += ["", "Failed (not sent again until the item changes):", *failed]
-    notes = [j.cost_note for j in plan.jobs if j.cost_note]
-    if plan.offline_note:
-        notes.append(plan.offline_note)
+    notes = _notes(plan)
     if notes:
         out += ["", *(f"Note: {n}" for n in notes)]
     out += ["", _sentence(plan)]
     if prices_source:
-        out.append(f"Prices: {prices_source}.")
+        out.append(f"Prices: {terminal(prices_source)}.")
     return "\n".join(out)
+
+
+def _fit(lines: list[str], budget: int) -> tuple[list[str], int]:
+    """The first lines of `lines` that fit in `budget` characters, and how many were left out."""
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if used + len(line) + 1 > budget:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    return kept, len(lines) - len(kept)
 
 
 def plan_markdown(plan: Plan, prices_source: str | None = None) -> str:
-    out = [
+    """The plan as a GitHub pull-request comment, always under GitHub's 65,536 characters.
+
+    Actions are a ```diff block (GitHub colours `+` submit, `-` forget and `!` batch actions);
+    every key and message is inside a code block no key can close. What does not fit is left
+    out, and a closing line says how much.
+    """
+    head = [
         "### batchops plan",
         "",
         f"**{_sentence(plan)}**",
-        *(["", f"> Note: {plan.offline_note}."] if plan.offline_note else []),
+        *(f"\n> Note: {markdown_text(n)}" for n in _notes(plan)),
         "",
-        tabulate(_job_rows(plan), headers=HEADERS, tablefmt="github"),
     ]
-    actions = _action_lines(plan)
-    if actions:
-        out += [
-            "",
-            "<details><summary>Actions</summary>",
-            "",
-            "```diff",
-            *actions,
-            "```",
-            "",
-            "</details>",
-        ]
-    failed = _failed_lines(plan)
-    if failed:
-        out += [
-            "",
-            "<details><summary>Failed items</summary>",
-            "",
-            "```",
-            *failed,
-            "```",
-            "",
-            "</details>",
-        ]
-    footer = f"State lineage `{plan.lineage or 'new'}`, serial {plan.serial}"
+    footer = f"State lineage `{terminal(plan.lineage or 'new')}`, serial {plan.serial}"
     if prices_source:
-        footer += f"; prices: {prices_source}"
-    out += ["", f"<sub>{footer}.</sub>"]
-    return "\n".join(out)
+        footer += f"; prices: {terminal(prices_source)}"
+    tail = ["", f"<sub>{footer}.</sub>"]
+    budget = _MARKDOWN_BUDGET - sum(len(x) + 1 for x in head + tail)
+
+    table = tabulate(_job_rows(plan), headers=HEADERS, tablefmt="github").splitlines()
+    rows, rows_out = _fit(table[2:], budget - len(table[0]) - len(table[1]) - 2)
+    out = head + table[:2] + rows
+    budget -= sum(len(x) + 1 for x in table[:2] + rows)
+
+    left_out: list[str] = []
+    if rows_out:
+        left_out.append(plural(rows_out, "job row"))
+    for title, lines, info, what in (
+        ("Actions", _action_lines(plan, indent="", batch_mark="!", cap=_FIELD_CAP), "diff", "action line"),
+        ("Failed items", _failed_lines(plan, cap=_FIELD_CAP), "", "failed-item line"),
+    ):  # fmt: skip
+        if not lines:
+            continue
+        wrapper = f"\n<details><summary>{title}</summary>\n\n" + "\n\n</details>"
+        kept, dropped = _fit(lines, budget - len(wrapper) - 20)
+        if dropped:
+            left_out.append(plural(dropped, what))
+        if kept:
+            block = markdown_block("\n".join(kept), info)
+            out += ["", f"<details><summary>{title}</summary>", "", block, "", "</details>"]
+            budget -= len(block) + len(wrapper)
+    if left_out:
+        out += [
+            "",
+            f"**Left out to stay under GitHub's {MARKDOWN_CAP:,}-character comment limit: "
+            f"{', '.join(left_out)}. Run `batchops plan` for the whole plan.**",
+        ]
+    return "\n".join(out + tail)
