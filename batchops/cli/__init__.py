@@ -17,7 +17,9 @@ from tabulate import tabulate
 from batchops import __version__
 from batchops.commands.context import Context, Settings
 from batchops.errors import BatchopsError
+from batchops.safetext import terminal
 from batchops.views.plan import money, plan_json, plan_markdown, plan_text
+from batchops.views.text import plural
 
 
 class BatchopsGroup(click.Group):
@@ -30,30 +32,51 @@ class BatchopsGroup(click.Group):
             if (ctx.obj or {}).get("debug"):
                 raise
             for problem in exc.problems:
-                click.echo(f"Error: {problem}", err=True)
+                click.echo(f"Error: {terminal(problem)}", err=True)
             ctx.exit(1)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except Exception as exc:  # a bug: still one line, the traceback behind --debug
             if (ctx.obj or {}).get("debug"):
                 raise
             click.echo(
-                f"Error: unexpected {type(exc).__name__}: {exc} (a bug in batchops, or a "
-                "damaged state file; run with --debug for the traceback)",
+                f"Error: unexpected {type(exc).__name__}: {terminal(exc)} (a bug in batchops, "
+                "or a damaged state file; run with --debug for the traceback)",
                 err=True,
             )
             ctx.exit(1)
 
 
-@click.group(cls=BatchopsGroup)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `cmd | head` gives a program killed by the signal
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TIMED_OUT = 3  # apply --wait --timeout ran out with items still pending
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of our output went away (`batchops results x | head`): stop without a word.
+
+    Standard output is pointed at /dev/null so the interpreter's final flush cannot fail again.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's buffer)
+        pass
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+@click.group(cls=BatchopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--jobs",
     "jobs_path",
     type=click.Path(path_type=Path),
     envvar="BATCHOPS_JOBS",
-    default=Path("jobs"),
-    show_default=True,
-    help="Spec file or folder of specs.",
+    default=None,
+    help="Spec file or folder of specs [default: jobs/ in the project root].",
 )
 @click.option(
     "--state",
@@ -88,14 +111,51 @@ def cli(
     use_emulator: bool,
     debug: bool,
 ) -> None:
-    """batchops: Anthropic Message Batches jobs as code, with plan and apply."""
+    """batchops: Anthropic Message Batches jobs as code, with plan and apply.
+
+    The project root is the nearest folder at or above the working directory holding a
+    batchops.toml (else the working directory); its settings are the defaults of --jobs,
+    --state and --prices, and default paths lie under the root.
+    """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    default_state = Path("state/emulator.db" if use_emulator else "state/batchops.db")
-    ctx.obj["settings"] = Settings(
-        jobs_path=jobs_path, state_path=state_path or default_state, prices_file=prices_file
-    )
     ctx.obj["use_emulator"] = use_emulator
+    if ctx.invoked_subcommand in ("init", "schema", "emulator"):  # these need no project
+        ctx.obj["settings"] = Settings(emulator=use_emulator)
+        return
+    ctx.obj["settings"] = _settings(jobs_path, state_path, prices_file, use_emulator)
+
+
+def _settings(
+    jobs_path: Path | None,
+    state_path: Path | str | None,
+    prices_file: Path | None,
+    use_emulator: bool,
+) -> Settings:
+    """Options and environment first, then batchops.toml, then the defaults under the root."""
+    from batchops.commands.project import find_settings_file, near, read_settings
+
+    found = find_settings_file()
+    project = read_settings(found) if found is not None else None
+    base = project.root if project is not None else Path()
+    if jobs_path is None:
+        jobs_path = near((project and project.jobs) or base / "jobs")
+    if state_path is None:
+        if use_emulator:  # never the team's state: the emulator's batches are not real ones
+            state_path = near(base / "state/emulator.db")
+        elif project is not None and isinstance(project.state, str):
+            state_path = project.state  # a postgresql:// URL
+        else:
+            state_path = near((project and project.state) or base / "state/batchops.db")
+    if prices_file is None and project is not None and project.prices is not None:
+        prices_file = near(project.prices)
+    return Settings(
+        jobs_path=jobs_path,
+        state_path=state_path,
+        prices_file=prices_file,
+        root=project.root if project is not None else None,
+        emulator=use_emulator,
+    )
 
 
 def _context(ctx: click.Context, *, remote: bool = False) -> Context:
@@ -112,9 +172,46 @@ def _context(ctx: click.Context, *, remote: bool = False) -> Context:
     return Context(settings)
 
 
+def _complete_jobs(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion of job names, read from the specs (quietly: nothing on a bad spec)."""
+    root = ctx.find_root()
+    try:
+        jobs_path = root.params.get("jobs_path")
+        settings = _settings(jobs_path, None, None, False)
+        from batchops.spec.model import load_project
+
+        names = [j.name for j in load_project(Path(settings.jobs_path), settings.root).jobs]
+    except Exception:
+        return []
+    return [click.shell_completion.CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+def _complete_formats(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    from batchops.commands.results import FORMATS
+
+    return [click.shell_completion.CompletionItem(f) for f in FORMATS if f.startswith(incomplete)]
+
+
+def _complete_files(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Plan files: the shell's own file completion."""
+    return [click.shell_completion.CompletionItem(incomplete, type="file")]
+
+
+def _exclusive(ctx: click.Context, **flags: bool) -> None:
+    """Conflicting flags are an error, not a silent choice."""
+    given = [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} cannot be used together", ctx)
+
+
 def job_option(f):
     return click.option(
-        "--job", "job_names", multiple=True, metavar="NAME", help="Only this job (repeatable)."
+        "--job",
+        "job_names",
+        multiple=True,
+        metavar="NAME",
+        shell_complete=_complete_jobs,
+        help="Only this job (repeatable).",
     )(f)
 
 
@@ -157,9 +254,9 @@ def validate(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> Non
     )
     for j in jobs:
         if j.cost_note:
-            click.echo(f"Note: {j.name}: {j.cost_note}")
+            click.echo(f"Note: {j.name}: {terminal(j.cost_note)}")
     total = sum(j.items for j in jobs)
-    click.echo(f"\nValid: {len(jobs)} jobs, {total} items.")
+    click.echo(f"\nValid: {plural(len(jobs), 'job')}, {plural(total, 'item')}.")
 
 
 @cli.command()
@@ -186,6 +283,7 @@ def plan(
     out_file: Path | None,
 ) -> None:
     """Show what apply would do, and what it would cost. Writes nothing."""
+    _exclusive(ctx, json=json_, markdown=markdown)
     context = _context(ctx, remote=not no_refresh)
     the_plan, desired = context.plan(job_names, refresh=not no_refresh)
     source = context.prices.source
@@ -196,7 +294,7 @@ def plan(
     else:
         click.echo(plan_text(the_plan, source))
     for note in the_plan.notes:
-        click.echo(f"Drift: {note}", err=json_)
+        click.echo(f"Drift: {terminal(note)}", err=json_ or markdown)
     from batchops.apply.run import check_budget
 
     check_budget(the_plan)  # a plan over budget is shown, never saved
@@ -214,12 +312,13 @@ def plan(
 
 
 @cli.command()
-@click.argument("plan_file", type=click.Path(path_type=Path))
+@click.argument("plan_file", type=click.Path(path_type=Path), shell_complete=_complete_files)
 @json_option
 @click.option("--markdown", is_flag=True, help="Markdown for a pull-request comment.")
 @click.pass_context
 def show(ctx: click.Context, plan_file: Path, json_: bool, markdown: bool) -> None:
     """Render a saved plan the way `plan` does (checked against the specs; no network)."""
+    _exclusive(ctx, json=json_, markdown=markdown)
     saved = _context(ctx).load_plan(plan_file)
     source = saved.header.get("plan", {}).get("prices")
     if json_:
@@ -240,6 +339,7 @@ class CliProgress:
         self._done = 0
 
     def note(self, message: str) -> None:
+        message = terminal(message)  # it may quote keys, data or the API's error messages
         if self._bar is None:
             click.echo(message, err=self.err)
             return
@@ -283,7 +383,9 @@ def _status_rows(the_plan) -> list[list[object]]:
 
 
 @cli.command()
-@click.argument("plan_file", required=False, type=click.Path(path_type=Path))
+@click.argument(
+    "plan_file", required=False, type=click.Path(path_type=Path), shell_complete=_complete_files
+)
 @job_option
 @click.option("--yes", "--auto-approve", "yes", is_flag=True, help="Apply without asking.")
 @click.option("--wait", is_flag=True, help="Keep going until nothing is pending.")
@@ -355,17 +457,26 @@ def _shown(path: Path) -> str:
 
 
 def _finish(ctx: click.Context, report, json_: bool) -> None:
-    """The closing summary and status table (or JSON), and the exit code of DESIGN §4."""
+    """The closing summary and status table (or JSON), and the exit code: 1 on a problem or a
+    failed item, else 3 when --timeout ran out with items still pending, else 0."""
     problems = list(report.problems)
     final = report.final_plan
-    if report.timed_out:
-        problems.append("timed out with items still pending; run apply again to continue")
     if final is not None and any(j.failed for j in final.jobs):
-        problems.append(f"{sum(len(j.failed) for j in final.jobs)} items failed (see above)")
+        failed = sum(len(j.failed) for j in final.jobs)
+        problems.append(f"{plural(failed, 'item')} failed (see above)")
     if json_:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         _summary(report)
+    if report.timed_out:
+        pending = sum(j.counts["pending"] for j in final.jobs) if final is not None else 0
+        what = f"{plural(pending, 'item')} still pending" if pending else "items still pending"
+        line = f"timed out with {what}; run apply again to continue"
+        if problems:
+            problems.append(line)
+        else:
+            click.echo(f"Timed out: {what}; run `batchops apply` again to continue.", err=True)
+            ctx.exit(EXIT_TIMED_OUT)
     if problems:
         raise BatchopsError(*problems)
 
@@ -373,8 +484,10 @@ def _finish(ctx: click.Context, report, json_: bool) -> None:
 def _summary(report) -> None:
     click.echo("")
     click.echo(
-        f"Apply complete: {report.submitted} requests sent in {len(report.batches_created)} "
-        f"batches, {len(report.harvested)} batches harvested ({report.results_stored} results), "
+        f"Apply complete: {plural(report.submitted, 'request')} sent in "
+        f"{plural(len(report.batches_created), 'batch')}, "
+        f"{plural(len(report.harvested), 'batch')} harvested "
+        f"({plural(report.results_stored, 'result')}), "
         f"{len(report.adopted)} adopted, {len(report.canceled)} cancelled, "
         f"{len(report.pruned)} pruned."
     )
@@ -390,9 +503,9 @@ def _summary(report) -> None:
         )
         failed = [(j.name, f) for j in final.jobs for f in j.failed]
         for name, f in failed[:20]:
-            click.echo(f"  ! failed  {name}  {f.key}  {f.message}")
+            click.echo(f"  ! failed  {name}  {terminal(f.key)}  {terminal(f.message)}")
         if len(failed) > 20:
-            click.echo(f"  … and {len(failed) - 20} more failed items")
+            click.echo(f"  … and {plural(len(failed) - 20, 'more failed item')}")
 
 
 @cli.command()
@@ -408,10 +521,10 @@ def refresh(ctx: click.Context, json_: bool) -> None:
             raise BatchopsError(*report.problems)
         return
     for note in report.drift:
-        click.echo(f"Drift: {note}")
+        click.echo(f"Drift: {terminal(note)}")
     click.echo(
-        f"Refreshed: {len(report.harvested)} batches harvested "
-        f"({report.results_stored} results), {len(report.adopted)} adopted."
+        f"Refreshed: {plural(len(report.harvested), 'batch')} harvested "
+        f"({plural(report.results_stored, 'result')}), {len(report.adopted)} adopted."
     )
     if report.problems:
         raise BatchopsError(*report.problems)
@@ -516,13 +629,14 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("job", shell_complete=_complete_jobs)
 @click.option(
     "--format",
     "fmt",
     default="jsonl",
     show_default=True,
     metavar="jsonl|csv|json",
+    shell_complete=_complete_formats,
     help="Output format (csv has no full message column).",
 )
 @click.option(
@@ -533,17 +647,34 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
     help="Write to FILE (atomically) instead of standard output.",
 )
 @click.option("--failed", "failed_only", is_flag=True, help="Only failed items, with their errors.")
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="Write CSV cells as they are: no ' before a cell starting with = + - @ "
+    "(which a spreadsheet would run as a formula).",
+)
 @click.pass_context
 def results(
-    ctx: click.Context, job: str, fmt: str, out_file: Path | None, failed_only: bool
+    ctx: click.Context,
+    job: str,
+    fmt: str,
+    out_file: Path | None,
+    failed_only: bool,
+    raw_csv: bool,
 ) -> None:
-    """Export JOB's current results joined to its input rows, one row per input key."""
+    """Export JOB's current results joined to its input rows, one row per input key.
+
+    CSV cells starting with = + - @ (a formula to a spreadsheet) get a leading ' unless
+    --raw-csv.
+    """
     from batchops.commands.results import export
 
     target = out_file if out_file is not None else sys.stdout.buffer
-    summary = export(_offline_context(ctx), job, fmt, target, failed_only=failed_only)
+    summary = export(
+        _offline_context(ctx), job, fmt, target, failed_only=failed_only, raw_csv=raw_csv
+    )
     if out_file is not None:
-        click.echo(f"Wrote {summary.rows} rows of {job} to {out_file} ({fmt}).")
+        click.echo(f"Wrote {plural(summary.rows, 'row')} of {job} to {out_file} ({fmt}).")
 
 
 @cli.group("state")
@@ -839,9 +970,9 @@ def main() -> None:
     """Console entry point. Usage errors exit 1 (DESIGN §4), not click's 2."""
     try:
         rc = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C at a prompt
+        click.echo("Interrupted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(1)

@@ -21,7 +21,7 @@ from batchops.pricing import PriceTable
 from batchops.spec import desired as desired_mod
 from batchops.spec.desired import Desired
 from batchops.spec.model import Project, load_project
-from batchops.state import open_reader, open_writer, state_exists
+from batchops.state import is_postgres, open_reader, open_writer, state_exists
 from batchops.state.records import BatchRecord, LockInfo
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class Settings:
     api_key: str | None = None  # None: the SDK's own default (ANTHROPIC_API_KEY); never stored
     max_batch_requests: int = 100_000
     max_batch_bytes: int = 250_000_000
+    emulator: bool = False  # --emulator: its batches file beside the state is protected too
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,7 +82,23 @@ class Context:
         return self._prices
 
     def project(self) -> Project:
-        return load_project(Path(self.settings.jobs_path), self.settings.root)
+        return load_project(
+            Path(self.settings.jobs_path), self.settings.root, protected=self.protected_paths()
+        )
+
+    def protected_paths(self) -> list[Path]:
+        """Files no job output may replace: the state file (with the emulator's batches file
+        beside it under --emulator) and the prices file."""
+        paths: list[Path] = []
+        if not is_postgres(self.settings.state_path):
+            state = Path(self.settings.state_path)
+            paths.append(state)
+            if self.settings.emulator:
+                paths.append(state.with_name(state.stem + "-remote.db"))
+        prices = self.settings.prices_file or os.environ.get("BATCHOPS_PRICES")
+        if prices:
+            paths.append(Path(prices))
+        return paths
 
     def desired(self, job_names: Iterable[str] | None = None) -> Desired:
         return desired_mod.collect(self.project(), self.prices, self.clock().date(), job_names)
