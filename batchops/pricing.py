@@ -203,9 +203,8 @@ def usage_from_message(usage: dict[str, Any]) -> Usage:
 
 
 def money(value: float | None) -> str:
-    """Dollars as people read them: cents, or four places below a cent."""
+    """Dollars, the one way every output shows them: four decimal places (batch requests cost
+    fractions of a cent, and a column of amounts lines up), `-` for none."""
     if value is None:
         return "-"
-    if value >= 1 or round(value, 2) == value:
-        return f"${value:,.2f}"
     return f"${value:,.4f}"

@@ -37,7 +37,7 @@ def run(*args: str, env: dict | None = None):
 PLAN_TEXT = """\
 job      todo    changed    pending    retry    failed    succeeded    removed    to send    est. cost    budget
 -----  ------  ---------  ---------  -------  --------  -----------  ---------  ---------  -----------  --------
-demo        3          0          0        0         0            0          0          3      $0.0001     $1.00
+demo        3          0          0        0         0            0          0          3      $0.0001   $1.0000
 
 Actions:
   + submit  demo  r1  [todo]
@@ -64,7 +64,7 @@ def test_validate(project):
         "-----  --------------  --------  -------  ----------------  -----------\n"
         "demo   jobs/demo.toml  input           3  claude-haiku-4-5      $0.0001\n"
         "\n"
-        "Valid: 1 jobs, 3 items.\n"
+        "Valid: 1 job, 3 items.\n"
     )
 
 

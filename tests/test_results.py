@@ -183,7 +183,10 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
             ["results", "demo", "-o", "missing/out.jsonl"],
             "Error: missing/out.jsonl: cannot write: directory missing does not exist\n",
         ),
-        (["results", "demo", "-o", "jobs"], "Error: jobs: cannot write: it is a directory\n"),
+        (
+            ["results", "demo", "-o", "jobs"],
+            "Error: jobs: cannot write results there: it is a folder\n",
+        ),
     ],
 )
 def test_results_bad_input(project: Path, args: list[str], error: str) -> None:

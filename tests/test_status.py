@@ -121,9 +121,9 @@ def test_status_without_state_creates_nothing(project: Path) -> None:
     assert result.output == (
         "job      items    succeeded    pending    retrying    failed    to do    removed    actual cost    est. cost\n"
         "-----  -------  -----------  ---------  ----------  --------  -------  ---------  -------------  -----------\n"
-        "demo         6            0          0           0         0        6          0          $0.00      $0.0003\n"
+        "demo         6            0          0           0         0        6          0        $0.0000      $0.0003\n"
         "\n"
-        "Actual cost $0.00 of an estimated $0.0003 (ceiling, at batch prices).\n"
+        "Actual cost $0.0000 of an estimated $0.0003 (ceiling, at batch prices).\n"
         "\n"
         "No batches in flight.\n"
         "\n"

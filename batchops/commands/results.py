@@ -7,7 +7,13 @@ the spec's current one), otherwise with its state (`pending`, `todo`, `failed` â
 The export streams: items are rendered one at a time (`iter_items`) and each key is looked up in
 state by primary key, so a million results never sit in memory. Files are written atomically (a
 temporary file in the same folder, then `os.replace`), so a reader never sees half a file and a
-failed export leaves the previous one in place.
+failed export leaves the previous one in place; a temporary file left by a killed export is removed
+by the next write of the same file once it is a minute old. An output is checked like a spec's
+`output` before anything is written: never the state, a spec, a data file or anything in `.git`.
+
+CSV cells a spreadsheet would run as a formula (`=`, `+`, `-`, `@` â€¦) are written with a leading
+`'` (`batchops.safetext.csv_cell`) unless the export is asked for raw: keys and input columns come
+from whoever wrote the data.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import contextlib
 import csv
 import io
 import os
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +36,10 @@ from batchops.commands.context import Context
 from batchops.errors import BatchopsError
 from batchops.plan.build import plan_from
 from batchops.plan.diff import classify
+from batchops.safetext import csv_cell
 from batchops.spec.desired import DesiredItem, select_jobs
 from batchops.spec.items import Item, iter_items
-from batchops.spec.model import Job
+from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
 from batchops.state.api import StateReader
 
 FORMATS = ("jsonl", "csv", "json")
@@ -50,6 +59,7 @@ COLUMNS = (
     "batch_id",
 )
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
+STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
 
 
 @dataclass(frozen=True)
@@ -67,9 +77,44 @@ def check_format(fmt: str) -> str:
 
 
 def _job(context: Context, job_name: str) -> tuple[Job, Path]:
+    job, project = _job_and_project(context, job_name)
+    return job, project.root
+
+
+def _job_and_project(context: Context, job_name: str) -> tuple[Job, Project]:
     project = context.project()
     (job,) = select_jobs(project, [job_name])
-    return job, project.root
+    return job, project
+
+
+def check_output_path(context: Context, project: Project, job: Job, path: Path) -> None:
+    """Refuse to export `job` to `path` when a spec's `output` could not be `path` either."""
+    resolved = Path(os.path.abspath(path))
+    try:
+        resolved = resolved.resolve()
+    except (OSError, RuntimeError):
+        pass
+    if not resolved.is_relative_to(project.root):
+        protected = {Path(os.path.abspath(f"{p}{s}")) for p in context.protected_paths()
+                     for s in ("", "-wal", "-shm", "-journal")}  # fmt: skip
+        if resolved in protected or ".git" in resolved.parts:
+            raise BatchopsError(f"{path}: refusing to write over the state or into .git")
+        return
+    probe = job.model_copy(update={"output": OutputSpec(path=resolved, format="jsonl")})
+    others = tuple(j for j in project.jobs if j.name != job.name)
+    where = (
+        f"{display_path(job.spec_file, project.root)}: jobs.{job.name}.output.path: "
+        f"{display_path(resolved, project.root)} "
+    )
+    problems = [
+        p.removeprefix(where)
+        for p in check_outputs(
+            Project(project.root, project.spec_files, (probe, *others)), context.protected_paths()
+        )
+        if p.startswith(where)
+    ]
+    if problems:
+        raise BatchopsError(*(f"{path}: cannot write results there: it {p}" for p in problems))
 
 
 def _input_of(item: Item) -> dict[str, Any]:
@@ -135,8 +180,19 @@ def _rows(job: Job, root: Path, reader: StateReader, failed_only: bool) -> Itera
 # ---------------------------------------------------------------------------- writers
 
 
-def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: IO[bytes], input_fields=()) -> int:
-    """Write rows to a binary stream in `fmt`; returns the number of rows."""
+def write_rows(
+    rows: Iterable[dict[str, Any]],
+    fmt: str,
+    out: IO[bytes],
+    input_fields=(),
+    *,
+    raw_csv: bool = False,
+) -> int:
+    """Write rows to a binary stream in `fmt`; returns the number of rows.
+
+    CSV cells that would run as a spreadsheet formula are neutralised unless `raw_csv`.
+    """
+    cell = _cell if raw_csv else _safe_cell
     check_format(fmt)
     count = 0
     if fmt == "jsonl":
@@ -160,8 +216,8 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: IO[bytes], input_f
                 source = row["input"]
                 writer.writerow(
                     [
-                        *(_cell(row[c]) for c in COLUMNS),
-                        *(_cell(source.get(f)) for f in fields),
+                        *(cell(row[c]) for c in COLUMNS),
+                        *(cell(source.get(f)) for f in fields),
                     ]
                 )
                 count += 1
@@ -177,6 +233,10 @@ def _cell(value: Any) -> Any:
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
     return value
+
+
+def _safe_cell(value: Any) -> Any:
+    return csv_cell(_cell(value))
 
 
 def _input_fields(job: Job, root: Path) -> list[str]:
@@ -199,20 +259,26 @@ def export(
     *,
     failed_only: bool = False,
     create_dirs: bool = False,
+    raw_csv: bool = False,
 ) -> ExportSummary:
-    """Export a job's results to a binary stream, or atomically to a file path."""
+    """Export a job's results to a binary stream, or atomically to a file path.
+
+    CSV cells are neutralised against formula injection unless `raw_csv`.
+    """
     check_format(fmt)
-    job, root = _job(context, job_name)
-    fields = _input_fields(job, root) if fmt == "csv" else []
+    if raw_csv and fmt != "csv":
+        raise BatchopsError(f"--raw-csv applies to --format csv only, not {fmt}")
+    job, project = _job_and_project(context, job_name)
+    fields = _input_fields(job, project.root) if fmt == "csv" else []
+    rows_of = iter_results(context, job_name, failed_only=failed_only)
     if isinstance(out, Path):
+        check_output_path(context, project, job, out)
         with atomic_write(out, create_dirs=create_dirs) as f:
-            rows = write_rows(
-                iter_results(context, job_name, failed_only=failed_only), fmt, f, fields
-            )
+            rows = write_rows(rows_of, fmt, f, fields, raw_csv=raw_csv)
         return ExportSummary(job_name, fmt, rows, out)
     if out is None:
         raise BatchopsError("export needs an output stream or file")
-    rows = write_rows(iter_results(context, job_name, failed_only=failed_only), fmt, out, fields)
+    rows = write_rows(rows_of, fmt, out, fields, raw_csv=raw_csv)
     return ExportSummary(job_name, fmt, rows, None)
 
 
@@ -227,6 +293,7 @@ def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]
         raise BatchopsError(f"{path}: cannot write: directory {parent} does not exist")
     if path.is_dir():
         raise BatchopsError(f"{path}: cannot write: it is a directory")
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -241,6 +308,32 @@ def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]
         raise
 
 
+def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Remove `.{name}.*.tmp` files beside `path` older than `older_than` seconds (left by an
+    export that was killed); a younger one may belong to an export still running."""
+    cutoff = time.time() - older_than
+    removed = []
+    prefix, suffix = f".{path.name}.", ".tmp"
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        if len(name) <= len(prefix) + len(suffix):
+            continue
+        old = path.parent / name
+        try:
+            st = old.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                old.unlink()
+                removed.append(old)
+        except OSError:
+            continue
+    return removed
+
+
 def write_outputs(context: Context, job_names: Iterable[str] | None = None) -> list[Path]:
     """Write the `output` file of every selected job that has one and no work left to do.
 
@@ -251,6 +344,9 @@ def write_outputs(context: Context, job_names: Iterable[str] | None = None) -> l
     jobs = [j for j in select_jobs(project, job_names) if j.output is not None]
     if not jobs:
         return []
+    problems = check_outputs(project, context.protected_paths())
+    if problems:  # checked when the specs loaded; checked again right before writing
+        raise BatchopsError(*problems)
     desired = context.desired([j.name for j in jobs])
     reader = context.reader()
     try:
