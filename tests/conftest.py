@@ -84,3 +84,12 @@ def pg_dsn(pg_server: PostgresServer) -> Iterator[str]:
         yield pg_server.dsn_for(name)
     finally:
         pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_location(request: pytest.FixtureRequest, tmp_path):
+    """Where a test's state lives, once per backend: the default SQLite file under tmp_path, or
+    (the URL of) a fresh PostgreSQL database. Read it back with `tests.statedb.rows`."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "batchops.db"
+    return request.getfixturevalue("pg_dsn")

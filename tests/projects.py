@@ -43,11 +43,14 @@ def rows(n: int, **overrides: str) -> list[dict]:
     ]
 
 
-def context(root: Path, base_url: str | None, **settings) -> Context:
+def context(
+    root: Path, base_url: str | None, *, state: Path | str | None = None, **settings
+) -> Context:
+    """A Context on `root`'s project; `state` defaults to the SQLite file under `root/state`."""
     return Context(
         Settings(
             jobs_path=root / "jobs",
-            state_path=root / "state" / "batchops.db",
+            state_path=state if state is not None else root / "state" / "batchops.db",
             root=root,
             base_url=base_url,
             api_key=API_KEY if base_url else None,
@@ -63,13 +66,21 @@ def apply(ctx: Context, **kw):
 
 
 def run_cli(
-    root: Path, base_url: str | None, *args: str, env: dict | None = None, timeout: float = 120
+    root: Path,
+    base_url: str | None,
+    *args: str,
+    env: dict | None = None,
+    timeout: float = 120,
+    state: Path | str | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `batchops` as a real process in `root`, pointed at `base_url`."""
+    """Run `batchops` as a real process in `root`, pointed at `base_url` (and at `state`
+    through BATCHOPS_STATE, if given)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     full_env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
     if base_url:
         full_env.update({"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": API_KEY})
+    if state is not None:
+        full_env["BATCHOPS_STATE"] = str(state)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "batchops", *args],

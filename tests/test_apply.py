@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 
 import pytest
 
@@ -12,6 +11,7 @@ from batchops.errors import BudgetExceeded, LockHeld, PlanError, StateError
 from batchops.spec.desired import items_for
 from batchops.spec.items import custom_id_for
 from batchops.state.sqlite import SqliteWriter as StateStore
+from tests import statedb
 from tests.projects import apply, context, rows, write_project, write_rows
 
 DAY = 24 * 3600
@@ -21,9 +21,9 @@ def states(ctx) -> dict[str, str]:
     """key → DESIGN §5 state, as a fresh offline plan sees it."""
     plan, desired = ctx.plan(refresh=False)
     from batchops.plan.diff import classify
-    from batchops.state.sqlite import SqliteReader as StateReader
+    from batchops.state import open_reader
 
-    reader = StateReader.open(ctx.settings.state_path)
+    reader = open_reader(ctx.settings.state_path)
     records = {r.key: r for r in reader.item_records()}
     reader.close()
     out = {}
@@ -38,16 +38,13 @@ def submissions(admin: EmulatorAdmin, key: str, job: str = "demo") -> int:
 
 
 def db_rows(ctx, sql: str, params=()) -> list[tuple]:
-    conn = sqlite3.connect(ctx.settings.state_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    """Raw SQL on the context's state, whichever backend holds it."""
+    return statedb.rows(ctx.settings.state_path, sql, params)
 
 
-def test_apply_then_apply_again_sends_nothing(tmp_path, emulator, emulator_admin):
+def test_apply_then_apply_again_sends_nothing(tmp_path, emulator, emulator_admin, state_location):
     write_project(tmp_path, rows(5))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     report = apply(ctx, wait=True)
     assert report.submitted == 5
     assert set(states(ctx).values()) == {"succeeded"}
@@ -59,9 +56,11 @@ def test_apply_then_apply_again_sends_nothing(tmp_path, emulator, emulator_admin
     assert emulator_admin.stats() == before
 
 
-def test_editing_one_row_sends_exactly_that_item(tmp_path, emulator, emulator_admin):
+def test_editing_one_row_sends_exactly_that_item(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(5))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)
     write_rows(tmp_path, rows(5, r3="a different text"))
     plan, _ = ctx.plan(refresh=False)
@@ -80,7 +79,9 @@ def test_editing_one_row_sends_exactly_that_item(tmp_path, emulator, emulator_ad
     assert states(ctx)["r3"] == "succeeded"
 
 
-def test_retries_up_to_max_attempts_and_never_invalid_requests(tmp_path, emulator, emulator_admin):
+def test_retries_up_to_max_attempts_and_never_invalid_requests(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(
         tmp_path,
         rows(
@@ -93,7 +94,7 @@ def test_retries_up_to_max_attempts_and_never_invalid_requests(tmp_path, emulato
         ),
         max_attempts=3,
     )
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)
     assert states(ctx) == {
         "r1": "succeeded",
@@ -123,10 +124,10 @@ def test_retries_up_to_max_attempts_and_never_invalid_requests(tmp_path, emulato
 
 
 def test_invalid_request_is_sent_again_only_when_the_item_changes(
-    tmp_path, emulator, emulator_admin
+    tmp_path, emulator, emulator_admin, state_location
 ):
     write_project(tmp_path, rows(2, r1="[[emulator:fail=invalid_request_error]]"))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)
     assert states(ctx)["r1"] == "failed"
     write_rows(tmp_path, rows(2, r1="fixed text"))
@@ -135,10 +136,12 @@ def test_invalid_request_is_sent_again_only_when_the_item_changes(
     assert submissions(emulator_admin, "r1") == 2
 
 
-def test_lost_create_response_is_adopted_not_sent_again(tmp_path, emulator, emulator_admin):
+def test_lost_create_response_is_adopted_not_sent_again(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(4))
     emulator_admin.add_faults([{"kind": "lost_response", "endpoint": "create"}])
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     report = apply(ctx, wait=True)
     assert len(report.adopted) == 1
     stats = emulator_admin.stats()
@@ -147,9 +150,11 @@ def test_lost_create_response_is_adopted_not_sent_again(tmp_path, emulator, emul
     assert set(states(ctx).values()) == {"succeeded"}
 
 
-def test_truncated_results_store_nothing_then_harvest_whole(tmp_path, emulator, emulator_admin):
+def test_truncated_results_store_nothing_then_harvest_whole(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(30))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)  # submits; the batch ends at once but is harvested on the next run
     emulator_admin.add_faults([{"kind": "truncate", "endpoint": "results", "after_bytes": 2000}])
     report = apply(ctx)
@@ -163,7 +168,9 @@ def test_truncated_results_store_nothing_then_harvest_whole(tmp_path, emulator, 
 
 
 @pytest.mark.parametrize("status", [429, 529])
-def test_rate_limits_and_overload_are_survived(tmp_path, emulator, emulator_admin, status):
+def test_rate_limits_and_overload_are_survived(
+    tmp_path, emulator, emulator_admin, status, state_location
+):
     write_project(tmp_path, rows(3))
     emulator_admin.add_faults(
         [
@@ -172,7 +179,7 @@ def test_rate_limits_and_overload_are_survived(tmp_path, emulator, emulator_admi
             {"kind": "status", "status": status, "endpoint": "list", "retry_after_ms": 10},
         ]
     )
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)
     assert set(states(ctx).values()) == {"succeeded"}
     stats = emulator_admin.stats()
@@ -195,9 +202,9 @@ def test_lock_held_fails_at_once_naming_the_holder(tmp_path, emulator):
     assert apply(ctx, wait=True).submitted == 1
 
 
-def test_budget_exceeded_refuses_before_sending(tmp_path, emulator, emulator_admin):
+def test_budget_exceeded_refuses_before_sending(tmp_path, emulator, emulator_admin, state_location):
     write_project(tmp_path, rows(3), extra="budget_usd = 0.000001\n")
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     with pytest.raises(BudgetExceeded) as caught:
         apply(ctx)
     assert caught.value.problems[0].startswith("job demo: estimated cost $0.0")
@@ -205,9 +212,11 @@ def test_budget_exceeded_refuses_before_sending(tmp_path, emulator, emulator_adm
     assert emulator_admin.stats()["batches_created"] == 0
 
 
-def test_results_near_expiry_are_pruned(tmp_path, emulator, emulator_admin, sdk_client):
+def test_results_near_expiry_are_pruned(
+    tmp_path, emulator, emulator_admin, sdk_client, state_location
+):
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)
     [(batch_id,)] = db_rows(ctx, "select id from batches")
     assert [b.action for b in ctx.plan(refresh=False)[0].batches] == []
@@ -224,9 +233,11 @@ def test_results_near_expiry_are_pruned(tmp_path, emulator, emulator_admin, sdk_
     assert db_rows(ctx, "select count(*) from results") == [(3,)]
 
 
-def test_unharvested_batch_harvested_then_pruned_on_day_28(tmp_path, emulator, emulator_admin):
+def test_unharvested_batch_harvested_then_pruned_on_day_28(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)  # sent, not harvested
     emulator_admin.advance_clock(28 * DAY)
     report = apply(ctx)
@@ -235,9 +246,11 @@ def test_unharvested_batch_harvested_then_pruned_on_day_28(tmp_path, emulator, e
     assert set(emulator_admin.stats()["submissions"].values()) == {1}
 
 
-def test_results_archived_before_harvest_are_sent_again(tmp_path, emulator, emulator_admin):
+def test_results_archived_before_harvest_are_sent_again(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)  # sent, not harvested
     emulator_admin.advance_clock(30 * DAY)
     report = apply(ctx, wait=True)
@@ -247,10 +260,12 @@ def test_results_archived_before_harvest_are_sent_again(tmp_path, emulator, emul
     assert set(emulator_admin.stats()["submissions"].values()) == {2}
 
 
-def test_removed_items_cancel_their_batch_and_are_forgotten(tmp_path, emulator, emulator_admin):
+def test_removed_items_cancel_their_batch_and_are_forgotten(
+    tmp_path, emulator, emulator_admin, state_location
+):
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(2))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)
     write_rows(tmp_path, [{"id": "other", "text": "something else"}])
     plan, _ = ctx.plan(refresh=True)
@@ -285,11 +300,11 @@ def test_plan_does_not_create_a_state_file(tmp_path, emulator):
     assert not ctx.settings.state_path.exists()
 
 
-def test_saved_plan_applies_exactly_once(tmp_path, emulator, emulator_admin):
+def test_saved_plan_applies_exactly_once(tmp_path, emulator, emulator_admin, state_location):
     from batchops.plan import saved as planfile
 
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     plan, desired = ctx.plan(refresh=False)
     path = tmp_path / "plan.jsonl"
     planfile.save(plan, desired, path, None)
@@ -320,21 +335,23 @@ def test_stale_saved_plan_is_refused_without_network(tmp_path, emulator):
     assert not ctx.settings.state_path.exists()
 
 
-def test_batches_are_split_by_count_and_size(tmp_path, emulator, emulator_admin):
+def test_batches_are_split_by_count_and_size(tmp_path, emulator, emulator_admin, state_location):
     write_project(tmp_path, rows(7))
-    ctx = context(tmp_path, emulator, max_batch_requests=3)
+    ctx = context(tmp_path, emulator, state=state_location, max_batch_requests=3)
     report = apply(ctx, wait=True)
     assert len(report.batches_created) == 3
-    ctx = context(tmp_path, emulator, max_batch_bytes=1500)
+    ctx = context(tmp_path, emulator, state=state_location, max_batch_bytes=1500)
     write_rows(tmp_path, rows(7, r1="x" * 200, r2="y" * 200))
     report = apply(ctx, wait=True)
     assert report.submitted == 2 and len(report.batches_created) == 2
 
 
-def test_changed_while_in_flight_waits_for_its_batch(tmp_path, emulator, emulator_admin):
+def test_changed_while_in_flight_waits_for_its_batch(
+    tmp_path, emulator, emulator_admin, state_location
+):
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(2))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)
     write_rows(tmp_path, rows(2, r1="new text"))
     plan, _ = ctx.plan(refresh=False)
@@ -347,9 +364,11 @@ def test_changed_while_in_flight_waits_for_its_batch(tmp_path, emulator, emulato
     assert submissions(emulator_admin, "r1") == 2
 
 
-def test_import_adopts_a_batch_made_by_hand(tmp_path, emulator, emulator_admin, sdk_client):
+def test_import_adopts_a_batch_made_by_hand(
+    tmp_path, emulator, emulator_admin, sdk_client, state_location
+):
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     _, desired = ctx.plan(refresh=False)
     items = {i.key: i for i in items_for(desired.project, "demo")}
     made = sdk_client.messages.batches.create(
@@ -367,10 +386,12 @@ def test_import_adopts_a_batch_made_by_hand(tmp_path, emulator, emulator_admin, 
     assert caught.value.problems == [f"batch {made.id} is already in state (job demo)"]
 
 
-def test_import_refuses_a_batch_still_running(tmp_path, emulator, emulator_admin, sdk_client):
+def test_import_refuses_a_batch_still_running(
+    tmp_path, emulator, emulator_admin, sdk_client, state_location
+):
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(1))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     made = sdk_client.messages.batches.create(
         requests=[{"custom_id": "r1", "params": {"model": "m", "max_tokens": 1, "messages": []}}]
     )
@@ -406,9 +427,11 @@ def test_force_unlock_needs_the_lock_id(tmp_path):
     )
 
 
-def test_declining_the_confirmation_sends_nothing(tmp_path, emulator, emulator_admin):
+def test_declining_the_confirmation_sends_nothing(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(2))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     shown = []
     report = apply(ctx, confirm=lambda plan: shown.append(plan.summary()["submit"]) or False)
     assert not report.approved and shown == [2]
@@ -443,10 +466,10 @@ def test_lock_timeout_waits_for_the_holder(tmp_path, emulator):
     ],
 )
 def test_results_that_do_not_check_out_store_nothing(
-    tmp_path, emulator, emulator_admin, fault, problem
+    tmp_path, emulator, emulator_admin, fault, problem, state_location
 ):
     write_project(tmp_path, rows(5))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)
     emulator_admin.add_faults([{"kind": fault, "endpoint": "results"}])
     report = apply(ctx)
@@ -456,9 +479,11 @@ def test_results_that_do_not_check_out_store_nothing(
     assert db_rows(ctx, "select count(*) from results") == [(5,)]
 
 
-def test_an_item_removed_then_added_back_is_not_paid_for_again(tmp_path, emulator, emulator_admin):
+def test_an_item_removed_then_added_back_is_not_paid_for_again(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)
     write_rows(tmp_path, rows(2))
     plan, _ = ctx.plan(refresh=False)
@@ -496,19 +521,21 @@ def test_an_item_removed_then_added_back_is_not_paid_for_again(tmp_path, emulato
     }
 
 
-def test_an_offline_plan_says_which_batches_it_did_not_refresh(tmp_path, emulator, emulator_admin):
+def test_an_offline_plan_says_which_batches_it_did_not_refresh(
+    tmp_path, emulator, emulator_admin, state_location
+):
     from batchops.views.plan import plan_text
 
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(2))
-    apply(context(tmp_path, emulator))
-    offline, _ = context(tmp_path, emulator).plan(refresh=False)
+    apply(context(tmp_path, emulator, state=state_location))
+    offline, _ = context(tmp_path, emulator, state=state_location).plan(refresh=False)
     assert offline.offline_note == (
         "1 batches in flight were not refreshed (--no-refresh): the plan uses their last "
         "recorded state"
     )
     assert f"Note: {offline.offline_note}" in plan_text(offline)
-    no_key, _ = context(tmp_path, None).plan(refresh=True)
+    no_key, _ = context(tmp_path, None, state=state_location).plan(refresh=True)
     assert "(no ANTHROPIC_API_KEY)" in no_key.offline_note
-    online, _ = context(tmp_path, emulator).plan(refresh=True)
+    online, _ = context(tmp_path, emulator, state=state_location).plan(refresh=True)
     assert online.offline_note is None

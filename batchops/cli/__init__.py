@@ -81,10 +81,11 @@ def _quiet_broken_pipe() -> None:
 @click.option(
     "--state",
     "state_path",
-    type=click.Path(path_type=Path),
+    type=str,  # a file, or a postgresql:// URL (which a Path would mangle)
     envvar="BATCHOPS_STATE",
     default=None,
-    help="State file [default: state/batchops.db, or state/emulator.db with --emulator].",
+    help="State file or postgresql:// URL "
+    "[default: state/batchops.db, or state/emulator.db with --emulator].",
 )
 @click.option(
     "--prices",
@@ -106,7 +107,7 @@ def _quiet_broken_pipe() -> None:
 def cli(
     ctx: click.Context,
     jobs_path: Path,
-    state_path: Path | None,
+    state_path: str | None,
     prices_file: Path | None,
     use_emulator: bool,
     debug: bool,
@@ -123,7 +124,9 @@ def cli(
     if ctx.invoked_subcommand in ("init", "schema", "emulator"):  # these need no project
         ctx.obj["settings"] = Settings(emulator=use_emulator)
         return
-    ctx.obj["settings"] = _settings(jobs_path, state_path, prices_file, use_emulator)
+    ctx.obj["settings"] = _settings(
+        jobs_path, _state_location(state_path), prices_file, use_emulator
+    )
 
 
 def _settings(
@@ -156,6 +159,13 @@ def _settings(
         root=project.root if project is not None else None,
         emulator=use_emulator,
     )
+
+
+def _state_location(value: str | None) -> Path | str | None:
+    """--state as the library takes it: a postgresql:// URL as it is, anything else a path."""
+    from batchops.state import is_postgres
+
+    return value if not value or is_postgres(value) else Path(value)
 
 
 def _context(ctx: click.Context, *, remote: bool = False) -> Context:
@@ -842,6 +852,73 @@ def _removal_text(rows: dict[str, int]) -> str:
     return (
         f"{rows['attempts']} unfinished attempts become lost and {rows['items']} items are "
         "sent again by the next apply; stored results stay"
+    )
+
+
+@state_group.command("push")
+@click.argument("destination", metavar="DEST")
+@click.option("--force", is_flag=True, help="Replace DEST's contents if it is not empty.")
+@click.pass_context
+def state_push(ctx: click.Context, destination: str, force: bool) -> None:
+    """Copy the whole state to DEST: a state file or a postgresql:// URL."""
+    from batchops.commands.transfer import push
+
+    _transferred(push(_offline_context(ctx), _state_location(destination), force=force))
+
+
+@state_group.command("pull")
+@click.argument("source", metavar="SRC")
+@click.option("--force", is_flag=True, help="Replace the current state if it is not empty.")
+@click.pass_context
+def state_pull(ctx: click.Context, source: str, force: bool) -> None:
+    """Copy SRC (a state file or a postgresql:// URL) into the current state."""
+    from batchops.commands.transfer import pull
+
+    _transferred(pull(_offline_context(ctx), _state_location(source), force=force))
+
+
+def _transferred(done) -> None:
+    rows = ", ".join(f"{table} {n}" for table, n in done.rows.items() if table != "meta")
+    replaced = " (its previous contents replaced)" if done.replaced else ""
+    click.echo(
+        f"Copied state {done.source} to {done.destination}{replaced}: lineage {done.lineage}, "
+        f"serial {done.serial}; rows {rows}."
+    )
+
+
+@state_group.command("recover")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def state_recover(ctx: click.Context, yes: bool) -> None:
+    """Rebuild a lost state from the batches still on the API (into an empty state)."""
+    from batchops.commands.recover import check_empty, recover
+
+    context = _context(ctx, remote=True)
+    if not yes:
+        if not _interactive():
+            raise BatchopsError("state recover needs --yes when standard input is not a terminal")
+        check_empty(context)
+        click.echo(
+            "This lists every batch on the API and records into the empty state "
+            f"{context.settings.state_path} each one whose custom_ids prove it a request of the "
+            "specs, with its results. Nothing remote is changed."
+        )
+        if not click.confirm("Recover?", default=False):
+            click.echo("Nothing recovered.")
+            ctx.exit(1)
+    found = recover(context)
+    for b in found.recovered:
+        click.echo(f"Recovered batch {b.id} ({b.job}): {b.results} results.")
+    for b in found.not_recovered:
+        click.echo(f"Not recovered: batch {b.id} ({b.status}): {b.reason}.")
+    if found.not_ours:
+        click.echo(
+            f"Skipped {found.not_ours} batches whose custom_ids match no item of the specs "
+            "(not ours)."
+        )
+    click.echo(
+        f"Recovered {len(found.recovered)} of {found.listed} batches on the API "
+        f"({found.results} results) into {found.location}; `batchops plan` shows what is left."
     )
 
 

@@ -121,6 +121,14 @@ class BatchesClient:
         except anthropic.APIError as exc:
             raise remote_error(exc, f"retrieve batch {batch_id}") from None
 
+    def list_all(self) -> Iterator[RemoteBatch]:
+        """Every batch in the workspace (29 days' worth), newest first, page after page."""
+        try:
+            for batch in self._sdk.messages.batches.list(limit=100):
+                yield RemoteBatch.from_sdk(batch)
+        except anthropic.APIError as exc:
+            raise remote_error(exc, "list batches") from None
+
     def list_recent(self, since: datetime) -> Iterator[RemoteBatch]:
         """Batches created at or after `since`, newest first (stops paging at older ones)."""
         try:

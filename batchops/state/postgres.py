@@ -149,7 +149,9 @@ def _connect(url: str, location: str) -> psycopg.Connection:
         return psycopg.connect(url, autocommit=True)
     except psycopg.Error as exc:
         # libpq's messages name host, port and user, never the password.
-        raise StateError(f"{location}: cannot connect to PostgreSQL ({exc})".strip()) from None
+        # One line: libpq's message may carry a hint on a line of its own.
+        why = " ".join(str(exc).split())
+        raise StateError(f"{location}: cannot connect to PostgreSQL ({why})") from None
 
 
 def _has_table(conn: psycopg.Connection, name: str) -> bool:

@@ -1,0 +1,161 @@
+"""`batchops state recover`: rebuild a lost state from the batches still on the API.
+
+The API keeps batches and their results for 29 days, and a result's custom_id proves which
+request it answers (it is derived from the job, the key and the fingerprint). So an ended batch
+whose every custom_id is an item the specs render now is ours, and is recorded the way `import`
+records a batch: an intent with its attempts, the batch, then the evaluator's harvest (verified
+against request_counts and the custom_ids, stored in one transaction). Batches are taken oldest
+first, so an item answered twice ends with its newest answer and its attempts counted.
+
+Nothing is guessed. Reported, not recovered: batches still in flight (their custom_ids are only
+known from their results), batches whose results expired, and batches some of whose custom_ids
+match no item (older versions of items). Batches none of whose custom_ids match are someone
+else's and are only counted. Recovery writes into an empty state only, under its lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from batchops.apply.evaluator import Evaluator, NullProgress
+from batchops.apply.refresh import as_record
+from batchops.commands.context import Context
+from batchops.commands.transfer import shown
+from batchops.errors import RemoteError, StateError
+from batchops.plan.actions import SubmitItem
+from batchops.remote import BatchesClient, RemoteBatch
+from batchops.spec.desired import DesiredItem
+from batchops.state import open_writer
+from batchops.state.api import StateWriter
+
+
+@dataclass(frozen=True)
+class RecoveredBatch:
+    id: str
+    job: str
+    results: int
+
+
+@dataclass(frozen=True)
+class UnrecoveredBatch:
+    id: str
+    status: str  # the remote processing_status
+    reason: str
+
+
+@dataclass
+class Recovery:
+    location: str
+    listed: int = 0  # batches on the API
+    recovered: list[RecoveredBatch] = field(default_factory=list)
+    not_recovered: list[UnrecoveredBatch] = field(default_factory=list)
+    not_ours: int = 0  # batches none of whose custom_ids is an item of the specs
+
+    @property
+    def results(self) -> int:
+        return sum(b.results for b in self.recovered)
+
+
+def check_empty(context: Context) -> None:
+    """Recovery only fills an empty state (nothing is merged into one that records anything)."""
+    reader = context.reader()
+    try:
+        empty = reader.is_empty()
+    finally:
+        reader.close()
+    if not empty:
+        raise StateError(
+            f"{shown(context.settings.state_path)}: state recover rebuilds into an empty state, "
+            "and this one is not empty (point --state at a new file or database)"
+        )
+
+
+def recover(context: Context) -> Recovery:
+    """List the batches on the API and record every one whose custom_ids prove it ours."""
+    desired = context.desired()  # every job; bad specs fail here, before anything is written
+    check_empty(context)
+    by_custom_id = {item.custom_id: (dj.name, item) for dj in desired.jobs for item in dj.items}
+    client = context.client()  # no credentials: fail before anything is written
+    try:
+        listed = sorted(client.list_all(), key=lambda b: (b.created_at, b.id))  # oldest first
+        out = Recovery(shown(context.settings.state_path), listed=len(listed))
+        state = open_writer(context.settings.state_path, "state recover")
+        try:
+            if not state.is_empty():  # filled between the check and the lock
+                check_empty(context)
+            for remote in listed:
+                _recover_batch(state, client, context, remote, by_custom_id, out)
+        finally:
+            state.close()
+    finally:
+        client.close()
+    return out
+
+
+def _recover_batch(
+    state: StateWriter,
+    client: BatchesClient,
+    context: Context,
+    remote: RemoteBatch,
+    by_custom_id: dict[str, tuple[str, DesiredItem]],
+    out: Recovery,
+) -> None:
+    def skip(reason: str) -> None:
+        out.not_recovered.append(UnrecoveredBatch(remote.id, remote.processing_status, reason))
+
+    if remote.processing_status != "ended":
+        return skip(
+            "still in flight: its custom_ids are only known from its results, so it cannot be "
+            f"proven ours yet; if it is, run `batchops import JOB {remote.id}` once it ends, "
+            "before the next apply sends its items again"
+        )
+    if remote.archived_at is not None:
+        return skip("its results expired remotely: its items are sent again by the next apply")
+    try:
+        with client.results(remote.id) as lines:
+            custom_ids = [line.get("custom_id") for line in lines]
+    except RemoteError as exc:
+        return skip(f"its results could not be read ({exc.problems[0]}); run recover again")
+    if len(custom_ids) != remote.total or len(set(custom_ids)) != len(custom_ids):
+        return skip(
+            f"its results did not check out ({len(custom_ids)} lines, "
+            f"{len(set(custom_ids))} distinct custom_ids, request_counts add up to "
+            f"{remote.total})"
+        )
+    matched = [by_custom_id[c] for c in custom_ids if c in by_custom_id]
+    if not matched:
+        out.not_ours += 1
+        return None
+    jobs = sorted({job for job, _ in matched})
+    if len(matched) != len(custom_ids) or len(jobs) > 1:
+        return skip(
+            f"{len(custom_ids) - len(matched)} of its {len(custom_ids)} custom_ids match no item "
+            f"of job {jobs[0]} as the specs render it now (items edited since, or not ours)"
+        )
+    job = jobs[0]
+    records = {r.key: r for r in state.item_records([job])}
+    busy = [item.key for _, item in matched if item.key in records and records[item.key].inflight]
+    if busy:
+        return skip(f"item {busy[0]} of job {job} is already in flight in another batch")
+
+    def attempt(item: DesiredItem) -> int:  # an item answered before: its attempts go on
+        record = records.get(item.key)
+        if record is not None and record.fingerprint == item.fingerprint:
+            return record.attempts + 1
+        return 1
+
+    intent_id = f"intent_{uuid.uuid4().hex}"
+    submits = [
+        SubmitItem(job, item.key, item.custom_id, item.fingerprint, "recover", attempt(item), 0.0)
+        for _, item in matched
+    ]
+    state.record_intent(intent_id, job, submits, 0, context.clock())
+    state.record_created(intent_id, as_record(remote, job), context.clock())
+    evaluator = Evaluator(state, client, context.clock, NullProgress())
+    record = state.batch(remote.id)
+    if record is None or not evaluator.harvest(record):
+        problem = (evaluator.report.problems or ["harvest failed"])[-1]
+        return skip(f"recorded, but not harvested ({problem}); the next apply harvests it")
+    out.recovered.append(RecoveredBatch(remote.id, job, evaluator.report.results_stored))
+    return None
