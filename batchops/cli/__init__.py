@@ -435,7 +435,7 @@ def apply(
 
     def confirm(the_plan) -> bool:
         click.echo(plan_text(the_plan, context.prices.source), err=json_)
-        return click.confirm("\nApply this plan?", default=False, err=json_)
+        return _ask("\nApply this plan?", err=json_)
 
     progress = CliProgress(err=json_)
     if poll_interval is None:
@@ -457,6 +457,25 @@ def apply(
         click.echo("Apply cancelled: nothing was sent.", err=json_)
         ctx.exit(1)
     _finish(ctx, report, json_)
+
+
+def _ask(question: str, err: bool = False) -> bool:
+    """A yes/no question, no by default. The answer is awaited in short naps: a Ctrl-C delivered
+    to another thread (the in-process emulator, a lease renewer) still stops us at once, where a
+    blocking read would wait for Enter first."""
+    import select
+
+    click.echo(f"{question} [y/N]: ", nl=False, err=err)
+    try:
+        while not select.select([sys.stdin], [], [], 0.1)[0]:
+            pass
+    except (OSError, ValueError):  # not a real file (a test runner's input): just read it
+        pass
+    answer = sys.stdin.readline()
+    if not answer:  # end of input
+        click.echo("", err=err)
+        raise click.exceptions.Abort()
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _shown(path: Path) -> str:
@@ -940,6 +959,37 @@ def force_unlock(ctx: click.Context, lock_id: str) -> None:
     """Remove a stale state lock. Only when no apply is running."""
     held = _context(ctx).force_unlock(lock_id)
     click.echo(f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, since {held.since}).")
+
+
+@cli.command()
+@click.argument(
+    "folder", required=False, default=".", type=click.Path(file_okay=False, path_type=Path)
+)
+def init(folder: Path) -> None:
+    """Scaffold a project in FOLDER (default: here); overwrites nothing.
+
+    Writes batchops.toml, an example job with data, spec.schema.json for editors,
+    state/.gitignore and a pre-commit config running `batchops validate`.
+    """
+    from batchops.commands.init import init_project
+
+    for path in init_project(folder):
+        click.echo(f"Wrote {path}")
+    click.echo(
+        "\nTry it offline: batchops --emulator plan, then batchops --emulator apply --yes --wait."
+    )
+
+
+@cli.command()
+def schema() -> None:
+    """Print the spec format's JSON Schema (for editors: `batchops schema > spec.schema.json`).
+
+    Point a TOML spec at it with a first line `#:schema ./spec.schema.json`, a JSON spec with
+    a "$schema" key.
+    """
+    from batchops.spec.schema import shipped_schema
+
+    click.echo(shipped_schema(), nl=False)
 
 
 # ---------------------------------------------------------------- emulator (owned by the emulator work)

@@ -284,6 +284,9 @@ class _RawJob(_RawDefaults):
 
 class _RawSpec(BaseModel):
     model_config = _CLOSED
+    # An editor's pointer at the JSON Schema (`batchops schema`); read by editors, ignored here.
+    # TOML specs use a `#:schema ./path` comment instead.
+    schema_: str | None = Field(default=None, alias="$schema")
     version: int
     defaults: _RawDefaults | None = None
     jobs: dict[str, _RawJob] = Field(default_factory=dict)
