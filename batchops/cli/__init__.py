@@ -247,7 +247,7 @@ def validate(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> Non
     rows = [
         [
             j.name,
-            j.spec_file,
+            terminal(j.spec_file),
             j.source,
             j.items,
             j.model or "(per request)",
@@ -521,7 +521,7 @@ def _summary(report) -> None:
         f"{len(report.pruned)} pruned."
     )
     for path in report.outputs:
-        click.echo(f"Wrote {_shown(path)}")
+        click.echo(f"Wrote {terminal(_shown(path))}")
     final = report.final_plan
     if final is not None and final.jobs:
         click.echo("")
