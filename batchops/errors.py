@@ -73,3 +73,17 @@ class NoCredentials(BatchopsError):
 def location(file: object, *parts: object) -> str:
     """Format `file: part: part` for error lines, skipping empty parts."""
     return ": ".join(str(p) for p in (file, *parts) if p not in (None, ""))
+
+
+class Interrupted(BaseException):  # noqa: N818 (not an error: a request to stop)
+    """SIGINT or SIGTERM arrived (a cancelled CI job, Ctrl-C). A BaseException, like
+    KeyboardInterrupt: it unwinds through every `finally`, rolling back the transaction in
+    progress and releasing the lease, and no `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -173,12 +173,14 @@ def test_apply_json_is_one_document_on_stdout(tmp_path, emulator):
     assert json.loads(refreshed.stdout)["submitted"] == 0
 
 
-def test_a_batch_adopted_by_mistake_is_given_up_and_its_items_sent(
+def test_a_foreign_batch_of_the_same_size_is_never_adopted(
     tmp_path, emulator, emulator_admin, sdk_client
 ):
+    # Adoption used to take the first same-size batch and give it up at harvest; now a candidate
+    # is adopted only once its results prove it ours, so a foreign one is never adopted at all.
     write_project(tmp_path, rows(2))
     killed = run_cli(
-        tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "after-intent"}
+        tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": "before-create"}
     )
     assert killed.returncode == -signal.SIGKILL
     # someone else in the workspace makes a batch of the same size after our intent
@@ -190,10 +192,18 @@ def test_a_batch_adopted_by_mistake_is_given_up_and_its_items_sent(
     sdk_client.messages.batches.create(
         requests=[{"custom_id": f"other-{i}", "params": params} for i in range(2)]
     )
-    done = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+    done = run_cli(
+        tmp_path,
+        emulator,
+        "apply",
+        "--yes",
+        "--wait",
+        "--poll-interval",
+        "0.05",
+        env={"BATCHOPS_CREATE_GRACE_SECONDS": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Adopted batch" in done.stdout
-    assert "was adopted by mistake" in done.stdout
+    assert "Adopted batch" not in done.stdout
     assert results_count(tmp_path) == 2
     submissions = emulator_admin.stats()["submissions"]
     assert sorted(submissions.values()) == [1, 1, 1, 1]  # ours once each, theirs once each

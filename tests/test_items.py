@@ -108,7 +108,7 @@ def test_renders_prompt_system_and_params(project: Path) -> None:
         "stop_sequences": ["END"],
     }
     assert first.row == TICKETS[0]
-    assert first.custom_id == custom_id_for("ticket-sentiment", "T-1001")
+    assert first.custom_id == custom_id_for("ticket-sentiment", "T-1001", first.fingerprint)
     assert first.fingerprint == fingerprint(first.params)
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", first.fingerprint)
 
@@ -210,7 +210,7 @@ def test_raw_requests_are_sent_as_written(project: Path) -> None:
     assert item.key == "case-1"
     assert item.params == requests[0]["params"]
     assert item.row is None
-    assert item.custom_id == custom_id_for("j", "case-1")
+    assert item.custom_id == custom_id_for("j", "case-1", item.fingerprint)
     assert item.fingerprint == fingerprint(requests[0]["params"], ["b1"])
 
 
@@ -394,22 +394,28 @@ NASTY_KEYS = [
 
 @pytest.mark.parametrize("job", ["j", "ticket-sentiment", "x" * 64, "a_b-c"])
 def test_custom_id_matches_the_api_pattern_for_any_key(job: str) -> None:
-    ids = [custom_id_for(job, key) for key in NASTY_KEYS]
+    ids = [custom_id_for(job, key, FP) for key in NASTY_KEYS]
     for custom_id in ids:
         assert CUSTOM_ID_RE.match(custom_id), custom_id
         assert re.fullmatch(r"^[a-zA-Z0-9_-]{1,64}$", custom_id)
     assert len(set(ids)) == len(NASTY_KEYS)
 
 
+FP = "sha256:" + "0" * 64
+
+
 def test_custom_id_is_deterministic_and_traceable() -> None:
-    assert custom_id_for("ticket-sentiment", "T-1001") == custom_id_for(
-        "ticket-sentiment", "T-1001"
+    assert custom_id_for("ticket-sentiment", "T-1001", FP) == custom_id_for(
+        "ticket-sentiment", "T-1001", FP
     )
-    custom_id = custom_id_for("ticket-sentiment", "T-1001")
+    custom_id = custom_id_for("ticket-sentiment", "T-1001", FP)
     assert custom_id.startswith("ticket-sentiment-T_1001-")
     assert re.fullmatch(r"ticket-sentiment-T_1001-[a-z2-7]{12}", custom_id)
     # The same key in another job is another custom_id.
-    assert custom_id_for("other", "T-1001") != custom_id
+    assert custom_id_for("other", "T-1001", FP) != custom_id
+    # The same job and key rendered to another request is another custom_id: a result proves
+    # which request it answers (a teammate's other prompt is not taken for ours).
+    assert custom_id_for("ticket-sentiment", "T-1001", "sha256:" + "1" * 64) != custom_id
 
 
 # --- bad input: one exact line per problem --------------------------------------------------------
@@ -663,9 +669,9 @@ def test_custom_id_hash_is_lowercase_base32_of_sha256() -> None:
     import hashlib
 
     for job, key in [("j", "k"), ("ticket-sentiment", "T-1001"), ("x", "ключ" * 40)]:
-        digest = hashlib.sha256(f"{job}\x1f{key}".encode()).digest()
+        digest = hashlib.sha256(f"{job}\x1f{key}\x1f{FP}".encode()).digest()
         expected = base64.b32encode(digest).decode().lower()[:12]
-        assert custom_id_for(job, key).endswith("-" + expected)
+        assert custom_id_for(job, key, FP).endswith("-" + expected)
 
 
 @pytest.mark.parametrize(

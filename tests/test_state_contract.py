@@ -7,6 +7,7 @@ through `Backend.raw`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -470,7 +471,7 @@ def test_dead_holder_on_this_host_is_taken_over(writer: StateWriter, backend: Ba
         text=True,
     )
     dead_pid = int(child.stdout)
-    backend.raw("update lock set pid = ? where id = 1", (dead_pid,))
+    backend.raw("update leases set pid = ?", (dead_pid,))
     taken = []
     second = open_writer(backend.location, "other", on_takeover=taken.append)
     try:
@@ -543,6 +544,62 @@ def test_postgres_location_never_shows_the_password(pg_dsn: str) -> None:
     with pytest.raises(StateError, match="cannot connect") as caught:
         open_reader(unreachable)
     assert "hunter" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- leases (DESIGN §6.5)
+def test_leases_are_per_job(backend: Backend) -> None:
+    first = open_writer(backend.location, "apply", jobs=["a"])
+    try:
+        second = open_writer(backend.location, "apply", jobs=["b"])  # another job: at once
+        second.close()
+        with pytest.raises(LockHeld) as caught:
+            open_writer(backend.location, "apply", jobs=["a", "c"])
+        assert f"lock {first.held.lock_id} held by pid {os.getpid()}" in caught.value.problems[0]
+        assert "on job:a" in caught.value.problems[0]
+        with pytest.raises(LockHeld):
+            open_writer(backend.location, "apply")  # every job: the whole state
+    finally:
+        first.close()
+    whole = open_writer(backend.location, "apply")
+    try:
+        with pytest.raises(LockHeld):
+            open_writer(backend.location, "apply", jobs=["b"])
+    finally:
+        whole.close()
+
+
+def test_a_live_holder_in_another_pid_namespace_is_not_taken_over(backend: Backend) -> None:
+    # Same host name, another PID namespace (another container): its pid proves nothing, even a
+    # pid that does not exist here. Only the lease's expiry can free it.
+    holder = open_writer(backend.location, "apply", jobs=["a"])
+    holder.stop_keeper()
+    backend.raw("update leases set pid = ?, pid_ns = ?", (2**22 - 7, "pid:[4026531999]"))
+    with pytest.raises(LockHeld):
+        open_writer(backend.location, "apply", jobs=["a"])
+    backend.raw("update leases set expires_at = ?", ("2000-01-01T00:00:00Z",))
+    taken: list = []
+    second = open_writer(backend.location, "apply", jobs=["a"], on_takeover=taken.append)
+    try:
+        assert [t.lock_id for t in taken] == [holder.held.lock_id]
+    finally:
+        second.close()
+        holder.held = None
+        holder.close()
+
+
+def test_a_live_holder_renews_its_lease(backend: Backend, monkeypatch) -> None:
+    monkeypatch.setenv("BATCHOPS_LEASE_SECONDS", "1")
+    holder = open_writer(backend.location, "apply", jobs=["a"])
+    try:
+        first = holder.leases()[0].expires
+        time.sleep(1.5)  # past the first expiry: renewed meanwhile by the heartbeat
+        assert holder.leases()[0].expires > first
+        with pytest.raises(LockHeld):
+            open_writer(backend.location, "apply", jobs=["a"])
+        assert not holder.lease_lost
+    finally:
+        holder.close()
+    assert open_reader(backend.location).leases() == []
 
 
 # ---------------------------------------------------------------- copies (state push and pull)

@@ -19,7 +19,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +28,7 @@ import orjson
 
 from batchops.apply.refresh import as_record
 from batchops.clock import iso
-from batchops.errors import CreateOutcomeUnknown, NotFound, PlanError, RemoteError
+from batchops.errors import CreateOutcomeUnknown, LockHeld, NotFound, PlanError, RemoteError
 from batchops.plan.actions import (
     Cancel,
     Forget,
@@ -47,8 +47,20 @@ from batchops.state.api import StateWriter
 from batchops.state.records import RESULT_TYPES, BatchRecord, ResultRow, SentAttempt
 
 KILL_ENV = "BATCHOPS_TEST_DIE_AT"  # test seam: SIGKILL this process at the named checkpoint
-ADOPT_SLACK = timedelta(minutes=2)  # clock skew allowed between the intent and the remote create
+ADOPT_SLACK = timedelta(minutes=2)  # intents from before list anchors: clock skew allowed
 CREATE_TRIES = 4
+# How long after an unanswered create its batch may still appear in the list before the items are
+# sent again (DESIGN §6.3): the SDK's own request timeout is 10 minutes, so 15 leaves margin.
+CREATE_GRACE_SECONDS = 900.0
+CREATE_GRACE_ENV = "BATCHOPS_CREATE_GRACE_SECONDS"
+
+
+def create_grace_seconds() -> float:
+    try:
+        return float(os.environ.get(CREATE_GRACE_ENV, CREATE_GRACE_SECONDS))
+    except ValueError:
+        return CREATE_GRACE_SECONDS
+
 
 RequestSource = Callable[[int, SubmitBatch], list[tuple[SubmitItem, dict[str, Any]]]]
 
@@ -149,16 +161,20 @@ class Evaluator:
             Prune: self.prune,
         }
         self._requests: RequestSource | None = None
-        self._failed_jobs: set[str] = set()
+        self.failed_jobs: set[str] = set()  # jobs whose create was refused: not sent again this run
 
     def run(self, plan: Plan, requests: RequestSource) -> None:
         """Execute every step of `plan`, in order; `requests` renders a submit step's requests."""
         self._requests = requests
-        self._failed_jobs = set()
         for index, step in enumerate(plan.steps):
             visit = self._visit.get(type(step))
             if visit is None:
                 raise PlanError(f"unknown plan step {type(step).__name__}")
+            if self.state.lease_lost:
+                raise LockHeld(
+                    "the state's lease was taken over while this apply ran (it stalled past the "
+                    "lease's expiry): stopped before the next step; run apply again"
+                )
             visit(step, index)
 
     def _note(self, message: str) -> None:
@@ -166,33 +182,76 @@ class Evaluator:
 
     # -- intents
     def resolve_intent(self, step: ResolveIntent, index: int = 0) -> str | None:
-        """Adopt the batch an unanswered create made, or mark the intent unsent. Returns its id."""
+        """Find the batch an unanswered create made, proven ours by its custom_ids, and adopt it;
+        or, once no such batch can still appear, give the intent's items back to be sent again.
+
+        Candidates are the batches listed after the intent's list anchor (never judged by
+        clocks), unknown to the state, with the intent's request count. One is adopted only once
+        its results show exactly the intent's custom_ids; until then the items are held: neither
+        sent again nor taken as answered. Returns the adopted batch id.
+        """
         intent = next((i for i in self.state.open_intents() if i.id == step.intent_id), None)
         if intent is None:
             return None
+        if not intent.create_sent:
+            self.state.mark_unsent(intent.id)
+            self._note(
+                f"Create for {intent.job} ({intent.request_count} requests) was never sent: "
+                "its items will be sent now."
+            )
+            return None
         known = {b.id for b in self.state.batches()}
-        candidates = [
-            b
-            for b in self.client.list_recent(intent.created_at - ADOPT_SLACK)
-            if b.id not in known and b.total == intent.request_count
-        ]
-        if candidates:
-            # the earliest created after the intent; one from the clock-skew slack before it last
-            remote = min(candidates, key=lambda b: (b.created_at < intent.created_at, b.created_at))
+        if intent.list_anchor is None:  # an intent recorded before anchors: a time window
+            listed = self.client.list_recent(intent.created_at - ADOPT_SLACK)
+        else:
+            listed = self.client.list_after(intent.list_anchor)
+        candidates = sorted(
+            (b for b in listed if b.id not in known and b.total == intent.request_count),
+            key=lambda b: b.created_at,
+        )
+        expected = self.state.intent_custom_ids(intent.id)
+        waiting = []
+        for remote in candidates:
+            if remote.processing_status != "ended" or remote.archived_at is not None:
+                waiting.append(remote.id)
+                continue
+            if self._custom_ids_of(remote.id) != expected:
+                continue  # someone else's batch of the same size
             record = as_record(remote, intent.job, intent.request_count)
             self.state.record_created(intent.id, record, self.clock(), adopted=True)
             self.report.adopted.append(remote.id)
             self._note(
-                f"Adopted batch {remote.id} ({intent.request_count} requests, "
-                f"{intent.job}): created by an earlier run whose response was lost."
+                f"Adopted batch {remote.id} ({intent.request_count} requests, {intent.job}): "
+                "created by an earlier run whose response was lost; its custom_ids prove it ours."
             )
             return remote.id
-        self.state.mark_unsent(intent.id)
-        self._note(
-            f"Create for {intent.job} ({intent.request_count} requests) never "
-            "reached the API: its items will be sent again."
-        )
+        age = (self.clock() - intent.created_at).total_seconds()
+        if waiting:
+            self._note(
+                f"Create for {intent.job} ({intent.request_count} requests): its outcome is "
+                f"unknown; batch {', '.join(waiting)} may be it, and is proven (or not) once it "
+                "ends. Its items are held until then."
+            )
+        elif age < create_grace_seconds():
+            self._note(
+                f"Create for {intent.job} ({intent.request_count} requests): no batch of it is "
+                f"listed yet; its items are held until {create_grace_seconds():.0f} s after the "
+                "create, then sent again."
+            )
+        else:
+            self.state.mark_unsent(intent.id)
+            self._note(
+                f"Create for {intent.job} ({intent.request_count} requests) never "
+                "reached the API: its items will be sent again."
+            )
         return None
+
+    def _custom_ids_of(self, batch_id: str) -> set[str] | None:
+        try:
+            with self.client.results(batch_id) as lines:
+                return {line.get("custom_id") for line in lines}  # type: ignore[misc]
+        except RemoteError:
+            return None
 
     # -- harvest
     def harvest(self, step: Harvest | BatchRecord, index: int = 0) -> bool:
@@ -216,8 +275,15 @@ class Evaluator:
                 return False
             return self._harvest_problem(record, str(exc), again=False)
         except NotFound:
+            if self.client.confirm_gone(record.id, record.created_at):
+                # deleted before harvest: the next plan requeues its items
+                self.state.save_batch(replace(record, drift="deleted"), self.clock())
+                note = f"batch {record.id} ({record.job}) was deleted outside batchops"
+                self.report.drift.append(note)
+                self._note(f"Drift: {note}.")
+                return False
             return self._harvest_problem(
-                record, "its results were not found (HTTP 404)", again=True
+                record, "its results answered 404 although it exists", again=True
             )
         except (HarvestFailed, RemoteError) as exc:
             return self._harvest_problem(record, str(exc).splitlines()[0], again=True)
@@ -296,7 +362,7 @@ class Evaluator:
 
     # -- submit
     def submit(self, step: SubmitBatch, index: int) -> None:
-        if step.job in self._failed_jobs:
+        if step.job in self.failed_jobs:
             return
         assert self._requests is not None
         chunk = self._requests(index, step)
@@ -306,7 +372,7 @@ class Evaluator:
             if exc.retryable:
                 raise
             # one job's refused create is that job's problem: the other jobs are still sent
-            self._failed_jobs.add(step.job)
+            self.failed_jobs.add(step.job)
             self.report.problems.extend(f"job {step.job}: {p}" for p in exc.problems)
             self._note(f"Could not send job {step.job}: {exc.problems[0]}")
 
@@ -315,21 +381,23 @@ class Evaluator:
         requests = [{"custom_id": item.custom_id, "params": params} for item, params in chunk]
         for try_number in range(1, CREATE_TRIES + 1):
             intent_id = f"intent_{uuid.uuid4().hex}"
-            self.state.record_intent(intent_id, step.job, items, step.request_bytes, self.clock())
+            anchor = self.client.newest_batch_id()  # where the list stands before the create
+            self.state.record_intent(
+                intent_id, step.job, items, step.request_bytes, self.clock(), list_anchor=anchor
+            )
             checkpoint("after-intent")
+            self.state.mark_create_sent(intent_id, self.clock())
+            checkpoint("before-create")
             try:
                 remote = self.client.create(requests, step.betas)
             except CreateOutcomeUnknown as exc:
                 self._note(f"{exc}; looking for the batch remotely before sending again.")
-                resolved = self.resolve_intent(
-                    ResolveIntent(intent_id, step.job, len(items), "create outcome unknown")
-                )
-                if resolved:
-                    return
-                if try_number == CREATE_TRIES:
-                    raise RemoteError(str(exc), retryable=True) from None
-                time.sleep(min(2**try_number * 0.25, 5))
-                continue
+                resolve = ResolveIntent(intent_id, step.job, len(items), "create outcome unknown")
+                for pause in (0.5, 2.0):
+                    time.sleep(pause)
+                    if self.resolve_intent(resolve) or not self._open(intent_id):
+                        break
+                return  # held (or adopted): the next cycle's plan resolves it
             except RemoteError as exc:
                 self.state.mark_unsent(intent_id)
                 if not exc.retryable or try_number == CREATE_TRIES:
@@ -343,6 +411,9 @@ class Evaluator:
             self.report.submitted += len(items)
             self._note(f"Created batch {remote.id} for {step.job}: {len(items)} requests.")
             return
+
+    def _open(self, intent_id: str) -> bool:
+        return any(i.id == intent_id for i in self.state.open_intents())
 
     # -- cancel, prune
     def cancel(self, step: Cancel, index: int = 0) -> None:

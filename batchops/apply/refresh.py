@@ -77,10 +77,13 @@ def refreshed(
 def poll(
     record: BatchRecord, client: BatchesClient, now: datetime
 ) -> tuple[BatchRecord, str | None]:
-    """Retrieve one batch and return `refreshed` of it (a batch gone remotely reads as None)."""
+    """Retrieve one batch and return `refreshed` of it. A 404 is a question, not an answer: the
+    batch reads as deleted only when another retrieve and the list confirm it is gone."""
     try:
         remote: RemoteBatch | None = client.retrieve(record.id)
     except NotFound:
+        if not client.confirm_gone(record.id, record.created_at):
+            return record, None  # a passing 404: nothing learnt this time
         remote = None
     return refreshed(record, remote, now)
 

@@ -27,6 +27,7 @@ from batchops.spec.desired import Desired
 from batchops.state.api import StateWriter
 
 Confirm = Callable[[Plan], bool]
+MAX_FOLLOW_UPS = 3  # without --wait: cycles after the first, to send what a harvest settled
 
 
 def budget_problems(plan: Plan) -> list[str]:
@@ -85,6 +86,7 @@ def run_cycles(
     evaluator = Evaluator(state, client, clock, progress, report)
     started = time.monotonic()
     first = True
+    follow_ups = 0
     while True:
         if saved is not None and first:
             plan = saved.plan
@@ -109,9 +111,11 @@ def run_cycles(
         )
         final = plan_from(state, desired, clock(), limits=limits)
         report.final_plan = final
+        sendable = [s for s in final.submits if s.job not in evaluator.failed_jobs]
         if not wait:
-            follow_up = submit and saved is None and (final.submits or _forgets(final))
-            if harvested and follow_up:
+            follow_up = submit and saved is None and (sendable or _forgets(final))
+            if harvested and follow_up and follow_ups < MAX_FOLLOW_UPS:
+                follow_ups += 1
                 continue  # what the harvest settled is sent or forgotten in this run, as its own plan
             return report
         in_flight = sum(j.counts["pending"] for j in final.jobs)
@@ -121,7 +125,7 @@ def run_cycles(
         outstanding = (
             in_flight
             or any(s.kind in ("harvest", "adopt", "requeue") for s in final.steps)
-            or (submit and saved is None and bool(final.submits))
+            or (submit and saved is None and bool(sendable))
             # removed items still in flight: forgotten once their batch is harvested
             or any(a.action == "forget" for j in final.jobs for a in j.actions)
         )

@@ -6,6 +6,7 @@ expected failure is a BatchopsError, turned into `Error: ...` lines and exit 1 i
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +17,7 @@ from tabulate import tabulate
 
 from batchops import __version__
 from batchops.commands.context import Context, Settings
-from batchops.errors import BatchopsError
+from batchops.errors import BatchopsError, Interrupted
 from batchops.safetext import terminal
 from batchops.views.plan import money, plan_json, plan_markdown, plan_text
 from batchops.views.text import plural
@@ -451,6 +452,10 @@ def apply(
             confirm=None if (yes or plan_file) else confirm,
             progress=progress,
         )
+    except Interrupted:
+        progress.close()
+        _name_in_flight(context)
+        raise
     finally:
         progress.close()
     if not report.approved:
@@ -476,6 +481,22 @@ def _ask(question: str, err: bool = False) -> bool:
         click.echo("", err=err)
         raise click.exceptions.Abort()
     return answer.strip().lower() in ("y", "yes")
+
+
+def _name_in_flight(context: Context) -> None:
+    """After a signal: which batches are still running remotely (nothing is lost with them)."""
+    try:
+        batches = context.in_flight()
+    except Exception:  # the state could not be read: the signal's own message is enough
+        return
+    if batches:
+        listed = ", ".join(f"{b.id} ({b.job}, {b.processing_status})" for b in batches)
+        click.echo(
+            f"Batches still in flight: {listed}. Run `batchops apply` again to harvest them.",
+            err=True,
+        )
+    else:
+        click.echo("No batches in flight.", err=True)
 
 
 def _shown(path: Path) -> str:
@@ -927,17 +948,18 @@ def state_recover(ctx: click.Context, yes: bool) -> None:
             ctx.exit(1)
     found = recover(context)
     for b in found.recovered:
-        click.echo(f"Recovered batch {b.id} ({b.job}): {b.results} results.")
+        click.echo(f"Recovered batch {b.id} ({b.job}): {plural(b.results, 'result')}.")
     for b in found.not_recovered:
         click.echo(f"Not recovered: batch {b.id} ({b.status}): {b.reason}.")
     if found.not_ours:
         click.echo(
-            f"Skipped {found.not_ours} batches whose custom_ids match no item of the specs "
+            f"Skipped {plural(found.not_ours, 'batch')} whose custom_ids match no item of the specs "
             "(not ours)."
         )
     click.echo(
-        f"Recovered {len(found.recovered)} of {found.listed} batches on the API "
-        f"({found.results} results) into {found.location}; `batchops plan` shows what is left."
+        f"Recovered {len(found.recovered)} of {plural(found.listed, 'batch')} on the API "
+        f"({plural(found.results, 'result')}) into {found.location}; `batchops plan` shows what "
+        "is left."
     )
 
 
@@ -1093,10 +1115,24 @@ def emulator_serve(
 # ---------------------------------------------------------------- end of emulator section
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: unwind cleanly (see `Interrupted`); a second signal waits for that."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def main() -> None:
-    """Console entry point. Usage errors exit 1 (DESIGN §4), not click's 2."""
+    """Console entry point. Usage errors exit 1 (DESIGN §4), not click's 2; SIGINT exits 130 and
+    SIGTERM 143, after the step in progress was rolled back and the lease released."""
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         rc = cli.main(standalone_mode=False)
+    except Interrupted as exc:
+        name = "SIGTERM" if exc.signum == signal.SIGTERM else "SIGINT"
+        click.echo(f"Stopped by {name}.", err=True)
+        sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C at a prompt
         click.echo("Interrupted.", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -220,7 +220,11 @@ class Context:
 
         try:
             state = open_writer(
-                self.settings.state_path, command, lock_timeout=lock_timeout, on_takeover=takeover
+                self.settings.state_path,
+                command,
+                jobs=None if desired.all_jobs_in_scope else [j.name for j in desired.jobs],
+                lock_timeout=lock_timeout,
+                on_takeover=takeover,
             )
             try:
                 if saved is not None:
@@ -251,6 +255,18 @@ class Context:
         finally:
             client.close()
 
+    def in_flight(self) -> list[BatchRecord]:
+        """Batches the state records as still running or not yet harvested (no network)."""
+        reader = self.reader()
+        try:
+            return [
+                b
+                for b in reader.batches()
+                if not b.finished and (b.processing_status != "ended" or b.harvested_at is None)
+            ]
+        finally:
+            reader.close()
+
     def import_batch(self, job_name: str, batch_id: str, progress: Progress | None = None) -> int:
         """`batchops import JOB BATCH_ID`: adopt a remote batch by hand; returns results stored."""
         from batchops.apply.evaluator import NullProgress
@@ -259,7 +275,7 @@ class Context:
         desired = self.desired([job_name])
         client = self.client()
         try:
-            state = open_writer(self.settings.state_path, "import")
+            state = open_writer(self.settings.state_path, "import", jobs=[job_name])
             try:
                 return import_batch(
                     state,
@@ -281,15 +297,15 @@ class Context:
             raise StateError(f"{self.settings.state_path}: no state file")
         reader = self.reader()
         try:
-            held = reader.lock()
+            held = reader.leases()
         finally:
             reader.close()
-        if held is None:
+        if not held:
             raise StateError(f"{self.settings.state_path}: state is not locked")
-        if held.lock_id != lock_id:
+        if all(lease.lock_id != lock_id for lease in held):
             raise StateError(
                 f"{self.settings.state_path}: lock id {lock_id!r} does not match the lock "
-                f"held ({held.describe()})"
+                f"held ({held[0].describe()})"
             )
         from batchops.state import force_unlock
 

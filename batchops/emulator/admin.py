@@ -72,11 +72,14 @@ class EmulatorAdmin:
         return self._call("POST", "/_emulator/teammate/batches", body)
 
     def hide_next_create(
-        self, seconds: float | None = None, lists: int | None = None
+        self, seconds: float | None = None, lists: int | None = None, lose_response: bool = False
     ) -> list[dict[str, Any]]:
-        """The next create commits and answers, but list calls leave the batch out for `seconds`
-        of emulator time or for the next `lists` list calls (give exactly one)."""
+        """The next create commits and answers (or, with `lose_response`, its answer is lost),
+        but list calls leave the batch out for `seconds` of emulator time or for the next
+        `lists` list calls (give exactly one)."""
         fault: dict[str, Any] = {"kind": "hidden", "endpoint": "create"}
+        if lose_response:
+            fault["lose_response"] = True
         if seconds is not None:
             fault["hidden_seconds"] = seconds
         if lists is not None:

@@ -545,6 +545,9 @@ class RequestIdAndFaults:
             return await self.app(scope, receive, stamped)
         if fault.kind == "hidden":
             scope["state"]["hidden"] = fault
+            if fault.lose_response:
+                await self.app(scope, receive, _discard)
+                return DROP_CONNECTION
             return await self.app(scope, receive, stamped)
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay_seconds)

@@ -117,6 +117,7 @@ class HttpFault(BaseModel):
     times: int = Field(default=1, ge=1)
     hidden_seconds: float | None = Field(default=None, ge=0)
     hidden_lists: int | None = Field(default=None, ge=1)
+    lose_response: bool = False  # with `hidden`: the create's answer is lost as well
 
     @model_validator(mode="after")
     def _hidden_shape(self) -> HttpFault:

@@ -104,6 +104,10 @@ class BatchesClient:
             else:
                 batch = sdk.messages.batches.create(requests=list(requests))
         except anthropic.APIStatusError as exc:
+            # 429 and 529 shed load before a request is processed: nothing was created. Any
+            # other 5xx, 408 or 409 may come after the batch was committed: outcome unknown.
+            if exc.status_code in (429, 529):
+                raise remote_error(exc, "create batch") from None
             if exc.status_code >= 500 or exc.status_code in (408, 409):
                 raise CreateOutcomeUnknown(
                     describe(exc, "create batch"), status=exc.status_code, retryable=True
@@ -120,6 +124,43 @@ class BatchesClient:
             raise NotFound(batch_id) from None
         except anthropic.APIError as exc:
             raise remote_error(exc, f"retrieve batch {batch_id}") from None
+
+    def newest_batch_id(self) -> str:
+        """Where the workspace's batch list stands now: the newest batch id ("" when empty)."""
+        try:
+            page = self._sdk.messages.batches.list(limit=1)
+        except anthropic.APIError as exc:
+            raise remote_error(exc, "list batches") from None
+        return page.data[0].id if page.data else ""
+
+    def list_after(self, anchor: str) -> Iterator[RemoteBatch]:
+        """Every batch created after the batch `anchor` ("" : every batch), by list position."""
+        try:
+            if anchor:
+                pages = self._sdk.messages.batches.list(before_id=anchor, limit=100)
+            else:
+                pages = self._sdk.messages.batches.list(limit=100)
+            for batch in pages:
+                yield RemoteBatch.from_sdk(batch)
+        except anthropic.APIError as exc:
+            raise remote_error(exc, "list batches") from None
+
+    def confirm_gone(self, batch_id: str, created_at: datetime | None) -> bool:
+        """A 404 is a question: True only when another retrieve and the list both lack the batch."""
+        try:
+            self.retrieve(batch_id)
+            return False
+        except NotFound:
+            pass
+        try:
+            for batch in self._sdk.messages.batches.list(limit=100):
+                if batch.id == batch_id:
+                    return False
+                if created_at is not None and batch.created_at < created_at:
+                    return True  # the list is newest first: past where it would be
+        except anthropic.APIError as exc:
+            raise remote_error(exc, "list batches") from None
+        return True
 
     def list_all(self) -> Iterator[RemoteBatch]:
         """Every batch in the workspace (29 days' worth), newest first, page after page."""

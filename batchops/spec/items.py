@@ -75,25 +75,28 @@ class Item:
 # --- identity -----------------------------------------------------------------------------------
 
 
-def custom_id_for(job: str, key: str) -> str:
-    """The custom_id of item `key` of `job`: deterministic, and valid for any key.
+def custom_id_for(job: str, key: str, fingerprint: str) -> str:
+    """The custom_id of item `key` of `job` as rendered to `fingerprint`: deterministic, valid
+    for any key, and proof of which request a result answers (DESIGN §2).
 
     Shape: `<job[:16]>-<key[:32], [^A-Za-z0-9_] as '_'>-<h>`, where h is the first 12
-    characters of the lowercase base32 sha256 of `job + "\\x1f" + key` (at most 62 characters).
-    To trace a custom_id back without state: the prefix names the job and, for short ASCII keys,
-    the key; otherwise recompute `custom_id_for(job, key)` over the spec's keys and match.
+    characters of the lowercase base32 sha256 of `job + "\x1f" + key + "\x1f" + fingerprint`
+    (at most 62 characters). A teammate's request for the same job and key with another prompt or
+    model has another custom_id, so its result is never taken for ours. To trace a custom_id back
+    without state: the prefix names the job and, for short ASCII keys, the key.
     """
-    return _custom_id_maker(job)(key)
+    return _custom_id_maker(job)(key, fingerprint)
 
 
-def _custom_id_maker(job: str) -> Callable[[str], str]:
+def _custom_id_maker(job: str) -> Callable[[str, str], str]:
     """`custom_id_for` with the job's part computed once (it runs for every item)."""
     prefix = _UNSAFE_JOB_CHARS.sub("_", job[:16]) + "-"
     salt = f"{job}\x1f"
     sha256, sub, pairs = hashlib.sha256, _UNSAFE_KEY_CHARS.sub, _B32_PAIRS
 
-    def custom_id(key: str) -> str:
-        n = int.from_bytes(sha256((salt + key).encode("utf-8", "surrogatepass")).digest()[:8]) >> 4
+    def custom_id(key: str, fingerprint: str) -> str:
+        data = f"{salt}{key}\x1f{fingerprint}".encode("utf-8", "surrogatepass")
+        n = int.from_bytes(sha256(data).digest()[:8]) >> 4
         return (
             prefix
             + sub("_", key[:32])
@@ -622,7 +625,7 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
                 except _RenderError as e:
                     problems.add(f"{where_of(number)}: job {name}: item {key}: {e.describe()}")
                     continue
-                yield Item(name, key, custom_id(key), params, fp, row)
+                yield Item(name, key, custom_id(key, fp), params, fp, row)
                 continue
         where = where_of(number)
         if isinstance(row, _BadRow):
@@ -740,12 +743,13 @@ def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterato
                 seen[custom_id] = number
             continue
         seen[custom_id] = number
+        fp = fingerprint(params, job.betas)
         yield Item(
             name,
             custom_id,
-            custom_id_for(name, custom_id),
+            custom_id_for(name, custom_id, fp),
             params,
-            fingerprint(params, job.betas),
+            fp,
             None,
         )
 

@@ -209,7 +209,7 @@ def _render_chunk(chunk: list[tuple[int, bytes]]) -> list[tuple]:
             cache[model] = w["prices"].price(model, w["today"])
         price = cache[model]
         cost = estimate_request(params).cost(price) if price is not None else 0.0
-        cid = custom_id(key)
+        cid = custom_id(key, fp)
         size = request_size_of(cid, params)
         out.append(("ok", number, key, cid, fp, cost, model, size))
     return out

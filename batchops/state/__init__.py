@@ -6,10 +6,11 @@ default, embedded); a `postgresql://` URL is PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from batchops.state.api import StateReader, StateWriter
+from batchops.state.leases import LeaseKeeper, lease_seconds
 from batchops.state.records import LockInfo
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -34,21 +35,43 @@ def open_writer(
     location: str | Path,
     command: str,
     *,
+    jobs: Sequence[str] | None = None,
     lock_timeout: float = 0.0,
     on_takeover: Callable[[LockInfo], None] | None = None,
 ) -> StateWriter:
-    """The writable state, holding its lock (released by `close`); migrations run under it."""
+    """The writable state, holding leases on `jobs` (None: the whole state), released by
+    `close`; migrations run under them. A background thread renews them (`writer.keeper`)."""
+    seconds = lease_seconds()
+    backend = _writer_class(location)
+    writer = backend.open(
+        _where(location),
+        command,
+        jobs=jobs,
+        lock_timeout=lock_timeout,
+        on_takeover=on_takeover,
+        seconds=seconds,
+    )
+    held = writer.held
+    if held is not None:
+        renew = backend.renew_at
+        writer.keeper = LeaseKeeper(
+            lambda: renew(_where(location), held.lock_id, seconds), seconds
+        ).start()
+    return writer
+
+
+def _writer_class(location: str | Path):
     if is_postgres(location):
         from batchops.state.postgres import PostgresWriter
 
-        return PostgresWriter.open(
-            str(location), command, lock_timeout=lock_timeout, on_takeover=on_takeover
-        )
+        return PostgresWriter
     from batchops.state.sqlite import SqliteWriter
 
-    return SqliteWriter.open(
-        Path(location), command, lock_timeout=lock_timeout, on_takeover=on_takeover
-    )
+    return SqliteWriter
+
+
+def _where(location: str | Path) -> str | Path:
+    return str(location) if is_postgres(location) else Path(location)
 
 
 def force_unlock(location: str | Path, lock_id: str) -> LockInfo:

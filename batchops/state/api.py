@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from batchops.state.records import (
     BatchRecord,
@@ -54,7 +54,7 @@ STATE_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "intents",
         (
             "id", "job", "created_at", "request_count", "body_bytes", "status", "batch_id",
-            "plan_id", "list_anchor",
+            "plan_id", "list_anchor", "create_sent_at",
         ),
     ),
     (
@@ -141,7 +141,16 @@ class StateReader(ABC):
     def open_intents(self) -> list[IntentRecord]: ...
 
     @abstractmethod
-    def lock(self) -> LockInfo | None: ...
+    def leases(self) -> list[LockInfo]:
+        """Every lease held on the state (one row per job, or `*`)."""
+
+    @abstractmethod
+    def lock(self) -> LockInfo | None:
+        """One lease held, if any (for messages)."""
+
+    @abstractmethod
+    def intent_custom_ids(self, intent_id: str) -> set[str]:
+        """The custom_ids an intent's create carried (what proves a batch to be that create)."""
 
     @abstractmethod
     def plan_applied(self, plan_id: str) -> bool: ...
@@ -189,7 +198,19 @@ class StateReader(ABC):
 
 
 class StateWriter(StateReader):
-    """The writable state: apply, refresh, import and state surgery hold one, under the lock."""
+    """The writable state: apply, refresh, import and state surgery hold one, under leases."""
+
+    held: LockInfo | None = None  # the leases this writer holds (one lock id)
+    keeper: Any = None  # the LeaseKeeper renewing them, if any
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once the leases were found taken over: stop before the next write."""
+        return bool(self.keeper is not None and self.keeper.lost)
+
+    def stop_keeper(self) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
 
     @abstractmethod
     def release_lock(self, lock_id: str) -> None: ...
@@ -214,6 +235,10 @@ class StateWriter(StateReader):
         self, intent_id: str, batch: BatchRecord, now: datetime, *, adopted: bool = False
     ) -> None:
         """The batch an intent made (from its create response, or found and adopted)."""
+
+    @abstractmethod
+    def mark_create_sent(self, intent_id: str, now: datetime) -> None:
+        """Just before the create call: from here on its outcome may be unknown."""
 
     @abstractmethod
     def mark_unsent(self, intent_id: str) -> None:

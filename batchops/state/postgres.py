@@ -15,12 +15,10 @@ as libpq reads them; `location` never shows a password.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -38,6 +36,7 @@ from batchops.state.api import (
     TableDump,
     check_dump_table,
 )
+from batchops.state.leases import conflicting, expiry, lease_names, lease_seconds, me, stale
 from batchops.state.records import (
     BatchRecord,
     IntentRecord,
@@ -48,7 +47,6 @@ from batchops.state.records import (
     ResultRow,
     SentAttempt,
     UsageRow,
-    pid_alive,
 )
 
 MIGRATION_SET = "batchops"
@@ -103,7 +101,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("m0004_intent_list_anchor", ["alter table intents add column list_anchor text"]),
+    (
+        "m0005_leases",
+        [
+            "create table leases (name text primary key, lock_id text, pid integer, host text,"
+            " since text, command text, expires_at text, pid_ns text, started text)",
+            "create index idx_leases_lock_id on leases (lock_id)",
+            "alter table intents add column create_sent_at text",
+        ],
+    ),
 ]
+_LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 KNOWN_MIGRATIONS = [name for name, _ in MIGRATIONS]
 
 _ITEM_COLUMNS = (
@@ -131,6 +139,10 @@ _JOB_TABLES = (
     ("intents", "job = %s"),
     ("jobs", "name = %s"),
 )
+
+
+def _server_now(conn: psycopg.Connection) -> datetime:
+    return conn.execute("select now()").fetchone()[0].astimezone(UTC)
 
 
 def redact(url: str) -> str:
@@ -275,17 +287,31 @@ class PostgresReader(StateReader):
 
     def open_intents(self) -> list[IntentRecord]:
         sql = (
-            "select id, job, created_at, request_count, status, batch_id, list_anchor"
-            " from intents where status = 'open' order by created_at"
+            "select id, job, created_at, request_count, status, batch_id, list_anchor,"
+            " create_sent_at is not null from intents where status = 'open' order by created_at"
         )
         return [
-            IntentRecord(r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6])
+            IntentRecord(
+                r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6], bool(r[7])
+            )
             for r in self._rows(sql)
         ]
 
-    def lock(self) -> LockInfo | None:
+    def leases(self) -> list[LockInfo]:
+        if not self.exists:
+            return []
+        if _has_table(self.conn, "leases"):
+            return [LockInfo(*r) for r in self._rows(f"select {_LEASE_COLUMNS} from leases")]
         rows = self._rows("select lock_id, pid, host, since, command from lock where id = 1")
-        return LockInfo(*rows[0]) if rows else None
+        return [LockInfo(*r) for r in rows]
+
+    def lock(self) -> LockInfo | None:
+        held = self.leases()
+        return held[0] if held else None
+
+    def intent_custom_ids(self, intent_id: str) -> set[str]:
+        rows = self._rows("select custom_id from attempts where intent_id = %s", [intent_id])
+        return {r[0] for r in rows}
 
     def plan_applied(self, plan_id: str) -> bool:
         return bool(self._rows("select 1 from applied_plans where plan_id = %s", [plan_id]))
@@ -439,16 +465,21 @@ class PostgresWriter(PostgresReader, StateWriter):
         url: str,
         command: str = "apply",
         *,
+        jobs: Sequence[str] | None = None,
         lock_timeout: float = 0.0,
         on_takeover: Callable[[LockInfo], None] | None = None,
+        seconds: float | None = None,
     ) -> PostgresWriter:
-        """Connect, take the lock and run pending migrations, in one transaction."""
+        """Connect, take the leases and run pending migrations, in one transaction."""
         location = redact(url)
         conn = _connect(url, location)
+        seconds = seconds or lease_seconds()
         deadline = time.monotonic() + lock_timeout
         while True:
             try:
-                lock = cls._lock_and_migrate(conn, location, command, on_takeover)
+                lock = cls._lock_and_migrate(
+                    conn, location, command, lease_names(jobs), on_takeover, seconds
+                )
                 return cls(conn, location, lock)
             except LockHeld:
                 if time.monotonic() >= deadline:
@@ -473,28 +504,48 @@ class PostgresWriter(PostgresReader, StateWriter):
         finally:
             conn.close()
 
+    @classmethod
+    def renew_at(cls, url: str, lock_id: str, seconds: float) -> bool:
+        """Extend the leases `lock_id` holds (the server's clock), over a connection of its own."""
+        conn = _connect(url, redact(url))
+        try:
+            until = iso(expiry(_server_now(conn), seconds))
+            cursor = conn.execute(
+                "update leases set expires_at = %s where lock_id = %s", [until, lock_id]
+            )
+            return cursor.rowcount > 0
+        finally:
+            conn.close()
+
     @staticmethod
     def _lock_and_migrate(
         conn: psycopg.Connection,
         location: str,
         command: str,
+        names: list[str],
         on_takeover: Callable[[LockInfo], None] | None,
+        seconds: float,
     ) -> LockInfo:
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", [ADVISORY_KEY])
             pending = _pending(conn, location)
-            if _has_table(conn, "lock"):
-                row = conn.execute(
+            now = _server_now(conn)  # one clock for every runner: the server's
+            if _has_table(conn, "leases"):
+                rows = conn.execute(f"select {_LEASE_COLUMNS} from leases for update").fetchall()
+                table = "leases"
+            elif _has_table(conn, "lock"):
+                rows = conn.execute(
                     "select lock_id, pid, host, since, command from lock where id = 1 for update"
-                ).fetchone()
-                if row is not None:
-                    held = LockInfo(*row)
-                    if held.host == socket.gethostname() and not pid_alive(held.pid):
-                        if on_takeover is not None:
-                            on_takeover(held)
-                        conn.execute("delete from lock where id = 1")
-                    else:
-                        raise LockHeld(f"{location}: state is locked: {held.describe()}")
+                ).fetchall()
+                table = "lock"
+            else:
+                rows, table = [], "leases"
+            for lease in conflicting(names, [LockInfo(*r) for r in rows]):
+                if not stale(lease, now):
+                    raise LockHeld(f"{location}: state is locked: {lease.describe()}")
+                if on_takeover is not None:
+                    on_takeover(lease)
+                conn.execute(f"delete from {table} where lock_id = %s", [lease.lock_id])
             if pending:
                 conn.execute(
                     f"create table if not exists {MIGRATIONS_TABLE} (migration_set text not null,"
@@ -521,14 +572,27 @@ class PostgresWriter(PostgresReader, StateWriter):
                         ("created_at", iso(utcnow())),
                     ],
                 )
+            pid, host, namespace, started = me()
             info = LockInfo(
-                str(uuid.uuid4()), os.getpid(), socket.gethostname(), iso(utcnow()) or "", command
+                str(uuid.uuid4()),
+                pid,
+                host,
+                iso(now) or "",
+                command,
+                ",".join(names),
+                iso(expiry(now, seconds)),
+                namespace,
+                started,
             )
-            conn.execute(
-                "insert into lock (id, lock_id, pid, host, since, command)"
-                " values (1, %s, %s, %s, %s, %s)",
-                [info.lock_id, info.pid, info.host, info.since, info.command],
-            )
+            conn.cursor().executemany(
+                f"insert into leases ({_LEASE_COLUMNS})"
+                " values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (info.lock_id, pid, host, info.since, command, name, info.expires_at,
+                     namespace, started)
+                    for name in names
+                ],
+            )  # fmt: skip
         return info
 
     @contextlib.contextmanager
@@ -539,29 +603,33 @@ class PostgresWriter(PostgresReader, StateWriter):
             cursor.execute("update meta set value = (value::bigint + 1)::text where key = 'serial'")
 
     def close(self) -> None:
+        self.stop_keeper()
         if self.held is not None and not self.conn.closed:
             with contextlib.suppress(psycopg.Error):
                 self.release_lock(self.held.lock_id)
         super().close()
 
-    # -- the lock (not a state change: it does not bump the serial)
+    # -- leases (not a state change: they do not bump the serial)
     def release_lock(self, lock_id: str) -> None:
         with self.conn.transaction():
-            self.conn.execute("delete from lock where id = 1 and lock_id = %s", [lock_id])
+            self.conn.execute("delete from leases where lock_id = %s", [lock_id])
         if self.held is not None and self.held.lock_id == lock_id:
             self.held = None
 
     def force_unlock(self, lock_id: str) -> LockInfo:
-        held = self.lock()
-        if held is None:
+        held = self.leases()
+        if not held:
             raise StateError(f"{self.location}: state is not locked")
-        if held.lock_id != lock_id:
+        mine = [lease for lease in held if lease.lock_id == lock_id]
+        if not mine:
             raise StateError(
                 f"{self.location}: lock id {lock_id!r} does not match the lock held "
-                f"({held.describe()})"
+                f"({held[0].describe()})"
             )
-        self.release_lock(lock_id)
-        return held
+        table = "leases" if _has_table(self.conn, "leases") else "lock"
+        with self.conn.transaction():
+            self.conn.execute(f"delete from {table} where lock_id = %s", [lock_id])
+        return mine[0]
 
     def make_durable(self) -> None:
         """Nothing to do: a committed PostgreSQL transaction is already durable on the server."""
@@ -645,6 +713,12 @@ class PostgresWriter(PostgresReader, StateWriter):
             cur.execute(
                 "update intents set status = %s, batch_id = %s where id = %s",
                 ["adopted" if adopted else "created", batch.id, intent_id],
+            )
+
+    def mark_create_sent(self, intent_id: str, now: datetime) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "update intents set create_sent_at = %s where id = %s", [iso(now), intent_id]
             )
 
     def mark_unsent(self, intent_id: str) -> None:

@@ -6,7 +6,6 @@ Nothing here touches a database, so the pure planner can import these without th
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -98,6 +97,7 @@ class IntentRecord:
     status: str
     batch_id: str | None
     list_anchor: str | None = None  # the newest remote batch id before the create was sent
+    create_sent: bool = True  # False: the process stopped before the create call was made
 
 
 class SentAttempt(NamedTuple):
@@ -172,19 +172,28 @@ class JobSummary:
 
 @dataclass(frozen=True)
 class LockInfo:
+    """A lease held on the state (see `batchops.state.leases`)."""
+
     lock_id: str
     pid: int
     host: str
     since: str
     command: str
+    name: str = "*"  # `*` (the whole state) or `job:<name>`
+    expires_at: str | None = None
+    pid_ns: str | None = None  # the holder's PID namespace
+    started: str | None = None  # the holder process's start time, to tell a reused pid apart
+
+    @property
+    def expires(self) -> datetime | None:
+        return parse_time(self.expires_at)
 
     def describe(self) -> str:
+        what = "" if self.name == "*" else f" on {self.name}"
         text = f"lock {self.lock_id} held by pid {self.pid} on {self.host} since {self.since}"
-        if self.host == socket.gethostname() and not pid_alive(self.pid):
-            text += (
-                f" (that process is no longer running: if no apply is in progress, "
-                f"run `batchops force-unlock {self.lock_id}`)"
-            )
+        text += what
+        if self.expires_at:
+            text += f" (lease until {self.expires_at})"
         return text
 
 

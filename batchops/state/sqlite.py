@@ -19,8 +19,6 @@ two applies racing on a new file end with one running and the other told who hol
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import sqlite3
 import time
 import uuid
@@ -45,6 +43,7 @@ from batchops.state.api import (
     TableDump,
     check_dump_table,
 )
+from batchops.state.leases import conflicting, expiry, lease_names, lease_seconds, me, stale
 from batchops.state.records import (
     BatchRecord,
     IntentRecord,
@@ -55,7 +54,6 @@ from batchops.state.records import (
     ResultRow,
     SentAttempt,
     UsageRow,
-    pid_alive,
 )
 
 MIGRATION_SET = "batchops"
@@ -193,7 +191,30 @@ def m0004_intent_list_anchor(db: Database) -> None:
     db["intents"].add_column("list_anchor", str)
 
 
+@migrations()
+def m0005_leases(db: Database) -> None:
+    """Leases per job (or `*` for the whole state) with an expiry, instead of one lock row."""
+    db["leases"].create(
+        {
+            "name": str,
+            "lock_id": str,
+            "pid": int,
+            "host": str,
+            "since": str,
+            "command": str,
+            "expires_at": str,
+            "pid_ns": str,
+            "started": str,
+        },
+        pk="name",
+    )
+    db["leases"].create_index(["lock_id"])
+    # set just before the create call: an intent without it never reached the API
+    db["intents"].add_column("create_sent_at", str)
+
+
 KNOWN_MIGRATIONS = [m.name for m in migrations._migrations]
+_LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 
 _ITEM_SQL = (
     "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
@@ -331,17 +352,31 @@ class SqliteReader(StateReader):
 
     def open_intents(self) -> list[IntentRecord]:
         sql = (
-            "select id, job, created_at, request_count, status, batch_id, list_anchor"
-            " from intents where status = 'open' order by created_at"
+            "select id, job, created_at, request_count, status, batch_id, list_anchor,"
+            " create_sent_at is not null from intents where status = 'open' order by created_at"
         )
         return [
-            IntentRecord(r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6])
+            IntentRecord(
+                r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6], bool(r[7])
+            )
             for r in self._rows(sql)
         ]
 
-    def lock(self) -> LockInfo | None:
+    def leases(self) -> list[LockInfo]:
+        if self.db is None:
+            return []
+        if "leases" in self.db.table_names():
+            return [LockInfo(*r) for r in self._rows(f"select {_LEASE_COLUMNS} from leases")]
         rows = self._rows("select lock_id, pid, host, since, command from lock where id = 1")
-        return LockInfo(*rows[0]) if rows else None
+        return [LockInfo(*r) for r in rows]  # a state from before leases: its one lock
+
+    def lock(self) -> LockInfo | None:
+        held = self.leases()
+        return held[0] if held else None
+
+    def intent_custom_ids(self, intent_id: str) -> set[str]:
+        rows = self._rows("select custom_id from attempts where intent_id = ?", [intent_id])
+        return {r[0] for r in rows}
 
     def plan_applied(self, plan_id: str) -> bool:
         return bool(self._rows("select 1 from applied_plans where plan_id = ?", [plan_id]))
@@ -510,10 +545,13 @@ class SqliteWriter(SqliteReader, StateWriter):
         path: Path,
         command: str = "apply",
         *,
+        jobs: Sequence[str] | None = None,
         lock_timeout: float = 0.0,
         on_takeover: Callable[[LockInfo], None] | None = None,
+        seconds: float | None = None,
     ) -> SqliteWriter:
-        """Open for writing: create the file if needed, take the lock, then migrate, atomically."""
+        """Open for writing: create the file if needed, take the leases (one per job in `jobs`,
+        or the whole state), then migrate, in one exclusive transaction."""
         path = Path(path)
         existed = path.exists()
         if not existed:
@@ -524,10 +562,13 @@ class SqliteWriter(SqliteReader, StateWriter):
             db.enable_wal()
         except sqlite3.DatabaseError as exc:
             raise _not_state(path, exc) from None
+        seconds = seconds or lease_seconds()
         deadline = time.monotonic() + lock_timeout
         while True:
             try:
-                lock = cls._lock_and_migrate(db, path, command, existed, on_takeover)
+                lock = cls._lock_and_migrate(
+                    db, path, command, lease_names(jobs), existed, on_takeover, seconds
+                )
                 return cls(db, path, lock)
             except LockHeld:
                 if time.monotonic() >= deadline:
@@ -550,13 +591,28 @@ class SqliteWriter(SqliteReader, StateWriter):
         finally:
             conn.close()
 
+    @classmethod
+    def renew_at(cls, path: Path, lock_id: str, seconds: float) -> bool:
+        """Extend the leases `lock_id` holds, from another thread's own connection."""
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        try:
+            until = iso(expiry(utcnow(), seconds))
+            cursor = conn.execute(
+                "update leases set expires_at = ? where lock_id = ?", [until, lock_id]
+            )
+            return cursor.rowcount > 0
+        finally:
+            conn.close()
+
     @staticmethod
     def _lock_and_migrate(
         db: Database,
         path: Path,
         command: str,
+        names: list[str],
         existed: bool,
         on_takeover: Callable[[LockInfo], None] | None,
+        seconds: float,
     ) -> LockInfo:
         conn = db.conn
         conn.execute("begin immediate")
@@ -565,18 +621,24 @@ class SqliteWriter(SqliteReader, StateWriter):
             tables = set(db.table_names()) - {migrations.migrations_table}
             if existed and KNOWN_MIGRATIONS[0] in pending and tables:
                 raise _not_state(path, "no schema")
-            if "lock" in tables:
+            now = utcnow()
+            if "leases" in tables:
+                rows = conn.execute(f"select {_LEASE_COLUMNS} from leases").fetchall()
+                held = [LockInfo(*r) for r in rows]
+            elif "lock" in tables:  # a state from before leases: its one lock guards it all
                 rows = conn.execute(
                     "select lock_id, pid, host, since, command from lock where id = 1"
                 ).fetchall()
-                if rows:
-                    held = LockInfo(*rows[0])
-                    if held.host == socket.gethostname() and not pid_alive(held.pid):
-                        if on_takeover is not None:
-                            on_takeover(held)
-                        conn.execute("delete from lock where id = 1")
-                    else:
-                        raise LockHeld(f"{path}: state is locked: {held.describe()}")
+                held = [LockInfo(*r) for r in rows]
+            else:
+                held = []
+            for lease in conflicting(names, held):
+                if not stale(lease, now):
+                    raise LockHeld(f"{path}: state is locked: {lease.describe()}")
+                if on_takeover is not None:
+                    on_takeover(lease)
+                table = "leases" if "leases" in tables else "lock"
+                conn.execute(f"delete from {table} where lock_id = ?", [lease.lock_id])
             if pending:
                 if existed and KNOWN_MIGRATIONS[0] not in pending:
                     backup(path, path.with_name(path.name + f".backup-before-{pending[0]}"))
@@ -584,19 +646,28 @@ class SqliteWriter(SqliteReader, StateWriter):
             if conn.execute("select 1 from meta where key = 'lineage'").fetchone() is None:
                 conn.executemany(
                     "insert or replace into meta (key, value) values (?, ?)",
-                    [
-                        ("lineage", str(uuid.uuid4())),
-                        ("serial", "0"),
-                        ("created_at", iso(utcnow())),
-                    ],
+                    [("lineage", str(uuid.uuid4())), ("serial", "0"), ("created_at", iso(now))],
                 )
+            pid, host, namespace, started = me()
             info = LockInfo(
-                str(uuid.uuid4()), os.getpid(), socket.gethostname(), iso(utcnow()) or "", command
+                str(uuid.uuid4()),
+                pid,
+                host,
+                iso(now) or "",
+                command,
+                ",".join(names),
+                iso(expiry(now, seconds)),
+                namespace,
+                started,
             )
-            conn.execute(
-                "insert into lock (id, lock_id, pid, host, since, command) values (1, ?, ?, ?, ?, ?)",
-                [info.lock_id, info.pid, info.host, info.since, info.command],
-            )
+            conn.executemany(
+                f"insert into leases ({_LEASE_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (info.lock_id, pid, host, info.since, command, name, info.expires_at,
+                     namespace, started)
+                    for name in names
+                ],
+            )  # fmt: skip
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:
@@ -606,14 +677,23 @@ class SqliteWriter(SqliteReader, StateWriter):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic state change; bumps the serial in the same transaction."""
-        with self.db.atomic():
-            yield self.db.conn
-            self.db.conn.execute(
-                "update meta set value = cast(value as integer) + 1 where key = 'serial'"
-            )
+        """One atomic state change; bumps the serial in the same transaction.
+
+        BEGIN IMMEDIATE: another apply (of another job) may write too, and a deferred
+        transaction that reads before it writes could not wait for it."""
+        conn = self.db.conn
+        conn.execute("begin immediate")
+        try:
+            yield conn
+            conn.execute("update meta set value = cast(value as integer) + 1 where key = 'serial'")
+            conn.execute("commit")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("rollback")
+            raise
 
     def close(self) -> None:
+        self.stop_keeper()
         if self.held is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.release_lock(self.held.lock_id)
@@ -621,23 +701,24 @@ class SqliteWriter(SqliteReader, StateWriter):
             self.make_durable()
         super().close()
 
-    # -- the lock (not a state change: it does not bump the serial)
+    # -- leases (not a state change: they do not bump the serial)
     def release_lock(self, lock_id: str) -> None:
-        with self.db.atomic():
-            self.db.execute("delete from lock where id = 1 and lock_id = ?", [lock_id])
+        self.db.execute("delete from leases where lock_id = ?", [lock_id])
         if self.held is not None and self.held.lock_id == lock_id:
             self.held = None
 
     def force_unlock(self, lock_id: str) -> LockInfo:
-        held = self.lock()
-        if held is None:
+        held = self.leases()
+        if not held:
             raise StateError(f"{self.path}: state is not locked")
-        if held.lock_id != lock_id:
+        mine = [lease for lease in held if lease.lock_id == lock_id]
+        if not mine:
             raise StateError(
-                f"{self.path}: lock id {lock_id!r} does not match the lock held ({held.describe()})"
+                f"{self.path}: lock id {lock_id!r} does not match the lock held ({held[0].describe()})"
             )
-        self.release_lock(lock_id)
-        return held
+        table = "leases" if "leases" in self.db.table_names() else "lock"
+        self.db.execute(f"delete from {table} where lock_id = ?", [lock_id])
+        return mine[0]
 
     def make_durable(self) -> None:
         self.db.conn.execute("pragma wal_checkpoint(truncate)")
@@ -718,6 +799,12 @@ class SqliteWriter(SqliteReader, StateWriter):
             conn.execute(
                 "update intents set status = ?, batch_id = ? where id = ?",
                 ["adopted" if adopted else "created", batch.id, intent_id],
+            )
+
+    def mark_create_sent(self, intent_id: str, now: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "update intents set create_sent_at = ? where id = ?", [iso(now), intent_id]
             )
 
     def mark_unsent(self, intent_id: str) -> None:
