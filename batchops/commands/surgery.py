@@ -10,6 +10,7 @@ is refused).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -236,11 +237,14 @@ def _backup(path: Path, now: datetime) -> Path:
     from batchops.state.sqlite import backup
 
     target = _backup_path(path, now)
+    # written aside, then renamed: a run killed mid-copy leaves no half backup under the name
+    partial = target.with_name(f".{target.name}.partial")
     try:
-        return backup(path, target)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
+        backup(path, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def _backup_path(path: Path, now: datetime) -> Path:
