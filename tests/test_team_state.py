@@ -188,9 +188,7 @@ def test_recover_a_lost_state_then_apply_sends_nothing_answered_again(
         f"`batchops import JOB {in_flight}` once it ends, before the next apply sends its items "
         "again.\n"
     ) in out.stdout
-    assert (
-        "Skipped 1 batches whose custom_ids match no item of the specs (not ours).\n" in out.stdout
-    )
+    assert "Skipped 1 batch whose custom_ids match no item of the specs (not ours).\n" in out.stdout
     assert out.stdout.endswith(
         f"Recovered 3 of 5 batches on the API ({N + 1} results) into {state_location}; "
         "`batchops plan` shows what is left.\n"
