@@ -13,11 +13,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import anthropic
 import orjson
 
 from batchops.clock import parse_time
 from batchops.errors import CreateOutcomeUnknown, NotFound, RemoteError
+
+
+class _SDK:
+    """The `anthropic` module, imported at its first use: the SDK takes a second or more to
+    import, which `--help`, `validate` and `plan --no-refresh` must not pay."""
+
+    def __getattr__(self, name: str) -> Any:
+        import anthropic as sdk
+
+        globals()["anthropic"] = sdk  # later uses go straight to the module
+        return getattr(sdk, name)
+
+
+anthropic: Any = _SDK()
 
 RESULT_RETENTION = timedelta(days=29)
 READ_RETRIES = 5

@@ -9,11 +9,9 @@ line the one-core path (`items.iter_items`) would give — a test holds the two 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,12 @@ _worker: dict[str, Any] = {}
 
 
 def workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+    """Cores this process may run on (not the machine's: `taskset -c 0` means one), at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
 
 
 def wants_parallel(job: Job, min_bytes: int = PARALLEL_MIN_BYTES) -> bool:
@@ -77,6 +80,9 @@ def desired_rows(
     problems = _Problems()
     seen: dict[str, int] = {}
     name = job.name
+    import multiprocessing  # only here: starting the pool is the only use, and it is slow to import
+    from concurrent.futures import ProcessPoolExecutor
+
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
     pool = ProcessPoolExecutor(
         max_workers=processes or workers(),
@@ -85,7 +91,7 @@ def desired_rows(
         initargs=(job, shown, prices, today),
     )
     try:
-        pending: deque[Future] = deque()
+        pending: deque = deque()
         chunks = _chunks(job.input.path, shown, chunk_lines, root, name)
         fatal: str | None = None
         while True:

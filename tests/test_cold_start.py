@@ -1,0 +1,83 @@
+"""Cold start: heavy modules are imported only by the commands that use them.
+
+`import anthropic` alone takes over a second; `--help`, `validate` and `plan --no-refresh` never
+call the API, so they must never pay for it (nor for the emulator's server or PostgreSQL driver).
+Each check runs in a fresh interpreter, since this test process has imported everything already.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+NEVER_AT_START = ("anthropic", "httpx", "uvicorn", "starlette", "psycopg")
+ONLY_WHEN_USED = ("jinja2", "pydantic", "tabulate", "sqlite_utils", "multiprocessing")
+
+PROBE = """
+import atexit, json, runpy, sys
+watched = json.loads(sys.argv[1])
+def report():
+    sys.stderr.write("LOADED " + json.dumps([m for m in watched if m in sys.modules]) + "\\n")
+atexit.register(report)
+sys.argv = ["batchops", *json.loads(sys.argv[2])]
+runpy.run_module("batchops", run_name="__main__")
+"""
+
+
+def loaded_by(argv: list[str], cwd: Path, watched: tuple[str, ...]) -> list[str]:
+    """The modules of `watched` that `batchops *argv` imported, run in a fresh interpreter."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(watched), json.dumps(argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = next(
+        (x for x in proc.stderr.splitlines() if x.startswith("LOADED ")),
+        None,
+    )
+    assert line is not None, proc.stderr
+    return json.loads(line.removeprefix("LOADED "))
+
+
+def test_importing_the_cli_imports_no_heavy_module():
+    watched = NEVER_AT_START + ONLY_WHEN_USED
+    code = (
+        "import json, sys; import batchops.cli; "
+        f"print(json.dumps([m for m in {list(watched)!r} if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout) == []
+
+
+def test_help_imports_only_the_command_line(tmp_path):
+    assert loaded_by(["--help"], tmp_path, NEVER_AT_START + ONLY_WHEN_USED) == []
+
+
+def test_offline_commands_never_import_the_sdk(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "small.toml").write_text(
+        'version = 1\n[jobs.small]\nmodel = "claude-haiku-4-5"\nmax_tokens = 8\n'
+        'prompt = "Say {{ word }}"\nitems = [{ key = "a", word = "hello" }]\n',
+        encoding="utf-8",
+    )
+    for argv in (["validate"], ["plan", "--no-refresh"], ["plan", "--no-refresh", "--json"]):
+        assert loaded_by(argv, tmp_path, NEVER_AT_START) == [], argv
+
+
+def test_the_sdk_is_imported_when_a_client_is_made():
+    code = (
+        "import sys; from batchops.remote import BatchesClient; "
+        "assert 'anthropic' not in sys.modules; "
+        "c = BatchesClient('http://127.0.0.1:9', 'k'); "
+        "print('anthropic' in sys.modules); c.close()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "True"
