@@ -33,7 +33,7 @@ def plan(*args: str) -> str:
 
 
 def test_a_key_cannot_forge_a_plan_line_or_reach_the_terminal(project: Path) -> None:
-    write_project(project, [{"id": key, "text": "t"} for key in TERMINAL_KEYS])
+    write_project(project, [{"id": key, "text": f"t{i}"} for i, key in enumerate(TERMINAL_KEYS)])
     out = plan()
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     submits = [line for line in out.splitlines() if line.startswith("  + submit  ")]
@@ -46,7 +46,8 @@ def test_a_key_cannot_forge_a_plan_line_or_reach_the_terminal(project: Path) -> 
 
 
 def test_a_key_cannot_escape_the_markdown_block(project: Path) -> None:
-    write_project(project, [{"id": key, "text": "t"} for key in MARKDOWN_KEYS + TERMINAL_KEYS])
+    keys = MARKDOWN_KEYS + TERMINAL_KEYS
+    write_project(project, [{"id": key, "text": f"t{i}"} for i, key in enumerate(keys)])
     out = plan("--markdown")
     assert "\x1b" not in out and "\r" not in out
     lines = out.splitlines()
