@@ -14,38 +14,47 @@ import threading
 
 import pytest
 
+from tests import statedb
 from tests.projects import rows, run_cli, write_project
 
 DAY = 24 * 3600
 N = 12
 
 
-def results_count(root) -> int:
-    conn = sqlite3.connect(root / "state" / "batchops.db")
-    try:
-        return conn.execute(
-            "select count(distinct key) from results where type = 'succeeded'"
-        ).fetchone()[0]
-    finally:
-        conn.close()
+def results_count(root, state=None) -> int:
+    """Items answered, in `state` (default: the SQLite file under `root/state`)."""
+    location = state if state is not None else root / "state" / "batchops.db"
+    sql = "select count(distinct key) from results where type = 'succeeded'"
+    return statedb.rows(location, sql)[0][0]
 
 
-def assert_converged(root, emulator, admin, max_submissions: int = 1) -> None:
+def assert_converged(root, emulator, admin, max_submissions: int = 1, state=None) -> None:
     done = run_cli(
-        root, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05", "--timeout", "60"
+        root,
+        emulator,
+        "apply",
+        "--yes",
+        "--wait",
+        "--poll-interval",
+        "0.05",
+        "--timeout",
+        "60",
+        state=state,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert results_count(root) == N
+    assert results_count(root, state) == N
     stats = admin.stats()
     assert len(stats["submissions"]) == N
     assert max(stats["submissions"].values()) <= max_submissions
-    again = run_cli(root, emulator, "apply", "--yes")
+    again = run_cli(root, emulator, "apply", "--yes", state=state)
     assert again.returncode == 0, again.stderr
     assert admin.stats() == stats  # nothing more to send
 
 
 @pytest.mark.parametrize("point", ["after-intent", "after-create", "mid-harvest"])
-def test_sigkill_at_each_step_then_apply_converges(tmp_path, emulator, emulator_admin, point):
+def test_sigkill_at_each_step_then_apply_converges(
+    tmp_path, emulator, emulator_admin, point, state_location
+):
     write_project(tmp_path, rows(N))
     killed = run_cli(
         tmp_path,
@@ -56,12 +65,13 @@ def test_sigkill_at_each_step_then_apply_converges(tmp_path, emulator, emulator_
         "--poll-interval",
         "0.05",
         env={"BATCHOPS_TEST_DIE_AT": point},
+        state=state_location,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     # after-intent: the create was never sent; the intent is found unsent, the items sent once.
     # after-create: the batch exists but is not recorded; it is adopted, not sent again.
     # mid-harvest: the harvest transaction never committed; the batch is harvested whole.
-    assert_converged(tmp_path, emulator, emulator_admin)
+    assert_converged(tmp_path, emulator, emulator_admin, state=state_location)
     if point == "after-create":
         assert emulator_admin.stats()["batches_created"] == 1
 
@@ -69,15 +79,15 @@ def test_sigkill_at_each_step_then_apply_converges(tmp_path, emulator, emulator_
 @pytest.mark.parametrize("point", ["mid-prune", "after-delete"])
 def test_sigkill_mid_prune_then_apply_converges(tmp_path, emulator, emulator_admin, point):
     write_project(tmp_path, rows(N))
-    first = run_cli(tmp_path, emulator, "apply", "--yes")  # sent, not yet harvested
+    # sent, not yet harvested
+    first = run_cli(tmp_path, emulator, "apply", "--yes")
     assert first.returncode == 0, first.stderr
     emulator_admin.advance_clock(28 * DAY)
     killed = run_cli(tmp_path, emulator, "apply", "--yes", env={"BATCHOPS_TEST_DIE_AT": point})
     assert killed.returncode == -signal.SIGKILL
     assert_converged(tmp_path, emulator, emulator_admin)
-    conn = sqlite3.connect(tmp_path / "state" / "batchops.db")
-    assert conn.execute("select count(*) from batches where pruned_at is null").fetchone() == (0,)
-    conn.close()
+    pending = "select count(*) from batches where pruned_at is null"
+    assert statedb.rows(tmp_path / "state" / "batchops.db", pending) == [(0,)]
 
 
 def test_a_lock_left_by_a_killed_apply_is_reported_and_taken_over(
@@ -94,14 +104,25 @@ def test_a_lock_left_by_a_killed_apply_is_reported_and_taken_over(
     assert "which is no longer running" in done.stdout
 
 
-def test_two_concurrent_applies_never_send_twice(tmp_path, emulator, emulator_admin):
+def test_two_concurrent_applies_never_send_twice(
+    tmp_path, emulator, emulator_admin, state_location
+):
     emulator_admin.set_config(processing_seconds=0.5)
     write_project(tmp_path, rows(N))
     outcomes: list[subprocess.CompletedProcess] = []
 
     def run() -> None:
         outcomes.append(
-            run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+            run_cli(
+                tmp_path,
+                emulator,
+                "apply",
+                "--yes",
+                "--wait",
+                "--poll-interval",
+                "0.05",
+                state=state_location,
+            )  # fmt: skip
         )
 
     threads = [threading.Thread(target=run) for _ in range(2)]

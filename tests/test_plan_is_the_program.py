@@ -15,9 +15,9 @@ from tests.projects import apply, context, rows, run_cli, write_project
 from tests.test_apply import DAY, states, submissions
 
 
-def _deleted_before_harvest(tmp_path, emulator, sdk_client):
+def _deleted_before_harvest(tmp_path, emulator, sdk_client, state_location):
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)  # sent; ends at once, not harvested yet
     [batch] = list(sdk_client.messages.batches.list())
     sdk_client.messages.batches.delete(batch.id)
@@ -25,10 +25,12 @@ def _deleted_before_harvest(tmp_path, emulator, sdk_client):
 
 
 def test_a_batch_deleted_outside_batchops_is_planned_as_submits_with_their_cost(
-    tmp_path, emulator, emulator_admin, sdk_client
+    tmp_path, emulator, emulator_admin, sdk_client, state_location
 ):
-    _deleted_before_harvest(tmp_path, emulator, sdk_client)
-    result = run_cli(tmp_path, emulator, "plan", "--detailed-exitcode", "--json")
+    _deleted_before_harvest(tmp_path, emulator, sdk_client, state_location)
+    result = run_cli(
+        tmp_path, emulator, "plan", "--detailed-exitcode", "--json", state=state_location
+    )
     assert result.returncode == 2, result.stderr
     shape = json.loads(result.stdout)
     [job] = shape["jobs"]
@@ -38,16 +40,18 @@ def test_a_batch_deleted_outside_batchops_is_planned_as_submits_with_their_cost(
     assert job["estimated_cost_usd"] > 0 and shape["summary"]["requeue"] == 1
     assert [b["action"] for b in shape["batches"]] == ["requeue"]
     # apply sends exactly those: each item a second time, nothing else
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     report = apply(ctx, wait=True)
     assert report.submitted == 3 and len(report.requeued) == 1
     assert set(states(ctx).values()) == {"succeeded"}
     assert {submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {2}
 
 
-def test_results_expired_before_harvest_are_planned_as_submits(tmp_path, emulator, emulator_admin):
+def test_results_expired_before_harvest_are_planned_as_submits(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(2))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)
     emulator_admin.advance_clock(30 * DAY)
     plan, _ = ctx.plan(refresh=True)
@@ -64,9 +68,9 @@ def test_results_expired_before_harvest_are_planned_as_submits(tmp_path, emulato
 
 
 def test_a_saved_plan_runs_its_harvest_and_submit_steps_as_written(
-    tmp_path, emulator, emulator_admin, sdk_client
+    tmp_path, emulator, emulator_admin, sdk_client, state_location
 ):
-    ctx = _deleted_before_harvest(tmp_path, emulator, sdk_client)
+    ctx = _deleted_before_harvest(tmp_path, emulator, sdk_client, state_location)
     plan, desired = ctx.plan(refresh=True)
     path = tmp_path / "plan.jsonl"
     planfile.save(plan, desired, path, None)

@@ -16,13 +16,13 @@ class Killed(BaseException):
 
 
 def test_crash_between_deleted_drift_and_requeue_still_converges(
-    tmp_path, emulator, emulator_admin, sdk_client, monkeypatch
+    tmp_path, emulator, emulator_admin, sdk_client, monkeypatch, state_location
 ):
     # A batch deleted outside batchops before harvest: refresh saves drift=deleted (which makes
     # the batch `finished`, never polled again) and only then requeues its items. A crash between
     # the two left the items in flight in a finished batch: pending forever.
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)  # sent; the batch ends at once but is not harvested yet
     [(batch_id,)] = db_rows(ctx, "select id from batches")
     sdk_client.messages.batches.delete(batch_id)
@@ -41,12 +41,14 @@ def test_crash_between_deleted_drift_and_requeue_still_converges(
     assert {submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {2}
 
 
-def test_results_lost_do_not_reset_the_attempt_count(tmp_path, emulator, emulator_admin):
+def test_results_lost_do_not_reset_the_attempt_count(
+    tmp_path, emulator, emulator_admin, state_location
+):
     # max_attempts = 2. Attempt 1 errors (retryable); attempt 2's results expire before harvest,
     # so it does not count. It is sent again as attempt 2 (not 1), errors, and the item fails:
     # three submissions in all, not four.
     write_project(tmp_path, rows(1, r1="[[emulator:fail=api_error]]"), max_attempts=2)
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)  # attempt 1
     apply(ctx)  # harvest attempt 1 (api_error), send attempt 2
     assert submissions(emulator_admin, "r1") == 2
@@ -59,13 +61,13 @@ def test_results_lost_do_not_reset_the_attempt_count(tmp_path, emulator, emulato
 
 
 def test_import_with_a_short_results_read_records_nothing(
-    tmp_path, emulator, emulator_admin, sdk_client
+    tmp_path, emulator, emulator_admin, sdk_client, state_location
 ):
     # import learns the batch's custom_ids from one read of its results. A read missing a line
     # used to be recorded as the batch's contents; every later harvest then failed ("result for
     # custom_id ..., which this batch was not sent") and its items stayed pending forever.
     write_project(tmp_path, rows(3))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     _, desired = ctx.plan(refresh=False)
     items = {i.key: i for i in items_for(desired.project, "demo")}
     made = sdk_client.messages.batches.create(
@@ -83,7 +85,7 @@ def test_import_with_a_short_results_read_records_nothing(
 
 
 def test_prune_cut_short_after_the_delete_is_recorded_even_once_results_expired(
-    tmp_path, emulator, emulator_admin, monkeypatch
+    tmp_path, emulator, emulator_admin, monkeypatch, state_location
 ):
     # refresh() recognises "deleted remotely, harvested, near expiry" as our own prune cut short
     # and sets pruned_at, but _save_batch dropped that field. Before expiry a re-prune papered
@@ -91,7 +93,7 @@ def test_prune_cut_short_after_the_delete_is_recorded_even_once_results_expired(
     import batchops.apply.evaluator as applier_mod
 
     write_project(tmp_path, rows(2))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)  # sent and harvested
     emulator_admin.advance_clock(28 * DAY)
     real_checkpoint = applier_mod.checkpoint
