@@ -11,7 +11,7 @@ import anthropic
 import pytest
 from click.testing import CliRunner
 
-import batchops.cli
+import batchops.cli.surgery
 from batchops.cli import cli
 from batchops.commands.context import Context, Settings
 from batchops.commands.status import status
@@ -272,7 +272,7 @@ def test_rm_refuses_without_yes_when_not_a_terminal(project: Path) -> None:
 def test_rm_asks_on_a_terminal(
     project: Path, monkeypatch: pytest.MonkeyPatch, answer: str, removed: bool
 ) -> None:
-    monkeypatch.setattr(batchops.cli, "_interactive", lambda: True)
+    monkeypatch.setattr(batchops.cli.surgery, "_interactive", lambda: True)
     result = run("state", "rm", "msgbatch_live", input=answer)
     question = (
         "This forgets batch msgbatch_live: 1 unfinished attempts become lost and 1 items are "

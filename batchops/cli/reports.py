@@ -1,0 +1,107 @@
+"""`status` and `results`: where jobs stand, and their answers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from batchops.cli import (
+    _complete_formats,
+    _complete_jobs,
+    _echo_json,
+    _offline_context,
+    cli,
+    job_option,
+    json_option,
+    money,
+)
+from batchops.views.text import plural
+
+
+@cli.command()
+@job_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
+    """Where each job stands and what it cost, as of the last apply or refresh (offline)."""
+    from batchops.commands.status import duration
+    from batchops.commands.status import status as job_status
+
+    report = job_status(_offline_context(ctx), job_names)
+    if json_:
+        _echo_json(report.to_dict())
+        return
+    from batchops.views.tables import in_flight_table, status_table
+
+    click.echo(status_table(report))
+    for j in report.jobs:
+        if j.cost_note:
+            click.echo(f"Note: {j.name}: {j.cost_note}")
+    click.echo(
+        f"\nActual cost {money(report.actual_cost_usd)} of an estimated "
+        f"{money(report.estimated_cost_usd)} (ceiling, at batch prices)."
+    )
+    if report.batches_in_flight:
+        click.echo("\nBatches in flight:")
+        click.echo(in_flight_table(list(report.batches_in_flight), duration))
+    else:
+        click.echo("\nNo batches in flight.")
+    expiry = report.next_result_expiry
+    if expiry is not None:
+        click.echo(
+            f"\nNearest remote result expiry: batch {expiry.batch_id} ({expiry.job}), "
+            f"{expiry.results_expire_at:%Y-%m-%d %H:%M} UTC, in {duration(expiry.in_seconds)}."
+        )
+    else:
+        click.echo("\nNo harvested results are held remotely.")
+
+
+@cli.command()
+@click.argument("job", shell_complete=_complete_jobs)
+@click.option(
+    "--format",
+    "fmt",
+    default="jsonl",
+    show_default=True,
+    metavar="jsonl|csv|json",
+    shell_complete=_complete_formats,
+    help="Output format (csv has no full message column).",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    help="Write to FILE (atomically) instead of standard output.",
+)
+@click.option("--failed", "failed_only", is_flag=True, help="Only failed items, with their errors.")
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="Write CSV cells as they are: no ' before a cell starting with = + - @ "
+    "(which a spreadsheet would run as a formula).",
+)
+@click.pass_context
+def results(
+    ctx: click.Context,
+    job: str,
+    fmt: str,
+    out_file: Path | None,
+    failed_only: bool,
+    raw_csv: bool,
+) -> None:
+    """Export JOB's current results joined to its input rows, one row per input key.
+
+    CSV cells starting with = + - @ (a formula to a spreadsheet) get a leading ' unless
+    --raw-csv.
+    """
+    from batchops.commands.results import export
+
+    target = out_file if out_file is not None else sys.stdout.buffer
+    summary = export(
+        _offline_context(ctx), job, fmt, target, failed_only=failed_only, raw_csv=raw_csv
+    )
+    if out_file is not None:
+        click.echo(f"Wrote {plural(summary.rows, 'row')} of {job} to {out_file} ({fmt}).")
