@@ -17,7 +17,14 @@ from batchops.commands.results import atomic_write, export, write_outputs
 from batchops.errors import BatchopsError
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
-from tests.statefill import NOW, context, fill_demo_state, items_of, write_project
+from tests.statefill import (
+    NOW,
+    context,
+    fill_demo_state,
+    fill_demo_state_at,
+    items_of,
+    write_project,
+)
 
 REPO_JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
@@ -27,6 +34,17 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_project(tmp_path)
     fill_demo_state(tmp_path)
     monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_location) -> Path:
+    """`project`, with its state on either backend (BATCHOPS_STATE points at it)."""
+    write_project(tmp_path)
+    fill_demo_state_at(tmp_path, state_location)
+    monkeypatch.chdir(tmp_path)
+    if isinstance(state_location, str):  # PostgreSQL; SQLite is the default file
+        monkeypatch.setenv("BATCHOPS_STATE", state_location)
     return tmp_path
 
 
@@ -103,7 +121,8 @@ def expected_rows(root: Path) -> list[dict]:
     return rows
 
 
-def test_results_jsonl(project: Path) -> None:
+def test_results_jsonl(shared: Path) -> None:
+    project = shared
     result = run("results", "demo")
     assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -115,7 +134,7 @@ def test_results_jsonl(project: Path) -> None:
     assert lines == expected
 
 
-def test_results_json_is_one_array(project: Path) -> None:
+def test_results_json_is_one_array(shared: Path) -> None:
     result = run("results", "demo", "--format", "json")
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)
@@ -125,7 +144,8 @@ def test_results_json_is_one_array(project: Path) -> None:
     assert result.stdout.endswith("}\n]\n")
 
 
-def test_results_csv_exact(project: Path) -> None:
+def test_results_csv_exact(shared: Path) -> None:
+    project = shared
     ids = items_of(project)
     result = run("results", "demo", "--format", "csv")
     assert result.exit_code == 0, result.stderr
@@ -145,7 +165,8 @@ def test_results_csv_exact(project: Path) -> None:
     )
 
 
-def test_results_failed_only(project: Path) -> None:
+def test_results_failed_only(shared: Path) -> None:
+    project = shared
     result = run("results", "demo", "--failed")
     assert result.exit_code == 0, result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == [expected_rows(project)[3]]

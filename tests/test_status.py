@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from datetime import date
@@ -14,8 +15,9 @@ from click.testing import CliRunner
 from batchops.cli import cli
 from batchops.commands.context import Context, Settings
 from batchops.commands.status import duration, status
+from batchops.state import open_reader
 from batchops.state.sqlite import SqliteReader as StateReader
-from tests.statefill import NOW, context, fill_demo_state, write_project
+from tests.statefill import NOW, context, fill_demo_state, fill_demo_state_at, write_project
 
 REPO_JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
@@ -25,6 +27,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def shared(project: Path, monkeypatch: pytest.MonkeyPatch, state_location) -> Path:
+    """`project` with the demo state filled, on either backend (BATCHOPS_STATE points at it)."""
+    fill_demo_state_at(project, state_location)
+    if isinstance(state_location, str):  # PostgreSQL; SQLite is the default file
+        monkeypatch.setenv("BATCHOPS_STATE", state_location)
+    return project
 
 
 def run(*args: str):
@@ -39,8 +50,7 @@ def lineage(root: Path) -> str:
         reader.close()
 
 
-def test_status_table(project: Path) -> None:
-    fill_demo_state(project)
+def test_status_table(shared: Path) -> None:
     result = run("status")
     assert result.exit_code == 0, result.output
     assert result.output == (
@@ -59,14 +69,19 @@ def test_status_table(project: Path) -> None:
     )
 
 
-def test_status_json(project: Path) -> None:
-    fill_demo_state(project)
+def test_status_json(shared: Path) -> None:
+    where = os.environ.get("BATCHOPS_STATE", "state/batchops.db")
+    reader = open_reader(where)
+    try:
+        state = {"path": where, "lineage": reader.lineage, "serial": 1}
+    finally:
+        reader.close()
     result = run("status", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
         "format_version": 1,
         "created_at": "2026-03-10T12:00:00Z",
-        "state": {"path": "state/batchops.db", "lineage": lineage(project), "serial": 1},
+        "state": state,
         "jobs": [
             {
                 "name": "demo",
@@ -140,8 +155,7 @@ def test_status_needs_no_network(project: Path, monkeypatch: pytest.MonkeyPatch)
     assert run("status").exit_code == 0
 
 
-def test_status_job_filter_and_unknown_job(project: Path) -> None:
-    fill_demo_state(project)
+def test_status_job_filter_and_unknown_job(shared: Path) -> None:
     result = run("status", "--job", "demo", "--json")
     assert [j["name"] for j in json.loads(result.output)["jobs"]] == ["demo"]
     result = run("status", "--job", "nope")
@@ -150,8 +164,8 @@ def test_status_job_filter_and_unknown_job(project: Path) -> None:
     assert result.stderr == "Error: unknown job 'nope' (jobs: demo)\n"
 
 
-def test_removed_job_still_shows_its_cost(project: Path) -> None:
-    fill_demo_state(project)
+def test_removed_job_still_shows_its_cost(shared: Path) -> None:
+    project = shared
     (project / "jobs" / "other.toml").write_text(
         'version = 1\n[jobs.other]\nmodel = "claude-haiku-4-5"\nmax_tokens = 4\n'
         'items = [{ key = "a", prompt = "x" }]\nprompt = "{{ prompt }}"\n',
