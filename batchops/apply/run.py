@@ -87,13 +87,14 @@ def run_cycles(
     started = time.monotonic()
     first = True
     follow_ups = 0
+    unchanged: Plan | None = None
     while True:
         if saved is not None and first:
             plan = saved.plan
             requests: RequestSource = lambda index, step: saved_requests(saved, index)  # noqa: E731
         else:
             refresh_state(state, client, clock(), report, progress)
-            plan = plan_from(state, desired, clock(), limits=limits)
+            plan = unchanged = plan_from(state, desired, clock(), limits=limits)
             if not submit or saved is not None:
                 plan = _refresh_only(plan)
             requests = _spec_source(plan, desired)
@@ -109,7 +110,13 @@ def run_cycles(
         harvested = any(
             isinstance(s, Harvest) or s.kind in ("adopt", "requeue") for s in plan.steps
         )
-        final = plan_from(state, desired, clock(), limits=limits)
+        # Nothing ran: the state is as the cycle's plan saw it, so that plan is the final one
+        # (a no-op apply plans once, not twice: a diff of a million items takes seconds).
+        nothing_ran = not plan.steps and not (saved is not None and plan is saved.plan)
+        if nothing_ran and unchanged is not None:
+            final = unchanged
+        else:
+            final = plan_from(state, desired, clock(), limits=limits)
         report.final_plan = final
         sendable = [s for s in final.submits if s.job not in evaluator.failed_jobs]
         if not wait:

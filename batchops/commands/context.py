@@ -250,7 +250,7 @@ class Context:
             if report.approved:
                 from batchops.commands.results import write_outputs
 
-                report.outputs = write_outputs(self, job_names)
+                report.outputs = write_outputs(self, job_names, report.final_plan)
             return report
         finally:
             client.close()

@@ -34,6 +34,7 @@ import orjson
 
 from batchops.commands.context import Context
 from batchops.errors import BatchopsError
+from batchops.plan.actions import Plan
 from batchops.plan.build import plan_from
 from batchops.plan.diff import classify
 from batchops.safetext import csv_cell
@@ -334,11 +335,14 @@ def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> li
     return removed
 
 
-def write_outputs(context: Context, job_names: Iterable[str] | None = None) -> list[Path]:
+def write_outputs(
+    context: Context, job_names: Iterable[str] | None = None, plan: Plan | None = None
+) -> list[Path]:
     """Write the `output` file of every selected job that has one and no work left to do.
 
     A job with items pending, to do or to retry is skipped: its file would be incomplete. Called
-    by `apply` at the end of its run; returns the paths written.
+    by `apply` at the end of its run, with the plan its last cycle made of the state as it left
+    it (else the state is planned again here); returns the paths written.
     """
     project = context.project()
     jobs = [j for j in select_jobs(project, job_names) if j.output is not None]
@@ -347,12 +351,13 @@ def write_outputs(context: Context, job_names: Iterable[str] | None = None) -> l
     problems = check_outputs(project, context.protected_paths())
     if problems:  # checked when the specs loaded; checked again right before writing
         raise BatchopsError(*problems)
-    desired = context.desired([j.name for j in jobs])
-    reader = context.reader()
-    try:
-        plan = plan_from(reader, desired, context.clock())
-    finally:
-        reader.close()
+    if plan is None or any(plan.job(j.name) is None for j in jobs):
+        desired = context.desired([j.name for j in jobs])
+        reader = context.reader()
+        try:
+            plan = plan_from(reader, desired, context.clock())
+        finally:
+            reader.close()
     written = []
     for job in jobs:
         job_plan = plan.job(job.name)

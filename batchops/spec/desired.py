@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from batchops.errors import BatchopsError, SpecError
 from batchops.pricing import PriceTable, estimate_request
-from batchops.spec import parallel
+from batchops.spec import cache, parallel
 from batchops.spec.items import Item, iter_items, request_size
 from batchops.spec.model import Job, Project
 
@@ -87,7 +87,10 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
     missing: set[str] = set()
     items: list[DesiredItem] = []
     digest.update(f"job\x1f{job.name}\x1f{job.max_attempts}\x1f{job.budget_usd}\n".encode())
-    for key, custom_id, fp, cost, model, size in _rows(job, root, prices, today, price_cache):
+    rendered = cache.rows(
+        job, root, prices, today, lambda: _rows(job, root, prices, today, price_cache)
+    )
+    for key, custom_id, fp, cost, model, size in rendered:
         if cost is None:
             missing.add(model)
             cost = 0.0
