@@ -56,6 +56,7 @@ def none_but(**fields) -> dict:
     row = dict.fromkeys(
         (
             "text",
+            "tool_calls",
             "detail",
             "error_type",
             "error_message",
@@ -63,6 +64,8 @@ def none_but(**fields) -> dict:
             "model",
             "input_tokens",
             "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
             "batch_id",
             "message",
         )
@@ -84,6 +87,8 @@ def expected_rows(root: Path) -> list[dict]:
                 model="claude-haiku-4-5",
                 input_tokens=1000,
                 output_tokens=20,
+                cache_creation_input_tokens=404,
+                cache_read_input_tokens=2000,
                 batch_id="msgbatch_new",
             ),
         ),
@@ -151,17 +156,18 @@ def test_results_csv_exact(shared: Path) -> None:
     assert result.exit_code == 0, result.stderr
     c = {k: v[0] for k, v in ids.items()}
     assert result.stdout == (
-        "key,custom_id,state,text,detail,error_type,error_message,stop_reason,model,"
-        "input_tokens,output_tokens,batch_id,input.id,input.text\n"
-        f"r1,{c['r1']},succeeded,positive,,,,end_turn,claude-haiku-4-5,1000,20,msgbatch_new,"
-        "r1,text number 1\n"
-        f"r2,{c['r2']},pending,,,,,,,,,,r2,text number 2\n"
-        f"r3,{c['r3']},retry,,api_error: Internal server error,api_error,Internal server error,"
-        ",,,,,r3,text number 3\n"
-        f"r4,{c['r4']},failed,,invalid_request_error: max_tokens: too large,"
-        "invalid_request_error,max_tokens: too large,,,,,,r4,text number 4\n"
-        f"r5,{c['r5']},todo,,,,,,,,,,r5,text number 5\n"
-        f"r6,{c['r6']},changed,,,,,,,,,,r6,text number 6\n"
+        "key,custom_id,state,text,tool_calls,detail,error_type,error_message,stop_reason,model,"
+        "input_tokens,output_tokens,cache_creation_input_tokens,cache_read_input_tokens,"
+        "batch_id,input.id,input.text\n"
+        f"r1,{c['r1']},succeeded,positive,,,,,end_turn,claude-haiku-4-5,1000,20,404,2000,"
+        "msgbatch_new,r1,text number 1\n"
+        f"r2,{c['r2']},pending,,,,,,,,,,,,,r2,text number 2\n"
+        f"r3,{c['r3']},retry,,,api_error: Internal server error,api_error,Internal server error,"
+        ",,,,,,,r3,text number 3\n"
+        f"r4,{c['r4']},failed,,,invalid_request_error: max_tokens: too large,"
+        "invalid_request_error,max_tokens: too large,,,,,,,,r4,text number 4\n"
+        f"r5,{c['r5']},todo,,,,,,,,,,,,,r5,text number 5\n"
+        f"r6,{c['r6']},changed,,,,,,,,,,,,,r6,text number 6\n"
     )
 
 

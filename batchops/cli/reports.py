@@ -78,6 +78,22 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
 )
 @click.option("--failed", "failed_only", is_flag=True, help="Only failed items, with their errors.")
 @click.option(
+    "--columns",
+    "columns",
+    metavar="A,B",
+    default=None,
+    help="Parse each answer's JSON (a tool call's input, else its text) into these columns "
+    "(default: the spec's output.columns); answers that do not parse get a parse_error.",
+)
+@click.option(
+    "--input-columns",
+    "input_columns",
+    metavar="A,B",
+    default=None,
+    help="Echo only these input fields ('' for none; default: all).",
+)
+@click.option("--thinking", is_flag=True, help="Add a thinking column (the answer's thinking).")
+@click.option(
     "--raw-csv",
     is_flag=True,
     help="Write CSV cells as they are: no ' before a cell starting with = + - @ "
@@ -90,6 +106,9 @@ def results(
     fmt: str,
     out_file: Path | None,
     failed_only: bool,
+    columns: str | None,
+    input_columns: str | None,
+    thinking: bool,
     raw_csv: bool,
 ) -> None:
     """Export JOB's current results joined to its input rows, one row per input key.
@@ -97,11 +116,19 @@ def results(
     CSV cells starting with = + - @ (a formula to a spreadsheet) get a leading ' unless
     --raw-csv.
     """
-    from batchops.commands.results import export
+    from batchops.commands.results import export, export_options
 
+    context = _offline_context(ctx)
+    options = export_options(context, job, columns, input_columns, thinking=thinking)
     target = out_file if out_file is not None else sys.stdout.buffer
     summary = export(
-        _offline_context(ctx), job, fmt, target, failed_only=failed_only, raw_csv=raw_csv
+        context, job, fmt, target, failed_only=failed_only, raw_csv=raw_csv, options=options
     )
     if out_file is not None:
         click.echo(f"Wrote {plural(summary.rows, 'row')} of {job} to {out_file} ({fmt}).")
+    if summary.parse_errors:
+        click.echo(
+            f"Note: {plural(summary.parse_errors, 'answer')} did not parse as JSON with the "
+            "asked columns (see parse_error).",
+            err=True,
+        )

@@ -11,6 +11,13 @@ failed export leaves the previous one in place; a temporary file left by a kille
 by the next write of the same file once it is a minute old. An output is checked like a spec's
 `output` before anything is written: never the state, a spec, a data file or anything in `.git`.
 
+What an answer holds is read from the stored Message, never re-rendered: `text` (its text blocks),
+`tool_calls` (each tool_use block's name and input), `thinking` (opt-in), the stop reason and the
+usage. With `columns` (`--columns`, or a spec's `output.columns`) each answer's JSON object — the
+input of its first tool call, else its text parsed as JSON — is split into those columns; an answer
+that does not parse gets a `parse_error` and is counted. `input_columns` picks which input fields
+are echoed (none, for rows holding large documents).
+
 CSV cells a spreadsheet would run as a formula (`=`, `+`, `-`, `@` …) are written with a leading
 `'` (`batchops.safetext.csv_cell`) unless the export is asked for raw: keys and input columns come
 from whoever wrote the data.
@@ -44,12 +51,14 @@ from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display
 from batchops.state.api import StateReader
 
 FORMATS = ("jsonl", "csv", "json")
-# Columns of every row, in order; `input` (the input row) and `message` (jsonl/json only) follow.
+# Columns of every row, in order; `thinking` (opt-in) follows `text`; `output.*` and
+# `parse_error` (with columns), `input` (the input row) and `message` (jsonl/json only) follow.
 COLUMNS = (
     "key",
     "custom_id",
     "state",
     "text",
+    "tool_calls",
     "detail",
     "error_type",
     "error_message",
@@ -57,8 +66,11 @@ COLUMNS = (
     "model",
     "input_tokens",
     "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
     "batch_id",
 )
+_USAGE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
 STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
 
@@ -69,6 +81,40 @@ class ExportSummary:
     format: str
     rows: int
     path: Path | None  # None: written to a stream
+    parse_errors: int = 0  # succeeded answers whose JSON did not give the asked columns
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an export carries beyond the fixed columns."""
+
+    columns: tuple[str, ...] = ()  # fields of each JSON answer, as `output.<name>` columns
+    input_columns: tuple[str, ...] | None = None  # input fields echoed (None: every field)
+    thinking: bool = False  # a `thinking` column with the answer's thinking blocks
+
+
+def parse_column_list(text: str | None) -> tuple[str, ...] | None:
+    """`a,b` → ("a", "b"); "" → () (none); None stays None (the default)."""
+    if text is None:
+        return None
+    return tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+
+
+def export_options(
+    context: Context,
+    job_name: str,
+    columns: str | None = None,
+    input_columns: str | None = None,
+    *,
+    thinking: bool = False,
+) -> ExportOptions:
+    """Options from `--columns`, `--input-columns` and `--thinking`; columns default to the
+    spec's `output.columns`."""
+    job, _ = _job_and_project(context, job_name)
+    chosen = parse_column_list(columns)
+    if chosen is None:
+        chosen = job.output.columns if job.output is not None else ()
+    return ExportOptions(chosen, parse_column_list(input_columns), thinking)
 
 
 def check_format(fmt: str) -> str:
@@ -126,7 +172,11 @@ def _input_of(item: Item) -> dict[str, Any]:
 
 
 def iter_results(
-    context: Context, job_name: str, *, failed_only: bool = False
+    context: Context,
+    job_name: str,
+    *,
+    failed_only: bool = False,
+    options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> Iterator[dict[str, Any]]:
     """One row per item of the job, in source order (only `failed` items with `failed_only`).
 
@@ -135,12 +185,18 @@ def iter_results(
     job, root = _job(context, job_name)
     reader = context.reader()
     try:
-        yield from _rows(job, root, reader, failed_only)
+        yield from _rows(job, root, reader, failed_only, options)
     finally:
         reader.close()
 
 
-def _rows(job: Job, root: Path, reader: StateReader, failed_only: bool) -> Iterator[dict[str, Any]]:
+def _rows(
+    job: Job,
+    root: Path,
+    reader: StateReader,
+    failed_only: bool,
+    options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
+) -> Iterator[dict[str, Any]]:
     name, max_attempts = job.name, job.max_attempts
     lookup = reader.result_lookups(name)
     for item in iter_items(job, root):
@@ -158,11 +214,17 @@ def _rows(job: Job, root: Path, reader: StateReader, failed_only: bool) -> Itera
             and found.result_fingerprint == item.fingerprint
         )
         errored = record is not None and state in ("failed", "retry")
-        yield {
+        answer = _answer(found.message if current and found else None, options)
+        row = {
             "key": item.key,
             "custom_id": item.custom_id,
             "state": state,
             "text": found.text if current and found else None,
+        }
+        if options.thinking:
+            row["thinking"] = answer.get("thinking")
+        row |= {
+            "tool_calls": answer.get("tool_calls"),
             "detail": detail,
             "error_type": (record.error_type or record.outcome) if errored and record else None,
             "error_message": record.error_message if errored and record else None,
@@ -170,12 +232,83 @@ def _rows(job: Job, root: Path, reader: StateReader, failed_only: bool) -> Itera
             "model": found.model if current and found else None,
             "input_tokens": found.input_tokens if current and found else None,
             "output_tokens": found.output_tokens if current and found else None,
+            "cache_creation_input_tokens": answer.get("cache_creation_input_tokens"),
+            "cache_read_input_tokens": answer.get("cache_read_input_tokens"),
             "batch_id": found.batch_id if current and found else None,
-            "input": _input_of(item),
-            "message": orjson.Fragment(found.message)
-            if current and found and found.message
-            else None,
         }
+        if options.columns:
+            row["output"] = answer.get("output", dict.fromkeys(options.columns))
+            row["parse_error"] = answer.get("parse_error")
+        if options.input_columns is None:
+            row["input"] = _input_of(item)
+        elif options.input_columns:
+            source = _input_of(item)
+            row["input"] = {f: source.get(f) for f in options.input_columns}
+        row["message"] = (
+            orjson.Fragment(found.message) if current and found and found.message else None
+        )
+        yield row
+
+
+def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
+    """What the export shows of a stored Message: tool calls, thinking, cache usage, columns."""
+    if not message:
+        return {}
+    try:
+        parsed = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return {"parse_error": "the stored message is not JSON"} if options.columns else {}
+    blocks = [b for b in parsed.get("content") or () if isinstance(b, dict)]
+    calls = [
+        {"name": b.get("name"), "input": b.get("input")}
+        for b in blocks
+        if b.get("type") in ("tool_use", "server_tool_use")
+    ]
+    usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else {}
+    out: dict[str, Any] = {"tool_calls": calls or None}
+    for name in _USAGE:
+        out[name] = usage.get(name)
+    if options.thinking:
+        thoughts = [
+            b.get("thinking") if b.get("type") == "thinking" else "[redacted]"
+            for b in blocks
+            if b.get("type") in ("thinking", "redacted_thinking")
+        ]
+        out["thinking"] = "\n\n".join(t or "" for t in thoughts) if thoughts else None
+    if options.columns:
+        value, error = _structured(blocks, calls)
+        if error is not None:
+            out["parse_error"] = error
+            out["output"] = dict.fromkeys(options.columns)
+        else:
+            out["output"] = {c: value.get(c) for c in options.columns}
+    return out
+
+
+def _structured(
+    blocks: list[dict[str, Any]], calls: list[dict[str, Any]]
+) -> tuple[dict[str, Any], str | None]:
+    """The answer's JSON object (its first tool call's input, else its text as JSON), or why not."""
+    if calls:
+        value = calls[0]["input"]
+        if isinstance(value, dict):
+            return value, None
+        return {}, "the tool call's input is not an object"
+    text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text").strip()
+    if text.startswith("```"):  # a fenced answer: ```json … ```
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        text = text.rstrip().removesuffix("```")
+    if not text:
+        return {}, "no JSON in the answer (no text, no tool call)"
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        return {}, f"not JSON (error at character {e.pos + 1})"
+    if not isinstance(value, dict):
+        return {}, f"not a JSON object ({type(value).__name__})"
+    return value, None
 
 
 # ---------------------------------------------------------------------------- writers
@@ -188,6 +321,7 @@ def write_rows(
     input_fields=(),
     *,
     raw_csv: bool = False,
+    options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> int:
     """Write rows to a binary stream in `fmt`; returns the number of rows.
 
@@ -212,12 +346,27 @@ def write_rows(
         try:
             writer = csv.writer(text, lineterminator="\n")
             fields = list(input_fields)
-            writer.writerow([*COLUMNS, *(f"input.{f}" for f in fields)])
+            columns = list(COLUMNS)
+            if options.thinking:
+                columns.insert(columns.index("text") + 1, "thinking")
+            outputs = list(options.columns)
+            tail = ["parse_error"] if outputs else []
+            writer.writerow(
+                [
+                    *columns,
+                    *(f"output.{c}" for c in outputs),
+                    *tail,
+                    *(f"input.{f}" for f in fields),
+                ]
+            )
             for row in rows:
-                source = row["input"]
+                source = row.get("input") or {}
+                parsed = row.get("output") or {}
                 writer.writerow(
                     [
-                        *(cell(row[c]) for c in COLUMNS),
+                        *(cell(row[c]) for c in columns),
+                        *(cell(parsed.get(c)) for c in outputs),
+                        *(cell(row[c]) for c in tail),
                         *(cell(source.get(f)) for f in fields),
                     ]
                 )
@@ -240,8 +389,10 @@ def _safe_cell(value: Any) -> Any:
     return csv_cell(_cell(value))
 
 
-def _input_fields(job: Job, root: Path) -> list[str]:
+def _input_fields(job: Job, root: Path, chosen: tuple[str, ...] | None = None) -> list[str]:
     """CSV header fields for the input rows: the first row's for fixed-shape sources, else all."""
+    if chosen is not None:
+        return list(chosen)
     if job.requests is not None:
         return ["custom_id", "params"]
     fields: dict[str, None] = {}
@@ -261,26 +412,42 @@ def export(
     failed_only: bool = False,
     create_dirs: bool = False,
     raw_csv: bool = False,
+    options: ExportOptions | None = None,
 ) -> ExportSummary:
     """Export a job's results to a binary stream, or atomically to a file path.
 
-    CSV cells are neutralised against formula injection unless `raw_csv`.
+    CSV cells are neutralised against formula injection unless `raw_csv`. Without `options`,
+    the columns are the spec's `output.columns`.
     """
     check_format(fmt)
     if raw_csv and fmt != "csv":
         raise BatchopsError(f"--raw-csv applies to --format csv only, not {fmt}")
     job, project = _job_and_project(context, job_name)
-    fields = _input_fields(job, project.root) if fmt == "csv" else []
-    rows_of = iter_results(context, job_name, failed_only=failed_only)
+    if options is None:
+        options = ExportOptions(columns=job.output.columns if job.output is not None else ())
+    fields = _input_fields(job, project.root, options.input_columns) if fmt == "csv" else []
+    parse_errors = 0
+
+    def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal parse_errors
+        for row in rows:
+            if row.get("parse_error") is not None:
+                parse_errors += 1
+            yield row
+
+    rows_of = iter_results(context, job_name, failed_only=failed_only, options=options)
+    if options.columns:
+        rows_of = counted(rows_of)
+    written = dict(raw_csv=raw_csv, options=options)
     if isinstance(out, Path):
         check_output_path(context, project, job, out)
         with atomic_write(out, create_dirs=create_dirs) as f:
-            rows = write_rows(rows_of, fmt, f, fields, raw_csv=raw_csv)
-        return ExportSummary(job_name, fmt, rows, out)
+            rows = write_rows(rows_of, fmt, f, fields, **written)
+        return ExportSummary(job_name, fmt, rows, out, parse_errors)
     if out is None:
         raise BatchopsError("export needs an output stream or file")
-    rows = write_rows(rows_of, fmt, out, fields, raw_csv=raw_csv)
-    return ExportSummary(job_name, fmt, rows, None)
+    rows = write_rows(rows_of, fmt, out, fields, **written)
+    return ExportSummary(job_name, fmt, rows, None, parse_errors)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -159,6 +159,7 @@ class OutputSpec(BaseModel):
     model_config = _FROZEN
     path: Path
     format: DataFormat
+    columns: tuple[str, ...] = ()  # structured-output fields parsed into columns of the export
 
 
 class Job(BaseModel):
@@ -176,6 +177,8 @@ class Job(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     betas: list[str] = Field(default_factory=list)
     budget_usd: float | None = None
+    reuse: bool = True
+    cache: Literal["auto", "off"] = "off"
     max_attempts: int = 3
     render_seconds: float = RENDER_SECONDS_DEFAULT
     render_max_size: int = RENDER_MAX_SIZE_DEFAULT
@@ -203,12 +206,22 @@ class Job(BaseModel):
 
 
 @dataclass(frozen=True)
+class Moved:
+    """A spec's `moved` entry: job `old` is now called `new` (its state rows follow it)."""
+
+    old: str
+    new: str
+    spec_file: Path
+
+
+@dataclass(frozen=True)
 class Project:
     """Every job found under the jobs path; `root` confines all paths."""
 
     root: Path
     spec_files: tuple[Path, ...]
     jobs: tuple[Job, ...]
+    moves: tuple[Moved, ...] = ()
 
     def job(self, name: str) -> Job | None:
         return next((j for j in self.jobs if j.name == name), None)
@@ -231,6 +244,7 @@ class _RawInput(_RawPath):
 
 class _RawOutput(_RawPath):
     format: DataFormat | None = None
+    columns: list[Annotated[str, Field(min_length=1)]] | None = None
 
 
 def _requests_shorthand(value: Any) -> Any:
@@ -250,6 +264,8 @@ class _RawDefaults(BaseModel):
     params: dict[str, Any] | None = None
     betas: list[str] | None = None
     budget_usd: float | None = Field(default=None, ge=0)
+    reuse: bool | None = None
+    cache: Literal["auto", "off"] | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_CAP)
     render_seconds: float | None = Field(default=None, gt=0, le=RENDER_SECONDS_CAP)
     render_max_size: int | None = Field(
@@ -282,6 +298,14 @@ class _RawJob(_RawDefaults):
     _requests = field_validator("requests", mode="before")(_requests_shorthand)
 
 
+class _RawMove(BaseModel):
+    """`moved = [{ from = "old-name", to = "new-name" }]`: a job renamed, reviewed like code."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    from_: str = Field(alias="from")
+    to: str
+
+
 class _RawSpec(BaseModel):
     model_config = _CLOSED
     # An editor's pointer at the JSON Schema (`batchops schema`); read by editors, ignored here.
@@ -290,6 +314,7 @@ class _RawSpec(BaseModel):
     version: int
     defaults: _RawDefaults | None = None
     jobs: dict[str, _RawJob] = Field(default_factory=dict)
+    moved: list[_RawMove] = Field(default_factory=list)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -362,10 +387,12 @@ def load_project(
         )
 
     jobs: dict[str, Job] = {}
+    moves: list[Moved] = []
     for file in spec_files:
         if file in parse_problems:
             problems.append(parse_problems[file])
             continue
+        moves.extend(Moved(m["from"], m["to"], file) for m in _raw_moves(parsed[file]))
         for job_or_problem in _jobs_of(file, parsed[file], root):
             if isinstance(job_or_problem, str):
                 problems.append(job_or_problem)
@@ -380,15 +407,62 @@ def load_project(
                 continue
             jobs[job.name] = job
 
+    problems.extend(_move_problems(moves, jobs, root))
     project = Project(
         root=root,
         spec_files=tuple(spec_files),
         jobs=tuple(jobs[name] for name in sorted(jobs)),
+        moves=tuple(moves),
     )
     problems.extend(check_outputs(project, protected, candidates))
     if problems:
         raise SpecError(*dict.fromkeys(terminal(p) for p in problems))
     return project
+
+
+def _raw_moves(raw: dict[str, Any]) -> list[dict[str, str]]:
+    """The `moved` entries of a parsed spec (validated with the rest of the file)."""
+    moved = raw.get("moved")
+    if not isinstance(moved, list):
+        return []
+    return [
+        m
+        for m in moved
+        if isinstance(m, dict) and isinstance(m.get("from"), str) and isinstance(m.get("to"), str)
+    ]
+
+
+def _move_problems(moves: list[Moved], jobs: Mapping[str, Job], root: Path) -> list[str]:
+    """A problem line for each `moved` entry that cannot be done: bad names, a `to` that is no
+    job, a `from` that still is one, a name moved twice, or a chain (a → b, b → c)."""
+    problems = []
+    olds: dict[str, Moved] = {}
+    news: dict[str, Moved] = {}
+    for i, m in enumerate(moves):
+        where = f"{display_path(m.spec_file, root)}: moved.{i}"
+        if not JOB_NAME_RE.match(m.old) or not JOB_NAME_RE.match(m.new):
+            problems.append(
+                f"{where}: invalid job name in {json.dumps(m.old)} → {json.dumps(m.new)}"
+            )
+        elif m.old == m.new:
+            problems.append(f"{where}: from and to are the same job {json.dumps(m.old)}")
+        elif m.new not in jobs:
+            problems.append(f"{where}: to: no job {json.dumps(m.new)} is defined")
+        elif m.old in jobs:
+            problems.append(
+                f"{where}: from: job {json.dumps(m.old)} is still defined (remove it, or the move)"
+            )
+        elif m.old in olds or m.new in news:
+            problems.append(
+                f"{where}: job {json.dumps(m.old if m.old in olds else m.new)} is moved twice"
+            )
+        elif m.old in news or m.new in olds:
+            problems.append(
+                f"{where}: moves chain through {json.dumps(m.old if m.old in news else m.new)}: move straight to the last name"
+            )
+        olds.setdefault(m.old, m)
+        news.setdefault(m.new, m)
+    return problems
 
 
 _STATE_COMPANIONS = ("", "-wal", "-shm", "-journal")
@@ -691,7 +765,7 @@ def _merge(
         "budget_usd": inherited("budget_usd"),
         "betas": inherited("betas") or [],
     }
-    for budget in ("render_seconds", "render_max_size"):
+    for budget in ("render_seconds", "render_max_size", "reuse", "cache"):
         if inherited(budget) is not None:
             fields[budget] = inherited(budget)
     output = inherited("output")
@@ -700,7 +774,8 @@ def _merge(
         path = _confined(file, root, output.path, problems, shown, out_loc, must_exist=False)
         fmt = output.format or FORMAT_BY_SUFFIX.get(Path(output.path).suffix.lower(), "jsonl")
         if path is not None:
-            fields["output"] = OutputSpec(path=path, format=fmt)
+            columns = tuple(output.columns or ())
+            fields["output"] = OutputSpec(path=path, format=fmt, columns=columns)
 
     if raw.requests is not None:
         # Raw requests are sent exactly as written: nothing of the template fields applies.

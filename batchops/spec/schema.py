@@ -26,12 +26,16 @@ _TITLES = {
     "_RawInput": "Input data file",
     "_RawOutput": "Output file",
     "_RawPath": "Requests file",
+    "_RawMove": "Move (a renamed job)",
 }
 _DESCRIPTIONS = {
     "$schema": "Where editors find this schema; ignored by batchops.",
     "version": "Spec format version; this batchops reads 1.",
     "defaults": "Fields every job in this file inherits unless it sets them itself.",
     "jobs": "Jobs by name (lowercase letters, digits, '-' and '_'; unique across all specs).",
+    "moved": "Renamed jobs, reviewed like code: apply moves each one's state rows to its new name.",
+    "from": "The job's old name (no longer defined).",
+    "to": "The job's new name (a job defined in the specs).",
     "description": "What the job is for (changes no fingerprint).",
     "model": "The Messages API model, e.g. claude-haiku-4-5.",
     "max_tokens": "Maximum output tokens per request (the cost estimate's ceiling).",
@@ -41,6 +45,8 @@ _DESCRIPTIONS = {
     "params": "Any other Messages API parameter, sent as written (temperature, tools, thinking…).",
     "betas": "anthropic-beta values for this job's requests.",
     "budget_usd": "plan and apply refuse the job when its estimate exceeds this many dollars.",
+    "reuse": "Answer an item from a stored result of the very same request (any job); false opts out.",
+    "cache": "auto: mark the longest shared prefix (tools, system) for prompt caching when it pays.",
     "max_attempts": "Submissions of an item before a retryable error counts as failed.",
     "render_seconds": "Time budget for rendering one item's templates (seconds, at most 30).",
     "render_max_size": "Size budget of one rendered request and of any string made on the way.",
@@ -51,6 +57,7 @@ _DESCRIPTIONS = {
     "path": "A path relative to this spec file, inside the project root.",
     "key": "The field of each row that identifies it (stable across edits).",
     "format": "jsonl, csv or json; by default from the file name's suffix.",
+    "columns": "Fields of each JSON answer (a tool call's input, or JSON text) to export as columns.",
 }
 
 
