@@ -292,6 +292,90 @@ def test_store_harvest_settles_items(writer: StateWriter) -> None:
     assert summary.outcomes["succeeded"] == 1 and summary.outcomes["errored"] == 1
 
 
+@dataclass(frozen=True)
+class Reuse:
+    key: str
+    custom_id: str
+    fingerprint: str
+    result_id: int | None
+
+
+def test_results_by_fingerprint_finds_succeeded_results_of_any_job(writer: StateWriter) -> None:
+    assert writer.results_by_fingerprint([]) == {}
+    sent_batch(writer)
+    rows = [
+        result_row(writer, "msgbatch_1", "cid-a-1"),
+        result_row(writer, "msgbatch_1", "cid-b-1", "errored"),
+    ]
+    writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW)
+    found = writer.results_by_fingerprint(["sha256:a", "sha256:b", "sha256:zz"])
+    assert list(found) == ["sha256:a"]  # an errored result is no answer to reuse
+    lookup = writer.result_lookup(JOB, "a")
+    assert lookup is not None
+    # the many-fingerprints path (one scan) answers the same
+    many = [f"sha256:x{i}" for i in range(6000)] + ["sha256:a"]
+    assert writer.results_by_fingerprint(many) == found
+
+
+def test_record_reuse_points_an_item_of_another_job_at_the_result(writer: StateWriter) -> None:
+    sent_batch(writer)
+    rows = [result_row(writer, "msgbatch_1", "cid-a-1")]
+    rows.append(result_row(writer, "msgbatch_1", "cid-b-1", "errored"))
+    writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW)
+    result_id = writer.results_by_fingerprint(["sha256:a"])["sha256:a"]
+    serial = writer.serial
+    recorded = writer.record_reuse(
+        "other",
+        [
+            Reuse("k1", "other-k1", "sha256:a", result_id),
+            Reuse("k2", "other-k2", "sha256:b", result_id),  # not that result's request: skipped
+        ],
+        NOW,
+    )
+    assert recorded == 1
+    assert writer.serial == serial + 1
+    [item] = list(writer.item_records(["other"]))
+    assert (item.key, item.custom_id, item.fingerprint, item.outcome) == (
+        "k1",
+        "other-k1",
+        "sha256:a",
+        "succeeded",
+    )
+    assert not item.inflight and item.attempts == 0
+    lookup = writer.result_lookup("other", "k1")
+    assert lookup is not None
+    assert (lookup.text, lookup.result_type, lookup.batch_id) == (
+        "answer a",
+        "succeeded",
+        "msgbatch_1",
+    )
+    # a revert: item b of the same job (errored at sha256:b) is answered by a's result once its
+    # request is the same again
+    assert writer.record_reuse(JOB, [Reuse("b", "cid-b-2", "sha256:a", result_id)], NOW) == 1
+    b = records(writer)["b"]
+    assert (b.outcome, b.error_type, b.fingerprint) == ("succeeded", None, "sha256:a")
+    assert "other" in writer.job_names()
+
+
+def test_record_reuse_leaves_an_item_in_flight_alone(writer: StateWriter) -> None:
+    sent_batch(writer)
+    writer.store_harvest(
+        "msgbatch_1",
+        iter(
+            [
+                result_row(writer, "msgbatch_1", "cid-a-1"),
+                result_row(writer, "msgbatch_1", "cid-b-1"),
+            ]
+        ),
+        canceled_by_us=False,
+        now=NOW,
+    )
+    result_id = writer.results_by_fingerprint(["sha256:a"])["sha256:a"]
+    writer.record_intent("intent-2", JOB, [Att("c", "cid-c-1", "sha256:c")], 10, NOW)
+    assert writer.record_reuse(JOB, [Reuse("c", "cid-c-1", "sha256:a", result_id)], NOW) == 0
+    assert records(writer)["c"].inflight
+
+
 def test_store_harvest_canceled_by_us(writer: StateWriter) -> None:
     sent_batch(writer)
     rows = [result_row(writer, "msgbatch_1", "cid-a-1", "canceled")]
@@ -409,6 +493,42 @@ def test_remove_batch(writer: StateWriter) -> None:
     assert writer.remove("msgbatch_1") == ("batch", expected)
     assert writer.batch("msgbatch_1") is None
     assert not any(r.inflight for r in writer.item_records())
+
+
+def test_rename_job_moves_every_row_and_keeps_results_current(writer: StateWriter) -> None:
+    sent_batch(writer)  # a, b in msgbatch_1
+    good = result_row(writer, "msgbatch_1", "cid-a-1")
+    writer.store_harvest("msgbatch_1", [good], canceled_by_us=False, now=NOW)  # b stays in flight
+    before = {r.key: r for r in writer.item_records([JOB])}
+    serial = writer.serial
+    moved = writer.rename_job(JOB, "renamed")
+    assert moved == {
+        "items": 2, "attempts": 2, "results": 1, "batches": 1, "intents": 1, "jobs": 1
+    }  # fmt: skip
+    assert writer.serial == serial + 1
+    assert list(writer.item_records([JOB])) == []
+    after = {r.key: r for r in writer.item_records(["renamed"])}
+    assert {k: r._replace(job=JOB) for k, r in after.items()} == before
+    assert "demo" not in writer.job_names() and "renamed" in writer.job_names()
+    found = writer.result_lookup("renamed", "a")
+    assert found is not None and found.text == "answer a" and found.result_type == "succeeded"
+    assert writer.inflight_by_batch() == {"msgbatch_1": {"renamed\x1fb"}}
+    batch = writer.batch("msgbatch_1")
+    assert batch is not None and batch.job == "renamed"
+
+
+def test_rename_job_refuses_a_taken_or_unknown_name(writer: StateWriter) -> None:
+    sent_batch(writer)
+    writer.record_intent("intent-other", "other", atts("x"), 10, NOW)
+    serial = writer.serial
+    with pytest.raises(StateError, match="job 'other' already has rows in state"):
+        writer.rename_job(JOB, "other")
+    with pytest.raises(StateError, match="no job 'nope' in state"):
+        writer.rename_job("nope", "fresh")
+    with pytest.raises(StateError, match="onto itself"):
+        writer.rename_job(JOB, JOB)
+    assert writer.serial == serial
+    assert {r.key for r in writer.item_records([JOB])} == {"a", "b"}
 
 
 # ---------------------------------------------------------------- locks

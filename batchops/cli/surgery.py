@@ -1,4 +1,4 @@
-"""`state list|show|migrate|rm|push|pull|recover`, `import` and `force-unlock`."""
+"""`state list|show|migrate|rm|mv|push|pull|recover`, `import` and `force-unlock`."""
 
 from __future__ import annotations
 
@@ -128,6 +128,22 @@ def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
     click.echo(
         f"Removed {removal.kind} {target} from the state: {_removal_text(removal.rows)}. "
         "Nothing remote was touched."
+    )
+
+
+@state_group.command("mv")
+@click.argument("old", metavar="OLD")
+@click.argument("new", metavar="NEW")
+@click.pass_context
+def state_mv(ctx: click.Context, old: str, new: str) -> None:
+    """Rename job OLD to NEW in the state: its results stay current, nothing is sent again."""
+    from batchops.commands.surgery import state_mv as move
+
+    moved = move(_offline_context(ctx), old, new)
+    click.echo(
+        f"Moved job {old} to {new} in the state: "
+        + ", ".join(f"{table} {n}" for table, n in moved.rows.items())
+        + ". Nothing remote was touched."
     )
 
 

@@ -1,4 +1,5 @@
-"""`batchops state list|show|rm`: look inside the state file and make it forget, as in Terraform.
+"""`batchops state list|show|rm|mv`: look inside the state file, make it forget or rename a job,
+as in Terraform.
 
 These work from the state alone (no specs needed, so they help even when a spec is broken) and
 never touch anything remote. `rm` forgets: a job's rows, or one batch (its unfinished attempts
@@ -231,6 +232,37 @@ def state_rm(context: Context, target: str) -> Removal:
     finally:
         state.close()
     return Removal(kind, target, rows, copy)
+
+
+@dataclass(frozen=True)
+class Move:
+    old: str
+    new: str
+    rows: dict[str, int]  # rows moved per table
+
+
+def state_mv(context: Context, old: str, new: str) -> Move:
+    """Rename job `old` to `new` in the state (one transaction, serial +1): its results stay
+    current, so the renamed job sends nothing it already has. Refused when `new` has rows.
+
+    Takes the leases of both jobs, so it never runs beside an apply of either.
+    """
+    from batchops.spec.model import JOB_NAME_RE
+
+    if not JOB_NAME_RE.match(new):
+        raise BatchopsError(
+            f"invalid job name {new!r} (lowercase letters, digits, '-' and '_', starting with a "
+            "letter or digit, at most 64 characters)"
+        )
+    location = context.settings.state_path
+    if not state_exists(location):
+        raise _unknown(old, location)
+    state = open_writer(location, f"state mv {old} {new}", jobs=[old, new])
+    try:
+        rows = state.rename_job(old, new)
+    finally:
+        state.close()
+    return Move(old, new, rows)
 
 
 def _backup(path: Path, now: datetime) -> Path:

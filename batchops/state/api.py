@@ -102,6 +102,19 @@ class Attempt(Protocol):
     def attempt(self) -> int: ...
 
 
+class Reused(Protocol):
+    """What recording a reuse needs of each item (a plan's reuse action)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def custom_id(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def result_id(self) -> int | None: ...
+
+
 class StateReader(ABC):
     """A read-only view of the state: what the planner and the reports may see."""
 
@@ -181,6 +194,11 @@ class StateReader(ABC):
     def usage_rows(self) -> Iterator[UsageRow]: ...
 
     @abstractmethod
+    def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:
+        """fingerprint → id of the newest stored succeeded result of that very request, of any
+        job or key, for each of `fingerprints` that has one (what a plan may reuse)."""
+
+    @abstractmethod
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
         """("job" | "batch", rows `remove` would touch per table), or None if unknown."""
 
@@ -258,6 +276,13 @@ class StateWriter(StateReader):
         """
 
     @abstractmethod
+    def record_reuse(self, job: str, items: Sequence[Reused], now: datetime) -> int:
+        """Items answered by stored results of the same requests, in one transaction: each item
+        (not in flight) becomes succeeded at its fingerprint, pointing at the result, when that
+        result is a succeeded one of that fingerprint. Nothing is sent. Returns the items recorded.
+        """
+
+    @abstractmethod
     def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
         """Give back the items a batch still carries (results lost, deleted, or not ours).
 
@@ -289,6 +314,13 @@ class StateWriter(StateReader):
     @abstractmethod
     def remove(self, target: str) -> tuple[str, dict[str, int]]:
         """`state rm`: forget a job's rows or one batch (its unfinished attempts become lost)."""
+
+    @abstractmethod
+    def rename_job(self, old: str, new: str) -> dict[str, int]:
+        """`state mv` and a spec's `moved`: every row of job `old` becomes job `new`'s (items,
+        attempts, results, batches, intents), in one transaction, so its results stay current.
+        Refused (StateError) when `old` has no rows or `new` already has some. Returns the rows
+        moved per table."""
 
     @abstractmethod
     def make_durable(self) -> None:

@@ -31,6 +31,7 @@ from batchops.state.api import (
     RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
+    Reused,
     StateReader,
     StateWriter,
     TableDump,
@@ -411,6 +412,19 @@ class PostgresReader(StateReader):
         )
         yield from map(UsageRow._make, self._rows(sql))
 
+    def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:
+        wanted = sorted(set(fingerprints))
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), 50_000):
+            found.update(
+                self._rows(
+                    "select fingerprint, max(id) from results where type = 'succeeded'"
+                    " and fingerprint = any(%s) group by fingerprint",
+                    [wanted[start : start + 50_000]],
+                )
+            )
+        return found
+
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
         if not self._exists:
             return None
@@ -781,6 +795,31 @@ class PostgresWriter(PostgresReader, StateWriter):
             cur.execute("update batches set harvested_at = %s where id = %s", [iso(now), batch_id])
         return count
 
+    def record_reuse(self, job: str, items: Sequence[Reused], now: datetime) -> int:
+        stamp = iso(now)
+        count = 0
+        with self._transaction() as cur:
+            cur.execute(
+                "insert into jobs (name, first_seen_at, last_applied_at) values (%s, %s, %s)"
+                " on conflict (name) do update set last_applied_at = excluded.last_applied_at",
+                [job, stamp, stamp],
+            )
+            for item in items:
+                count += cur.execute(
+                    "insert into items (job, key, custom_id, fingerprint, attempts, outcome,"
+                    " canceled_by_us, result_id, updated_at)"
+                    " select %s, %s, %s, r.fingerprint, 0, 'succeeded', false, r.id, %s"
+                    " from results r"
+                    " where r.id = %s and r.fingerprint = %s and r.type = 'succeeded'"
+                    " on conflict (job, key) do update set custom_id = excluded.custom_id,"
+                    " fingerprint = excluded.fingerprint, attempts = 0, outcome = 'succeeded',"
+                    " error_type = null, error_message = null, canceled_by_us = false,"
+                    " result_id = excluded.result_id, updated_at = excluded.updated_at,"
+                    " forgotten_at = null where items.inflight_attempt is null",
+                    [job, item.key, item.custom_id, stamp, item.result_id, item.fingerprint],
+                ).rowcount
+        return count
+
     def _release(
         self, cur: psycopg.Cursor, batch_id: str, drift: str, now: datetime
     ) -> tuple[int, int]:
@@ -871,6 +910,25 @@ class PostgresWriter(PostgresReader, StateWriter):
                 for table, where in _JOB_TABLES
             }
             return "job", rows
+
+    def rename_job(self, old: str, new: str) -> dict[str, int]:
+        if old == new:
+            raise StateError(f"cannot move job {old!r} onto itself")
+        with self._transaction() as cur:
+            names = self.job_names()
+            if old not in names:
+                raise StateError(f"no job {old!r} in state {self.location}")
+            if new in names:
+                raise StateError(
+                    f"job {new!r} already has rows in state {self.location}: nothing was moved "
+                    f"(`batchops state rm {new}` first, if they are to be dropped)"
+                )
+            return {
+                table: cur.execute(
+                    f"update {table} set {where.split(' ')[0]} = %s where {where}", [new, old]
+                ).rowcount
+                for table, where in _JOB_TABLES
+            }
 
     def load_tables(
         self,

@@ -38,6 +38,7 @@ from batchops.state.api import (
     RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
+    Reused,
     StateReader,
     StateWriter,
     TableDump,
@@ -233,6 +234,7 @@ _INSERT_RESULT = (
     " received_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
+_FEW_FINGERPRINTS = 5000  # up to this many are looked up by value; more, by one scan
 _JOB_TABLES = (
     ("items", "job = ?"),
     ("attempts", "job = ?"),
@@ -490,6 +492,27 @@ class SqliteReader(StateReader):
             " where r.type = 'succeeded' group by 1, 2, 3"
         )
         yield from map(UsageRow._make, self._rows(sql))
+
+    def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:
+        wanted = set(fingerprints)
+        if self.db is None or not wanted:
+            return {}
+        found: dict[str, int] = {}
+        sql = "select fingerprint, max(id) from results where type = 'succeeded'"
+        if len(wanted) <= _FEW_FINGERPRINTS:
+            ordered = sorted(wanted)
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                found.update(
+                    self._rows(f"{sql} and fingerprint in ({marks}) group by fingerprint", chunk)
+                )
+            return found
+        # many: one pass over the succeeded results, keeping the wanted ones
+        for fp, result_id in self.db.execute(f"{sql} group by fingerprint"):
+            if fp in wanted:
+                found[fp] = result_id
+        return found
 
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
         if self.db is None:
@@ -869,6 +892,30 @@ class SqliteWriter(SqliteReader, StateWriter):
             conn.execute("update batches set harvested_at = ? where id = ?", [iso(now), batch_id])
         return count
 
+    def record_reuse(self, job: str, items: Sequence[Reused], now: datetime) -> int:
+        stamp = iso(now)
+        count = 0
+        with self._transaction() as conn:
+            conn.execute(
+                "insert into jobs (name, first_seen_at, last_applied_at) values (?, ?, ?)"
+                " on conflict (name) do update set last_applied_at = excluded.last_applied_at",
+                [job, stamp, stamp],
+            )
+            for item in items:
+                count += conn.execute(
+                    "insert into items (job, key, custom_id, fingerprint, attempts, outcome,"
+                    " canceled_by_us, result_id, updated_at)"
+                    " select ?, ?, ?, r.fingerprint, 0, 'succeeded', 0, r.id, ? from results r"
+                    " where r.id = ? and r.fingerprint = ? and r.type = 'succeeded'"
+                    " on conflict (job, key) do update set custom_id = excluded.custom_id,"
+                    " fingerprint = excluded.fingerprint, attempts = 0, outcome = 'succeeded',"
+                    " error_type = null, error_message = null, canceled_by_us = 0,"
+                    " result_id = excluded.result_id, updated_at = excluded.updated_at,"
+                    " forgotten_at = null where items.inflight_attempt is null",
+                    [job, item.key, item.custom_id, stamp, item.result_id, item.fingerprint],
+                ).rowcount
+        return count
+
     def _release(
         self, conn: sqlite3.Connection, batch_id: str, drift: str, now: datetime
     ) -> tuple[int, int]:
@@ -955,6 +1002,25 @@ class SqliteWriter(SqliteReader, StateWriter):
                 for table, where in _JOB_TABLES
             }
             return "job", rows
+
+    def rename_job(self, old: str, new: str) -> dict[str, int]:
+        if old == new:
+            raise StateError(f"cannot move job {old!r} onto itself")
+        with self._transaction() as conn:
+            names = self.job_names()
+            if old not in names:
+                raise StateError(f"no job {old!r} in state {self.path}")
+            if new in names:
+                raise StateError(
+                    f"job {new!r} already has rows in state {self.path}: nothing was moved "
+                    f"(`batchops state rm {new}` first, if they are to be dropped)"
+                )
+            return {
+                table: conn.execute(
+                    f"update {table} set {where.split(' ')[0]} = ? where {where}", [new, old]
+                ).rowcount
+                for table, where in _JOB_TABLES
+            }
 
     def load_tables(
         self,
