@@ -265,13 +265,13 @@ def test_recover_refuses_bad_input_and_writes_nothing(
 def test_recover_asks_first_on_a_terminal(
     tmp_path: Path, emulator: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import batchops.cli
+    import batchops.cli.surgery
 
     write_project(tmp_path, rows(1))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", emulator)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-dummy-key")
-    monkeypatch.setattr(batchops.cli, "_interactive", lambda: True)
+    monkeypatch.setattr(batchops.cli.surgery, "_interactive", lambda: True)
     declined = run("state", "recover", input="n\n")
     assert declined.exit_code == 1
     assert declined.output.endswith("Recover? [y/N]: n\nNothing recovered.\n")
