@@ -322,3 +322,26 @@ def test_concurrent_applies_of_one_job_on_one_postgres_state_never_send_twice(
         pg_dsn, "select count(distinct key) from results where type = 'succeeded'"
     ) == [(12,)]
     assert not (tmp_path / "state").exists()  # nothing went to a SQLite file by mistake
+
+
+def test_state_rm_on_postgres_names_no_backup_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_dsn: str
+) -> None:
+    from tests.statefill import NOW, fill_demo_state_at
+    from tests.statefill import write_project as write_demo
+
+    write_demo(tmp_path)
+    fill_demo_state_at(tmp_path, pg_dsn)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli,
+        ["--state", pg_dsn, "state", "rm", "msgbatch_live", "--yes"],
+        obj={"clock": lambda: NOW},
+    )
+    assert (result.exit_code, result.output) == (
+        0,
+        "Removed batch msgbatch_live from the state: 1 unfinished attempts become lost and 1 "
+        "items are sent again by the next apply; stored results stay. Nothing remote was "
+        "touched.\n",
+    )
+    assert statedb.rows(pg_dsn, "select count(*) from batches where id = 'msgbatch_live'") == [(0,)]

@@ -124,7 +124,8 @@ def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
             click.echo("Nothing removed.")
             ctx.exit(1)
     removal = remove(context, target)
-    click.echo(f"Backed up the state to {removal.backup_path}.")
+    if removal.backup_path is not None:  # a PostgreSQL state is backed up by its own means
+        click.echo(f"Backed up the state to {removal.backup_path}.")
     click.echo(
         f"Removed {removal.kind} {target} from the state: {_removal_text(removal.rows)}. "
         "Nothing remote was touched."
