@@ -4,20 +4,26 @@ Prices move and sources disagree (ANTHROPIC_BATCHES_API.md §8), so nothing here
 table is `batchops/data/prices.toml`, and a user file given by `--prices` or `BATCHOPS_PRICES`
 overrides it row by row.
 
-Estimates are ceilings: output at `max_tokens`, and every token of a cached prefix at the
-cache-write price (batch cache hits are best-effort). Actual cost comes from stored usage.
+Estimates are a range. The ceiling (what budgets gate on): input at 3 characters a token, output
+at `max_tokens`, and a cached prefix written once per batch it is sent in, then read by only 30% of
+the other items sharing it (the docs' floor for batch cache hits, which are best-effort). The
+expected figure: input at a typical 4 characters a token, output at `max_tokens` (or what the job's
+results so far used), and one cache write per batch with every other item sharing the prefix
+reading it. Actual cost comes from stored usage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -25,6 +31,11 @@ from batchops.errors import SpecError
 
 _DATED = re.compile(r"^(?P<base>.+?)(-\d{8}|-latest)$")
 CHARS_PER_TOKEN = 3  # English runs nearer 3.5-4 characters a token: 3 keeps the estimate a ceiling
+CHARS_PER_TOKEN_TYPICAL = 4  # the expected figure: the usual rule of thumb for English prose
+BATCH_HIT_RATE_FLOOR = 0.3  # the docs: batch cache hits are best-effort, "30 to 98%"
+# Shortest prefix the API caches, in tokens, unless the price row says (`cache_min_tokens`).
+CACHE_MIN_TOKENS = 1024
+CACHE_MIN_TOKENS_HAIKU = 2048
 IMAGE_TOKENS = 1600
 MESSAGE_OVERHEAD_TOKENS = 4
 
@@ -138,37 +149,48 @@ def _cache_ttl(block: Any) -> str | None:
     return None
 
 
+def _scan(params: dict[str, Any]) -> tuple[int, int, str | None, tuple[str, int, int] | None]:
+    """(characters in all, characters of the cached prefix, its ttl, where the prefix ends) in one
+    pass over tools → system → messages; `where` is (section, message index, block index)."""
+    total = 0
+    prefix = 0
+    ttl: str | None = None
+    where: tuple[str, int, int] | None = None
+    for i, tool in enumerate(params.get("tools") or ()):
+        total += len(orjson.dumps(tool))
+        if (t := _cache_ttl(tool)) is not None:
+            prefix, ttl, where = total, t, ("tools", 0, i)
+    system = params.get("system")
+    if isinstance(system, str):
+        total += len(system)
+    elif isinstance(system, list):
+        for i, block in enumerate(system):
+            total += _chars(block)
+            if (t := _cache_ttl(block)) is not None:
+                prefix, ttl, where = total, t, ("system", 0, i)
+    for m, message in enumerate(params.get("messages") or ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            for i, block in enumerate(content):
+                total += _chars(block)
+                if (t := _cache_ttl(block)) is not None:
+                    prefix, ttl, where = total, t, ("messages", m, i)
+        total += MESSAGE_OVERHEAD_TOKENS * CHARS_PER_TOKEN
+    top = params.get("cache_control")
+    if isinstance(top, dict):  # top-level cache_control marks the last block: the whole prompt
+        prefix, ttl, where = total, str(top.get("ttl", "5m")), ("all", 0, 0)
+    return total, prefix, ttl, where
+
+
 def estimate_input(params: dict[str, Any]) -> Usage:
     """Estimate the input tokens of a request, splitting out a cached prefix (tools → system → messages).
 
     One pass over the blocks, counting characters; this runs once per item, a million times for a
     large job, so it stays lean.
     """
-    total = 0
-    prefix = 0
-    ttl: str | None = None
-    for tool in params.get("tools") or ():
-        total += len(orjson.dumps(tool))
-        if (t := _cache_ttl(tool)) is not None:
-            prefix, ttl = total, t
-    system = params.get("system")
-    if isinstance(system, str):
-        total += len(system)
-    elif isinstance(system, list):
-        for block in system:
-            total += _chars(block)
-            if (t := _cache_ttl(block)) is not None:
-                prefix, ttl = total, t
-    for message in params.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            for block in content:
-                total += _chars(block)
-                if (t := _cache_ttl(block)) is not None:
-                    prefix, ttl = total, t
-        total += MESSAGE_OVERHEAD_TOKENS * CHARS_PER_TOKEN
+    total, prefix, ttl, _ = _scan(params)
     cached = math.ceil(prefix / CHARS_PER_TOKEN)
     return Usage(
         input_tokens=math.ceil((total - prefix) / CHARS_PER_TOKEN),
@@ -186,6 +208,102 @@ def estimate_request(params: dict[str, Any]) -> Usage:
         cache_write_5m_tokens=usage.cache_write_5m_tokens,
         cache_write_1h_tokens=usage.cache_write_1h_tokens,
     )
+
+
+class ItemEstimate(NamedTuple):
+    """One item's cost, before batch-level cache sharing is known (see `batch_cost`).
+
+    `high` and `expected` count its cached prefix (if any) as written; `*_saving` is what the item
+    costs less when it reads that prefix from the cache instead. `prefix` names the prefix (model
+    and blocks up to the last cache_control) so items sharing it can be grouped.
+    """
+
+    high: float
+    expected: float
+    prefix: str | None = None
+    high_saving: float = 0.0
+    expected_saving: float = 0.0
+    auto: bool = False  # sent with `cache = "auto"` marks (see batchops.spec.caching)
+    plain_expected: float | None = None  # with auto marks: the expected cost without them
+    plain_high: float | None = None  # with auto marks: the ceiling without them
+
+
+def prefix_id(params: dict[str, Any], where: tuple[str, int, int]) -> str:
+    """Identity of the cached prefix ending at `where`: what the API's cache is keyed on."""
+    section, message, index = where
+    tools = list(params.get("tools") or ())
+    system = params.get("system")
+    system = [system] if isinstance(system, str) else list(system or ())
+    messages = list(params.get("messages") or ())
+    if section == "tools":
+        parts: list[Any] = [tools[: index + 1]]
+    elif section == "system":
+        parts = [tools, system[: index + 1]]
+    elif section == "messages":
+        last = dict(messages[message])
+        last["content"] = list(last.get("content") or ())[: index + 1]
+        parts = [tools, system, [*messages[:message], last]]
+    else:
+        parts = [tools, system, messages]
+    data = orjson.dumps([params.get("model"), *parts], option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def estimate_item(
+    params: dict[str, Any], price: ModelPrice, output_tokens: float | None = None
+) -> ItemEstimate:
+    """The ceiling and the expected cost of one request; `output_tokens` is the expected output
+    (what the job's results so far used), `max_tokens` when None."""
+    total, prefix, ttl, where = _scan(params)
+    max_tokens = int(params.get("max_tokens") or 0)
+    expected_out = max_tokens if output_tokens is None else min(output_tokens, max_tokens)
+    write = price.cache_write_1h if ttl == "1h" else price.cache_write_5m
+    figures = []
+    for chars_per_token, out in (
+        (CHARS_PER_TOKEN, max_tokens),
+        (CHARS_PER_TOKEN_TYPICAL, expected_out),
+    ):
+        cached = math.ceil(prefix / chars_per_token)
+        plain = math.ceil((total - prefix) / chars_per_token)
+        cost = (plain * price.input + cached * write + out * price.output) / 1_000_000
+        figures.append((cost, cached * (write - price.cache_read) / 1_000_000))
+    (high, high_saving), (expected, expected_saving) = figures
+    if where is None:
+        return ItemEstimate(high, expected)
+    return ItemEstimate(high, expected, prefix_id(params, where), high_saving, expected_saving)
+
+
+def batch_cost(
+    estimates: Iterable[ItemEstimate | None], costs: Iterable[float]
+) -> tuple[float, float]:
+    """(expected, high) cost of items sent in one batch, `costs` standing in for a missing estimate.
+
+    Per cached prefix, the first item writes it; the others read it: all of them in the expected
+    figure, only BATCH_HIT_RATE_FLOOR of them in the ceiling (batch cache hits are best-effort).
+    """
+    expected = high = 0.0
+    seen: set[str] = set()
+    for estimate, cost in zip(estimates, costs, strict=True):
+        if estimate is None:
+            expected += cost
+            high += cost
+            continue
+        expected += estimate.expected
+        high += estimate.high
+        if estimate.prefix is not None:
+            if estimate.prefix in seen:
+                expected -= estimate.expected_saving
+                high -= BATCH_HIT_RATE_FLOOR * estimate.high_saving
+            else:
+                seen.add(estimate.prefix)
+    return expected, high
+
+
+def cache_min_tokens(model: str, row: dict[str, Any] | None = None) -> int:
+    """The shortest prefix (tokens) the API caches for `model`."""
+    if row is not None and "cache_min_tokens" in row:
+        return int(row["cache_min_tokens"])
+    return CACHE_MIN_TOKENS_HAIKU if "haiku" in model else CACHE_MIN_TOKENS
 
 
 def usage_from_message(usage: dict[str, Any]) -> Usage:

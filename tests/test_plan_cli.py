@@ -35,9 +35,9 @@ def run(*args: str, env: dict | None = None):
 
 
 PLAN_TEXT = """\
-job      todo    changed    pending    retry    failed    succeeded    removed    to send    est. cost    budget
------  ------  ---------  ---------  -------  --------  -----------  ---------  ---------  -----------  --------
-demo        3          0          0        0         0            0          0          3      $0.0001   $1.0000
+job      todo    changed    pending    retry    failed    succeeded    removed    to send    reuse    est. cost    up to    budget
+-----  ------  ---------  ---------  -------  --------  -----------  ---------  ---------  -------  -----------  -------  --------
+demo        3          0          0        0         0            0          0          3        0      $0.0001  $0.0001   $1.0000
 
 Actions:
   + submit  demo  r1  [todo]
@@ -84,9 +84,14 @@ def test_plan_json_shape(project):
         "prune": 0,
         "adopt": 0,
         "requeue": 0,
+        "reuse": 0,
         "estimated_cost_usd": data["summary"]["estimated_cost_usd"],
+        "expected_cost_usd": data["summary"]["expected_cost_usd"],
+        "saved_usd": 0,
+        "cache_saving_usd": 0,
         "batches_to_create": 1,
     }
+    assert 0 < data["summary"]["expected_cost_usd"] <= data["summary"]["estimated_cost_usd"]
     assert 0 < data["summary"]["estimated_cost_usd"] < 0.001
     [job] = data["jobs"]
     assert job["name"] == "demo"

@@ -87,5 +87,5 @@ def test_plan_uses_the_prices_option(tmp_path, monkeypatch):
     )
     result = CliRunner().invoke(cli, ["--prices", "p.toml", "plan", "--no-refresh"])
     assert result.exit_code == 0
-    assert "Plan: 2 to submit. Estimated cost $0.0560." in result.output
+    assert "Plan: 2 to submit. Estimated cost $0.0500 (up to $0.0560)." in result.output
     assert "Prices: p.toml as of 2027-01-01." in result.output

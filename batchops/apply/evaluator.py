@@ -10,6 +10,8 @@ state that the next apply completes:
   many as request_counts) and stored in one transaction, or nothing is.
 - cancel: marked ours before the call, so a crash cannot make it look like an outside cancel.
 - prune: only a harvested batch is deleted remotely.
+- reuse: items answered by stored results of the same requests are recorded in one transaction;
+  nothing is sent.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from batchops.plan.actions import (
     Prune,
     Requeue,
     ResolveIntent,
+    Reuse,
     SubmitBatch,
     SubmitItem,
 )
 from batchops.plan.serialize import failed_dict
-from batchops.pricing import usage_from_message
+from batchops.pricing import money, usage_from_message
 from batchops.remote import BatchesClient
+from batchops.spec import caching
 from batchops.state.api import StateWriter
 from batchops.state.records import RESULT_TYPES, BatchRecord, ResultRow, SentAttempt
 
@@ -88,6 +92,8 @@ class NullProgress:
 @dataclass
 class ApplyReport:
     submitted: int = 0
+    reused: int = 0  # items answered by stored results of the same requests
+    saved_usd: float = 0.0  # their expected cost
     batches_created: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     harvested: list[str] = field(default_factory=list)
@@ -109,6 +115,8 @@ class ApplyReport:
             "format_version": 1,
             "approved": self.approved,
             "submitted": self.submitted,
+            "reused": self.reused,
+            "saved_usd": round(self.saved_usd, 6),
             "batches_created": self.batches_created,
             "adopted": self.adopted,
             "harvested": self.harvested,
@@ -155,6 +163,7 @@ class Evaluator:
             ResolveIntent: self.resolve_intent,
             Harvest: self.harvest,
             Requeue: self.requeue,
+            Reuse: self.reuse,
             SubmitBatch: self.submit,
             Forget: self.forget,
             Cancel: self.cancel,
@@ -360,6 +369,17 @@ class Evaluator:
         if step.remembered:
             self.state.remember((step.job, k) for k in step.remembered)
 
+    # -- reuse
+    def reuse(self, step: Reuse, index: int = 0) -> None:
+        recorded = self.state.record_reuse(step.job, step.items, self.clock())
+        saved = step.saved_usd * recorded / max(len(step.items), 1)
+        self.report.reused += recorded
+        self.report.saved_usd += saved
+        self._note(
+            f"Reused {recorded} stored result{'s' if recorded != 1 else ''} of the same requests "
+            f"for {step.job}: nothing sent, about {money(saved)} saved."
+        )
+
     # -- submit
     def submit(self, step: SubmitBatch, index: int) -> None:
         if step.job in self.failed_jobs:
@@ -378,7 +398,10 @@ class Evaluator:
 
     def _send(self, step: SubmitBatch, chunk: list[tuple[SubmitItem, dict[str, Any]]]) -> None:
         items = [item for item, _ in chunk]
-        requests = [{"custom_id": item.custom_id, "params": params} for item, params in chunk]
+        requests = [
+            {"custom_id": item.custom_id, "params": _as_sent(item, params)}
+            for item, params in chunk
+        ]
         for try_number in range(1, CREATE_TRIES + 1):
             intent_id = f"intent_{uuid.uuid4().hex}"
             anchor = self.client.newest_batch_id()  # where the list stands before the create
@@ -456,6 +479,14 @@ class Evaluator:
         # e.g. the batch ended between refresh and cancel: the next run re-plans
         self.report.problems.extend(exc.problems)
         self._note(f"Could not {step.kind} batch {step.batch_id}: {exc.problems[0]}")
+
+
+def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
+    """The request as sent: with its shared prefix marked when the job has `cache = "auto"` and
+    the plan chose to (marks never enter the fingerprint, so they change what is billed only)."""
+    if item.estimate is not None and item.estimate.auto:
+        return caching.mark(params)
+    return params
 
 
 def _result_row(

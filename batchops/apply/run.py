@@ -17,7 +17,16 @@ from datetime import datetime
 from batchops.apply.evaluator import ApplyReport, Evaluator, Progress, RequestSource
 from batchops.apply.refresh import as_record, poll
 from batchops.errors import BudgetExceeded, NotFound, RemoteError, StateError
-from batchops.plan.actions import Cancel, Forget, Harvest, Plan, Prune, SubmitBatch, SubmitItem
+from batchops.plan.actions import (
+    Cancel,
+    Forget,
+    Harvest,
+    Plan,
+    Prune,
+    Reuse,
+    SubmitBatch,
+    SubmitItem,
+)
 from batchops.plan.build import plan_from
 from batchops.plan.diff import BatchLimits
 from batchops.plan.saved import SavedPlan, saved_requests, spec_requests
@@ -62,7 +71,9 @@ def refresh_state(
 
 def _refresh_only(plan: Plan) -> Plan:
     """What `refresh` runs of a plan: poll results home, send and delete nothing."""
-    keep = tuple(s for s in plan.steps if not isinstance(s, SubmitBatch | Forget | Cancel | Prune))
+    keep = tuple(
+        s for s in plan.steps if not isinstance(s, SubmitBatch | Reuse | Forget | Cancel | Prune)
+    )
     return replace(plan, steps=keep)
 
 
@@ -120,7 +131,7 @@ def run_cycles(
         report.final_plan = final
         sendable = [s for s in final.submits if s.job not in evaluator.failed_jobs]
         if not wait:
-            follow_up = submit and saved is None and (sendable or _forgets(final))
+            follow_up = submit and saved is None and (sendable or final.reuses or _forgets(final))
             if harvested and follow_up and follow_ups < MAX_FOLLOW_UPS:
                 follow_ups += 1
                 continue  # what the harvest settled is sent or forgotten in this run, as its own plan
@@ -132,7 +143,7 @@ def run_cycles(
         outstanding = (
             in_flight
             or any(s.kind in ("harvest", "adopt", "requeue") for s in final.steps)
-            or (submit and saved is None and bool(sendable))
+            or (submit and saved is None and bool(sendable or final.reuses))
             # removed items still in flight: forgotten once their batch is harvested
             or any(a.action == "forget" for j in final.jobs for a in j.actions)
         )

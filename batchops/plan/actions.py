@@ -2,7 +2,7 @@
 
 `plan` renders a `Plan`; `apply` hands the very same object to the evaluator, which dispatches on
 each step's type. A saved plan is this object serialized (`saved`). Steps run in the order of
-`Plan.steps`: resolve intents, harvest, requeue, submit, forget, cancel, prune.
+`Plan.steps`: resolve intents, harvest, requeue, reuse, submit, forget, cancel, prune.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
+from batchops.pricing import ItemEstimate, batch_cost
+
 FORMAT_VERSION = 2
 ITEM_STATES = ("todo", "changed", "pending", "retry", "failed", "succeeded", "removed")
 # Counted in the summary, in this order.
-ACTIONS = ("submit", "forget", "harvest", "cancel", "prune", "adopt", "requeue")
+ACTIONS = ("submit", "reuse", "forget", "harvest", "cancel", "prune", "adopt", "requeue")
 
 
 class SubmitItem(NamedTuple):
@@ -29,6 +31,23 @@ class SubmitItem(NamedTuple):
     cost_usd: float
     size: int = 0  # bytes of its request line in the create body
     action: str = "submit"
+    estimate: ItemEstimate | None = None  # expected cost and cached prefix, for batch_cost
+
+
+class ReuseItem(NamedTuple):
+    """Answer one item with a stored succeeded result of the very same request (same
+    fingerprint), from any job or key: nothing is sent or paid for. `result_id` None: the same
+    request is being sent for another item (in this plan or a batch in flight), and this item takes
+    its result once it is harvested (a fan-out)."""
+
+    job: str
+    key: str
+    custom_id: str
+    fingerprint: str
+    result_id: int | None
+    reason: str
+    saved_usd: float  # the expected cost of sending it
+    action: str = "reuse"
 
 
 class ForgetItem(NamedTuple):
@@ -91,6 +110,19 @@ class Requeue(_Step):
 
 
 @dataclass(frozen=True)
+class Reuse(_Step):
+    """Record items of one job as answered by stored results of the same requests."""
+
+    job: str
+    items: tuple[ReuseItem, ...]
+    kind: str = "reuse"
+
+    @property
+    def saved_usd(self) -> float:
+        return sum(i.saved_usd for i in self.items)
+
+
+@dataclass(frozen=True)
 class SubmitBatch(_Step):
     """One new remote batch: these items, split already by count and bytes."""
 
@@ -102,7 +134,12 @@ class SubmitBatch(_Step):
 
     @property
     def cost_usd(self) -> float:
-        return sum(i.cost_usd for i in self.items)
+        """The ceiling (what budgets gate on), with cached prefixes shared in this batch."""
+        return self.costs()[1]
+
+    def costs(self) -> tuple[float, float]:
+        """(expected, ceiling) of this batch: items sharing a cached prefix write it once."""
+        return batch_cost((i.estimate for i in self.items), (i.cost_usd for i in self.items))
 
 
 @dataclass(frozen=True)
@@ -134,24 +171,37 @@ class Prune(_Step):
     kind: str = "prune"
 
 
-Step = ResolveIntent | Harvest | Requeue | SubmitBatch | Forget | Cancel | Prune
+Step = ResolveIntent | Harvest | Requeue | Reuse | SubmitBatch | Forget | Cancel | Prune
 BatchStep = ResolveIntent | Harvest | Requeue | Cancel | Prune
-STEP_ORDER = (ResolveIntent, Harvest, Requeue, SubmitBatch, Forget, Cancel, Prune)
+STEP_ORDER = (ResolveIntent, Harvest, Requeue, Reuse, SubmitBatch, Forget, Cancel, Prune)
 
 
 @dataclass(frozen=True)
 class JobPlan:
     name: str
     counts: dict[str, int]
-    actions: tuple[SubmitItem | ForgetItem, ...]
+    actions: tuple[SubmitItem | ReuseItem | ForgetItem, ...]
     failed: tuple[FailedItem, ...]
-    estimated_cost_usd: float
+    estimated_cost_usd: float  # the ceiling: what budget_usd gates on
     budget_usd: float | None
     cost_note: str | None = None
+    expected_cost_usd: float | None = None  # the central estimate (None: the ceiling)
+    saved_usd: float = 0.0  # expected cost of the items answered by reuse instead of sent
+    cache_saving_usd: float = 0.0  # what `cache = "auto"` marks are expected to save
 
     @property
     def submits(self) -> list[SubmitItem]:
         return [a for a in self.actions if isinstance(a, SubmitItem)]
+
+    @property
+    def reuses(self) -> list[ReuseItem]:
+        return [a for a in self.actions if isinstance(a, ReuseItem)]
+
+    @property
+    def expected_usd(self) -> float:
+        if self.expected_cost_usd is None:
+            return self.estimated_cost_usd
+        return self.expected_cost_usd
 
     @property
     def over_budget(self) -> bool:
@@ -173,8 +223,8 @@ class Plan:
 
     @property
     def batches(self) -> tuple[BatchStep, ...]:
-        """The steps on existing batches and intents (everything but submit and forget)."""
-        return tuple(s for s in self.steps if not isinstance(s, SubmitBatch | Forget))
+        """The steps on existing batches and intents (everything but submit, reuse, forget)."""
+        return tuple(s for s in self.steps if not isinstance(s, SubmitBatch | Reuse | Forget))
 
     @property
     def submits(self) -> tuple[SubmitBatch, ...]:
@@ -185,14 +235,30 @@ class Plan:
         return any(not isinstance(s, Forget) or s.keys for s in self.steps)
 
     @property
+    def reuses(self) -> tuple[Reuse, ...]:
+        return tuple(s for s in self.steps if isinstance(s, Reuse))
+
+    @property
     def estimated_cost_usd(self) -> float:
         return sum(j.estimated_cost_usd for j in self.jobs)
+
+    @property
+    def expected_cost_usd(self) -> float:
+        return sum(j.expected_usd for j in self.jobs)
+
+    @property
+    def saved_usd(self) -> float:
+        return sum(j.saved_usd for j in self.jobs)
+
+    @property
+    def cache_saving_usd(self) -> float:
+        return sum(j.cache_saving_usd for j in self.jobs)
 
     def summary(self) -> dict[str, int]:
         counts = dict.fromkeys(ACTIONS, 0)
         for job in self.jobs:
             for action in job.actions:
-                counts["submit" if isinstance(action, SubmitItem) else "forget"] += 1
+                counts[action.action] += 1
         for step in self.batches:
             counts[step.kind] += 1
         return counts

@@ -8,7 +8,7 @@ from batchops.plan.actions import Plan
 from batchops.plan.diff import BatchLimits, make_plan
 from batchops.spec.desired import Desired
 from batchops.state.api import StateReader
-from batchops.state.records import BatchRecord
+from batchops.state.records import BatchRecord, ItemRecord
 
 
 def plan_from(
@@ -24,9 +24,10 @@ def plan_from(
     batches = reader.batches()
     if remote:
         batches = [remote.get(b.id, b) for b in batches]
+    records = list(reader.item_records(scope))
     return make_plan(
         desired.jobs,
-        reader.item_records(scope),
+        records,
         batches,
         reader.open_intents(),
         now=now,
@@ -36,4 +37,21 @@ def plan_from(
         inflight_batches=reader.inflight_by_batch(),
         all_jobs_in_scope=desired.all_jobs_in_scope,
         limits=limits or BatchLimits(),
+        reusable=_reusable(reader, desired, records),
     )
+
+
+def _reusable(reader: StateReader, desired: Desired, records: list[ItemRecord]) -> dict[str, int]:
+    """Stored answers for the requests that would otherwise be sent (none asked for when every
+    item already has its own result or is in flight, as in a plan with nothing to do)."""
+    settled = {
+        (r.job, r.key): r.fingerprint for r in records if r.inflight or r.outcome == "succeeded"
+    }
+    wanted = {
+        item.fingerprint
+        for job in desired.jobs
+        if job.reuse
+        for item in job.items
+        if settled.get((job.name, item.key)) != item.fingerprint
+    }
+    return reader.results_by_fingerprint(wanted) if wanted else {}

@@ -8,7 +8,7 @@ exactly what apply will do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +24,8 @@ from batchops.plan.actions import (
     Prune,
     Requeue,
     ResolveIntent,
+    Reuse,
+    ReuseItem,
     Step,
     SubmitBatch,
     SubmitItem,
@@ -110,16 +112,22 @@ def make_plan(
     all_jobs_in_scope: bool = True,
     prune_margin: timedelta = DEFAULT_PRUNE_MARGIN,
     limits: BatchLimits = BatchLimits(),  # noqa: B008 (frozen)
+    reusable: Mapping[str, int] | None = None,
 ) -> Plan:
     """Diff the desired jobs against recorded state.
 
     `records` are the items in state for the jobs in scope (every job in state when
     `all_jobs_in_scope`); `inflight_batches` maps a batch id to the `job\\x1fkey` of the items in
-    flight in it, for the cancel and requeue rules.
+    flight in it, for the cancel and requeue rules. `reusable` maps a fingerprint to a stored
+    succeeded result of that very request (any job, any key): an item that would be sent with
+    that fingerprint reuses it instead, unless its job opts out. An item whose request is being
+    sent for another item (in this plan, or in a batch in flight) waits for that result instead
+    of being sent twice (a fan-out: it reuses it once harvested).
     """
     desired_jobs = list(desired_jobs)
     batches = list(batches)
     inflight_batches = inflight_batches or {}
+    reusable = reusable or {}
     by_job: dict[str, dict[str, ItemRecord]] = {}
     for record in records:
         by_job.setdefault(record.job, {})[record.key] = record
@@ -132,9 +140,15 @@ def make_plan(
         if inflight_batches.get(batch_id) or drifts[batch_id] != drift
     }
     obsolete: set[str] = set()  # job\x1fkey of in-flight items nobody wants any more
+    sending: dict[str, tuple[str, str]] = {}  # fingerprint → (job, key) of an item sending it
+    for state_items in by_job.values():
+        for record in state_items.values():
+            if record.inflight and record.fingerprint and record.inflight_batch not in lost:
+                sending.setdefault(record.fingerprint, (record.job, record.key))
 
     job_plans: list[JobPlan] = []
     submit_steps: list[SubmitBatch] = []
+    reuse_steps: list[Reuse] = []
     forget_steps: list[Forget] = []
     for job in desired_jobs:
         state_items = by_job.get(job.name, {})
@@ -142,7 +156,7 @@ def make_plan(
         actions: list[SubmitItem | ForgetItem] = []
         submits: list[SubmitItem] = []
         failed: list[FailedItem] = []
-        cost = 0.0
+        reused: list[ReuseItem] = []
         wanted: set[str] = set()
         remembered: list[str] = []
         for item in job.items:
@@ -163,8 +177,19 @@ def make_plan(
                     attempt = record.attempts + 1 if record else 1
                 else:
                     attempt = 1
+            if item_state in ("todo", "changed", "retry") and job.reuse:
+                reuse = _reuse(job.name, item, reusable, sending)
+                if reuse is not None:
+                    actions.append(reuse)
+                    if reuse.result_id is not None:
+                        reused.append(reuse)
+                    else:  # its answer is on its way: it is pending like the item sending it
+                        item_state = "pending"
+                    counts[item_state] += 1
+                    continue
             counts[item_state] += 1
             if item_state in ("todo", "changed", "retry"):
+                sending.setdefault(item.fingerprint, (job.name, item.key))
                 submit = SubmitItem(
                     job.name,
                     item.key,
@@ -174,10 +199,10 @@ def make_plan(
                     attempt,
                     item.cost_usd,
                     item.size,
+                    estimate=item.estimate,
                 )
                 actions.append(submit)
                 submits.append(submit)
-                cost += item.cost_usd
             elif item_state == "failed":
                 failed.append(
                     FailedItem(item.key, record.error_type if record else None, detail or "")
@@ -193,18 +218,25 @@ def make_plan(
                     obsolete.add(f"{job.name}\x1f{key}")
                 else:
                     forgotten.append(key)
+        job_batches = split(job.name, job.betas, submits, limits)
+        expected, high = job_costs(job_batches)
         job_plans.append(
             JobPlan(
                 job.name,
                 counts,
                 tuple(actions),
                 tuple(failed),
-                round(cost, 6),
+                round(high, 6),
                 job.budget_usd,
                 job.cost_note,
+                round(expected, 6),
+                round(sum(a.saved_usd for a in actions if isinstance(a, ReuseItem)), 6),
+                round(cache_saving(job_batches, expected), 6),
             )
         )
-        submit_steps.extend(split(job.name, job.betas, submits, limits))
+        submit_steps.extend(job_batches)
+        if reused:
+            reuse_steps.append(Reuse(job.name, tuple(reused)))
         if forgotten or remembered:
             forget_steps.append(Forget(job.name, tuple(forgotten), tuple(remembered)))
 
@@ -232,6 +264,7 @@ def make_plan(
         now,
         prune_margin,
     )
+    steps += reuse_steps
     steps += submit_steps
     steps += forget_steps
     steps.sort(key=_step_rank)
@@ -246,7 +279,70 @@ def make_plan(
     )
 
 
-_RANK = {"adopt": 0, "harvest": 1, "requeue": 2, "submit": 3, "forget": 4, "cancel": 5, "prune": 6}
+_RANK = {
+    "adopt": 0,
+    "harvest": 1,
+    "requeue": 2,
+    "reuse": 3,
+    "submit": 4,
+    "forget": 5,
+    "cancel": 6,
+    "prune": 7,
+}
+
+
+def _reuse(
+    job: str,
+    item: DesiredItem,
+    reusable: Mapping[str, int],
+    sending: dict[str, tuple[str, str]],
+) -> ReuseItem | None:
+    """The reuse of a stored (or coming) answer to this item's very request, if there is one.
+
+    A stored answer is reused from any job or key. An answer still coming is waited for only when
+    another job sends it: keys of one job asking the same request are distinct items (several
+    samples of one prompt, say), each sent.
+    """
+    saved = item.estimate.expected if item.estimate is not None else item.cost_usd
+    result_id = reusable.get(item.fingerprint)
+    if result_id is not None:
+        return ReuseItem(
+            job, item.key, item.custom_id, item.fingerprint, result_id,
+            "same request answered before", saved,
+        )  # fmt: skip
+    source = sending.get(item.fingerprint)
+    if source is not None and source[0] != job:
+        return ReuseItem(
+            job, item.key, item.custom_id, item.fingerprint, None,
+            f"same request as {source[0]} {source[1]}: takes its result once harvested", saved,
+        )  # fmt: skip
+    return None
+
+
+def cache_saving(batches: Iterable[SubmitBatch], expected: float) -> float:
+    """What `cache = "auto"` marks save on these batches: their expected cost without the marks,
+    less `expected`, their cost with them (0 when nothing is marked)."""
+    plain = 0.0
+    marked = False
+    for batch in batches:
+        for item in batch.items:
+            e = item.estimate
+            if e is not None and e.auto and e.plain_expected is not None:
+                plain += e.plain_expected
+                marked = True
+            else:
+                plain += e.expected if e is not None else item.cost_usd
+    return max(plain - expected, 0.0) if marked else 0.0
+
+
+def job_costs(batches: Iterable[SubmitBatch]) -> tuple[float, float]:
+    """(expected, ceiling) of a job's submit batches."""
+    expected = high = 0.0
+    for batch in batches:
+        e, h = batch.costs()
+        expected += e
+        high += h
+    return expected, high
 
 
 def _step_rank(step: Step) -> int:
@@ -256,19 +352,48 @@ def _step_rank(step: Step) -> int:
 def split(
     job: str, betas: tuple[str, ...], submits: list[SubmitItem], limits: BatchLimits
 ) -> list[SubmitBatch]:
-    """The one splitter: consecutive items into batches within the count and byte limits."""
+    """The one splitter: items into batches within the count and byte limits, packed for cache
+    hits. Items sharing a cached prefix are made adjacent (the group where its first item was)
+    and kept in one batch: a group that would straddle a limit starts a new batch, unless it is
+    larger than a batch itself. Other items keep their order."""
     out: list[SubmitBatch] = []
     chunk: list[SubmitItem] = []
     size = ENVELOPE_BYTES
-    for item in submits:
-        if chunk and (len(chunk) >= limits.max_requests or size + item.size > limits.max_bytes):
-            out.append(SubmitBatch(job, betas, tuple(chunk), size))
-            chunk, size = [], ENVELOPE_BYTES
-        chunk.append(item)
-        size += item.size
+    for group in _cache_groups(submits):
+        if chunk and len(group) > 1:
+            count = len(chunk) + len(group)
+            nbytes = size + sum(i.size for i in group)
+            fits_alone = len(group) <= limits.max_requests and (
+                ENVELOPE_BYTES + nbytes - size <= limits.max_bytes
+            )
+            if (count > limits.max_requests or nbytes > limits.max_bytes) and fits_alone:
+                out.append(SubmitBatch(job, betas, tuple(chunk), size))
+                chunk, size = [], ENVELOPE_BYTES
+        for item in group:
+            if chunk and (len(chunk) >= limits.max_requests or size + item.size > limits.max_bytes):
+                out.append(SubmitBatch(job, betas, tuple(chunk), size))
+                chunk, size = [], ENVELOPE_BYTES
+            chunk.append(item)
+            size += item.size
     if chunk:
         out.append(SubmitBatch(job, betas, tuple(chunk), size))
     return out
+
+
+def _cache_groups(submits: list[SubmitItem]) -> list[list[SubmitItem]]:
+    """Items in order, those sharing a cached prefix gathered where the first of them stands."""
+    groups: list[list[SubmitItem]] = []
+    by_prefix: dict[str, list[SubmitItem]] = {}
+    for item in submits:
+        prefix = item.estimate.prefix if item.estimate is not None else None
+        if prefix is None:
+            groups.append([item])
+        elif prefix in by_prefix:
+            by_prefix[prefix].append(item)
+        else:
+            by_prefix[prefix] = [item]
+            groups.append(by_prefix[prefix])
+    return groups
 
 
 def _intent_steps(intents: Iterable[IntentRecord], scope: set[str]) -> list[ResolveIntent]:

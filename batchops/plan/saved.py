@@ -37,10 +37,13 @@ from batchops.plan.actions import (
     Prune,
     Requeue,
     ResolveIntent,
+    Reuse,
+    ReuseItem,
     Step,
     SubmitBatch,
     SubmitItem,
 )
+from batchops.plan.diff import cache_saving, job_costs
 from batchops.plan.serialize import plan_to_dict, step_dict
 from batchops.spec.desired import Desired, DesiredItem, items_for
 from batchops.spec.items import fingerprint, request_size_of
@@ -133,10 +136,12 @@ def spec_requests(
 ) -> Iterator[list[tuple[SubmitItem, dict[str, Any]]]]:
     """Per step of `plan`, the requests it sends rendered from the specs (empty for other steps).
 
-    Each job is rendered once, in source order, which is the order of its submit steps' items.
+    Each job is rendered once, in source order; submit steps list items packed for cache hits
+    (items sharing a prefix together), so an item met before its turn is held until it is due.
     A request whose fingerprint no longer matches the plan's is refused.
     """
     streams: dict[str, Iterator] = {}
+    early: dict[str, dict[str, Any]] = {}  # job → key → item rendered before its turn
     for step in plan.steps:
         if not isinstance(step, SubmitBatch):
             yield []
@@ -144,10 +149,17 @@ def spec_requests(
         if step.job not in streams:
             keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
             streams[step.job] = items_for(desired.project, step.job, keys)
-        stream = streams[step.job]
+            early[step.job] = {}
+        stream, held = streams[step.job], early[step.job]
         chunk = []
         for wanted in step.items:
-            item = next(stream, None)
+            item = held.pop(wanted.key, None)
+            while item is None:
+                item = next(stream, None)
+                if item is None:
+                    break
+                if item.key != wanted.key:
+                    held[item.key], item = item, None
             if item is None or item.key != wanted.key or item.fingerprint != wanted.fingerprint:
                 raise PlanError(
                     f"job {step.job}: item {wanted.key} changed since the plan was made; "
@@ -214,7 +226,7 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
         index += 1
         if not isinstance(entry, dict):
             raise PlanError(f"{path}: line {n}: not a plan step")
-        step = _step(entry, path, n)
+        step = _step(entry, path, n, by_key)
         if isinstance(step, SubmitBatch):
             offsets[len(steps)] = position
             items = []
@@ -251,9 +263,16 @@ def _check_digest(data: bytes, lines: list[bytes], path: Path) -> None:
         raise PlanError(f"{path}: its content does not match its digest: the file was edited")
 
 
-def _step(entry: dict[str, Any], path: Path, n: int) -> Step:
+def _step(
+    entry: dict[str, Any],
+    path: Path,
+    n: int,
+    by_key: dict[tuple[str, str], DesiredItem] | None = None,
+) -> Step:
     kind = entry.get("action")
     try:
+        if kind == "reuse":
+            return _reuse_step(entry, path, n, by_key or {})
         if kind == "submit":
             return SubmitBatch(entry["job"], tuple(entry["betas"]), (), int(entry["request_bytes"]))
         if kind == "adopt":
@@ -279,6 +298,40 @@ def _step(entry: dict[str, Any], path: Path, n: int) -> Step:
     except (KeyError, TypeError, ValueError):
         raise PlanError(f"{path}: line {n}: a {kind} step is missing a field") from None
     raise PlanError(f"{path}: line {n}: unknown step {kind!r}")
+
+
+def _reuse_step(
+    entry: dict[str, Any], path: Path, n: int, by_key: dict[tuple[str, str], DesiredItem]
+) -> Reuse:
+    """A reuse step, if each of its items is exactly one the specs render now."""
+    job = entry["job"]
+    items = []
+    for raw in entry["items"]:
+        key, result_id = raw["key"], raw["result_id"]
+        wanted = by_key.get((job, key)) if isinstance(key, str) else None
+        if (
+            wanted is None
+            or wanted.custom_id != raw["custom_id"]
+            or wanted.fingerprint != raw["fingerprint"]
+            or not isinstance(result_id, int)
+        ):
+            raise PlanError(
+                f"{path}: line {n}: reuse of {raw.get('custom_id')!r} is not for an item of job "
+                f"{job} as the specs render it now; refusing the plan"
+            )
+        saved = wanted.estimate.expected if wanted.estimate is not None else wanted.cost_usd
+        items.append(
+            ReuseItem(
+                job,
+                key,
+                wanted.custom_id,
+                wanted.fingerprint,
+                result_id,
+                "same request answered before",
+                saved,
+            )  # fmt: skip
+        )
+    return Reuse(job, tuple(items))
 
 
 def _verified(
@@ -310,7 +363,7 @@ def _verified(
     size = request_size_of(custom_id, line["params"])
     return SubmitItem(
         step.job, key, custom_id, wanted.fingerprint, str(line.get("reason")), attempt,
-        wanted.cost_usd, size,
+        wanted.cost_usd, size, estimate=wanted.estimate,
     )  # fmt: skip
 
 
@@ -318,28 +371,53 @@ def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
     """The plan object: steps as verified, costs recomputed from the specs (never from the file)."""
     budgets = {j.name: j.budget_usd for j in desired.jobs}
     notes = {j.name: j.cost_note for j in desired.jobs}
-    submits: dict[str, list[SubmitItem]] = {}
+    batches: dict[str, list[SubmitBatch]] = {}
+    reused: dict[str, list[ReuseItem]] = {}
     for step in steps:
         if isinstance(step, SubmitBatch):
-            submits.setdefault(step.job, []).extend(step.items)
+            batches.setdefault(step.job, []).append(step)
+        elif isinstance(step, Reuse):
+            reused.setdefault(step.job, []).extend(step.items)
+    by_key = {(j.name, i.key): i for j in desired.jobs for i in j.items}
     jobs = []
     for entry in shape.get("jobs") or []:
         name = entry["name"]
-        sent = submits.get(name, [])
+        sent = [i for b in batches.get(name, []) for i in b.items]
+        waiting = []  # fan-outs: informational, no step (they reuse a later harvest)
+        for a in entry.get("actions") or []:
+            wanted = by_key.get((name, a.get("key")))
+            if a.get("action") == "reuse" and a.get("result_id") is None and wanted is not None:
+                saved = wanted.estimate.expected if wanted.estimate else wanted.cost_usd
+                waiting.append(
+                    ReuseItem(
+                        name,
+                        wanted.key,
+                        wanted.custom_id,
+                        wanted.fingerprint,
+                        None,
+                        str(a.get("reason")),
+                        saved,
+                    )  # fmt: skip
+                )
+        reuses = [*reused.get(name, []), *waiting]
         forgets = tuple(
             ForgetItem(name, a["key"], a["reason"])
             for a in entry.get("actions") or []
             if a.get("action") == "forget"
         )
+        expected, high = job_costs(batches.get(name, []))
         jobs.append(
             JobPlan(
                 name,
                 dict(entry["counts"]),
-                (*sent, *forgets),
+                (*sent, *reuses, *forgets),
                 tuple(FailedItem(f["key"], f["error_type"], f["message"]) for f in entry["failed"]),
-                round(sum(i.cost_usd for i in sent), 6),
+                round(high, 6),
                 budgets.get(name),
                 notes.get(name),
+                round(expected, 6),
+                round(sum(r.saved_usd for r in reuses), 6),
+                round(cache_saving(batches.get(name, []), expected), 6),
             )
         )
     job_names = shape.get("job_names")

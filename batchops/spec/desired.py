@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from batchops.errors import BatchopsError, SpecError
-from batchops.pricing import PriceTable, estimate_request
-from batchops.spec import cache, parallel
+from batchops.pricing import ItemEstimate, PriceTable, estimate_item
+from batchops.spec import cache, caching, parallel
 from batchops.spec.items import Item, iter_items, request_size
 from batchops.spec.model import Job, Project
 
@@ -28,6 +28,7 @@ class DesiredItem(NamedTuple):
     fingerprint: str
     cost_usd: float
     size: int = 0  # bytes of its request line in a create body (for splitting into batches)
+    estimate: ItemEstimate | None = None  # expected cost and cached prefix (None: cost_usd only)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DesiredJob:
     items: tuple[DesiredItem, ...]
     cost_note: str | None = None  # why the estimate is incomplete (e.g. no price for the model)
     betas: tuple[str, ...] = ()
+    reuse: bool = True  # answer items from stored results of the same request (any job)
 
 
 @dataclass(frozen=True)
@@ -91,23 +93,78 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
         job, root, prices, today, lambda: _rows(job, root, prices, today, price_cache)
     )
     for key, custom_id, fp, cost, model, size in rendered:
+        estimate = None
+        if isinstance(cost, ItemEstimate):
+            cost, estimate = cost.high, cost
         if cost is None:
             missing.add(model)
             cost = 0.0
-        items.append(DesiredItem(key, custom_id, fp, cost, size))
+        items.append(DesiredItem(key, custom_id, fp, cost, size, estimate))
         digest.update(f"{key}\x1f{fp}\n".encode())
+    if job.cache == "auto":
+        items = _auto_cache(items)
     note = None
+    if missing and job.budget_usd is not None:
+        raise SpecError(*(unpriced_budget(job.name, model, prices) for model in sorted(missing)))
     if missing:
         note = f"no price for model {', '.join(sorted(missing))} in {prices.source}: estimate excludes it"
     return DesiredJob(
-        job.name, job.max_attempts, job.budget_usd, tuple(items), note, tuple(job.betas)
+        job.name,
+        job.max_attempts,
+        job.budget_usd,
+        tuple(items),
+        note,
+        tuple(job.betas),
+        job.reuse,
+    )
+
+
+def _estimate(job: Job, params: dict, price, prices: PriceTable) -> ItemEstimate:
+    """The item's estimate; for `cache = "auto"`, as sent with its shared prefix marked (kept
+    only where enough items share it: see `_auto_cache`)."""
+    if job.cache != "auto" or job.requests is not None:
+        return estimate_item(params, price)
+    model = str(params.get("model", ""))
+    if caching.candidate(params, prices.row_for(model)) is None:
+        return estimate_item(params, price)
+    plain = estimate_item(params, price)
+    marked = estimate_item(caching.mark(params), price)
+    return marked._replace(auto=True, plain_expected=plain.expected, plain_high=plain.high)
+
+
+def _auto_cache(items: list[DesiredItem]) -> list[DesiredItem]:
+    """Keep auto marks only on prefixes shared by enough items to pay back their write."""
+    sharing: dict[str | None, int] = {}
+    for item in items:
+        if item.estimate is not None and item.estimate.auto:
+            sharing[item.estimate.prefix] = sharing.get(item.estimate.prefix, 0) + 1
+    if all(n >= caching.MIN_SHARING for n in sharing.values()):
+        return items
+    out = []
+    for item in items:
+        e = item.estimate
+        if e is not None and e.auto and sharing[e.prefix] < caching.MIN_SHARING:
+            plain = ItemEstimate(e.plain_high or e.high, e.plain_expected or e.expected)
+            item = item._replace(cost_usd=plain.high, estimate=plain)
+        out.append(item)
+    return out
+
+
+def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:
+    """The error for a job with a budget whose model has no price: the budget could not work."""
+    return (
+        f"job {job}: model {model!r} has no price in {prices.source}, so budget_usd cannot be "
+        f'checked; add a row `[models."{model}"]` with `input` and `output` (USD per million '
+        "tokens, batch prices) to a prices file given by --prices, BATCHOPS_PRICES or `prices` "
+        "in batchops.toml"
     )
 
 
 def _rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
-) -> Iterator[tuple[str, str, str, float | None, str, int]]:
-    """(key, custom_id, fingerprint, cost or None when unpriced, model, request bytes) per item."""
+) -> Iterator[tuple[str, str, str, float | ItemEstimate | None, str, int]]:
+    """(key, custom_id, fingerprint, cost (an estimate, or a float from the parallel path), or
+    None when unpriced, model, request bytes) per item."""
     if parallel.wants_parallel(job):
         for key, custom_id, fp, cost, model, size in parallel.desired_rows(
             job, root, prices, today
@@ -122,7 +179,7 @@ def _rows(
         if model not in price_cache:
             price_cache[model] = prices.price(model, today)
         price = price_cache[model]
-        cost = estimate_request(item.params).cost(price) if price is not None else None
+        cost = _estimate(job, item.params, price, prices) if price is not None else None
         yield item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from tabulate import tabulate
 
-from batchops.plan.actions import ACTIONS, ITEM_STATES, Plan, SubmitItem
+from batchops.plan.actions import ACTIONS, ITEM_STATES, Plan, ReuseItem, SubmitItem
 from batchops.plan.serialize import plan_to_dict
 from batchops.pricing import money
 from batchops.safetext import markdown_block, markdown_text, terminal
@@ -38,6 +38,8 @@ def _job_rows(plan: Plan) -> list[list[Any]]:
                 job.name,
                 *(job.counts[s] for s in ITEM_STATES),
                 len(job.submits),
+                len(job.reuses),
+                money(job.expected_usd),
                 money(job.estimated_cost_usd),
                 money(job.budget_usd),
             ]
@@ -45,7 +47,7 @@ def _job_rows(plan: Plan) -> list[list[Any]]:
     return rows
 
 
-HEADERS = ["job", *ITEM_STATES, "to send", "est. cost", "budget"]
+HEADERS = ["job", *ITEM_STATES, "to send", "reuse", "est. cost", "up to", "budget"]
 
 
 def _sentence(plan: Plan) -> str:
@@ -53,7 +55,14 @@ def _sentence(plan: Plan) -> str:
     if not plan.changes:
         return "No changes. State matches the specs."
     parts = [f"{summary[a]} to {a}" for a in ACTIONS if summary[a]]
-    return f"Plan: {', '.join(parts)}. Estimated cost {money(plan.estimated_cost_usd)}."
+    cost = f"Estimated cost {money(plan.expected_cost_usd)}"
+    if round(plan.estimated_cost_usd, 4) != round(plan.expected_cost_usd, 4):
+        cost += f" (up to {money(plan.estimated_cost_usd)})"
+    if plan.saved_usd:
+        cost += f"; reuse saves {money(plan.saved_usd)}"
+    if plan.cache_saving_usd:
+        cost += f"; prompt caching (cache = auto) saves {money(plan.cache_saving_usd)}"
+    return f"Plan: {', '.join(parts)}. {cost}."
 
 
 def _action_lines(
@@ -72,6 +81,8 @@ def _action_lines(
             if isinstance(action, SubmitItem):
                 extra = f" (attempt {action.attempt})" if action.reason == "retry" else ""
                 lines.append(f"{indent}+ submit  {job.name}  {key}  [{reason}]{extra}")
+            elif isinstance(action, ReuseItem):
+                lines.append(f"{indent}= reuse   {job.name}  {key}  [{reason}]")
             else:
                 lines.append(f"{indent}- forget  {job.name}  {key}  [{reason}]")
         if len(job.actions) > limit:

@@ -1,0 +1,76 @@
+"""`cache = "auto"`: mark the longest shared prefix of a job's requests for prompt caching.
+
+The prefix is the tools and the system prompt (what a template job's items share); it is marked
+with `cache_control` at the 1-hour TTL the batch docs recommend (a batch may take hours, so a
+5-minute entry would expire between items). A prefix is marked only when it is long enough for
+the API to cache it and shared by enough items in a batch to pay back its write (at the 1-hour
+price, twice the input price, one write and reads at a tenth pay from three items on).
+
+Marks are added when a request is sent, never to the request a fingerprint is taken of: turning
+`cache = "auto"` on (or off) changes no fingerprint, so nothing already answered is sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import orjson
+
+from batchops.pricing import CHARS_PER_TOKEN_TYPICAL, cache_min_tokens
+
+AUTO_TTL = "1h"
+MIN_SHARING = 3  # items in a batch sharing a prefix before marking it saves money (1-hour TTL)
+
+
+def _has_marks(params: dict[str, Any]) -> bool:
+    if isinstance(params.get("cache_control"), dict):
+        return True
+    blocks: list[Any] = list(params.get("tools") or ())
+    system = params.get("system")
+    if isinstance(system, list):
+        blocks += system
+    for message in params.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            blocks += content
+    return any(isinstance(b, dict) and "cache_control" in b for b in blocks)
+
+
+def candidate(params: dict[str, Any], row: dict[str, Any] | None = None) -> str | None:
+    """The id of the prefix `auto` would mark (model, tools, system), or None when there is none
+    long enough to cache, or the request already carries its own cache_control marks."""
+    tools = params.get("tools") or []
+    system = params.get("system")
+    if not tools and not system:
+        return None
+    if _has_marks(params):
+        return None
+    if isinstance(system, str):
+        chars = len(system)
+    else:
+        chars = sum(len(str(b.get("text", ""))) if isinstance(b, dict) else 0 for b in system or ())
+    chars += sum(len(orjson.dumps(t)) for t in tools)
+    model = str(params.get("model", ""))
+    if math.floor(chars / CHARS_PER_TOKEN_TYPICAL) < cache_min_tokens(model, row):
+        return None
+    data = orjson.dumps([model, tools, system], option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def mark(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with its last system block (or, without a system prompt, its last tool) marked
+    for caching at the 1-hour TTL; a new dict, `params` is left as it was."""
+    control = {"type": "ephemeral", "ttl": AUTO_TTL}
+    out = dict(params)
+    system = params.get("system")
+    if isinstance(system, str) and system:
+        out["system"] = [{"type": "text", "text": system, "cache_control": control}]
+    elif isinstance(system, list) and system and isinstance(system[-1], dict):
+        out["system"] = [*system[:-1], {**system[-1], "cache_control": control}]
+    elif params.get("tools"):
+        tools = list(params["tools"])
+        tools[-1] = {**tools[-1], "cache_control": control}
+        out["tools"] = tools
+    return out
