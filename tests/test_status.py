@@ -60,6 +60,11 @@ def test_status_table(shared: Path) -> None:
         "\n"
         "Actual cost $0.0012 of an estimated $0.0003 (ceiling, at batch prices).\n"
         "\n"
+        "Actual cost by what was billed:\n"
+        "job      input    cache write    cache read    output    actual cost    est. cost\n"
+        "-----  -------  -------------  ------------  --------  -------------  -----------\n"
+        "demo   $0.0007        $0.0003       $0.0001   $0.0001        $0.0012      $0.0003\n"
+        "\n"
         "Batches in flight:\n"
         "batch          job    status         requests    age    expires in\n"
         "-------------  -----  -----------  ----------  -----  ------------\n"
@@ -96,6 +101,12 @@ def test_status_json(shared: Path) -> None:
                 # 2.5 out, 0.625 5m write, 1.0 1h write, 0.05 read):
                 # r1 old 75 + r1 940 + r6 old 120 + gone 31 = 1166 µ$
                 "actual_cost_usd": 0.001166,
+                "actual_cost_parts_usd": {
+                    "input": 0.000671,
+                    "cache_write": 0.00029,
+                    "cache_read": 0.0001,
+                    "output": 0.000105,
+                },
                 "estimated_cost_usd": 0.000276,
                 "cost_note": None,
             }
@@ -175,6 +186,9 @@ def test_removed_job_still_shows_its_cost(shared: Path) -> None:
     data = json.loads(run("status", "--json").output)
     demo = next(j for j in data["jobs"] if j["name"] == "demo")
     assert (demo["items"], demo["removed"], demo["actual_cost_usd"]) == (0, 6, 0.001166)
+    parts = demo["actual_cost_parts_usd"]
+    assert set(parts) == {"input", "cache_write", "cache_read", "output"}
+    assert sum(parts.values()) == pytest.approx(0.001166, abs=1e-6)
 
 
 def test_unpriced_model_is_noted(project: Path) -> None:

@@ -43,6 +43,11 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
         f"\nActual cost {money(report.actual_cost_usd)} of an estimated "
         f"{money(report.estimated_cost_usd)} (ceiling, at batch prices)."
     )
+    if report.actual_cost_usd:
+        from batchops.views.tables import cost_parts_table
+
+        click.echo("\nActual cost by what was billed:")
+        click.echo(cost_parts_table(report))
     if report.batches_in_flight:
         click.echo("\nBatches in flight:")
         click.echo(in_flight_table(list(report.batches_in_flight), duration))

@@ -21,6 +21,7 @@ from batchops.state.api import StateReader
 from batchops.state.records import BatchRecord
 
 FORMAT_VERSION = 1
+COST_PARTS = ("input", "cache_write", "cache_read", "output")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class JobStatus:
     actual_cost_usd: float
     estimated_cost_usd: float
     cost_note: str | None = None
+    # the actual cost split by what was billed: input, cache_write, cache_read, output
+    actual_parts_usd: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Status:
                     "todo": j.todo,
                     "removed": j.removed,
                     "actual_cost_usd": j.actual_cost_usd,
+                    "actual_cost_parts_usd": j.actual_parts_usd or dict.fromkeys(COST_PARTS, 0.0),
                     "estimated_cost_usd": j.estimated_cost_usd,
                     "cost_note": j.cost_note,
                 }
@@ -137,7 +141,8 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
     reader = context.reader()
     try:
         plan = plan_from(reader, desired, now)
-        actual, notes = actual_costs(reader, context.prices)
+        parts: dict[str, dict[str, float]] = {}
+        actual, notes = actual_costs(reader, context.prices, parts)
         estimates = {j.name: (sum(i.cost_usd for i in j.items), len(j.items)) for j in desired.jobs}
         cost_notes = {j.name: j.cost_note for j in desired.jobs}
         jobs = []
@@ -158,6 +163,10 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
                     actual_cost_usd=round(actual.get(jp.name, 0.0), 6),
                     estimated_cost_usd=round(estimate, 6),
                     cost_note=note or None,
+                    actual_parts_usd={
+                        k: round(v, 6)
+                        for k, v in parts.get(jp.name, dict.fromkeys(COST_PARTS, 0.0)).items()
+                    },
                 )
             )
         scope = {j.name for j in jobs}
@@ -176,12 +185,13 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
 
 
 def actual_costs(
-    reader: StateReader, prices: PriceTable
+    reader: StateReader, prices: PriceTable, parts: dict[str, dict[str, float]] | None = None
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Job → USD billed for every succeeded result stored (history included), at batch prices.
 
     Each result is priced on the day its batch was created (the result's arrival day when the
-    batch row is gone). Returns the costs and, per job, a note naming models with no price.
+    batch row is gone). Returns the costs and, per job, a note naming models with no price;
+    `parts`, when given, is filled with each job's cost split into COST_PARTS.
     """
     costs: dict[str, float] = {}
     unpriced: dict[str, set[str]] = {}
@@ -192,6 +202,14 @@ def actual_costs(
             unpriced.setdefault(job, set()).add(model or "(unknown model)")
             continue
         costs[job] += Usage(inp, out, write_5m, write_1h, read).cost(price)
+        if parts is not None:
+            split = parts.setdefault(job, dict.fromkeys(COST_PARTS, 0.0))
+            split["input"] += inp * price.input / 1e6
+            split["cache_write"] += (
+                write_5m * price.cache_write_5m + write_1h * price.cache_write_1h
+            ) / 1e6
+            split["cache_read"] += read * price.cache_read / 1e6
+            split["output"] += out * price.output / 1e6
     notes = {
         job: f"no price for model {', '.join(sorted(models))} in {prices.source}: "
         "actual cost excludes it"

@@ -80,6 +80,24 @@ def status_table(report: Any) -> str:
     return tabulate(rows, headers=headers, colalign=("left",) + ("right",) * 9)
 
 
+def cost_parts_table(report: Any) -> str:
+    """The actual cost of each job split by what was billed, beside the estimate."""
+    rows = [
+        [
+            j.name,
+            *(money((j.actual_parts_usd or {}).get(part, 0.0)) for part in COST_PARTS),
+            money(j.actual_cost_usd),
+            money(j.estimated_cost_usd),
+        ]
+        for j in report.jobs
+    ]
+    headers = ["job", "input", "cache write", "cache read", "output", "actual cost", "est. cost"]
+    return tabulate(rows, headers=headers, colalign=("left",) + ("right",) * 6)
+
+
+COST_PARTS = ("input", "cache_write", "cache_read", "output")
+
+
 def in_flight_table(batches: list[Any], duration: Any) -> str:
     rows = [
         [
