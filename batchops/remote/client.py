@@ -8,6 +8,7 @@ with one line that names the call, the status and the request id, never the API 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -111,11 +112,23 @@ class BatchesClient:
     def create(self, requests: Sequence[dict[str, Any]], betas: Sequence[str] = ()) -> RemoteBatch:
         """Create one batch, without retries. Raises CreateOutcomeUnknown when it may exist."""
         sdk = self._sdk.with_options(max_retries=0)
+        # The body is streamed to the SDK's transport a slice at a time, with its length known
+        # up front: a 200 MB batch is never held as one JSON string (nor as the SDK's copy of the
+        # request list), so memory stays near the size of the rendered requests themselves.
+        body = CreateBody(requests)
+        headers = {"content-type": "application/json", "content-length": str(len(body))}
+        if betas:
+            headers["anthropic-beta"] = ",".join(betas)
+        cast_to = (
+            anthropic.types.beta.messages.BetaMessageBatch
+            if betas
+            else anthropic.types.messages.MessageBatch
+        )
         try:
-            if betas:
-                batch = sdk.beta.messages.batches.create(requests=list(requests), betas=list(betas))
-            else:
-                batch = sdk.messages.batches.create(requests=list(requests))
+            batch = sdk.post(
+                "/v1/messages/batches", cast_to=cast_to, content=iter(body),
+                options={"headers": headers},
+            )  # fmt: skip
         except anthropic.APIStatusError as exc:
             # 429 and 529 shed load before a request is processed: nothing was created. Any
             # other 5xx, 408 or 409 may come after the batch was committed: outcome unknown.
@@ -221,6 +234,37 @@ class BatchesClient:
             raise NotFound(batch_id) from None
         except anthropic.AnthropicError as exc:  # includes "No results_url" (not yet ended)
             raise remote_error(exc, what) from None
+
+
+class CreateBody:
+    """`{"requests": [...]}` as JSON bytes, produced a slice at a time (twice: once to learn its
+    length, once to send it; encoding is cheap next to holding 200 MB)."""
+
+    SLICE = 500  # requests per piece handed to the transport
+
+    def __init__(self, requests: Sequence[dict[str, Any]]):
+        self.requests = requests
+        self._length: int | None = None
+
+    def __len__(self) -> int:
+        if self._length is None:
+            self._length = sum(len(piece) for piece in self)
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b'{"requests":['
+        requests = self.requests
+        for start in range(0, len(requests), self.SLICE):
+            pieces = [_json(r) for r in requests[start : start + self.SLICE]]
+            yield (b"," if start else b"") + b",".join(pieces)
+        yield b"]}"
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):  # what orjson cannot write, as the SDK would
+        return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:

@@ -35,6 +35,7 @@ from batchops.spec.model import Job, display_path
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 CHUNK_LINES = 20_000
+CHUNK_BYTES = 4 * 1024 * 1024  # at most this much raw input per chunk (several are in flight)
 
 # One worker's view of the job, built once per process by `_init`.
 _worker: dict[str, Any] = {}
@@ -139,12 +140,15 @@ def _chunks(
     path: Path, shown: str, size: int, root: Path | None = None, job_name: str = ""
 ) -> Iterator[list[tuple[int, bytes]] | str]:
     chunk: list[tuple[int, bytes]] = []
+    held = 0  # bytes in `chunk`: long rows make smaller chunks, so memory stays flat
     try:
         for number, line in _binary_lines(path, shown, root):
             chunk.append((number, line))
-            if len(chunk) >= size:
+            held += len(line)
+            if len(chunk) >= size or held >= CHUNK_BYTES:
                 yield chunk
                 chunk = []
+                held = 0
     except _Fatal as exc:
         if chunk:
             yield chunk
