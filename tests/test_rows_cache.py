@@ -31,6 +31,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
     monkeypatch.delenv("BATCHOPS_CACHE", raising=False)
     monkeypatch.delenv("BATCHOPS_PRICES", raising=False)
+    monkeypatch.setattr(cache, "MIN_ROWS", 0)  # these jobs are small: keep their rows anyway
     (tmp_path / "jobs" / "data").mkdir(parents=True)
     (tmp_path / "jobs" / "tickets.toml").write_text(SPEC, encoding="utf-8")
     write_rows(tmp_path, 50)
@@ -178,3 +179,11 @@ def test_a_planted_symlink_sends_no_write_out_of_the_project(project, tmp_path_f
     (project / ".batchops-cache").symlink_to(outside, target_is_directory=True)
     plan_shape(project)
     assert list(outside.iterdir()) == []
+
+
+def test_a_small_job_keeps_no_file(project, renders, monkeypatch):
+    monkeypatch.setattr(cache, "MIN_ROWS", 51)
+    plan_shape(project)
+    plan_shape(project)
+    assert renders["n"] == 2
+    assert not cache.cache_dir(project).exists()

@@ -18,6 +18,7 @@ completes without a problem, atomically (a temporary file, then a rename). The f
 never pickles, and carry a keyed hash (BLAKE2b) whose key lives in the user's cache folder
 (`$XDG_CACHE_HOME/batchops`, or `~/.cache/batchops`), outside the project: specs come from pull
 requests, and a cache file planted in one is refused, because no pull request knows the key.
+Jobs of fewer than MIN_ROWS items are not kept (they render in a fraction of a second).
 `BATCHOPS_CACHE=off` turns the cache off.
 """
 
@@ -43,6 +44,7 @@ from batchops.spec.model import Job
 FORMAT = "batchops-rows-v1"
 CACHE_DIR = ".batchops-cache"
 CHUNK_ROWS = 20_000
+MIN_ROWS = 10_000  # a smaller job renders in a fraction of a second: no file is kept for it
 RACY_SECONDS = 2.0  # a file modified this close to when its rows were written is hashed anyway
 # The modules whose code decides what a row holds: rendering, fingerprints, custom ids, prices.
 _CODE = ("spec/items.py", "spec/sandbox.py", "spec/parallel.py", "spec/desired.py", "pricing.py")
@@ -87,8 +89,9 @@ def rows(
         written.append(row)
         yield row
     # Only a render that completed gets here (a SpecError ends it before): keep its rows.
-    with contextlib.suppress(OSError):
-        _save(path, key, definition, data_file, prices, today, written, started)
+    if len(written) >= MIN_ROWS:
+        with contextlib.suppress(OSError):
+            _save(path, key, definition, data_file, prices, today, written, started)
 
 
 # --- identity -----------------------------------------------------------------------------------
