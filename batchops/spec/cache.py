@@ -268,19 +268,20 @@ def _load(
     cached_prices = header.get("prices") or {}
     if cached_prices != _prices_of(set(cached_prices), prices, today):
         return None  # a dated price changed since (the table's content did not)
-    make = _cost_maker(header.get("cost_type"))
-    if make is False:
+    cls = _cost_type(header.get("cost_type"))
+    if cls is False:
         return None
+    new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
     out: list[list[Row]] = []
     count = 0
     for line in chunks:
         part = orjson.loads(line)
-        if make is None:
+        if cls is None:
             out.append([tuple(r) for r in part])  # type: ignore[misc]
         else:
             out.append(
                 [
-                    (k, c, f, make(cost) if type(cost) is list else cost, m, s)
+                    (k, c, f, new(cls, cost) if type(cost) is list else cost, m, s)
                     for k, c, f, cost, m, s in part
                 ]
             )
@@ -290,8 +291,9 @@ def _load(
     return out
 
 
-def _cost_maker(spec: Any) -> Callable[[list], Any] | None | bool:
-    """How to rebuild a tuple-shaped cost (None: costs are plain numbers; False: cannot)."""
+def _cost_type(spec: Any) -> Any:
+    """The NamedTuple class of tuple-shaped costs (None: costs are plain numbers; False: it is
+    gone or has other fields now)."""
     if spec is None:
         return None
     try:
@@ -301,7 +303,7 @@ def _cost_maker(spec: Any) -> Callable[[list], Any] | None | bool:
             cls = getattr(cls, part)
         if list(cls._fields) != fields:
             return False
-        return cls._make
+        return cls
     except (ValueError, TypeError, ImportError, AttributeError):
         return False
 
