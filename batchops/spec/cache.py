@@ -25,6 +25,7 @@ Jobs of fewer than MIN_ROWS items are not kept (they render in a fraction of a s
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import importlib
@@ -68,6 +69,24 @@ def rows(
     render: Callable[[], Iterator[Row]],
 ) -> Iterator[Row]:
     """The rows `render()` yields, from the cache when nothing they depend on changed."""
+    # A million rows become millions of tuples, none in a cycle, while the caller keeps them:
+    # the collector would scan the growing heap again and again (half the time), so it waits.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield from _rows(job, root, prices, today, render)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _rows(
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    render: Callable[[], Iterator[Row]],
+) -> Iterator[Row]:
     if not enabled():
         yield from render()
         return

@@ -19,6 +19,7 @@ two applies racing on a new file end with one running and the other told who hol
 from __future__ import annotations
 
 import contextlib
+import gc
 import sqlite3
 import time
 import uuid
@@ -326,7 +327,15 @@ class SqliteReader(StateReader):
         if jobs is not None:
             sql += f" where i.job in ({', '.join('?' for _ in jobs)})"
             params = list(jobs)
-        yield from map(ItemRecord._make, self.db.execute(sql, params))
+        # A million records are a million tuples, none in a cycle: the collector would scan the
+        # growing heap again and again while they are read (half the time), so it waits.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            yield from map(ItemRecord._make, self.db.execute(sql, params))
+        finally:
+            if collecting:
+                gc.enable()
 
     def _batches(self, where: str = "", params: Sequence[Any] = ()) -> list[BatchRecord]:
         if self.db is None:
