@@ -70,12 +70,15 @@ def test_offline_commands_never_import_the_sdk(tmp_path):
         assert loaded_by(argv, tmp_path, NEVER_AT_START) == [], argv
 
 
-def test_the_sdk_is_imported_when_a_client_is_made():
+def test_the_sdk_is_imported_at_the_first_call():
     code = (
-        "import sys; from batchops.remote import BatchesClient; "
-        "assert 'anthropic' not in sys.modules; "
-        "c = BatchesClient('http://127.0.0.1:9', 'k'); "
-        "print('anthropic' in sys.modules); c.close()"
+        "import sys\n"
+        "from batchops.remote import BatchesClient\n"
+        "c = BatchesClient('http://127.0.0.1:9', 'k', timeout=5)\n"
+        "assert 'anthropic' not in sys.modules\n"
+        "c._sdk  # what every call goes through\n"
+        "print('anthropic' in sys.modules)\n"
+        "c.close()\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120

@@ -101,13 +101,23 @@ class BatchesClient:
             kwargs["base_url"] = base_url
         if api_key:
             kwargs["api_key"] = api_key
-        try:
-            self._sdk = anthropic.Anthropic(**kwargs)
-        except anthropic.AnthropicError as exc:
-            raise RemoteError(f"cannot set up the Anthropic client: {exc}") from None
+        self._kwargs = kwargs
+        self._client: Any = None
+
+    @property
+    def _sdk(self) -> Any:
+        """The SDK's client, made at the first call: an apply with nothing in flight and nothing
+        to send makes none, and never pays the second it takes to import the SDK."""
+        if self._client is None:
+            try:
+                self._client = anthropic.Anthropic(**self._kwargs)
+            except anthropic.AnthropicError as exc:
+                raise RemoteError(f"cannot set up the Anthropic client: {exc}") from None
+        return self._client
 
     def close(self) -> None:
-        self._sdk.close()
+        if self._client is not None:
+            self._client.close()
 
     def create(self, requests: Sequence[dict[str, Any]], betas: Sequence[str] = ()) -> RemoteBatch:
         """Create one batch, without retries. Raises CreateOutcomeUnknown when it may exist."""
