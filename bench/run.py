@@ -179,7 +179,13 @@ def make_project(root: Path, n: int, body_bytes: int = 0) -> Path:
     return root
 
 
-def fill_state(root: Path, state: Path) -> int:
+def fill_state(root: Path, state: Path) -> None:
+    """`fill_state_here` in a child: this process must stay small, since a child's peak RSS as
+    wait4 reports it is at least what this process held when it forked the child."""
+    run([PYTHON, str(Path(__file__).resolve()), "--fill", str(root), str(state)])
+
+
+def fill_state_here(root: Path, state: Path) -> int:
     """Record every item as sent and succeeded, with a result, as a finished apply leaves it."""
     from batchops.commands.context import Context, Settings
     from batchops.state.sqlite import SqliteWriter
@@ -627,7 +633,11 @@ def main() -> None:
     parser.add_argument("--cold-repeat", type=int, default=7)
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--fill", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fill:
+        fill_state_here(Path(args.fill[0]), Path(args.fill[1]))
+        return
     s = args.scale
     args.items = args.items or int(1_000_000 * s)
     args.harvest = args.harvest or int(100_000 * s)
