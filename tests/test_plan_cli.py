@@ -85,6 +85,7 @@ def test_plan_json_shape(project):
         "adopt": 0,
         "requeue": 0,
         "reuse": 0,
+        "move": 0,
         "estimated_cost_usd": data["summary"]["estimated_cost_usd"],
         "expected_cost_usd": data["summary"]["expected_cost_usd"],
         "saved_usd": 0,

@@ -345,3 +345,19 @@ def test_state_rm_on_postgres_names_no_backup_file(
         "touched.\n",
     )
     assert statedb.rows(pg_dsn, "select count(*) from batches where id = 'msgbatch_live'") == [(0,)]
+
+
+def test_the_emulator_runs_beside_a_postgres_state(tmp_path: Path, pg_dsn: str) -> None:
+    # --emulator keeps its own batches in a file; with the state on PostgreSQL, under state/
+    write_project(tmp_path, rows(2))
+    first = run_cli(tmp_path, None, "--emulator", "--state", pg_dsn, "apply", "--yes", "--wait")
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "state" / "emulator-remote.db").exists()
+    again = run_cli(tmp_path, None, "--emulator", "--state", pg_dsn, "apply", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "0 requests sent" in again.stdout
+    reader = open_reader(pg_dsn)
+    try:
+        assert len(reader.batches()) == 1
+    finally:
+        reader.close()

@@ -35,6 +35,7 @@ from batchops.plan.actions import (
     Cancel,
     Forget,
     Harvest,
+    Move,
     Plan,
     Prune,
     Requeue,
@@ -160,6 +161,7 @@ class Evaluator:
         self.progress = progress or NullProgress()
         self.report = report or ApplyReport()
         self._visit: dict[type, Callable[[Any, int], None]] = {
+            Move: self.move,
             ResolveIntent: self.resolve_intent,
             Harvest: self.harvest,
             Requeue: self.requeue,
@@ -368,6 +370,15 @@ class Evaluator:
             self.state.forget(((step.job, k) for k in step.keys), now)
         if step.remembered:
             self.state.remember((step.job, k) for k in step.remembered)
+
+    # -- moved
+    def move(self, step: Move, index: int = 0) -> None:
+        moved = self.state.rename_job(step.from_job, step.job)
+        self._note(
+            f"Moved job {step.from_job} to {step.job} in the state "
+            f"({moved.get('items', 0)} items, {moved.get('results', 0)} results): nothing is sent "
+            "for what it has."
+        )
 
     # -- reuse
     def reuse(self, step: Reuse, index: int = 0) -> None:

@@ -118,6 +118,8 @@ def run_cycles(
         if plan.steps:
             evaluator.run(plan, requests)
         first = False
+        if desired.replace:  # `--replace` items are sent once, by this first cycle
+            desired = replace(desired, replace=frozenset())
         harvested = any(
             isinstance(s, Harvest) or s.kind in ("adopt", "requeue") for s in plan.steps
         )

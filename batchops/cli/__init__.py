@@ -204,10 +204,12 @@ def _context(ctx: click.Context, *, remote: bool = False) -> Context:
     if remote and ctx.obj.get("use_emulator") and settings.base_url is None:
         from batchops.emulator import running_emulator
         from batchops.emulator.mode import emulator_config_for
+        from batchops.state import is_postgres
 
-        settings.base_url = ctx.with_resource(
-            running_emulator(emulator_config_for(settings.state_path))
-        )
+        beside = settings.state_path  # the emulator's own batches live in a file beside it
+        if is_postgres(beside):
+            beside = (settings.root or Path()) / "state" / "emulator.db"
+        settings.base_url = ctx.with_resource(running_emulator(emulator_config_for(beside)))
         settings.api_key = "batchops-emulator"
     from batchops.commands.context import Context
 
@@ -244,6 +246,16 @@ def _exclusive(ctx: click.Context, **flags: bool) -> None:
     given = [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
     if len(given) > 1:
         raise click.UsageError(f"{' and '.join(given)} cannot be used together", ctx)
+
+
+def replace_option(f):
+    return click.option(
+        "--replace",
+        "replace_items",
+        multiple=True,
+        metavar="JOB:KEY",
+        help="Send this item again on purpose, even if it succeeded (repeatable).",
+    )(f)
 
 
 def job_option(f):

@@ -16,6 +16,7 @@ from batchops.cli import (
     job_option,
     json_option,
     plan_text,
+    replace_option,
 )
 from batchops.errors import BatchopsError, Interrupted
 from batchops.safetext import terminal
@@ -83,6 +84,7 @@ class CliProgress:
     show_default=True,
     help="Wait this many seconds for another apply's lock.",
 )
+@replace_option
 @json_option
 @click.pass_context
 def apply(
@@ -94,9 +96,12 @@ def apply(
     timeout: float | None,
     poll_interval: float | None,
     lock_timeout: float,
+    replace_items: tuple[str, ...],
     json_: bool,
 ) -> None:
     """Make it so: submit, retry, harvest, cancel and prune. Safe to re-run after any failure."""
+    if plan_file is not None and replace_items:
+        raise BatchopsError("--replace goes with plan -o, not with a saved plan's apply")
     if plan_file is None and not yes and not sys.stdin.isatty():
         raise BatchopsError(
             "apply needs --yes (or --auto-approve) when standard input is not a terminal"
@@ -120,6 +125,7 @@ def apply(
             lock_timeout=lock_timeout,
             confirm=None if (yes or plan_file) else confirm,
             progress=progress,
+            replace_items=replace_items,
         )
     except Interrupted:
         progress.close()

@@ -18,6 +18,7 @@ from batchops.cli import (
     plan_json,
     plan_markdown,
     plan_text,
+    replace_option,
 )
 from batchops.safetext import terminal
 from batchops.views.text import plural
@@ -61,6 +62,7 @@ def validate(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> Non
     type=click.Path(path_type=Path),
     help="Save the plan to apply it later.",
 )
+@replace_option
 @click.pass_context
 def plan(
     ctx: click.Context,
@@ -70,11 +72,12 @@ def plan(
     detailed_exitcode: bool,
     no_refresh: bool,
     out_file: Path | None,
+    replace_items: tuple[str, ...],
 ) -> None:
     """Show what apply would do, and what it would cost. Writes nothing."""
     _exclusive(ctx, json=json_, markdown=markdown)
     context = _context(ctx, remote=not no_refresh)
-    the_plan, desired = context.plan(job_names, refresh=not no_refresh)
+    the_plan, desired = context.plan(job_names, refresh=not no_refresh, replace_items=replace_items)
     source = context.prices.source
     if json_:
         click.echo(plan_json(the_plan, source))

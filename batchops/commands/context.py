@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchops.clock import utcnow
-from batchops.errors import NoCredentials, StateError
+from batchops.errors import BatchopsError, NoCredentials, StateError
 from batchops.plan.actions import Plan
 from batchops.plan.build import plan_from
 from batchops.plan.diff import BatchLimits
 from batchops.pricing import PriceTable
+from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod
 from batchops.spec.desired import Desired
 from batchops.spec.model import Project, load_project
@@ -100,8 +101,13 @@ class Context:
             paths.append(Path(prices))
         return paths
 
-    def desired(self, job_names: Iterable[str] | None = None) -> Desired:
-        return desired_mod.collect(self.project(), self.prices, self.clock().date(), job_names)
+    def desired(
+        self, job_names: Iterable[str] | None = None, replace_items: Iterable[str] = ()
+    ) -> Desired:
+        desired = desired_mod.collect(self.project(), self.prices, self.clock().date(), job_names)
+        if replace_items:
+            desired = replace(desired, replace=replacements(desired, replace_items))
+        return desired
 
     def reader(self):
         return open_reader(self.settings.state_path)
@@ -130,9 +136,11 @@ class Context:
         self,
         job_names: Iterable[str] | None = None,
         refresh: bool = False,
+        replace_items: Iterable[str] = (),
     ) -> tuple[Plan, Desired]:
-        """Diff specs against state (read-only); with `refresh`, remote batches are polled first."""
-        desired = self.desired(job_names)
+        """Diff specs against state (read-only); with `refresh`, remote batches are polled first.
+        `replace_items` (`JOB:KEY`) are sent again on purpose."""
+        desired = self.desired(job_names, replace_items)
         reader = self.reader()
         try:
             remote: dict[str, BatchRecord] | None = None
@@ -189,8 +197,10 @@ class Context:
         confirm: Callable[[Plan], bool] | None = None,
         progress: Progress | None = None,
         submit: bool = True,
+        replace_items: Iterable[str] = (),
     ) -> ApplyReport:
-        """Reconcile remote batches with the specs (or run a saved plan); see `apply.run`."""
+        """Reconcile remote batches with the specs (or run a saved plan); see `apply.run`.
+        `replace_items` (`JOB:KEY`) are sent again on purpose, once."""
         from batchops.apply.evaluator import NullProgress
         from batchops.apply.run import run_cycles
 
@@ -207,8 +217,8 @@ class Context:
                                  reader.plan_applied(saved.plan_id))  # fmt: skip
             finally:
                 reader.close()
-        else:
-            desired = self.desired(job_names)  # bad specs fail here, before state is touched
+        else:  # bad specs fail here, before state is touched
+            desired = self.desired(job_names, replace_items)
         client = self.client()  # no credentials: fail before the state is written
         command = "apply" if submit else "refresh"
 
@@ -222,7 +232,7 @@ class Context:
             state = open_writer(
                 self.settings.state_path,
                 command,
-                jobs=None if desired.all_jobs_in_scope else [j.name for j in desired.jobs],
+                jobs=None if desired.all_jobs_in_scope else _lease_names(desired),
                 lock_timeout=lock_timeout,
                 on_takeover=takeover,
             )
@@ -356,3 +366,29 @@ def _rel(path: Path, root: Path) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
+
+
+def _lease_names(desired: Desired) -> list[str]:
+    """The jobs an apply of `desired` writes: its own, and the old names it moves from."""
+    names = [j.name for j in desired.jobs]
+    return names + [m.old for m in desired.project.moves if m.new in names]
+
+
+def replacements(desired: Desired, items: Iterable[str]) -> frozenset[tuple[str, str]]:
+    """`JOB:KEY` strings as (job, key), each naming an item of a job in `desired`."""
+    out = set()
+    problems = []
+    keys = {j.name: {i.key for i in j.items} for j in desired.jobs}
+    for text in items:
+        job, sep, key = text.partition(":")
+        if not sep or not job or not key:
+            problems.append(f"--replace {text!r}: expected JOB:KEY")
+        elif job not in keys:
+            problems.append(f"--replace {text!r}: no job {job!r} in this run")
+        elif key not in keys[job]:
+            problems.append(f"--replace {text!r}: job {job} has no item {key!r}")
+        else:
+            out.add((job, key))
+    if problems:
+        raise BatchopsError(*(terminal(p) for p in problems))
+    return frozenset(out)

@@ -2,7 +2,7 @@
 
 `plan` renders a `Plan`; `apply` hands the very same object to the evaluator, which dispatches on
 each step's type. A saved plan is this object serialized (`saved`). Steps run in the order of
-`Plan.steps`: resolve intents, harvest, requeue, reuse, submit, forget, cancel, prune.
+`Plan.steps`: move, resolve intents, harvest, requeue, reuse, submit, forget, cancel, prune.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from batchops.pricing import ItemEstimate, batch_cost
 FORMAT_VERSION = 2
 ITEM_STATES = ("todo", "changed", "pending", "retry", "failed", "succeeded", "removed")
 # Counted in the summary, in this order.
-ACTIONS = ("submit", "reuse", "forget", "harvest", "cancel", "prune", "adopt", "requeue")
+ACTIONS = ("submit", "reuse", "forget", "harvest", "cancel", "prune", "adopt", "requeue", "move")
 
 
 class SubmitItem(NamedTuple):
@@ -110,6 +110,17 @@ class Requeue(_Step):
 
 
 @dataclass(frozen=True)
+class Move(_Step):
+    """A spec's `moved` entry: job `from_job`'s rows in state become `job`'s, before anything
+    else runs, so the renamed job keeps its results (nothing it has is sent again)."""
+
+    from_job: str
+    job: str
+    reason: str
+    kind: str = "move"
+
+
+@dataclass(frozen=True)
 class Reuse(_Step):
     """Record items of one job as answered by stored results of the same requests."""
 
@@ -171,9 +182,9 @@ class Prune(_Step):
     kind: str = "prune"
 
 
-Step = ResolveIntent | Harvest | Requeue | Reuse | SubmitBatch | Forget | Cancel | Prune
-BatchStep = ResolveIntent | Harvest | Requeue | Cancel | Prune
-STEP_ORDER = (ResolveIntent, Harvest, Requeue, Reuse, SubmitBatch, Forget, Cancel, Prune)
+Step = Move | ResolveIntent | Harvest | Requeue | Reuse | SubmitBatch | Forget | Cancel | Prune
+BatchStep = Move | ResolveIntent | Harvest | Requeue | Cancel | Prune
+STEP_ORDER = (Move, ResolveIntent, Harvest, Requeue, Reuse, SubmitBatch, Forget, Cancel, Prune)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
-from batchops.plan.actions import Plan
+from batchops.errors import BatchopsError
+from batchops.plan.actions import Move, Plan
 from batchops.plan.diff import BatchLimits, make_plan
 from batchops.spec.desired import Desired
 from batchops.state.api import StateReader
@@ -19,26 +21,72 @@ def plan_from(
     limits: BatchLimits | None = None,
 ) -> Plan:
     """The plan for `desired` against what `reader` holds, with `remote` overriding what it
-    recorded of batches a refresh polled (nothing is written)."""
-    scope = None if desired.all_jobs_in_scope else [j.name for j in desired.jobs]
+    recorded of batches a refresh polled (nothing is written).
+
+    A spec's `moved` entry whose old name still has rows in state becomes a `Move` step, first
+    in the plan; the diff sees those rows under the new name already, as they will be.
+    """
+    moves = pending_moves(reader, desired)
+    scope = None if desired.all_jobs_in_scope else [j.name for j in desired.jobs] + list(moves)
     batches = reader.batches()
     if remote:
         batches = [remote.get(b.id, b) for b in batches]
     records = list(reader.item_records(scope))
-    return make_plan(
+    intents = reader.open_intents()
+    inflight = reader.inflight_by_batch()
+    if moves:
+        records = [r._replace(job=moves[r.job]) if r.job in moves else r for r in records]
+        batches = [replace(b, job=moves[b.job]) if b.job in moves else b for b in batches]
+        intents = [replace(i, job=moves[i.job]) if i.job in moves else i for i in intents]
+        inflight = {b: {_moved_member(m, moves) for m in ms} for b, ms in inflight.items()}
+    plan = make_plan(
         desired.jobs,
         records,
         batches,
-        reader.open_intents(),
+        intents,
         now=now,
         lineage=reader.lineage,
         serial=reader.serial,
         spec_digest=desired.spec_digest,
-        inflight_batches=reader.inflight_by_batch(),
+        inflight_batches=inflight,
         all_jobs_in_scope=desired.all_jobs_in_scope,
         limits=limits or BatchLimits(),
         reusable=_reusable(reader, desired, records),
+        replace=desired.replace,
     )
+    if not moves:
+        return plan
+    steps = tuple(
+        Move(old, new, "renamed in the specs (moved): its state and results follow it")
+        for old, new in moves.items()
+    )
+    return replace(plan, steps=steps + plan.steps)
+
+
+def pending_moves(reader: StateReader, desired: Desired) -> dict[str, str]:
+    """old → new for each `moved` entry of the specs that is still to be done in this state
+    (its new name in scope, its old name with rows); refused when both names have rows."""
+    wanted = {j.name for j in desired.jobs}
+    moves = [m for m in desired.project.moves if m.new in wanted]
+    if not moves:
+        return {}
+    names = set(reader.job_names())
+    out: dict[str, str] = {}
+    for m in moves:
+        if m.old not in names:
+            continue  # done already (or never applied under the old name)
+        if m.new in names:
+            raise BatchopsError(
+                f"moved {m.old} → {m.new}: both jobs have rows in state {reader.location}; "
+                f"keep one (`batchops state rm {m.new}`, then apply) or remove the moved entry"
+            )
+        out[m.old] = m.new
+    return out
+
+
+def _moved_member(member: str, moves: dict[str, str]) -> str:
+    job, _, key = member.partition("\x1f")
+    return f"{moves[job]}\x1f{key}" if job in moves else member
 
 
 def _reusable(reader: StateReader, desired: Desired, records: list[ItemRecord]) -> dict[str, int]:

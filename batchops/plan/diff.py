@@ -8,7 +8,7 @@ exactly what apply will do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -113,12 +113,14 @@ def make_plan(
     prune_margin: timedelta = DEFAULT_PRUNE_MARGIN,
     limits: BatchLimits = BatchLimits(),  # noqa: B008 (frozen)
     reusable: Mapping[str, int] | None = None,
+    replace: Collection[tuple[str, str]] = frozenset(),
 ) -> Plan:
     """Diff the desired jobs against recorded state.
 
     `records` are the items in state for the jobs in scope (every job in state when
     `all_jobs_in_scope`); `inflight_batches` maps a batch id to the `job\\x1fkey` of the items in
-    flight in it, for the cancel and requeue rules. `reusable` maps a fingerprint to a stored
+    flight in it, for the cancel and requeue rules. `replace` names (job, key) of items sent
+    again on purpose (reason `replace`), even when they succeeded or failed. `reusable` maps a fingerprint to a stored
     succeeded result of that very request (any job, any key): an item that would be sent with
     that fingerprint reuses it instead, unless its job opts out. An item whose request is being
     sent for another item (in this plan, or in a batch in flight) waits for that result instead
@@ -177,7 +179,9 @@ def make_plan(
                     attempt = record.attempts + 1 if record else 1
                 else:
                     attempt = 1
-            if item_state in ("todo", "changed", "retry") and job.reuse:
+                if item_state in ("succeeded", "failed") and (job.name, item.key) in replace:
+                    item_state, reason, attempt = "todo", "replace", 1
+            if item_state in ("todo", "changed", "retry") and job.reuse and reason != "replace":
                 reuse = _reuse(job.name, item, reusable, sending)
                 if reuse is not None:
                     actions.append(reuse)

@@ -33,6 +33,7 @@ from batchops.plan.actions import (
     ForgetItem,
     Harvest,
     JobPlan,
+    Move,
     Plan,
     Prune,
     Requeue,
@@ -279,6 +280,8 @@ def _step(
             return ResolveIntent(
                 entry["intent_id"], entry["job"], int(entry["request_count"]), entry["reason"]
             )
+        if kind == "move":
+            return Move(str(entry["from_job"]), str(entry["job"]), str(entry["reason"]))
         if kind == "harvest":
             return Harvest(entry["batch_id"], entry["job"], entry["reason"])
         if kind == "requeue":

@@ -113,7 +113,7 @@ def step_dict(step: Step) -> dict[str, Any]:
             "saved_usd": round(step.saved_usd, 6),
         }
     out: dict[str, Any] = {"action": step.kind, "job": step.job}
-    for name in ("batch_id", "intent_id", "request_count", "items", "drift", "reason"):
+    for name in ("from_job", "batch_id", "intent_id", "request_count", "items", "drift", "reason"):
         if hasattr(step, name):
             out[name] = getattr(step, name)
     if step.kind == "forget":

@@ -48,6 +48,8 @@ class Desired:
     jobs: tuple[DesiredJob, ...]
     spec_digest: str
     all_jobs_in_scope: bool
+    # (job, key) of items to send again on purpose (`apply --replace`), even if they succeeded
+    replace: frozenset[tuple[str, str]] = frozenset()
 
     def spec_job(self, name: str) -> Job:
         return next(j for j in self.project.jobs if j.name == name)

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from tabulate import tabulate
 
-from batchops.plan.actions import ACTIONS, ITEM_STATES, Plan, ReuseItem, SubmitItem
+from batchops.plan.actions import ACTIONS, ITEM_STATES, Move, Plan, ReuseItem, SubmitItem
 from batchops.plan.serialize import plan_to_dict
 from batchops.pricing import money
 from batchops.safetext import markdown_block, markdown_text, terminal
@@ -90,6 +90,8 @@ def _action_lines(
             lines.append(f"  … and {more} for {job.name}")
     for b in plan.batches:
         target = getattr(b, "batch_id", None) or f"intent {getattr(b, 'intent_id', '')}"
+        if isinstance(b, Move):
+            target = f"from {b.from_job}"
         lines.append(
             f"{indent}{batch_mark} {b.kind:<7} {safe(b.job)}  {safe(target)}  [{safe(b.reason)}]"
         )
