@@ -690,6 +690,7 @@ def test_fast_substitution_renders_exactly_as_jinja(source: str) -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from batchops.spec.items import _GLOBALS, _compile
+    from batchops.spec.sandbox import as_text
 
     row = {
         "subject": "Hi {there}",
@@ -705,7 +706,7 @@ def test_fast_substitution_renders_exactly_as_jinja(source: str) -> None:
     template = _compile(source, "prompt", problems, "here")
     assert problems == []
     env = ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=as_text
     )
     assert template.render(context) == env.from_string(source).render(context)
 
@@ -739,3 +740,26 @@ def test_template_arithmetic_still_works(project: Path) -> None:
     )
     (item,) = items_of(project)
     assert item.params["messages"][0]["content"] == "---88"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ tags }} {{ obj }}",
+        "{{ tags if true }} {{ obj | default('') }}",
+        "{{ row.tags }} {{ row.obj }}",
+    ],
+)
+def test_lists_and_dicts_print_as_json_not_python(project: Path, source: str) -> None:
+    # The fast substitution path and the sandbox agree: JSON, so `['a']` never reaches a prompt.
+    write_jsonl(
+        project / "jobs/data/rows.jsonl",
+        [{"id": "r1", "tags": ["a", "é"], "obj": {"k": True, "n": None}}],
+    )
+    spec_job(
+        project,
+        'model = "m"\nmax_tokens = 5\n'
+        f'prompt = {json.dumps(source)}\ninput = {{ path = "data/rows.jsonl", key = "id" }}\n',
+    )
+    (item,) = items_of(project)
+    assert item.params["messages"][0]["content"] == '["a", "é"] {"k": true, "n": null}'

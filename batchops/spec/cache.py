@@ -87,7 +87,7 @@ def _rows(
     today: date,
     render: Callable[[], Iterator[Row]],
 ) -> Iterator[Row]:
-    if not enabled():
+    if not enabled() or job.attachments:  # attached files are read anew: their bytes may change
         yield from render()
         return
     key = _mac_key()

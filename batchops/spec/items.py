@@ -30,7 +30,7 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 
 from batchops.errors import SpecError
 from batchops.safetext import terminal
-from batchops.spec import sandbox
+from batchops.spec import attachments, sandbox
 from batchops.spec.files import (
     MAX_JSON_DATA_BYTES,
     FileRefused,
@@ -207,8 +207,9 @@ def _simple_format(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | No
     """A str.format_map renderer for templates that only substitute names (`{{ body }}`).
 
     Such a template renders each name as `str(value)`, which `format(value, "")` equals for
-    every JSON value; a missing name raises the same error StrictUndefined would. Anything else
-    (filters, attributes, tags) returns None and goes through Jinja.
+    every JSON value but lists and dicts, printed as JSON like the sandbox does (`as_text`); a
+    missing name raises the same error StrictUndefined would. Anything else (filters,
+    attributes, tags) returns None and goes through Jinja.
     """
     pieces = []
     names: list[str] = []
@@ -230,9 +231,19 @@ def _simple_format(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | No
     def render(context: dict[str, Any]) -> str:
         # The output's size, before it is built: a name used 10,000 times must not build GBs.
         size = literal
+        as_json = None
         for n in names:
             value = context.get(n, "")
-            size += len(value) if type(value) is str else len(str(value))
+            if type(value) is str:
+                size += len(value)
+            elif type(value) is list or type(value) is dict:
+                text = sandbox.as_text(value)
+                as_json = {n: text} if as_json is None else {**as_json, n: text}
+                size += len(text)
+            else:
+                size += len(str(value))
+        if as_json is not None:
+            context = {**context, **as_json}
         budget = sandbox.current()
         if size > budget.max_size:
             budget.refuse(size, "an output")
@@ -590,6 +601,9 @@ def iter_items(job: Job, root: Path) -> Iterator[Item]:
 def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) -> Iterator[Item]:
     compile_problems: list[str] = []
     renderer = _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
+    render = renderer.render
+    if job.attachments:
+        render = _attaching(render, job, root, compile_problems, f"{spec_shown}: job {job.name}")
     if compile_problems:
         raise SpecError(*compile_problems)
     encode = _encoder(renderer.exact, job.betas, renderer.max_size)
@@ -620,7 +634,7 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
             if type(key) is str and key not in seen:
                 seen[key] = number
                 try:
-                    params = renderer.render(row, key)
+                    params = render(row, key)
                     fp = encode(params)
                 except _RenderError as e:
                     problems.add(f"{where_of(number)}: job {name}: item {key}: {e.describe()}")
@@ -640,6 +654,48 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
             continue
         first = short(seen[key])
         problems.add(f"{where}: job {name}: item {key}: duplicate key (first at {first})")
+
+
+def _attaching(
+    render: Callable[[dict[str, Any], str], dict[str, Any]],
+    job: Job,
+    root: Path,
+    problems: list[str],
+    where: str,
+) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+    """`render` followed by the job's attachments: each path rendered, its file read into a
+    content block, the blocks put before the last user message's text (`spec.attachments`)."""
+    paths = [
+        _compile(t, f"attachments[{i}]", problems, where) for i, t in enumerate(job.attachments)
+    ]
+    spec_dir = job.spec_file.parent
+    fixed: dict[str, dict[str, Any]] = {}  # blocks of paths written in the spec, read once
+
+    def render_attached(row: dict[str, Any], key: str) -> dict[str, Any]:
+        params = render(row, key)
+        context = {**_GLOBALS, **row, "row": row, "key": key}
+        token = sandbox.start(sandbox.Budget(job.render_seconds, job.render_max_size))
+        try:
+            written = [(p, _render(p, context)) for p in paths]
+        finally:
+            sandbox.stop(token)
+        blocks = []
+        try:
+            for part, path in written:
+                path = path.strip() if isinstance(path, str) else path
+                if not path:
+                    continue
+                if not isinstance(part, str):
+                    blocks.append(attachments.block(path, spec_dir, root))
+                elif path in fixed:
+                    blocks.append(fixed[path])
+                else:
+                    blocks.append(fixed.setdefault(path, attachments.block(path, spec_dir, root)))
+            return attachments.attach(params, blocks)
+        except attachments.AttachmentError as e:
+            raise _RenderError("", e.args[0]) from None
+
+    return render_attached
 
 
 def _encoder(

@@ -61,6 +61,7 @@ RENDER_MAX_SIZE_CAP = 32_000_000  # the Messages API refuses a request over 32 M
 RENDER_MAX_SIZE_MIN = 1_000
 MAX_TOKENS_CAP = 1_000_000  # far above any model's output limit, far below an overflow
 MAX_ATTEMPTS_CAP = 100
+MAX_ATTACHMENTS = 100  # images and documents in one request (the API's limit)
 MAX_DEPTH = 64  # nesting of objects and arrays in a spec, a row or a request
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what every JSON parser on the way reads exactly
 
@@ -186,6 +187,7 @@ class Job(BaseModel):
     input: InputSpec | None = None
     items: list[dict[str, Any]] | None = None
     requests: RequestsSpec | None = None
+    attachments: tuple[str, ...] = ()  # templates of file paths, relative to the spec file
 
     @property
     def kind(self) -> Literal["input", "items", "requests"]:
@@ -294,6 +296,7 @@ class _RawJob(_RawDefaults):
     input: _RawInput | None = None
     items: list[dict[str, Any]] | None = None
     requests: _RawPath | None = None
+    attachments: list[str] | None = Field(default=None, max_length=MAX_ATTACHMENTS)
 
     _requests = field_validator("requests", mode="before")(_requests_shorthand)
 
@@ -779,7 +782,8 @@ def _merge(
 
     if raw.requests is not None:
         # Raw requests are sent exactly as written: nothing of the template fields applies.
-        for field in ("model", "max_tokens", "system", "prompt", "messages", "params"):
+        template_fields = ("model", "max_tokens", "system", "prompt", "messages", "params")
+        for field in (*template_fields, "attachments"):
             if getattr(raw, field) is not None:
                 problem(field, "a requests job sends its requests as written; remove this field")
         path = _confined(file, root, raw.requests.path, problems, shown, f"{where}.requests.path")
@@ -812,6 +816,8 @@ def _merge(
                 fields["input"] = InputSpec(path=path, key=raw.input.key, format=fmt)
         elif raw.items is not None:
             fields["items"] = raw.items
+        if raw.attachments:
+            fields["attachments"] = tuple(raw.attachments)
     if problems:
         return problems
     return Job(**fields)

@@ -52,7 +52,7 @@ def workers() -> int:
 
 def wants_parallel(job: Job, min_bytes: int = PARALLEL_MIN_BYTES) -> bool:
     """A jsonl input large enough to repay starting processes, on a machine with cores to spare."""
-    if job.input is None or job.input.format != "jsonl" or workers() < 2:
+    if job.input is None or job.input.format != "jsonl" or job.attachments or workers() < 2:
         return False
     try:
         return job.input.path.stat().st_size >= min_bytes

@@ -32,6 +32,7 @@ mappings through `budget_value`, and text inside loops and macros through `budge
 from __future__ import annotations
 
 import functools
+import json
 import re
 import string
 from collections.abc import Callable, Iterator
@@ -442,10 +443,21 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return text
 
 
+def as_text(value: Any) -> str:
+    """What `{{ value }}` prints: a list or dict as JSON (`["a", "b"]`, not Python's
+    `['a', 'b']`), anything else as str()."""
+    if type(value) is list or type(value) is dict:
+        try:
+            return json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError, RecursionError):
+            return str(value)
+    return str(value)
+
+
 def _finalize(value: Any) -> str:
     """Every `{{ ... }}` output: converted to text and counted."""
     budget = _budget()
-    text = value if type(value) is str else str(value)
+    text = value if type(value) is str else as_text(value)
     budget.check(len(text))
     return text
 

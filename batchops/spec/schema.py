@@ -58,6 +58,7 @@ _DESCRIPTIONS = {
     "key": "The field of each row that identifies it (stable across edits).",
     "format": "jsonl, csv or json; by default from the file name's suffix.",
     "columns": "Fields of each JSON answer (a tool call's input, or JSON text) to export as columns.",
+    "attachments": "Images (PNG, JPEG, GIF, WebP) and PDFs sent before the prompt: templates of paths relative to this spec file; an empty result attaches nothing.",
 }
 
 
