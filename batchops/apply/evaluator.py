@@ -300,7 +300,7 @@ class Evaluator:
             return self._harvest_problem(record, str(exc).splitlines()[0], again=True)
         self.report.harvested.append(record.id)
         self.report.results_stored += stored
-        self._note(f"Harvested batch {record.id} ({record.job}): {stored} results.")
+        self._note(f"Harvested batch {record.id} ({record.job}): {_count(stored, 'result')}.")
         return True
 
     def _harvest_problem(self, record: BatchRecord, message: str, *, again: bool) -> bool:
@@ -443,7 +443,9 @@ class Evaluator:
             self.state.record_created(intent_id, as_record(remote, step.job), self.clock())
             self.report.batches_created.append(remote.id)
             self.report.submitted += len(items)
-            self._note(f"Created batch {remote.id} for {step.job}: {len(items)} requests.")
+            self._note(
+                f"Created batch {remote.id} for {step.job}: {_count(len(items), 'request')}."
+            )
             return
 
     def _open(self, intent_id: str) -> bool:
@@ -550,3 +552,7 @@ def _result_row(
         *tokens,
         now,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
