@@ -45,6 +45,8 @@ def validate(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> Non
     for j in jobs:
         if j.cost_note:
             click.echo(f"Note: {j.name}: {terminal(j.cost_note)}")
+        for warning in j.warnings:
+            click.echo(f"Warning: {terminal(warning)}", err=True)
     total = sum(j.items for j in jobs)
     click.echo(f"\nValid: {plural(len(jobs), 'job')}, {plural(total, 'item')}.")
 

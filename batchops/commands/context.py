@@ -66,6 +66,35 @@ class ValidatedJob:
     model: str | None
     estimated_cost_usd: float
     cost_note: str | None
+    warnings: tuple[str, ...] = ()  # what the API would refuse (batchops.apirules), checked offline
+
+
+WARN_SAMPLE = 1_000  # items checked per job: enough to catch a template's mistake, cheap at 1M
+
+
+def api_warnings(desired: Desired, job_name: str) -> list[str]:
+    """What the API would refuse in a job's requests, found offline with the emulator's own rules
+    (unknown models, a thinking budget at or over max_tokens, unknown top-level params …).
+
+    Warnings, not errors: a model newer than batchops' list is accepted by the real API. The
+    first WARN_SAMPLE items are checked; each distinct problem is reported once with the first
+    item that has it.
+    """
+    from batchops.apirules import request_problems
+    from batchops.spec.desired import items_for
+
+    job = desired.spec_job(job_name)
+    shown = _rel(job.spec_file, desired.project.root)
+    seen: dict[str, str] = {}
+    for count, item in enumerate(items_for(desired.project, job_name)):
+        if count >= WARN_SAMPLE:
+            break
+        for problem in request_problems(item.params):
+            seen.setdefault(problem, item.key)
+    return [
+        f"{shown}: job {job_name}: item {key}: the API would refuse this request: {problem}"
+        for problem, key in seen.items()
+    ]
 
 
 class Context:
@@ -128,6 +157,7 @@ class Context:
                     job.model,
                     round(sum(i.cost_usd for i in dj.items), 6),
                     dj.cost_note,
+                    tuple(api_warnings(desired, dj.name)),
                 )
             )
         return out
