@@ -55,11 +55,19 @@ def check_budget(plan: Plan) -> None:
 
 
 def refresh_state(
-    state: StateWriter, client: BatchesClient, now: datetime, report: ApplyReport, progress
+    state: StateWriter,
+    client: BatchesClient,
+    now: datetime,
+    report: ApplyReport,
+    progress,
+    jobs: set[str] | None = None,
 ) -> None:
-    """Poll every batch batchops has not finished with, and save what the remote says."""
+    """Poll every batch batchops has not finished with, and save what the remote says.
+
+    Only the batches of `jobs` (None: every job): another apply may hold the other jobs' leases
+    and be writing their batches' rows."""
     for record in state.batches():
-        if record.finished:
+        if record.finished or (jobs is not None and record.job not in jobs):
             continue
         updated, note = poll(record, client, now)
         if note:
@@ -104,7 +112,8 @@ def run_cycles(
             plan = saved.plan
             requests: RequestSource = lambda index, step: saved_requests(saved, index)  # noqa: E731
         else:
-            refresh_state(state, client, clock(), report, progress)
+            scope = None if desired.all_jobs_in_scope else {j.name for j in desired.jobs}
+            refresh_state(state, client, clock(), report, progress, scope)
             plan = unchanged = plan_from(state, desired, clock(), limits=limits)
             if not submit or saved is not None:
                 plan = _refresh_only(plan)
