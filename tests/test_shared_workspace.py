@@ -20,6 +20,7 @@ import pytest
 
 from batchops.clock import utcnow
 from batchops.spec.items import custom_id_for, fingerprint
+from tests import statedb
 from tests.projects import API_KEY, rows, run_cli, write_project, write_rows
 from tests.test_apply import submissions
 
@@ -32,20 +33,21 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
-def apply(root, emulator, *args, env=None):
-    return run_cli(root, emulator, "apply", "--yes", "--poll-interval", "0.1", *args, env=env)
+def apply(root, emulator, *args, env=None, where=None):
+    """`batchops apply` in a real process; `where`: the state's location (default: SQLite)."""
+    full = {**(env or {}), **({"BATCHOPS_STATE": str(where)} if where is not None else {})}
+    return run_cli(root, emulator, "apply", "--yes", "--poll-interval", "0.1", *args, env=full)
 
 
-def state_rows(root: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(root / STATE)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def state_rows(where: Path | str, sql: str) -> list[tuple]:
+    """Raw SQL on the state: `where` is a project root (its SQLite state) or a state location."""
+    location = where / STATE if isinstance(where, Path) and where.is_dir() else where
+    return statedb.rows(location, sql)
 
 
-def results(root: Path, emulator: str) -> list[dict]:
-    out = ok(run_cli(root, emulator, "results", "demo", "--format", "jsonl")).stdout
+def results(root: Path, emulator: str, where=None) -> list[dict]:
+    env = {"BATCHOPS_STATE": str(where)} if where is not None else None
+    out = ok(run_cli(root, emulator, "results", "demo", "--format", "jsonl", env=env)).stdout
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -67,100 +69,112 @@ def teammate_requests(keys, model="claude-sonnet-4-5", text="their prompt {}"):
 
 @pytest.mark.parametrize("skew", [300, -300], ids=["server-ahead", "server-behind"])
 def test_a_lost_create_response_is_adopted_whatever_the_clocks_say(
-    tmp_path, emulator, emulator_admin, skew
+    tmp_path, emulator, emulator_admin, state_location, skew
 ):
     write_project(tmp_path, rows(3))
     # a teammate's batch of the same size, made just before ours: never to be taken for ours
     foreign = emulator_admin.teammate_create(teammate_requests(["x1", "x2", "x3"]))
     emulator_admin.set_clock_skew(skew)
     emulator_admin.lose_next_create_response()
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60"))
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", where=state_location))
     assert emulator_admin.stats()["batches_created"] == 2  # the teammate's and our one
     assert {submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {1}
-    ours = state_rows(tmp_path, "select id from batches")
+    ours = state_rows(state_location, "select id from batches")
     assert len(ours) == 1 and ours[0][0] != foreign["id"]
-    assert {r["state"] for r in results(tmp_path, emulator)} == {"succeeded"}
+    assert {r["state"] for r in results(tmp_path, emulator, state_location)} == {"succeeded"}
 
 
 def test_a_create_listed_late_is_found_and_nothing_is_sent_twice(
-    tmp_path, emulator, emulator_admin
+    tmp_path, emulator, emulator_admin, state_location
 ):
     write_project(tmp_path, rows(2))
     emulator_admin.hide_next_create(seconds=4, lose_response=True)
-    first = apply(tmp_path, emulator)  # the create's outcome is unknown, and nothing is listed
+    first = apply(
+        tmp_path, emulator, where=state_location
+    )  # the create's outcome is unknown, and nothing is listed
     assert first.returncode == 0, first.stderr
     assert "held" in first.stdout
-    assert state_rows(tmp_path, "select status from intents") == [("open",)]
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60"))
+    assert state_rows(state_location, "select status from intents") == [("open",)]
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", where=state_location))
     assert emulator_admin.stats()["batches_created"] == 1
     assert {submissions(emulator_admin, k) for k in ("r1", "r2")} == {1}
-    assert state_rows(tmp_path, "select status from intents") == [("adopted",)]
+    assert state_rows(state_location, "select status from intents") == [("adopted",)]
 
 
-def test_a_create_refused_before_commit_is_sent_again(tmp_path, emulator, emulator_admin):
+def test_a_create_refused_before_commit_is_sent_again(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(2))
     emulator_admin.refuse_next_create(429, retry_after_ms=5)
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60"))
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", where=state_location))
     assert emulator_admin.stats()["batches_created"] == 1
     assert {submissions(emulator_admin, k) for k in ("r1", "r2")} == {1}
 
 
 def test_a_colleagues_batch_of_the_same_size_is_neither_adopted_nor_cancelled(
-    tmp_path, emulator, emulator_admin, sdk_client
+    tmp_path, emulator, emulator_admin, state_location, sdk_client
 ):
     write_project(tmp_path, rows(3))
     # killed as the create went out: whether it reached the API is unknown
-    killed = apply(tmp_path, emulator, env={"BATCHOPS_TEST_DIE_AT": "before-create"})
+    killed = apply(
+        tmp_path, emulator, env={"BATCHOPS_TEST_DIE_AT": "before-create"}, where=state_location
+    )
     assert killed.returncode == -signal.SIGKILL
     colleague = emulator_admin.teammate_create(teammate_requests(["c1", "c2", "c3"]))
     write_rows(tmp_path, rows(3, r1="edited", r2="edited too"))
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", env=FAST_GRACE))
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", env=FAST_GRACE, where=state_location))
     remote = sdk_client.messages.batches.retrieve(colleague["id"])
     assert remote.cancel_initiated_at is None and remote.request_counts.canceled == 0
-    assert colleague["id"] not in {r[0] for r in state_rows(tmp_path, "select id from batches")}
+    assert colleague["id"] not in {
+        r[0] for r in state_rows(state_location, "select id from batches")
+    }
     assert {submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {1}
-    assert {r["state"] for r in results(tmp_path, emulator)} == {"succeeded"}
+    assert {r["state"] for r in results(tmp_path, emulator, state_location)} == {"succeeded"}
 
 
 def test_a_teammates_answers_for_our_job_and_keys_are_never_taken_as_ours(
-    tmp_path, emulator, emulator_admin
+    tmp_path, emulator, emulator_admin, state_location
 ):
     write_project(tmp_path, rows(3))
-    killed = apply(tmp_path, emulator, env={"BATCHOPS_TEST_DIE_AT": "before-create"})
+    killed = apply(
+        tmp_path, emulator, env={"BATCHOPS_TEST_DIE_AT": "before-create"}, where=state_location
+    )
     assert killed.returncode == -signal.SIGKILL
     # their checkout and state: the same job name and keys, another model and prompt
     emulator_admin.teammate_create(teammate_requests(["r1", "r2", "r3"]))
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", env=FAST_GRACE))
-    exported = results(tmp_path, emulator)
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", env=FAST_GRACE, where=state_location))
+    exported = results(tmp_path, emulator, state_location)
     assert {r["model"] for r in exported} == {"claude-haiku-4-5"}
     assert {r["state"] for r in exported} == {"succeeded"}
-    assert state_rows(tmp_path, "select count(*) from batches") == [(1,)]
+    assert state_rows(state_location, "select count(*) from batches") == [(1,)]
 
 
 # -- a 404 is a question, not an answer
 
 
-def test_one_404_on_a_batch_in_flight_sends_nothing_again(tmp_path, emulator, emulator_admin):
+def test_one_404_on_a_batch_in_flight_sends_nothing_again(
+    tmp_path, emulator, emulator_admin, state_location
+):
     emulator_admin.set_config(processing_seconds=2)
     write_project(tmp_path, rows(3))
-    ok(apply(tmp_path, emulator))
-    [(batch_id,)] = state_rows(tmp_path, "select id from batches")
+    ok(apply(tmp_path, emulator, where=state_location))
+    [(batch_id,)] = state_rows(state_location, "select id from batches")
     emulator_admin.not_found(batch_id, endpoint="retrieve", times=1)
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60"))
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", where=state_location))
     assert {submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {1}
-    assert state_rows(tmp_path, "select drift from batches") == [(None,)]
+    assert state_rows(state_location, "select drift from batches") == [(None,)]
 
 
-def test_one_404_on_results_sends_nothing_again(tmp_path, emulator, emulator_admin):
+def test_one_404_on_results_sends_nothing_again(tmp_path, emulator, emulator_admin, state_location):
     write_project(tmp_path, rows(2))
-    ok(apply(tmp_path, emulator))
-    [(batch_id,)] = state_rows(tmp_path, "select id from batches")
+    ok(apply(tmp_path, emulator, where=state_location))
+    [(batch_id,)] = state_rows(state_location, "select id from batches")
     emulator_admin.not_found(batch_id, endpoint="results", times=1)
-    once = apply(tmp_path, emulator)
+    once = apply(tmp_path, emulator, where=state_location)
     assert once.returncode == 1 and "answered 404 although it exists" in once.stderr
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60"))
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", where=state_location))
     assert {submissions(emulator_admin, k) for k in ("r1", "r2")} == {1}
-    assert {r["state"] for r in results(tmp_path, emulator)} == {"succeeded"}
+    assert {r["state"] for r in results(tmp_path, emulator, state_location)} == {"succeeded"}
 
 
 # -- leases
@@ -290,11 +304,13 @@ def test_a_signal_ends_apply_cleanly(tmp_path, emulator, emulator_admin, sig, co
 # -- credentials, and one job's failure
 
 
-def test_a_create_never_sent_is_sent_at_once(tmp_path, emulator, emulator_admin):
+def test_a_create_never_sent_is_sent_at_once(tmp_path, emulator, emulator_admin, state_location):
     write_project(tmp_path, rows(2))
-    killed = apply(tmp_path, emulator, env={"BATCHOPS_TEST_DIE_AT": "after-intent"})
+    killed = apply(
+        tmp_path, emulator, env={"BATCHOPS_TEST_DIE_AT": "after-intent"}, where=state_location
+    )
     assert killed.returncode == -signal.SIGKILL
-    result = ok(apply(tmp_path, emulator, "--wait", "--timeout", "30"))
+    result = ok(apply(tmp_path, emulator, "--wait", "--timeout", "30", where=state_location))
     assert "was never sent" in result.stdout
     assert {submissions(emulator_admin, k) for k in ("r1", "r2")} == {1}
 
@@ -307,17 +323,21 @@ def test_no_credentials_is_one_error_before_anything_is_written(tmp_path):
     assert not (tmp_path / "state").exists()
 
 
-def test_one_jobs_refused_create_does_not_stop_the_others(tmp_path, emulator, emulator_admin):
+def test_one_jobs_refused_create_does_not_stop_the_others(
+    tmp_path, emulator, emulator_admin, state_location
+):
     write_project(tmp_path, rows(2))
     (tmp_path / "jobs" / "zz.toml").write_text(
         'version = 1\n[jobs.zz]\nmodel = "claude-haiku-4-5"\nmax_tokens = 5\n'
         'prompt = "x {{ key }}"\nitems = [{ key = "o1" }]\n'
     )
     emulator_admin.refuse_next_create(400, error_type="invalid_request_error")
-    result = apply(tmp_path, emulator, "--wait", "--timeout", "30")
+    result = apply(tmp_path, emulator, "--wait", "--timeout", "30", where=state_location)
     assert result.returncode == 1
     assert "Error: job demo: create batch failed: HTTP 400" in result.stderr
     assert submissions(emulator_admin, "o1", job="zz") == 1
     assert submissions(emulator_admin, "r1") == 0
-    ok(apply(tmp_path, emulator, "--wait", "--timeout", "30"))  # the next run sends it
+    ok(
+        apply(tmp_path, emulator, "--wait", "--timeout", "30", where=state_location)
+    )  # the next run sends it
     assert {submissions(emulator_admin, k) for k in ("r1", "r2")} == {1}
