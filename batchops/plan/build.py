@@ -10,7 +10,7 @@ from batchops.plan.actions import Move, Plan
 from batchops.plan.diff import BatchLimits, make_plan
 from batchops.spec.desired import Desired
 from batchops.state.api import StateReader
-from batchops.state.records import BatchRecord, ItemRecord
+from batchops.state.records import BatchRecord
 
 
 def plan_from(
@@ -39,21 +39,30 @@ def plan_from(
         batches = [replace(b, job=moves[b.job]) if b.job in moves else b for b in batches]
         intents = [replace(i, job=moves[i.job]) if i.job in moves else i for i in intents]
         inflight = {b: {_moved_member(m, moves) for m in ms} for b, ms in inflight.items()}
-    plan = make_plan(
-        desired.jobs,
-        records,
-        batches,
-        intents,
-        now=now,
-        lineage=reader.lineage,
-        serial=reader.serial,
-        spec_digest=desired.spec_digest,
-        inflight_batches=inflight,
-        all_jobs_in_scope=desired.all_jobs_in_scope,
-        limits=limits or BatchLimits(),
-        reusable=_reusable(reader, desired, records),
-        replace=desired.replace,
-    )
+
+    def diff(reusable: dict[str, int]) -> Plan:
+        return make_plan(
+            desired.jobs,
+            records,
+            batches,
+            intents,
+            now=now,
+            lineage=reader.lineage,
+            serial=reader.serial,
+            spec_digest=desired.spec_digest,
+            inflight_batches=inflight,
+            all_jobs_in_scope=desired.all_jobs_in_scope,
+            limits=limits or BatchLimits(),
+            reusable=reusable,
+            replace=desired.replace,
+        )
+
+    # Stored answers are looked up only for what would otherwise be sent: a plan with nothing to
+    # send (the common, no-op case at a million items) is diffed once and asks nothing more.
+    plan = diff({})
+    reusable = _reusable(reader, desired, plan)
+    if reusable:
+        plan = diff(reusable)
     if not moves:
         return plan
     steps = tuple(
@@ -89,17 +98,9 @@ def _moved_member(member: str, moves: dict[str, str]) -> str:
     return f"{moves[job]}\x1f{key}" if job in moves else member
 
 
-def _reusable(reader: StateReader, desired: Desired, records: list[ItemRecord]) -> dict[str, int]:
-    """Stored answers for the requests that would otherwise be sent (none asked for when every
-    item already has its own result or is in flight, as in a plan with nothing to do)."""
-    settled = {
-        (r.job, r.key): r.fingerprint for r in records if r.inflight or r.outcome == "succeeded"
-    }
-    wanted = {
-        item.fingerprint
-        for job in desired.jobs
-        if job.reuse
-        for item in job.items
-        if settled.get((job.name, item.key)) != item.fingerprint
-    }
+def _reusable(reader: StateReader, desired: Desired, plan: Plan) -> dict[str, int]:
+    """Stored answers (fingerprint → result id) for the requests `plan` would send, in jobs that
+    allow reuse; the diff decides which of them answer an item."""
+    reuse = {j.name for j in desired.jobs if j.reuse}
+    wanted = {a.fingerprint for j in plan.jobs if j.name in reuse for a in j.submits}
     return reader.results_by_fingerprint(wanted) if wanted else {}
