@@ -49,6 +49,7 @@ from batchops.state.records import (
     SentAttempt,
     UsageRow,
 )
+from batchops.state.shared import JOB_TABLES, SharedWrites
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_batchops_migrations"
@@ -132,14 +133,7 @@ _RESULT_COLUMNS = (
     " received_at"
 )
 _UNFINISHED = "batch_id = %s and status in ('open', 'sent')"
-_JOB_TABLES = (
-    ("items", "job = %s"),
-    ("attempts", "job = %s"),
-    ("results", "job = %s"),
-    ("batches", "job = %s"),
-    ("intents", "job = %s"),
-    ("jobs", "name = %s"),
-)
+_JOB_TABLES = tuple((table, where.replace("?", "%s")) for table, where in JOB_TABLES)
 
 
 def _server_now(conn: psycopg.Connection) -> datetime:
@@ -466,7 +460,7 @@ class PostgresReader(StateReader):
             yield from cursor
 
 
-class PostgresWriter(PostgresReader, StateWriter):
+class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
     """The writable state, opened holding the lock (see `open`)."""
 
     def __init__(self, conn: psycopg.Connection, location: str, lock: LockInfo | None = None):
@@ -645,6 +639,9 @@ class PostgresWriter(PostgresReader, StateWriter):
             self.conn.execute(f"delete from {table} where lock_id = %s", [lock_id])
         return mine[0]
 
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
     def make_durable(self) -> None:
         """Nothing to do: a committed PostgreSQL transaction is already durable on the server."""
 
@@ -727,12 +724,6 @@ class PostgresWriter(PostgresReader, StateWriter):
             cur.execute(
                 "update intents set status = %s, batch_id = %s where id = %s",
                 ["adopted" if adopted else "created", batch.id, intent_id],
-            )
-
-    def mark_create_sent(self, intent_id: str, now: datetime) -> None:
-        with self._transaction() as cur:
-            cur.execute(
-                "update intents set create_sent_at = %s where id = %s", [iso(now), intent_id]
             )
 
     def mark_unsent(self, intent_id: str) -> None:
@@ -851,84 +842,6 @@ class PostgresWriter(PostgresReader, StateWriter):
     def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
         with self._transaction() as cur:
             return self._release(cur, batch_id, drift, now)[0]
-
-    def forget(self, keys: Iterable[tuple[str, str]], now: datetime) -> None:
-        stamp = iso(now)
-        params = [(stamp, job, key) for job, key in keys]
-        with self._transaction() as cur:
-            if params:
-                cur.executemany(
-                    "update items set forgotten_at = %s where job = %s and key = %s"
-                    " and inflight_attempt is null",
-                    params,
-                )
-
-    def remember(self, keys: Iterable[tuple[str, str]]) -> None:
-        params = list(keys)
-        with self._transaction() as cur:
-            if params:
-                cur.executemany(
-                    "update items set forgotten_at = null where job = %s and key = %s", params
-                )
-
-    def mark_cancel_requested(self, batch_id: str, now: datetime) -> None:
-        with self._transaction() as cur:
-            cur.execute(
-                "update batches set canceled_by_us_at = %s where id = %s", [iso(now), batch_id]
-            )
-
-    def record_cancel(
-        self, batch_id: str, cancel_initiated_at: datetime | None, processing_status: str
-    ) -> None:
-        with self._transaction() as cur:
-            cur.execute(
-                "update batches set cancel_initiated_at = %s, processing_status = %s where id = %s",
-                [iso(cancel_initiated_at), processing_status, batch_id],
-            )
-
-    def mark_pruned(self, batch_id: str, now: datetime) -> None:
-        with self._transaction() as cur:
-            cur.execute("update batches set pruned_at = %s where id = %s", [iso(now), batch_id])
-
-    def record_plan_applied(self, plan_id: str, now: datetime) -> None:
-        with self._transaction() as cur:
-            cur.execute(
-                "insert into applied_plans (plan_id, applied_at) values (%s, %s)",
-                [plan_id, iso(now)],
-            )
-
-    def remove(self, target: str) -> tuple[str, dict[str, int]]:
-        with self._transaction() as cur:
-            if self.batch(target) is not None:
-                items, attempts = self._release(cur, target, "deleted", utcnow())
-                cur.execute("delete from batches where id = %s", [target])
-                return "batch", {"batches": 1, "items": items, "attempts": attempts}
-            if target not in self.job_names():
-                raise StateError(f"no job or batch {target!r} in state {self.location}")
-            rows = {
-                table: cur.execute(f"delete from {table} where {where}", [target]).rowcount
-                for table, where in _JOB_TABLES
-            }
-            return "job", rows
-
-    def rename_job(self, old: str, new: str) -> dict[str, int]:
-        if old == new:
-            raise StateError(f"cannot move job {old!r} onto itself")
-        with self._transaction() as cur:
-            names = self.job_names()
-            if old not in names:
-                raise StateError(f"no job {old!r} in state {self.location}")
-            if new in names:
-                raise StateError(
-                    f"job {new!r} already has rows in state {self.location}: nothing was moved "
-                    f"(`batchops state rm {new}` first, if they are to be dropped)"
-                )
-            return {
-                table: cur.execute(
-                    f"update {table} set {where.split(' ')[0]} = %s where {where}", [new, old]
-                ).rowcount
-                for table, where in _JOB_TABLES
-            }
 
     def load_tables(
         self,

@@ -57,6 +57,8 @@ from batchops.state.records import (
     SentAttempt,
     UsageRow,
 )
+from batchops.state.shared import JOB_TABLES as _JOB_TABLES
+from batchops.state.shared import SharedWrites
 
 MIGRATION_SET = "batchops"
 migrations = Migrations(MIGRATION_SET)
@@ -236,14 +238,6 @@ _INSERT_RESULT = (
 )
 _UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
 _FEW_FINGERPRINTS = 5000  # up to this many are looked up by value; more, by one scan
-_JOB_TABLES = (
-    ("items", "job = ?"),
-    ("attempts", "job = ?"),
-    ("results", "job = ?"),
-    ("batches", "job = ?"),
-    ("intents", "job = ?"),
-    ("jobs", "name = ?"),
-)
 
 
 def _pending(db: Database, path: Path) -> list[str]:
@@ -562,7 +556,7 @@ class SqliteReader(StateReader):
                 conn.execute("rollback")
 
 
-class SqliteWriter(SqliteReader, StateWriter):
+class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     """The writable state, opened holding the lock (see `open`)."""
 
     db: Database
@@ -833,12 +827,6 @@ class SqliteWriter(SqliteReader, StateWriter):
                 ["adopted" if adopted else "created", batch.id, intent_id],
             )
 
-    def mark_create_sent(self, intent_id: str, now: datetime) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "update intents set create_sent_at = ? where id = ?", [iso(now), intent_id]
-            )
-
     def mark_unsent(self, intent_id: str) -> None:
         with self._transaction() as conn:
             conn.execute("update attempts set status = 'unsent' where intent_id = ?", [intent_id])
@@ -956,80 +944,6 @@ class SqliteWriter(SqliteReader, StateWriter):
     def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
         with self._transaction() as conn:
             return self._release(conn, batch_id, drift, now)[0]
-
-    def forget(self, keys: Iterable[tuple[str, str]], now: datetime) -> None:
-        stamp = iso(now)
-        with self._transaction() as conn:
-            conn.executemany(
-                "update items set forgotten_at = ? where job = ? and key = ?"
-                " and inflight_attempt is null",
-                ((stamp, job, key) for job, key in keys),
-            )
-
-    def remember(self, keys: Iterable[tuple[str, str]]) -> None:
-        with self._transaction() as conn:
-            conn.executemany(
-                "update items set forgotten_at = null where job = ? and key = ?", list(keys)
-            )
-
-    def mark_cancel_requested(self, batch_id: str, now: datetime) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "update batches set canceled_by_us_at = ? where id = ?", [iso(now), batch_id]
-            )
-
-    def record_cancel(
-        self, batch_id: str, cancel_initiated_at: datetime | None, processing_status: str
-    ) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "update batches set cancel_initiated_at = ?, processing_status = ? where id = ?",
-                [iso(cancel_initiated_at), processing_status, batch_id],
-            )
-
-    def mark_pruned(self, batch_id: str, now: datetime) -> None:
-        with self._transaction() as conn:
-            conn.execute("update batches set pruned_at = ? where id = ?", [iso(now), batch_id])
-
-    def record_plan_applied(self, plan_id: str, now: datetime) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "insert into applied_plans (plan_id, applied_at) values (?, ?)",
-                [plan_id, iso(now)],
-            )
-
-    def remove(self, target: str) -> tuple[str, dict[str, int]]:
-        with self._transaction() as conn:
-            if self.batch(target) is not None:
-                items, attempts = self._release(conn, target, "deleted", utcnow())
-                conn.execute("delete from batches where id = ?", [target])
-                return "batch", {"batches": 1, "items": items, "attempts": attempts}
-            if target not in self.job_names():
-                raise StateError(f"no job or batch {target!r} in state {self.path}")
-            rows = {
-                table: conn.execute(f"delete from {table} where {where}", [target]).rowcount
-                for table, where in _JOB_TABLES
-            }
-            return "job", rows
-
-    def rename_job(self, old: str, new: str) -> dict[str, int]:
-        if old == new:
-            raise StateError(f"cannot move job {old!r} onto itself")
-        with self._transaction() as conn:
-            names = self.job_names()
-            if old not in names:
-                raise StateError(f"no job {old!r} in state {self.path}")
-            if new in names:
-                raise StateError(
-                    f"job {new!r} already has rows in state {self.path}: nothing was moved "
-                    f"(`batchops state rm {new}` first, if they are to be dropped)"
-                )
-            return {
-                table: conn.execute(
-                    f"update {table} set {where.split(' ')[0]} = ? where {where}", [new, old]
-                ).rowcount
-                for table, where in _JOB_TABLES
-            }
 
     def load_tables(
         self,
