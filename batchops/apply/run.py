@@ -16,7 +16,7 @@ from datetime import datetime
 
 from batchops.apply.evaluator import ApplyReport, Evaluator, Progress, RequestSource
 from batchops.apply.refresh import as_record, poll
-from batchops.errors import BudgetExceeded, NotFound, RemoteError, StateError
+from batchops.errors import NotFound, RemoteError, StateError
 from batchops.plan.actions import (
     Cancel,
     Forget,
@@ -27,31 +27,15 @@ from batchops.plan.actions import (
     SubmitBatch,
     SubmitItem,
 )
-from batchops.plan.build import plan_from
+from batchops.plan.build import check_budget, plan_from
 from batchops.plan.diff import BatchLimits
 from batchops.plan.saved import SavedPlan, saved_requests, spec_requests
-from batchops.pricing import money
 from batchops.remote import BatchesClient
 from batchops.spec.desired import Desired
 from batchops.state.api import StateWriter
 
 Confirm = Callable[[Plan], bool]
 MAX_FOLLOW_UPS = 3  # without --wait: cycles after the first, to send what a harvest settled
-
-
-def budget_problems(plan: Plan) -> list[str]:
-    """One line per job whose estimate exceeds its budget_usd (the one place the rule lives)."""
-    return [
-        f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
-        f"{money(j.budget_usd)}"
-        for j in plan.over_budget()
-    ]
-
-
-def check_budget(plan: Plan) -> None:
-    problems = budget_problems(plan)
-    if problems:
-        raise BudgetExceeded(*problems)
 
 
 def refresh_state(

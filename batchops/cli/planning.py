@@ -89,7 +89,7 @@ def plan(
         click.echo(plan_text(the_plan, source))
     for note in the_plan.notes:
         click.echo(f"Drift: {terminal(note)}", err=json_ or markdown)
-    from batchops.apply.run import check_budget
+    from batchops.plan.build import check_budget
 
     check_budget(the_plan)  # a plan over budget is shown, never saved
     if out_file is not None:

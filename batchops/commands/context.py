@@ -14,21 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 from batchops.clock import utcnow
 from batchops.errors import BatchopsError, NoCredentials, StateError
-from batchops.plan.actions import Plan
-from batchops.plan.build import plan_from
-from batchops.plan.diff import BatchLimits
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod
 from batchops.spec.desired import Desired
 from batchops.spec.model import Project, load_project
 from batchops.state import is_postgres, open_reader, open_writer, state_exists
-from batchops.state.records import BatchRecord, LockInfo
 
+# The planner and the state's records are imported where they are used: `validate` needs
+# neither, and a cold start pays for every module it loads.
 if TYPE_CHECKING:
     from batchops.apply.evaluator import ApplyReport, Progress
+    from batchops.plan.actions import Plan
+    from batchops.plan.diff import BatchLimits
     from batchops.plan.saved import SavedPlan
     from batchops.remote import BatchesClient
+    from batchops.state.records import BatchRecord, LockInfo
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Settings:
 
     @property
     def limits(self) -> BatchLimits:
+        from batchops.plan.diff import BatchLimits
+
         return BatchLimits(self.max_batch_requests, self.max_batch_bytes)
 
 
@@ -170,6 +173,8 @@ class Context:
     ) -> tuple[Plan, Desired]:
         """Diff specs against state (read-only); with `refresh`, remote batches are polled first.
         `replace_items` (`JOB:KEY`) are sent again on purpose."""
+        from batchops.plan.build import plan_from
+
         desired = self.desired(job_names, replace_items)
         reader = self.reader()
         try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from batchops.errors import BatchopsError
+from batchops.errors import BatchopsError, BudgetExceeded
 from batchops.plan.actions import Move, Plan
 from batchops.plan.diff import BatchLimits, make_plan
+from batchops.pricing import money
 from batchops.spec.desired import Desired
 from batchops.state.api import StateReader
 from batchops.state.records import BatchRecord
@@ -104,3 +105,18 @@ def _reusable(reader: StateReader, desired: Desired, plan: Plan) -> dict[str, in
     reuse = {j.name for j in desired.jobs if j.reuse}
     wanted = {a.fingerprint for j in plan.jobs if j.name in reuse for a in j.submits}
     return reader.results_by_fingerprint(wanted) if wanted else {}
+
+
+def budget_problems(plan: Plan) -> list[str]:
+    """One line per job whose estimate exceeds its budget_usd (the one place the rule lives)."""
+    return [
+        f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
+        f"{money(j.budget_usd)}"
+        for j in plan.over_budget()
+    ]
+
+
+def check_budget(plan: Plan) -> None:
+    problems = budget_problems(plan)
+    if problems:
+        raise BudgetExceeded(*problems)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from batchops.state.api import StateReader, StateWriter
-from batchops.state.leases import LeaseKeeper, lease_seconds
-from batchops.state.records import LockInfo
+# Backends and their records load when a state is opened: `validate` and `--help` open none.
+if TYPE_CHECKING:
+    from batchops.state.api import StateReader, StateWriter
+    from batchops.state.records import LockInfo
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -41,6 +43,8 @@ def open_writer(
 ) -> StateWriter:
     """The writable state, holding leases on `jobs` (None: the whole state), released by
     `close`; migrations run under them. A background thread renews them (`writer.keeper`)."""
+    from batchops.state.leases import LeaseKeeper, lease_seconds
+
     seconds = lease_seconds()
     backend = _writer_class(location)
     writer = backend.open(
@@ -95,4 +99,4 @@ def state_exists(location: str | Path) -> bool:
     return Path(location).exists()
 
 
-__all__ = ["StateReader", "StateWriter", "is_postgres", "open_reader", "open_writer"]
+__all__ = ["is_postgres", "open_reader", "open_writer"]
