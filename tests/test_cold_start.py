@@ -8,12 +8,31 @@ Each check runs in a fresh interpreter, since this test process has imported eve
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 NEVER_AT_START = ("anthropic", "httpx", "uvicorn", "starlette", "psycopg")
 ONLY_WHEN_USED = ("jinja2", "pydantic", "tabulate", "sqlite_utils", "multiprocessing")
+# What checking specs does not need: the planner, the state's backends, apply and the remote API.
+NOT_FOR_VALIDATE = (
+    "sqlite_utils",
+    "multiprocessing",
+    "batchops.plan",
+    "batchops.state.api",
+    "batchops.state.sqlite",
+    "batchops.apply",
+    "batchops.remote",
+)
+# What an offline plan does not need: apply, the remote client, saved plans.
+NOT_FOR_OFFLINE_PLAN = (
+    "multiprocessing",
+    "batchops.apply",
+    "batchops.remote",
+    "batchops.plan.saved",
+)
+REPO = Path(__file__).resolve().parent.parent
 
 PROBE = """
 import atexit, json, runpy, sys
@@ -84,3 +103,12 @@ def test_the_sdk_is_imported_at_the_first_call():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "True"
+
+
+def test_the_examples_load_only_what_each_command_uses(tmp_path):
+    # the repo's own jobs/, as `bench/run.py --only cold` runs them (no state file yet)
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
+    validate = loaded_by(["validate"], tmp_path, NEVER_AT_START + NOT_FOR_VALIDATE)
+    assert validate == []
+    for argv in (["plan", "--no-refresh"], ["plan", "--no-refresh", "--json"]):
+        assert loaded_by(argv, tmp_path, NEVER_AT_START + NOT_FOR_OFFLINE_PLAN) == [], argv
