@@ -1,4 +1,5 @@
-"""From specs and state to a plan: gather what the pure diff needs, read-only, and call it."""
+"""From specs and state to a plan: gather what the pure diff needs, read-only, and call it;
+and the budget check with which `plan` and `apply` refuse a job estimated over its budget."""
 
 from __future__ import annotations
 
