@@ -4,7 +4,7 @@ SQLite and PostgreSQL, with and without the rows cache, compared byte for byte w
 `data/results_golden.json`.
 
 The golden file was written by the export as it was before it read state in chunks (one point
-lookup per key, every item rendered): `python -m tests.test_results_export` writes it again, which
+lookup per key, every item rendered): `python -m tests.test_results_golden` writes it again, which
 is only right after a change meant to alter the output.
 """
 
@@ -21,7 +21,7 @@ import pytest
 from batchops.commands import results as results_mod
 from batchops.commands.context import Context, Settings
 from batchops.commands.results import ExportOptions, export, export_options
-from batchops.spec import cache
+from batchops.spec import cache, inputs
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
 from batchops.state.sqlite import SqliteWriter
@@ -431,8 +431,12 @@ def test_every_export_is_byte_identical_to_the_golden_file(
         monkeypatch.setattr(cache, "MIN_ROWS", 0)
         filled.desired()  # a plan keeps every job's rendered rows
         assert (filled.project().root / cache.CACHE_DIR / "rows" / "mix.jsonl").is_file()
-    if hasattr(results_mod, "CHUNK_KEYS"):
-        monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)  # many chunks, a ragged last one
+
+        def no_render(*args: Any) -> None:
+            raise AssertionError("rendered, though the rows cache serves every job")
+
+        monkeypatch.setattr(inputs, "iter_items", no_render)
+    monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)  # many chunks, a ragged last one
     got = {"/".join(case): export_bytes(filled, *case) for case in cases()}
     assert got.keys() == golden.keys()
     for name, text in golden.items():
