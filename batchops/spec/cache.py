@@ -287,11 +287,9 @@ def _load(
     return out
 
 
-def identities(
-    job: Job, root: Path, prices: PriceTable, today: date
-) -> Iterator[tuple[str, str, str]] | None:
-    """(key, custom_id, fingerprint) of every item of `job` in source order, streamed from its
-    cached rows; None when the cache cannot serve them (then render).
+def identities(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[Row] | None:
+    """The cached row (key, custom_id, fingerprint, cost, model, size) of every item of `job`
+    in source order, streamed; None when the cache cannot serve them (then render).
 
     What an export needs without rendering: the file is checked whole (header, prices, hash)
     before its first row is read again, through the same open file, so its memory stays flat.
@@ -333,7 +331,7 @@ def _checked_file(job: Job, root: Path, prices: PriceTable, today: date) -> IO[b
     return fh
 
 
-def _identities(fh: IO[bytes]) -> Iterator[tuple[str, str, str]]:
+def _identities(fh: IO[bytes]) -> Iterator[Row]:
     with fh:
         fh.seek(0)
         fh.readline()  # the header
@@ -349,8 +347,7 @@ def _identities(fh: IO[bytes]) -> Iterator[tuple[str, str, str]]:
             finally:
                 if collecting:
                     gc.enable()
-            for row in chunk:
-                yield row[0], row[1], row[2]
+            yield from chunk  # lists, as read: the caller takes what it needs of each
 
 
 def _check(

@@ -22,6 +22,8 @@ from batchops.spec import cache
 from batchops.spec.items import input_of, iter_inputs, iter_items
 from batchops.spec.model import Job, display_path
 
+_MISSING: Any = (None, None)  # what one of the two streams gives once the other ran out
+
 
 class ExportItem(NamedTuple):
     key: str
@@ -37,11 +39,11 @@ def export_items(job: Job, root: Path, prices: PriceTable, today: date) -> Itera
         for item in iter_items(job, root):
             yield ExportItem(item.key, item.custom_id, item.fingerprint, input_of(item))
         return
-    make = ExportItem._make
-    for identity, read in zip_longest(cached, iter_inputs(job, root)):
-        if identity is None or read is None or read[0] != identity[0]:
+    new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
+    for cached_row, (key, row) in zip_longest(cached, iter_inputs(job, root), fillvalue=_MISSING):
+        if cached_row is _MISSING or key != cached_row[0]:
             raise _changed(job, root)  # the data file is not the one the rows were made from
-        yield make((*identity, read[1]))
+        yield new(ExportItem, (key, cached_row[1], cached_row[2], row))
 
 
 def export_inputs(

@@ -491,9 +491,9 @@ class SqliteReader(StateReader):
             return {}
         # The keys travel as one JSON array: no limit on bound parameters, one statement to cache.
         sql = f"{_LOOKUP_SQL} where i.job = ? and i.key in (select value from json_each(?))"
-        make, item = ResultLookup._make, ItemRecord._make
+        new = tuple.__new__  # the NamedTuples from their fields in C calls (this runs per item)
         return {
-            row[1]: make((item(row[:12]), *row[12:]))
+            row[1]: new(ResultLookup, (new(ItemRecord, row[:12]), *row[12:]))
             for row in self.db.conn.execute(sql, (job, orjson.dumps(keys).decode()))
         }
 
