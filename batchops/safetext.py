@@ -93,6 +93,7 @@ def markdown_text(text: object) -> str:
 
 # OWASP "CSV Injection": a cell starting with one of these runs as a formula in a spreadsheet.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+FORMULA_FIRST = frozenset(FORMULA_STARTS)  # each start is one character: a set of first ones
 
 
 def csv_cell(value: Any) -> Any:

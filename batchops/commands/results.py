@@ -47,7 +47,7 @@ from batchops.errors import BatchopsError
 from batchops.plan.actions import Plan
 from batchops.plan.build import plan_from
 from batchops.plan.diff import classify
-from batchops.safetext import FORMULA_STARTS
+from batchops.safetext import FORMULA_FIRST
 from batchops.spec.desired import DesiredItem, select_jobs
 from batchops.spec.inputs import ExportItem, export_inputs, export_items
 from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
@@ -77,7 +77,7 @@ _USAGE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 # Without columns, a Message shows only its tool calls, cache usage and (opt-in) thinking.
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
 CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
-CHUNK_KEYS = 1_000  # keys looked up in state at once: a query per chunk, memory flat
+CHUNK_KEYS = 5_000  # keys looked up in state at once: a query per chunk, memory flat
 STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
 
 
@@ -394,7 +394,7 @@ def _write_csv(
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
-    starts, count = FORMULA_STARTS, 0
+    starts, count = FORMULA_FIRST, 0
     for row in rows:
         values = list(fixed(row))
         if outputs:
@@ -403,14 +403,17 @@ def _write_csv(
         if fields:
             source = row.get("input") or {}
             values += [source.get(f) for f in fields]
-        # What `_safe_cell` (or `_cell`) makes of each value, inline: the csv module writes
-        # None as an empty cell and numbers as they are; lists and dicts are written as JSON.
+        # Each value as a cell, inline (this runs per cell): None is an empty cell and a number
+        # is written as it is (by the csv module), a string that would start a formula gets a
+        # leading ' unless raw (`safetext.csv_cell`), a list or dict is JSON (`_cell`).
         writer.writerow(
             [
-                (("'" + v if v.startswith(starts) else v) if safe else v)
+                v
+                if v is None
+                else (("'" + v if v[:1] in starts else v) if safe else v)
                 if type(v) is str
                 else v
-                if v is None or type(v) is int
+                if type(v) is int
                 else _cell(v)
                 for v in values
             ]
