@@ -4,8 +4,10 @@ Users come for the answers, not for a database. Every input key appears exactly 
 order: with its answer when the item has a current result (a stored success whose fingerprint is
 the spec's current one), otherwise with its state (`pending`, `todo`, `failed` …) and no text.
 
-The export streams: items are rendered one at a time (`iter_items`) and each key is looked up in
-state by primary key, so a million results never sit in memory. Files are written atomically (a
+The export streams, a chunk of keys at a time: who each item is (key, custom_id, fingerprint) and
+its input row come from `spec.inputs` (the rows cache and the data file read directly when the
+cache serves the job, else a render), and each chunk's state is read with one query
+(`results_of`), so a million results never sit in memory and no template runs twice. Files are written atomically (a
 temporary file in the same folder, then `os.replace`), so a reader never sees half a file and a
 failed export leaves the previous one in place; a temporary file left by a killed export is removed
 by the next write of the same file once it is a minute old. An output is checked like a spec's
