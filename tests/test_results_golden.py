@@ -21,6 +21,7 @@ import pytest
 from batchops.commands import results as results_mod
 from batchops.commands.context import Context, Settings
 from batchops.commands.results import ExportOptions, export, export_options
+from batchops.errors import SpecError
 from batchops.spec import cache, inputs
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
@@ -465,6 +466,26 @@ def test_cli_file_and_stream_match_the_library(
         written = CliRunner().invoke(cli, [*args, "-o", f"out/mix.{fmt}"])
         assert written.exit_code == 0, written.stderr
         assert (root / "out" / f"mix.{fmt}").read_text(encoding="utf-8") == body
+
+
+def test_a_source_that_disagrees_with_its_cached_rows_is_an_error(
+    filled: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHOPS_CACHE", "on")
+    monkeypatch.setattr(cache, "MIN_ROWS", 0)
+    filled.desired()
+    real = inputs.iter_inputs
+
+    def one_row_short(job: Any, root: Path) -> Any:
+        rows = list(real(job, root))
+        return iter(rows[:-1])
+
+    monkeypatch.setattr(inputs, "iter_inputs", one_row_short)
+    with pytest.raises(SpecError) as raised:
+        export_bytes(filled, "mix", "jsonl", "default")
+    assert raised.value.problems == [
+        "jobs/data/mix.jsonl: job mix: changed while it was read; export again"
+    ]
 
 
 def test_options_default_to_the_spec_columns(filled: Context) -> None:

@@ -7,9 +7,9 @@ the spec's current one), otherwise with its state (`pending`, `todo`, `failed` â
 The export streams, a chunk of keys at a time: who each item is (key, custom_id, fingerprint) and
 its input row come from `spec.inputs` (the rows cache and the data file read directly when the
 cache serves the job, else a render), and each chunk's state is read with one query
-(`results_of`), so a million results never sit in memory and no template runs twice. Files are written atomically (a
-temporary file in the same folder, then `os.replace`), so a reader never sees half a file and a
-failed export leaves the previous one in place; a temporary file left by a killed export is removed
+(`results_of`), so a million results never sit in memory and no template runs twice. Files are
+written atomically (a temporary file in the same folder, then `os.replace`), so a reader never
+sees half a file and a failed export leaves the previous one in place; a temporary file left by a killed export is removed
 by the next write of the same file once it is a minute old. An output is checked like a spec's
 `output` before anything is written: never the state, a spec, a data file or anything in `.git`.
 
@@ -76,7 +76,6 @@ COLUMNS = (
     "batch_id",
 )
 _USAGE = ("cache_creation_input_tokens", "cache_read_input_tokens")
-# Without columns, a Message shows only its tool calls, cache usage and (opt-in) thinking.
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
 CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
 CHUNK_KEYS = 5_000  # keys looked up in state at once: a query per chunk, memory flat
