@@ -445,8 +445,12 @@ def _input_fields(
     if job.requests is not None:
         return ["custom_id", "params"]
     fields: dict[str, None] = {}
+    last: Any = None  # the field names of the row before, as a set-like view
     for row in export_inputs(job, root, context.prices, context.clock().date()):
-        fields.update(dict.fromkeys(row))
+        names = row.keys()
+        if names != last:  # the same names as the row before add none
+            fields.update(dict.fromkeys(row))
+            last = names
         if job.input is not None and job.input.format == "csv":
             break  # every CSV row has the header's fields
     return list(fields)
