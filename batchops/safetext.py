@@ -92,7 +92,8 @@ def markdown_text(text: object) -> str:
 
 
 # OWASP "CSV Injection": a cell starting with one of these runs as a formula in a spreadsheet.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+FORMULA_FIRST = frozenset(FORMULA_STARTS)  # each start is one character: a set of first ones
 
 
 def csv_cell(value: Any) -> Any:
@@ -102,6 +103,6 @@ def csv_cell(value: Any) -> Any:
     prefixed with `'`, as OWASP advises; the csv module then quotes it as needed. Numbers,
     booleans and None are returned unchanged (a negative number is not a formula).
     """
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value

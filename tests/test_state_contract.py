@@ -278,6 +278,8 @@ def test_store_harvest_settles_items(writer: StateWriter) -> None:
     errored = writer.result_lookup(JOB, "b")
     assert errored is not None and errored.text is None and errored.record.outcome == "errored"
     assert writer.result_lookup(JOB, "zz") is None
+    assert writer.results_of(JOB, ["zz", "b", "a"]) == {"a": lookup, "b": errored}
+    assert writer.results_of(JOB, []) == {} and writer.results_of("other", ["a"]) == {}
     batch = writer.batch("msgbatch_1")
     assert batch is not None and batch.harvested_at == NOW
     assert writer.batch_detail("msgbatch_1") == (
@@ -613,6 +615,7 @@ def test_reader_on_missing_state_answers_empty_and_creates_nothing(backend: Back
         assert reader.inflight_by_batch() == {} and reader.open_intents() == []
         assert reader.job_names() == [] and list(reader.usage_rows()) == []
         assert reader.result_lookup(JOB, "a") is None and reader.result_lookups(JOB)("a") is None
+        assert reader.results_of(JOB, ["a"]) == {}
         assert reader.removal_counts(JOB) is None and not reader.plan_applied("p")
         assert reader.sent_attempts("x") == {}
     finally:

@@ -4,10 +4,12 @@ Users come for the answers, not for a database. Every input key appears exactly 
 order: with its answer when the item has a current result (a stored success whose fingerprint is
 the spec's current one), otherwise with its state (`pending`, `todo`, `failed` …) and no text.
 
-The export streams: items are rendered one at a time (`iter_items`) and each key is looked up in
-state by primary key, so a million results never sit in memory. Files are written atomically (a
-temporary file in the same folder, then `os.replace`), so a reader never sees half a file and a
-failed export leaves the previous one in place; a temporary file left by a killed export is removed
+The export streams, a chunk of keys at a time: who each item is (key, custom_id, fingerprint) and
+its input row come from `spec.inputs` (the rows cache and the data file read directly when the
+cache serves the job, else a render), and each chunk's state is read with one query
+(`results_of`), so a million results never sit in memory and no template runs twice. Files are
+written atomically (a temporary file in the same folder, then `os.replace`), so a reader never
+sees half a file and a failed export leaves the previous one in place; a temporary file left by a killed export is removed
 by the next write of the same file once it is a minute old. An output is checked like a spec's
 `output` before anything is written: never the state, a spec, a data file or anything in `.git`.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import os
 import stat
@@ -34,6 +37,8 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,9 +49,9 @@ from batchops.errors import BatchopsError
 from batchops.plan.actions import Plan
 from batchops.plan.build import plan_from
 from batchops.plan.diff import classify
-from batchops.safetext import csv_cell
+from batchops.safetext import FORMULA_FIRST
 from batchops.spec.desired import DesiredItem, select_jobs
-from batchops.spec.items import Item, iter_items
+from batchops.spec.inputs import ExportItem, export_inputs, export_items
 from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
 from batchops.state.api import StateReader
 
@@ -72,6 +77,8 @@ COLUMNS = (
 )
 _USAGE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
+CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
+CHUNK_KEYS = 5_000  # keys looked up in state at once: a query per chunk, memory flat
 STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
 
 
@@ -164,13 +171,6 @@ def check_output_path(context: Context, project: Project, job: Job, path: Path) 
         raise BatchopsError(*(f"{path}: cannot write results there: it {p}" for p in problems))
 
 
-def _input_of(item: Item) -> dict[str, Any]:
-    """The input row an item came from (a raw request's line for a `requests` job)."""
-    if item.row is not None:
-        return item.row
-    return {"custom_id": item.key, "params": item.params}
-
-
 def iter_results(
     context: Context,
     job_name: str,
@@ -183,77 +183,96 @@ def iter_results(
     `message` holds the full stored Message as an `orjson.Fragment` (pre-serialised JSON).
     """
     job, root = _job(context, job_name)
+    items = export_items(job, root, context.prices, context.clock().date())
     reader = context.reader()
+    # Every row is made of new dicts and lists, none in a cycle, freed as soon as written: the
+    # collector would only scan the heap again and again (a tenth of the time), so it waits.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        yield from _rows(job, root, reader, failed_only, options)
+        yield from _rows(job, items, reader, failed_only, options)
     finally:
+        if collecting:
+            gc.enable()
         reader.close()
 
 
 def _rows(
     job: Job,
-    root: Path,
+    items: Iterator[ExportItem],
     reader: StateReader,
     failed_only: bool,
     options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> Iterator[dict[str, Any]]:
     name, max_attempts = job.name, job.max_attempts
-    lookup = reader.result_lookups(name)
-    for item in iter_items(job, root):
-        found = lookup(item.key)
-        record = found.record if found is not None else None
-        state, detail = classify(
-            DesiredItem(item.key, item.custom_id, item.fingerprint, 0.0), record, max_attempts
-        )
-        if failed_only and state != "failed":
-            continue
-        current = (
-            found is not None
-            and state == "succeeded"
-            and found.result_type == "succeeded"
-            and found.result_fingerprint == item.fingerprint
-        )
-        errored = record is not None and state in ("failed", "retry")
-        answer = _answer(found.message if current and found else None, options)
-        row = {
-            "key": item.key,
-            "custom_id": item.custom_id,
-            "state": state,
-            "text": found.text if current and found else None,
-        }
-        if options.thinking:
-            row["thinking"] = answer.get("thinking")
-        row |= {
-            "tool_calls": answer.get("tool_calls"),
-            "detail": detail,
-            "error_type": (record.error_type or record.outcome) if errored and record else None,
-            "error_message": record.error_message if errored and record else None,
-            "stop_reason": found.stop_reason if current and found else None,
-            "model": found.model if current and found else None,
-            "input_tokens": found.input_tokens if current and found else None,
-            "output_tokens": found.output_tokens if current and found else None,
-            "cache_creation_input_tokens": answer.get("cache_creation_input_tokens"),
-            "cache_read_input_tokens": answer.get("cache_read_input_tokens"),
-            "batch_id": found.batch_id if current and found else None,
-        }
-        if options.columns:
-            row["output"] = answer.get("output", dict.fromkeys(options.columns))
-            row["parse_error"] = answer.get("parse_error")
-        if options.input_columns is None:
-            row["input"] = _input_of(item)
-        elif options.input_columns:
-            source = _input_of(item)
-            row["input"] = {f: source.get(f) for f in options.input_columns}
-        row["message"] = (
-            orjson.Fragment(found.message) if current and found and found.message else None
-        )
-        yield row
+    thinking, columns, chosen = options.thinking, options.columns, options.input_columns
+    no_output = dict.fromkeys(columns)
+    new = tuple.__new__  # a NamedTuple from its fields in one C call (this runs per item)
+    while chunk := list(islice(items, CHUNK_KEYS)):
+        found_of = reader.results_of(name, [item.key for item in chunk])
+        for item in chunk:
+            found = found_of.get(item.key)
+            record = found.record if found is not None else None
+            desired = new(DesiredItem, (item.key, item.custom_id, item.fingerprint, 0.0, 0, None))
+            state, detail = classify(desired, record, max_attempts)
+            if failed_only and state != "failed":
+                continue
+            error_type = error_message = None
+            if found is None or record is None:
+                current = False
+            else:
+                current = (
+                    state == "succeeded"
+                    and found.result_type == "succeeded"
+                    and found.result_fingerprint == item.fingerprint
+                )
+                if state == "failed" or state == "retry":
+                    error_type = record.error_type or record.outcome
+                    error_message = record.error_message
+            if current and found is not None:
+                text, stop_reason, model = found.text, found.stop_reason, found.model
+                input_tokens, output_tokens = found.input_tokens, found.output_tokens
+                batch_id, message = found.batch_id, found.message
+                answer = _answer(message, options)
+            else:
+                text = stop_reason = model = input_tokens = output_tokens = None
+                batch_id = message = None
+                answer = {}
+            row = {
+                "key": item.key,
+                "custom_id": item.custom_id,
+                "state": state,
+                "text": text,
+                **({"thinking": answer.get("thinking")} if thinking else {}),
+                "tool_calls": answer.get("tool_calls"),
+                "detail": detail,
+                "error_type": error_type,
+                "error_message": error_message,
+                "stop_reason": stop_reason,
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cache_creation_input_tokens": answer.get("cache_creation_input_tokens"),
+                "cache_read_input_tokens": answer.get("cache_read_input_tokens"),
+                "batch_id": batch_id,
+            }
+            if columns:
+                row["output"] = answer.get("output", no_output)
+                row["parse_error"] = answer.get("parse_error")
+            if chosen is None:
+                row["input"] = item.input
+            elif chosen:
+                row["input"] = {f: item.input.get(f) for f in chosen}
+            row["message"] = orjson.Fragment(message) if message else None
+            yield row
 
 
 def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
     """What the export shows of a stored Message: tool calls, thinking, cache usage, columns."""
     if not message:
         return {}
+    if not options.columns and not _may_show(message, options.thinking):
+        return {}  # none of what is shown can be in it: every value shown is None
     try:
         parsed = orjson.loads(message)
     except orjson.JSONDecodeError:
@@ -285,6 +304,17 @@ def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
         else:
             out["output"] = {c: value.get(c) for c in options.columns}
     return out
+
+
+def _may_show(message: str, thinking: bool) -> bool:
+    """False when `message` cannot hold a tool call, cache usage or (with `thinking`) a thought:
+    it has none of their words and no \\u escape that could spell one. Then it is not parsed."""
+    return (
+        "tool_use" in message
+        or "cache_" in message
+        or "\\u" in message
+        or (thinking and "thinking" in message)
+    )
 
 
 def _structured(
@@ -327,7 +357,6 @@ def write_rows(
 
     CSV cells that would run as a spreadsheet formula are neutralised unless `raw_csv`.
     """
-    cell = _cell if raw_csv else _safe_cell
     check_format(fmt)
     count = 0
     if fmt == "jsonl":
@@ -342,38 +371,60 @@ def write_rows(
             count += 1
         out.write(b"\n]\n" if count else b"]\n")
     else:
-        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-        try:
-            writer = csv.writer(text, lineterminator="\n")
-            fields = list(input_fields)
-            columns = list(COLUMNS)
-            if options.thinking:
-                columns.insert(columns.index("text") + 1, "thinking")
-            outputs = list(options.columns)
-            tail = ["parse_error"] if outputs else []
-            writer.writerow(
-                [
-                    *columns,
-                    *(f"output.{c}" for c in outputs),
-                    *tail,
-                    *(f"input.{f}" for f in fields),
-                ]
-            )
-            for row in rows:
-                source = row.get("input") or {}
-                parsed = row.get("output") or {}
-                writer.writerow(
-                    [
-                        *(cell(row[c]) for c in columns),
-                        *(cell(parsed.get(c)) for c in outputs),
-                        *(cell(row[c]) for c in tail),
-                        *(cell(source.get(f)) for f in fields),
-                    ]
-                )
-                count += 1
-        finally:
-            text.detach()
+        count = _write_csv(rows, out, list(input_fields), options, safe=not raw_csv)
     out.flush()
+    return count
+
+
+def _write_csv(
+    rows: Iterable[dict[str, Any]],
+    out: IO[bytes],
+    fields: list[str],
+    options: ExportOptions,
+    *,
+    safe: bool,
+) -> int:
+    columns = list(COLUMNS)
+    if options.thinking:
+        columns.insert(columns.index("text") + 1, "thinking")
+    outputs = list(options.columns)
+    tail = ["parse_error"] if outputs else []
+    header = [*columns, *(f"output.{c}" for c in outputs), *tail, *(f"input.{f}" for f in fields)]
+    fixed = itemgetter(*columns, *tail)
+    # Rows are written to a string, encoded and written out a chunk at a time (not row by row).
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    starts, count = FORMULA_FIRST, 0
+    for row in rows:
+        values = list(fixed(row))
+        if outputs:
+            parsed = row.get("output") or {}
+            values[len(columns) : len(columns)] = [parsed.get(c) for c in outputs]
+        if fields:
+            source = row.get("input") or {}
+            values += [source.get(f) for f in fields]
+        # Each value as a cell, inline (this runs per cell): None is an empty cell and a number
+        # is written as it is (by the csv module), a string that would start a formula gets a
+        # leading ' unless raw (`safetext.csv_cell`), a list or dict is JSON (`_cell`).
+        writer.writerow(
+            [
+                v
+                if v is None
+                else (("'" + v if v[:1] in starts else v) if safe else v)
+                if type(v) is str
+                else v
+                if type(v) is int
+                else _cell(v)
+                for v in values
+            ]
+        )
+        count += 1
+        if count % CSV_CHUNK_ROWS == 0:
+            out.write(text.getvalue().encode())
+            text.seek(0)
+            text.truncate()
+    out.write(text.getvalue().encode())
     return count
 
 
@@ -385,19 +436,21 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _safe_cell(value: Any) -> Any:
-    return csv_cell(_cell(value))
-
-
-def _input_fields(job: Job, root: Path, chosen: tuple[str, ...] | None = None) -> list[str]:
+def _input_fields(
+    context: Context, job: Job, root: Path, chosen: tuple[str, ...] | None = None
+) -> list[str]:
     """CSV header fields for the input rows: the first row's for fixed-shape sources, else all."""
     if chosen is not None:
         return list(chosen)
     if job.requests is not None:
         return ["custom_id", "params"]
     fields: dict[str, None] = {}
-    for item in iter_items(job, root):
-        fields.update(dict.fromkeys(_input_of(item)))
+    last: Any = None  # the field names of the row before, as a set-like view
+    for row in export_inputs(job, root, context.prices, context.clock().date()):
+        names = row.keys()
+        if names != last:  # the same names as the row before add none
+            fields.update(dict.fromkeys(row))
+            last = names
         if job.input is not None and job.input.format == "csv":
             break  # every CSV row has the header's fields
     return list(fields)
@@ -425,7 +478,9 @@ def export(
     job, project = _job_and_project(context, job_name)
     if options is None:
         options = ExportOptions(columns=job.output.columns if job.output is not None else ())
-    fields = _input_fields(job, project.root, options.input_columns) if fmt == "csv" else []
+    fields = (
+        _input_fields(context, job, project.root, options.input_columns) if fmt == "csv" else []
+    )
     parse_errors = 0
 
     def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:

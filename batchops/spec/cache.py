@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -263,33 +263,10 @@ def _load(
     except OSError:
         return None
     with fh:
-        first = fh.readline()
-        try:
-            header = orjson.loads(first)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(header, dict) or header.get("kind") != FORMAT:
-            return None
-        if header.get("definition") != definition or not _same_data(header, data_file):
-            return None
-        mac = hashlib.blake2b(first, key=key, digest_size=32)
-        chunks: list[bytes] = []
-        end = None
-        for line in fh:
-            if line.startswith(b'{"mac":'):
-                end = line
-                break
-            mac.update(line)
-            chunks.append(line)
-    expected = b'{"mac":"' + mac.hexdigest().encode() + b'"}\n'
-    if end is None or not hmac.compare_digest(end, expected):
-        return None  # damaged, cut short, or not written with this user's key
-    cached_prices = header.get("prices") or {}
-    if cached_prices != _prices_of(set(cached_prices), prices, today):
-        return None  # a dated price changed since (the table's content did not)
-    cls = _cost_type(header.get("cost_type"))
-    if cls is False:
+        checked = _check(fh, key, definition, data_file, prices, today, keep=True)
+    if checked is None:
         return None
+    header, cls, chunks = checked
     new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
     out: list[list[Row]] = []
     count = 0
@@ -308,6 +285,112 @@ def _load(
     if count != header.get("rows"):
         return None
     return out
+
+
+def identities(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[Row] | None:
+    """The cached row (key, custom_id, fingerprint, cost, model, size) of every item of `job`
+    in source order, streamed; None when the cache cannot serve them (then render).
+
+    What an export needs without rendering: the file is checked whole (header, prices, hash)
+    before its first row is read again, through the same open file, so its memory stays flat.
+    """
+    fh = _checked_file(job, root, prices, today)
+    return None if fh is None else _identities(fh)
+
+
+def serves(job: Job, root: Path, prices: PriceTable, today: date) -> bool:
+    """True when `identities` would serve the job's rows (its source rendered without a problem
+    into the rows kept, and nothing they were made from changed since)."""
+    fh = _checked_file(job, root, prices, today)
+    if fh is None:
+        return False
+    fh.close()
+    return True
+
+
+def _checked_file(job: Job, root: Path, prices: PriceTable, today: date) -> IO[bytes] | None:
+    if not enabled() or job.attachments:
+        return None
+    key = _mac_key()
+    if key is None:
+        return None
+    path = cache_dir(root) / "rows" / f"{job.name}.jsonl"
+    try:
+        fh = path.open("rb")
+    except OSError:
+        return None
+    try:
+        definition = _definition_digest(job, prices)
+        checked = _check(fh, key, definition, job.source_file(), prices, today, keep=False)
+    except BaseException:
+        fh.close()
+        raise
+    if checked is None:
+        fh.close()
+        return None
+    return fh
+
+
+def _identities(fh: IO[bytes]) -> Iterator[Row]:
+    with fh:
+        fh.seek(0)
+        fh.readline()  # the header
+        for line in fh:
+            if line.startswith(b'{"mac":'):
+                return
+            # A chunk is tens of thousands of new lists at once: the collector would scan the
+            # heap again and again while they are made (as in `rows`), so it waits.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                chunk = orjson.loads(line)
+            finally:
+                if collecting:
+                    gc.enable()
+            yield from chunk  # lists, as read: the caller takes what it needs of each
+
+
+def _check(
+    fh: IO[bytes],
+    key: bytes,
+    definition: str,
+    data_file: Path | None,
+    prices: PriceTable,
+    today: date,
+    *,
+    keep: bool,
+) -> tuple[dict[str, Any], Any, list[bytes]] | None:
+    """(header, cost type, chunk lines if `keep`) of a cache file whose rows were written for
+    this definition and data, with this user's key, at today's prices; None otherwise."""
+    first = fh.readline()
+    try:
+        header = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(header, dict) or header.get("kind") != FORMAT:
+        return None
+    if header.get("definition") != definition or not _same_data(header, data_file):
+        return None
+    mac = hashlib.blake2b(first, key=key, digest_size=32)
+    chunks: list[bytes] = []
+    end = None
+    for line in fh:
+        if line.startswith(b'{"mac":'):
+            end = line
+            break
+        mac.update(line)
+        if keep:
+            chunks.append(line)
+    expected = b'{"mac":"' + mac.hexdigest().encode() + b'"}\n'
+    if end is None or not hmac.compare_digest(end, expected):
+        return None  # damaged, cut short, or not written with this user's key
+    cached_prices = header.get("prices") or {}
+    if cached_prices != _prices_of(set(cached_prices), prices, today):
+        return None  # a dated price changed since (the table's content did not)
+    cls = _cost_type(header.get("cost_type"))
+    if cls is False:
+        return None
+    return header, cls, chunks
 
 
 def _cost_type(spec: Any) -> Any:

@@ -483,6 +483,20 @@ def _jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tu
         yield number, _json_line(line, number, shown)
 
 
+def _good_jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
+    """`_jsonl_rows` of a file known to hold only good rows (every one became an item): a line
+    orjson reads is taken as it reads it, without looking for what would make it a bad row."""
+    loads, error = orjson.loads, orjson.JSONDecodeError
+    for number, line in _binary_lines(path, shown, root):
+        if not line.strip():
+            continue
+        try:
+            row = loads(line)
+        except error:
+            row = _json_line(line, number, shown)
+        yield number, row
+
+
 def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
     position = {"line": 0}
 
@@ -596,6 +610,54 @@ def iter_items(job: Job, root: Path) -> Iterator[Item]:
         raise problems.error(e.line(job.name)) from None
     if problems.count:
         raise problems.error()
+
+
+def input_of(item: Item) -> dict[str, Any]:
+    """The input row an item came from (a raw request's line for a `requests` job)."""
+    if item.row is not None:
+        return item.row
+    return {"custom_id": item.key, "params": item.params}
+
+
+def iter_inputs(job: Job, root: Path) -> Iterator[tuple[str | None, Any]]:
+    """(key, input row) of every row of the job's source in order, read and not rendered: what
+    `input_of` gives for each item, when who the items are is known already (the rows cache).
+
+    Only a source whose every row is an item (it rendered without a problem) gives one row per
+    item; a row that cannot be one has the key None. A file that cannot be read is a SpecError.
+    """
+    try:
+        if job.requests is not None:
+            shown = display_path(job.requests.path, root)
+            for _, request in _good_jsonl_rows(job.requests.path, shown, root):
+                if type(request) is not dict:
+                    yield None, request
+                    continue
+                custom_id = request.get("custom_id")
+                key = custom_id if type(custom_id) is str else None
+                yield key, {"custom_id": key, "params": request.get("params")}
+            return
+        rows: Iterator[tuple[int, Any]]
+        if job.input is not None:
+            shown = display_path(job.input.path, root)
+            reader = _READERS[job.input.format]
+            rows = (_good_jsonl_rows if reader is _jsonl_rows else reader)(
+                job.input.path, shown, root
+            )
+            key_field = job.input.key
+        else:
+            rows = enumerate(job.items or [])
+            key_field = "key"
+        for _, row in rows:
+            if type(row) is not dict:
+                yield None, row
+                continue
+            key = row.get(key_field)
+            if type(key) is not str or not key:
+                key = _key_of(row, key_field)
+            yield (key if type(key) is str else None), row
+    except _Fatal as e:
+        raise SpecError(terminal(e.line(job.name))) from None
 
 
 def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) -> Iterator[Item]:

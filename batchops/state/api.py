@@ -190,6 +190,12 @@ class StateReader(ABC):
         """`result_lookup` for many keys of one job (a backend may prepare it once)."""
         return lambda key: self.result_lookup(job, key)
 
+    def results_of(self, job: str, keys: Sequence[str]) -> dict[str, ResultLookup]:
+        """`result_lookup` of a chunk of keys of one job at once, by key; a key without an item
+        is left out. A backend answers it with one query (what an export reads, chunk by chunk)."""
+        found = ((key, self.result_lookup(job, key)) for key in keys)
+        return {key: lookup for key, lookup in found if lookup is not None}
+
     @abstractmethod
     def usage_rows(self) -> Iterator[UsageRow]: ...
 

@@ -365,12 +365,13 @@ class PostgresReader(StateReader):
         intent = self._one("select intent_id from batches where id = %s", [batch_id])
         return intent, attempts, results
 
-    _LOOKUP_SQL = (
+    _LOOKUP_FROM = (
         f"select {_ITEM_COLUMNS}, r.fingerprint, r.type, r.text, r.message, r.stop_reason,"
         " r.model, r.input_tokens, r.output_tokens, r.batch_id"
         " from items i left join attempts a on a.id = i.inflight_attempt"
-        " left join results r on r.id = i.result_id where i.job = %s and i.key = %s"
+        " left join results r on r.id = i.result_id"
     )
+    _LOOKUP_SQL = f"{_LOOKUP_FROM} where i.job = %s and i.key = %s"
 
     def result_lookup(self, job: str, key: str) -> ResultLookup | None:
         rows = self._rows(self._LOOKUP_SQL, [job, key])
@@ -392,6 +393,15 @@ class PostgresReader(StateReader):
             return ResultLookup(ItemRecord._make(row[:12]), *row[12:])
 
         return lookup
+
+    def results_of(self, job: str, keys: Sequence[str]) -> dict[str, ResultLookup]:
+        if not keys:
+            return {}
+        sql = f"{self._LOOKUP_FROM} where i.job = %s and i.key = any(%s)"
+        make, item = ResultLookup._make, ItemRecord._make
+        return {
+            row[1]: make((item(row[:12]), *row[12:])) for row in self._rows(sql, [job, list(keys)])
+        }
 
     def usage_rows(self) -> Iterator[UsageRow]:
         sql = (

@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -225,6 +226,16 @@ _ITEM_SQL = (
     " coalesce(i.attempts, 0), i.inflight_attempt is not null, i.outcome, i.error_type,"
     " i.error_message, coalesce(i.canceled_by_us, 0), i.forgotten_at is not null, a.batch_id"
     " from items i left join attempts a on a.id = i.inflight_attempt"
+)
+# An item's state and its current result (`result_lookup`), to be completed with a where.
+_LOOKUP_SQL = (
+    "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
+    " coalesce(i.attempts, 0), i.inflight_attempt is not null, i.outcome, i.error_type,"
+    " i.error_message, coalesce(i.canceled_by_us, 0), i.forgotten_at is not null,"
+    " a.batch_id, r.fingerprint, r.type, r.text, r.message, r.stop_reason, r.model,"
+    " r.input_tokens, r.output_tokens, r.batch_id"
+    " from items i left join attempts a on a.id = i.inflight_attempt"
+    " left join results r on r.id = i.result_id"
 )
 _BATCH_SQL = (
     "select b.*, coalesce(i.status = 'adopted', 0) as adopted from batches b"
@@ -465,15 +476,7 @@ class SqliteReader(StateReader):
         if self.db is None:
             return lambda key: None
         execute = self.db.conn.execute
-        sql = (
-            "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
-            " coalesce(i.attempts, 0), i.inflight_attempt is not null, i.outcome, i.error_type,"
-            " i.error_message, coalesce(i.canceled_by_us, 0), i.forgotten_at is not null,"
-            " a.batch_id, r.fingerprint, r.type, r.text, r.message, r.stop_reason, r.model,"
-            " r.input_tokens, r.output_tokens, r.batch_id"
-            " from items i left join attempts a on a.id = i.inflight_attempt"
-            " left join results r on r.id = i.result_id where i.job = ? and i.key = ?"
-        )
+        sql = f"{_LOOKUP_SQL} where i.job = ? and i.key = ?"
 
         def lookup(key: str) -> ResultLookup | None:
             row = execute(sql, (job, key)).fetchone()
@@ -482,6 +485,17 @@ class SqliteReader(StateReader):
             return ResultLookup(ItemRecord._make(row[:12]), *row[12:])
 
         return lookup
+
+    def results_of(self, job: str, keys: Sequence[str]) -> dict[str, ResultLookup]:
+        if self.db is None or not keys:
+            return {}
+        # The keys travel as one JSON array: no limit on bound parameters, one statement to cache.
+        sql = f"{_LOOKUP_SQL} where i.job = ? and i.key in (select value from json_each(?))"
+        new = tuple.__new__  # the NamedTuples from their fields in C calls (this runs per item)
+        return {
+            row[1]: new(ResultLookup, (new(ItemRecord, row[:12]), *row[12:]))
+            for row in self.db.conn.execute(sql, (job, orjson.dumps(keys).decode()))
+        }
 
     def usage_rows(self) -> Iterator[UsageRow]:
         sql = (

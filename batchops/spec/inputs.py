@@ -1,0 +1,67 @@
+"""What an export joins each result to: every item's identity and input row, in source order.
+
+An export needs each item's key, custom_id and fingerprint (to find its current result) and the
+input row it came from (echoed beside the answer), never the rendered request. When the rows cache
+serves the job (`cache.identities`: nothing the rows were made from changed, so the source rendered
+without a problem, one item per row), the identities come from it and the rows from the data file
+read directly, and no template runs; otherwise every item is rendered (`iter_items`). Both stream:
+a million items never sit in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from batchops.errors import SpecError
+from batchops.pricing import PriceTable
+from batchops.spec import cache
+from batchops.spec.items import input_of, iter_inputs, iter_items
+from batchops.spec.model import Job, display_path
+
+_MISSING: Any = (None, None)  # what one of the two streams gives once the other ran out
+
+
+class ExportItem(NamedTuple):
+    key: str
+    custom_id: str
+    fingerprint: str
+    input: dict[str, Any]
+
+
+def export_items(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[ExportItem]:
+    """Every item of `job` with its input row, in source order (SpecError as `iter_items`)."""
+    cached = cache.identities(job, root, prices, today)
+    if cached is None:
+        for item in iter_items(job, root):
+            yield ExportItem(item.key, item.custom_id, item.fingerprint, input_of(item))
+        return
+    new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
+    for cached_row, (key, row) in zip_longest(cached, iter_inputs(job, root), fillvalue=_MISSING):
+        if cached_row is _MISSING or key != cached_row[0]:
+            raise _changed(job, root)  # the data file is not the one the rows were made from
+        yield new(ExportItem, (key, cached_row[1], cached_row[2], row))
+
+
+def export_inputs(
+    job: Job, root: Path, prices: PriceTable, today: date
+) -> Iterator[dict[str, Any]]:
+    """The input row of every item of `job`, in source order: `export_items`' `input` alone."""
+    if not cache.serves(job, root, prices, today):
+        for item in iter_items(job, root):
+            yield input_of(item)
+        return
+    for key, row in iter_inputs(job, root):
+        if key is None:
+            raise _changed(job, root)
+        yield row
+
+
+def _changed(job: Job, root: Path) -> SpecError:
+    source = job.source_file() or job.spec_file
+    return SpecError(
+        f"{display_path(source, root)}: job {job.name}: changed while it was read; export again"
+    )
