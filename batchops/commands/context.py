@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from batchops.clock import utcnow
 from batchops.errors import BatchopsError, NoCredentials, StateError
 from batchops.plan.actions import Plan
-from batchops.plan.build import plan_from
 from batchops.plan.diff import BatchLimits
+from batchops.plan.memo import Memo, Planner
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod
@@ -138,6 +138,24 @@ class Context:
             desired = replace(desired, replace=replacements(desired, replace_items))
         return desired
 
+    def planner(
+        self, job_names: Iterable[str] | None = None, replace_items: Iterable[str] = ()
+    ) -> Planner:
+        """The desired items of a command, rendered only when the plan memo cannot answer."""
+        replace_items = list(replace_items)
+        if replace_items:  # the keys are checked against the rendered items: render now
+            return Planner.of(self.desired(job_names, replace_items))
+        project = self.project()
+        today = self.clock().date()
+        names = list(job_names or [])
+        planner = Planner(
+            project, names, lambda: desired_mod.collect(project, self.prices, today, names)
+        )
+        jobs = [project.job(n) for n in planner.names]
+        if Memo.usable(j for j in jobs if j is not None):
+            planner.memo = Memo(project, [j for j in jobs if j], not names, self.prices, today)
+        return planner
+
     def reader(self):
         return open_reader(self.settings.state_path)
 
@@ -167,29 +185,29 @@ class Context:
         job_names: Iterable[str] | None = None,
         refresh: bool = False,
         replace_items: Iterable[str] = (),
-    ) -> tuple[Plan, Desired]:
+    ) -> tuple[Plan, Planner]:
         """Diff specs against state (read-only); with `refresh`, remote batches are polled first.
-        `replace_items` (`JOB:KEY`) are sent again on purpose."""
-        desired = self.desired(job_names, replace_items)
+        `replace_items` (`JOB:KEY`) are sent again on purpose. With the plan comes what it was
+        planned from (its `desired` items rendered on first use: the plan memo may have answered)."""
+        planner = self.planner(job_names, replace_items)
         reader = self.reader()
         try:
             remote: dict[str, BatchRecord] | None = None
             notes: list[str] = []
-            if refresh and self.settings.has_credentials and reader.exists:
+            polled = [b for b in reader.batches() if not b.finished]
+            if refresh and self.settings.has_credentials and reader.exists and polled:
                 from batchops.apply.refresh import remote_view
 
                 client = self.client()
                 try:
-                    remote, notes = remote_view(reader.batches(), client, self.clock())
+                    remote, notes = remote_view(polled, client, self.clock())
                 finally:
                     client.close()
-            plan = plan_from(reader, desired, self.clock(), remote, self.settings.limits)
+            plan = planner.plan(reader, self.clock(), remote, self.settings.limits)
             offline_note = None
             if remote is None:
                 moving = [
-                    b
-                    for b in reader.batches()
-                    if not b.finished and (b.processing_status != "ended" or b.harvested_at is None)
+                    b for b in polled if b.processing_status != "ended" or b.harvested_at is None
                 ]
                 if moving:
                     why = "--no-refresh" if not refresh else "no ANTHROPIC_API_KEY"
@@ -197,7 +215,7 @@ class Context:
                         f"{len(moving)} batches in flight were not refreshed ({why}): "
                         "the plan uses their last recorded state"
                     )
-            return replace(plan, notes=tuple(notes), offline_note=offline_note), desired
+            return replace(plan, notes=tuple(notes), offline_note=offline_note), planner
         finally:
             reader.close()
 
@@ -240,15 +258,23 @@ class Context:
         if plan_file is not None:
             saved = self.load_plan(plan_file)
             job_names = list(saved.plan.job_names or [])
-            desired = self.desired(job_names)
+            planner = Planner.of(self.desired(job_names))
             reader = self.reader()
             try:
-                check_saved_plan(saved, reader.lineage, reader.serial, desired.spec_digest,
+                check_saved_plan(saved, reader.lineage, reader.serial, planner.spec_digest,
                                  reader.plan_applied(saved.plan_id))  # fmt: skip
             finally:
                 reader.close()
         else:  # bad specs fail here, before state is touched
-            desired = self.desired(job_names, replace_items)
+            planner = self.planner(job_names, replace_items)
+            reader = self.reader()
+            try:
+                # Rendered now unless the memo holds the plan for this state: it was made from
+                # these very specs and data files, which rendered without a problem then.
+                if not planner.answered(reader, self.clock(), self.settings.limits):
+                    planner.desired  # noqa: B018 (renders)
+            finally:
+                reader.close()
         client = self.client()  # no credentials: fail before the state is written
         command = "apply" if submit else "refresh"
 
@@ -262,19 +288,19 @@ class Context:
             state = open_writer(
                 self.settings.state_path,
                 command,
-                jobs=None if desired.all_jobs_in_scope else _lease_names(desired),
+                jobs=None if planner.all_jobs_in_scope else _lease_names(planner),
                 lock_timeout=lock_timeout,
                 on_takeover=takeover,
             )
             try:
                 if saved is not None:
-                    check_saved_plan(saved, state.lineage, state.serial, desired.spec_digest,
+                    check_saved_plan(saved, state.lineage, state.serial, planner.spec_digest,
                                      state.plan_applied(saved.plan_id))  # fmt: skip
                     state.record_plan_applied(saved.plan_id, self.clock())
                 report = run_cycles(
                     state,
                     client,
-                    desired,
+                    planner,
                     clock=self.clock,
                     limits=self.settings.limits,
                     progress=progress,
@@ -398,10 +424,10 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _lease_names(desired: Desired) -> list[str]:
-    """The jobs an apply of `desired` writes: its own, and the old names it moves from."""
-    names = [j.name for j in desired.jobs]
-    return names + [m.old for m in desired.project.moves if m.new in names]
+def _lease_names(planner: Planner) -> list[str]:
+    """The jobs an apply of `planner` writes: its own, and the old names it moves from."""
+    names = list(planner.names)
+    return names + [m.old for m in planner.project.moves if m.new in names]
 
 
 def replacements(desired: Desired, items: Iterable[str]) -> frozenset[tuple[str, str]]:
