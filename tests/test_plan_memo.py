@@ -296,6 +296,15 @@ def test_a_planted_or_tampered_memo_is_refused(
         assert renders["n"] == before + 1  # refused: planned in full (and kept again)
         assert got == full_plan(ctx, monkeypatch)
         assert got.jobs[0].counts["succeeded"] == 5
+    # a symlink in its place (to a file that never ends) is not read
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    before = renders["n"]
+    got, _ = ctx.plan(refresh=False)
+    assert renders["n"] == before + 1
+    assert got == full_plan(ctx, monkeypatch)
+    assert path.is_symlink()  # and not written through
+    path.unlink()
     # a memo made with another user's key (as a pull request could plant) is refused too
     path.write_bytes(good)
     key = tmp_path / "home-cache" / "batchops" / "cache.key"

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import hmac
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
@@ -51,6 +52,7 @@ from batchops.state.records import BatchRecord
 
 FORMAT = "batchops-plan-memo-v1"
 MIN_ITEMS = 10_000  # fewer items plan in a fraction of a second: no memo is kept for them
+MAX_BYTES = 64 << 20  # a memo file larger than this was not written by batchops
 
 
 class Memo:
@@ -126,8 +128,14 @@ class Memo:
         key = cache.mac_key()
         if key is None:
             return None
+        path = self.path(location)
         try:
-            data = self.path(location).read_bytes()
+            # a regular file of a sane size: a symlink planted in a pull request (to /dev/zero,
+            # say) must not be read without end
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
+                return None
+            data = path.read_bytes()[:MAX_BYTES]
         except OSError:
             return None
         body, _, end = data.partition(b"\n")
