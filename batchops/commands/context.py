@@ -267,14 +267,10 @@ class Context:
                 reader.close()
         else:  # bad specs fail here, before state is touched
             planner = self.planner(job_names, replace_items)
-            reader = self.reader()
-            try:
-                # Rendered now unless the memo holds the plan for this state: it was made from
-                # these very specs and data files, which rendered without a problem then.
-                if not planner.answered(reader, self.clock(), self.settings.limits):
-                    planner.desired  # noqa: B018 (renders)
-            finally:
-                reader.close()
+            # Rendered now unless the memo holds the plan for this state: it was made from
+            # these very specs and data files, which rendered without a problem then.
+            if not self._memo_answers(planner):
+                planner.desired  # noqa: B018 (renders)
         client = self.client()  # no credentials: fail before the state is written
         command = "apply" if submit else "refresh"
 
@@ -320,6 +316,22 @@ class Context:
             return report
         finally:
             client.close()
+
+    def _memo_answers(self, planner: Planner) -> bool:
+        """Whether the plan memo holds `planner`'s plan for the state as it stands (read-only;
+        a state another apply is creating right now reads as no answer)."""
+        if planner.memo is None:
+            return False
+        try:
+            reader = self.reader()
+        except StateError:
+            return False
+        try:
+            return planner.answered(reader, self.clock(), self.settings.limits)
+        except StateError:
+            return False
+        finally:
+            reader.close()
 
     def in_flight(self) -> list[BatchRecord]:
         """Batches the state records as still running or not yet harvested (no network)."""
