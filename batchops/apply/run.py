@@ -27,8 +27,9 @@ from batchops.plan.actions import (
     SubmitBatch,
     SubmitItem,
 )
-from batchops.plan.build import check_budget, plan_from
+from batchops.plan.build import check_budget
 from batchops.plan.diff import BatchLimits
+from batchops.plan.memo import Planner
 from batchops.plan.saved import SavedPlan, saved_requests, spec_requests
 from batchops.remote import BatchesClient
 from batchops.spec.desired import Desired
@@ -72,7 +73,7 @@ def _refresh_only(plan: Plan) -> Plan:
 def run_cycles(
     state: StateWriter,
     client: BatchesClient,
-    desired: Desired,
+    planner: Planner,
     *,
     clock: Callable[[], datetime],
     limits: BatchLimits,
@@ -96,12 +97,13 @@ def run_cycles(
             plan = saved.plan
             requests: RequestSource = lambda index, step: saved_requests(saved, index)  # noqa: E731
         else:
-            scope = None if desired.all_jobs_in_scope else {j.name for j in desired.jobs}
+            scope = None if planner.all_jobs_in_scope else set(planner.names)
             refresh_state(state, client, clock(), report, progress, scope)
-            plan = unchanged = plan_from(state, desired, clock(), limits=limits)
+            # One plan per cycle, from the memo when nothing it depends on changed.
+            plan = unchanged = planner.plan(state, clock(), limits=limits)
             if not submit or saved is not None:
                 plan = _refresh_only(plan)
-            requests = _spec_source(plan, desired)
+            requests = _spec_source(plan, planner)
         if plan.changes:
             if submit:
                 check_budget(plan)
@@ -111,8 +113,7 @@ def run_cycles(
         if plan.steps:
             evaluator.run(plan, requests)
         first = False
-        if desired.replace:  # `--replace` items are sent once, by this first cycle
-            desired = replace(desired, replace=frozenset())
+        planner.drop_replace()  # `--replace` items are sent once, by this first cycle
         harvested = any(
             isinstance(s, Harvest) or s.kind in ("adopt", "requeue") for s in plan.steps
         )
@@ -122,7 +123,7 @@ def run_cycles(
         if nothing_ran and unchanged is not None:
             final = unchanged
         else:
-            final = plan_from(state, desired, clock(), limits=limits)
+            final = planner.plan(state, clock(), limits=limits)
         report.final_plan = final
         sendable = [s for s in final.submits if s.job not in evaluator.failed_jobs]
         if not wait:
@@ -154,12 +155,16 @@ def _forgets(plan: Plan) -> bool:
     return any(isinstance(s, Forget) and s.keys for s in plan.steps)
 
 
-def _spec_source(plan: Plan, desired: Desired) -> RequestSource:
-    """Requests of each submit step, rendered from the specs once per job, in step order."""
-    chunks = spec_requests(plan, desired)
+def _spec_source(plan: Plan, planner: Planner) -> RequestSource:
+    """Requests of each submit step, rendered from the specs once per job, in step order (a
+    plan with nothing to send renders nothing)."""
+    chunks = None
     position = {"next": 0}
 
     def requests(index: int, step: SubmitBatch):
+        nonlocal chunks
+        if chunks is None:
+            chunks = spec_requests(plan, planner.desired)
         while True:
             chunk = next(chunks)
             current = position["next"]

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from batchops.apply.evaluator import ApplyReport, Progress
     from batchops.plan.actions import Plan
     from batchops.plan.diff import BatchLimits
+    from batchops.plan.memo import Planner
     from batchops.plan.saved import SavedPlan
     from batchops.remote import BatchesClient
     from batchops.state.records import BatchRecord, LockInfo
@@ -141,6 +142,26 @@ class Context:
             desired = replace(desired, replace=replacements(desired, replace_items))
         return desired
 
+    def planner(
+        self, job_names: Iterable[str] | None = None, replace_items: Iterable[str] = ()
+    ) -> Planner:
+        """The desired items of a command, rendered only when the plan memo cannot answer."""
+        from batchops.plan.memo import Memo, Planner
+
+        replace_items = list(replace_items)
+        if replace_items:  # the keys are checked against the rendered items: render now
+            return Planner.of(self.desired(job_names, replace_items))
+        project = self.project()
+        today = self.clock().date()
+        names = list(job_names or [])
+        planner = Planner(
+            project, names, lambda: desired_mod.collect(project, self.prices, today, names)
+        )
+        jobs = [project.job(n) for n in planner.names]
+        if Memo.usable(j for j in jobs if j is not None):
+            planner.memo = Memo(project, [j for j in jobs if j], not names, self.prices, today)
+        return planner
+
     def reader(self):
         return open_reader(self.settings.state_path)
 
@@ -170,31 +191,29 @@ class Context:
         job_names: Iterable[str] | None = None,
         refresh: bool = False,
         replace_items: Iterable[str] = (),
-    ) -> tuple[Plan, Desired]:
+    ) -> tuple[Plan, Planner]:
         """Diff specs against state (read-only); with `refresh`, remote batches are polled first.
-        `replace_items` (`JOB:KEY`) are sent again on purpose."""
-        from batchops.plan.build import plan_from
-
-        desired = self.desired(job_names, replace_items)
+        `replace_items` (`JOB:KEY`) are sent again on purpose. With the plan comes what it was
+        planned from (its `desired` items rendered on first use: the plan memo may have answered)."""
+        planner = self.planner(job_names, replace_items)
         reader = self.reader()
         try:
             remote: dict[str, BatchRecord] | None = None
             notes: list[str] = []
-            if refresh and self.settings.has_credentials and reader.exists:
+            polled = [b for b in reader.batches() if not b.finished]
+            if refresh and self.settings.has_credentials and reader.exists and polled:
                 from batchops.apply.refresh import remote_view
 
                 client = self.client()
                 try:
-                    remote, notes = remote_view(reader.batches(), client, self.clock())
+                    remote, notes = remote_view(polled, client, self.clock())
                 finally:
                     client.close()
-            plan = plan_from(reader, desired, self.clock(), remote, self.settings.limits)
+            plan = planner.plan(reader, self.clock(), remote, self.settings.limits)
             offline_note = None
             if remote is None:
                 moving = [
-                    b
-                    for b in reader.batches()
-                    if not b.finished and (b.processing_status != "ended" or b.harvested_at is None)
+                    b for b in polled if b.processing_status != "ended" or b.harvested_at is None
                 ]
                 if moving:
                     why = "--no-refresh" if not refresh else "no ANTHROPIC_API_KEY"
@@ -202,7 +221,7 @@ class Context:
                         f"{len(moving)} batches in flight were not refreshed ({why}): "
                         "the plan uses their last recorded state"
                     )
-            return replace(plan, notes=tuple(notes), offline_note=offline_note), desired
+            return replace(plan, notes=tuple(notes), offline_note=offline_note), planner
         finally:
             reader.close()
 
@@ -238,6 +257,7 @@ class Context:
         `replace_items` (`JOB:KEY`) are sent again on purpose, once."""
         from batchops.apply.evaluator import NullProgress
         from batchops.apply.run import run_cycles
+        from batchops.plan.memo import Planner
 
         progress = progress or NullProgress()
         job_names = list(job_names or [])
@@ -245,15 +265,19 @@ class Context:
         if plan_file is not None:
             saved = self.load_plan(plan_file)
             job_names = list(saved.plan.job_names or [])
-            desired = self.desired(job_names)
+            planner = Planner.of(self.desired(job_names))
             reader = self.reader()
             try:
-                check_saved_plan(saved, reader.lineage, reader.serial, desired.spec_digest,
+                check_saved_plan(saved, reader.lineage, reader.serial, planner.spec_digest,
                                  reader.plan_applied(saved.plan_id))  # fmt: skip
             finally:
                 reader.close()
         else:  # bad specs fail here, before state is touched
-            desired = self.desired(job_names, replace_items)
+            planner = self.planner(job_names, replace_items)
+            # Rendered now unless the memo holds the plan for this state: it was made from
+            # these very specs and data files, which rendered without a problem then.
+            if not self._memo_answers(planner):
+                planner.desired  # noqa: B018 (renders)
         client = self.client()  # no credentials: fail before the state is written
         command = "apply" if submit else "refresh"
 
@@ -267,19 +291,19 @@ class Context:
             state = open_writer(
                 self.settings.state_path,
                 command,
-                jobs=None if desired.all_jobs_in_scope else _lease_names(desired),
+                jobs=None if planner.all_jobs_in_scope else _lease_names(planner),
                 lock_timeout=lock_timeout,
                 on_takeover=takeover,
             )
             try:
                 if saved is not None:
-                    check_saved_plan(saved, state.lineage, state.serial, desired.spec_digest,
+                    check_saved_plan(saved, state.lineage, state.serial, planner.spec_digest,
                                      state.plan_applied(saved.plan_id))  # fmt: skip
                     state.record_plan_applied(saved.plan_id, self.clock())
                 report = run_cycles(
                     state,
                     client,
-                    desired,
+                    planner,
                     clock=self.clock,
                     limits=self.settings.limits,
                     progress=progress,
@@ -299,6 +323,22 @@ class Context:
             return report
         finally:
             client.close()
+
+    def _memo_answers(self, planner: Planner) -> bool:
+        """Whether the plan memo holds `planner`'s plan for the state as it stands (read-only;
+        a state another apply is creating right now reads as no answer)."""
+        if planner.memo is None:
+            return False
+        try:
+            reader = self.reader()
+        except StateError:
+            return False
+        try:
+            return planner.answered(reader, self.clock(), self.settings.limits)
+        except StateError:
+            return False
+        finally:
+            reader.close()
 
     def in_flight(self) -> list[BatchRecord]:
         """Batches the state records as still running or not yet harvested (no network)."""
@@ -403,10 +443,10 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _lease_names(desired: Desired) -> list[str]:
-    """The jobs an apply of `desired` writes: its own, and the old names it moves from."""
-    names = [j.name for j in desired.jobs]
-    return names + [m.old for m in desired.project.moves if m.new in names]
+def _lease_names(planner: Planner) -> list[str]:
+    """The jobs an apply of `planner` writes: its own, and the old names it moves from."""
+    names = list(planner.names)
+    return names + [m.old for m in planner.project.moves if m.new in names]
 
 
 def replacements(desired: Desired, items: Iterable[str]) -> frozenset[tuple[str, str]]:

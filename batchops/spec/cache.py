@@ -424,3 +424,12 @@ def _same_data(header: dict[str, Any], data_file: Path | None) -> bool:
     if stat == data.get("stat") and not racy:
         return True
     return _content_digest(data_file) == data.get("sha256")
+
+
+# --- shared with the plan memo (batchops.plan.memo): the same identities, key and checks ---------
+
+mac_key = _mac_key
+definition_digest = _definition_digest
+stat_of = _stat_of
+content_digest = _content_digest
+same_data = _same_data
