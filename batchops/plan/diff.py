@@ -167,12 +167,14 @@ def make_plan(
         # million fingerprints need not be held.
         shares = n != last
         for item in job.items:
-            record = state_items.get(item.key)
+            record = state_items.get(item.key) if state_items else None
             if record is not None:
                 matched.add(item.key)
                 if record.forgotten:
                     remembered.append(item.key)
-            if record is not None and record.inflight and record.inflight_batch in lost:
+            if record is None:  # never sent: the common case at a million items
+                item_state, detail, reason, attempt = "todo", None, "todo", 1
+            elif record.inflight and record.inflight_batch in lost:
                 # its batch's results are gone: it is sent again, as this plan's requeue says
                 changed = record.fingerprint != item.fingerprint
                 item_state = "changed" if changed else "todo"

@@ -92,24 +92,32 @@ def _custom_id_maker(job: str) -> Callable[[str, str], str]:
     """`custom_id_for` with the job's part computed once (it runs for every item)."""
     prefix = _UNSAFE_JOB_CHARS.sub("_", job[:16]) + "-"
     salt = f"{job}\x1f"
-    sha256, sub, pairs = hashlib.sha256, _UNSAFE_KEY_CHARS.sub, _B32_PAIRS
+    sha256, sub, triples = hashlib.sha256, _UNSAFE_KEY_CHARS.sub, _b32_triples()
 
     def custom_id(key: str, fingerprint: str) -> str:
         data = f"{salt}{key}\x1f{fingerprint}".encode("utf-8", "surrogatepass")
-        n = int.from_bytes(sha256(data).digest()[:8]) >> 4
+        n = int.from_bytes(sha256(data).digest()[:8]) >> 4  # the first 60 bits: 12 characters
         return (
             prefix
             + sub("_", key[:32])
             + "-"
-            + pairs[n >> 50]
-            + pairs[(n >> 40) & 1023]
-            + pairs[(n >> 30) & 1023]
-            + pairs[(n >> 20) & 1023]
-            + pairs[(n >> 10) & 1023]
-            + pairs[n & 1023]
+            + triples[n >> 45]
+            + triples[(n >> 30) & 32767]
+            + triples[(n >> 15) & 32767]
+            + triples[n & 32767]
         )
 
     return custom_id
+
+
+_TRIPLES: list[str] = []
+
+
+def _b32_triples() -> list[str]:
+    """Every 3 base32 characters, indexed by the 15 bits they encode (made on first use)."""
+    if not _TRIPLES:
+        _TRIPLES.extend(p + c for p in _B32_PAIRS for c in _B32)
+    return _TRIPLES
 
 
 def canonical_json(obj: Any) -> bytes:
