@@ -78,18 +78,30 @@ class SavedPlan:
 
 
 class _Writer:
+    """Lines of a plan file and the digest over them, written a megabyte at a time."""
+
     def __init__(self, fh: IO[bytes]):
         self.fh = fh
         self.digest = hashlib.sha256()
         self.lines = 0
+        self.pending: list[bytes] = []
+        self.held = 0
 
     def line(self, value: Any) -> None:
         self.write(orjson.dumps(value) + b"\n")
 
     def write(self, data: bytes, lines: int = 1) -> None:
+        self.pending.append(data)
+        self.held += len(data)
+        self.lines += lines
+        if self.held >= 1 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        data = b"".join(self.pending)
         self.digest.update(data)
         self.fh.write(data)
-        self.lines += lines
+        self.pending, self.held = [], 0
 
 
 def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) -> str:
@@ -127,6 +139,7 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
                         )
                         + b"\n"
                     )
+            out.flush()
             fh.write(
                 orjson.dumps(
                     {
@@ -167,8 +180,12 @@ def _spec_streams(
             yield iter(())
             continue
         if step.job not in streams:
-            keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
-            streams[step.job] = items_for(desired.project, step.job, keys)
+            sent = sum(len(s.items) for s in plan.submits if s.job == step.job)
+            rendered = next((len(j.items) for j in desired.jobs if j.name == step.job), None)
+            keys = None  # every item of the job is sent: no set of a million keys to filter by
+            if sent != rendered:
+                keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
+            streams[step.job] = items_for(desired.project, step.job, keys, custom_ids=False)
             early[step.job] = {}
         yield _step_requests(step, streams[step.job], early[step.job])
 

@@ -193,9 +193,12 @@ def _rows(
         yield item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
 
 
-def items_for(project: Project, job_name: str, keys: set[str] | None = None) -> Iterator[Item]:
-    """Render the items of one job again (for sending or saving a plan), optionally only `keys`."""
+def items_for(
+    project: Project, job_name: str, keys: set[str] | None = None, custom_ids: bool = True
+) -> Iterator[Item]:
+    """Render the items of one job again (for sending or saving a plan), optionally only `keys`;
+    without `custom_ids`, those of template items are "" (the plan has them)."""
     job = next(j for j in project.jobs if j.name == job_name)
-    for item in iter_items(job, project.root):
+    for item in iter_items(job, project.root, custom_ids):
         if keys is None or item.key in keys:
             yield item

@@ -685,12 +685,13 @@ class _Problems:
         return SpecError(*lines)
 
 
-def iter_items(job: Job, root: Path) -> Iterator[Item]:
+def iter_items(job: Job, root: Path, custom_ids: bool = True) -> Iterator[Item]:
     """Every item of `job` in source order, streamed; SpecError lists the problems at the end.
 
     Problems with single items (duplicate key, missing key, a template failing on one row, a
     ragged CSV row) are collected, up to 50 lines; a file that cannot be read on (unreadable,
-    not UTF-8, a line that is not JSON) ends iteration at once.
+    not UTF-8, a line that is not JSON) ends iteration at once. Without `custom_ids`, a template
+    item's custom_id is "" (for callers that take it from a plan).
     """
     problems = _Problems()
     spec_shown = display_path(job.spec_file, root)
@@ -698,14 +699,16 @@ def iter_items(job: Job, root: Path) -> Iterator[Item]:
         if job.requests is not None:
             yield from _raw_items(job, job.requests.path, root, problems)
         else:
-            yield from _template_items(job, root, spec_shown, problems)
+            yield from _template_items(job, root, spec_shown, problems, custom_ids)
     except _Fatal as e:
         raise problems.error(e.line(job.name)) from None
     if problems.count:
         raise problems.error()
 
 
-def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) -> Iterator[Item]:
+def _template_items(
+    job: Job, root: Path, spec_shown: str, problems: _Problems, custom_ids: bool = True
+) -> Iterator[Item]:
     compile_problems: list[str] = []
     renderer = _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
     render = renderer.render
@@ -746,7 +749,7 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
                 except _RenderError as e:
                     problems.add(f"{where_of(number)}: job {name}: item {key}: {e.describe()}")
                     continue
-                yield Item(name, key, custom_id(key, fp), params, fp, row)
+                yield Item(name, key, custom_id(key, fp) if custom_ids else "", params, fp, row)
                 continue
         where = where_of(number)
         if isinstance(row, _BadRow):
