@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
+from math import ceil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -258,18 +259,18 @@ def estimate_item(
     max_tokens = int(params.get("max_tokens") or 0)
     expected_out = max_tokens if output_tokens is None else min(output_tokens, max_tokens)
     write = price.cache_write_1h if ttl == "1h" else price.cache_write_5m
-    figures = []
-    for chars_per_token, out in (
-        (CHARS_PER_TOKEN, max_tokens),
-        (CHARS_PER_TOKEN_TYPICAL, expected_out),
-    ):
-        cached = math.ceil(prefix / chars_per_token)
-        plain = math.ceil((total - prefix) / chars_per_token)
-        cost = (plain * price.input + cached * write + out * price.output) / 1_000_000
-        figures.append((cost, cached * (write - price.cache_read) / 1_000_000))
-    (high, high_saving), (expected, expected_saving) = figures
+    inp, output = price.input, price.output
+    # The ceiling (3 characters a token, max_tokens out), then the expected figure (4, expected).
+    cached = ceil(prefix / CHARS_PER_TOKEN)
+    plain = ceil((total - prefix) / CHARS_PER_TOKEN)
+    high = (plain * inp + cached * write + max_tokens * output) / 1_000_000
+    cached_typical = ceil(prefix / CHARS_PER_TOKEN_TYPICAL)
+    plain = ceil((total - prefix) / CHARS_PER_TOKEN_TYPICAL)
+    expected = (plain * inp + cached_typical * write + expected_out * output) / 1_000_000
     if where is None:
         return ItemEstimate(high, expected)
+    high_saving = cached * (write - price.cache_read) / 1_000_000
+    expected_saving = cached_typical * (write - price.cache_read) / 1_000_000
     return ItemEstimate(high, expected, prefix_id(params, where), high_saving, expected_saving)
 
 

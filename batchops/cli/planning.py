@@ -82,7 +82,10 @@ def plan(
     the_plan, desired = context.plan(job_names, refresh=not no_refresh, replace_items=replace_items)
     source = context.prices.source
     if json_:
-        click.echo(plan_json(the_plan, source))
+        from batchops.views.plan import plan_json_lines
+
+        for piece in plan_json_lines(the_plan, source):
+            click.echo(piece, nl=False)
     elif markdown:
         click.echo(plan_markdown(the_plan, source))
     else:

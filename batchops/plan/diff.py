@@ -152,21 +152,29 @@ def make_plan(
     submit_steps: list[SubmitBatch] = []
     reuse_steps: list[Reuse] = []
     forget_steps: list[Forget] = []
-    for job in desired_jobs:
+    last = len(desired_jobs) - 1
+    for n, job in enumerate(desired_jobs):
         state_items = by_job.get(job.name, {})
         counts = dict.fromkeys(ITEM_STATES, 0)
-        actions: list[SubmitItem | ForgetItem] = []
+        actions: list[SubmitItem | ReuseItem | ForgetItem] = []
         submits: list[SubmitItem] = []
         failed: list[FailedItem] = []
         reused: list[ReuseItem] = []
-        wanted: set[str] = set()
+        reuse_actions: list[ReuseItem] = []
+        matched: set[str] = set()  # keys in state that some item wants (the others are removed)
         remembered: list[str] = []
+        # Only a later job reads what this one sends (to wait for its answer): the last job's
+        # million fingerprints need not be held.
+        shares = n != last
         for item in job.items:
-            wanted.add(item.key)
-            record = state_items.get(item.key)
-            if record is not None and record.forgotten:
-                remembered.append(item.key)
-            if record is not None and record.inflight and record.inflight_batch in lost:
+            record = state_items.get(item.key) if state_items else None
+            if record is not None:
+                matched.add(item.key)
+                if record.forgotten:
+                    remembered.append(item.key)
+            if record is None:  # never sent: the common case at a million items
+                item_state, detail, reason, attempt = "todo", None, "todo", 1
+            elif record.inflight and record.inflight_batch in lost:
                 # its batch's results are gone: it is sent again, as this plan's requeue says
                 changed = record.fingerprint != item.fingerprint
                 item_state = "changed" if changed else "todo"
@@ -181,10 +189,16 @@ def make_plan(
                     attempt = 1
                 if item_state in ("succeeded", "failed") and (job.name, item.key) in replace:
                     item_state, reason, attempt = "todo", "replace", 1
-            if item_state in ("todo", "changed", "retry") and job.reuse and reason != "replace":
+            if (
+                item_state in ("todo", "changed", "retry")
+                and job.reuse
+                and reason != "replace"
+                and (item.fingerprint in reusable or item.fingerprint in sending)
+            ):
                 reuse = _reuse(job.name, item, reusable, sending)
                 if reuse is not None:
                     actions.append(reuse)
+                    reuse_actions.append(reuse)
                     if reuse.result_id is not None:
                         reused.append(reuse)
                     else:  # its answer is on its way: it is pending like the item sending it
@@ -193,7 +207,8 @@ def make_plan(
                     continue
             counts[item_state] += 1
             if item_state in ("todo", "changed", "retry"):
-                sending.setdefault(item.fingerprint, (job.name, item.key))
+                if shares:
+                    sending.setdefault(item.fingerprint, (job.name, item.key))
                 submit = SubmitItem(
                     job.name,
                     item.key,
@@ -215,7 +230,7 @@ def make_plan(
                 obsolete.add(f"{job.name}\x1f{item.key}")
         forgotten: list[str] = []
         for key, record in state_items.items():
-            if key not in wanted and not record.forgotten:
+            if key not in matched and not record.forgotten:
                 counts["removed"] += 1
                 actions.append(ForgetItem(job.name, key, "no longer in any spec"))
                 if record.inflight:
@@ -234,7 +249,7 @@ def make_plan(
                 job.budget_usd,
                 job.cost_note,
                 round(expected, 6),
-                round(sum(a.saved_usd for a in actions if isinstance(a, ReuseItem)), 6),
+                round(sum(a.saved_usd for a in reuse_actions), 6),
                 round(cache_saving(job_batches, expected), 6),
             )
         )
@@ -363,7 +378,9 @@ def split(
     out: list[SubmitBatch] = []
     chunk: list[SubmitItem] = []
     size = ENVELOPE_BYTES
-    for group in _cache_groups(submits):
+    shared = any(i.estimate is not None and i.estimate.prefix is not None for i in submits)
+    groups = _cache_groups(submits) if shared else ([i] for i in submits)
+    for group in groups:
         if chunk and len(group) > 1:
             count = len(chunk) + len(group)
             nbytes = size + sum(i.size for i in group)

@@ -45,7 +45,7 @@ from batchops.plan.actions import (
     SubmitItem,
 )
 from batchops.plan.diff import cache_saving, job_costs
-from batchops.plan.serialize import plan_to_dict, step_dict
+from batchops.plan.serialize import plan_json_chunks, step_dict
 from batchops.spec.desired import Desired, DesiredItem, items_for
 from batchops.spec.items import fingerprint, request_size_of
 
@@ -78,16 +78,30 @@ class SavedPlan:
 
 
 class _Writer:
+    """Lines of a plan file and the digest over them, written a megabyte at a time."""
+
     def __init__(self, fh: IO[bytes]):
         self.fh = fh
         self.digest = hashlib.sha256()
         self.lines = 0
+        self.pending: list[bytes] = []
+        self.held = 0
 
     def line(self, value: Any) -> None:
-        data = orjson.dumps(value) + b"\n"
+        self.write(orjson.dumps(value) + b"\n")
+
+    def write(self, data: bytes, lines: int = 1) -> None:
+        self.pending.append(data)
+        self.held += len(data)
+        self.lines += lines
+        if self.held >= 1 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        data = b"".join(self.pending)
         self.digest.update(data)
         self.fh.write(data)
-        self.lines += 1
+        self.pending, self.held = [], 0
 
 
 def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) -> str:
@@ -102,20 +116,30 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
     try:
         with tmp.open("wb") as fh:
             out = _Writer(fh)
-            out.line({"kind": MAGIC, "plan_id": plan_id, "plan": plan_to_dict(plan, prices_source)})
-            for step, requests in zip(plan.steps, spec_requests(plan, desired), strict=True):
+            # The header holds every action of the plan: written as it is encoded, in pieces.
+            head = orjson.dumps({"kind": MAGIC, "plan_id": plan_id, "plan": None})
+            out.write(head[: -len(b"null}")], 0)
+            for piece in plan_json_chunks(plan, prices_source, indent=False):
+                out.write(piece, 0)
+            out.write(b"}\n")
+            dumps = orjson.dumps
+            for step, requests in zip(plan.steps, _spec_streams(plan, desired), strict=True):
                 out.line({"step": step_dict(step)})
                 for item, params in requests:
-                    out.line(
-                        {
-                            "key": item.key,
-                            "custom_id": item.custom_id,
-                            "fingerprint": item.fingerprint,
-                            "reason": item.reason,
-                            "attempt": item.attempt,
-                            "params": params,
-                        }
+                    out.write(
+                        dumps(
+                            {
+                                "key": item.key,
+                                "custom_id": item.custom_id,
+                                "fingerprint": item.fingerprint,
+                                "reason": item.reason,
+                                "attempt": item.attempt,
+                                "params": params,
+                            }
+                        )
+                        + b"\n"
                     )
+            out.flush()
             fh.write(
                 orjson.dumps(
                     {
@@ -135,7 +159,15 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
 def spec_requests(
     plan: Plan, desired: Desired
 ) -> Iterator[list[tuple[SubmitItem, dict[str, Any]]]]:
-    """Per step of `plan`, the requests it sends rendered from the specs (empty for other steps).
+    """Per step of `plan`, the requests it sends rendered from the specs (empty for other steps)."""
+    for requests in _spec_streams(plan, desired):
+        yield list(requests)
+
+
+def _spec_streams(
+    plan: Plan, desired: Desired
+) -> Iterator[Iterator[tuple[SubmitItem, dict[str, Any]]]]:
+    """Per step of `plan`, its requests as they are rendered (each read before the next step's).
 
     Each job is rendered once, in source order; submit steps list items packed for cache hits
     (items sharing a prefix together), so an item met before its turn is held until it is due.
@@ -145,29 +177,36 @@ def spec_requests(
     early: dict[str, dict[str, Any]] = {}  # job → key → item rendered before its turn
     for step in plan.steps:
         if not isinstance(step, SubmitBatch):
-            yield []
+            yield iter(())
             continue
         if step.job not in streams:
-            keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
-            streams[step.job] = items_for(desired.project, step.job, keys)
+            sent = sum(len(s.items) for s in plan.submits if s.job == step.job)
+            rendered = next((len(j.items) for j in desired.jobs if j.name == step.job), None)
+            keys = None  # every item of the job is sent: no set of a million keys to filter by
+            if sent != rendered:
+                keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
+            streams[step.job] = items_for(desired.project, step.job, keys, custom_ids=False)
             early[step.job] = {}
-        stream, held = streams[step.job], early[step.job]
-        chunk = []
-        for wanted in step.items:
-            item = held.pop(wanted.key, None)
-            while item is None:
-                item = next(stream, None)
-                if item is None:
-                    break
-                if item.key != wanted.key:
-                    held[item.key], item = item, None
-            if item is None or item.key != wanted.key or item.fingerprint != wanted.fingerprint:
-                raise PlanError(
-                    f"job {step.job}: item {wanted.key} changed since the plan was made; "
-                    "make a new plan"
-                )
-            chunk.append((wanted, item.params))
-        yield chunk
+        yield _step_requests(step, streams[step.job], early[step.job])
+
+
+def _step_requests(
+    step: SubmitBatch, stream: Iterator, held: dict[str, Any]
+) -> Iterator[tuple[SubmitItem, dict[str, Any]]]:
+    for wanted in step.items:
+        item = held.pop(wanted.key, None)
+        while item is None:
+            item = next(stream, None)
+            if item is None:
+                break
+            if item.key != wanted.key:
+                held[item.key], item = item, None
+        if item is None or item.key != wanted.key or item.fingerprint != wanted.fingerprint:
+            raise PlanError(
+                f"job {step.job}: item {wanted.key} changed since the plan was made; "
+                "make a new plan"
+            )
+        yield wanted, item.params
 
 
 def saved_requests(saved: SavedPlan, index: int) -> list[tuple[SubmitItem, dict[str, Any]]]:

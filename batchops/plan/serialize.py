@@ -3,7 +3,10 @@ plan's header holds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import orjson
 
 from batchops.clock import iso
 from batchops.plan.actions import (
@@ -19,6 +22,96 @@ from batchops.plan.actions import (
 
 
 def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]:
+    return _shape(plan, prices_source, lambda make, items: [make(i) for i in items])
+
+
+class _Many:
+    """A list written element by element (a job's million actions), never built whole."""
+
+    __slots__ = ("make", "source")
+
+    def __init__(self, make: Callable[[Any], dict[str, Any]], source: Iterable[Any]):
+        self.make = make
+        self.source = source
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return map(self.make, self.source)
+
+
+def plan_json_chunks(
+    plan: Plan, prices_source: str | None = None, *, indent: bool = True
+) -> Iterator[bytes]:
+    """`orjson.dumps(plan_to_dict(plan, prices_source))` (indented by 2, or compact), byte for
+    byte, in pieces: per-item actions are written a group at a time, so a million-item plan is
+    never one string in memory."""
+    shape = _shape(plan, prices_source, _Many)
+    yield from _chunks(shape, 0, indent)
+
+
+_GROUP = 2048  # elements of a streamed list encoded per orjson call
+
+
+def _chunks(value: Any, depth: int, indent: bool) -> Iterator[bytes]:
+    option = orjson.OPT_INDENT_2 if indent else 0
+    if not _streams(value):
+        data = orjson.dumps(value, option=option)
+        yield data.replace(b"\n", b"\n" + b"  " * depth) if indent and depth else data
+        return
+    inner = b"\n" + b"  " * (depth + 1) if indent else b""
+    close = b"\n" + b"  " * depth if indent else b""
+    if isinstance(value, dict):
+        sep = b": " if indent else b":"
+        yield b"{"
+        for n, (key, item) in enumerate(value.items()):
+            yield (b"," if n else b"") + inner + orjson.dumps(key) + sep
+            yield from _chunks(item, depth + 1, indent)
+        yield close + b"}"
+        return
+    if not isinstance(value, _Many):  # a short list holding streamed values
+        yield b"["
+        for n, item in enumerate(value):
+            yield (b"," if n else b"") + inner
+            yield from _chunks(item, depth + 1, indent)
+        yield close + b"]"
+        return
+    # a streamed list: each group is encoded as one list, its brackets cut off
+    group: list[Any] = []
+    started = False
+    for element in value:
+        group.append(element)
+        if len(group) == _GROUP:
+            yield (b"," if started else b"[") + _members(group, depth, indent)
+            started, group = True, []
+    if group:
+        yield (b"," if started else b"[") + _members(group, depth, indent)
+        started = True
+    yield close + b"]" if started else b"[]"
+
+
+def _members(group: list[Any], depth: int, indent: bool) -> bytes:
+    """The elements of `group` as they stand inside a list at `depth` (no brackets)."""
+    if not indent:
+        return orjson.dumps(group)[1:-1]
+    data = orjson.dumps(group, option=orjson.OPT_INDENT_2)[1:-2]  # "\n  a,\n  b": no "[", "\n]"
+    return data.replace(b"\n", b"\n" + b"  " * depth) if depth else data
+
+
+def _streams(value: Any) -> bool:
+    if isinstance(value, _Many):
+        return True
+    if isinstance(value, dict):
+        return any(_streams(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_streams(v) for v in value)
+    return False
+
+
+def _shape(
+    plan: Plan,
+    prices_source: str | None,
+    listed: Callable[[Callable[[Any], dict[str, Any]], Iterable[Any]], Any],
+) -> dict[str, Any]:
+    """The JSON shape; `listed(make, items)` builds the per-item lists (or stands in for them)."""
     summary: dict[str, Any] = dict(plan.summary())
     summary["estimated_cost_usd"] = round(plan.estimated_cost_usd, 6)
     summary["expected_cost_usd"] = round(plan.expected_cost_usd, 6)
@@ -42,8 +135,8 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
             {
                 "name": job.name,
                 "counts": job.counts,
-                "actions": [action_dict(a) for a in job.actions],
-                "failed": [failed_dict(f) for f in job.failed],
+                "actions": listed(action_dict, job.actions),
+                "failed": listed(failed_dict, job.failed),
                 "estimated_cost_usd": job.estimated_cost_usd,
                 "expected_cost_usd": job.expected_usd,
                 "saved_usd": job.saved_usd,

@@ -30,15 +30,17 @@ import hashlib
 import hmac
 import importlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
 import batchops
+from batchops.errors import SpecError
 from batchops.pricing import PriceTable
 from batchops.spec.model import Job
 
@@ -102,15 +104,27 @@ def _rows(
         for chunk in cached:
             yield from chunk
         return
-    written: list[Row] = []
     started = time.time()
-    for row in render():
-        written.append(row)
-        yield row
-    # Only a render that completed gets here (a SpecError ends it before): keep its rows.
-    if len(written) >= MIN_ROWS:
-        with contextlib.suppress(OSError):
-            _save(path, key, definition, data_file, prices, today, written, started)
+    try:
+        body = tempfile.TemporaryFile()  # rows are written as they come, never all held
+    except OSError:
+        yield from render()
+        return
+    with body:
+        written = _Written(body)
+        chunk: list[Row] = []
+        for row in render():
+            chunk.append(row)
+            if len(chunk) == CHUNK_ROWS:
+                written.add(chunk)
+                chunk = []
+            yield row
+        if chunk:
+            written.add(chunk)
+        # Only a render that completed gets here (a SpecError ends it before): keep its rows.
+        if written.rows >= MIN_ROWS and written.ok:
+            with contextlib.suppress(OSError):
+                _save(path, key, definition, data_file, prices, today, written, started)
 
 
 # --- identity -----------------------------------------------------------------------------------
@@ -191,6 +205,33 @@ def _mac_key() -> bytes | None:
 # --- the file -----------------------------------------------------------------------------------
 
 
+class _Written:
+    """The chunk lines of rows rendered so far, in a temporary file, and what the header needs."""
+
+    def __init__(self, body: IO[bytes]):
+        self.body = body
+        self.rows = 0
+        self.models: set[str] = set()
+        self.cost_type: type | None = None
+        self.ok = True  # False once a write failed: nothing is kept then
+
+    def add(self, chunk: list[Row]) -> None:
+        self.rows += len(chunk)
+        self.models.update(r[4] for r in chunk)
+        if self.cost_type is None:
+            self.cost_type = next((type(r[3]) for r in chunk if isinstance(r[3], tuple)), None)
+        if self.ok:
+            try:
+                self.body.write(orjson.dumps(chunk, default=_plain) + b"\n")
+            except (OSError, TypeError, orjson.JSONEncodeError):
+                self.ok = False
+
+    def lines(self) -> Iterator[bytes]:
+        self.body.flush()
+        self.body.seek(0)
+        yield from self.body
+
+
 def _save(
     path: Path,
     key: bytes,
@@ -198,7 +239,7 @@ def _save(
     data_file: Path | None,
     prices: PriceTable,
     today: date,
-    written: list[Row],
+    written: _Written,
     started: float,
 ) -> None:
     directory = path.parent
@@ -209,7 +250,7 @@ def _save(
     ignore = directory.parent / ".gitignore"
     if not ignore.exists() and not ignore.is_symlink():
         ignore.write_text("# batchops's cache: never commit it\n*\n", encoding="utf-8")
-    cost_type = next((type(r[3]) for r in written if isinstance(r[3], tuple)), None)
+    cost_type = written.cost_type
     header = {
         "kind": FORMAT,
         "definition": definition,
@@ -217,11 +258,11 @@ def _save(
         if data_file is None
         else {"stat": _stat_of(data_file), "sha256": _content_digest(data_file)},
         "written_at": started,
-        "prices": _prices_of({r[4] for r in written}, prices, today),
+        "prices": _prices_of(written.models, prices, today),
         "cost_type": None
         if cost_type is None
         else [cost_type.__module__, cost_type.__qualname__, list(cost_type._fields)],
-        "rows": len(written),
+        "rows": written.rows,
     }
     mac = hashlib.blake2b(key=key, digest_size=32)
     tmp = directory / f".{path.name}.{os.getpid()}.tmp"
@@ -237,10 +278,9 @@ def _save(
             tmp.unlink()
 
 
-def _lines(header: dict[str, Any], written: list[Row]) -> Iterator[bytes]:
+def _lines(header: dict[str, Any], written: _Written) -> Iterator[bytes]:
     yield orjson.dumps(header) + b"\n"
-    for start in range(0, len(written), CHUNK_ROWS):
-        yield orjson.dumps(written[start : start + CHUNK_ROWS], default=_plain) + b"\n"
+    yield from written.lines()
 
 
 def _plain(value: Any) -> Any:
@@ -256,35 +296,53 @@ def _load(
     data_file: Path | None,
     prices: PriceTable,
     today: date,
-) -> list[list[Row]] | None:
-    """The cached rows in chunks, or None when there are none that can be trusted and used."""
+) -> Iterator[list[Row]] | None:
+    """The cached rows in chunks, or None when there are none that can be trusted and used.
+
+    The file is read twice: once to check its MAC (nothing held), then chunk by chunk as the
+    rows are used, checked again as it goes (SpecError if it changed in between)."""
     try:
         fh = path.open("rb")
     except OSError:
         return None
-    with fh:
-        checked = _check(fh, key, definition, data_file, prices, today, keep=True)
+    try:
+        checked = _check(fh, key, definition, data_file, prices, today)
+        if checked is not None:
+            fh.seek(len(checked.first))
+    except BaseException:
+        fh.close()
+        raise
     if checked is None:
+        fh.close()
         return None
-    header, cls, chunks = checked
+    return _chunks(fh, path, checked, key)
+
+
+def _chunks(fh: IO[bytes], path: Path, checked: _Checked, key: bytes) -> Iterator[list[Row]]:
+    cls = checked.cls
     new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
-    out: list[list[Row]] = []
+    mac = hashlib.blake2b(checked.first, key=key, digest_size=32)
     count = 0
-    for line in chunks:
-        part = orjson.loads(line)
-        if cls is None:
-            out.append([tuple(r) for r in part])  # type: ignore[misc]
-        else:
-            out.append(
-                [
+    with fh:
+        for line in fh:
+            if line.startswith(b'{"mac":'):
+                break
+            mac.update(line)
+            try:
+                part = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                break  # reported below: the MAC no longer matches
+            count += len(part)
+            if cls is None:
+                yield [tuple(r) for r in part]  # type: ignore[misc]
+            else:
+                yield [
                     (k, c, f, new(cls, cost) if type(cost) is list else cost, m, s)
                     for k, c, f, cost, m, s in part
                 ]
-            )
-        count += len(part)
-    if count != header.get("rows"):
-        return None
-    return out
+    ended = b'{"mac":"' + mac.hexdigest().encode() + b'"}\n'
+    if ended != checked.end or count != checked.header.get("rows"):
+        raise SpecError(f"{path}: changed while it was read, or damaged; run the command again")
 
 
 def identities(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[Row] | None:
@@ -321,7 +379,7 @@ def _checked_file(job: Job, root: Path, prices: PriceTable, today: date) -> IO[b
         return None
     try:
         definition = _definition_digest(job, prices)
-        checked = _check(fh, key, definition, job.source_file(), prices, today, keep=False)
+        checked = _check(fh, key, definition, job.source_file(), prices, today)
     except BaseException:
         fh.close()
         raise
@@ -350,6 +408,13 @@ def _identities(fh: IO[bytes]) -> Iterator[Row]:
             yield from chunk  # lists, as read: the caller takes what it needs of each
 
 
+class _Checked(NamedTuple):
+    header: dict[str, Any]
+    cls: Any  # the cost type (see `_cost_type`)
+    first: bytes  # the header line, as read
+    end: bytes  # the MAC line, as read
+
+
 def _check(
     fh: IO[bytes],
     key: bytes,
@@ -357,11 +422,9 @@ def _check(
     data_file: Path | None,
     prices: PriceTable,
     today: date,
-    *,
-    keep: bool,
-) -> tuple[dict[str, Any], Any, list[bytes]] | None:
-    """(header, cost type, chunk lines if `keep`) of a cache file whose rows were written for
-    this definition and data, with this user's key, at today's prices; None otherwise."""
+) -> _Checked | None:
+    """What a cache file holds, when its rows were written for this definition and data, with
+    this user's key, at today's prices; None otherwise. Reads the file through, holding nothing."""
     first = fh.readline()
     try:
         header = orjson.loads(first)
@@ -372,15 +435,12 @@ def _check(
     if header.get("definition") != definition or not _same_data(header, data_file):
         return None
     mac = hashlib.blake2b(first, key=key, digest_size=32)
-    chunks: list[bytes] = []
     end = None
     for line in fh:
         if line.startswith(b'{"mac":'):
             end = line
             break
         mac.update(line)
-        if keep:
-            chunks.append(line)
     expected = b'{"mac":"' + mac.hexdigest().encode() + b'"}\n'
     if end is None or not hmac.compare_digest(end, expected):
         return None  # damaged, cut short, or not written with this user's key
@@ -390,7 +450,7 @@ def _check(
     cls = _cost_type(header.get("cost_type"))
     if cls is False:
         return None
-    return header, cls, chunks
+    return _Checked(header, cls, first, end)
 
 
 def _cost_type(spec: Any) -> Any:

@@ -94,14 +94,22 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
     rendered = cache.rows(
         job, root, prices, today, lambda: _rows(job, root, prices, today, price_cache)
     )
+    # Most items of a job cost the same and have sizes in a narrow range: each distinct
+    # estimate, cost and size is held once, not once per item (a million items).
+    share = {}.setdefault  # estimates and costs (a float never equals an estimate)
+    share_size = {}.setdefault  # sizes apart: 261 == 261.0
     for key, custom_id, fp, cost, model, size in rendered:
         estimate = None
         if isinstance(cost, ItemEstimate):
+            if cost.high > 0 and cost.expected > 0:  # (0.0 and -0.0 are equal keys)
+                cost = share(cost, cost)
             cost, estimate = cost.high, cost
-        if cost is None:
+        elif cost is None:
             missing.add(model)
             cost = 0.0
-        items.append(DesiredItem(key, custom_id, fp, cost, size, estimate))
+        elif type(cost) is float and cost > 0:
+            cost = share(cost, cost)
+        items.append(DesiredItem(key, custom_id, fp, cost, share_size(size, size), estimate))
         digest.update(f"{key}\x1f{fp}\n".encode())
     if job.cache == "auto":
         items = _auto_cache(items)
@@ -185,9 +193,12 @@ def _rows(
         yield item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
 
 
-def items_for(project: Project, job_name: str, keys: set[str] | None = None) -> Iterator[Item]:
-    """Render the items of one job again (for sending or saving a plan), optionally only `keys`."""
+def items_for(
+    project: Project, job_name: str, keys: set[str] | None = None, custom_ids: bool = True
+) -> Iterator[Item]:
+    """Render the items of one job again (for sending or saving a plan), optionally only `keys`;
+    without `custom_ids`, those of template items are "" (the plan has them)."""
     job = next(j for j in project.jobs if j.name == job_name)
-    for item in iter_items(job, project.root):
+    for item in iter_items(job, project.root, custom_ids):
         if keys is None or item.key in keys:
             yield item

@@ -92,24 +92,32 @@ def _custom_id_maker(job: str) -> Callable[[str, str], str]:
     """`custom_id_for` with the job's part computed once (it runs for every item)."""
     prefix = _UNSAFE_JOB_CHARS.sub("_", job[:16]) + "-"
     salt = f"{job}\x1f"
-    sha256, sub, pairs = hashlib.sha256, _UNSAFE_KEY_CHARS.sub, _B32_PAIRS
+    sha256, sub, triples = hashlib.sha256, _UNSAFE_KEY_CHARS.sub, _b32_triples()
 
     def custom_id(key: str, fingerprint: str) -> str:
         data = f"{salt}{key}\x1f{fingerprint}".encode("utf-8", "surrogatepass")
-        n = int.from_bytes(sha256(data).digest()[:8]) >> 4
+        n = int.from_bytes(sha256(data).digest()[:8]) >> 4  # the first 60 bits: 12 characters
         return (
             prefix
             + sub("_", key[:32])
             + "-"
-            + pairs[n >> 50]
-            + pairs[(n >> 40) & 1023]
-            + pairs[(n >> 30) & 1023]
-            + pairs[(n >> 20) & 1023]
-            + pairs[(n >> 10) & 1023]
-            + pairs[n & 1023]
+            + triples[n >> 45]
+            + triples[(n >> 30) & 32767]
+            + triples[(n >> 15) & 32767]
+            + triples[n & 32767]
         )
 
     return custom_id
+
+
+_TRIPLES: list[str] = []
+
+
+def _b32_triples() -> list[str]:
+    """Every 3 base32 characters, indexed by the 15 bits they encode (made on first use)."""
+    if not _TRIPLES:
+        _TRIPLES.extend(p + c for p in _B32_PAIRS for c in _B32)
+    return _TRIPLES
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -166,13 +174,23 @@ _FILE_NODES = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
 
 
 class _Template:
-    """A compiled template string inside the request structure, with the name errors give it."""
+    """A compiled template string inside the request structure, with the name errors give it.
 
-    __slots__ = ("name", "render")
+    `render` takes the full context; `from_row`, set for templates that only substitute names,
+    takes (row, key, budget) and renders the same string without building that context.
+    """
 
-    def __init__(self, name: str, render: Callable[..., str]):
+    __slots__ = ("name", "render", "from_row")
+
+    def __init__(
+        self,
+        name: str,
+        render: Callable[..., str],
+        from_row: Callable[[dict[str, Any], str, Any], str] | None = None,
+    ):
         self.name = name
         self.render = render
+        self.from_row = from_row
 
 
 def _compile(source: str, name: str, problems: list[str], where: str) -> str | _Template:
@@ -189,7 +207,7 @@ def _compile(source: str, name: str, problems: list[str], where: str) -> str | _
             return source
         simple = _simple_format(tree)
         if simple is not None:
-            return _Template(name, simple)
+            return _Template(name, *simple)
         template = sandbox.compile_template(tree)
     except TemplateSyntaxError as e:
         problems.append(f"{where}: template {name!r}: syntax error at line {e.lineno}: {e.message}")
@@ -203,8 +221,11 @@ def _compile(source: str, name: str, problems: list[str], where: str) -> str | _
     return _Template(name, sandbox.output_renderer(template))
 
 
-def _simple_format(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | None:
-    """A str.format_map renderer for templates that only substitute names (`{{ body }}`).
+def _simple_format(
+    tree: nodes.Template,
+) -> tuple[Callable[[dict[str, Any]], str], Callable[[dict[str, Any], str, Any], str]] | None:
+    """A str.format_map renderer for templates that only substitute names (`{{ body }}`), and
+    the same renderer reading the row itself (see `_Template`).
 
     Such a template renders each name as `str(value)`, which `format(value, "")` equals for
     every JSON value but lists and dicts, printed as JSON like the sandbox does (`as_text`); a
@@ -212,21 +233,61 @@ def _simple_format(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | No
     attributes, tags) returns None and goes through Jinja.
     """
     pieces = []
+    positional = []  # the same template with "{0}", "{1}"… for the distinct names
     names: list[str] = []
+    distinct: list[str] = []
     literal = 0
     for node in tree.body:
         if not isinstance(node, nodes.Output):
             return None
         for child in node.nodes:
             if isinstance(child, nodes.TemplateData):
-                pieces.append(child.data.replace("{", "{{").replace("}", "}}"))
+                text = child.data.replace("{", "{{").replace("}", "}}")
+                pieces.append(text)
+                positional.append(text)
                 literal += len(child.data)
             elif isinstance(child, nodes.Name) and child.ctx == "load":
                 pieces.append("{" + child.name + "}")
                 names.append(child.name)
+                if child.name not in distinct:
+                    distinct.append(child.name)
+                positional.append("{" + str(distinct.index(child.name)) + "}")
             else:
                 return None
     format_map = "".join(pieces).format_map
+    format_ = "".join(positional).format
+    counts = [names.count(n) for n in distinct]
+    missing = object()
+
+    def from_row(row: dict[str, Any], key: str, budget: Any) -> str:
+        """`render({**_GLOBALS, **row, "row": row, "key": key})`, without that dict."""
+        size = literal
+        values = []
+        for n, times in zip(distinct, counts, strict=True):
+            if n == "key":
+                value: Any = key
+            elif n == "row":
+                value = row
+            else:
+                value = row.get(n, missing)
+                if value is missing:
+                    value = _GLOBALS.get(n, missing)
+            if type(value) is str:
+                size += len(value) * times
+            elif value is missing:
+                pass
+            elif type(value) is list or type(value) is dict:
+                value = sandbox.as_text(value)
+                size += len(value) * times
+            else:
+                size += len(str(value)) * times
+            values.append(value)
+        if size > budget.max_size:
+            budget.refuse(size, "an output")
+        if missing in values:
+            first = next(n for n in names if values[distinct.index(n)] is missing)
+            raise UndefinedError(f"{first!r} is undefined")
+        return format_(*values)
 
     def render(context: dict[str, Any]) -> str:
         # The output's size, before it is built: a name used 10,000 times must not build GBs.
@@ -252,7 +313,7 @@ def _simple_format(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | No
         except KeyError as e:
             raise UndefinedError(f"{e.args[0]!r} is undefined") from None
 
-    return render
+    return render, from_row
 
 
 _Part = Any  # a literal JSON value, a _Template, or a _Struct containing templates
@@ -293,6 +354,29 @@ def _plan_content(value: Any, name: str, problems: list[str], where: str) -> _Pa
 
 def _is_literal(part: _Part) -> bool:
     return not isinstance(part, _Template | _Struct)
+
+
+def _from_row(part: _Part) -> bool:
+    """True when every template in `part` can render from the row alone (see `_Template`)."""
+    if isinstance(part, _Template):
+        return part.from_row is not None
+    if isinstance(part, _Struct):
+        return all(_from_row(p) for _, p in part.parts)
+    return True
+
+
+def _render_row(part: _Part, row: dict[str, Any], key: str, budget: Any) -> Any:
+    """`_render(part, {**_GLOBALS, **row, "row": row, "key": key})` for a part `_from_row`."""
+    if isinstance(part, _Template):
+        try:
+            return part.from_row(row, key, budget)  # type: ignore[misc]
+        except Exception as e:  # any template failure is a problem line naming it
+            raise _RenderError(part.name, _exception_message(e)) from None
+    if isinstance(part, _Struct):
+        if part.kind is dict:
+            return {k: _render_row(p, row, key, budget) for k, p in part.parts}
+        return [_render_row(p, row, key, budget) for _, p in part.parts]
+    return part
 
 
 def _render(part: _Part, context: dict[str, Any]) -> Any:
@@ -355,6 +439,29 @@ class _Renderer:
         # Floats below 1e-4 etc. can only come from the literal parts; rows enter as strings.
         literal = {"p": job.params, "m": job.messages, "s": job.system}
         self.exact = _orjson_exact(literal)
+        # Templates that only substitute names (the common case) render from the row alone:
+        # no per-row context of globals, and no time budget (str.format runs no user code).
+        if all(_from_row(p) for p in (self.system, self.prompt, self.messages)):
+            self.budget = sandbox.Budget(self.seconds, self.max_size)
+            self.render = self._render_from_row  # type: ignore[method-assign]
+
+    def _render_from_row(self, row: dict[str, Any], key: str) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
+        budget = self.budget
+        try:
+            if self.system is not None:
+                params["system"] = _render_row(self.system, row, key, budget)
+            if self.messages is None:
+                content = _render_row(self.prompt, row, key, budget)
+                params["messages"] = [{"role": "user", "content": content}]
+            else:
+                params["messages"] = _render_row(self.messages, row, key, budget)
+        except _RenderError:
+            raise
+        except Exception as e:  # any other failure is a problem line too, not a crash
+            raise _RenderError("", _exception_message(e)) from None
+        params.update(self.params)
+        return params
 
     def render(self, row: dict[str, Any], key: str) -> dict[str, Any]:
         context = {**_GLOBALS, **row, "row": row, "key": key}
@@ -592,12 +699,13 @@ class _Problems:
         return SpecError(*lines)
 
 
-def iter_items(job: Job, root: Path) -> Iterator[Item]:
+def iter_items(job: Job, root: Path, custom_ids: bool = True) -> Iterator[Item]:
     """Every item of `job` in source order, streamed; SpecError lists the problems at the end.
 
     Problems with single items (duplicate key, missing key, a template failing on one row, a
     ragged CSV row) are collected, up to 50 lines; a file that cannot be read on (unreadable,
-    not UTF-8, a line that is not JSON) ends iteration at once.
+    not UTF-8, a line that is not JSON) ends iteration at once. Without `custom_ids`, a template
+    item's custom_id is "" (for callers that take it from a plan).
     """
     problems = _Problems()
     spec_shown = display_path(job.spec_file, root)
@@ -605,7 +713,7 @@ def iter_items(job: Job, root: Path) -> Iterator[Item]:
         if job.requests is not None:
             yield from _raw_items(job, job.requests.path, root, problems)
         else:
-            yield from _template_items(job, root, spec_shown, problems)
+            yield from _template_items(job, root, spec_shown, problems, custom_ids)
     except _Fatal as e:
         raise problems.error(e.line(job.name)) from None
     if problems.count:
@@ -660,7 +768,9 @@ def iter_inputs(job: Job, root: Path) -> Iterator[tuple[str | None, Any]]:
         raise SpecError(terminal(e.line(job.name))) from None
 
 
-def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) -> Iterator[Item]:
+def _template_items(
+    job: Job, root: Path, spec_shown: str, problems: _Problems, custom_ids: bool = True
+) -> Iterator[Item]:
     compile_problems: list[str] = []
     renderer = _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
     render = renderer.render
@@ -701,7 +811,7 @@ def _template_items(job: Job, root: Path, spec_shown: str, problems: _Problems) 
                 except _RenderError as e:
                     problems.add(f"{where_of(number)}: job {name}: item {key}: {e.describe()}")
                     continue
-                yield Item(name, key, custom_id(key, fp), params, fp, row)
+                yield Item(name, key, custom_id(key, fp) if custom_ids else "", params, fp, row)
                 continue
         where = where_of(number)
         if isinstance(row, _BadRow):

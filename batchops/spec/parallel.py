@@ -103,7 +103,7 @@ def desired_rows(
                 if isinstance(chunk, str):  # the file could not be read on
                     fatal = chunk
                     break
-                pending.append(pool.submit(_render_chunk, chunk))
+                pending.append(pool.submit(_render_chunk, *chunk))
             if not pending:
                 break
             for outcome in pending.popleft().result():
@@ -138,24 +138,29 @@ def desired_rows(
 
 def _chunks(
     path: Path, shown: str, size: int, root: Path | None = None, job_name: str = ""
-) -> Iterator[list[tuple[int, bytes]] | str]:
-    chunk: list[tuple[int, bytes]] = []
+) -> Iterator[tuple[int, list[bytes]] | str]:
+    """(number of the first line, consecutive lines) per chunk: lines alone are cheaper to send
+    to a worker than a (number, line) pair each; the error line when the file cannot be read."""
+    chunk: list[bytes] = []
+    first = 1
     held = 0  # bytes in `chunk`: long rows make smaller chunks, so memory stays flat
     try:
         for number, line in _binary_lines(path, shown, root):
-            chunk.append((number, line))
+            if not chunk:
+                first = number
+            chunk.append(line)
             held += len(line)
             if len(chunk) >= size or held >= CHUNK_BYTES:
-                yield chunk
+                yield first, chunk
                 chunk = []
                 held = 0
     except _Fatal as exc:
         if chunk:
-            yield chunk
+            yield first, chunk
         yield exc.line(job_name)
         return
     if chunk:
-        yield chunk
+        yield first, chunk
 
 
 def _init(job: Job, shown: str, prices: PriceTable, today: date) -> None:
@@ -173,14 +178,14 @@ def _init(job: Job, shown: str, prices: PriceTable, today: date) -> None:
     )
 
 
-def _render_chunk(chunk: list[tuple[int, bytes]]) -> list[tuple]:
+def _render_chunk(first: int, chunk: list[bytes]) -> list[tuple]:
     w = _worker
     job: Job = w["job"]
     shown, renderer, encode, custom_id = w["shown"], w["renderer"], w["encode"], w["custom_id"]
     key_field = job.input.key  # type: ignore[union-attr]
     name = job.name
     out: list[tuple] = []
-    for number, line in chunk:
+    for number, line in enumerate(chunk, first):
         if not line.strip():
             continue
         try:

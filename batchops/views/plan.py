@@ -8,13 +8,14 @@ screen), and in Markdown they sit inside code blocks whose fence no key can clos
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from tabulate import tabulate
 
 from batchops.plan.actions import ACTIONS, ITEM_STATES, Move, Plan, ReuseItem, SubmitItem
-from batchops.plan.serialize import plan_to_dict
+from batchops.plan.serialize import plan_json_chunks, plan_to_dict
 from batchops.pricing import money
 from batchops.safetext import markdown_block, markdown_text, terminal
 from batchops.views.text import plural, shorten
@@ -28,6 +29,23 @@ _FIELD_CAP = 300  # a key or message longer than this is cut in Markdown (the te
 
 def plan_json(plan: Plan, prices_source: str | None = None) -> str:
     return orjson.dumps(plan_to_dict(plan, prices_source), option=orjson.OPT_INDENT_2).decode()
+
+
+def plan_json_lines(
+    plan: Plan, prices_source: str | None = None, size: int = 1 << 20
+) -> Iterator[bytes]:
+    """`plan_json` and a newline as UTF-8, in pieces of about `size` bytes (a million-item plan
+    is written as it is encoded, never held as one string)."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in plan_json_chunks(plan, prices_source):
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    pending.append(b"\n")
+    yield b"".join(pending)
 
 
 def _job_rows(plan: Plan) -> list[list[Any]]:
