@@ -199,6 +199,7 @@ class JobPlan:
     expected_cost_usd: float | None = None  # the central estimate (None: the ceiling)
     saved_usd: float = 0.0  # expected cost of the items answered by reuse instead of sent
     cache_saving_usd: float = 0.0  # what `cache = "auto"` marks are expected to save
+    output_basis: str | None = None  # where the central estimate's output per reply came from
 
     @property
     def submits(self) -> list[SubmitItem]:

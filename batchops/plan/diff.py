@@ -236,6 +236,7 @@ def make_plan(
                 round(expected, 6),
                 round(sum(a.saved_usd for a in actions if isinstance(a, ReuseItem)), 6),
                 round(cache_saving(job_batches, expected), 6),
+                job.output_basis,
             )
         )
         submit_steps.extend(job_batches)

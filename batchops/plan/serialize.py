@@ -50,6 +50,7 @@ def plan_to_dict(plan: Plan, prices_source: str | None = None) -> dict[str, Any]
                 "cache_saving_usd": job.cache_saving_usd,
                 "budget_usd": job.budget_usd,
                 "cost_note": job.cost_note,
+                "expected_output": job.output_basis if job.submits else None,
             }
             for job in plan.jobs
         ],

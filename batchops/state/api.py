@@ -28,6 +28,12 @@ from batchops.state.records import (
 # Drift: what happened to a batch outside batchops (or what batchops found out about it).
 RELEASE_DRIFTS = ("deleted", "results-lost", "not-ours")
 OUTCOMES = ("succeeded", "errored", "expired", "canceled", "lost")
+OUTPUT_SAMPLE = 10_000  # results read per job for its mean output tokens (a sample is enough)
+# One job's sampled results by model (`output_token_means`), with `?` for both parameters.
+OUTPUT_MEANS_SQL = (
+    "select model, count(*), avg(output_tokens) from (select model, output_tokens from results"
+    " where job = ? and type = 'succeeded' and output_tokens is not null limit ?) s group by model"
+)
 
 # What a copy of the state carries (`dump_tables` / `load_tables`: state push, pull, and tests),
 # table by table, with the columns in one order both backends share. The lock or leases and the
@@ -197,6 +203,14 @@ class StateReader(ABC):
     def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:
         """fingerprint → id of the newest stored succeeded result of that very request, of any
         job or key, for each of `fingerprints` that has one (what a plan may reuse)."""
+
+    @abstractmethod
+    def output_token_means(
+        self, jobs: Iterable[str], sample: int = OUTPUT_SAMPLE
+    ) -> dict[str, dict[str, tuple[int, float]]]:
+        """job → model → (results read, mean output tokens) of each job's stored succeeded
+        results, read from at most `sample` of them per job (what a reply's length is expected
+        to be when the job's requests are sent again); jobs without results are left out."""
 
     @abstractmethod
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
