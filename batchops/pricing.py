@@ -364,7 +364,7 @@ def expected_output(
     if own is not None:
         count, mean = own
         return OutputExpectation(
-            mean, "results", f"{mean:.1f} tokens a reply, the mean of {count} of its results"
+            mean, "results", f"{mean:.1f} tokens a reply, the mean of {count} of its stored results"
         )
     if declared is not None:
         return OutputExpectation(

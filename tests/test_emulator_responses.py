@@ -100,7 +100,9 @@ def test_a_prefix_shorter_than_the_models_minimum_is_not_cached(
     sdk_client: anthropic.Anthropic,
 ) -> None:
     # claude-sonnet-4-6 caches from 2,048 tokens: ~1,000 tokens marked are billed as plain input
-    short = [{"type": "text", "text": "Short rubric. " * 280, "cache_control": {"type": "ephemeral"}}]
+    short = [
+        {"type": "text", "text": "Short rubric. " * 280, "cache_control": {"type": "ephemeral"}}
+    ]
     got = messages(sdk_client, {"a": params("Q1", system=short), "b": params("Q2", system=short)})
     for message in got.values():
         usage = message.usage
