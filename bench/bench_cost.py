@@ -183,14 +183,21 @@ def run(make, variant: str) -> dict[str, object]:
         started = time.perf_counter()
         ctx.apply(wait=True, poll_interval=0.05, timeout=600)
         first_actual = total_cost(ctx)
+        first_jobs = job_costs(ctx)
         rename_jobs(root / "jobs")
         report = ctx.apply(wait=True, poll_interval=0.05, timeout=600)
         renamed_total = total_cost(ctx)
         seconds = time.perf_counter() - started
         edit_prompts(root / "jobs")
         again_plan, _ = ctx.plan(refresh=False)
+        before = job_costs(ctx)
         ctx.apply(wait=True, poll_interval=0.05, timeout=600)
+        after = job_costs(ctx)
         return {
+            "jobs": per_job(first_plan, first_jobs),
+            "again_jobs": per_job(
+                again_plan, {j: c - before.get(j, 0.0) for j, c in after.items()}
+            ),
             "expected": first_plan.expected_cost_usd,
             "ceiling": first_plan.estimated_cost_usd,
             "cache_saving": first_plan.cache_saving_usd,
@@ -210,6 +217,20 @@ def run(make, variant: str) -> dict[str, object]:
 def bases(plan) -> list[str]:
     """Where each job's expected output per reply came from, as the plan says."""
     return [f"{j.name}: {j.output_basis}" for j in plan.jobs if j.submits and j.output_basis]
+
+
+def per_job(plan, actual: dict[str, float]) -> list[tuple[str, float, float]]:
+    """(job, expected, actual) of each job the plan sent."""
+    return [(j.name, j.expected_usd, actual.get(j.name, 0.0)) for j in plan.jobs if j.submits]
+
+
+def job_costs(ctx: Context) -> dict[str, float]:
+    reader = ctx.reader()
+    try:
+        costs, _ = actual_costs(reader, ctx.prices)
+    finally:
+        reader.close()
+    return costs
 
 
 def total_cost(ctx: Context) -> float:
@@ -248,6 +269,15 @@ def main() -> None:
                     f" {money(r[f'{prefix}ceiling'])}), actual {money(actual)}:"
                     f" expected {off:+.1%}"
                 )
+            jobs = rows["reuse"][f"{prefix}jobs"]
+            if len(jobs) > 1:
+                print("    per job (reuse):")
+                for job, expected, actual in jobs:
+                    off = (expected - actual) / actual if actual else 0.0
+                    print(
+                        f"      {job:24} expected {money(expected)}, actual {money(actual)}:"
+                        f" {off:+.1%}"
+                    )
             print("    expected output per reply, as the plan says where it came from:")
             for basis in rows["reuse"][f"{prefix}basis"]:
                 print(f"      {basis}")

@@ -14,14 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from batchops.errors import BatchopsError, SpecError
-from batchops.pricing import (
-    ItemEstimate,
-    OutputExpectation,
-    PriceTable,
-    cache_min_tokens,
-    estimate_item,
-    expected_output,
-)
+from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
 from batchops.spec import cache, caching, parallel
 from batchops.spec.items import Item, iter_items, request_size
 from batchops.spec.model import Job, Project
@@ -167,21 +160,6 @@ def _desired_job(
     )
 
 
-def _estimate(job: Job, params: dict, price, prices: PriceTable) -> ItemEstimate:
-    """The item's estimate; for `cache = "auto"`, as sent with its shared prefix marked (kept
-    only where enough items share it: see `_auto_cache`)."""
-    model = str(params.get("model", ""))
-    row = prices.row_for(model)
-    out, least = job.expected_output_tokens, cache_min_tokens(model, row)
-    if job.cache != "auto" or job.requests is not None:
-        return estimate_item(params, price, out, least)
-    if caching.candidate(params, row) is None:
-        return estimate_item(params, price, out, least)
-    plain = estimate_item(params, price, out, least)
-    marked = estimate_item(caching.mark(params), price, out, least)
-    return marked._replace(auto=True, plain_expected=plain.expected, plain_high=plain.high)
-
-
 def _auto_cache(items: list[DesiredItem]) -> list[DesiredItem]:
     """Keep auto marks only on prefixes shared by enough items to pay back their write."""
     sharing: dict[str | None, int] = {}
@@ -218,7 +196,7 @@ def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:
 def _rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
 ) -> Iterator[tuple[str, str, str, float | ItemEstimate | None, str, int]]:
-    """(key, custom_id, fingerprint, cost (an estimate, or a float from the parallel path), or
+    """(key, custom_id, fingerprint, cost (an estimate; 0.0 from the parallel path unpriced), or
     None when unpriced, model, request bytes) per item."""
     if parallel.wants_parallel(job):
         for key, custom_id, fp, cost, model, size in parallel.desired_rows(
@@ -234,7 +212,7 @@ def _rows(
         if model not in price_cache:
             price_cache[model] = prices.price(model, today)
         price = price_cache[model]
-        cost = _estimate(job, item.params, price, prices) if price is not None else None
+        cost = caching.estimate(job, item.params, price, prices) if price is not None else None
         yield item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
 
 
