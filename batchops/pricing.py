@@ -364,7 +364,9 @@ def expected_output(
     if own is not None:
         count, mean = own
         return OutputExpectation(
-            mean, "results", f"{mean:.1f} tokens a reply, the mean of {count} of its stored results"
+            mean,
+            "results",
+            f"{mean:.1f} tokens a reply, the mean of {count:,} of its stored results",
         )
     if declared is not None:
         return OutputExpectation(
@@ -386,7 +388,7 @@ def expected_output(
             return OutputExpectation(
                 mean,
                 "other jobs' results",
-                f"{mean:.1f} tokens a reply, the mean of {count} results of "
+                f"{mean:.1f} tokens a reply, the mean of {count:,} results of "
                 f"{', '.join(names)} ({model}, similar max_tokens)",
             )
     return OutputExpectation(
