@@ -150,12 +150,20 @@ class Context:
         return open_reader(self.settings.state_path)
 
     def output_priors(self, project: Project) -> dict[str, dict[str, tuple[int, float]]]:
-        """job → model → (results, mean output tokens) of the specs' jobs, from the state."""
-        reader = self.reader()
+        """job → model → (results, mean output tokens) of the specs' jobs, from the state.
+
+        Nothing when the state cannot be read now (another apply creating it, say): the command
+        opens it again and reports what is wrong there, under its lock."""
+        try:
+            reader = self.reader()
+        except StateError:
+            return {}
         try:
             if not reader.exists:
                 return {}
             return reader.output_token_means(j.name for j in project.jobs)
+        except StateError:
+            return {}
         finally:
             reader.close()
 
