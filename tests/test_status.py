@@ -108,14 +108,14 @@ def test_status_json(shared: Path) -> None:
                     "output": 0.000105,
                 },
                 "estimated_cost_usd": 0.000276,
-                "expected_cost_usd": 0.000184,
+                "expected_cost_usd": 0.000187,
                 "cost_note": None,
             }
         ],
         "totals": {
             "actual_cost_usd": 0.001166,
             "estimated_cost_usd": 0.000276,
-            "expected_cost_usd": 0.000184,
+            "expected_cost_usd": 0.000187,
         },
         "batches_in_flight": [
             {
