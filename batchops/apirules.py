@@ -115,6 +115,41 @@ BATCH_FORBIDDEN: tuple[str, ...] = (
     "context_hint",
 )
 
+# The shortest prefix, in tokens, the API caches per model: a `cache_control` mark on a shorter
+# prefix is accepted and ignored (billed as plain input, no cache write, no read). The shared API
+# notes do not list these; they are the prompt-caching page as quoted by third parties (LiteLLM's
+# docs of 2026-10-07, orq.ai), which disagree in places: a prices file may override a model with
+# `cache_min_tokens` (see batchops.pricing). A model not listed is taken at DEFAULT_CACHE_MIN_TOKENS.
+CACHE_MIN_TOKENS: dict[str, int] = {
+    "claude-opus-5": 512,
+    "claude-fable-5": 512,
+    "claude-mythos-5": 512,
+    "claude-sonnet-5": 1024,
+    "claude-opus-4-8": 1024,
+    "claude-opus-4-7": 4096,
+    "claude-opus-4-6": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-sonnet-4-6": 2048,
+    "claude-sonnet-4-5": 1024,
+    "claude-sonnet-4-0": 1024,
+    "claude-sonnet-4": 1024,
+    "claude-opus-4-1": 1024,
+    "claude-opus-4-0": 1024,
+    "claude-opus-4": 1024,
+}
+DEFAULT_CACHE_MIN_TOKENS = 1024
+_DATED_ID = re.compile(r"-(\d{8}|latest)$")
+
+
+def cache_min_tokens(model: str) -> int:
+    """The shortest prefix (tokens) the API caches for `model` (its dated ids included)."""
+    found = CACHE_MIN_TOKENS.get(model)
+    if found is None:
+        found = CACHE_MIN_TOKENS.get(_DATED_ID.sub("", model), DEFAULT_CACHE_MIN_TOKENS)
+    return found
+
+
 ROLES = ("user", "assistant")
 THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
 THINKING_ON = ("enabled", "adaptive", "between_tools")

@@ -7,9 +7,11 @@ overrides it row by row.
 Estimates are a range. The ceiling (what budgets gate on): input at 3 characters a token, output
 at `max_tokens`, and a cached prefix written once per batch it is sent in, then read by only 30% of
 the other items sharing it (the docs' floor for batch cache hits, which are best-effort). The
-expected figure: input at a typical 4 characters a token, output at `max_tokens` (or what the job's
-results so far used), and one cache write per batch with every other item sharing the prefix
-reading it. Actual cost comes from stored usage.
+expected figure: input at a typical 4 characters a token, output at what a reply is expected to
+be (`OutputExpectation`: the job's stored results, its `expected_output_tokens`, other jobs'
+results, else `max_tokens`), and one cache write per batch with every other item sharing the
+prefix reading it. A marked prefix shorter than the model's minimum cacheable length is not
+cached by the API, and is estimated as plain input. Actual cost comes from stored usage.
 """
 
 from __future__ import annotations
@@ -28,15 +30,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from batchops.apirules import cache_min_tokens as api_cache_min_tokens
 from batchops.errors import SpecError
 
 _DATED = re.compile(r"^(?P<base>.+?)(-\d{8}|-latest)$")
 CHARS_PER_TOKEN = 3  # English runs nearer 3.5-4 characters a token: 3 keeps the estimate a ceiling
 CHARS_PER_TOKEN_TYPICAL = 4  # the expected figure: the usual rule of thumb for English prose
 BATCH_HIT_RATE_FLOOR = 0.3  # the docs: batch cache hits are best-effort, "30 to 98%"
-# Shortest prefix the API caches, in tokens, unless the price row says (`cache_min_tokens`).
-CACHE_MIN_TOKENS = 1024
-CACHE_MIN_TOKENS_HAIKU = 2048
 IMAGE_TOKENS = 1600
 MESSAGE_OVERHEAD_TOKENS = 4
 
@@ -216,7 +216,9 @@ class ItemEstimate(NamedTuple):
 
     `high` and `expected` count its cached prefix (if any) as written; `*_saving` is what the item
     costs less when it reads that prefix from the cache instead. `prefix` names the prefix (model
-    and blocks up to the last cache_control) so items sharing it can be grouped.
+    and blocks up to the last cache_control) so items sharing it can be grouped. `expected` counts
+    `expected_output` output tokens (at most `max_tokens`); `with_output` moves it to another
+    figure, so a row kept in the rows cache never holds a stale expectation.
     """
 
     high: float
@@ -227,6 +229,21 @@ class ItemEstimate(NamedTuple):
     auto: bool = False  # sent with `cache = "auto"` marks (see batchops.spec.caching)
     plain_expected: float | None = None  # with auto marks: the expected cost without them
     plain_high: float | None = None  # with auto marks: the ceiling without them
+    max_tokens: int = 0
+    expected_output: float = 0.0  # output tokens `expected` counts
+
+    def with_output(self, tokens: float, price: ModelPrice) -> ItemEstimate:
+        """This estimate with `tokens` output tokens expected (at most max_tokens)."""
+        out = min(float(tokens), float(self.max_tokens))
+        delta = (out - self.expected_output) * price.output / 1_000_000
+        if not delta:
+            return self
+        plain = self.plain_expected
+        return self._replace(
+            expected=self.expected + delta,
+            plain_expected=None if plain is None else plain + delta,
+            expected_output=out,
+        )
 
 
 def prefix_id(params: dict[str, Any], where: tuple[str, int, int]) -> str:
@@ -251,27 +268,41 @@ def prefix_id(params: dict[str, Any], where: tuple[str, int, int]) -> str:
 
 
 def estimate_item(
-    params: dict[str, Any], price: ModelPrice, output_tokens: float | None = None
+    params: dict[str, Any],
+    price: ModelPrice,
+    output_tokens: float | None = None,
+    cache_min: int = 0,
 ) -> ItemEstimate:
     """The ceiling and the expected cost of one request; `output_tokens` is the expected output
-    (what the job's results so far used), `max_tokens` when None."""
+    (`max_tokens` when None). A marked prefix under `cache_min` tokens is counted as plain input,
+    as the API bills it (each figure at its own characters a token)."""
     total, prefix, ttl, where = _scan(params)
     max_tokens = int(params.get("max_tokens") or 0)
     expected_out = max_tokens if output_tokens is None else min(output_tokens, max_tokens)
     write = price.cache_write_1h if ttl == "1h" else price.cache_write_5m
     inp, output = price.input, price.output
-    # The ceiling (3 characters a token, max_tokens out), then the expected figure (4, expected).
+    # The ceiling (3 characters a token, max_tokens out), then the expected figure (4, expected);
+    # a prefix shorter than the API caches is plain input in each.
     cached = ceil(prefix / CHARS_PER_TOKEN)
-    plain = ceil((total - prefix) / CHARS_PER_TOKEN)
+    if where is None or cached < cache_min:
+        cached, plain = 0, ceil(total / CHARS_PER_TOKEN)
+    else:
+        plain = ceil((total - prefix) / CHARS_PER_TOKEN)
     high = (plain * inp + cached * write + max_tokens * output) / 1_000_000
-    cached_typical = ceil(prefix / CHARS_PER_TOKEN_TYPICAL)
-    plain = ceil((total - prefix) / CHARS_PER_TOKEN_TYPICAL)
-    expected = (plain * inp + cached_typical * write + expected_out * output) / 1_000_000
-    if where is None:
-        return ItemEstimate(high, expected)
+    typical = ceil(prefix / CHARS_PER_TOKEN_TYPICAL)
+    if where is None or typical < cache_min:
+        typical, plain = 0, ceil(total / CHARS_PER_TOKEN_TYPICAL)
+    else:
+        plain = ceil((total - prefix) / CHARS_PER_TOKEN_TYPICAL)
+    expected = (plain * inp + typical * write + expected_out * output) / 1_000_000
     high_saving = cached * (write - price.cache_read) / 1_000_000
-    expected_saving = cached_typical * (write - price.cache_read) / 1_000_000
-    return ItemEstimate(high, expected, prefix_id(params, where), high_saving, expected_saving)
+    if not high_saving:  # nothing cached even in the ceiling: no prefix to share
+        return ItemEstimate(high, expected, max_tokens=max_tokens, expected_output=expected_out)
+    expected_saving = typical * (write - price.cache_read) / 1_000_000
+    return ItemEstimate(
+        high, expected, prefix_id(params, where), high_saving, expected_saving,
+        max_tokens=max_tokens, expected_output=expected_out,
+    )  # fmt: skip
 
 
 def batch_cost(
@@ -301,10 +332,75 @@ def batch_cost(
 
 
 def cache_min_tokens(model: str, row: dict[str, Any] | None = None) -> int:
-    """The shortest prefix (tokens) the API caches for `model`."""
+    """The shortest prefix (tokens) the API caches for `model`: the price row's
+    `cache_min_tokens` if it has one, else the API's rule (batchops.apirules)."""
     if row is not None and "cache_min_tokens" in row:
         return int(row["cache_min_tokens"])
-    return CACHE_MIN_TOKENS_HAIKU if "haiku" in model else CACHE_MIN_TOKENS
+    return api_cache_min_tokens(model)
+
+
+# Jobs whose max_tokens is within this factor of a job's own are "similar": their replies'
+# lengths stand in for its own until it has results.
+SIMILAR_MAX_TOKENS = 2.0
+
+
+@dataclass(frozen=True)
+class OutputExpectation:
+    """How many output tokens a reply of one job and model is expected to be, and why."""
+
+    tokens: float | None  # None: max_tokens (nothing better is known)
+    source: str  # "results", "expected_output_tokens", "other jobs' results" or "max_tokens"
+    note: str  # the why, for the plan
+
+
+def expected_output(
+    job: str,
+    model: str,
+    max_tokens: int | None,
+    declared: int | None,
+    means: dict[str, dict[str, tuple[int, float]]],
+    peers: dict[str, int],
+) -> OutputExpectation:
+    """The expected output of `job`'s replies on `model`, first found of: the mean output of
+    the job's own stored results on that model; the spec's `expected_output_tokens`; the mean
+    output of other jobs' results on that model whose max_tokens is similar (`peers`: job →
+    max_tokens); else max_tokens. The ceiling stays at max_tokens whatever this says."""
+    own = means.get(job, {}).get(model)
+    if own is not None:
+        count, mean = own
+        return OutputExpectation(
+            mean,
+            "results",
+            f"{mean:.1f} tokens a reply, the mean of {count:,} of its stored results",
+        )
+    if declared is not None:
+        return OutputExpectation(
+            float(declared),
+            "expected_output_tokens",
+            f"{declared} tokens a reply, as the spec's expected_output_tokens says",
+        )
+    if max_tokens:
+        count, total, names = 0, 0.0, []
+        for name, theirs in sorted(peers.items()):
+            found = means.get(name, {}).get(model)
+            similar = max_tokens / SIMILAR_MAX_TOKENS <= theirs <= max_tokens * SIMILAR_MAX_TOKENS
+            if name != job and found is not None and similar:
+                count += found[0]
+                total += found[0] * found[1]
+                names.append(name)
+        if count:
+            mean = total / count
+            return OutputExpectation(
+                mean,
+                "other jobs' results",
+                f"{mean:.1f} tokens a reply, the mean of {count:,} results of "
+                f"{', '.join(names)} ({model}, similar max_tokens)",
+            )
+    return OutputExpectation(
+        None,
+        "max_tokens",
+        "at max_tokens (no results yet: set expected_output_tokens for a closer estimate)",
+    )
 
 
 def usage_from_message(usage: dict[str, Any]) -> Usage:

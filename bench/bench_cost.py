@@ -1,7 +1,7 @@
-"""What batchops saves beyond the batch discount, on the emulator's accounting (issue 14).
+"""What batchops saves beyond the batch discount, on the emulator's accounting (issue 14), and how
+close its estimates come to what was billed.
 
-Two workloads, each an apply, then every job renamed and applied again (a rename is the everyday
-way a team pays twice: without reuse, every item is sent again):
+Two workloads:
 
 - `examples`: the example jobs in `jobs/`;
 - `shared-prompt`: 10,000 items of one job sharing a 20,000-character system prompt.
@@ -14,8 +14,12 @@ emulator billed (stored usage, at batch prices):
 - `reuse + cache`: as `reuse`, with `cache = "auto"` on template jobs (raw requests keep the
   cache_control they were written with).
 
-For the first apply of each it also compares the plan's estimate (expected, and the ceiling
-budgets gate on) with what it actually cost.
+Each run: (1) plan and apply (no results in the state yet); (2) every job renamed and applied
+again (a rename is the everyday way a team pays twice: without reuse, every item is sent again);
+(3) every prompt edited (a line added to each user message), planned and applied: every item is
+sent again, and now the state holds results, so the plan expects replies as long as those were.
+The savings compare (1) + (2); estimate vs actual is shown for (1) and (3), with where the
+plan's expected output per reply came from.
 
     .venv/bin/python bench/bench_cost.py [N]        # N items in the shared-prompt job (10,000)
 """
@@ -132,7 +136,34 @@ def shared_prompt(n: int):
     return make
 
 
-def run(make, variant: str) -> dict[str, float]:
+EDIT = "(Second pass: answer as before.)"
+
+
+def edit_prompts(jobs: Path) -> None:
+    """Put a line before every user message (template prompts and raw requests): every item
+    changes, so every item is sent again."""
+    for spec in jobs.glob("*.toml"):
+        text = spec.read_text()
+        text = re.sub(r'prompt = "(?!"")', f'prompt = "{EDIT} ', text)
+        text = text.replace('prompt = """', f'prompt = """{EDIT}\n')
+        spec.write_text(text)
+    for spec in jobs.glob("*.json"):
+        data = json.loads(spec.read_text())
+        for job in data["jobs"].values():
+            if "prompt" in job:
+                job["prompt"] = f"{EDIT}\n{job['prompt']}"
+        spec.write_text(json.dumps(data, indent=2))
+    for path in (jobs / "data").glob("*requests*.jsonl"):
+        lines = []
+        for line in path.read_text().splitlines():
+            request = json.loads(line)
+            last = request["params"]["messages"][-1]
+            last["content"] = f"{EDIT}\n{last['content']}"
+            lines.append(json.dumps(request))
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def run(make, variant: str) -> dict[str, object]:
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_emulator(EmulatorConfig(processing_seconds=0, faults_enabled=False)) as url,
@@ -152,17 +183,54 @@ def run(make, variant: str) -> dict[str, float]:
         started = time.perf_counter()
         ctx.apply(wait=True, poll_interval=0.05, timeout=600)
         first_actual = total_cost(ctx)
+        first_jobs = job_costs(ctx)
         rename_jobs(root / "jobs")
         report = ctx.apply(wait=True, poll_interval=0.05, timeout=600)
+        renamed_total = total_cost(ctx)
+        seconds = time.perf_counter() - started
+        edit_prompts(root / "jobs")
+        again_plan, _ = ctx.plan(refresh=False)
+        before = job_costs(ctx)
+        ctx.apply(wait=True, poll_interval=0.05, timeout=600)
+        after = job_costs(ctx)
         return {
+            "jobs": per_job(first_plan, first_jobs),
+            "again_jobs": per_job(
+                again_plan, {j: c - before.get(j, 0.0) for j, c in after.items()}
+            ),
             "expected": first_plan.expected_cost_usd,
             "ceiling": first_plan.estimated_cost_usd,
             "cache_saving": first_plan.cache_saving_usd,
+            "basis": bases(first_plan),
             "first_actual": first_actual,
-            "total_actual": total_cost(ctx),
+            "total_actual": renamed_total,
             "reused": report.reused,
-            "seconds": time.perf_counter() - started,
+            "seconds": seconds,
+            "again_expected": again_plan.expected_cost_usd,
+            "again_ceiling": again_plan.estimated_cost_usd,
+            "again_basis": bases(again_plan),
+            "again_actual": total_cost(ctx) - renamed_total,
+            "again_sent": sum(len(j.submits) for j in again_plan.jobs),
         }
+
+
+def bases(plan) -> list[str]:
+    """Where each job's expected output per reply came from, as the plan says."""
+    return [f"{j.name}: {j.output_basis}" for j in plan.jobs if j.submits and j.output_basis]
+
+
+def per_job(plan, actual: dict[str, float]) -> list[tuple[str, float, float]]:
+    """(job, expected, actual) of each job the plan sent."""
+    return [(j.name, j.expected_usd, actual.get(j.name, 0.0)) for j in plan.jobs if j.submits]
+
+
+def job_costs(ctx: Context) -> dict[str, float]:
+    reader = ctx.reader()
+    try:
+        costs, _ = actual_costs(reader, ctx.prices)
+    finally:
+        reader.close()
+    return costs
 
 
 def total_cost(ctx: Context) -> float:
@@ -185,16 +253,34 @@ def main() -> None:
         for variant, r in rows.items():
             ratio = r["total_actual"] / base if base else 0.0
             print(f"  {variant:14} {money(r['total_actual']):>10} {ratio:>10.1%} {r['reused']:>7}")
-        print("  first apply, estimate vs actual:")
-        for variant, r in rows.items():
-            off = (
-                (r["expected"] - r["first_actual"]) / r["first_actual"] if r["first_actual"] else 0
-            )
-            print(
-                f"    {variant:14} expected {money(r['expected'])} (ceiling {money(r['ceiling'])},"
-                f" caching saves {money(r['cache_saving'])}), actual {money(r['first_actual'])}:"
-                f" expected {off:+.0%}"
-            )
+        for label, prefix in (
+            ("(1) first apply, no results in the state", ""),
+            ("(3) every prompt edited, re-planned with the results of (1)-(2)", "again_"),
+        ):
+            print(f"  {label}: estimate vs actual")
+            for variant, r in rows.items():
+                expected, actual = (
+                    r[f"{prefix}expected"],
+                    r[f"{prefix}actual" if prefix else "first_actual"],
+                )
+                off = (expected - actual) / actual if actual else 0.0
+                print(
+                    f"    {variant:14} expected {money(expected)} (ceiling"
+                    f" {money(r[f'{prefix}ceiling'])}), actual {money(actual)}:"
+                    f" expected {off:+.1%}"
+                )
+            jobs = rows["reuse"][f"{prefix}jobs"]
+            if len(jobs) > 1:
+                print("    per job (reuse):")
+                for job, expected, actual in jobs:
+                    off = (expected - actual) / actual if actual else 0.0
+                    print(
+                        f"      {job:24} expected {money(expected)}, actual {money(actual)}:"
+                        f" {off:+.1%}"
+                    )
+            print("    expected output per reply, as the plan says where it came from:")
+            for basis in rows["reuse"][f"{prefix}basis"]:
+                print(f"      {basis}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchops.cli import cli
+from batchops.commands.status import status
 from batchops.plan.actions import SubmitItem
 from batchops.plan.diff import BatchLimits, make_plan, split
 from batchops.pricing import (
@@ -15,9 +16,12 @@ from batchops.pricing import (
     ItemEstimate,
     PriceTable,
     batch_cost,
+    cache_min_tokens,
     estimate_item,
     estimate_request,
+    expected_output,
 )
+from batchops.spec import cache as rows_cache
 from batchops.spec import caching
 from batchops.spec.desired import DesiredItem, DesiredJob
 from tests import statedb
@@ -209,3 +213,190 @@ def test_auto_sends_the_marked_prefix_and_the_emulator_bills_reads(
     assert (writes, writes_1h, reads) == (1, 1, 5)
     again, _ = ctx.plan(refresh=False)
     assert not again.changes  # the marks are not part of the fingerprint
+
+
+# ---------------------------------------------------------------- the API's minimum cacheable prefix
+def test_a_marked_prefix_shorter_than_the_models_minimum_is_estimated_as_plain_input():
+    # claude-haiku-4-5 caches prefixes from 4,096 tokens
+    assert cache_min_tokens("claude-haiku-4-5") == cache_min_tokens("claude-haiku-4-5-20251001")
+    least = cache_min_tokens("claude-haiku-4-5")
+    assert least == 4096
+
+    def marked(chars: int) -> dict:
+        params = cached_params("q")
+        params["system"] = [{**params["system"][0], "text": "x" * chars}]
+        return params
+
+    def unmarked(chars: int) -> dict:
+        return {**cached_params("q"), "system": "x" * chars}
+
+    short = estimate_item(marked(12_000), HAIKU, cache_min=least)  # 3,000-4,000 tokens
+    plain = estimate_item(unmarked(12_000), HAIKU, cache_min=least)
+    assert short.prefix is None and (short.high, short.expected) == (plain.high, plain.expected)
+    # without the minimum it would be a write (and reads): the API would not do that
+    assert estimate_item(marked(12_000), HAIKU).prefix is not None
+    # 14,000 characters: cached in the ceiling (3 a token: 4,667), not in the expected (3,500)
+    edge = estimate_item(marked(14_000), HAIKU, cache_min=least)
+    assert edge.prefix is not None and edge.expected_saving == 0 and edge.high_saving > 0
+    assert edge.expected == estimate_item(unmarked(14_000), HAIKU).expected
+    # a prices file may say otherwise for a model
+    table = PriceTable.load()
+    assert cache_min_tokens("claude-haiku-4-5", {**table.row_for("claude-haiku-4-5"),
+                                                   "cache_min_tokens": 1024}) == 1024  # fmt: skip
+
+
+def test_auto_marks_nothing_shorter_than_the_models_minimum():
+    system = "Policy. " * 1500  # 12,000 characters: ~3,000 tokens
+    params = {"model": "claude-haiku-4-5", "max_tokens": 5, "system": system, "messages": []}
+    assert caching.candidate(params) is None  # haiku 4.5 caches from 4,096 tokens
+    assert caching.candidate({**params, "model": "claude-sonnet-4-5"}) is not None  # from 1,024
+
+
+def test_the_plan_and_the_emulator_agree_a_short_marked_prefix_is_not_cached(tmp_path, emulator):
+    short = "Short rubric. " * 300  # ~1,050 tokens: under haiku 4.5's 4,096
+    write_project(
+        tmp_path,
+        rows(4),
+        extra=f'system = [{{ type = "text", text = "{short}", cache_control = {{ type = "ephemeral" }} }}]\n',
+    )
+    ctx = context(tmp_path, emulator)
+    plan, _ = ctx.plan(refresh=False)
+    assert all(i.estimate.prefix is None for i in plan.submits[0].items)
+    apply(ctx, wait=True)
+    [(writes, reads)] = statedb.rows(
+        ctx.settings.state_path,
+        "select sum(cache_creation_input_tokens), sum(cache_read_input_tokens) from results",
+    )
+    assert (writes, reads) == (0, 0)
+
+
+# ---------------------------------------------------------------- the expected output per reply
+def test_an_estimate_moves_to_another_expected_output_and_keeps_its_ceiling():
+    params = {**cached_params("q"), "max_tokens": 100}
+    estimate = estimate_item(params, HAIKU)
+    assert (estimate.max_tokens, estimate.expected_output) == (100, 100)
+    three = estimate.with_output(3, HAIKU)
+    assert three.expected == pytest.approx(estimate.expected - 97 * HAIKU.output / 1e6)
+    assert (three.high, three.prefix, three.expected_output) == (estimate.high, estimate.prefix, 3)
+    assert estimate.with_output(500, HAIKU) == estimate  # never above max_tokens
+    assert estimate_item(params, HAIKU, 3) == three  # the same as estimating it so at first
+    auto = estimate._replace(plain_expected=1.0)
+    assert auto.with_output(3, HAIKU).plain_expected == pytest.approx(1.0 - 97 * HAIKU.output / 1e6)
+
+
+def test_the_expected_output_comes_from_results_then_the_spec_then_similar_jobs():
+    means = {"demo": {"m": (10, 3.5)}, "near": {"m": (4, 6.0)}, "far": {"m": (100, 900.0)}}
+    peers = {"demo": 16, "near": 20, "far": 1000, "other-model": 16}
+
+    def found(job: str = "demo", declared=None, model="m", max_tokens=16):
+        return expected_output(job, model, max_tokens, declared, means, peers)
+
+    own = found(declared=2)
+    assert (own.tokens, own.source) == (3.5, "results")
+    assert "mean of 10 of its stored results" in own.note
+    spec = found("new", declared=2)
+    assert (spec.tokens, spec.source) == (2.0, "expected_output_tokens")
+    # demo's and near's max_tokens (16, 20) are within a factor 2 of 16; far's 1000 is not
+    similar = found("new")
+    assert similar.tokens == pytest.approx((10 * 3.5 + 4 * 6.0) / 14)
+    assert similar.source == "other jobs' results"
+    assert "14 results of demo, near (m, similar max_tokens)" in similar.note
+    nothing = found("new", model="other")
+    assert (nothing.tokens, nothing.source) == (None, "max_tokens")
+
+
+def test_the_plan_expects_replies_as_long_as_the_jobs_results(tmp_path, emulator, monkeypatch):
+    jobs = write_project(tmp_path, rows(6), extra="expected_output_tokens = 100\n")
+    spec = jobs / "demo.toml"
+    spec.write_text(spec.read_text().replace("max_tokens = 16", "max_tokens = 400"))
+    ctx = context(tmp_path, emulator)
+    first, _ = ctx.plan(refresh=False)
+    assert first.jobs[0].output_basis == (
+        "100 tokens a reply, as the spec's expected_output_tokens says"
+    )
+    apply(ctx, wait=True)
+    [(mean,)] = statedb.rows(ctx.settings.state_path, "select avg(output_tokens) from results")
+    assert mean < 100
+    # every prompt edited: every item is sent again, expected as long as the replies so far
+    spec.write_text(spec.read_text().replace("Classify:", "Classify this:"))
+    again, desired = ctx.plan(refresh=False)
+    assert len(again.submits[0].items) == 6
+    assert (
+        again.jobs[0].output_basis
+        == f"{mean:.1f} tokens a reply, the mean of 6 of its stored results"
+    )
+    assert all(i.estimate.expected_output == pytest.approx(mean) for i in again.submits[0].items)
+    assert again.jobs[0].expected_usd < first.jobs[0].expected_usd
+    assert again.jobs[0].estimated_cost_usd == pytest.approx(
+        first.jobs[0].estimated_cost_usd, rel=0.01
+    )
+    result = CliRunner().invoke(
+        cli, ["--state", str(ctx.settings.state_path), "--jobs", str(jobs), "plan", "--no-refresh"]
+    )
+    assert f"Note: demo: expected output {mean:.1f} tokens a reply, the mean of 6" in result.output
+    as_json = CliRunner().invoke(
+        cli,
+        [
+            "--state",
+            str(ctx.settings.state_path),
+            "--jobs",
+            str(jobs),
+            "plan",
+            "--no-refresh",
+            "--json",
+        ],
+    )
+    assert (
+        __import__("json")
+        .loads(as_json.stdout)["jobs"][0]["expected_output"]
+        .startswith(f"{mean:.1f} tokens")
+    )
+
+
+def test_a_cached_row_takes_the_expectation_of_the_moment(tmp_path, emulator, monkeypatch):
+    monkeypatch.setattr(rows_cache, "MIN_ROWS", 1)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    monkeypatch.delenv("BATCHOPS_CACHE", raising=False)
+    jobs = write_project(tmp_path, rows(5))
+    spec = jobs / "demo.toml"
+    spec.write_text(spec.read_text().replace("max_tokens = 16", "max_tokens = 400"))
+    ctx = context(tmp_path, emulator)
+    before = ctx.desired().jobs[0]
+    assert (rows_cache.cache_dir(tmp_path) / "rows" / "demo.jsonl").exists()
+    apply(ctx, wait=True)
+    cached = ctx.desired().jobs[0]  # the rows cache, with the results' expectation laid over it
+    monkeypatch.setenv("BATCHOPS_CACHE", "off")
+    fresh = ctx.desired().jobs[0]
+    assert [i.estimate for i in cached.items] == [i.estimate for i in fresh.items]
+    assert (
+        cached.output_basis == fresh.output_basis and "of its stored results" in fresh.output_basis
+    )
+    assert cached.items[0].estimate.expected < before.items[0].estimate.expected
+    assert [i.cost_usd for i in cached.items] == [i.cost_usd for i in before.items]  # the ceiling
+
+
+def test_expected_output_tokens_is_checked_against_max_tokens(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_project(tmp_path, rows(2), extra="expected_output_tokens = 17\n")
+    result = CliRunner().invoke(cli, ["validate"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: jobs/demo.toml: jobs.demo.expected_output_tokens: 17 is more than max_tokens (16):"
+        " a reply never exceeds max_tokens\n"
+    )
+    write_project(tmp_path, rows(2), extra="expected_output_tokens = 0\n")
+    result = CliRunner().invoke(cli, ["validate"])
+    assert result.exit_code == 1 and "expected_output_tokens" in result.output
+
+
+def test_status_estimates_every_item_as_the_plan_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_auto_project(tmp_path, 10)
+    ctx = context(tmp_path, None)
+    plan, desired = ctx.plan(refresh=False)
+    report = status(ctx)
+    [job] = report.jobs
+    # one cache write and nine reads, as the plan estimates the same ten items
+    assert job.expected_cost_usd == pytest.approx(plan.jobs[0].expected_usd, abs=1e-6)
+    assert job.estimated_cost_usd == pytest.approx(plan.jobs[0].estimated_cost_usd, abs=1e-6)
+    assert job.expected_cost_usd < sum(i.estimate.expected for i in desired.jobs[0].items) / 3

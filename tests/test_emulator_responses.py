@@ -61,19 +61,19 @@ def test_cache_control_writes_first_then_reads(sdk_client: anthropic.Anthropic) 
     system = [
         {
             "type": "text",
-            "text": "Long shared context. " * 200,
+            "text": "Long shared context. " * 600,
             "cache_control": {"type": "ephemeral"},
         }
     ]
     hour = [
         {
             **system[0],
-            "text": "Other context. " * 200,
+            "text": "Other context. " * 800,
             "cache_control": {"type": "ephemeral", "ttl": "1h"},
         }
     ]
     first = messages(sdk_client, {"a": params("Q1", system=system)})["a"].usage
-    assert first.cache_creation_input_tokens > 900 and first.cache_read_input_tokens == 0
+    assert first.cache_creation_input_tokens > 2048 and first.cache_read_input_tokens == 0
     assert first.cache_creation.ephemeral_5m_input_tokens == first.cache_creation_input_tokens
     assert first.cache_creation.ephemeral_1h_input_tokens == 0
     assert first.input_tokens < 20
@@ -94,3 +94,17 @@ def test_no_cache_control_means_no_cache_tokens(sdk_client: anthropic.Anthropic)
     assert usage.cache_creation_input_tokens == usage.cache_read_input_tokens == 0
     assert usage.cache_creation.ephemeral_5m_input_tokens == 0
     assert usage.service_tier == "batch"
+
+
+def test_a_prefix_shorter_than_the_models_minimum_is_not_cached(
+    sdk_client: anthropic.Anthropic,
+) -> None:
+    # claude-sonnet-4-6 caches from 2,048 tokens: ~1,000 tokens marked are billed as plain input
+    short = [
+        {"type": "text", "text": "Short rubric. " * 280, "cache_control": {"type": "ephemeral"}}
+    ]
+    got = messages(sdk_client, {"a": params("Q1", system=short), "b": params("Q2", system=short)})
+    for message in got.values():
+        usage = message.usage
+        assert usage.cache_creation_input_tokens == usage.cache_read_input_tokens == 0
+        assert usage.input_tokens > 900

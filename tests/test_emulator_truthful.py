@@ -214,7 +214,7 @@ def test_thinking_block_with_signature_comes_first(sdk_client: anthropic.Anthrop
 def test_top_level_cache_control_caches_up_to_the_last_block(
     sdk_client: anthropic.Anthropic,
 ) -> None:
-    shared = "Shared reference text. " * 300
+    shared = "Shared reference text. " * 900
     top = {"type": "ephemeral"}
     first = run(sdk_client, {"a": params(shared, cache_control=top)})["a"].message.usage
     assert first.cache_creation_input_tokens > 1000 and first.cache_read_input_tokens == 0
@@ -229,7 +229,7 @@ def test_top_level_cache_control_caches_up_to_the_last_block(
 def test_first_request_in_a_batch_writes_the_cache_and_later_ones_read(
     sdk_client: anthropic.Anthropic,
 ) -> None:
-    system = [{"type": "text", "text": "Rubric. " * 600, "cache_control": {"type": "ephemeral"}}]
+    system = [{"type": "text", "text": "Rubric. " * 1200, "cache_control": {"type": "ephemeral"}}]
     got = run(sdk_client, {f"q{i}": params(f"Question {i}", system=system) for i in range(4)})
     usage = {k: v.message.usage for k, v in got.items()}
     writes = [k for k, u in usage.items() if u.cache_creation_input_tokens]

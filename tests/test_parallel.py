@@ -7,8 +7,9 @@ from datetime import date
 import pytest
 
 from batchops.errors import SpecError
-from batchops.pricing import PriceTable, estimate_request
+from batchops.pricing import PriceTable
 from batchops.spec import parallel
+from batchops.spec.caching import estimate
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
 
@@ -31,7 +32,8 @@ def one_core(job, root):
     out, error = [], None
     try:
         for item in iter_items(job, root):
-            cost = estimate_request(item.params).cost(prices.price("claude-haiku-4-5", TODAY))
+            price = prices.price("claude-haiku-4-5", TODAY)
+            cost = estimate(job, item.params, price, prices)  # type: ignore[arg-type]
             out.append((item.key, item.custom_id, item.fingerprint, cost, "claude-haiku-4-5"))
     except SpecError as exc:
         error = exc.problems

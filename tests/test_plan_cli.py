@@ -44,6 +44,8 @@ Actions:
   + submit  demo  r2  [todo]
   + submit  demo  r3  [todo]
 
+Note: demo: expected output at max_tokens (no results yet: set expected_output_tokens for a closer estimate)
+
 Plan: 3 to submit. Estimated cost $0.0001.
 Prices: batchops price table as of 2026-11-21.
 """

@@ -202,3 +202,37 @@ def test_a_saved_plan_whose_reuse_was_edited_is_refused(
     path.write_text(body + end + "\n")
     with pytest.raises(PlanError, match="reuse of .* is not for an item of job copy"):
         load(path, lambda names: ctx.desired(names))
+
+
+def test_a_job_outside_the_job_scope_is_never_paid_twice(
+    tmp_path, emulator, emulator_admin, state_location
+):
+    """`apply --job copy`: demo (outside the scope) asked the same requests. Its stored results
+    are reused; a request still in flight for it is waited for, not sent again, and the wait
+    does not hold `--wait` (only an apply of demo harvests demo's batch)."""
+    write_project(tmp_path, rows(3))
+    second_job(tmp_path)
+    ctx = context(tmp_path, emulator, state=state_location)
+    apply(ctx, job_names=["demo"], wait=True)  # r1-r3 answered for demo
+    write_rows(tmp_path, rows(4))
+    apply(ctx, job_names=["demo"])  # r4 sent for demo, not harvested yet
+    assert sent(emulator_admin) == 4
+
+    plan, _ = ctx.plan(job_names=["copy"], refresh=False)
+    copy = plan.job("copy")
+    assert copy is not None and copy.submits == []
+    stored = [r for r in copy.reuses if r.result_id is not None]
+    [waiting] = [r for r in copy.reuses if r.result_id is None]
+    assert len(stored) == 3 and waiting.key == "r4"
+    assert waiting.reason == (
+        "same request as demo r4, in flight for a job outside this run: takes its result once "
+        "an apply of demo harvests it"
+    )
+    assert (copy.counts["pending"], copy.waiting_outside) == (1, 1)
+
+    report = apply(ctx, job_names=["copy"], wait=True, timeout=20)
+    assert (report.submitted, report.reused, report.timed_out) == (0, 3, False)
+    assert sent(emulator_admin) == 4
+    apply(ctx, wait=True)  # demo's apply harvests r4; copy takes it
+    assert sent(emulator_admin) == 4
+    assert texts(ctx, "copy") == texts(ctx, "demo") and len(texts(ctx, "copy")) == 4

@@ -488,6 +488,52 @@ def test_remove_job(writer: StateWriter) -> None:
     assert writer.serial == serial
 
 
+def test_remove_job_keeps_the_results_other_jobs_reuse(writer: StateWriter) -> None:
+    sent_batch(writer)  # a, b in msgbatch_1
+    rows = [
+        result_row(writer, "msgbatch_1", "cid-a-1"),
+        result_row(writer, "msgbatch_1", "cid-b-1"),
+    ]
+    writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW)
+    found = writer.results_by_fingerprint(["sha256:a"])
+    # two items of two other jobs answered by a's result (a rename, a copy of the job)
+    writer.record_reuse("other", [Reuse("k1", "other-k1", "sha256:a", found["sha256:a"])], NOW)
+    writer.record_reuse("zeta", [Reuse("z1", "zeta-z1", "sha256:a", found["sha256:a"])], NOW)
+    expected = {
+        "items": 2, "attempts": 2, "results": 1, "batches": 1, "intents": 1, "jobs": 1,
+        "results kept for other jobs": 1,
+    }  # fmt: skip
+    assert writer.removal_counts(JOB) == ("job", expected)
+    assert writer.remove(JOB) == ("job", expected)
+    assert JOB not in writer.job_names()
+    for job, key in (("other", "k1"), ("zeta", "z1")):
+        lookup = writer.result_lookup(job, key)
+        assert lookup is not None
+        assert (lookup.text, lookup.result_type) == ("answer a", "succeeded")
+    # the kept result is the first reusing item's now: found by fingerprint, priced under it
+    assert writer.results_by_fingerprint(["sha256:a"]) == found
+    assert [(u.job, u.output_tokens) for u in writer.usage_rows()] == [("other", 5)]
+    assert writer.remove("other")[1]["results kept for other jobs"] == 1
+    lookup = writer.result_lookup("zeta", "z1")
+    assert lookup is not None and lookup.text == "answer a"
+    assert writer.job_names() == ["zeta"]
+
+
+def test_output_token_means_per_job_and_model(writer: StateWriter) -> None:
+    assert writer.output_token_means([JOB]) == {}
+    sent_batch(writer, "msgbatch_1", "a", "b", "c")
+    rows = [result_row(writer, "msgbatch_1", f"cid-{k}-1") for k in "abc"]
+    rows[1] = rows[1]._replace(output_tokens=8)
+    rows[2] = rows[2]._replace(type="errored", output_tokens=None, text=None)  # not an answer
+    writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW)
+    assert writer.output_token_means([JOB, "none"]) == {JOB: {"claude-haiku-4-5": (2, 6.5)}}
+    assert writer.output_token_means([JOB], sample=1)[JOB]["claude-haiku-4-5"][0] == 1
+    # a job whose items reuse another's answers expects replies as long as those
+    found = writer.results_by_fingerprint(["sha256:b"])
+    writer.record_reuse("other", [Reuse("k", "other-k", "sha256:b", found["sha256:b"])], NOW)
+    assert writer.output_token_means(["other"]) == {"other": {"claude-haiku-4-5": (1, 8.0)}}
+
+
 def test_remove_batch(writer: StateWriter) -> None:
     sent_batch(writer)
     expected = {"batches": 1, "items": 2, "attempts": 2}

@@ -56,14 +56,14 @@ def test_status_table(shared: Path) -> None:
     assert result.output == (
         "job      items    succeeded    pending    retrying    failed    to do    removed    actual cost    est. cost\n"
         "-----  -------  -----------  ---------  ----------  --------  -------  ---------  -------------  -----------\n"
-        "demo         6            1          1           1         1        2          1        $0.0012      $0.0003\n"
+        "demo         6            1          1           1         1        2          1        $0.0012      $0.0002\n"
         "\n"
-        "Actual cost $0.0012 of an estimated $0.0003 (ceiling, at batch prices).\n"
+        "Actual cost $0.0012 of an estimated $0.0002 (up to $0.0003), every item sent, at batch prices.\n"
         "\n"
         "Actual cost by what was billed:\n"
         "job      input    cache write    cache read    output    actual cost    est. cost\n"
         "-----  -------  -------------  ------------  --------  -------------  -----------\n"
-        "demo   $0.0007        $0.0003       $0.0001   $0.0001        $0.0012      $0.0003\n"
+        "demo   $0.0007        $0.0003       $0.0001   $0.0001        $0.0012      $0.0002\n"
         "\n"
         "Batches in flight:\n"
         "batch          job    status         requests    age    expires in\n"
@@ -108,10 +108,15 @@ def test_status_json(shared: Path) -> None:
                     "output": 0.000105,
                 },
                 "estimated_cost_usd": 0.000276,
+                "expected_cost_usd": 0.000187,
                 "cost_note": None,
             }
         ],
-        "totals": {"actual_cost_usd": 0.001166, "estimated_cost_usd": 0.000276},
+        "totals": {
+            "actual_cost_usd": 0.001166,
+            "estimated_cost_usd": 0.000276,
+            "expected_cost_usd": 0.000187,
+        },
         "batches_in_flight": [
             {
                 "id": "msgbatch_live",
@@ -149,7 +154,7 @@ def test_status_without_state_creates_nothing(project: Path) -> None:
         "-----  -------  -----------  ---------  ----------  --------  -------  ---------  -------------  -----------\n"
         "demo         6            0          0           0         0        6          0        $0.0000      $0.0003\n"
         "\n"
-        "Actual cost $0.0000 of an estimated $0.0003 (ceiling, at batch prices).\n"
+        "Actual cost $0.0000 of an estimated $0.0003, every item sent, at batch prices.\n"
         "\n"
         "No batches in flight.\n"
         "\n"

@@ -132,7 +132,8 @@ def run_cycles(
                 follow_ups += 1
                 continue  # what the harvest settled is sent or forgotten in this run, as its own plan
             return report
-        in_flight = sum(j.counts["pending"] for j in final.jobs)
+        # items waiting for a job outside --job are harvested by that job's apply, not this one
+        in_flight = sum(j.counts["pending"] - j.waiting_outside for j in final.jobs)
         total = sum(sum(j.counts.values()) - j.counts["removed"] for j in final.jobs)
         done = sum(j.counts["succeeded"] + j.counts["failed"] for j in final.jobs)
         progress.waiting(done, total, in_flight)

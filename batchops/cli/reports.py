@@ -39,9 +39,12 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
     for j in report.jobs:
         if j.cost_note:
             click.echo(f"Note: {j.name}: {j.cost_note}")
+    estimate = money(report.expected_cost_usd)
+    if round(report.estimated_cost_usd, 4) != round(report.expected_cost_usd, 4):
+        estimate += f" (up to {money(report.estimated_cost_usd)})"
     click.echo(
-        f"\nActual cost {money(report.actual_cost_usd)} of an estimated "
-        f"{money(report.estimated_cost_usd)} (ceiling, at batch prices)."
+        f"\nActual cost {money(report.actual_cost_usd)} of an estimated {estimate}, "
+        "every item sent, at batch prices."
     )
     if report.actual_cost_usd:
         from batchops.views.tables import cost_parts_table

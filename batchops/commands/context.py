@@ -135,9 +135,17 @@ class Context:
         return paths
 
     def desired(
-        self, job_names: Iterable[str] | None = None, replace_items: Iterable[str] = ()
+        self,
+        job_names: Iterable[str] | None = None,
+        replace_items: Iterable[str] = (),
+        *,
+        priors: bool = True,
     ) -> Desired:
-        desired = desired_mod.collect(self.project(), self.prices, self.clock().date(), job_names)
+        """The specs' items; with `priors`, estimates expect replies as long as the state's
+        results of these jobs (or of similar ones) were (validate reads no state)."""
+        project = self.project()
+        outputs = self.output_priors(project) if priors else None
+        desired = desired_mod.collect(project, self.prices, self.clock().date(), job_names, outputs)
         if replace_items:
             desired = replace(desired, replace=replacements(desired, replace_items))
         return desired
@@ -155,7 +163,11 @@ class Context:
         today = self.clock().date()
         names = list(job_names or [])
         planner = Planner(
-            project, names, lambda: desired_mod.collect(project, self.prices, today, names)
+            project,
+            names,
+            lambda: desired_mod.collect(
+                project, self.prices, today, names, self.output_priors(project)
+            ),
         )
         jobs = [project.job(n) for n in planner.names]
         if Memo.usable(j for j in jobs if j is not None):
@@ -165,10 +177,28 @@ class Context:
     def reader(self):
         return open_reader(self.settings.state_path)
 
+    def output_priors(self, project: Project) -> dict[str, dict[str, tuple[int, float]]]:
+        """job → model → (results, mean output tokens) of the specs' jobs, from the state.
+
+        Nothing when the state cannot be read now (another apply creating it, say): the command
+        opens it again and reports what is wrong there, under its lock."""
+        try:
+            reader = self.reader()
+        except StateError:
+            return {}
+        try:
+            if not reader.exists:
+                return {}
+            return reader.output_token_means(j.name for j in project.jobs)
+        except StateError:
+            return {}
+        finally:
+            reader.close()
+
     # -- commands
     def validate(self, job_names: Iterable[str] | None = None) -> list[ValidatedJob]:
         """Parse every spec and render every item; no network, no state."""
-        desired = self.desired(job_names)
+        desired = self.desired(job_names, priors=False)
         out = []
         for dj in desired.jobs:
             job = desired.spec_job(dj.name)

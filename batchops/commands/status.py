@@ -15,8 +15,11 @@ from typing import Any
 
 from batchops.clock import iso
 from batchops.commands.context import Context
+from batchops.plan.actions import SubmitItem
 from batchops.plan.build import plan_from
+from batchops.plan.diff import BatchLimits, job_costs, split
 from batchops.pricing import PriceTable, Usage
+from batchops.spec.desired import DesiredJob
 from batchops.state.api import StateReader
 from batchops.state.records import BatchRecord
 
@@ -35,10 +38,11 @@ class JobStatus:
     todo: int  # never sent with the current fingerprint (todo + changed)
     removed: int
     actual_cost_usd: float
-    estimated_cost_usd: float
+    estimated_cost_usd: float  # the ceiling of sending every item, as a plan estimates it
     cost_note: str | None = None
     # the actual cost split by what was billed: input, cache_write, cache_read, output
     actual_parts_usd: dict[str, float] | None = None
+    expected_cost_usd: float | None = None  # the central estimate of sending every item
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class Status:
     def estimated_cost_usd(self) -> float:
         return round(sum(j.estimated_cost_usd for j in self.jobs), 6)
 
+    @property
+    def expected_cost_usd(self) -> float:
+        return round(sum(_expected(j) for j in self.jobs), 6)
+
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON shape of `batchops status --json`."""
         return {
@@ -98,6 +106,7 @@ class Status:
                     "actual_cost_usd": j.actual_cost_usd,
                     "actual_cost_parts_usd": j.actual_parts_usd or dict.fromkeys(COST_PARTS, 0.0),
                     "estimated_cost_usd": j.estimated_cost_usd,
+                    "expected_cost_usd": _expected(j),
                     "cost_note": j.cost_note,
                 }
                 for j in self.jobs
@@ -105,6 +114,7 @@ class Status:
             "totals": {
                 "actual_cost_usd": self.actual_cost_usd,
                 "estimated_cost_usd": self.estimated_cost_usd,
+                "expected_cost_usd": self.expected_cost_usd,
             },
             "batches_in_flight": [
                 {
@@ -130,6 +140,31 @@ class Status:
         }
 
 
+def _expected(job: JobStatus) -> float:
+    return job.estimated_cost_usd if job.expected_cost_usd is None else job.expected_cost_usd
+
+
+def job_estimate(job: DesiredJob, limits: BatchLimits) -> tuple[float, float]:
+    """(expected, ceiling) of sending every item of `job`, estimated as a plan estimates what it
+    sends: the same batches, packed for cache hits, one cache write per shared prefix per batch
+    and reads for the rest, replies as long as the job's results so far."""
+    items = [
+        SubmitItem(
+            job.name,
+            i.key,
+            i.custom_id,
+            i.fingerprint,
+            "todo",
+            1,
+            i.cost_usd,
+            i.size,
+            estimate=i.estimate,
+        )  # fmt: skip
+        for i in job.items
+    ]
+    return job_costs(split(job.name, job.betas, items, limits))
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -143,12 +178,13 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
         plan = plan_from(reader, desired, now)
         parts: dict[str, dict[str, float]] = {}
         actual, notes = actual_costs(reader, context.prices, parts)
-        estimates = {j.name: (sum(i.cost_usd for i in j.items), len(j.items)) for j in desired.jobs}
+        limits = context.settings.limits
+        estimates = {j.name: (job_estimate(j, limits), len(j.items)) for j in desired.jobs}
         cost_notes = {j.name: j.cost_note for j in desired.jobs}
         jobs = []
         for jp in plan.jobs:
             c = jp.counts
-            estimate, items = estimates.get(jp.name, (0.0, 0))
+            (expected, estimate), items = estimates.get(jp.name, ((0.0, 0.0), 0))
             note = "; ".join(n for n in (cost_notes.get(jp.name), notes.get(jp.name)) if n)
             jobs.append(
                 JobStatus(
@@ -162,6 +198,7 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
                     removed=c["removed"],
                     actual_cost_usd=round(actual.get(jp.name, 0.0), 6),
                     estimated_cost_usd=round(estimate, 6),
+                    expected_cost_usd=round(expected, 6),
                     cost_note=note or None,
                     actual_parts_usd={
                         k: round(v, 6)

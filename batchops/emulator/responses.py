@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from batchops.apirules import request_problems, thinking_enabled
+from batchops.apirules import cache_min_tokens, request_problems, thinking_enabled
 from batchops.emulator.clock import derived_id
 
 WORDS = (
@@ -73,13 +73,19 @@ def _tokens(chars: int) -> int:
 
 
 def cache_prefix(params: dict[str, Any]) -> tuple[str, str] | None:
-    """(hash, ttl) of the prompt prefix up to the last `cache_control` block, if any."""
+    """(hash, ttl) of the prompt prefix up to the last `cache_control` block, if any and if it
+    is long enough for the model to cache (a shorter one is billed as plain input, as the API
+    does)."""
     blocks = _blocks(params)
     last = None
     for i, block in enumerate(blocks):
         if isinstance(block, dict) and isinstance(block.get("cache_control"), dict):
             last = i
     if last is None:
+        return None
+    if _tokens(sum(_chars(b) for b in blocks[: last + 1])) < cache_min_tokens(
+        str(params.get("model", ""))
+    ):
         return None
     prefix = [params.get("model"), blocks[: last + 1]]
     ttl = blocks[last]["cache_control"].get("ttl", "5m")

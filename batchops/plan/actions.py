@@ -199,6 +199,10 @@ class JobPlan:
     expected_cost_usd: float | None = None  # the central estimate (None: the ceiling)
     saved_usd: float = 0.0  # expected cost of the items answered by reuse instead of sent
     cache_saving_usd: float = 0.0  # what `cache = "auto"` marks are expected to save
+    output_basis: str | None = None  # where the central estimate's output per reply came from
+    # pending items waiting for the same request in flight for a job outside this run's --job
+    # (its own apply harvests it; this run cannot)
+    waiting_outside: int = 0
 
     @property
     def submits(self) -> list[SubmitItem]:

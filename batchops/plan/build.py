@@ -12,7 +12,7 @@ from batchops.plan.diff import BatchLimits, make_plan
 from batchops.pricing import money
 from batchops.spec.desired import Desired
 from batchops.state.api import StateReader
-from batchops.state.records import BatchRecord
+from batchops.state.records import BatchRecord, ItemRecord
 
 
 def plan_from(
@@ -42,7 +42,7 @@ def plan_from(
         intents = [replace(i, job=moves[i.job]) if i.job in moves else i for i in intents]
         inflight = {b: {_moved_member(m, moves) for m in ms} for b, ms in inflight.items()}
 
-    def diff(reusable: dict[str, int]) -> Plan:
+    def diff(reusable: dict[str, int], outside: list[ItemRecord] | None = None) -> Plan:
         return make_plan(
             desired.jobs,
             records,
@@ -57,14 +57,16 @@ def plan_from(
             limits=limits or BatchLimits(),
             reusable=reusable,
             replace=desired.replace,
+            outside=outside or (),
         )
 
     # Stored answers are looked up only for what would otherwise be sent: a plan with nothing to
     # send (the common, no-op case at a million items) is diffed once and asks nothing more.
     plan = diff({})
     reusable = _reusable(reader, desired, plan)
-    if reusable:
-        plan = diff(reusable)
+    outside = _in_flight_outside(reader, desired, plan, inflight)
+    if reusable or outside:
+        plan = diff(reusable, outside)
     if not moves:
         return plan
     steps = tuple(
@@ -121,3 +123,21 @@ def check_budget(plan: Plan) -> None:
     problems = budget_problems(plan)
     if problems:
         raise BudgetExceeded(*problems)
+
+
+def _in_flight_outside(
+    reader: StateReader, desired: Desired, plan: Plan, inflight: dict[str, set[str]]
+) -> list[ItemRecord]:
+    """In-flight items of jobs outside a `--job` scope whose very requests `plan` would send
+    (for jobs that allow reuse): waited for, not paid for twice."""
+    if desired.all_jobs_in_scope:
+        return []
+    scope = {j.name for j in desired.jobs}
+    jobs = sorted({m.partition("\x1f")[0] for ms in inflight.values() for m in ms} - scope)
+    if not jobs:
+        return []
+    reuse = {j.name for j in desired.jobs if j.reuse}
+    wanted = {a.fingerprint for j in plan.jobs if j.name in reuse for a in j.submits}
+    if not wanted:
+        return []
+    return [r for r in reader.item_records(jobs) if r.inflight and r.fingerprint in wanted]

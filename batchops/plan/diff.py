@@ -114,6 +114,7 @@ def make_plan(
     limits: BatchLimits = BatchLimits(),  # noqa: B008 (frozen)
     reusable: Mapping[str, int] | None = None,
     replace: Collection[tuple[str, str]] = frozenset(),
+    outside: Iterable[ItemRecord] = (),
 ) -> Plan:
     """Diff the desired jobs against recorded state.
 
@@ -124,7 +125,8 @@ def make_plan(
     succeeded result of that very request (any job, any key): an item that would be sent with
     that fingerprint reuses it instead, unless its job opts out. An item whose request is being
     sent for another item (in this plan, or in a batch in flight) waits for that result instead
-    of being sent twice (a fan-out: it reuses it once harvested).
+    of being sent twice (a fan-out: it reuses it once harvested). `outside` are in-flight items
+    of jobs outside the scope whose requests the scope would send: they are waited for too.
     """
     desired_jobs = list(desired_jobs)
     batches = list(batches)
@@ -147,6 +149,11 @@ def make_plan(
         for record in state_items.values():
             if record.inflight and record.fingerprint and record.inflight_batch not in lost:
                 sending.setdefault(record.fingerprint, (record.job, record.key))
+    elsewhere: set[str] = set()  # fingerprints in flight only for jobs outside the scope
+    for record in outside:
+        if record.inflight and record.fingerprint and record.fingerprint not in sending:
+            sending[record.fingerprint] = (record.job, record.key)
+            elsewhere.add(record.fingerprint)
 
     job_plans: list[JobPlan] = []
     submit_steps: list[SubmitBatch] = []
@@ -162,6 +169,7 @@ def make_plan(
         reused: list[ReuseItem] = []
         reuse_actions: list[ReuseItem] = []
         matched: set[str] = set()  # keys in state that some item wants (the others are removed)
+        waiting_outside = 0
         remembered: list[str] = []
         # Only a later job reads what this one sends (to wait for its answer): the last job's
         # million fingerprints need not be held.
@@ -193,9 +201,13 @@ def make_plan(
                 item_state in ("todo", "changed", "retry")
                 and job.reuse
                 and reason != "replace"
-                and (item.fingerprint in reusable or item.fingerprint in sending)
+                and (
+                    item.fingerprint in reusable
+                    or item.fingerprint in sending
+                    or item.fingerprint in elsewhere
+                )
             ):
-                reuse = _reuse(job.name, item, reusable, sending)
+                reuse = _reuse(job.name, item, reusable, sending, elsewhere)
                 if reuse is not None:
                     actions.append(reuse)
                     reuse_actions.append(reuse)
@@ -203,6 +215,7 @@ def make_plan(
                         reused.append(reuse)
                     else:  # its answer is on its way: it is pending like the item sending it
                         item_state = "pending"
+                        waiting_outside += item.fingerprint in elsewhere
                     counts[item_state] += 1
                     continue
             counts[item_state] += 1
@@ -251,6 +264,8 @@ def make_plan(
                 round(expected, 6),
                 round(sum(a.saved_usd for a in reuse_actions), 6),
                 round(cache_saving(job_batches, expected), 6),
+                job.output_basis,
+                waiting_outside,
             )
         )
         submit_steps.extend(job_batches)
@@ -315,6 +330,7 @@ def _reuse(
     item: DesiredItem,
     reusable: Mapping[str, int],
     sending: dict[str, tuple[str, str]],
+    elsewhere: Collection[str] = (),
 ) -> ReuseItem | None:
     """The reuse of a stored (or coming) answer to this item's very request, if there is one.
 
@@ -330,6 +346,12 @@ def _reuse(
             "same request answered before", saved,
         )  # fmt: skip
     source = sending.get(item.fingerprint)
+    if source is not None and item.fingerprint in elsewhere:
+        return ReuseItem(
+            job, item.key, item.custom_id, item.fingerprint, None,
+            f"same request as {source[0]} {source[1]}, in flight for a job outside this run: "
+            f"takes its result once an apply of {source[0]} harvests it", saved,
+        )  # fmt: skip
     if source is not None and source[0] != job:
         return ReuseItem(
             job, item.key, item.custom_id, item.fingerprint, None,

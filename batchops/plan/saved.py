@@ -413,6 +413,7 @@ def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
     """The plan object: steps as verified, costs recomputed from the specs (never from the file)."""
     budgets = {j.name: j.budget_usd for j in desired.jobs}
     notes = {j.name: j.cost_note for j in desired.jobs}
+    bases = {j.name: j.output_basis for j in desired.jobs}
     batches: dict[str, list[SubmitBatch]] = {}
     reused: dict[str, list[ReuseItem]] = {}
     for step in steps:
@@ -460,6 +461,7 @@ def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
                 round(expected, 6),
                 round(sum(r.saved_usd for r in reuses), 6),
                 round(cache_saving(batches.get(name, []), expected), 6),
+                bases.get(name),
             )
         )
     job_names = shape.get("job_names")

@@ -143,6 +143,7 @@ def _shape(
                 "cache_saving_usd": job.cache_saving_usd,
                 "budget_usd": job.budget_usd,
                 "cost_note": job.cost_note,
+                "expected_output": job.output_basis if job.submits else None,
             }
             for job in plan.jobs
         ],

@@ -50,7 +50,15 @@ CHUNK_ROWS = 20_000
 MIN_ROWS = 10_000  # a smaller job renders in a fraction of a second: no file is kept for it
 RACY_SECONDS = 2.0  # a file modified this close to when its rows were written is hashed anyway
 # The modules whose code decides what a row holds: rendering, fingerprints, custom ids, prices.
-_CODE = ("spec/items.py", "spec/sandbox.py", "spec/parallel.py", "spec/desired.py", "pricing.py")
+_CODE = (
+    "spec/items.py",
+    "spec/sandbox.py",
+    "spec/parallel.py",
+    "spec/desired.py",
+    "spec/caching.py",
+    "pricing.py",
+    "apirules.py",
+)
 
 Row = tuple[str, str, str, Any, str, int]
 

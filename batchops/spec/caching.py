@@ -14,11 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchops.pricing import CHARS_PER_TOKEN_TYPICAL, cache_min_tokens
+from batchops.pricing import (
+    CHARS_PER_TOKEN_TYPICAL,
+    ItemEstimate,
+    ModelPrice,
+    PriceTable,
+    cache_min_tokens,
+    estimate_item,
+)
+
+if TYPE_CHECKING:
+    from batchops.spec.model import Job
 
 AUTO_TTL = "1h"
 MIN_SHARING = 3  # items in a batch sharing a prefix before marking it saves money (1-hour TTL)
@@ -74,3 +84,20 @@ def mark(params: dict[str, Any]) -> dict[str, Any]:
         tools[-1] = {**tools[-1], "cache_control": control}
         out["tools"] = tools
     return out
+
+
+def estimate(
+    job: Job, params: dict[str, Any], price: ModelPrice, prices: PriceTable
+) -> ItemEstimate:
+    """An item's estimate (output at the job's expected_output_tokens, or max_tokens; a marked
+    prefix under the model's minimum as plain input); for `cache = "auto"`, as sent with its
+    shared prefix marked (kept only where enough items share it: `desired._auto_cache`). The one
+    estimate of both rendering paths (one core, and `parallel`)."""
+    model = str(params.get("model", ""))
+    row = prices.row_for(model)
+    out, least = job.expected_output_tokens, cache_min_tokens(model, row)
+    if job.cache != "auto" or job.requests is not None or candidate(params, row) is None:
+        return estimate_item(params, price, out, least)
+    plain = estimate_item(params, price, out, least)
+    marked = estimate_item(mark(params), price, out, least)
+    return marked._replace(auto=True, plain_expected=plain.expected, plain_high=plain.high)

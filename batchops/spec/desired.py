@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from batchops.errors import BatchopsError, SpecError
-from batchops.pricing import ItemEstimate, PriceTable, estimate_item
+from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
 from batchops.spec import cache, caching, parallel
 from batchops.spec.items import Item, iter_items, request_size
 from batchops.spec.model import Job, Project
@@ -40,6 +40,7 @@ class DesiredJob:
     cost_note: str | None = None  # why the estimate is incomplete (e.g. no price for the model)
     betas: tuple[str, ...] = ()
     reuse: bool = True  # answer items from stored results of the same request (any job)
+    output_basis: str | None = None  # where the expected output per reply came from
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,27 @@ def select_jobs(project: Project, names: Iterable[str] | None) -> list[Job]:
 
 
 def collect(
-    project: Project, prices: PriceTable, today: date, job_names: Iterable[str] | None = None
+    project: Project,
+    prices: PriceTable,
+    today: date,
+    job_names: Iterable[str] | None = None,
+    outputs: dict[str, dict[str, tuple[int, float]]] | None = None,
 ) -> Desired:
-    """Render every item of the selected jobs; gather every problem of every job before failing."""
+    """Render every item of the selected jobs; gather every problem of every job before failing.
+
+    `outputs` (job → model → (results, mean output tokens), from the state) sets the expected
+    output of replies; without it, a job's `expected_output_tokens` or max_tokens does."""
     job_names = list(job_names or [])
     jobs = select_jobs(project, job_names)
     digest = hashlib.sha256(b"batchops-spec-digest-v1\n")
     desired: list[DesiredJob] = []
     problems: list[str] = []
+    peers = {j.name: j.max_tokens for j in project.jobs if j.max_tokens}
     for job in jobs:
         try:
-            desired.append(_desired_job(job, project.root, prices, today, digest))
+            desired.append(
+                _desired_job(job, project.root, prices, today, digest, outputs or {}, peers)
+            )
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -86,7 +97,15 @@ def collect(
     return Desired(project, tuple(desired), "sha256:" + digest.hexdigest(), not job_names)
 
 
-def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) -> DesiredJob:
+def _desired_job(
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    digest,
+    outputs: dict[str, dict[str, tuple[int, float]]],
+    peers: dict[str, int],
+) -> DesiredJob:
     price_cache: dict[str, object] = {}
     missing: set[str] = set()
     items: list[DesiredItem] = []
@@ -98,9 +117,21 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
     # estimate, cost and size is held once, not once per item (a million items).
     share = {}.setdefault  # estimates and costs (a float never equals an estimate)
     share_size = {}.setdefault  # sizes apart: 261 == 261.0
+    # The expected output per model, applied to each row after it is rendered or read from the
+    # rows cache (which keeps what the spec alone says), so a cached row is never stale.
+    expecting: dict[str, tuple[OutputExpectation, float, object]] = {}
     for key, custom_id, fp, cost, model, size in rendered:
         estimate = None
         if isinstance(cost, ItemEstimate):
+            seen = expecting.get(model)
+            if seen is None:
+                found = expected_output(
+                    job.name, model, job.max_tokens, job.expected_output_tokens, outputs, peers
+                )
+                tokens = float("inf") if found.tokens is None else found.tokens
+                seen = expecting[model] = (found, tokens, prices.price(model, today))
+            if seen[2] is not None:
+                cost = cost.with_output(seen[1], seen[2])  # type: ignore[arg-type]
             if cost.high > 0 and cost.expected > 0:  # (0.0 and -0.0 are equal keys)
                 cost = share(cost, cost)
             cost, estimate = cost.high, cost
@@ -118,6 +149,13 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
         raise SpecError(*(unpriced_budget(job.name, model, prices) for model in sorted(missing)))
     if missing:
         note = f"no price for model {', '.join(sorted(missing))} in {prices.source}: estimate excludes it"
+    basis = None
+    if expecting:
+        notes = {found.note for found, _, _ in expecting.values()}
+        if len(notes) == 1:
+            basis = notes.pop()
+        else:
+            basis = "; ".join(f"{m}: {f.note}" for m, (f, _, _) in sorted(expecting.items()))
     return DesiredJob(
         job.name,
         job.max_attempts,
@@ -126,20 +164,8 @@ def _desired_job(job: Job, root: Path, prices: PriceTable, today: date, digest) 
         note,
         tuple(job.betas),
         job.reuse,
+        basis,
     )
-
-
-def _estimate(job: Job, params: dict, price, prices: PriceTable) -> ItemEstimate:
-    """The item's estimate; for `cache = "auto"`, as sent with its shared prefix marked (kept
-    only where enough items share it: see `_auto_cache`)."""
-    if job.cache != "auto" or job.requests is not None:
-        return estimate_item(params, price)
-    model = str(params.get("model", ""))
-    if caching.candidate(params, prices.row_for(model)) is None:
-        return estimate_item(params, price)
-    plain = estimate_item(params, price)
-    marked = estimate_item(caching.mark(params), price)
-    return marked._replace(auto=True, plain_expected=plain.expected, plain_high=plain.high)
 
 
 def _auto_cache(items: list[DesiredItem]) -> list[DesiredItem]:
@@ -154,7 +180,12 @@ def _auto_cache(items: list[DesiredItem]) -> list[DesiredItem]:
     for item in items:
         e = item.estimate
         if e is not None and e.auto and sharing[e.prefix] < caching.MIN_SHARING:
-            plain = ItemEstimate(e.plain_high or e.high, e.plain_expected or e.expected)
+            plain = ItemEstimate(
+                e.plain_high or e.high,
+                e.plain_expected or e.expected,
+                max_tokens=e.max_tokens,
+                expected_output=e.expected_output,
+            )
             item = item._replace(cost_usd=plain.high, estimate=plain)
         out.append(item)
     return out
@@ -173,7 +204,7 @@ def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:
 def _rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
 ) -> Iterator[tuple[str, str, str, float | ItemEstimate | None, str, int]]:
-    """(key, custom_id, fingerprint, cost (an estimate, or a float from the parallel path), or
+    """(key, custom_id, fingerprint, cost (an estimate; 0.0 from the parallel path unpriced), or
     None when unpriced, model, request bytes) per item."""
     if parallel.wants_parallel(job):
         for key, custom_id, fp, cost, model, size in parallel.desired_rows(
@@ -189,7 +220,7 @@ def _rows(
         if model not in price_cache:
             price_cache[model] = prices.price(model, today)
         price = price_cache[model]
-        cost = _estimate(job, item.params, price, prices) if price is not None else None
+        cost = caching.estimate(job, item.params, price, prices) if price is not None else None
         yield item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
 
 

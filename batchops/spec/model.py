@@ -180,6 +180,7 @@ class Job(BaseModel):
     budget_usd: float | None = None
     reuse: bool = True
     cache: Literal["auto", "off"] = "off"
+    expected_output_tokens: int | None = None  # a reply's usual length, for the central estimate
     max_attempts: int = 3
     render_seconds: float = RENDER_SECONDS_DEFAULT
     render_max_size: int = RENDER_MAX_SIZE_DEFAULT
@@ -268,6 +269,7 @@ class _RawDefaults(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0)
     reuse: bool | None = None
     cache: Literal["auto", "off"] | None = None
+    expected_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_CAP)
     render_seconds: float | None = Field(default=None, gt=0, le=RENDER_SECONDS_CAP)
     render_max_size: int | None = Field(
@@ -768,7 +770,7 @@ def _merge(
         "budget_usd": inherited("budget_usd"),
         "betas": inherited("betas") or [],
     }
-    for budget in ("render_seconds", "render_max_size", "reuse", "cache"):
+    for budget in ("render_seconds", "render_max_size", "reuse", "cache", "expected_output_tokens"):
         if inherited(budget) is not None:
             fields[budget] = inherited(budget)
     output = inherited("output")
@@ -794,6 +796,12 @@ def _merge(
             fields[field] = inherited(field)
             if fields[field] is None:
                 problem(None, f"{field} is required (set it in the job or in [defaults])")
+        expected, most = fields.get("expected_output_tokens"), fields["max_tokens"]
+        if expected is not None and most is not None and expected > most:
+            problem(
+                "expected_output_tokens",
+                f"{expected} is more than max_tokens ({most}): a reply never exceeds max_tokens",
+            )
         fields["system"] = inherited("system")
         # prompt and messages are one choice: a job's own choice replaces the default's.
         if raw.prompt is not None or raw.messages is not None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from batchops.errors import SpecError
-from batchops.pricing import PriceTable, estimate_request
+from batchops.pricing import PriceTable
+from batchops.spec.caching import estimate
 from batchops.spec.items import (
     _BadRow,
     _binary_lines,
@@ -67,9 +68,9 @@ def desired_rows(
     today: date,
     chunk_lines: int = CHUNK_LINES,
     processes: int | None = None,
-) -> Iterator[tuple[str, str, str, float, str, int]]:
-    """(key, custom_id, fingerprint, cost, model, bytes) per item in source order; SpecError as
-    iter_items."""
+) -> Iterator[tuple[str, str, str, Any, str, int]]:
+    """(key, custom_id, fingerprint, cost (an ItemEstimate, as the one-core path makes it; 0.0
+    without a price), model, bytes) per item in source order; SpecError as iter_items."""
     spec_shown = display_path(job.spec_file, root)
     compile_problems: list[str] = []
     _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
@@ -223,7 +224,7 @@ def _render_chunk(first: int, chunk: list[bytes]) -> list[tuple]:
         if model not in cache:
             cache[model] = w["prices"].price(model, w["today"])
         price = cache[model]
-        cost = estimate_request(params).cost(price) if price is not None else 0.0
+        cost = estimate(job, params, price, w["prices"]) if price is not None else 0.0
         cid = custom_id(key, fp)
         size = request_size_of(cid, params)
         out.append(("ok", number, key, cid, fp, cost, model, size))

@@ -47,6 +47,7 @@ _DESCRIPTIONS = {
     "budget_usd": "plan and apply refuse the job when its estimate exceeds this many dollars.",
     "reuse": "Answer an item from a stored result of the very same request (any job); false opts out.",
     "cache": "auto: mark the longest shared prefix (tools, system) for prompt caching when it pays.",
+    "expected_output_tokens": "A reply's usual length in tokens: the central estimate's output until the job has results (budgets still gate on max_tokens).",
     "max_attempts": "Submissions of an item before a retryable error counts as failed.",
     "render_seconds": "Time budget for rendering one item's templates (seconds, at most 30).",
     "render_max_size": "Size budget of one rendered request and of any string made on the way.",

@@ -28,6 +28,14 @@ from batchops.state.records import (
 # Drift: what happened to a batch outside batchops (or what batchops found out about it).
 RELEASE_DRIFTS = ("deleted", "results-lost", "not-ours")
 OUTCOMES = ("succeeded", "errored", "expired", "canceled", "lost")
+OUTPUT_SAMPLE = 10_000  # results read per job for its mean output tokens (a sample is enough)
+# One job's sampled answers by model (`output_token_means`), with `?` for both parameters: the
+# results its items hold (reused ones included), read along the items' primary key.
+OUTPUT_MEANS_SQL = (
+    "select model, count(*), avg(output_tokens) from (select r.model, r.output_tokens"
+    " from items i join results r on r.id = i.result_id where i.job = ? and r.type = 'succeeded'"
+    " and r.output_tokens is not null limit ?) s group by model"
+)
 
 # What a copy of the state carries (`dump_tables` / `load_tables`: state push, pull, and tests),
 # table by table, with the columns in one order both backends share. The lock or leases and the
@@ -203,6 +211,15 @@ class StateReader(ABC):
     def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:
         """fingerprint → id of the newest stored succeeded result of that very request, of any
         job or key, for each of `fingerprints` that has one (what a plan may reuse)."""
+
+    @abstractmethod
+    def output_token_means(
+        self, jobs: Iterable[str], sample: int = OUTPUT_SAMPLE
+    ) -> dict[str, dict[str, tuple[int, float]]]:
+        """job → model → (results read, mean output tokens) of the succeeded results each job's
+        items hold (reused ones included; an item changed since keeps its last one), read from
+        at most `sample` of them per job: how long a reply of the job is expected to be when its
+        requests are sent. Jobs without results are left out."""
 
     @abstractmethod
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:

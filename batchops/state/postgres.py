@@ -28,6 +28,8 @@ from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import LockHeld, StateError
 from batchops.state.api import (
     OUTCOMES,
+    OUTPUT_MEANS_SQL,
+    OUTPUT_SAMPLE,
     RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
@@ -49,7 +51,7 @@ from batchops.state.records import (
     SentAttempt,
     UsageRow,
 )
-from batchops.state.shared import JOB_TABLES, SharedWrites
+from batchops.state.shared import JOB_TABLES, KEPT_RESULTS_COUNT, SharedWrites, removal_rows
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_batchops_migrations"
@@ -429,6 +431,17 @@ class PostgresReader(StateReader):
             )
         return found
 
+    def output_token_means(
+        self, jobs: Iterable[str], sample: int = OUTPUT_SAMPLE
+    ) -> dict[str, dict[str, tuple[int, float]]]:
+        out: dict[str, dict[str, tuple[int, float]]] = {}
+        sql = OUTPUT_MEANS_SQL.replace("?", "%s")
+        for job in dict.fromkeys(jobs):
+            for model, count, mean in self._rows(sql, [job, sample]):
+                if count:
+                    out.setdefault(job, {})[model or ""] = (int(count), float(mean))
+        return out
+
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
         if not self._exists:
             return None
@@ -443,10 +456,12 @@ class PostgresReader(StateReader):
             }
         if target not in self.job_names():
             return None
-        return "job", {
+        counts = {
             table: self._one(f"select count(*) from {table} where {where}", [target])
             for table, where in _JOB_TABLES
         }
+        kept = self._one(KEPT_RESULTS_COUNT.replace("?", "%s"), [target, target]) or 0
+        return "job", removal_rows(counts, kept)
 
     # -- copies of the whole state (state push and pull)
     def table_counts(self) -> dict[str, int]:

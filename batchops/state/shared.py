@@ -23,6 +23,31 @@ JOB_TABLES = (
     ("jobs", "name = ?"),
 )
 
+# `remove` of a job (four times its name): the job's results that items of other jobs point at
+# (reuse answered them from it) move to the first such item, rather than be deleted under it.
+_FIRST_REUSER = (
+    "select i.{col} from items i where i.result_id = results.id and i.job <> ?"
+    " order by i.job, i.key limit 1"
+)
+KEEP_REUSED_RESULTS = (
+    f"update results set job = ({_FIRST_REUSER.format(col='job')}),"
+    f" key = ({_FIRST_REUSER.format(col='key')})"
+    " where job = ? and id in (select result_id from items where job <> ? and result_id is not null)"
+)
+
+# How many of a job's results `remove` keeps (its name twice).
+KEPT_RESULTS_COUNT = (
+    "select count(*) from results where job = ?"
+    " and id in (select result_id from items where job <> ? and result_id is not null)"
+)
+
+
+def removal_rows(counts: dict[str, int], kept: int) -> dict[str, int]:
+    """`remove`'s rows per table, with the results it keeps for other jobs apart."""
+    if not kept:
+        return counts
+    return {**counts, "results": counts["results"] - kept, "results kept for other jobs": kept}
+
 
 class SharedWrites:
     """Mixed into each backend's writer, before its reader in the MRO."""
@@ -93,12 +118,17 @@ class SharedWrites:
                 return "batch", {"batches": 1, "items": items, "attempts": attempts}
             if target not in self.job_names():  # type: ignore[attr-defined]
                 raise StateError(f"no job or batch {target!r} in state {self.location}")
+            # Results other jobs' items reuse stay: each becomes the result of the first item
+            # (by job, key) that points at it, so no item is left pointing at nothing.
+            kept = conn.execute(self._sql(KEEP_REUSED_RESULTS), [target] * 4).rowcount
             rows = {
                 table: conn.execute(
                     self._sql(f"delete from {table} where {where}"), [target]
                 ).rowcount
                 for table, where in JOB_TABLES
             }
+            if kept:
+                rows["results kept for other jobs"] = kept
             return "job", rows
 
     def rename_job(self, old: str, new: str) -> dict[str, int]:

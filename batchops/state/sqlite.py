@@ -37,6 +37,8 @@ from batchops.errors import LockHeld, StateError
 from batchops.state.api import (
     FLAG_COLUMNS,
     OUTCOMES,
+    OUTPUT_MEANS_SQL,
+    OUTPUT_SAMPLE,
     RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
@@ -59,7 +61,7 @@ from batchops.state.records import (
     UsageRow,
 )
 from batchops.state.shared import JOB_TABLES as _JOB_TABLES
-from batchops.state.shared import SharedWrites
+from batchops.state.shared import KEPT_RESULTS_COUNT, SharedWrites, removal_rows
 
 MIGRATION_SET = "batchops"
 migrations = Migrations(MIGRATION_SET)
@@ -531,6 +533,16 @@ class SqliteReader(StateReader):
                 found[fp] = result_id
         return found
 
+    def output_token_means(
+        self, jobs: Iterable[str], sample: int = OUTPUT_SAMPLE
+    ) -> dict[str, dict[str, tuple[int, float]]]:
+        out: dict[str, dict[str, tuple[int, float]]] = {}
+        for job in dict.fromkeys(jobs):
+            for model, count, mean in self._rows(OUTPUT_MEANS_SQL, [job, sample]):
+                if count:
+                    out.setdefault(job, {})[model or ""] = (int(count), float(mean))
+        return out
+
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
         if self.db is None:
             return None
@@ -545,10 +557,12 @@ class SqliteReader(StateReader):
             }
         if target not in self.job_names():
             return None
-        return "job", {
+        counts = {
             table: self._one(f"select count(*) from {table} where {where}", [target])
             for table, where in _JOB_TABLES
         }
+        kept = self._one(KEPT_RESULTS_COUNT, [target, target]) or 0
+        return "job", removal_rows(counts, kept)
 
     # -- copies of the whole state (state push and pull)
     def table_counts(self) -> dict[str, int]:

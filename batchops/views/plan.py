@@ -14,7 +14,15 @@ from typing import Any
 import orjson
 from tabulate import tabulate
 
-from batchops.plan.actions import ACTIONS, ITEM_STATES, Move, Plan, ReuseItem, SubmitItem
+from batchops.plan.actions import (
+    ACTIONS,
+    ITEM_STATES,
+    JobPlan,
+    Move,
+    Plan,
+    ReuseItem,
+    SubmitItem,
+)
 from batchops.plan.serialize import plan_json_chunks, plan_to_dict
 from batchops.pricing import money
 from batchops.safetext import markdown_block, markdown_text, terminal
@@ -133,9 +141,15 @@ def _failed_lines(plan: Plan, limit: int = MAX_LISTED, cap: int = 0) -> list[str
 
 def _notes(plan: Plan) -> list[str]:
     notes = [j.cost_note for j in plan.jobs if j.cost_note]
+    notes += [f"{j.name}: expected output {j.output_basis}" for j in plan.jobs if _basis(j)]
     if plan.offline_note:
         notes.append(plan.offline_note)
     return [terminal(n) for n in notes]
+
+
+def _basis(job: JobPlan) -> bool:
+    """The expected output's basis is worth a note where the job sends something."""
+    return bool(job.output_basis and job.submits)
 
 
 def plan_text(plan: Plan, prices_source: str | None = None) -> str:

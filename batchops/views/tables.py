@@ -49,6 +49,11 @@ def job_counts_table(plan: Any) -> str:
     return tabulate(rows, headers=["job", "succeeded", "pending", "to send", "failed"])
 
 
+def _expected(job: Any) -> float:
+    """A job's central estimate (status shows it as `est. cost`, as plan does)."""
+    return job.estimated_cost_usd if job.expected_cost_usd is None else job.expected_cost_usd
+
+
 def status_table(report: Any) -> str:
     rows = [
         [
@@ -61,7 +66,7 @@ def status_table(report: Any) -> str:
             j.todo,
             j.removed,
             money(j.actual_cost_usd),
-            money(j.estimated_cost_usd),
+            money(_expected(j)),
         ]
         for j in report.jobs
     ]
@@ -87,7 +92,7 @@ def cost_parts_table(report: Any) -> str:
             j.name,
             *(money((j.actual_parts_usd or {}).get(part, 0.0)) for part in COST_PARTS),
             money(j.actual_cost_usd),
-            money(j.estimated_cost_usd),
+            money(_expected(j)),
         ]
         for j in report.jobs
     ]
