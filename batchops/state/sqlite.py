@@ -217,6 +217,15 @@ def m0005_leases(db: Database) -> None:
     db["intents"].add_column("create_sent_at", str)
 
 
+@migrations()
+def m0006_lean_result_indexes(db: Database) -> None:
+    """A harvest inserts a batch's results without the indexes no read needs: `results` is read
+    by id (from items), by batch and by job, never by (job, key) or by attempt."""
+    db.execute("drop index if exists idx_results_attempt_id")
+    db.execute("drop index if exists idx_results_job_key")
+    db["results"].create_index(["job"])
+
+
 KNOWN_MIGRATIONS = [m.name for m in migrations._migrations]
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 
