@@ -400,7 +400,10 @@ class SqliteReader(StateReader):
             "select custom_id, id, key, fingerprint from attempts"
             " where batch_id = ? and status = 'sent'"
         )
-        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self._rows(sql, [batch_id])}
+        if self.db is None:
+            return {}
+        # straight from the cursor: a batch of 100,000 is not also held as a list of rows
+        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self.db.execute(sql, [batch_id])}
 
     def job_names(self) -> list[str]:
         sql = (
