@@ -48,8 +48,7 @@ from batchops.plan.actions import (
 )
 from batchops.plan.serialize import failed_dict
 from batchops.pricing import money, usage_counts
-from batchops.remote import BatchesClient
-from batchops.remote.client import encode_request
+from batchops.remote import BatchesClient, encode_request
 from batchops.spec import caching
 from batchops.state.api import StateWriter
 from batchops.state.records import RESULT_TYPES, BatchRecord, ResultRow, SentAttempt
