@@ -876,9 +876,9 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     ) -> int:
         count = 0
         with self._transaction() as conn:
-            chunk: list[ResultRow] = []
+            chunk: list[tuple] = []
             for row in rows:
-                chunk.append(row)
+                chunk.append(tuple(row))  # sqlite3 binds a plain tuple faster than a NamedTuple
                 count += 1
                 if len(chunk) >= 5000:
                     conn.executemany(_INSERT_RESULT, chunk)
