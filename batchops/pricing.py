@@ -405,15 +405,21 @@ def expected_output(
 
 def usage_from_message(usage: dict[str, Any]) -> Usage:
     """Billed usage of a succeeded result's `message.usage`."""
+    return Usage(*usage_counts(usage))
+
+
+def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """`usage_from_message`'s figures as a plain tuple (input, output, cache writes 5m and 1h,
+    cache reads): a harvest reads them for every result line."""
     creation = usage.get("cache_creation") or {}
     write_1h = int(creation.get("ephemeral_1h_input_tokens") or 0)
     write_total = int(usage.get("cache_creation_input_tokens") or 0)
-    return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        cache_write_5m_tokens=max(write_total - write_1h, 0),
-        cache_write_1h_tokens=write_1h,
-        cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+    return (
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+        max(write_total - write_1h, 0),
+        write_1h,
+        int(usage.get("cache_read_input_tokens") or 0),
     )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from sqlite_utils import Database
 
+from batchops.state import is_postgres, open_writer
 from batchops.state.sqlite import KNOWN_MIGRATIONS, migrations
+from tests import statedb
 from tests.projects import rows, run_cli, write_project
 
 
@@ -37,3 +39,74 @@ def test_an_older_state_is_refused_by_plan_with_the_command_to_run_then_migrated
     again = run_cli(tmp_path, None, "plan", "--no-refresh")
     assert again.returncode == 0, again.stderr
     assert "2 to submit" in again.stdout
+
+
+def _state_before(location, migration: str) -> None:
+    """A state as the release before `migration` left it, holding one harvested result."""
+    if is_postgres(location):
+        import psycopg
+
+        from batchops.state.postgres import MIGRATIONS, MIGRATIONS_TABLE
+
+        with psycopg.connect(str(location), autocommit=True) as conn:
+            conn.execute(
+                f"create table {MIGRATIONS_TABLE} (migration_set text not null, name text not"
+                " null, applied_at text not null, primary key (migration_set, name))"
+            )
+            for name, statements in MIGRATIONS[: KNOWN_MIGRATIONS.index(migration)]:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    f"insert into {MIGRATIONS_TABLE} values ('batchops', %s, '2026-01-01')", [name]
+                )
+    else:
+        location.parent.mkdir(parents=True, exist_ok=True)
+        db = Database(location)
+        migrations.apply(db, stop_before=migration)
+        db.close()
+    statedb.rows(
+        location, "insert into meta (key, value) values ('lineage', 'old'), ('serial', '0')"
+    )
+    statedb.rows(
+        location,
+        "insert into results (id, job, key, custom_id, fingerprint, batch_id, attempt_id, type,"
+        " text, message) values (7, 'demo', 'old', 'cid-old', 'sha256:old', 'msgbatch_0', 3,"
+        " 'succeeded', 'kept', '{}')",
+    )
+    statedb.rows(
+        location,
+        "insert into items (job, key, custom_id, fingerprint, attempts, outcome, result_id)"
+        " values ('demo', 'old', 'cid-old', 'sha256:old', 1, 'succeeded', 7)",
+    )
+
+
+def _result_indexes(location) -> set[str]:
+    if is_postgres(location):
+        sql = "select indexname from pg_indexes where tablename = 'results'"
+    else:
+        sql = "select name from sqlite_master where type = 'index' and tbl_name = 'results'"
+    return {name for (name,) in statedb.rows(location, sql) if not name.endswith("_pkey")}
+
+
+def test_a_state_from_before_lean_result_indexes_keeps_its_results_and_harvests(state_location):
+    from tests.test_state_contract import JOB, NOW, atts, result_row, sent_batch
+
+    _state_before(state_location, "m0006_lean_result_indexes")
+    assert "idx_results_attempt_id" in _result_indexes(state_location)
+    writer = open_writer(state_location, "apply")  # migrates, holding the lease
+    try:
+        assert _result_indexes(state_location) == {"idx_results_batch_id", "idx_results_job"}
+        assert writer.result_lookup(JOB, "old").text == "kept"
+        sent_batch(writer, "msgbatch_1", "a", "b")
+        rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b")]
+        assert writer.store_harvest("msgbatch_1", rows, canceled_by_us=False, now=NOW) == 2
+        assert writer.result_lookup(JOB, "a").text == "answer a"
+        assert writer.results_by_fingerprint(["sha256:old", "sha256:b"]).keys() == {
+            "sha256:old",
+            "sha256:b",
+        }
+        (summary,) = writer.job_summaries([JOB])
+        assert (summary.results, summary.outcomes["succeeded"]) == (3, 3)
+        assert writer.batch("msgbatch_1").harvested_at is not None
+    finally:
+        writer.close()

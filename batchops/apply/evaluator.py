@@ -16,6 +16,8 @@ state that the next apply completes:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import time
@@ -45,8 +47,8 @@ from batchops.plan.actions import (
     SubmitItem,
 )
 from batchops.plan.serialize import failed_dict
-from batchops.pricing import money, usage_from_message
-from batchops.remote import BatchesClient
+from batchops.pricing import money, usage_counts
+from batchops.remote import BatchesClient, encode_request
 from batchops.spec import caching
 from batchops.state.api import StateWriter
 from batchops.state.records import RESULT_TYPES, BatchRecord, ResultRow, SentAttempt
@@ -323,12 +325,15 @@ class Evaluator:
         self,
         record: BatchRecord,
         lines: Iterator[dict[str, Any]],
-        sent: dict[str, SentAttempt],
+        sent: dict[str, SentAttempt | None],
         expected: int,
     ) -> Iterator[ResultRow]:
-        """Result lines as rows to store; raises (so nothing is stored) when they do not check out."""
+        """Result lines as rows to store; raises (so nothing is stored) when they do not check out.
+
+        `sent` is used up: each custom_id seen is set to None, so a second line for it is told
+        from a custom_id this batch was never sent."""
         now = iso(self.clock()) or ""
-        seen: set[str] = set()
+        halfway = max(expected // 2, 1)
         count = 0
         for line in lines:
             custom_id = line.get("custom_id")
@@ -337,24 +342,24 @@ class Evaluator:
                 raise HarvestFailed(
                     f"a result line without a custom_id and a result: {line!r:.200}"
                 )
-            kind = result.get("type")
-            if custom_id not in sent:
-                raise ForeignResults(
-                    f"result for custom_id {custom_id!r}, which this batch was not sent"
-                )
-            if custom_id in seen:
+            attempt = sent.get(custom_id)
+            if attempt is None:
+                if custom_id not in sent:
+                    raise ForeignResults(
+                        f"result for custom_id {custom_id!r}, which this batch was not sent"
+                    )
                 raise HarvestFailed(f"custom_id {custom_id!r} appears twice in the results")
+            kind = result.get("type")
             if kind not in RESULT_TYPES:
                 raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
-            seen.add(custom_id)
+            sent[custom_id] = None
             count += 1
-            if count == max(expected // 2, 1):
+            if count == halfway:
                 checkpoint("mid-harvest")
-            attempt = sent[custom_id]
-            yield _result_row(record, custom_id, attempt, result, kind, now)
+            yield _result_row(record, line, custom_id, attempt, result, kind, now)
         if count != expected:
             raise HarvestFailed(f"{count} result lines, but request_counts add up to {expected}")
-        missing = len(sent) - len(seen)
+        missing = len(sent) - count
         if missing:
             raise HarvestFailed(f"{missing} submitted custom_ids have no result")
 
@@ -408,11 +413,22 @@ class Evaluator:
             self._note(f"Could not send job {step.job}: {exc.problems[0]}")
 
     def _send(self, step: SubmitBatch, chunk: list[tuple[SubmitItem, dict[str, Any]]]) -> None:
-        items = [item for item, _ in chunk]
-        requests = [
-            {"custom_id": item.custom_id, "params": _as_sent(item, params)}
-            for item, params in chunk
-        ]
+        # Each request is written out as JSON and its dict let go, one at a time (the chunk is
+        # taken apart as it goes): a 200 MB batch is never held both as dicts and as JSON.
+        items: list[SubmitItem] = []
+        requests: list[bytes] = []
+        chunk.reverse()
+        while chunk:
+            item, params = chunk.pop()
+            items.append(item)
+            requests.append(encode_request(item.custom_id, _as_sent(item, params)))
+        try:
+            self._create(step, items, requests)
+        finally:
+            requests.clear()
+            _give_back_memory()
+
+    def _create(self, step: SubmitBatch, items: list[SubmitItem], requests: list[bytes]) -> None:
         for try_number in range(1, CREATE_TRIES + 1):
             intent_id = f"intent_{uuid.uuid4().hex}"
             anchor = self.client.newest_batch_id()  # where the list stands before the create
@@ -494,6 +510,17 @@ class Evaluator:
         self._note(f"Could not {step.kind} batch {step.batch_id}: {exc.problems[0]}")
 
 
+def _give_back_memory() -> None:
+    """Return the freed heap to the system (glibc only): a 200 MB batch's request bytes leave
+    holes in the heap that the interpreter's own allocator never reuses, so the plan made after
+    a create would otherwise add its memory on top of them."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
     """The request as sent: with its shared prefix marked when the job has `cache = "auto"` and
     the plan chose to (marks never enter the fingerprint, so they change what is billed only)."""
@@ -504,6 +531,7 @@ def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
 
 def _result_row(
     record: BatchRecord,
+    line: dict[str, Any],
     custom_id: str,
     attempt: SentAttempt,
     result: dict[str, Any],
@@ -511,25 +539,18 @@ def _result_row(
     now: str,
 ) -> ResultRow:
     text = message = stop_reason = error_type = error_message = model = None
-    tokens: list[int | None] = [None] * 5
+    tokens: tuple[int | None, ...] = (None,) * 5
     if kind == "succeeded":
         body = result.get("message") or {}
-        message = orjson.dumps(body).decode()
+        message = _message_json(line, custom_id, result, body)
+        content = body.get("content") or ()
         text = "".join(
-            b.get("text", "")
-            for b in body.get("content") or []
-            if isinstance(b, dict) and b.get("type") == "text"
+            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
         )
         stop_reason = body.get("stop_reason")
         model = body.get("model")
-        usage = usage_from_message(body.get("usage") or {})
-        tokens = [
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
-            usage.cache_write_1h_tokens,
-            usage.cache_read_tokens,
-        ]
+        inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
+        tokens = (inputs, outputs, write_5m + write_1h, write_1h, reads)
     elif kind == "errored":
         envelope = result.get("error") or {}
         error = envelope.get("error") if isinstance(envelope.get("error"), dict) else envelope
@@ -552,6 +573,30 @@ def _result_row(
         *tokens,
         now,
     )
+
+
+_SUCCEEDED = '","result":{"type":"succeeded","message":'
+
+
+def _message_json(
+    line: dict[str, Any], custom_id: str, result: dict[str, Any], body: dict[str, Any]
+) -> str:
+    """The message as JSON text: the slice of the line the API wrote, when the line has the
+    API's compact shape, else written out again.
+
+    The slice is taken only from `{"custom_id":"<id>","result":{"type":"succeeded","message":`
+    M `}}` with nothing else in either object and no second `"message":` key after the prefix
+    (a duplicate key would otherwise end up in M); a custom_id is `[A-Za-z0-9_-]`, so its JSON
+    is itself. Anything else (whitespace, another key order) takes the slow path.
+    """
+    raw = getattr(line, "raw", None)
+    if raw is not None and len(line) == 2 and len(result) == 2:
+        head = '{"custom_id":"' + custom_id + _SUCCEEDED
+        if raw.startswith(head):
+            tail = raw.rstrip()
+            if tail.endswith("}}}") and tail.find('"message":', len(head)) == -1:
+                return tail[len(head) : -2]
+    return orjson.dumps(body).decode()
 
 
 def _count(n: int, noun: str) -> str:

@@ -6,6 +6,14 @@ from batchops.remote.client import (
     CreateOutcomeUnknown,
     NotFound,
     RemoteBatch,
+    encode_request,
 )
 
-__all__ = ["RESULT_RETENTION", "BatchesClient", "CreateOutcomeUnknown", "NotFound", "RemoteBatch"]
+__all__ = [
+    "RESULT_RETENTION",
+    "BatchesClient",
+    "CreateOutcomeUnknown",
+    "NotFound",
+    "RemoteBatch",
+    "encode_request",
+]

@@ -119,8 +119,12 @@ class BatchesClient:
         if self._client is not None:
             self._client.close()
 
-    def create(self, requests: Sequence[dict[str, Any]], betas: Sequence[str] = ()) -> RemoteBatch:
-        """Create one batch, without retries. Raises CreateOutcomeUnknown when it may exist."""
+    def create(
+        self, requests: Sequence[dict[str, Any] | bytes], betas: Sequence[str] = ()
+    ) -> RemoteBatch:
+        """Create one batch, without retries. Raises CreateOutcomeUnknown when it may exist.
+
+        A request is a dict, or already JSON (`encode_request`)."""
         sdk = self._sdk.with_options(max_retries=0)
         # The body is streamed to the SDK's transport a slice at a time, with its length known
         # up front: a 200 MB batch is never held as one JSON string (nor as the SDK's copy of the
@@ -234,7 +238,7 @@ class BatchesClient:
             raise remote_error(exc, f"delete batch {batch_id}") from None
 
     @contextlib.contextmanager
-    def results(self, batch_id: str) -> Iterator[Iterator[dict[str, Any]]]:
+    def results(self, batch_id: str) -> Iterator[Iterator[ResultLine]]:
         """Stream a batch's result lines as dicts; the response is closed whatever happens."""
         what = f"read results of batch {batch_id}"
         try:
@@ -252,7 +256,7 @@ class CreateBody:
 
     SLICE = 500  # requests per piece handed to the transport
 
-    def __init__(self, requests: Sequence[dict[str, Any]]):
+    def __init__(self, requests: Sequence[dict[str, Any] | bytes]):
         self.requests = requests
         self._length: int | None = None
 
@@ -265,9 +269,21 @@ class CreateBody:
         yield b'{"requests":['
         requests = self.requests
         for start in range(0, len(requests), self.SLICE):
-            pieces = [_json(r) for r in requests[start : start + self.SLICE]]
+            pieces = [
+                r if isinstance(r, bytes) else _json(r)
+                for r in requests[start : start + self.SLICE]
+            ]
             yield (b"," if start else b"") + b",".join(pieces)
         yield b"]}"
+
+
+def encode_request(custom_id: str, params: dict[str, Any]) -> bytes:
+    """One request of a create, as the JSON `create` sends, to be held until it is sent.
+
+    Copied once: the bytes orjson returns keep the larger block they were written in (a list
+    of them held five times its size, measured); a copy of the exact size fits where the freed
+    dict was."""
+    return bytes(memoryview(_json({"custom_id": custom_id, "params": params})))
 
 
 def _json(value: Any) -> bytes:
@@ -277,7 +293,16 @@ def _json(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
+class ResultLine(dict):
+    """One parsed result line that keeps the line's own text (`raw`): a harvest stores a
+    succeeded result's message as the API wrote it instead of writing it out again."""
+
+    __slots__ = ("raw",)
+
+    raw: str
+
+
+def _parse_lines(lines: Iterator[str], what: str) -> Iterator[ResultLine]:
     """Parse JSONL lines; a stream cut short (an httpx2 protocol error, not an anthropic one)
     becomes a RemoteError. Errors raised by the consumer pass through untouched."""
     lines = iter(lines)
@@ -294,7 +319,7 @@ def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
                 f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
             ) from None
         number += 1
-        if not line.strip():
+        if not line or line.isspace():
             continue
         try:
             value = orjson.loads(line)
@@ -302,4 +327,6 @@ def _parse_lines(lines: Iterator[str], what: str) -> Iterator[dict[str, Any]]:
             raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
         if not isinstance(value, dict):
             raise RemoteError(f"{what} failed: line {number} is not a JSON object")
-        yield value
+        parsed = ResultLine(value)
+        parsed.raw = line
+        yield parsed

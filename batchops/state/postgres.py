@@ -2,7 +2,7 @@
 
 The tables and their columns are SQLite's (see `sqlite`), with PostgreSQL types: bigint identity
 ids, booleans for flags, and timestamps kept as the same ISO text so both backends compare and
-report alike. The schema is made by the same named migrations (m0001..m0004), recorded in
+report alike. The schema is made by the same named migrations (m0001..m0006), recorded in
 `_batchops_migrations`; a database carrying a migration this batchops does not know is refused.
 
 Opening for writing takes a transaction-scoped advisory lock on a fixed key (so two applies racing
@@ -112,6 +112,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             " since text, command text, expires_at text, pid_ns text, started text)",
             "create index idx_leases_lock_id on leases (lock_id)",
             "alter table intents add column create_sent_at text",
+        ],
+    ),
+    (
+        "m0006_lean_result_indexes",
+        [
+            "drop index if exists idx_results_attempt_id",
+            "drop index if exists idx_results_job_key",
+            "create index idx_results_job on results (job)",
         ],
     ),
 ]

@@ -220,6 +220,15 @@ def m0005_leases(db: Database) -> None:
     db["intents"].add_column("create_sent_at", str)
 
 
+@migrations()
+def m0006_lean_result_indexes(db: Database) -> None:
+    """A harvest inserts a batch's results without the indexes no read needs: `results` is read
+    by id (from items), by batch and by job, never by (job, key) or by attempt."""
+    db.execute("drop index if exists idx_results_attempt_id")
+    db.execute("drop index if exists idx_results_job_key")
+    db["results"].create_index(["job"])
+
+
 KNOWN_MIGRATIONS = [m.name for m in migrations._migrations]
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 
@@ -404,7 +413,10 @@ class SqliteReader(StateReader):
             "select custom_id, id, key, fingerprint from attempts"
             " where batch_id = ? and status = 'sent'"
         )
-        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self._rows(sql, [batch_id])}
+        if self.db is None:
+            return {}
+        # straight from the cursor: a batch of 100,000 is not also held as a list of rows
+        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self.db.execute(sql, [batch_id])}
 
     def job_names(self) -> list[str]:
         sql = (
@@ -892,9 +904,9 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     ) -> int:
         count = 0
         with self._transaction() as conn:
-            chunk: list[ResultRow] = []
+            chunk: list[tuple] = []
             for row in rows:
-                chunk.append(row)
+                chunk.append(tuple(row))  # sqlite3 binds a plain tuple faster than a NamedTuple
                 count += 1
                 if len(chunk) >= 5000:
                     conn.executemany(_INSERT_RESULT, chunk)
