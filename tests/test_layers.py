@@ -22,7 +22,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("batchops.plan",),
     ("batchops.spec", "batchops.pricing"),
     ("batchops.state", "batchops.remote"),
-    ("batchops.clock", "batchops.errors", "batchops.safetext", "batchops.apirules", "batchops"),
+    (
+        "batchops.clock",
+        "batchops.errors",
+        "batchops.heap",
+        "batchops.safetext",
+        "batchops.apirules",
+        "batchops",
+    ),
 ]
 # The emulator stands apart: only the CLI (and tests) start it, and it uses no other layer.
 APART = ("batchops.emulator",)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gc
 import io
 import os
 import stat
@@ -46,6 +45,7 @@ import orjson
 
 from batchops.commands.context import Context
 from batchops.errors import BatchopsError
+from batchops.heap import paused_gc
 from batchops.plan.actions import Plan
 from batchops.plan.build import plan_from
 from batchops.plan.diff import classify
@@ -185,15 +185,11 @@ def iter_results(
     job, root = _job(context, job_name)
     items = export_items(job, root, context.prices, context.clock().date())
     reader = context.reader()
-    # Every row is made of new dicts and lists, none in a cycle, freed as soon as written: the
-    # collector would only scan the heap again and again (a tenth of the time), so it waits.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        yield from _rows(job, items, reader, failed_only, options)
+        # Every row is new dicts and lists, none in a cycle, freed as soon as written.
+        with paused_gc():
+            yield from _rows(job, items, reader, failed_only, options)
     finally:
-        if collecting:
-            gc.enable()
         reader.close()
 
 

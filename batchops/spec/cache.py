@@ -25,7 +25,6 @@ Jobs of fewer than MIN_ROWS items are not kept (they render in a fraction of a s
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import hmac
 import importlib
@@ -41,6 +40,7 @@ import orjson
 
 import batchops
 from batchops.errors import SpecError
+from batchops.heap import paused_gc
 from batchops.pricing import PriceTable
 from batchops.spec.model import Job
 
@@ -79,15 +79,8 @@ def rows(
     render: Callable[[], Iterator[Row]],
 ) -> Iterator[Row]:
     """The rows `render()` yields, from the cache when nothing they depend on changed."""
-    # A million rows become millions of tuples, none in a cycle, while the caller keeps them:
-    # the collector would scan the growing heap again and again (half the time), so it waits.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():  # a million rows the caller keeps: tuples, none in a cycle
         yield from _rows(job, root, prices, today, render)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _rows(
@@ -309,20 +302,10 @@ def _load(
 
     The file is read twice: once to check its MAC (nothing held), then chunk by chunk as the
     rows are used, checked again as it goes (SpecError if it changed in between)."""
-    try:
-        fh = path.open("rb")
-    except OSError:
+    opened = _open_checked(path, key, definition, data_file, prices, today)
+    if opened is None:
         return None
-    try:
-        checked = _check(fh, key, definition, data_file, prices, today)
-        if checked is not None:
-            fh.seek(len(checked.first))
-    except BaseException:
-        fh.close()
-        raise
-    if checked is None:
-        fh.close()
-        return None
+    fh, checked = opened
     return _chunks(fh, path, checked, key)
 
 
@@ -332,6 +315,7 @@ def _chunks(fh: IO[bytes], path: Path, checked: _Checked, key: bytes) -> Iterato
     mac = hashlib.blake2b(checked.first, key=key, digest_size=32)
     count = 0
     with fh:
+        fh.seek(len(checked.first))
         for line in fh:
             if line.startswith(b'{"mac":'):
                 break
@@ -381,20 +365,34 @@ def _checked_file(job: Job, root: Path, prices: PriceTable, today: date) -> IO[b
     if key is None:
         return None
     path = cache_dir(root) / "rows" / f"{job.name}.jsonl"
+    definition = _definition_digest(job, prices)
+    opened = _open_checked(path, key, definition, job.source_file(), prices, today)
+    return None if opened is None else opened[0]
+
+
+def _open_checked(
+    path: Path,
+    key: bytes,
+    definition: str,
+    data_file: Path | None,
+    prices: PriceTable,
+    today: date,
+) -> tuple[IO[bytes], _Checked] | None:
+    """The rows file at `path`, open after a whole check (`_check`), and what it holds; None
+    (and closed) when there is none or it cannot be trusted and used."""
     try:
         fh = path.open("rb")
     except OSError:
         return None
     try:
-        definition = _definition_digest(job, prices)
-        checked = _check(fh, key, definition, job.source_file(), prices, today)
+        checked = _check(fh, key, definition, data_file, prices, today)
     except BaseException:
         fh.close()
         raise
     if checked is None:
         fh.close()
         return None
-    return fh
+    return fh, checked
 
 
 def _identities(fh: IO[bytes]) -> Iterator[Row]:
@@ -404,15 +402,8 @@ def _identities(fh: IO[bytes]) -> Iterator[Row]:
         for line in fh:
             if line.startswith(b'{"mac":'):
                 return
-            # A chunk is tens of thousands of new lists at once: the collector would scan the
-            # heap again and again while they are made (as in `rows`), so it waits.
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
+            with paused_gc():  # a chunk is tens of thousands of new lists at once
                 chunk = orjson.loads(line)
-            finally:
-                if collecting:
-                    gc.enable()
             yield from chunk  # lists, as read: the caller takes what it needs of each
 
 

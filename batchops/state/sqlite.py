@@ -19,7 +19,6 @@ two applies racing on a new file end with one running and the other told who hol
 from __future__ import annotations
 
 import contextlib
-import gc
 import sqlite3
 import time
 import uuid
@@ -34,6 +33,7 @@ from sqlite_utils.migrations import Migrations
 
 from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import LockHeld, StateError
+from batchops.heap import paused_gc
 from batchops.state.api import (
     FLAG_COLUMNS,
     OUTCOMES,
@@ -343,15 +343,8 @@ class SqliteReader(StateReader):
         if jobs is not None:
             sql += f" where i.job in ({', '.join('?' for _ in jobs)})"
             params = list(jobs)
-        # A million records are a million tuples, none in a cycle: the collector would scan the
-        # growing heap again and again while they are read (half the time), so it waits.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():  # a million records, a million tuples, none in a cycle
             yield from map(ItemRecord._make, self.db.execute(sql, params))
-        finally:
-            if collecting:
-                gc.enable()
 
     def _batches(self, where: str = "", params: Sequence[Any] = ()) -> list[BatchRecord]:
         if self.db is None:
