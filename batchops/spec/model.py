@@ -9,6 +9,7 @@ turning a job into requests is `batchops.spec.items`' work.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,13 +19,14 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import TYPE_CHECKING, Any, Literal
 
 from batchops.errors import SpecError, location
 from batchops.safetext import terminal
 from batchops.spec.files import MAX_SPEC_BYTES, FileRefused, read_bounded
+
+if TYPE_CHECKING:
+    from batchops.spec.raw import _RawDefaults, _RawJob
 
 SPEC_VERSION = 1
 JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -134,39 +136,74 @@ def forbidden_param_problems(params: Mapping[str, Any]) -> list[tuple[str, str]]
 
 
 # --- the public, merged model -------------------------------------------------------------------
+# Plain frozen dataclasses, not pydantic models: what they hold was checked by the spec file's
+# models (`batchops.spec.raw`) and merged here, and a project loaded from its cache
+# (`batchops.spec.projectcache`) is built without importing pydantic at all. `model_dump` and
+# `model_copy` keep the pydantic spelling their callers use (and the very same output).
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+class _Spec:
+    """What the spec dataclasses share: their JSON form and a changed copy."""
+
+    def model_dump(self, *, mode: str = "json") -> dict[str, Any]:
+        """Every field as JSON values (paths as strings, tuples as lists, nested specs as
+        dicts), as pydantic's `model_dump(mode="json")` gave them; only mode "json" exists."""
+        if mode != "json":
+            raise ValueError(f"model_dump: only mode='json' is supported, not {mode!r}")
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> Any:
+        """A copy with the fields of `update` replaced."""
+        return dataclasses.replace(self, **(update or {}))  # type: ignore[type-var]
 
 
-class InputSpec(BaseModel):
+def _jsonable(value: Any) -> Any:
+    t = type(value)
+    if value is None or t is str or t is int or t is float or t is bool:
+        return value
+    if isinstance(value, _Spec):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if t is list or t is tuple:
+        return [_jsonable(v) for v in value]
+    if t is dict:
+        return {k: _jsonable(v) for k, v in value.items()}
+    # A TOML date or time inside params or items: pydantic's own JSON form of it.
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSpec(_Spec):
     """A data file: one item per row, identified by the row's `key` field."""
 
-    model_config = _FROZEN
     path: Path
     key: str
     format: DataFormat
 
 
-class RequestsSpec(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RequestsSpec(_Spec):
     """A JSONL file of ready-made requests in the Anthropic batch format."""
 
-    model_config = _FROZEN
     path: Path
 
 
-class OutputSpec(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class OutputSpec(_Spec):
     """Where a job's joined results are written."""
 
-    model_config = _FROZEN
     path: Path
     format: DataFormat
     columns: tuple[str, ...] = ()  # structured-output fields parsed into columns of the export
 
 
-class Job(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Job(_Spec):
     """One job, defaults applied and paths resolved to absolute paths inside the project root."""
 
-    model_config = _FROZEN
     name: str
     spec_file: Path
     description: str | None = None
@@ -175,8 +212,8 @@ class Job(BaseModel):
     system: str | list[dict[str, Any]] | None = None
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    betas: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    betas: list[str] = dataclasses.field(default_factory=list)
     budget_usd: float | None = None
     reuse: bool = True
     cache: Literal["auto", "off"] = "off"
@@ -228,98 +265,6 @@ class Project:
 
     def job(self, name: str) -> Job | None:
         return next((j for j in self.jobs if j.name == name), None)
-
-
-# --- the file format, as written ----------------------------------------------------------------
-
-_CLOSED = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-class _RawPath(BaseModel):
-    model_config = _CLOSED
-    path: str
-
-
-class _RawInput(_RawPath):
-    key: str = Field(min_length=1)
-    format: DataFormat | None = None
-
-
-class _RawOutput(_RawPath):
-    format: DataFormat | None = None
-    columns: list[Annotated[str, Field(min_length=1)]] | None = None
-
-
-def _requests_shorthand(value: Any) -> Any:
-    return {"path": value} if isinstance(value, str) else value
-
-
-class _RawDefaults(BaseModel):
-    """Fields a job may inherit from `[defaults]` (no item source)."""
-
-    model_config = _CLOSED
-    description: str | None = None
-    model: str | None = Field(default=None, min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
-    system: str | list[dict[str, Any]] | None = None
-    prompt: str | None = None
-    messages: list[dict[str, Any]] | None = Field(default=None, min_length=1)
-    params: dict[str, Any] | None = None
-    betas: list[str] | None = None
-    budget_usd: float | None = Field(default=None, ge=0)
-    reuse: bool | None = None
-    cache: Literal["auto", "off"] | None = None
-    expected_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
-    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_CAP)
-    render_seconds: float | None = Field(default=None, gt=0, le=RENDER_SECONDS_CAP)
-    render_max_size: int | None = Field(
-        default=None, ge=RENDER_MAX_SIZE_MIN, le=RENDER_MAX_SIZE_CAP
-    )
-    output: _RawOutput | None = None
-
-    @field_validator("render_seconds", mode="before")
-    @classmethod
-    def _seconds(cls, value: Any) -> Any:
-        # `render_seconds = 1` is as good as `1.0` (strict mode refuses ints for floats).
-        return float(value) if type(value) is int else value
-
-    @field_validator("system", mode="plain")
-    @classmethod
-    def _system(cls, value: Any) -> Any:
-        # One readable message instead of one per union member.
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(isinstance(b, dict) for b in value):
-            return value
-        raise ValueError("should be a string or a list of content blocks (tables)")
-
-
-class _RawJob(_RawDefaults):
-    input: _RawInput | None = None
-    items: list[dict[str, Any]] | None = None
-    requests: _RawPath | None = None
-    attachments: list[str] | None = Field(default=None, max_length=MAX_ATTACHMENTS)
-
-    _requests = field_validator("requests", mode="before")(_requests_shorthand)
-
-
-class _RawMove(BaseModel):
-    """`moved = [{ from = "old-name", to = "new-name" }]`: a job renamed, reviewed like code."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
-    from_: str = Field(alias="from")
-    to: str
-
-
-class _RawSpec(BaseModel):
-    model_config = _CLOSED
-    # An editor's pointer at the JSON Schema (`batchops schema`); read by editors, ignored here.
-    # TOML specs use a `#:schema ./path` comment instead.
-    schema_: str | None = Field(default=None, alias="$schema")
-    version: int
-    defaults: _RawDefaults | None = None
-    jobs: dict[str, _RawJob] = Field(default_factory=dict)
-    moved: list[_RawMove] = Field(default_factory=list)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -682,20 +627,6 @@ def _loc(parts: Iterable[Any]) -> str:
     return ".".join(str(p) for p in parts)
 
 
-def _validation_lines(shown: str, e: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
-    lines = []
-    for err in e.errors(include_url=False):
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field missing"
-        elif err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        lines.append(location(shown, _loc(prefix + tuple(err["loc"])), msg))
-    return lines
-
-
 def _jobs_of(file: Path, raw: dict[str, Any], root: Path) -> list[Job | str]:
     """The jobs of one parsed spec file, or a problem line for each thing wrong with it."""
     shown = display_path(file, root)
@@ -707,10 +638,11 @@ def _jobs_of(file: Path, raw: dict[str, Any], root: Path) -> list[Job | str]:
             f"{shown}: version: unsupported spec version {json.dumps(version)} "
             f"(this batchops reads version = {SPEC_VERSION})"
         ]
-    try:
-        spec = _RawSpec.model_validate(raw)
-    except ValidationError as e:
-        return list(_validation_lines(shown, e))
+    from batchops.spec.raw import _RawDefaults, spec_of  # pydantic: only when a file is checked
+
+    spec = spec_of(shown, raw)
+    if isinstance(spec, list):
+        return list(spec)
 
     out: list[Job | str] = []
     if spec.defaults is not None and spec.defaults.params is not None:

@@ -1,6 +1,6 @@
 """The spec format's JSON Schema, for editors: completion and checks while a spec is written.
 
-It is generated from the very pydantic models that load specs (`batchops.spec.model`), tidied
+It is generated from the very pydantic models that load specs (`batchops.spec.raw`), tidied
 for people (no `null` alternatives TOML cannot write, readable titles, a description per field),
 and shipped as `batchops/data/spec.schema.json`; a test regenerates it and compares, so the
 shipped file never drifts from the loader. Point an editor at it with a first line
@@ -15,7 +15,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from batchops.spec.model import JOB_NAME_RE, SPEC_VERSION, _RawSpec
+from batchops.spec.model import JOB_NAME_RE, SPEC_VERSION
 
 SHIPPED = "data/spec.schema.json"
 
@@ -65,6 +65,8 @@ _DESCRIPTIONS = {
 
 def spec_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a version-1 spec file, TOML or JSON."""
+    from batchops.spec.raw import _RawSpec  # pydantic: `batchops schema` prints the shipped file
+
     schema = _RawSpec.model_json_schema(by_alias=True)
     defs = schema.pop("$defs")
     for model in (schema, *defs.values()):
