@@ -316,6 +316,16 @@ def load_project(
     else:
         raise SpecError(terminal(f"{display_path(resolved, root)}: not a .toml or .json spec file"))
 
+    # An unchanged project loads from its cache, without pydantic (batchops.spec.projectcache).
+    from batchops.spec import projectcache
+
+    key = projectcache.key_of(resolved, root, candidates, protected)
+    if key is not None:
+        cached = projectcache.load(key, resolved, root, candidates, protected)
+        if cached is not None:
+            return cached
+    record = projectcache.Resolutions()
+
     problems: list[str] = []
     parsed: dict[Path, dict[str, Any]] = {}
     parse_problems: dict[Path, str] = {}
@@ -329,7 +339,10 @@ def load_project(
     # A data file (a .json array of rows, a .json output) is not a spec, even under jobs/.
     referenced: set[Path] = set()
     for file, raw in parsed.items():
-        referenced.update(_referenced_paths(file, raw))
+        for written, path in _referenced_paths(file, raw):
+            record.referenced.append((str(file), written, None if path is None else str(path)))
+            if path is not None:
+                referenced.add(path)
     spec_files = [f for f in candidates if f not in referenced]
     if not spec_files and resolved.is_dir():
         raise SpecError(
@@ -343,7 +356,7 @@ def load_project(
             problems.append(parse_problems[file])
             continue
         moves.extend(Moved(m["from"], m["to"], file) for m in _raw_moves(parsed[file]))
-        for job_or_problem in _jobs_of(file, parsed[file], root):
+        for job_or_problem in _jobs_of(file, parsed[file], root, record.confined):
             if isinstance(job_or_problem, str):
                 problems.append(job_or_problem)
                 continue
@@ -367,6 +380,8 @@ def load_project(
     problems.extend(check_outputs(project, protected, candidates))
     if problems:
         raise SpecError(*dict.fromkeys(terminal(p) for p in problems))
+    if key is not None:
+        projectcache.save(key, resolved, root, candidates, protected, project, record)
     return project
 
 
@@ -598,17 +613,15 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _referenced_paths(file: Path, raw: dict[str, Any]) -> Iterable[Path]:
-    """Paths a parsed (not yet validated) spec points at, so discovery can skip them."""
+def _referenced_paths(file: Path, raw: dict[str, Any]) -> Iterable[tuple[str, Path | None]]:
+    """Paths a parsed (not yet validated) spec points at, so discovery can skip them: each as
+    written, with where it leads (None: nowhere)."""
 
-    def path_of(value: Any) -> Path | None:
+    def path_of(value: Any) -> tuple[str, Path | None] | None:
         if isinstance(value, dict):
             value = value.get("path")
         if isinstance(value, str):
-            try:
-                return (file.parent / value).resolve()
-            except (OSError, ValueError):
-                return None
+            return value, referenced_path(file, value)
         return None
 
     tables = []
@@ -623,11 +636,21 @@ def _referenced_paths(file: Path, raw: dict[str, Any]) -> Iterable[Path]:
                 yield path
 
 
+def referenced_path(file: Path, value: str) -> Path | None:
+    """Where path `value`, written in spec `file`, leads (None: it cannot be resolved)."""
+    try:
+        return (file.parent / value).resolve()
+    except (OSError, ValueError):
+        return None
+
+
 def _loc(parts: Iterable[Any]) -> str:
     return ".".join(str(p) for p in parts)
 
 
-def _jobs_of(file: Path, raw: dict[str, Any], root: Path) -> list[Job | str]:
+def _jobs_of(
+    file: Path, raw: dict[str, Any], root: Path, record: list[tuple[str, str, bool, str]]
+) -> list[Job | str]:
     """The jobs of one parsed spec file, or a problem line for each thing wrong with it."""
     shown = display_path(file, root)
     version = raw.get("version")
@@ -654,7 +677,8 @@ def _jobs_of(file: Path, raw: dict[str, Any], root: Path) -> list[Job | str]:
                 "digits, '-' and '_', starting with a letter or digit, at most 64 characters)"
             )
             continue
-        job_or_problems = _merge(file, shown, root, name, spec.defaults or _RawDefaults(), raw_job)
+        defaults = spec.defaults or _RawDefaults()
+        job_or_problems = _merge(file, shown, root, name, defaults, raw_job, record)
         if isinstance(job_or_problems, Job):
             out.append(job_or_problems)
         else:
@@ -676,7 +700,13 @@ def _params_problems(shown: str, where: tuple[str, ...], params: Mapping[str, An
 
 
 def _merge(
-    file: Path, shown: str, root: Path, name: str, defaults: _RawDefaults, raw: _RawJob
+    file: Path,
+    shown: str,
+    root: Path,
+    name: str,
+    defaults: _RawDefaults,
+    raw: _RawJob,
+    record: list[tuple[str, str, bool, str]],
 ) -> Job | list[str]:
     where = f"jobs.{name}"
     problems: list[str] = []
@@ -708,7 +738,9 @@ def _merge(
     output = inherited("output")
     if output is not None:
         out_loc = f"{where}.output.path" if raw.output is not None else "defaults.output.path"
-        path = _confined(file, root, output.path, problems, shown, out_loc, must_exist=False)
+        path = _confined(
+            file, root, output.path, problems, shown, out_loc, must_exist=False, record=record
+        )
         fmt = output.format or FORMAT_BY_SUFFIX.get(Path(output.path).suffix.lower(), "jsonl")
         if path is not None:
             columns = tuple(output.columns or ())
@@ -720,7 +752,9 @@ def _merge(
         for field in (*template_fields, "attachments"):
             if getattr(raw, field) is not None:
                 problem(field, "a requests job sends its requests as written; remove this field")
-        path = _confined(file, root, raw.requests.path, problems, shown, f"{where}.requests.path")
+        path = _confined(
+            file, root, raw.requests.path, problems, shown, f"{where}.requests.path", record=record
+        )
         if path is not None:
             fields["requests"] = RequestsSpec(path=path)
     elif sources:
@@ -751,7 +785,9 @@ def _merge(
             fmt = raw.input.format or FORMAT_BY_SUFFIX.get(Path(raw.input.path).suffix.lower())
             if fmt is None:
                 problem("input.format", "cannot tell the format from the file name; set format")
-            path = _confined(file, root, raw.input.path, problems, shown, f"{where}.input.path")
+            path = _confined(
+                file, root, raw.input.path, problems, shown, f"{where}.input.path", record=record
+            )
             if path is not None and fmt is not None:
                 fields["input"] = InputSpec(path=path, key=raw.input.key, format=fmt)
         elif raw.items is not None:
@@ -771,8 +807,10 @@ def _confined(
     shown: str,
     field: str,
     must_exist: bool = True,
+    record: list[tuple[str, str, bool, str]] | None = None,
 ) -> Path | None:
-    """`value` resolved against the spec's folder, or None after recording why it is refused."""
+    """`value` resolved against the spec's folder, or None after recording why it is refused.
+    Each path it accepts is added to `record` as (spec file, value, must_exist, resolved)."""
     written = Path(value)
     lexical = Path(os.path.normpath(file.parent / written))
     try:
@@ -797,4 +835,6 @@ def _confined(
             kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
             problems.append(location(shown, field, f"{json.dumps(value)}: not a file ({kind})"))
             return None
+    if record is not None:
+        record.append((str(file), value, must_exist, str(resolved)))
     return resolved
