@@ -8,6 +8,7 @@ Each check runs in a fresh interpreter, since this test process has imported eve
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,9 @@ runpy.run_module("batchops", run_name="__main__")
 """
 
 
-def loaded_by(argv: list[str], cwd: Path, watched: tuple[str, ...]) -> list[str]:
+def loaded_by(
+    argv: list[str], cwd: Path, watched: tuple[str, ...], env: dict[str, str] | None = None
+) -> list[str]:
     """The modules of `watched` that `batchops *argv` imported, run in a fresh interpreter."""
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(watched), json.dumps(argv)],
@@ -53,6 +56,7 @@ def loaded_by(argv: list[str], cwd: Path, watched: tuple[str, ...]) -> list[str]
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
     line = next(
         (x for x in proc.stderr.splitlines() if x.startswith("LOADED ")),
@@ -112,3 +116,21 @@ def test_the_examples_load_only_what_each_command_uses(tmp_path):
     assert validate == []
     for argv in (["plan", "--no-refresh"], ["plan", "--no-refresh", "--json"]):
         assert loaded_by(argv, tmp_path, NEVER_AT_START + NOT_FOR_OFFLINE_PLAN) == [], argv
+
+
+def test_an_unchanged_project_starts_without_pydantic(tmp_path):
+    # the first command checks the specs (pydantic) and keeps the project; the next ones load it
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home-cache")}
+    env.pop("BATCHOPS_CACHE", None)
+    watched = ("pydantic", "batchops.spec.raw")
+    assert loaded_by(["validate"], tmp_path, watched, env) == list(watched)
+    for argv in (["validate"], ["plan", "--no-refresh"], ["plan", "--no-refresh", "--json"]):
+        assert loaded_by(argv, tmp_path, watched, env) == [], argv
+    with (tmp_path / "jobs" / "support.toml").open("a") as fh:
+        fh.write("\n# edited\n")
+    assert loaded_by(["validate"], tmp_path, watched, env) == list(watched)
+
+
+def test_schema_prints_the_shipped_file_without_pydantic(tmp_path):
+    assert loaded_by(["schema"], tmp_path, ("pydantic",)) == []
