@@ -469,10 +469,13 @@ def _write_csv(
     tail = ["parse_error"] if outputs else []
     header = [*columns, *(f"output.{c}" for c in outputs), *tail, *(f"input.{f}" for f in fields)]
     fixed = itemgetter(*columns, *tail)
-    # Rows are written to a string, encoded and written out a chunk at a time (not row by row).
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    # A row's cells joined by commas are its CSV line, unless a cell holds a comma, a quote or a
+    # line break: only such a row is written by the csv module (which quotes exactly those).
+    commas = len(header) - 1
+    quoted = io.StringIO()
+    writer = csv.writer(quoted, lineterminator="\n")
     writer.writerow(header)
+    out.write(quoted.getvalue().encode())
     starts, count = FORMULA_FIRST, 0
     for rows in chunks:
         lines = []
@@ -484,37 +487,38 @@ def _write_csv(
             if fields:
                 source = row.get("input") or {}
                 values += [source.get(f) for f in fields]
-            # Each value as a cell, inline (this runs per cell): None is an empty cell and a
-            # number is written as it is (by the csv module), a string that would start a
-            # formula gets a leading ' unless raw (`safetext.csv_cell`), a list or dict is JSON
-            # (`_cell`).
-            lines.append(
-                [
-                    v
-                    if v is None
-                    else (("'" + v if v[:1] in starts else v) if safe else v)
-                    if type(v) is str
-                    else v
-                    if type(v) is int
-                    else _cell(v)
-                    for v in values
-                ]
-            )
-        writer.writerows(lines)
+            # Each value as the text of its cell, inline (this runs per cell): None is an empty
+            # cell, a string that would start a formula gets a leading ' unless raw
+            # (`safetext.csv_cell`), a number is written as the csv module writes it, a list or
+            # dict is JSON (`_text_cell`).
+            cells = [
+                ""
+                if v is None
+                else (("'" + v if v[:1] in starts else v) if safe else v)
+                if type(v) is str
+                else str(v)
+                if type(v) is int
+                else _text_cell(v)
+                for v in values
+            ]
+            line = ",".join(cells)
+            if '"' in line or "\n" in line or "\r" in line or line.count(",") != commas:
+                quoted.seek(0)
+                quoted.truncate()
+                writer.writerow(cells)
+                line = quoted.getvalue()[:-1]
+            lines.append(line)
+        if lines:
+            out.write(("\n".join(lines) + "\n").encode())
         count += len(rows)
-        out.write(text.getvalue().encode())
-        text.seek(0)
-        text.truncate()
-    out.write(text.getvalue().encode())
     return count
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
+def _text_cell(value: Any) -> str:
+    """The text the csv module writes for a value that is not None, a string or an int."""
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
-    return value
+    return str(value)  # a float as its repr, a bool as True / False
 
 
 def _input_fields(
