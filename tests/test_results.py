@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchops.cli import cli
 from batchops.commands.context import Context, Settings
-from batchops.commands.results import atomic_write, export, write_outputs
+from batchops.commands.results import COLUMNS, atomic_write, export, write_outputs, write_rows
 from batchops.errors import BatchopsError
+from batchops.safetext import csv_cell
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
 from tests.statefill import (
@@ -315,3 +318,47 @@ def test_example_jobs_round_trip(tmp_path: Path, emulator: str) -> None:
         "ticket-sentiment.jsonl",
     ]
     assert all(p.parent == tmp_path / "jobs" / "out" for p in written)
+
+
+# ---------------------------------------------------------------- CSV lines
+_CELL = st.one_of(
+    st.none(),
+    st.text(alphabet=st.sampled_from(list("ab ,\"\n\r\t=+-@'é☃\x00"))),
+    st.text(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=3)), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(-(2**63), 2**63 - 1), max_size=2),
+)
+
+
+def _csv_module_bytes(rows: list[dict], fields: list[str], *, safe: bool) -> bytes:
+    """What the export wrote before joining cells itself: every row through the csv module."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([*COLUMNS, *(f"input.{f}" for f in fields)])
+    for row in rows:
+        values = [row[c] for c in COLUMNS] + [row["input"].get(f) for f in fields]
+        cells = []
+        for v in values:
+            if isinstance(v, dict | list):
+                v = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+            cells.append(csv_cell(v) if safe else v)
+        writer.writerow(cells)
+    return text.getvalue().encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(_CELL, min_size=len(COLUMNS) + 2, max_size=len(COLUMNS) + 2), max_size=6),
+    st.booleans(),
+)
+def test_csv_rows_are_the_csv_modules_bytes(values: list[list], safe: bool) -> None:
+    fields = ["x", "y"]
+    rows = [
+        {**dict(zip(COLUMNS, v, strict=False)), "input": {"x": v[-2], "y": v[-1]}} for v in values
+    ]
+    out = io.BytesIO()
+    assert write_rows(iter(rows), "csv", out, fields, raw_csv=not safe) == len(rows)
+    assert out.getvalue() == _csv_module_bytes(rows, fields, safe=safe)
