@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
@@ -428,7 +428,8 @@ def write_chunks(
     raw_csv: bool = False,
     options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> int:
-    """`write_rows` of rows that come in lists: each list is encoded and written at once."""
+    """`write_rows` of rows that come in lists. CSV `input_fields` None: the first row's, and
+    `_FieldsGrew` raised at a row with another (the caller writes again with them all)."""
     check_format(fmt)
     count = 0
     # Row by row: each row's bytes are freed as soon as written, so the same memory serves the
@@ -449,19 +450,34 @@ def write_chunks(
                 count += 1
         write(b"\n]\n" if count else b"]\n")
     else:
-        count = _write_csv(chunks, out, list(input_fields), options, safe=not raw_csv)
+        fields = None if input_fields is None else list(input_fields)
+        count = _write_csv(chunks, out, fields, options, safe=not raw_csv)
     out.flush()
     return count
+
+
+class _FieldsGrew(Exception):
+    """A row has an input field that the CSV header, learnt from the first row, lacks."""
 
 
 def _write_csv(
     chunks: Iterable[list[dict[str, Any]]],
     out: IO[bytes],
-    fields: list[str],
+    fields: list[str] | None,
     options: ExportOptions,
     *,
     safe: bool,
 ) -> int:
+    """Rows as CSV. With `fields` None, the input fields are the first row's, and `_FieldsGrew`
+    is raised at the first row holding another (every row must be written, none filtered)."""
+    chunks = iter(chunks)
+    known: set[str] | None = None
+    if fields is None:
+        first = next(chunks, None)
+        fields = list(first[0]["input"]) if first else []
+        known = set(fields)
+        if first:
+            chunks = chain([first], chunks)
     columns = list(COLUMNS)
     if options.thinking:
         columns.insert(columns.index("text") + 1, "thinking")
@@ -484,8 +500,10 @@ def _write_csv(
             if outputs:
                 parsed = row.get("output") or {}
                 values[len(columns) : len(columns)] = [parsed.get(c) for c in outputs]
+            source = row.get("input") or {}
+            if known is not None and not source.keys() <= known:
+                raise _FieldsGrew
             if fields:
-                source = row.get("input") or {}
                 values += [source.get(f) for f in fields]
             # Each value as the text of its cell, inline (this runs per cell): None is an empty
             # cell, a string that would start a formula gets a leading ' unless raw
@@ -563,9 +581,22 @@ def export(
     job, project = _job_and_project(context, job_name)
     if options is None:
         options = ExportOptions(columns=job.output.columns if job.output is not None else ())
-    fields = (
-        _input_fields(context, job, project.root, options.input_columns) if fmt == "csv" else []
+    # A CSV file's header names the input fields of every row: learnt from the first row as the
+    # rows are written, and only when a later row holds another field, read from the whole
+    # source first and written again. A stream cannot be written again: read first.
+    learn = (
+        fmt == "csv"
+        and isinstance(out, Path)
+        and not failed_only
+        and options.input_columns is None
+        and job.requests is None
+        and (job.input is None or job.input.format != "csv")
     )
+    fields: list[str] | None = []
+    if learn:
+        fields = None  # learnt as the rows are written
+    elif fmt == "csv":
+        fields = _input_fields(context, job, project.root, options.input_columns)
     parse_errors = 0
 
     def counted(chunks: Iterable[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
@@ -574,14 +605,24 @@ def export(
             parse_errors += sum(row["parse_error"] is not None for row in rows)
             yield rows
 
-    chunks = _row_chunks(context, job_name, failed_only, options)
-    if options.columns:
-        chunks = counted(chunks)
+    def chunks_of() -> Iterator[list[dict[str, Any]]]:
+        chunks = _row_chunks(context, job_name, failed_only, options)
+        return counted(chunks) if options.columns else chunks
+
     written = dict(raw_csv=raw_csv, options=options)
+    chunks = chunks_of()
     if isinstance(out, Path):
         check_output_path(context, project, job, out)
         with atomic_write(out, create_dirs=create_dirs) as f:
-            rows = write_chunks(chunks, fmt, f, fields, **written)
+            try:
+                rows = write_chunks(chunks, fmt, f, fields, **written)
+            except _FieldsGrew:
+                chunks.close()  # its state reader with it
+                f.seek(0)
+                f.truncate()
+                parse_errors = 0
+                fields = _input_fields(context, job, project.root)
+                rows = write_chunks(chunks_of(), fmt, f, fields, **written)
         return ExportSummary(job_name, fmt, rows, out, parse_errors)
     if out is None:
         raise BatchopsError("export needs an output stream or file")
