@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchops.cli import cli
+from batchops.commands import results as results_mod
 from batchops.commands.context import Context, Settings
-from batchops.commands.results import atomic_write, export, write_outputs
+from batchops.commands.results import COLUMNS, atomic_write, export, write_outputs, write_rows
 from batchops.errors import BatchopsError
+from batchops.safetext import csv_cell
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
 from tests.statefill import (
@@ -315,3 +319,95 @@ def test_example_jobs_round_trip(tmp_path: Path, emulator: str) -> None:
         "ticket-sentiment.jsonl",
     ]
     assert all(p.parent == tmp_path / "jobs" / "out" for p in written)
+
+
+# ---------------------------------------------------------------- CSV lines
+_CELL = st.one_of(
+    st.none(),
+    st.text(alphabet=st.sampled_from(list("ab ,\"\n\r\t=+-@'é☃\x00"))),
+    st.text(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=3)), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(-(2**63), 2**63 - 1), max_size=2),
+)
+
+
+def _csv_module_bytes(rows: list[dict], fields: list[str], *, safe: bool) -> bytes:
+    """What the export wrote before joining cells itself: every row through the csv module."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([*COLUMNS, *(f"input.{f}" for f in fields)])
+    for row in rows:
+        values = [row[c] for c in COLUMNS] + [row["input"].get(f) for f in fields]
+        cells = []
+        for v in values:
+            if isinstance(v, dict | list):
+                v = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+            cells.append(csv_cell(v) if safe else v)
+        writer.writerow(cells)
+    return text.getvalue().encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(_CELL, min_size=len(COLUMNS) + 2, max_size=len(COLUMNS) + 2), max_size=6),
+    st.booleans(),
+)
+def test_csv_rows_are_the_csv_modules_bytes(values: list[list], safe: bool) -> None:
+    fields = ["x", "y"]
+    rows = [
+        {**dict(zip(COLUMNS, v, strict=False)), "input": {"x": v[-2], "y": v[-1]}} for v in values
+    ]
+    out = io.BytesIO()
+    assert write_rows(iter(rows), "csv", out, fields, raw_csv=not safe) == len(rows)
+    assert out.getvalue() == _csv_module_bytes(rows, fields, safe=safe)
+
+
+def test_csv_files_learn_their_header_as_the_stream_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV file learns its input fields from its first row, and is written again when a later
+    row has another: the bytes are those of a stream, which reads every row's fields first."""
+    from tests import test_results_golden as golden
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    golden.write_project(tmp_path)
+    same = tmp_path / "jobs" / "data" / "same.jsonl"  # every row has the first row's fields
+    same.write_text("".join(json.dumps({"id": f"s{n}", "text": "x"}) + "\n" for n in range(5)))
+    spec = tmp_path / "jobs" / "spec.toml"
+    spec.write_text(
+        spec.read_text() + '\n[jobs.same]\nprompt = "{{ text }}"\n'
+        'input = { path = "data/same.jsonl", key = "id" }\n'
+    )
+    golden.fill_state(tmp_path, tmp_path / "state" / "batchops.db")
+    ctx = golden._context(tmp_path, tmp_path / "state" / "batchops.db")
+    grew = []
+    monkeypatch.setattr(results_mod, "_input_fields", _spy(results_mod._input_fields, grew))
+    for job in ("mix", "arr", "inline", "sheet", "raw", "same"):
+        for option_set in ("default", "columns", "thinking", "raw-csv", "no-input"):
+            if job != "mix" and option_set not in ("default", "raw-csv"):
+                continue
+            stream = golden.export_bytes(ctx, job, "csv", option_set).split("\n", 1)[1]
+            chosen = dict(golden.OPTION_SETS[option_set])
+            raw_csv = chosen.pop("raw_csv", False)
+            options = results_mod.export_options(
+                ctx, job, chosen.get("columns"), chosen.get("input_columns"),
+                thinking=chosen.get("thinking", False),
+            )  # fmt: skip
+            path = tmp_path / "out" / f"{job}-{option_set}.csv"
+            grew.clear()
+            export(ctx, job, "csv", path, create_dirs=True, raw_csv=raw_csv, options=options)
+            assert path.read_text(encoding="utf-8") == stream, (job, option_set)
+            # fields looked up first (or again) everywhere but in `same`: chosen, fixed by the
+            # source (CSV, requests), or a row with a field the first lacks (mix, arr, inline)
+            assert bool(grew) == (job != "same"), (job, option_set)
+
+
+def _spy(function, calls: list):
+    def spied(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return spied

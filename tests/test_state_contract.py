@@ -22,7 +22,7 @@ import pytest
 
 from batchops.errors import LockHeld, StateError
 from batchops.state import force_unlock, open_reader, open_writer
-from batchops.state.api import StateWriter
+from batchops.state.api import NO_SUCCEEDED_ROW, StateReader, StateWriter
 from batchops.state.records import BatchRecord, ResultRow
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -292,6 +292,27 @@ def test_store_harvest_settles_items(writer: StateWriter) -> None:
     [summary] = writer.job_summaries([JOB])
     assert (summary.items, summary.in_flight, summary.batches, summary.results) == (2, 0, 1, 2)
     assert summary.outcomes["succeeded"] == 1 and summary.outcomes["errored"] == 1
+
+
+def test_succeeded_results_answer_each_key_in_order(writer: StateWriter, backend: Backend) -> None:
+    sent_batch(writer, "msgbatch_1", "a", "b", "c", "d")
+    rows = [result_row(writer, "msgbatch_1", f"cid-{k}-1") for k in "acd"]
+    rows.append(result_row(writer, "msgbatch_1", "cid-b-1", "errored"))
+    writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW)
+    again = [Att("c", "cid-c-2", "sha256:c2", 2)]  # c is sent again: in flight, no answer
+    writer.record_intent("intent-msgbatch_2", JOB, again, 100, NOW, list_anchor="msgbatch_1")
+    writer.record_created("intent-msgbatch_2", batch_record("msgbatch_2"), NOW)
+    backend.raw("update items set fingerprint = 'sha256:new' where key = 'd'")  # not its result's
+    keys = ["zz", "d", "a", "b", "c", "a"]
+    got = writer.succeeded_results(JOB, keys)
+    answer_a = ("sha256:a", "answer a", "{}", "end_turn", "claude-haiku-4-5", 10, 5, "msgbatch_1")
+    assert got == [NO_SUCCEEDED_ROW, NO_SUCCEEDED_ROW, answer_a, NO_SUCCEEDED_ROW] + [
+        NO_SUCCEEDED_ROW,
+        answer_a,
+    ]
+    assert [tuple(r) for r in got] == StateReader.succeeded_results(writer, JOB, keys)
+    assert writer.succeeded_results(JOB, []) == []
+    assert writer.succeeded_results("other", ["a", "b"]) == [NO_SUCCEEDED_ROW] * 2
 
 
 @dataclass(frozen=True)
@@ -662,6 +683,7 @@ def test_reader_on_missing_state_answers_empty_and_creates_nothing(backend: Back
         assert reader.job_names() == [] and list(reader.usage_rows()) == []
         assert reader.result_lookup(JOB, "a") is None and reader.result_lookups(JOB)("a") is None
         assert reader.results_of(JOB, ["a"]) == {}
+        assert reader.succeeded_results(JOB, ["a", "b"]) == [NO_SUCCEEDED_ROW] * 2
         assert reader.removal_counts(JOB) is None and not reader.plan_applied("p")
         assert reader.sent_attempts("x") == {}
     finally:

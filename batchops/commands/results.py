@@ -6,8 +6,9 @@ the spec's current one), otherwise with its state (`pending`, `todo`, `failed` â
 
 The export streams, a chunk of keys at a time: who each item is (key, custom_id, fingerprint) and
 its input row come from `spec.inputs` (the rows cache and the data file read directly when the
-cache serves the job, else a render), and each chunk's state is read with one query
-(`results_of`), so a million results never sit in memory and no template runs twice. Files are
+cache serves the job, else a render), and each chunk's state is read with one narrow query in key
+order (`succeeded_results`; the items not succeeded are then looked up whole with `results_of`),
+so a million results never sit in memory and no template runs twice. Files are
 written atomically (a temporary file in the same folder, then `os.replace`), so a reader never
 sees half a file and a failed export leaves the previous one in place; a temporary file left by a killed export is removed
 by the next write of the same file once it is a minute old. An output is checked like a spec's
@@ -36,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
@@ -79,6 +80,7 @@ _USAGE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
 CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
 CHUNK_KEYS = 5_000  # keys looked up in state at once: a query per chunk, memory flat
+WRITE_BUFFER = 1 << 20  # bytes gathered before each write to a file: a write call per MB
 STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
 
 
@@ -182,6 +184,14 @@ def iter_results(
 
     `message` holds the full stored Message as an `orjson.Fragment` (pre-serialised JSON).
     """
+    for rows in _row_chunks(context, job_name, failed_only, options):
+        yield from rows
+
+
+def _row_chunks(
+    context: Context, job_name: str, failed_only: bool, options: ExportOptions
+) -> Iterator[list[dict[str, Any]]]:
+    """`iter_results`' rows, a chunk of keys at a time (what the writers take)."""
     job, root = _job(context, job_name)
     items = export_items(job, root, context.prices, context.clock().date())
     reader = context.reader()
@@ -193,54 +203,104 @@ def iter_results(
         reader.close()
 
 
+_NO_ANSWER: dict[str, Any] = {}
+
+
 def _rows(
     job: Job,
     items: Iterator[ExportItem],
     reader: StateReader,
     failed_only: bool,
     options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each chunk of `CHUNK_KEYS` items, as a list.
+
+    Each chunk's keys are read with `succeeded_results` (one narrow query, rows in key order):
+    an item whose own succeeded result has the spec's fingerprint is `succeeded` with that answer,
+    and only the others are looked up whole (`results_of`) and classified.
+    """
     name, max_attempts = job.name, job.max_attempts
     thinking, columns, chosen = options.thinking, options.columns, options.input_columns
+    plain = not columns and not thinking  # then a message is parsed only when it may show
+    fixed = plain and chosen is None  # the row's keys are the fixed ones (`COLUMNS`), then input
     no_output = dict.fromkeys(columns)
+    fragment = orjson.Fragment
     new = tuple.__new__  # a NamedTuple from its fields in one C call (this runs per item)
     while chunk := list(islice(items, CHUNK_KEYS)):
-        found_of = reader.results_of(name, [item.key for item in chunk])
-        for item in chunk:
-            found = found_of.get(item.key)
-            record = found.record if found is not None else None
-            desired = new(DesiredItem, (item.key, item.custom_id, item.fingerprint, 0.0, 0, None))
-            state, detail = classify(desired, record, max_attempts)
-            if failed_only and state != "failed":
-                continue
-            error_type = error_message = None
-            if found is None or record is None:
-                current = False
+        answers = reader.succeeded_results(name, [item[0] for item in chunk])
+        others = [
+            item[0] for item, found in zip(chunk, answers, strict=True) if found[0] != item[2]
+        ]
+        found_of = reader.results_of(name, others) if others else {}
+        rows = []
+        for (key, custom_id, fingerprint, source), found in zip(chunk, answers, strict=True):
+            if found[0] == fingerprint:  # its own succeeded result, for the spec's request
+                if failed_only:
+                    continue
+                state = "succeeded"
+                detail = error_type = error_message = None
+                _, text, message, stop_reason, model, input_tokens, output_tokens, batch_id = found
+                if not message:
+                    answer = _NO_ANSWER
+                elif (
+                    plain
+                    and "tool_use" not in message
+                    and "cache_" not in message
+                    and "\\u" not in message
+                ):
+                    answer = _NO_ANSWER  # `_may_show`, inline: nothing shown can be in it
+                else:
+                    answer = _answer(message, options)
             else:
-                current = (
-                    state == "succeeded"
-                    and found.result_type == "succeeded"
-                    and found.result_fingerprint == item.fingerprint
-                )
-                if state == "failed" or state == "retry":
+                lookup = found_of.get(key)
+                record = lookup.record if lookup is not None else None
+                desired = new(DesiredItem, (key, custom_id, fingerprint, 0.0, 0, None))
+                state, detail = classify(desired, record, max_attempts)
+                if failed_only and state != "failed":
+                    continue
+                error_type = error_message = None
+                if record is not None and (state == "failed" or state == "retry"):
                     error_type = record.error_type or record.outcome
                     error_message = record.error_message
-            if current and found is not None:
-                text, stop_reason, model = found.text, found.stop_reason, found.model
-                input_tokens, output_tokens = found.input_tokens, found.output_tokens
-                batch_id, message = found.batch_id, found.message
-                answer = _answer(message, options)
-            else:
                 text = stop_reason = model = input_tokens = output_tokens = None
                 batch_id = message = None
-                answer = {}
+                answer = _NO_ANSWER
+            if answer is _NO_ANSWER:
+                tool_calls = cache_creation = cache_read = None
+            else:
+                tool_calls = answer.get("tool_calls")
+                cache_creation = answer.get("cache_creation_input_tokens")
+                cache_read = answer.get("cache_read_input_tokens")
+            if fixed:  # the default columns, every input field: one dict display (per item)
+                rows.append(
+                    {
+                        "key": key,
+                        "custom_id": custom_id,
+                        "state": state,
+                        "text": text,
+                        "tool_calls": tool_calls,
+                        "detail": detail,
+                        "error_type": error_type,
+                        "error_message": error_message,
+                        "stop_reason": stop_reason,
+                        "model": model,
+                        "input_tokens": input_tokens,
+                        "output_tokens": output_tokens,
+                        "cache_creation_input_tokens": cache_creation,
+                        "cache_read_input_tokens": cache_read,
+                        "batch_id": batch_id,
+                        "input": source,
+                        "message": fragment(message) if message else None,
+                    }
+                )
+                continue
             row = {
-                "key": item.key,
-                "custom_id": item.custom_id,
+                "key": key,
+                "custom_id": custom_id,
                 "state": state,
                 "text": text,
-                **({"thinking": answer.get("thinking")} if thinking else {}),
-                "tool_calls": answer.get("tool_calls"),
+                **({"thinking": answer.get("thinking")} if thinking else _NO_ANSWER),
+                "tool_calls": tool_calls,
                 "detail": detail,
                 "error_type": error_type,
                 "error_message": error_message,
@@ -248,19 +308,21 @@ def _rows(
                 "model": model,
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
-                "cache_creation_input_tokens": answer.get("cache_creation_input_tokens"),
-                "cache_read_input_tokens": answer.get("cache_read_input_tokens"),
+                "cache_creation_input_tokens": cache_creation,
+                "cache_read_input_tokens": cache_read,
                 "batch_id": batch_id,
             }
             if columns:
                 row["output"] = answer.get("output", no_output)
                 row["parse_error"] = answer.get("parse_error")
             if chosen is None:
-                row["input"] = item.input
+                row["input"] = source
             elif chosen:
-                row["input"] = {f: item.input.get(f) for f in chosen}
-            row["message"] = orjson.Fragment(message) if message else None
-            yield row
+                row["input"] = {f: source.get(f) for f in chosen}
+            row["message"] = fragment(message) if message else None
+            rows.append(row)
+        if rows:
+            yield rows
 
 
 def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
@@ -353,33 +415,70 @@ def write_rows(
 
     CSV cells that would run as a spreadsheet formula are neutralised unless `raw_csv`.
     """
+    rows = iter(rows)
+    chunks = iter(lambda: list(islice(rows, CSV_CHUNK_ROWS)), [])
+    return write_chunks(chunks, fmt, out, input_fields, raw_csv=raw_csv, options=options)
+
+
+def write_chunks(
+    chunks: Iterable[list[dict[str, Any]]],
+    fmt: str,
+    out: IO[bytes],
+    input_fields=(),
+    *,
+    raw_csv: bool = False,
+    options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
+) -> int:
+    """`write_rows` of rows that come in lists. CSV `input_fields` None: the first row's, and
+    `_FieldsGrew` raised at a row with another (the caller writes again with them all)."""
     check_format(fmt)
     count = 0
+    # Row by row: each row's bytes are freed as soon as written, so the same memory serves the
+    # next one (a chunk's rows joined first would touch fresh memory for every row).
+    dumps, write = orjson.dumps, out.write
     if fmt == "jsonl":
-        for row in rows:
-            out.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-            count += 1
+        newline = orjson.OPT_APPEND_NEWLINE
+        for rows in chunks:
+            for row in rows:
+                write(dumps(row, option=newline))
+            count += len(rows)
     elif fmt == "json":
-        out.write(b"[")
-        for row in rows:
-            out.write(b"\n" if count == 0 else b",\n")
-            out.write(orjson.dumps(row))
-            count += 1
-        out.write(b"\n]\n" if count else b"]\n")
+        write(b"[")
+        for rows in chunks:
+            for row in rows:
+                write(b"\n" if count == 0 else b",\n")
+                write(dumps(row))
+                count += 1
+        write(b"\n]\n" if count else b"]\n")
     else:
-        count = _write_csv(rows, out, list(input_fields), options, safe=not raw_csv)
+        fields = None if input_fields is None else list(input_fields)
+        count = _write_csv(chunks, out, fields, options, safe=not raw_csv)
     out.flush()
     return count
 
 
+class _FieldsGrew(Exception):
+    """A row has an input field that the CSV header, learnt from the first row, lacks."""
+
+
 def _write_csv(
-    rows: Iterable[dict[str, Any]],
+    chunks: Iterable[list[dict[str, Any]]],
     out: IO[bytes],
-    fields: list[str],
+    fields: list[str] | None,
     options: ExportOptions,
     *,
     safe: bool,
 ) -> int:
+    """Rows as CSV. With `fields` None, the input fields are the first row's, and `_FieldsGrew`
+    is raised at the first row holding another (every row must be written, none filtered)."""
+    chunks = iter(chunks)
+    known: set[str] | None = None
+    if fields is None:
+        first = next(chunks, None)
+        fields = list(first[0]["input"]) if first else []
+        known = set(fields)
+        if first:
+            chunks = chain([first], chunks)
     columns = list(COLUMNS)
     if options.thinking:
         columns.insert(columns.index("text") + 1, "thinking")
@@ -387,49 +486,58 @@ def _write_csv(
     tail = ["parse_error"] if outputs else []
     header = [*columns, *(f"output.{c}" for c in outputs), *tail, *(f"input.{f}" for f in fields)]
     fixed = itemgetter(*columns, *tail)
-    # Rows are written to a string, encoded and written out a chunk at a time (not row by row).
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    # A row's cells joined by commas are its CSV line, unless a cell holds a comma, a quote or a
+    # line break: only such a row is written by the csv module (which quotes exactly those).
+    commas = len(header) - 1
+    quoted = io.StringIO()
+    writer = csv.writer(quoted, lineterminator="\n")
     writer.writerow(header)
+    out.write(quoted.getvalue().encode())
     starts, count = FORMULA_FIRST, 0
-    for row in rows:
-        values = list(fixed(row))
-        if outputs:
-            parsed = row.get("output") or {}
-            values[len(columns) : len(columns)] = [parsed.get(c) for c in outputs]
-        if fields:
+    for rows in chunks:
+        lines = []
+        for row in rows:
+            values = list(fixed(row))
+            if outputs:
+                parsed = row.get("output") or {}
+                values[len(columns) : len(columns)] = [parsed.get(c) for c in outputs]
             source = row.get("input") or {}
-            values += [source.get(f) for f in fields]
-        # Each value as a cell, inline (this runs per cell): None is an empty cell and a number
-        # is written as it is (by the csv module), a string that would start a formula gets a
-        # leading ' unless raw (`safetext.csv_cell`), a list or dict is JSON (`_cell`).
-        writer.writerow(
-            [
-                v
+            if known is not None and not source.keys() <= known:
+                raise _FieldsGrew
+            if fields:
+                values += [source.get(f) for f in fields]
+            # Each value as the text of its cell, inline (this runs per cell): None is an empty
+            # cell, a string that would start a formula gets a leading ' unless raw
+            # (`safetext.csv_cell`), a number is written as the csv module writes it, a list or
+            # dict is JSON (`_text_cell`).
+            cells = [
+                ""
                 if v is None
                 else (("'" + v if v[:1] in starts else v) if safe else v)
                 if type(v) is str
-                else v
+                else str(v)
                 if type(v) is int
-                else _cell(v)
+                else _text_cell(v)
                 for v in values
             ]
-        )
-        count += 1
-        if count % CSV_CHUNK_ROWS == 0:
-            out.write(text.getvalue().encode())
-            text.seek(0)
-            text.truncate()
-    out.write(text.getvalue().encode())
+            line = ",".join(cells)
+            if '"' in line or "\n" in line or "\r" in line or line.count(",") != commas:
+                quoted.seek(0)
+                quoted.truncate()
+                writer.writerow(cells)
+                line = quoted.getvalue()[:-1]
+            lines.append(line)
+        if lines:
+            out.write(("\n".join(lines) + "\n").encode())
+        count += len(rows)
     return count
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
+def _text_cell(value: Any) -> str:
+    """The text the csv module writes for a value that is not None, a string or an int."""
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
-    return value
+    return str(value)  # a float as its repr, a bool as True / False
 
 
 def _input_fields(
@@ -474,30 +582,52 @@ def export(
     job, project = _job_and_project(context, job_name)
     if options is None:
         options = ExportOptions(columns=job.output.columns if job.output is not None else ())
-    fields = (
-        _input_fields(context, job, project.root, options.input_columns) if fmt == "csv" else []
+    # A CSV file's header names the input fields of every row: learnt from the first row as the
+    # rows are written, and only when a later row holds another field, read from the whole
+    # source first and written again. A stream cannot be written again: read first.
+    learn = (
+        fmt == "csv"
+        and isinstance(out, Path)
+        and not failed_only
+        and options.input_columns is None
+        and job.requests is None
+        and (job.input is None or job.input.format != "csv")
     )
+    fields: list[str] | None = []
+    if learn:
+        fields = None  # learnt as the rows are written
+    elif fmt == "csv":
+        fields = _input_fields(context, job, project.root, options.input_columns)
     parse_errors = 0
 
-    def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def counted(chunks: Iterable[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
         nonlocal parse_errors
-        for row in rows:
-            if row.get("parse_error") is not None:
-                parse_errors += 1
-            yield row
+        for rows in chunks:
+            parse_errors += sum(row["parse_error"] is not None for row in rows)
+            yield rows
 
-    rows_of = iter_results(context, job_name, failed_only=failed_only, options=options)
-    if options.columns:
-        rows_of = counted(rows_of)
+    def chunks_of() -> Iterator[list[dict[str, Any]]]:
+        chunks = _row_chunks(context, job_name, failed_only, options)
+        return counted(chunks) if options.columns else chunks
+
     written = dict(raw_csv=raw_csv, options=options)
+    chunks = chunks_of()
     if isinstance(out, Path):
         check_output_path(context, project, job, out)
         with atomic_write(out, create_dirs=create_dirs) as f:
-            rows = write_rows(rows_of, fmt, f, fields, **written)
+            try:
+                rows = write_chunks(chunks, fmt, f, fields, **written)
+            except _FieldsGrew:
+                chunks.close()  # its state reader with it
+                f.seek(0)
+                f.truncate()
+                parse_errors = 0
+                fields = _input_fields(context, job, project.root)
+                rows = write_chunks(chunks_of(), fmt, f, fields, **written)
         return ExportSummary(job_name, fmt, rows, out, parse_errors)
     if out is None:
         raise BatchopsError("export needs an output stream or file")
-    rows = write_rows(rows_of, fmt, out, fields, **written)
+    rows = write_chunks(chunks, fmt, out, fields, **written)
     return ExportSummary(job_name, fmt, rows, None, parse_errors)
 
 
@@ -515,7 +645,7 @@ def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

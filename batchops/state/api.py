@@ -28,6 +28,12 @@ from batchops.state.records import (
 # Drift: what happened to a batch outside batchops (or what batchops found out about it).
 RELEASE_DRIFTS = ("deleted", "results-lost", "not-ours")
 OUTCOMES = ("succeeded", "errored", "expired", "canceled", "lost")
+# (result fingerprint, text, message, stop_reason, model, input_tokens, output_tokens, batch_id)
+# of an item's own succeeded result (`StateReader.succeeded_results`); all None when it has none.
+SucceededRow = tuple[
+    str | None, str | None, str | None, str | None, str | None, int | None, int | None, str | None
+]
+NO_SUCCEEDED_ROW: SucceededRow = (None,) * 8  # type: ignore[assignment]
 OUTPUT_SAMPLE = 10_000  # results read per job for its mean output tokens (a sample is enough)
 # One job's sampled answers by model (`output_token_means`), with `?` for both parameters: the
 # results its items hold (reused ones included), read along the items' primary key.
@@ -203,6 +209,45 @@ class StateReader(ABC):
         is left out. A backend answers it with one query (what an export reads, chunk by chunk)."""
         found = ((key, self.result_lookup(job, key)) for key in keys)
         return {key: lookup for key, lookup in found if lookup is not None}
+
+    def succeeded_results(self, job: str, keys: Sequence[str]) -> list[SucceededRow]:
+        """For each of `keys`, in order, the item's own succeeded result, read narrowly for an
+        export: (result fingerprint, text, message, stop_reason, model, input_tokens,
+        output_tokens, batch_id) when nothing of it is in flight, its last outcome is succeeded
+        and its result is a success of the item's fingerprint; else `NO_SUCCEEDED_ROW`.
+
+        The caller compares the fingerprint with the spec's: equal, the item is `succeeded`
+        with that answer; otherwise `results_of` tells its state. A backend answers it with
+        one query in key order, so the rows are merged with the keys without a lookup."""
+        found = self.results_of(job, keys)
+        rows = []
+        for key in keys:
+            lookup = found.get(key)
+            record = lookup.record if lookup is not None else None
+            if (
+                lookup is None
+                or record is None
+                or record.inflight
+                or record.outcome != "succeeded"
+                or lookup.result_type != "succeeded"
+                or lookup.result_fingerprint is None
+                or lookup.result_fingerprint != record.fingerprint
+            ):
+                rows.append(NO_SUCCEEDED_ROW)
+                continue
+            rows.append(
+                (
+                    lookup.result_fingerprint,
+                    lookup.text,
+                    lookup.message,
+                    lookup.stop_reason,
+                    lookup.model,
+                    lookup.input_tokens,
+                    lookup.output_tokens,
+                    lookup.batch_id,
+                )
+            )
+        return rows
 
     @abstractmethod
     def usage_rows(self) -> Iterator[UsageRow]: ...

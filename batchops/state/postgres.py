@@ -27,6 +27,7 @@ import psycopg
 from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import LockHeld, StateError
 from batchops.state.api import (
+    NO_SUCCEEDED_ROW,
     OUTCOMES,
     OUTPUT_MEANS_SQL,
     OUTPUT_SAMPLE,
@@ -36,6 +37,7 @@ from batchops.state.api import (
     Reused,
     StateReader,
     StateWriter,
+    SucceededRow,
     TableDump,
     check_dump_table,
 )
@@ -412,6 +414,20 @@ class PostgresReader(StateReader):
         return {
             row[1]: make((item(row[:12]), *row[12:])) for row in self._rows(sql, [job, list(keys)])
         }
+
+    _SUCCEEDED_SQL = (
+        "select r.fingerprint, r.text, r.message, r.stop_reason, r.model, r.input_tokens,"
+        " r.output_tokens, r.batch_id from unnest(%s::text[]) with ordinality as k(key, n)"
+        " left join items i on i.job = %s and i.key = k.key"
+        " left join results r on r.id = i.result_id and i.inflight_attempt is null"
+        " and i.outcome = 'succeeded' and r.type = 'succeeded' and r.fingerprint = i.fingerprint"
+        " order by k.n"
+    )
+
+    def succeeded_results(self, job: str, keys: Sequence[str]) -> list[SucceededRow]:
+        if not self._exists or not keys:
+            return [NO_SUCCEEDED_ROW] * len(keys)
+        return self.conn.execute(self._SUCCEEDED_SQL, [list(keys), job]).fetchall()
 
     def usage_rows(self) -> Iterator[UsageRow]:
         sql = (

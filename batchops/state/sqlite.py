@@ -36,6 +36,7 @@ from batchops.errors import LockHeld, StateError
 from batchops.heap import paused_gc
 from batchops.state.api import (
     FLAG_COLUMNS,
+    NO_SUCCEEDED_ROW,
     OUTCOMES,
     OUTPUT_MEANS_SQL,
     OUTPUT_SAMPLE,
@@ -45,6 +46,7 @@ from batchops.state.api import (
     Reused,
     StateReader,
     StateWriter,
+    SucceededRow,
     TableDump,
     check_dump_table,
 )
@@ -247,6 +249,15 @@ _LOOKUP_SQL = (
     " r.input_tokens, r.output_tokens, r.batch_id"
     " from items i left join attempts a on a.id = i.inflight_attempt"
     " left join results r on r.id = i.result_id"
+)
+# `succeeded_results`: each key of a JSON array, in order, with its item's own succeeded result.
+_SUCCEEDED_SQL = (
+    "select r.fingerprint, r.text, r.message, r.stop_reason, r.model, r.input_tokens,"
+    " r.output_tokens, r.batch_id from json_each(?2) k"
+    " left join items i on i.job = ?1 and i.key = k.value"
+    " left join results r on r.id = i.result_id and i.inflight_attempt is null"
+    " and i.outcome = 'succeeded' and r.type = 'succeeded' and r.fingerprint = i.fingerprint"
+    " order by k.id"
 )
 _BATCH_SQL = (
     "select b.*, coalesce(i.status = 'adopted', 0) as adopted from batches b"
@@ -503,6 +514,12 @@ class SqliteReader(StateReader):
             row[1]: new(ResultLookup, (new(ItemRecord, row[:12]), *row[12:]))
             for row in self.db.conn.execute(sql, (job, orjson.dumps(keys).decode()))
         }
+
+    def succeeded_results(self, job: str, keys: Sequence[str]) -> list[SucceededRow]:
+        if self.db is None or not keys:
+            return [NO_SUCCEEDED_ROW] * len(keys)
+        # One row per key, in the keys' order (json_each's ids), from the index on (job, key).
+        return self.db.conn.execute(_SUCCEEDED_SQL, (job, orjson.dumps(keys).decode())).fetchall()
 
     def usage_rows(self) -> Iterator[UsageRow]:
         sql = (
