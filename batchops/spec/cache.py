@@ -54,6 +54,7 @@ _CODE = (
     "spec/items.py",
     "spec/sandbox.py",
     "spec/parallel.py",
+    "spec/rowmaker.py",
     "spec/desired.py",
     "spec/caching.py",
     "pricing.py",
