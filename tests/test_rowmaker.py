@@ -281,3 +281,29 @@ def test_line_blocks_are_bounded_lines(chunks, limit, block):
         )
     )
     assert blocks == read(lambda f: files.bounded_lines(f, limit))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.sampled_from(["prompt", "key", "blocks", "jinja", "unpriced", "small"]),
+    data=st.lists(lines(), max_size=12),
+    chunk=st.integers(min_value=1, max_value=300),
+    bom=st.booleans(),
+)
+@example("prompt", ['{"id": "a", "body": "b", "subject": "s"}'] * 3, 1, True)
+@example(
+    "prompt", ['{"id": "a", "body": "b"}', '{"id": "a", "body": "b", "subject": "s"}'], 1, False
+)
+@example("prompt", ['{"id": "a", "body": "b", "subject": "s"}', "{", '{"id": "b"}'], 40, False)
+def test_many_cores_give_the_rows_of_one(shape, data, chunk, bom):
+    from batchops.spec import parallel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        text = ("\ufeff" if bom else "") + "".join(line + "\n" for line in data)
+        job = _project(root, shape, 'input = { path = "data/rows.jsonl", key = "id" }', text)
+        one = _outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}))
+        many = _outcome(
+            lambda: parallel.desired_rows(job, root, PRICES, TODAY, chunk_bytes=chunk, processes=2)
+        )
+        assert many == one

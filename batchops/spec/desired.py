@@ -204,16 +204,10 @@ def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:
 def _rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
 ) -> Iterator[tuple[str, str, str, float | ItemEstimate | None, str, int]]:
-    """(key, custom_id, fingerprint, cost (an estimate; 0.0 from the parallel path unpriced), or
-    None when unpriced, model, request bytes) per item."""
+    """(key, custom_id, fingerprint, cost (an estimate, or None when unpriced), model, request
+    bytes) per item."""
     if parallel.wants_parallel(job):
-        for key, custom_id, fp, cost, model, size in parallel.desired_rows(
-            job, root, prices, today
-        ):
-            if model not in price_cache:
-                price_cache[model] = prices.price(model, today)
-            priced = cost if price_cache[model] is not None else None
-            yield key, custom_id, fp, priced, model, size
+        yield from parallel.desired_rows(job, root, prices, today)
         return
     yield from rowmaker.rows(job, root, prices, today, price_cache)
 

@@ -859,40 +859,48 @@ class TemplateRows:
 
     def item(self, number: int, row: Any) -> Item | None:
         """The item of one row (None: a problem, which is noted)."""
-        key_field, seen, name = self.key_field, self.seen, self.job.name
-        # The hot path: a well-formed row with a new key. Anything else falls through to the
-        # checks below, which say what is wrong with it.
+        key = self.key(number, row)
+        if key is None:
+            return None
+        seen = self.seen
+        if key in seen:
+            first = self.short(seen[key])
+            self.problem(number, f"item {key}: duplicate key (first at {first})")
+            return None
+        seen[key] = number
+        return self.made(number, row, key)
+
+    def key(self, number: int, row: Any) -> str | None:
+        """The key of a row (None: it has none, or is no object; the problem is noted)."""
         if type(row) is dict:
-            key = row.get(key_field)
-            if type(key) is not str or not key:
-                key = _key_of(row, key_field)
-            if type(key) is str and key not in seen:
-                seen[key] = number
-                try:
-                    params = self.render(row, key)
-                    fp = self.encode(params)
-                except _RenderError as e:
-                    self.problems.add(
-                        f"{self.where_of(number)}: job {name}: item {key}: {e.describe()}"
-                    )
-                    return None
-                custom_id = self.custom_id(key, fp) if self.custom_ids else ""
-                return Item(name, key, custom_id, params, fp, row)
-        where = self.where_of(number)
-        problems = self.problems
+            key = row.get(self.key_field)
+            if type(key) is str and key:
+                return key
         if isinstance(row, _BadRow):
-            problems.add(f"{where}: job {name}: {row.message}")
+            self.problem(number, row.message)
             return None
         if not isinstance(row, dict):
-            problems.add(f"{where}: job {name}: expected an object, not {type(row).__name__}")
+            self.problem(number, f"expected an object, not {type(row).__name__}")
             return None
-        key = _key_of(row, key_field)
+        key = _key_of(row, self.key_field)
         if isinstance(key, tuple):
-            problems.add(f"{where}: job {name}: {key[0]}")
+            self.problem(number, key[0])
             return None
-        first = self.short(seen[key])
-        problems.add(f"{where}: job {name}: item {key}: duplicate key (first at {first})")
-        return None
+        return key
+
+    def made(self, number: int, row: dict[str, Any], key: str) -> Item | None:
+        """The item of a row with a new key (None: it does not render; the problem is noted)."""
+        try:
+            params = self.render(row, key)
+            fp = self.encode(params)
+        except _RenderError as e:
+            self.problem(number, f"item {key}: {e.describe()}")
+            return None
+        custom_id = self.custom_id(key, fp) if self.custom_ids else ""
+        return Item(self.job.name, key, custom_id, params, fp, row)
+
+    def problem(self, number: int, message: str) -> None:
+        self.problems.add(f"{self.where_of(number)}: job {self.job.name}: {message}")
 
 
 def _attaching(

@@ -181,6 +181,7 @@ class RowMaker:
         price: ModelPrice | None,
         prices: PriceTable,
     ):
+        self.model = model
         self.make = _maker(job, renderer, templates, pieces, order, size, model, price, prices)
 
     @classmethod
