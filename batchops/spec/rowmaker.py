@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from datetime import date
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -373,18 +374,18 @@ def _maker(
             out.append(format_(*values))
         return out
 
-    if len(shapes) == 1 and shapes[0][4] is None:  # one template, each name used once
-        format_, names, at, literal, _ = shapes[0]
+    if len(shapes) == 1 and shapes[0][4] is None and shapes[0][2] < 0:
+        # The common case: one template, each name used once, `key` not among them.
+        format_, names, _, literal, _ = shapes[0]
         head, tail = pieces
-        get_all = _getter(names)
+        get = itemgetter(*names) if names else lambda row: ()
+        single = len(names) == 1  # itemgetter gives the value, not a tuple
 
         def make(row: dict[str, Any], key: str) -> Row | None:
-            values = get_all(row)
-            if at >= 0:
-                values[at] = key
             try:
+                values = (get(row),) if single else get(row)
                 size = literal + len("".join(values))  # TypeError unless all are strings
-            except TypeError:
+            except (KeyError, TypeError):
                 return None
             if size > budget:
                 return None  # the general path says why
@@ -395,7 +396,10 @@ def _maker(
                 return None
             fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
             cid = custom_id(key, fp)
-            cost = estimates[size] if size in estimates else estimate(row, key, size)
+            try:
+                cost = estimates[size]
+            except KeyError:
+                cost = estimate(row, key, size)
             return key, cid, fp, cost, model, size_base + len(written) + len(cid)
 
         return make
@@ -419,11 +423,3 @@ def _maker(
         return key, cid, fp, cost, model, size_base + sum(map(len, written)) + len(cid)
 
     return make_any
-
-
-def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], list[Any]]:
-    """The values of `names` in a row (None where missing), as a new list."""
-    if len(names) == 1:
-        (only,) = names
-        return lambda row: [row.get(only)]
-    return lambda row: list(map(row.get, names))
