@@ -801,11 +801,19 @@ def _template_items(
     job: Job, root: Path, spec_shown: str, problems: _Problems, custom_ids: bool = True
 ) -> Iterator[Item]:
     rows = TemplateRows(job, root, spec_shown, problems, custom_ids)
-    item = rows.item
+    seen, key_field, made, item_of = rows.seen, rows.key_field, rows.made, rows.item
     for number, row in rows.source():
-        made = item(number, row)
-        if made is not None:
-            yield made
+        if type(row) is dict:  # the hot path: a row with a new key; the rest says what is wrong
+            key = row.get(key_field)
+            if type(key) is str and key and key not in seen:
+                seen[key] = number
+                item = made(number, row, key)
+                if item is not None:
+                    yield item
+                continue
+        item = item_of(number, row)
+        if item is not None:
+            yield item
 
 
 class TemplateRows:
