@@ -55,6 +55,7 @@ _CODE = (
     "spec/sandbox.py",
     "spec/parallel.py",
     "spec/rowmaker.py",
+    "spec/files.py",
     "spec/desired.py",
     "spec/caching.py",
     "pricing.py",
