@@ -307,3 +307,29 @@ def test_many_cores_give_the_rows_of_one(shape, data, chunk, bom):
             lambda: parallel.desired_rows(job, root, PRICES, TODAY, chunk_bytes=chunk, processes=2)
         )
         assert many == one
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"id": "a", "body": "b"}\n{"id": "b", "body": "c"}',  # no newline at the end
+        '{"id": "a", "body": "b"}\n{"id": "b", "body": "' + "x" * 100 + '"}\n{"id": "c"}\n',
+        '\ufeff{"id": "a", "body": "b"}\n\n  \n{"id": "a", "body": "c"}\n',
+    ],
+)
+def test_many_cores_at_the_edges_of_a_file(tmp_path, monkeypatch, text):
+    from batchops.spec import parallel
+
+    monkeypatch.setattr(files, "MAX_LINE_BYTES", 64)  # the workers are forked: they see it too
+    job = _project(tmp_path, "bare", 'input = { path = "data/rows.jsonl", key = "id" }', text)
+    one = _outcome(lambda: rowmaker.rows(job, tmp_path, PRICES, TODAY, {}))
+    for chunk in (1, 30, 1000):
+        many = _outcome(
+            lambda c=chunk: parallel.desired_rows(
+                job, tmp_path, PRICES, TODAY, chunk_bytes=c, processes=2
+            )
+        )
+        assert many == one
+    assert one[0]
+    if "x" * 100 in text:
+        assert one[1] == ["jobs/data/rows.jsonl: line 2: job j: longer than the 0 MiB line limit"]
