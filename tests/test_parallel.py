@@ -44,7 +44,7 @@ def many_cores(job, root):
     out, error = [], None
     try:
         for row in parallel.desired_rows(
-            job, root, PriceTable.load(), TODAY, chunk_lines=3, processes=2
+            job, root, PriceTable.load(), TODAY, chunk_bytes=150, processes=2
         ):
             out.append(row[:5])  # the request's size is checked elsewhere
     except SpecError as exc:

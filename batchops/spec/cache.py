@@ -54,6 +54,8 @@ _CODE = (
     "spec/items.py",
     "spec/sandbox.py",
     "spec/parallel.py",
+    "spec/rowmaker.py",
+    "spec/files.py",
     "spec/desired.py",
     "spec/caching.py",
     "pricing.py",

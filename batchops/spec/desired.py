@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 from batchops.errors import BatchopsError, SpecError
 from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
-from batchops.spec import cache, caching, parallel
-from batchops.spec.items import Item, iter_items, request_size
+from batchops.spec import cache, caching, parallel, rowmaker
+from batchops.spec.items import Item, iter_items
 from batchops.spec.model import Job, Project
 
 
@@ -204,24 +204,12 @@ def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:
 def _rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
 ) -> Iterator[tuple[str, str, str, float | ItemEstimate | None, str, int]]:
-    """(key, custom_id, fingerprint, cost (an estimate; 0.0 from the parallel path unpriced), or
-    None when unpriced, model, request bytes) per item."""
+    """(key, custom_id, fingerprint, cost (an estimate, or None when unpriced), model, request
+    bytes) per item."""
     if parallel.wants_parallel(job):
-        for key, custom_id, fp, cost, model, size in parallel.desired_rows(
-            job, root, prices, today
-        ):
-            if model not in price_cache:
-                price_cache[model] = prices.price(model, today)
-            priced = cost if price_cache[model] is not None else None
-            yield key, custom_id, fp, priced, model, size
+        yield from parallel.desired_rows(job, root, prices, today)
         return
-    for item in iter_items(job, root):
-        model = str(item.params.get("model", ""))
-        if model not in price_cache:
-            price_cache[model] = prices.price(model, today)
-        price = price_cache[model]
-        cost = caching.estimate(job, item.params, price, prices) if price is not None else None
-        yield item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
+    yield from rowmaker.rows(job, root, prices, today, price_cache)
 
 
 def items_for(

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from jinja2 import TemplateSyntaxError, nodes
@@ -34,6 +34,7 @@ from batchops.spec import attachments, sandbox
 from batchops.spec.files import (
     MAX_JSON_DATA_BYTES,
     FileRefused,
+    bounded_line_blocks,
     bounded_lines,
     open_regular,
     read_bounded,
@@ -57,6 +58,8 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_]")
 _UNSAFE_JOB_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lowercased
 _B32_PAIRS = [a + b for a in _B32 for b in _B32]
+# What `_UNSAFE_KEY_CHARS.sub("_", …)` makes of each ASCII character, for str.translate.
+_SAFE_ASCII = str.maketrans({c: _UNSAFE_KEY_CHARS.sub("_", c) for c in map(chr, range(128))})
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
 
 
@@ -92,32 +95,21 @@ def _custom_id_maker(job: str) -> Callable[[str, str], str]:
     """`custom_id_for` with the job's part computed once (it runs for every item)."""
     prefix = _UNSAFE_JOB_CHARS.sub("_", job[:16]) + "-"
     salt = f"{job}\x1f"
-    sha256, sub, triples = hashlib.sha256, _UNSAFE_KEY_CHARS.sub, _b32_triples()
+    sha256, sub, safe, pairs = hashlib.sha256, _UNSAFE_KEY_CHARS.sub, _SAFE_ASCII, _B32_PAIRS
+    from_bytes = int.from_bytes
 
     def custom_id(key: str, fingerprint: str) -> str:
         data = f"{salt}{key}\x1f{fingerprint}".encode("utf-8", "surrogatepass")
-        n = int.from_bytes(sha256(data).digest()[:8]) >> 4  # the first 60 bits: 12 characters
+        n = from_bytes(sha256(data).digest()[:8]) >> 4  # the first 60 bits: 12 characters
+        shown = key[:32]
+        shown = shown.translate(safe) if shown.isascii() else sub("_", shown)
+        # Two characters (10 bits) a lookup: a table small enough to stay in the CPU's cache.
         return (
-            prefix
-            + sub("_", key[:32])
-            + "-"
-            + triples[n >> 45]
-            + triples[(n >> 30) & 32767]
-            + triples[(n >> 15) & 32767]
-            + triples[n & 32767]
+            f"{prefix}{shown}-{pairs[n >> 50]}{pairs[(n >> 40) & 1023]}{pairs[(n >> 30) & 1023]}"
+            f"{pairs[(n >> 20) & 1023]}{pairs[(n >> 10) & 1023]}{pairs[n & 1023]}"
         )
 
     return custom_id
-
-
-_TRIPLES: list[str] = []
-
-
-def _b32_triples() -> list[str]:
-    """Every 3 base32 characters, indexed by the 15 bits they encode (made on first use)."""
-    if not _TRIPLES:
-        _TRIPLES.extend(p + c for p in _B32_PAIRS for c in _B32)
-    return _TRIPLES
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -180,17 +172,30 @@ class _Template:
     takes (row, key, budget) and renders the same string without building that context.
     """
 
-    __slots__ = ("name", "render", "from_row")
+    __slots__ = ("name", "render", "from_row", "shape")
 
     def __init__(
         self,
         name: str,
         render: Callable[..., str],
         from_row: Callable[[dict[str, Any], str, Any], str] | None = None,
+        shape: Substitution | None = None,
     ):
         self.name = name
         self.render = render
         self.from_row = from_row
+        self.shape = shape
+
+
+class Substitution(NamedTuple):
+    """A template that only substitutes names: `format(*values)` renders it from the values of
+    `names` (distinct, in order of first use), each used `counts` times, around `literal`
+    characters of text."""
+
+    format: Callable[..., str]
+    names: tuple[str, ...]
+    counts: tuple[int, ...]
+    literal: int
 
 
 def _compile(source: str, name: str, problems: list[str], where: str) -> str | _Template:
@@ -223,7 +228,10 @@ def _compile(source: str, name: str, problems: list[str], where: str) -> str | _
 
 def _simple_format(
     tree: nodes.Template,
-) -> tuple[Callable[[dict[str, Any]], str], Callable[[dict[str, Any], str, Any], str]] | None:
+) -> (
+    tuple[Callable[[dict[str, Any]], str], Callable[[dict[str, Any], str, Any], str], Substitution]
+    | None
+):
     """A str.format_map renderer for templates that only substitute names (`{{ body }}`), and
     the same renderer reading the row itself (see `_Template`).
 
@@ -313,7 +321,7 @@ def _simple_format(
         except KeyError as e:
             raise UndefinedError(f"{e.args[0]!r} is undefined") from None
 
-    return render, from_row
+    return render, from_row, Substitution(format_, tuple(distinct), tuple(counts), literal)
 
 
 _Part = Any  # a literal JSON value, a _Template, or a _Struct containing templates
@@ -525,6 +533,27 @@ def _binary_lines(path: Path, shown: str, root: Path | None = None) -> Iterator[
                 if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                     line = line[3:]
                 yield number, line
+        except FileRefused as e:
+            where = f"{shown}: line {e.args[1]}" if len(e.args) > 1 else shown
+            raise _Fatal(where, e.args[0]) from None
+        except OSError as e:
+            raise _Fatal(shown, f"cannot read: {e.strerror}") from None
+
+
+def _line_blocks(
+    path: Path, shown: str, root: Path | None = None
+) -> Iterator[tuple[int, list[bytes]]]:
+    """`_binary_lines` a block at a time: (number of the first line, lines)."""
+    try:
+        f = open_regular(path, _root_of(path, root))
+    except FileRefused as e:
+        raise _Fatal(shown, e.args[0]) from None
+    with f:
+        try:
+            for first, lines in bounded_line_blocks(f):
+                if first == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
+                    lines[0] = lines[0][3:]
+                yield first, lines
         except FileRefused as e:
             where = f"{shown}: line {e.args[1]}" if len(e.args) > 1 else shown
             raise _Fatal(where, e.args[0]) from None
@@ -771,61 +800,115 @@ def iter_inputs(job: Job, root: Path) -> Iterator[tuple[str | None, Any]]:
 def _template_items(
     job: Job, root: Path, spec_shown: str, problems: _Problems, custom_ids: bool = True
 ) -> Iterator[Item]:
-    compile_problems: list[str] = []
-    renderer = _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
-    render = renderer.render
-    if job.attachments:
-        render = _attaching(render, job, root, compile_problems, f"{spec_shown}: job {job.name}")
-    if compile_problems:
-        raise SpecError(*compile_problems)
-    encode = _encoder(renderer.exact, job.betas, renderer.max_size)
-    name = job.name
-    custom_id = _custom_id_maker(name)
-    rows: Iterator[tuple[int, Any]]
-    if job.input is not None:
-        shown = display_path(job.input.path, root)
-        rows = _READERS[job.input.format](job.input.path, shown, root)
-        key_field = job.input.key
-        unit = "row" if job.input.format == "json" else "line"
-        short = f"{unit} {{}}".format
-        where_of = f"{shown}: {unit} {{}}".format
-    else:
-        rows = enumerate(job.items or [])
-        key_field = "key"
-        short = f"jobs.{name}.items.{{}}".format
-        where_of = f"{spec_shown}: jobs.{name}.items.{{}}".format
-
-    seen: dict[str, int] = {}  # key -> where it first appeared, to report duplicates
-    for number, row in rows:
-        # The hot path: a well-formed row with a new key. Anything else falls through to the
-        # checks below, which say what is wrong with it.
-        if type(row) is dict:
+    rows = TemplateRows(job, root, spec_shown, problems, custom_ids)
+    seen, key_field, made, item_of = rows.seen, rows.key_field, rows.made, rows.item
+    for number, row in rows.source():
+        if type(row) is dict:  # the hot path: a row with a new key; the rest says what is wrong
             key = row.get(key_field)
-            if type(key) is not str or not key:
-                key = _key_of(row, key_field)
-            if type(key) is str and key not in seen:
+            if type(key) is str and key and key not in seen:
                 seen[key] = number
-                try:
-                    params = render(row, key)
-                    fp = encode(params)
-                except _RenderError as e:
-                    problems.add(f"{where_of(number)}: job {name}: item {key}: {e.describe()}")
-                    continue
-                yield Item(name, key, custom_id(key, fp) if custom_ids else "", params, fp, row)
+                item = made(number, row, key)
+                if item is not None:
+                    yield item
                 continue
-        where = where_of(number)
+        item = item_of(number, row)
+        if item is not None:
+            yield item
+
+
+class TemplateRows:
+    """A template job's rows made into items one at a time, with the job's problems and the keys
+    seen so far: the general path, which a faster one (`batchops.spec.rowmaker`) hands every row
+    it does not take itself, so that both report exactly the same."""
+
+    def __init__(
+        self, job: Job, root: Path, spec_shown: str, problems: _Problems, custom_ids: bool = True
+    ):
+        compile_problems: list[str] = []
+        renderer = _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
+        render = renderer.render
+        if job.attachments:
+            where = f"{spec_shown}: job {job.name}"
+            render = _attaching(render, job, root, compile_problems, where)
+        if compile_problems:
+            raise SpecError(*compile_problems)
+        self.job, self.root, self.problems = job, root, problems
+        self.renderer = renderer
+        self.render = render
+        self.encode = _encoder(renderer.exact, job.betas, renderer.max_size)
+        self.custom_ids = custom_ids
+        self.custom_id = _custom_id_maker(job.name)
+        name = job.name
+        if job.input is not None:
+            self.shown = display_path(job.input.path, root)
+            self.key_field = job.input.key
+            unit = "row" if job.input.format == "json" else "line"
+            self.short = f"{unit} {{}}".format
+            self.where_of = f"{self.shown}: {unit} {{}}".format
+        else:
+            self.shown = spec_shown
+            self.key_field = "key"
+            self.short = f"jobs.{name}.items.{{}}".format
+            self.where_of = f"{spec_shown}: jobs.{name}.items.{{}}".format
+        self.seen: dict[str, int] = {}  # key -> where it first appeared, to report duplicates
+
+    def source(self) -> Iterator[tuple[int, Any]]:
+        """(line or index, row) of the job's input, in order."""
+        job = self.job
+        if job.input is not None:
+            return _READERS[job.input.format](job.input.path, self.shown, self.root)
+        return enumerate(job.items or [])
+
+    def line(self, number: int, line: bytes) -> Item | None:
+        """The item of one line of a jsonl input (None: blank, or a problem, which is noted)."""
+        if not line.strip():
+            return None
+        return self.item(number, _json_line(line, number, self.shown))
+
+    def item(self, number: int, row: Any) -> Item | None:
+        """The item of one row (None: a problem, which is noted)."""
+        key = self.key(number, row)
+        if key is None:
+            return None
+        seen = self.seen
+        if key in seen:
+            first = self.short(seen[key])
+            self.problem(number, f"item {key}: duplicate key (first at {first})")
+            return None
+        seen[key] = number
+        return self.made(number, row, key)
+
+    def key(self, number: int, row: Any) -> str | None:
+        """The key of a row (None: it has none, or is no object; the problem is noted)."""
+        if type(row) is dict:
+            key = row.get(self.key_field)
+            if type(key) is str and key:
+                return key
         if isinstance(row, _BadRow):
-            problems.add(f"{where}: job {name}: {row.message}")
-            continue
+            self.problem(number, row.message)
+            return None
         if not isinstance(row, dict):
-            problems.add(f"{where}: job {name}: expected an object, not {type(row).__name__}")
-            continue
-        key = _key_of(row, key_field)
+            self.problem(number, f"expected an object, not {type(row).__name__}")
+            return None
+        key = _key_of(row, self.key_field)
         if isinstance(key, tuple):
-            problems.add(f"{where}: job {name}: {key[0]}")
-            continue
-        first = short(seen[key])
-        problems.add(f"{where}: job {name}: item {key}: duplicate key (first at {first})")
+            self.problem(number, key[0])
+            return None
+        return key
+
+    def made(self, number: int, row: dict[str, Any], key: str) -> Item | None:
+        """The item of a row with a new key (None: it does not render; the problem is noted)."""
+        try:
+            params = self.render(row, key)
+            fp = self.encode(params)
+        except _RenderError as e:
+            self.problem(number, f"item {key}: {e.describe()}")
+            return None
+        custom_id = self.custom_id(key, fp) if self.custom_ids else ""
+        return Item(self.job.name, key, custom_id, params, fp, row)
+
+    def problem(self, number: int, message: str) -> None:
+        self.problems.add(f"{self.where_of(number)}: job {self.job.name}: {message}")
 
 
 def _attaching(

@@ -1,42 +1,36 @@
 """Rendering a large job on every core, for planning.
 
 Planning a million-item job is dominated by rendering, hashing and pricing each item: pure Python
-on one core. For a jsonl input file past PARALLEL_MIN_BYTES, the parent reads raw lines and hands
-chunks of them to worker processes, which parse, render, fingerprint and price them; the parent
-keeps source order, finds duplicate keys across chunks, and reports every problem with exactly the
-line the one-core path (`items.iter_items`) would give — a test holds the two paths to that.
+on one core. For a jsonl input file past PARALLEL_MIN_BYTES, the parent only finds where lines
+end (a count of newlines a few MB at a time) and hands byte ranges of whole lines to worker
+processes, which read them from the same open file, and parse, render, fingerprint and price
+them (`rowmaker`, or the general path); each range comes back packed: its keys as one list,
+custom_ids and fingerprints as one string each, costs as indexes into a small table, sizes and
+line numbers as arrays. The parent keeps source order, finds duplicate keys across ranges, and
+reports every problem with exactly the line the one-core path (`rowmaker.rows`) gives — a test
+holds the two paths to that.
 """
 
 from __future__ import annotations
 
 import os
+from array import array
 from collections import deque
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from batchops.errors import SpecError
+import orjson
+
 from batchops.pricing import PriceTable
-from batchops.spec.caching import estimate
-from batchops.spec.items import (
-    _BadRow,
-    _binary_lines,
-    _custom_id_maker,
-    _encoder,
-    _Fatal,
-    _json_line,
-    _key_of,
-    _Problems,
-    _Renderer,
-    _RenderError,
-    request_size_of,
-)
+from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
+from batchops.spec.items import TemplateRows, _Fatal, _json_line, _Problems
 from batchops.spec.model import Job, display_path
+from batchops.spec.rowmaker import RowMaker, item_row
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
-CHUNK_LINES = 20_000
-CHUNK_BYTES = 4 * 1024 * 1024  # at most this much raw input per chunk (several are in flight)
+CHUNK_BYTES = 2 * 1024 * 1024  # about this much input per range (several are in flight)
 
 # One worker's view of the job, built once per process by `_init`.
 _worker: dict[str, Any] = {}
@@ -52,8 +46,11 @@ def workers() -> int:
 
 
 def wants_parallel(job: Job, min_bytes: int = PARALLEL_MIN_BYTES) -> bool:
-    """A jsonl input large enough to repay starting processes, on a machine with cores to spare."""
+    """A jsonl input large enough to repay starting processes, on a machine with cores to spare
+    (and `fork`, by which the workers share the parent's open file)."""
     if job.input is None or job.input.format != "jsonl" or job.attachments or workers() < 2:
+        return False
+    if not hasattr(os, "fork") or not hasattr(os, "pread"):
         return False
     try:
         return job.input.path.stat().st_size >= min_bytes
@@ -66,166 +63,257 @@ def desired_rows(
     root: Path,
     prices: PriceTable,
     today: date,
-    chunk_lines: int = CHUNK_LINES,
+    chunk_bytes: int = CHUNK_BYTES,
     processes: int | None = None,
 ) -> Iterator[tuple[str, str, str, Any, str, int]]:
-    """(key, custom_id, fingerprint, cost (an ItemEstimate, as the one-core path makes it; 0.0
-    without a price), model, bytes) per item in source order; SpecError as iter_items."""
-    spec_shown = display_path(job.spec_file, root)
-    compile_problems: list[str] = []
-    _Renderer(job, compile_problems, f"{spec_shown}: job {job.name}")
-    if compile_problems:
-        raise SpecError(*compile_problems)
+    """`rowmaker.rows` of a jsonl job, rendered by worker processes; SpecError as it raises."""
     if job.input is None:
         raise ValueError("desired_rows needs a job with an input file")
-    shown = display_path(job.input.path, root)
     problems = _Problems()
-    seen: dict[str, int] = {}
-    name = job.name
+    general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
+    shown, name, seen = general.shown, job.name, general.seen
+    try:
+        f = open_regular(job.input.path, root)
+    except FileRefused as e:
+        raise problems.error(_Fatal(shown, e.args[0]).line(name)) from None
     import multiprocessing  # only here: starting the pool is the only use, and it is slow to import
     from concurrent.futures import ProcessPoolExecutor
 
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=processes or workers(),
-        mp_context=context,
-        initializer=_init,
-        initargs=(job, shown, prices, today),
-    )
-    try:
-        pending: deque = deque()
-        chunks = _chunks(job.input.path, shown, chunk_lines, root, name)
-        fatal: str | None = None
-        while True:
-            while len(pending) < 2 * (processes or workers()):
-                chunk = next(chunks, None)
-                if chunk is None:
+    count = processes or workers()
+    with f:
+        pool = ProcessPoolExecutor(
+            max_workers=count,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init,
+            initargs=(job, root, f.fileno(), prices, today),
+        )
+        try:
+            pending: deque = deque()
+            ranges = _ranges(f, shown, chunk_bytes, name)
+            fatal: str | None = None
+            while True:
+                while len(pending) < 2 * count:
+                    span = next(ranges, None)
+                    if span is None:
+                        break
+                    if isinstance(span, str):  # the file could not be read on
+                        fatal = span
+                        break
+                    pending.append(pool.submit(_render_range, *span))
+                if not pending:
                     break
-                if isinstance(chunk, str):  # the file could not be read on
-                    fatal = chunk
-                    break
-                pending.append(pool.submit(_render_chunk, *chunk))
-            if not pending:
-                break
-            for outcome in pending.popleft().result():
-                kind = outcome[0]
-                if kind in ("ok", "render_error"):
-                    number, key = outcome[1], outcome[2]
-                    if key in seen:
-                        problems.add(
-                            f"{shown}: line {number}: job {name}: item {key}: "
-                            f"duplicate key (first at line {seen[key]})"
-                        )
-                        continue
-                    seen[key] = number
-                    if kind == "ok":
-                        yield outcome[2:]
-                    else:
-                        problems.add(outcome[3])
-                elif kind == "problem":
-                    problems.add(outcome[2])
-                else:  # fatal: what came before stands, nothing after is read
-                    fatal = outcome[1]
+                packed = pending.popleft().result()
+                numbers, keys, cids, fps, indexes, sizes, table, events, ended = packed
+                costs, models = table
+                split = (cids.split("\n"), fps.split("\n")) if keys else ([], [])
+                rows = zip(numbers, keys, *split, indexes, sizes, strict=True)
+                if not events:
+                    for number, key, cid, fp, i, size in rows:
+                        if key in seen:
+                            first = general.short(seen[key])
+                            general.problem(number, f"item {key}: duplicate key (first at {first})")
+                            continue
+                        seen[key] = number
+                        yield key, cid, fp, costs[i], models[i], size
+                else:
+                    yield from _merge(general, rows, events, costs, models)
+                if ended is not None:  # fatal: what came before stands, nothing after is read
+                    fatal = ended
+                if fatal is not None:
                     break
             if fatal is not None:
-                break
-        if fatal is not None:
-            raise problems.error(fatal)
-        if problems.count:
-            raise problems.error()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+                raise problems.error(fatal)
+            if problems.count:
+                raise problems.error()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _chunks(
-    path: Path, shown: str, size: int, root: Path | None = None, job_name: str = ""
-) -> Iterator[tuple[int, list[bytes]] | str]:
-    """(number of the first line, consecutive lines) per chunk: lines alone are cheaper to send
-    to a worker than a (number, line) pair each; the error line when the file cannot be read."""
-    chunk: list[bytes] = []
-    first = 1
-    held = 0  # bytes in `chunk`: long rows make smaller chunks, so memory stays flat
+def _merge(general: TemplateRows, rows, events, costs, models) -> Iterator[tuple]:
+    """The rows and problems of one range in line order (a range with any problem)."""
+    seen = general.seen
+    events = deque(events)
+    for number, key, cid, fp, i, size in rows:
+        while events and events[0][0] < number:
+            _event(general, *events.popleft())
+        if key in seen:
+            first = general.short(seen[key])
+            general.problem(number, f"item {key}: duplicate key (first at {first})")
+            continue
+        seen[key] = number
+        yield key, cid, fp, costs[i], models[i], size
+    while events:
+        _event(general, *events.popleft())
+
+
+def _event(general: TemplateRows, number: int, key: str | None, line: str) -> None:
+    """A problem line a worker found: for a row with a key, unless that key was seen before
+    (the one-core path calls it a duplicate, and does not render it)."""
+    if key is not None:
+        seen = general.seen
+        if key in seen:
+            first = general.short(seen[key])
+            general.problem(number, f"item {key}: duplicate key (first at {first})")
+            return
+        seen[key] = number
+    general.problems.add(line)
+
+
+def _ranges(f, shown: str, size: int, job: str) -> Iterator[tuple[int, int, int] | str]:
+    """(start, end, number of its first line) of consecutive byte ranges of whole lines, about
+    `size` bytes each (a line longer than that makes a longer range, which its worker refuses
+    past the line limit); the error line when the file cannot be read on."""
+    start = position = 0
+    number = 1
+    newlines = 0  # in [start, position)
     try:
-        for number, line in _binary_lines(path, shown, root):
-            if not chunk:
-                first = number
-            chunk.append(line)
-            held += len(line)
-            if len(chunk) >= size or held >= CHUNK_BYTES:
-                yield first, chunk
-                chunk = []
-                held = 0
-    except _Fatal as exc:
-        if chunk:
-            yield first, chunk
-        yield exc.line(job_name)
-        return
-    if chunk:
-        yield first, chunk
+        while True:
+            data = f.read(size)
+            if not data:
+                if position > start:
+                    yield start, position, number
+                return
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                newlines += data.count(b"\n")
+                end = position + cut + 1
+                yield start, end, number
+                number += newlines
+                newlines = 0
+                start = end
+            position += len(data)
+    except OSError as e:
+        yield _Fatal(shown, f"cannot read: {e.strerror}").line(job)
 
 
-def _init(job: Job, shown: str, prices: PriceTable, today: date) -> None:
-    problems: list[str] = []
-    renderer = _Renderer(job, problems, "")
+class _Range:
+    """A file's bytes [start, end), read through a descriptor shared with other processes."""
+
+    def __init__(self, fd: int, start: int, end: int):
+        self.fd, self.at, self.end = fd, start, end
+
+    def read(self, n: int) -> bytes:
+        data = os.pread(self.fd, min(n, self.end - self.at), self.at)
+        self.at += len(data)
+        return data
+
+
+class _Noted(list):
+    """Problem lines as a worker notes them (the parent caps and cleans them)."""
+
+    add = list.append
+
+
+def _init(job: Job, root: Path, fd: int, prices: PriceTable, today: date) -> None:
+    general = TemplateRows(job, root, display_path(job.spec_file, root), _Problems())
     _worker.update(
         job=job,
-        shown=shown,
-        renderer=renderer,
-        encode=_encoder(renderer.exact, job.betas, renderer.max_size),
-        custom_id=_custom_id_maker(job.name),
+        fd=fd,
+        general=general,
+        maker=RowMaker.compile(job, general.renderer, prices, today),
         prices=prices,
         today=today,
         price_cache={},
     )
 
 
-def _render_chunk(first: int, chunk: list[bytes]) -> list[tuple]:
+def _render_range(start: int, end: int, first: int) -> tuple:
+    """One range's rows, packed (see the module's docstring), its problem lines as (line, key
+    or None, line), and the fatal error line that ended it, if one did."""
     w = _worker
     job: Job = w["job"]
-    shown, renderer, encode, custom_id = w["shown"], w["renderer"], w["encode"], w["custom_id"]
-    key_field = job.input.key  # type: ignore[union-attr]
-    name = job.name
-    out: list[tuple] = []
-    for number, line in enumerate(chunk, first):
-        if not line.strip():
-            continue
+    general: TemplateRows = w["general"]
+    general.problems = noted = _Noted()  # type: ignore[assignment]
+    maker: RowMaker | None = w["maker"]
+    make = maker.make if maker is not None else None
+    numbers, keys, cids, fps = array("q"), [], [], []
+    indexes, sizes = array("l"), array("q")
+    costs: list[Any] = []
+    models: list[str] = []
+    by_id: dict[int, int] = {}  # the fast path's estimates are shared objects
+    by_value: dict[tuple, int] = {}
+    events: list[tuple[int, str | None, str]] = []
+    key_field, shown = general.key_field, general.shown
+    loads, error, dumps, encode_error = (
+        orjson.loads,
+        orjson.JSONDecodeError,
+        orjson.dumps,
+        orjson.JSONEncodeError,
+    )
+
+    def add(row: tuple, number: int, fast: bool) -> None:
+        key, cid, fp, cost, model, size = row
+        # The fast path's estimates live as long as the worker: they are known by identity.
+        i = by_id.get(id(cost)) if fast else None
+        if i is None:
+            i = by_value.get((cost, model))
+            if i is None:
+                i = by_value[(cost, model)] = len(costs)
+                costs.append(cost)
+                models.append(model)
+            if fast:
+                by_id[id(cost)] = i
+        numbers.append(number)
+        keys.append(key)
+        cids.append(cid)
+        fps.append(fp)
+        indexes.append(i)
+        sizes.append(size)
+
+    ended = None
+    try:
         try:
-            row = _json_line(line, number, shown)
-        except _Fatal as exc:
-            out.append(("fatal", exc.line(name)))
-            return out
-        where = f"{shown}: line {number}"
-        if isinstance(row, _BadRow):
-            out.append(("problem", number, f"{where}: job {name}: {row.message}"))
-            continue
-        if not isinstance(row, dict):
-            out.append(
-                (
-                    "problem",
-                    number,
-                    f"{where}: job {name}: expected an object, not {type(row).__name__}",
-                )
-            )
-            continue
-        key = _key_of(row, key_field)
-        if isinstance(key, tuple):
-            out.append(("problem", number, f"{where}: job {name}: {key[0]}"))
-            continue
-        try:
-            params = renderer.render(row, key)
-            fp = encode(params)
-        except _RenderError as e:
-            out.append(
-                ("render_error", number, key, f"{where}: job {name}: item {key}: {e.describe()}")
-            )
-            continue
-        model = str(params.get("model", ""))
-        cache = w["price_cache"]
-        if model not in cache:
-            cache[model] = w["prices"].price(model, w["today"])
-        price = cache[model]
-        cost = estimate(job, params, price, w["prices"]) if price is not None else 0.0
-        cid = custom_id(key, fp)
-        size = request_size_of(cid, params)
-        out.append(("ok", number, key, cid, fp, cost, model, size))
-    return out
+            for at, lines in bounded_line_blocks(_Range(w["fd"], start, end)):
+                if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
+                    lines[0] = lines[0][3:]
+                for number, line in enumerate(lines, first + at - 1):
+                    if make is not None:
+                        try:
+                            row = loads(line)
+                        except error:
+                            row = None
+                        if type(row) is dict:
+                            colons = line.count(b":")  # as in rowmaker._jsonl
+                            if colons != len(row):
+                                try:
+                                    if colons != dumps(row).count(b":") or b"\\u003" in line:
+                                        row = None
+                                except encode_error:
+                                    row = None
+                            if row is not None:
+                                key = row.get(key_field)
+                                if type(key) is str and key:
+                                    made = make(row, key)
+                                    if made is not None:
+                                        add(made, number, True)
+                                        continue
+                    if not line.strip():
+                        continue
+                    row = _json_line(line, number, shown)
+                    key = general.key(number, row)
+                    if key is None:
+                        events.append((number, None, noted.pop()))
+                        continue
+                    item = general.made(number, row, key)
+                    if item is None:
+                        events.append((number, key, noted.pop()))
+                        continue
+                    row = item_row(job, item, w["prices"], w["today"], w["price_cache"])
+                    add(row, number, False)
+        except FileRefused as e:
+            raise _Fatal(f"{shown}: line {first + e.args[1] - 1}", e.args[0]) from None
+        except OSError as e:
+            raise _Fatal(shown, f"cannot read: {e.strerror}") from None
+    except _Fatal as e:
+        ended = e.line(job.name)
+    return (
+        numbers,
+        keys,
+        "\n".join(cids),
+        "\n".join(fps),
+        indexes,
+        sizes,
+        (costs, models),
+        events,
+        ended,
+    )

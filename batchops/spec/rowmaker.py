@@ -1,0 +1,425 @@
+"""The rows planning needs, made fast for the common shape of job.
+
+Planning wants, per item, (key, custom_id, fingerprint, cost, model, request bytes). The general
+path (`items.iter_items`, then pricing) builds each request as a dict, writes it as canonical
+JSON, scans it for the cost and writes it again for its size: about a hundred Python calls an item.
+Most jobs have one shape: templates that only substitute names (`{{ body }}`), and everything else
+(model, max_tokens, params, betas, the literal text) the same for every item. For such a job the
+canonical JSON of every request is the same bytes but for the JSON strings of its rendered
+templates, so `RowMaker` writes it once per job with a marker in each template's place, and per
+item only renders the templates (`str.format`), writes each one as a JSON string and joins the
+pieces. A JSON string is written by orjson exactly as `json.dumps(ensure_ascii=False)` writes it,
+so the bytes are those `items._encoder` hashes. The request's size follows from the same lengths,
+and its cost from the total length of the rendered templates alone (every template sits where
+`pricing._scan` counts its characters, and no cache mark depends on it): it is estimated once
+per distinct length, from the request the general path renders.
+
+A row the fast path does not take (a value that is not a string, a missing name, a key that is
+not a string, a duplicate, a bad line, a request over the size budget) goes through the general
+path (`items.TemplateRows`), which reports it exactly as `iter_items` would.
+`tests/test_rowmaker.py` holds the two paths to the same rows and errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from datetime import date
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchops.pricing import ItemEstimate, ModelPrice, PriceTable, _scan
+from batchops.spec import caching
+from batchops.spec.items import (
+    FINGERPRINT_PREFIX,
+    Item,
+    TemplateRows,
+    _custom_id_maker,
+    _Fatal,
+    _line_blocks,
+    _Problems,
+    _Renderer,
+    _Struct,
+    _Template,
+    iter_items,
+    request_size,
+)
+from batchops.spec.model import Job, display_path
+from batchops.spec.sandbox import RENDER_MAX_SIZE_DEFAULT
+
+Row = tuple[str, str, str, ItemEstimate | None, str, int]
+
+# A template's place in the request while the job's pieces are written: a JSON string no
+# literal of the spec holds (checked: each is found exactly once, else no fast path).
+_MARK = "\x00batchops-template-{}\x00"
+
+
+def rows(
+    job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict[str, Any]
+) -> Iterator[Row]:
+    """Every item's row of `job`, in order; SpecError as `iter_items` raises it."""
+    if job.requests is not None or job.attachments:
+        for item in iter_items(job, root):
+            yield item_row(job, item, prices, today, price_cache)
+        return
+    problems = _Problems()
+    try:
+        general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
+        maker = RowMaker.compile(job, general.renderer, prices, today)
+        if maker is None:
+            for number, row in general.source():
+                item = general.item(number, row)
+                if item is not None:
+                    yield item_row(job, item, prices, today, price_cache)
+        elif job.input is not None and job.input.format == "jsonl":
+            yield from _jsonl(job, root, general, maker, prices, today, price_cache)
+        else:
+            yield from _rows(job, general, maker, prices, today, price_cache)
+    except _Fatal as e:
+        raise problems.error(e.line(job.name)) from None
+    if problems.count:
+        raise problems.error()
+
+
+def item_row(
+    job: Job, item: Item, prices: PriceTable, today: date, price_cache: dict[str, Any]
+) -> Row:
+    """The row of an item the general path rendered."""
+    model = str(item.params.get("model", ""))
+    if model not in price_cache:
+        price_cache[model] = prices.price(model, today)
+    price = price_cache[model]
+    cost = caching.estimate(job, item.params, price, prices) if price is not None else None
+    return item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
+
+
+def _jsonl(
+    job: Job,
+    root: Path,
+    general: TemplateRows,
+    maker: RowMaker,
+    prices: PriceTable,
+    today: date,
+    price_cache: dict[str, Any],
+) -> Iterator[Row]:
+    make, seen, key_field = maker.make, general.seen, general.key_field
+    loads, error, dumps, encode_error = (
+        orjson.loads,
+        orjson.JSONDecodeError,
+        orjson.dumps,
+        orjson.JSONEncodeError,
+    )
+    for first, lines in _line_blocks(job.input.path, general.shown, root):  # type: ignore[union-attr]
+        for number, line in enumerate(lines, first):
+            try:
+                row = loads(line)
+            except error:
+                row = None
+            if type(row) is dict:
+                # What `items._json_line` checks (no key given twice), cheaply: a flat object
+                # holds exactly one colon a key when no key is repeated and no string has one.
+                colons = line.count(b":")
+                if colons != len(row):
+                    try:
+                        if colons != dumps(row).count(b":") or b"\\u003" in line:
+                            row = None
+                    except encode_error:
+                        row = None
+                if row is not None:
+                    key = row.get(key_field)
+                    if type(key) is str and key and key not in seen:
+                        made = make(row, key)
+                        if made is not None:
+                            seen[key] = number
+                            yield made
+                            continue
+            item = general.line(number, line)
+            if item is not None:
+                yield item_row(job, item, prices, today, price_cache)
+
+
+def _rows(
+    job: Job,
+    general: TemplateRows,
+    maker: RowMaker,
+    prices: PriceTable,
+    today: date,
+    price_cache: dict[str, Any],
+) -> Iterator[Row]:
+    make, seen, key_field, item_of = maker.make, general.seen, general.key_field, general.item
+    for number, row in general.source():
+        if type(row) is dict:
+            key = row.get(key_field)
+            if type(key) is str and key and key not in seen:
+                made = make(row, key)
+                if made is not None:
+                    seen[key] = number
+                    yield made
+                    continue
+        item = item_of(number, row)
+        if item is not None:
+            yield item_row(job, item, prices, today, price_cache)
+
+
+class RowMaker:
+    """One job's requests as constant byte pieces around its templates' JSON strings.
+
+    `make(row, key)` is the item's row, or None when the general path must make it.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        renderer: _Renderer,
+        templates: list[_Template],
+        pieces: list[bytes],
+        order: list[int],
+        size: int,
+        model: str,
+        price: ModelPrice | None,
+        prices: PriceTable,
+    ):
+        self.model = model
+        self.make = _maker(job, renderer, templates, pieces, order, size, model, price, prices)
+
+    @classmethod
+    def compile(
+        cls, job: Job, renderer: _Renderer, prices: PriceTable, today: date
+    ) -> RowMaker | None:
+        """The job's RowMaker, or None when its shape is not the common one."""
+        if not renderer.exact or renderer.render.__func__ is not _Renderer._render_from_row:  # type: ignore[attr-defined]
+            return None
+        found = _skeleton(renderer, job)
+        if found is None:
+            return None
+        params, templates, places = found
+        marks = [orjson.dumps(_MARK.format(i)) for i in range(len(templates))]
+        try:
+            obj = {"betas": sorted(job.betas), "params": params} if job.betas else params
+            data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+            plain = orjson.dumps(params)
+        except (TypeError, orjson.JSONEncodeError):
+            return None
+        if any(data.count(m) != 1 or plain.count(m) != 1 for m in marks):
+            return None  # a literal holds a marker, or params replaced a templated part
+        order = sorted(range(len(marks)), key=lambda i: data.index(marks[i]))
+        pieces, at = [], 0
+        for i in order:
+            start = data.index(marks[i])
+            pieces.append(data[at:start])
+            at = start + len(marks[i])
+        pieces.append(data[at:])
+        # The cost is a function of the templates' total length only if no cache mark lies
+        # after a template (or, with `cache = "auto"`, none is in the system prompt).
+        where = _scan(params)[3]
+        if where is not None and (where[0] == "all" or min(places, default=(9,)) <= _rank(where)):
+            return None
+        if job.cache == "auto" and any(p[0] < 2 for p in places):
+            return None
+        model = str(params.get("model", ""))
+        size = len(plain) - sum(map(len, marks)) + 28  # `request_size_of` without the strings
+        return cls(
+            job, renderer, templates, pieces, order, size, model, prices.price(model, today), prices
+        )
+
+
+def _rank(where: tuple[str, int, int]) -> tuple[int, int, int]:
+    section, message, block = where
+    return ({"tools": 0, "system": 1, "messages": 2}[section], message, block)
+
+
+def _skeleton(
+    renderer: _Renderer, job: Job
+) -> tuple[dict[str, Any], list[_Template], list[tuple[int, int, int]]] | None:
+    """The request `renderer._render_from_row` makes, each template's output a marker; the
+    templates in marker order, and where each sits (tools 0 / system 1 / messages 2, message,
+    block; -1 for a message whose content is a string). None for another shape."""
+    templates: list[_Template] = []
+    places: list[tuple[int, int, int]] = []
+
+    def mark(template: _Template, place: tuple[int, int, int]) -> str | None:
+        shape = template.shape
+        if shape is None or "row" in shape.names:
+            return None
+        templates.append(template)
+        places.append(place)
+        return _MARK.format(len(templates) - 1)
+
+    def text_block(part: Any, place: tuple[int, int, int]) -> Any:
+        """A literal block, or a text block whose text is a template (its characters are what
+        `pricing._chars` counts)."""
+        if not isinstance(part, _Struct | _Template):
+            return part
+        if not isinstance(part, _Struct) or part.kind is not dict:
+            return None
+        fields = dict(part.parts)
+        if fields.get("type") != "text" or not isinstance(fields.get("text"), _Template):
+            return None
+        if any(isinstance(p, _Struct | _Template) for k, p in part.parts if k != "text"):
+            return None
+        text = mark(fields["text"], place)
+        return None if text is None else {k: text if k == "text" else p for k, p in part.parts}
+
+    def blocks(part: _Struct, section: int, message: int) -> list[Any] | None:
+        out = []
+        for i, (_, block) in enumerate(part.parts):
+            made = text_block(block, (section, message, i))
+            if made is None:
+                return None
+            out.append(made)
+        return out
+
+    params: dict[str, Any] = {"model": renderer.model, "max_tokens": renderer.max_tokens}
+    system = renderer.system
+    if isinstance(system, _Template):
+        system = mark(system, (1, 0, 0))
+    elif isinstance(system, _Struct):
+        system = blocks(system, 1, 0) if system.kind is list else None
+        if system is None:
+            return None
+    if renderer.system is not None:
+        if system is None:
+            return None
+        params["system"] = system
+    if renderer.messages is None:
+        prompt = renderer.prompt
+        content = mark(prompt, (2, 0, -1)) if isinstance(prompt, _Template) else prompt
+        if content is None:
+            return None
+        params["messages"] = [{"role": "user", "content": content}]
+    elif isinstance(renderer.messages, _Struct):
+        if renderer.messages.kind is not list:
+            return None
+        messages = []
+        for m, (_, message) in enumerate(renderer.messages.parts):
+            if not isinstance(message, _Struct):
+                messages.append(message)
+                continue
+            if message.kind is not dict:
+                return None
+            out: dict[str, Any] = {}
+            for k, part in message.parts:
+                if k == "content" and isinstance(part, _Template):
+                    out[k] = mark(part, (2, m, -1))
+                elif k == "content" and isinstance(part, _Struct) and part.kind is list:
+                    out[k] = blocks(part, 2, m)
+                elif isinstance(part, _Struct | _Template):
+                    return None
+                else:
+                    out[k] = part
+                if out[k] is None:
+                    return None
+            messages.append(out)
+        params["messages"] = messages
+    else:
+        params["messages"] = renderer.messages
+    params.update(renderer.params)
+    return params, templates, places
+
+
+def _maker(
+    job: Job,
+    renderer: _Renderer,
+    templates: list[_Template],
+    pieces: list[bytes],
+    order: list[int],
+    size_base: int,
+    model: str,
+    price: ModelPrice | None,
+    prices: PriceTable,
+) -> Callable[[dict[str, Any], str], Row | None]:
+    """`make(row, key)`: the row of an item whose every name is a string of its row."""
+    limit = renderer.max_size if renderer.max_size is not None else RENDER_MAX_SIZE_DEFAULT
+    budget = renderer.budget.max_size  # type: ignore[attr-defined]
+    sha256, dumps, join = hashlib.sha256, orjson.dumps, b"".join
+    custom_id = _custom_id_maker(job.name)
+    estimates: dict[int, ItemEstimate | None] = {}  # by the total length of the templates
+    # Per template: its format, the names it reads, where `key` is among them (-1: nowhere),
+    # its literal characters, and how often each name is used when one is used more than once.
+    shapes = []
+    for s in (t.shape for t in templates):
+        if s is None:
+            raise ValueError("a template without a shape")  # _skeleton takes none of them
+        at = s.names.index("key") if "key" in s.names else -1
+        repeated = s.counts if any(c != 1 for c in s.counts) else None
+        shapes.append((s.format, s.names, at, s.literal, repeated))
+
+    def estimate(row: dict[str, Any], key: str, length: int) -> ItemEstimate | None:
+        if price is None:
+            cost = None
+        else:
+            cost = caching.estimate(job, renderer.render(row, key), price, prices)
+        estimates[length] = cost
+        return cost
+
+    def texts(row: dict[str, Any], key: str) -> list[str] | None:
+        out = []
+        for format_, names, at, literal, repeated in shapes:
+            values = list(map(row.get, names))
+            if at >= 0:
+                values[at] = key
+            try:
+                joined = "".join(values)  # TypeError unless every value is a string
+            except TypeError:
+                return None
+            if repeated is None:
+                size = literal + len(joined)
+            else:
+                size = literal + sum(len(v) * c for v, c in zip(values, repeated, strict=True))
+            if size > budget:
+                return None  # the general path says why
+            out.append(format_(*values))
+        return out
+
+    if len(shapes) == 1 and shapes[0][4] is None and shapes[0][2] < 0:
+        # The common case: one template, each name used once, `key` not among them.
+        format_, names, _, literal, _ = shapes[0]
+        head, tail = pieces
+        get = itemgetter(*names) if names else lambda row: ()
+        single = len(names) == 1  # itemgetter gives the value, not a tuple
+
+        def make(row: dict[str, Any], key: str) -> Row | None:
+            try:
+                values = (get(row),) if single else get(row)
+                size = literal + len("".join(values))  # TypeError unless all are strings
+            except (KeyError, TypeError):
+                return None
+            if size > budget:
+                return None  # the general path says why
+            text = format_(*values)
+            written = dumps(text)
+            data = join((head, written, tail))
+            if len(data) > limit:
+                return None
+            fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
+            cid = custom_id(key, fp)
+            try:
+                cost = estimates[size]
+            except KeyError:
+                cost = estimate(row, key, size)
+            return key, cid, fp, cost, model, size_base + len(written) + len(cid)
+
+        return make
+
+    def make_any(row: dict[str, Any], key: str) -> Row | None:
+        found = texts(row, key)
+        if found is None:
+            return None
+        written = [dumps(t) for t in found]
+        parts = [pieces[0]]
+        for i, piece in zip(order, pieces[1:], strict=True):
+            parts.append(written[i])
+            parts.append(piece)
+        data = join(parts)
+        if len(data) > limit:
+            return None
+        fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
+        cid = custom_id(key, fp)
+        length = sum(map(len, found))
+        cost = estimates[length] if length in estimates else estimate(row, key, length)
+        return key, cid, fp, cost, model, size_base + sum(map(len, written)) + len(cid)
+
+    return make_any
