@@ -23,7 +23,6 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
 from math import ceil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -80,7 +79,7 @@ class PriceTable:
     @classmethod
     def load(cls, user_file: Path | None = None) -> PriceTable:
         """The shipped table, with the rows (and multipliers) of `user_file` laid over it."""
-        shipped = resources.files("batchops").joinpath("data/prices.toml").read_text("utf-8")
+        shipped = (Path(__file__).parent / "data" / "prices.toml").read_text("utf-8")
         data = tomllib.loads(shipped)
         source = f"batchops price table as of {data.get('as_of')}"
         if user_file is not None:

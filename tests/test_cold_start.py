@@ -134,3 +134,28 @@ def test_an_unchanged_project_starts_without_pydantic(tmp_path):
 
 def test_schema_prints_the_shipped_file_without_pydantic(tmp_path):
     assert loaded_by(["schema"], tmp_path, ("pydantic",)) == []
+
+
+def test_a_kept_project_plans_without_jinja_or_sqlite_utils(tmp_path):
+    # Rows kept by the first plan spare the next ones jinja2 (nothing renders), and reading a
+    # state file needs no sqlite-utils (only writers migrate).
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home-cache")}
+    env.pop("BATCHOPS_CACHE", None)
+    env["BATCHOPS_STATE"] = str(tmp_path / "state.db")
+    make_state = "import sys; from batchops.state.sqlite import SqliteWriter as W; W.open(sys.argv[1]).close()"
+    subprocess.run(
+        [sys.executable, "-c", make_state, env["BATCHOPS_STATE"]], check=True, timeout=120
+    )
+    watched = ("jinja2", "sqlite_utils", "batchops.spec.sandbox")
+    assert loaded_by(["plan", "--no-refresh"], tmp_path, watched, env) == [
+        "jinja2",
+        "batchops.spec.sandbox",
+    ]
+    for argv in (["plan", "--no-refresh"], ["plan", "--no-refresh", "--json"]):
+        assert loaded_by(argv, tmp_path, watched, env) == [], argv
+    # validate renders a sample of each job's requests to check them against the API's rules
+    assert loaded_by(["validate"], tmp_path, watched, env) == ["jinja2", "batchops.spec.sandbox"]
+    with (tmp_path / "jobs" / "support.toml").open("a") as fh:
+        fh.write("\n# edited\n")  # the job definitions are the same: its rows are still kept
+    assert loaded_by(["plan", "--no-refresh"], tmp_path, watched, env) == []

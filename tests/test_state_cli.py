@@ -18,6 +18,7 @@ from batchops.commands.status import status
 from batchops.emulator import EmulatorAdmin
 from batchops.errors import StateError
 from batchops.state import sqlite as state_mod
+from batchops.state import sqlite_migrations as registered
 from batchops.state.sqlite import SqliteReader as StateReader
 from batchops.state.sqlite import SqliteWriter as StateStore
 from tests.statefill import NOW, context, fill_demo_state, write_project
@@ -314,9 +315,9 @@ def test_open_backs_up_before_a_migration(tmp_path: Path, monkeypatch: pytest.Mo
     def m0002_fake(db) -> None:
         db["extra"].create({"id": int}, pk="id")
 
-    fake = state_mod.migrations._Migration("m0002_fake", m0002_fake)
+    fake = registered.migrations._Migration("m0002_fake", m0002_fake)
     monkeypatch.setattr(
-        state_mod.migrations, "_migrations", [*state_mod.migrations._migrations, fake]
+        registered.migrations, "_migrations", [*registered.migrations._migrations, fake]
     )
     monkeypatch.setattr(state_mod, "KNOWN_MIGRATIONS", [*state_mod.KNOWN_MIGRATIONS, "m0002_fake"])
     store = StateStore.open(path)

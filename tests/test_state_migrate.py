@@ -6,7 +6,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 
 from batchops.state import is_postgres, open_writer
-from batchops.state.sqlite import KNOWN_MIGRATIONS, migrations
+from batchops.state.sqlite import KNOWN_MIGRATIONS
+from batchops.state.sqlite_migrations import migrations
 from tests import statedb
 from tests.projects import rows, run_cli, write_project
 
@@ -110,3 +111,8 @@ def test_a_state_from_before_lean_result_indexes_keeps_its_results_and_harvests(
         assert writer.batch("msgbatch_1").harvested_at is not None
     finally:
         writer.close()
+
+
+def test_known_migrations_are_the_registered_ones_in_order():
+    # readers check a file's migrations against this list without importing sqlite-utils
+    assert KNOWN_MIGRATIONS == [m.name for m in migrations._migrations]

@@ -18,7 +18,8 @@ completes without a problem, atomically (a temporary file, then a rename). The f
 never pickles, and carry a keyed hash (BLAKE2b) whose key lives in the user's cache folder
 (`$XDG_CACHE_HOME/batchops`, or `~/.cache/batchops`), outside the project: specs come from pull
 requests, and a cache file planted in one is refused, because no pull request knows the key.
-Jobs of fewer than MIN_ROWS items are not kept (they render in a fraction of a second).
+Every job's rows are kept, however few (MIN_ROWS): reading them back spares a small job the import
+of jinja2 and the sandbox, which costs more than its rendering.
 `BATCHOPS_CACHE=off` turns the cache off.
 """
 
@@ -47,7 +48,7 @@ from batchops.spec.model import Job
 FORMAT = "batchops-rows-v1"
 CACHE_DIR = ".batchops-cache"
 CHUNK_ROWS = 20_000
-MIN_ROWS = 10_000  # a smaller job renders in a fraction of a second: no file is kept for it
+MIN_ROWS = 1  # a job with no items keeps no file
 RACY_SECONDS = 2.0  # a file modified this close to when its rows were written is hashed anyway
 # The modules whose code decides what a row holds: rendering, fingerprints, custom ids, prices.
 _CODE = (

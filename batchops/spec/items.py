@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from jinja2 import TemplateSyntaxError, nodes
-from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 
 from batchops.errors import SpecError
 from batchops.safetext import terminal
-from batchops.spec import attachments, sandbox
+from batchops.spec import attachments
 from batchops.spec.files import (
     MAX_JSON_DATA_BYTES,
     FileRefused,
@@ -41,6 +39,7 @@ from batchops.spec.files import (
 )
 from batchops.spec.model import (
     MAX_TOKENS_CAP,
+    RENDER_MAX_SIZE_DEFAULT,
     Job,
     display_path,
     forbidden_param_problems,
@@ -160,9 +159,38 @@ def _orjson_exact(obj: Any) -> bool:
 
 # --- templates ----------------------------------------------------------------------------------
 
-_ENV = sandbox.ENV
-_GLOBALS = dict(_ENV.globals)  # what Template.render merges into every context
-_FILE_NODES = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+# jinja2 and the sandbox are imported by the first template that compiles (`_load_templating`):
+# a command whose rows the rows cache keeps, or whose specs hold no template, never pays the
+# ~70 ms of importing them.
+sandbox: Any = None
+nodes: Any = None
+TemplateSyntaxError: Any = None
+SecurityError: Any = None
+TemplateError: Any = None
+UndefinedError: Any = None
+_ENV: Any = None
+_GLOBALS: dict[str, Any] = {}  # what Template.render merges into every context
+_FILE_NODES: tuple[type, ...] = ()
+
+
+def _load_templating() -> None:
+    global sandbox, nodes, TemplateSyntaxError, SecurityError, TemplateError, UndefinedError
+    global _ENV, _FILE_NODES
+    if _ENV is not None:
+        return
+    import jinja2.exceptions
+    from jinja2 import nodes as jinja_nodes
+
+    from batchops.spec import sandbox as jinja_sandbox
+
+    sandbox, nodes = jinja_sandbox, jinja_nodes
+    TemplateSyntaxError = jinja2.exceptions.TemplateSyntaxError
+    SecurityError = jinja2.exceptions.SecurityError
+    TemplateError = jinja2.exceptions.TemplateError
+    UndefinedError = jinja2.exceptions.UndefinedError
+    _FILE_NODES = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+    _GLOBALS.update(jinja_sandbox.ENV.globals)
+    _ENV = jinja_sandbox.ENV
 
 
 class _Template:
@@ -201,6 +229,7 @@ class Substitution(NamedTuple):
 def _compile(source: str, name: str, problems: list[str], where: str) -> str | _Template:
     if not any(marker in source for marker in _TEMPLATE_MARKERS):
         return source  # plain text: nothing to render, sent as written
+    _load_templating()
     try:
         tree = _ENV.parse(source)
         for node in tree.find_all(_FILE_NODES):
@@ -401,7 +430,7 @@ def _render(part: _Part, context: dict[str, Any]) -> Any:
 
 
 def _exception_message(e: BaseException) -> str:
-    if isinstance(e, TemplateError):
+    if TemplateError is not None and isinstance(e, TemplateError):
         return e.message or str(e)
     if isinstance(e, RecursionError):
         return "nested too deeply (recursion limit)"
@@ -964,7 +993,7 @@ def _encoder(
     sorted_betas = sorted(betas)
     dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
     sha256 = hashlib.sha256
-    limit = max_size if max_size is not None else sandbox.RENDER_MAX_SIZE_DEFAULT
+    limit = max_size if max_size is not None else RENDER_MAX_SIZE_DEFAULT
 
     def encode(params: dict[str, Any]) -> str:
         obj = {"betas": sorted_betas, "params": params} if sorted_betas else params

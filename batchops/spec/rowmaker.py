@@ -47,8 +47,7 @@ from batchops.spec.items import (
     iter_items,
     request_size,
 )
-from batchops.spec.model import Job, display_path
-from batchops.spec.sandbox import RENDER_MAX_SIZE_DEFAULT
+from batchops.spec.model import RENDER_MAX_SIZE_DEFAULT, Job, display_path
 
 Row = tuple[str, str, str, ItemEstimate | None, str, int]
 

@@ -25,11 +25,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import LockHeld, StateError
@@ -65,173 +63,19 @@ from batchops.state.records import (
 from batchops.state.shared import JOB_TABLES as _JOB_TABLES
 from batchops.state.shared import KEPT_RESULTS_COUNT, SharedWrites, removal_rows
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
 MIGRATION_SET = "batchops"
-migrations = Migrations(MIGRATION_SET)
-
-
-@migrations()
-def m0001_initial(db: Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["jobs"].create(
-        {"name": str, "spec_file": str, "first_seen_at": str, "last_applied_at": str}, pk="name"
-    )
-    db["items"].create(
-        {
-            "job": str,
-            "key": str,
-            "custom_id": str,
-            "fingerprint": str,  # fingerprint of the newest attempt
-            "attempts": int,  # attempts sent for that fingerprint
-            "inflight_attempt": int,  # attempts.id of the unfinished attempt, or null
-            "outcome": str,  # of the last finished attempt: succeeded|errored|expired|canceled|lost
-            "error_type": str,
-            "error_message": str,
-            "canceled_by_us": int,
-            "result_id": int,  # results.id of the current successful result
-            "updated_at": str,
-        },
-        pk=("job", "key"),
-        not_null={"job", "key", "custom_id"},
-        defaults={"attempts": 0, "canceled_by_us": 0},
-    )
-    db["attempts"].create(
-        {
-            "id": int,
-            "job": str,
-            "key": str,
-            "custom_id": str,
-            "fingerprint": str,
-            "number": int,  # 1-based attempt number for this fingerprint
-            "intent_id": str,
-            "batch_id": str,  # null until the create is confirmed or adopted
-            "status": str,  # open|sent|unsent|done|lost
-            "outcome": str,
-            "created_at": str,
-        },
-        pk="id",
-    )
-    db["attempts"].create_index(["intent_id"])
-    db["attempts"].create_index(["batch_id", "custom_id"])
-    db["intents"].create(
-        {
-            "id": str,
-            "job": str,
-            "created_at": str,
-            "request_count": int,
-            "body_bytes": int,
-            "status": str,  # open|created|adopted|unsent
-            "batch_id": str,
-            "plan_id": str,
-        },
-        pk="id",
-    )
-    db["batches"].create(
-        {
-            "id": str,
-            "job": str,
-            "intent_id": str,
-            "request_count": int,
-            "processing_status": str,
-            "request_counts": str,  # JSON of the remote request_counts
-            "created_at": str,
-            "expires_at": str,
-            "ended_at": str,
-            "cancel_initiated_at": str,
-            "archived_at": str,
-            "results_expire_at": str,
-            "harvested_at": str,
-            "canceled_by_us_at": str,
-            "pruned_at": str,
-            "drift": str,  # what happened outside batchops, if anything
-            "refreshed_at": str,
-        },
-        pk="id",
-    )
-    db["results"].create(
-        {
-            "id": int,
-            "job": str,
-            "key": str,
-            "custom_id": str,
-            "fingerprint": str,
-            "batch_id": str,
-            "attempt_id": int,
-            "type": str,  # succeeded|errored|expired|canceled
-            "text": str,
-            "message": str,  # the full Message JSON (succeeded only)
-            "stop_reason": str,
-            "error_type": str,
-            "error_message": str,
-            "model": str,
-            "input_tokens": int,
-            "output_tokens": int,
-            "cache_creation_input_tokens": int,
-            "cache_creation_1h_input_tokens": int,
-            "cache_read_input_tokens": int,
-            "received_at": str,
-        },
-        pk="id",
-    )
-    db["results"].create_index(["job", "key"])
-    db["results"].create_index(["batch_id"])
-    db["lock"].create(
-        {"id": int, "lock_id": str, "pid": int, "host": str, "since": str, "command": str},
-        pk="id",
-    )
-    db["applied_plans"].create({"plan_id": str, "applied_at": str}, pk="plan_id")
-
-
-@migrations()
-def m0002_items_forgotten_at(db: Database) -> None:
-    """Forgotten items keep their row (and so their result): re-adding one sends nothing."""
-    db["items"].add_column("forgotten_at", str)
-
-
-@migrations()
-def m0003_harvest_indexes(db: Database) -> None:
-    """A harvest updates items and attempts from its results in one statement each."""
-    db["items"].create_index(["inflight_attempt"])
-    db["results"].create_index(["attempt_id"])
-
-
-@migrations()
-def m0004_intent_list_anchor(db: Database) -> None:
-    """Where the remote batch list stood before a create: adoption looks only after it."""
-    db["intents"].add_column("list_anchor", str)
-
-
-@migrations()
-def m0005_leases(db: Database) -> None:
-    """Leases per job (or `*` for the whole state) with an expiry, instead of one lock row."""
-    db["leases"].create(
-        {
-            "name": str,
-            "lock_id": str,
-            "pid": int,
-            "host": str,
-            "since": str,
-            "command": str,
-            "expires_at": str,
-            "pid_ns": str,
-            "started": str,
-        },
-        pk="name",
-    )
-    db["leases"].create_index(["lock_id"])
-    # set just before the create call: an intent without it never reached the API
-    db["intents"].add_column("create_sent_at", str)
-
-
-@migrations()
-def m0006_lean_result_indexes(db: Database) -> None:
-    """A harvest inserts a batch's results without the indexes no read needs: `results` is read
-    by id (from items), by batch and by job, never by (job, key) or by attempt."""
-    db.execute("drop index if exists idx_results_attempt_id")
-    db.execute("drop index if exists idx_results_job_key")
-    db["results"].create_index(["job"])
-
-
-KNOWN_MIGRATIONS = [m.name for m in migrations._migrations]
+MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' table of applied migrations
+KNOWN_MIGRATIONS = [
+    "m0001_initial",
+    "m0002_items_forgotten_at",
+    "m0003_harvest_indexes",
+    "m0004_intent_list_anchor",
+    "m0005_leases",
+    "m0006_lean_result_indexes",
+]  # in order; registered in batchops.state.sqlite_migrations
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 
 _ITEM_SQL = (
@@ -273,16 +117,42 @@ _UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
 _FEW_FINGERPRINTS = 5000  # up to this many are looked up by value; more, by one scan
 
 
-def _pending(db: Database, path: Path) -> list[str]:
-    """The pending migrations; refuse a file written by a newer batchops."""
-    applied = [m.name for m in migrations.applied(db)]
+def _pending(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """The pending migrations, read from sqlite-utils' table without importing sqlite-utils;
+    refuse a file written by a newer batchops."""
+    applied: list[str] = []
+    if conn.execute(
+        "select 1 from sqlite_master where type = 'table' and name = ?", [MIGRATIONS_TABLE]
+    ).fetchone():
+        applied = [
+            name
+            for (name,) in conn.execute(
+                f"select name from {MIGRATIONS_TABLE} where migration_set = ? order by rowid",
+                [MIGRATION_SET],
+            )
+        ]
     unknown = [name for name in applied if name not in KNOWN_MIGRATIONS]
     if unknown:
         raise StateError(
             f"{path}: state schema is newer than this batchops understands "
             f"(migration {unknown[-1]!r}); upgrade batchops to use this state file"
         )
-    return [m.name for m in migrations.pending(db)]
+    return [name for name in KNOWN_MIGRATIONS if name not in applied]
+
+
+class _Connection:
+    """What a reader asks of its connection, as sqlite-utils' Database offers it (writers hold
+    a Database; a read-only command does not import sqlite-utils)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, parameters)
+
+    def table_names(self) -> list[str]:
+        sql = "select name from sqlite_master where type = 'table'"
+        return [name for (name,) in self.conn.execute(sql)]
 
 
 def _not_state(path: Path, exc: Exception | str) -> StateError:
@@ -290,7 +160,7 @@ def _not_state(path: Path, exc: Exception | str) -> StateError:
 
 
 class SqliteReader(StateReader):
-    def __init__(self, db: Database | None, path: Path):
+    def __init__(self, db: Database | _Connection | None, path: Path):
         self.db = db
         self.path = path
         self.location = str(path)
@@ -303,8 +173,8 @@ class SqliteReader(StateReader):
             return cls(None, path)
         try:
             conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
-            db = Database(conn)
-            pending = _pending(db, path)
+            db = _Connection(conn)
+            pending = _pending(conn, path)
         except sqlite3.DatabaseError as exc:
             raise _not_state(path, exc) from None
         if pending and KNOWN_MIGRATIONS[0] in pending:
@@ -628,6 +498,8 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     ) -> SqliteWriter:
         """Open for writing: create the file if needed, take the leases (one per job in `jobs`,
         or the whole state), then migrate, in one exclusive transaction."""
+        from sqlite_utils import Database
+
         path = Path(path)
         existed = path.exists()
         if not existed:
@@ -660,6 +532,8 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
     @classmethod
     def force_unlock_at(cls, path: Path, lock_id: str) -> LockInfo:
+        from sqlite_utils import Database
+
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         writer = cls(Database(conn), Path(path))
         try:
@@ -690,11 +564,13 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         on_takeover: Callable[[LockInfo], None] | None,
         seconds: float,
     ) -> LockInfo:
+        from batchops.state.sqlite_migrations import migrations
+
         conn = db.conn
         conn.execute("begin immediate")
         try:
-            pending = _pending(db, path)
-            tables = set(db.table_names()) - {migrations.migrations_table}
+            pending = _pending(conn, path)
+            tables = set(db.table_names()) - {MIGRATIONS_TABLE}
             if existed and KNOWN_MIGRATIONS[0] in pending and tables:
                 raise _not_state(path, "no schema")
             now = utcnow()
