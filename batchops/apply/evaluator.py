@@ -569,6 +569,7 @@ def _tokens(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
     return inputs, outputs, write_5m + write_1h, write_1h, reads
 
 
+_CUSTOM_ID = '{"custom_id":"'
 _SUCCEEDED = '","result":{"type":"succeeded","message":'
 
 
@@ -585,11 +586,18 @@ def _message_json(
     """
     raw = getattr(line, "raw", None)
     if raw is not None and len(line) == 2 and len(result) == 2:
-        head = '{"custom_id":"' + custom_id + _SUCCEEDED
-        if raw.startswith(head):
-            tail = raw.rstrip()
-            if tail.endswith("}}}") and tail.find('"message":', len(head)) == -1:
-                return tail[len(head) : -2]
+        # the checks read the line in place: no copy of it but the slice itself
+        start = len(_CUSTOM_ID) + len(custom_id) + len(_SUCCEEDED)
+        if (
+            raw.startswith(_CUSTOM_ID)
+            and raw.startswith(custom_id, len(_CUSTOM_ID))
+            and raw.startswith(_SUCCEEDED, start - len(_SUCCEEDED))
+        ):
+            stop = len(raw)
+            while stop and raw[stop - 1].isspace():
+                stop -= 1
+            if raw.endswith("}}}", start, stop) and raw.find('"message":', start, stop) == -1:
+                return raw[start : stop - 2]
     return orjson.dumps(body).decode()
 
 

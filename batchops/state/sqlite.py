@@ -902,7 +902,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             chunk: list[Sequence[Any]] = []
             for row in rows:
                 chunk.append(row)
-                if len(chunk) >= 5000:
+                if len(chunk) >= 1000:  # a few MB at a time: memory stays flat
                     conn.executemany(_INSERT_RESULT, chunk)
                     count += len(chunk)
                     chunk.clear()
