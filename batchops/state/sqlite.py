@@ -894,20 +894,12 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     def store_harvest(
         self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
     ) -> int:
-        count = 0
         with self._transaction() as conn:
             # Every row this harvest inserts gets an id above the largest before it: the batch's
             # results are then read back by that range, not through an index.
             first = conn.execute("select coalesce(max(id), 0) + 1 from results").fetchone()[0]
-            chunk: list[Sequence[Any]] = []
-            for row in rows:
-                chunk.append(row)
-                if len(chunk) >= 1000:  # a few MB at a time: memory stays flat
-                    conn.executemany(_INSERT_RESULT, chunk)
-                    count += len(chunk)
-                    chunk.clear()
-            conn.executemany(_INSERT_RESULT, chunk)
-            count += len(chunk)
+            # straight from the iterator: the rows are never held together
+            count = conn.executemany(_INSERT_RESULT, rows).rowcount
             # What settles each attempt and item, narrow and in attempt order, so that the two
             # set-based updates below visit attempts and items in the order they were written
             # (results arrive shuffled: visited in that order, a large state misses its cache).
