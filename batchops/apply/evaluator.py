@@ -364,6 +364,7 @@ class Evaluator:
             if kind == "succeeded":
                 body = result.get("message") or {}
                 content = body.get("content") or ()
+                inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
                 yield (
                     job, key, custom_id, fingerprint, batch_id, attempt_id, kind,
                     "".join([
@@ -373,7 +374,7 @@ class Evaluator:
                     ]),
                     _message_json(line, custom_id, result, body),
                     body.get("stop_reason"), None, None, body.get("model"),
-                    *_tokens(body.get("usage") or {}),
+                    inputs, outputs, write_5m + write_1h, write_1h, reads,
                     now,
                 )  # fmt: skip
             elif kind == "errored":
@@ -560,13 +561,6 @@ def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
     if item.estimate is not None and item.estimate.auto:
         return caching.mark(params)
     return params
-
-
-def _tokens(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    """A succeeded result's token columns: input, output, cache writes (both lifetimes), cache
-    writes of the 1 h lifetime, cache reads."""
-    inputs, outputs, write_5m, write_1h, reads = usage_counts(usage)
-    return inputs, outputs, write_5m + write_1h, write_1h, reads
 
 
 _CUSTOM_ID = '{"custom_id":"'
