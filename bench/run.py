@@ -456,7 +456,7 @@ class Recorded:
             yield _parse_lines((line.decode() for line in fh), "read results")
 
 
-state = open_writer(Path(state_path), "bench")
+state = open_writer(state_path, "bench")  # a SQLite file or a PostgreSQL URL
 (record,) = [b for b in state.batches() if b.harvested_at is None]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 ev = Evaluator(state, Recorded(), utcnow, NullProgress())
@@ -532,6 +532,61 @@ def bench_harvest(args, rows: list[Row]) -> None:
         )  # fmt: skip
     )
     rows[-1].figure += f" (+{grown:,.0f} MB while harvesting)"
+    bench_harvest_postgres(args, rows, root, results, base_s)
+
+
+# A copy of a SQLite state into an empty PostgreSQL database (what `state push` does).
+PG_LOAD = r"""
+import sys
+from batchops.state import open_reader, open_writer
+source, dsn = sys.argv[1:3]
+reader, writer = open_reader(source), open_writer(dsn, "bench")
+writer.load_tables(reader.dump_tables())
+writer.close()
+reader.close()
+"""
+
+
+def bench_harvest_postgres(args, rows: list[Row], root: Path, results: Path, base_s: float) -> None:
+    """The same harvest into a PostgreSQL state, on a throwaway server of tests/pgserver.py
+    (durability off there: fsync and synchronous_commit), when this machine can start one."""
+    sys.path.insert(0, str(HERE.parent))
+    try:
+        from tests.pgserver import PostgresUnavailable, running_server
+    except ImportError as exc:  # pytest (the test extra) missing
+        print(f"PostgreSQL harvest skipped: {exc}", file=sys.stderr)
+        return
+    n = args.harvest
+    try:
+        with running_server() as server:
+            best_child: dict | None = None
+            for _ in range(args.repeat):
+                dsn = server.dsn_for(server.create_database())
+                run([PYTHON, "-c", PG_LOAD, str(root / "state" / "h.db"), dsn])
+                r = run([PYTHON, "-c", HARVEST_CHILD, dsn, str(results)], cwd=root)
+                child = json.loads(r.stdout.strip().splitlines()[-1])
+                if not child["ok"] or child["stored"] != n:
+                    raise SystemExit(f"PostgreSQL harvest failed: {child}")
+                child["peak"] = r.peak_mb
+                if best_child is None or child["seconds"] < best_child["seconds"]:
+                    best_child = child
+    except PostgresUnavailable as exc:
+        print(f"PostgreSQL harvest skipped: {exc}", file=sys.stderr)
+        return
+    assert best_child is not None
+    seconds = best_child["seconds"]
+    grown = best_child["after"] - best_child["before"]
+    rows.append(
+        Row(
+            f"harvest into PostgreSQL (throwaway server, fsync off), {n:,} results",
+            rate(n, seconds) + f" (+{grown:,.0f} MB while harvesting)",
+            f"raw stream + orjson + executemany {rate(n, base_s)}",
+            seconds / base_s,
+            best_child["peak"],
+            "—",
+            None,
+        )  # fmt: skip
+    )
 
 
 RAW_HARVEST = r"""

@@ -20,7 +20,6 @@ from batchops.state.records import (
     JobSummary,
     LockInfo,
     ResultLookup,
-    ResultRow,
     SentAttempt,
     UsageRow,
 )
@@ -336,11 +335,13 @@ class StateWriter(StateReader):
 
     @abstractmethod
     def store_harvest(
-        self, batch_id: str, rows: Iterable[ResultRow], *, canceled_by_us: bool, now: datetime
+        self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
     ) -> int:
         """Store a batch's verified results and settle its items, all or nothing.
 
-        `rows` may raise: then nothing is stored. Returns the number of rows stored.
+        Each row holds `ResultRow`'s fields in its order (a `ResultRow`, or a plain tuple: a
+        harvest builds 100,000 of them). `rows` may raise: then nothing is stored. Returns the
+        number of rows stored.
         """
 
     @abstractmethod

@@ -49,7 +49,6 @@ from batchops.state.records import (
     JobSummary,
     LockInfo,
     ResultLookup,
-    ResultRow,
     SentAttempt,
     UsageRow,
 )
@@ -809,7 +808,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
             )
 
     def store_harvest(
-        self, batch_id: str, rows: Iterable[ResultRow], *, canceled_by_us: bool, now: datetime
+        self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
     ) -> int:
         count = 0
         with self._transaction() as cur:

@@ -56,7 +56,6 @@ from batchops.state.records import (
     JobSummary,
     LockInfo,
     ResultLookup,
-    ResultRow,
     SentAttempt,
     UsageRow,
 )
@@ -786,32 +785,36 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             )
 
     def store_harvest(
-        self, batch_id: str, rows: Iterable[ResultRow], *, canceled_by_us: bool, now: datetime
+        self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
     ) -> int:
-        count = 0
         with self._transaction() as conn:
-            chunk: list[tuple] = []
-            for row in rows:
-                chunk.append(tuple(row))  # sqlite3 binds a plain tuple faster than a NamedTuple
-                count += 1
-                if len(chunk) >= 5000:
-                    conn.executemany(_INSERT_RESULT, chunk)
-                    chunk.clear()
-            conn.executemany(_INSERT_RESULT, chunk)
-            # Two set-based statements rather than two per result: a batch may hold 100,000.
+            # Every row this harvest inserts gets an id above the largest before it: the batch's
+            # results are then read back by that range, not through an index.
+            first = conn.execute("select coalesce(max(id), 0) + 1 from results").fetchone()[0]
+            # straight from the iterator: the rows are never held together
+            count = conn.executemany(_INSERT_RESULT, rows).rowcount
+            # What settles each attempt and item, narrow and in attempt order, so that the two
+            # set-based updates below visit attempts and items in the order they were written
+            # (results arrive shuffled: visited in that order, a large state misses its cache).
+            conn.execute("drop table if exists temp.harvested")
             conn.execute(
-                "update attempts set status = 'done', outcome = r.type from results r"
-                " where r.batch_id = ? and r.attempt_id = attempts.id",
-                [batch_id],
+                "create temp table harvested as select attempt_id, id, type, error_type,"
+                " error_message from results where id >= ? order by attempt_id",
+                [first],
+            )
+            conn.execute(
+                "update attempts set status = 'done', outcome = r.type from temp.harvested r"
+                " where attempts.id = r.attempt_id"
             )
             conn.execute(
                 "update items set inflight_attempt = null, outcome = r.type,"
                 " error_type = r.error_type, error_message = r.error_message,"
                 " canceled_by_us = (? and r.type = 'canceled'),"
                 " result_id = case when r.type = 'succeeded' then r.id end, updated_at = ?"
-                " from results r where r.batch_id = ? and r.attempt_id = items.inflight_attempt",
-                [int(canceled_by_us), iso(now), batch_id],
+                " from temp.harvested r where items.inflight_attempt = r.attempt_id",
+                [int(canceled_by_us), iso(now)],
             )
+            conn.execute("drop table temp.harvested")
             conn.execute("update batches set harvested_at = ? where id = ?", [iso(now), batch_id])
         return count
 

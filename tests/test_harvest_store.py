@@ -1,0 +1,174 @@
+"""`store_harvest` on both backends, as a harvest calls it: plain tuples in `ResultRow`'s order,
+a batch's lines in any order, into a state that already holds results of earlier batches.
+
+Each attempt and item is settled from its own result (the one whose attempt it is), and nothing
+of another batch is touched, whatever order the lines come in and whatever ids the results get.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from batchops.state import open_writer
+from batchops.state.api import StateWriter
+from batchops.state.records import BatchRecord, ResultRow
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(hours=1)
+JOB = "demo"
+TYPES = ("succeeded", "errored", "canceled", "expired")
+
+
+class Att:
+    def __init__(self, key: str, batch: str):
+        self.key = key
+        self.custom_id = f"cid-{key}-{batch}"
+        self.fingerprint = f"sha256:{key}-{batch}"
+        self.attempt = 1
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_dsn")
+
+
+@pytest.fixture
+def writer(location: str) -> Iterator[StateWriter]:
+    w = open_writer(location, "test")
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def send(w: StateWriter, batch_id: str, keys: list[str]) -> None:
+    w.record_intent(f"intent-{batch_id}", JOB, [Att(k, batch_id) for k in keys], 100, NOW)
+    record = BatchRecord(
+        id=batch_id, job=JOB, request_count=len(keys), processing_status="ended",
+        created_at=NOW, expires_at=NOW + timedelta(days=1), ended_at=NOW, archived_at=None,
+        results_expire_at=None, harvested_at=None, canceled_by_us_at=None, pruned_at=None,
+        drift=None, request_counts=None,
+    )  # fmt: skip
+    w.record_created(f"intent-{batch_id}", record, NOW)
+
+
+def rows_of(w: StateWriter, batch_id: str, kinds: dict[str, str]) -> list[tuple]:
+    """The batch's result rows as a harvest builds them: plain tuples, one per custom_id."""
+    out = []
+    for custom_id, sent in w.sent_attempts(batch_id).items():
+        kind = kinds[sent.key]
+        ok = kind == "succeeded"
+        out.append(
+            (
+                JOB, sent.key, custom_id, sent.fingerprint, batch_id, sent.attempt_id, kind,
+                f"answer {sent.key}" if ok else None, '{"id":"m"}' if ok else None,
+                "end_turn" if ok else None,
+                "api_error" if kind == "errored" else None,
+                f"boom {sent.key}" if kind == "errored" else None,
+                "claude-haiku-4-5" if ok else None,
+                *((10, 5, 0, 0, 0) if ok else (None,) * 5),
+                "2026-03-10T12:00:00Z",
+            )
+        )  # fmt: skip
+    assert all(len(r) == len(ResultRow._fields) for r in out)
+    return out
+
+
+def test_lines_in_any_order_settle_each_item_from_its_own_result(writer: StateWriter) -> None:
+    rng = random.Random(7)
+    first_keys = [f"k{i:03}" for i in range(60)]
+    send(writer, "msgbatch_1", first_keys)
+    first = rows_of(writer, "msgbatch_1", dict.fromkeys(first_keys, "succeeded"))
+    rng.shuffle(first)
+    assert writer.store_harvest("msgbatch_1", iter(first), canceled_by_us=False, now=NOW) == 60
+    before = {k: writer.result_lookup(JOB, k) for k in first_keys}
+
+    # a second batch: half the same items sent again, and new ones; every result type
+    keys = first_keys[::2] + [f"n{i:03}" for i in range(90)]
+    kinds = {k: TYPES[i % 4] for i, k in enumerate(keys)}
+    send(writer, "msgbatch_2", keys)
+    rows = rows_of(writer, "msgbatch_2", kinds)
+    rng.shuffle(rows)
+    assert writer.store_harvest("msgbatch_2", iter(rows), canceled_by_us=True, now=LATER) == 120
+
+    items = {r.key: r for r in writer.item_records()}
+    assert not any(r.inflight for r in items.values())
+    for key in keys:
+        item, kind = items[key], kinds[key]
+        assert item.outcome == kind
+        assert item.canceled_by_us == (kind == "canceled")
+        assert item.error_type == ("api_error" if kind == "errored" else None)
+        assert item.error_message == (f"boom {key}" if kind == "errored" else None)
+        lookup = writer.result_lookup(JOB, key)
+        assert lookup is not None
+        if kind == "succeeded":  # the item points at its own result of this batch
+            assert (lookup.text, lookup.batch_id) == (f"answer {key}", "msgbatch_2")
+            assert lookup.result_fingerprint == f"sha256:{key}-msgbatch_2"
+        else:
+            assert lookup.result_type is None and lookup.text is None
+    for key in set(first_keys) - set(keys):  # items of the first batch only: untouched
+        assert writer.result_lookup(JOB, key) == before[key]
+    counts: dict[str, int] = {}
+    for kind in kinds.values():
+        counts[kind] = counts.get(kind, 0) + 1
+    assert writer.batch_detail("msgbatch_2") == ("intent-msgbatch_2", counts, 120)
+    assert writer.batch_detail("msgbatch_1") == ("intent-msgbatch_1", {"succeeded": 60}, 60)
+    batch = writer.batch("msgbatch_2")
+    assert batch is not None and batch.harvested_at == LATER
+    assert writer.sent_attempts("msgbatch_2") == {}
+
+
+def test_a_failed_harvest_leaves_nothing_behind(writer: StateWriter) -> None:
+    """Rows that raise part way roll everything back; the same batch is then stored whole."""
+    keys = [f"k{i:04}" for i in range(2500)]  # more than one chunk of inserts
+    send(writer, "msgbatch_1", keys)
+    rows = rows_of(writer, "msgbatch_1", dict.fromkeys(keys, "succeeded"))
+    serial = writer.serial
+
+    def failing() -> Iterator[tuple]:
+        yield from rows[:2200]
+        raise RuntimeError("verification failed")
+
+    with pytest.raises(RuntimeError, match="verification failed"):
+        writer.store_harvest("msgbatch_1", failing(), canceled_by_us=False, now=NOW)
+    assert writer.serial == serial
+    assert writer.batch_detail("msgbatch_1")[2] == 0
+    assert all(r.inflight for r in writer.item_records())
+    assert writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 2500
+    assert {r.outcome for r in writer.item_records()} == {"succeeded"}
+
+
+def test_sqlite_result_ids_follow_the_lines(tmp_path: Path) -> None:
+    """SQLite: each result's id is the next after the ones before, in the order of the lines,
+    and each item's result_id is the id of the result for its attempt."""
+    path = tmp_path / "state.db"
+    w = open_writer(str(path), "test")
+    try:
+        send(w, "msgbatch_1", ["a", "b", "c"])
+        rows = rows_of(w, "msgbatch_1", dict.fromkeys("abc", "succeeded"))
+        rows.sort(key=lambda r: r[1], reverse=True)  # c, b, a
+        w.store_harvest("msgbatch_1", rows, canceled_by_us=False, now=NOW)
+    finally:
+        w.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("select key, id from results order by id").fetchall() == [
+            ("c", 1),
+            ("b", 2),
+            ("a", 3),
+        ]
+        assert conn.execute(
+            "select count(*) from items i join results r on r.id = i.result_id"
+            " join attempts a on a.id = r.attempt_id where a.key = i.key and a.status = 'done'"
+            " and a.outcome = 'succeeded'"
+        ).fetchone() == (3,)
+    finally:
+        conn.close()
