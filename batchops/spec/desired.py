@@ -95,7 +95,9 @@ class ItemTable(Sequence[DesiredItem]):
         base = self._n
         self._pending = []
         for column, strings in ((self._keys, keys), (self._cids, cids)):
-            column.append(("".join(strings), array("Q", accumulate(map(len, strings)))))
+            text = "".join(strings)
+            ends = array("I" if len(text) < 1 << 32 else "Q", accumulate(map(len, strings)))
+            column.append((text, ends))
         joined = "".join(fps)
         if len(joined) == _FP_HEX * len(fps) and _FP_BLOCK.fullmatch(joined):
             self._fps.append(bytes.fromhex(joined.replace(FINGERPRINT_PREFIX, "")))
