@@ -105,6 +105,14 @@ def test_a_table_across_blocks_reads_back_every_item(n):
         for i in range(n)
     ]
     _check_table(expected)
+    built = ItemTable()  # as `collect` adds rows: in runs of any length
+    for start, stop in ((0, 1000), (1000, 6000), (6000, n)):
+        part = expected[start:stop]
+        built.extend(
+            [(i.key, i.custom_id, i.fingerprint) for i in part],
+            [built.profile((i.cost_usd, i.size, i.estimate)) for i in part],
+        )
+    assert list(built.close()) == expected
 
 
 def test_collected_items_share_profiles_only_between_values_equal_in_every_way(

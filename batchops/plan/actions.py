@@ -12,6 +12,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from batchops.pricing import ItemEstimate, batch_cost
@@ -175,17 +176,25 @@ class SubmitItems(_View):
 
     def profiles(self) -> Iterator[tuple[float, int, ItemEstimate | None]]:
         """(cost_usd, size, estimate) of each item, in order, without making the items."""
-        desired = self.desired
+        desired, index = self.desired, self.index
         if isinstance(desired, ItemTable):
-            profiles, profile_of = desired.profiles, desired.profile_of
-            return (profiles[profile_of[i]] for i in self.index)
+            profile_of = desired.profile_of
+            if isinstance(index, range) and index.step == 1:
+                return map(desired.profiles.__getitem__, profile_of[index.start : index.stop])
+            return map(desired.profiles.__getitem__, map(profile_of.__getitem__, index))
         return ((d.cost_usd, d.size, d.estimate) for d in self.desired_items())
+
+    def estimates(self) -> Iterable[ItemEstimate | None]:
+        """Every distinct estimate these items may have (a superset: quick to ask)."""
+        if isinstance(self.desired, ItemTable):
+            return (e for _, _, e in self.desired.profiles)
+        return (e for _, _, e in self.profiles())
 
     def costs(self) -> tuple[float, float]:
         """(expected, ceiling) of these items sent as one batch (see `batch_cost`)."""
         if self._costs is None:
             self._costs = batch_cost(
-                (e for _, _, e in self.profiles()), (c for c, _, _ in self.profiles())
+                map(itemgetter(2), self.profiles()), map(itemgetter(0), self.profiles())
             )
         return self._costs
 

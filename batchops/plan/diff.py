@@ -34,6 +34,7 @@ from batchops.plan.actions import (
     SubmitItems,
     item_profiles,
 )
+from batchops.pricing import ItemEstimate
 from batchops.spec.desired import DesiredItem, DesiredJob
 from batchops.state.records import BatchRecord, IntentRecord, ItemRecord
 
@@ -376,6 +377,9 @@ def _reuse(
 def cache_saving(batches: Iterable[SubmitBatch], expected: float) -> float:
     """What `cache = "auto"` marks save on these batches: their expected cost without the marks,
     less `expected`, their cost with them (0 when nothing is marked)."""
+    batches = list(batches)
+    if not any(e is not None and e.auto for b in batches for e in _estimates(b.items)):
+        return 0.0
     plain = 0.0
     marked = False
     for batch in batches:
@@ -410,7 +414,7 @@ def split(
     and kept in one batch: a group that would straddle a limit starts a new batch, unless it is
     larger than a batch itself. Other items keep their order. A batch of a `SubmitItems` is a
     view of it; of other items, a tuple."""
-    if any(e is not None and e.prefix is not None for _, _, e in item_profiles(submits)):
+    if any(e is not None and e.prefix is not None for e in _estimates(submits)):
         return _split_groups(job, betas, submits, limits)
     part = submits.__getitem__ if isinstance(submits, SubmitItems) else _part_of(submits)
     out: list[SubmitBatch] = []
@@ -424,6 +428,13 @@ def split(
     if len(submits) > start:
         out.append(SubmitBatch(job, betas, part(slice(start, len(submits))), size))
     return out
+
+
+def _estimates(items: Sequence[SubmitItem]) -> Iterable[ItemEstimate | None]:
+    """The estimates of these items, or of a superset of them (each distinct one, for a view)."""
+    if isinstance(items, SubmitItems):
+        return items.estimates()
+    return (i.estimate for i in items)
 
 
 def _part_of(items: Sequence[SubmitItem]):

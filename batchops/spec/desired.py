@@ -74,7 +74,7 @@ class ItemTable(Sequence[DesiredItem]):
     # -- building
 
     def profile(self, value: tuple[float, int, ItemEstimate | None]) -> int:
-        """A new profile's index (see `ProfileBook` to share equal ones)."""
+        """A new profile's index (the caller shares equal ones)."""
         self._profiles.append(value)
         return len(self._profiles) - 1
 
@@ -84,6 +84,13 @@ class ItemTable(Sequence[DesiredItem]):
         if len(self._pending) == _BLOCK:
             self._flush()
 
+    def extend(self, rows: list[tuple[str, str, str]], profiles: list[int]) -> None:
+        """`append` of many: (key, custom_id, fingerprint) rows and their profiles."""
+        self._profile_of.extend(profiles)
+        self._pending.extend(rows)
+        while len(self._pending) >= _BLOCK:
+            self._flush()
+
     def close(self) -> ItemTable:
         """Pack the last, partial block (call once every item is added)."""
         if self._pending:
@@ -91,9 +98,10 @@ class ItemTable(Sequence[DesiredItem]):
         return self
 
     def _flush(self) -> None:
-        keys, cids, fps = zip(*self._pending, strict=True)
+        """Pack the first block of the pending rows."""
+        keys, cids, fps = zip(*self._pending[:_BLOCK], strict=True)
         base = self._n
-        self._pending = []
+        del self._pending[:_BLOCK]
         for column, strings in ((self._keys, keys), (self._cids, cids)):
             text = "".join(strings)
             ends = array("I" if len(text) < 1 << 32 else "Q", accumulate(map(len, strings)))
@@ -299,7 +307,10 @@ def _desired_job(
     # distinct estimate is adjusted once: (estimate, model) → (cost, adjusted, its identity).
     expecting: dict[str, tuple[OutputExpectation, float, object]] = {}
     adjusted: dict[tuple, tuple] = {}
-    spelled: list[str] = []  # the spec digest's lines, hashed a block at a time
+    # rows, their profiles and the spec digest's lines, added a block at a time
+    block: list[tuple[str, str, str]] = []
+    block_profiles: list[int] = []
+    spelled: list[str] = []
     for key, custom_id, fp, cost, model, size in rendered:
         estimate = None
         same: object = None  # what equal (cost, estimate) pairs share; None: not shared
@@ -336,11 +347,14 @@ def _desired_job(
                 profile = profiles[(same, size)] = table.profile((cost, size, estimate))
         else:
             profile = table.profile((cost, size, estimate))
-        table.append(key, custom_id, fp, profile)
+        block.append((key, custom_id, fp))
+        block_profiles.append(profile)
         spelled.append(f"{key}\x1f{fp}\n")
-        if len(spelled) == _BLOCK:
+        if len(block) == _BLOCK:
+            table.extend(block, block_profiles)
             digest.update("".join(spelled).encode())
-            spelled = []
+            block, block_profiles, spelled = [], [], []
+    table.extend(block, block_profiles)
     digest.update("".join(spelled).encode())
     table.close()
     if job.cache == "auto":
