@@ -305,3 +305,11 @@ def test_the_plan_of_a_job_with_nothing_recorded_is_the_item_by_item_plan(n, tab
     if n:
         assert isinstance(fast.jobs[0].submits.index, range)  # the fast path was taken
         assert not isinstance(slow.jobs[0].submits.index, range)
+
+
+def test_a_tables_costs_are_its_items_costs():
+    expected = [
+        DesiredItem(f"k{i}", "c", _fp(i), (-0.0, 0.0, 0.1, 1e-9)[i % 4], i) for i in range(9)
+    ]
+    table = ItemTable(expected)
+    assert [_exact(c) for c in table.costs()] == [_exact(i.cost_usd) for i in expected]

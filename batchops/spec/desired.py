@@ -147,6 +147,11 @@ class ItemTable(Sequence[DesiredItem]):
                     out[n] = self._odd[base + n]
         return out
 
+    def costs(self) -> Iterator[float]:
+        """Each item's cost_usd, in order."""
+        costs = [cost for cost, _, _ in self._profiles]
+        return map(costs.__getitem__, self._profile_of)
+
     def keys(self) -> Iterator[str]:
         for text, ends in self._keys:
             yield from _unpack(text, ends)
