@@ -168,6 +168,19 @@ class SubmitItems(_View):
             for d, tag in zip(self.desired_items(), tags, strict=True):
                 yield make(d, kinds[tag])
 
+    def ids(self) -> Iterator[tuple[str, str, str, int]]:
+        """(key, custom_id, reason, attempt) of each item, in order: what a listing of the plan
+        shows of it, without making the items."""
+        desired, index, kinds, tags = self.desired, self.index, self.kinds, self.tags
+        if isinstance(desired, ItemTable) and isinstance(index, range) and index.step == 1:
+            pairs: Iterable[tuple[str, str]] = desired.ids(index.start, index.stop)
+        else:
+            pairs = ((d.key, d.custom_id) for d in self.desired_items())
+        if tags is None:
+            reason, attempt = kinds[0] if kinds else ("", 0)
+            return ((key, cid, reason, attempt) for key, cid in pairs)
+        return ((key, cid, *kinds[tag]) for (key, cid), tag in zip(pairs, tags, strict=True))
+
     def fingerprints(self) -> Iterator[str]:
         desired = self.desired
         if isinstance(desired, ItemTable):

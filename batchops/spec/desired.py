@@ -177,6 +177,17 @@ class ItemTable(Sequence[DesiredItem]):
             for n in range(lo, hi):
                 yield new(DesiredItem, (keys[n], cids[n], fps[n], *profiles[profile_of[base + n]]))
 
+    def ids(self, start: int, stop: int) -> Iterator[tuple[str, str]]:
+        """(key, custom_id) of items start … stop-1, a block at a time."""
+        if self._pending:
+            raise RuntimeError("ItemTable read before close()")
+        for block in range(start // _BLOCK, (stop + _BLOCK - 1) // _BLOCK):
+            base = block * _BLOCK
+            lo, hi = max(start - base, 0), min(stop - base, _BLOCK)
+            keys = _unpack(*self._keys[block])
+            cids = _unpack(*self._cids[block])
+            yield from zip(keys[lo:hi], cids[lo:hi], strict=True)
+
     def _string(self, column: list[tuple[str, array]], block: int, n: int) -> str:
         text, ends = column[block]
         return text[ends[n - 1] if n else 0 : ends[n]]
