@@ -26,6 +26,7 @@ from batchops.plan.actions import (
     Reuse,
     SubmitBatch,
     SubmitItem,
+    action_counts,
 )
 from batchops.plan.build import check_budget
 from batchops.plan.diff import BatchLimits
@@ -142,7 +143,7 @@ def run_cycles(
             or any(s.kind in ("harvest", "adopt", "requeue") for s in final.steps)
             or (submit and saved is None and bool(sendable or final.reuses))
             # removed items still in flight: forgotten once their batch is harvested
-            or any(a.action == "forget" for j in final.jobs for a in j.actions)
+            or any(action_counts(j.actions).get("forget") for j in final.jobs)
         )
         if not outstanding:
             return report

@@ -6,7 +6,7 @@ The CLI builds a Context from its options and calls one method; tests do the sam
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ from batchops.errors import BatchopsError, NoCredentials, StateError
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod
-from batchops.spec.desired import Desired
+from batchops.spec.desired import Desired, DesiredItem, ItemTable
 from batchops.spec.model import Project, load_project
 from batchops.state import is_postgres, open_reader, open_writer, state_exists
 
@@ -209,7 +209,7 @@ class Context:
                     job.kind,
                     len(dj.items),
                     job.model,
-                    round(sum(i.cost_usd for i in dj.items), 6),
+                    round(sum(_costs(dj.items)), 6),
                     dj.cost_note,
                     tuple(api_warnings(desired, dj.name)),
                 )
@@ -473,6 +473,13 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _costs(items: Sequence[DesiredItem]) -> Iterable[float]:
+    """Each item's cost_usd (from a table's few distinct profiles when it is one)."""
+    if isinstance(items, ItemTable):
+        return items.costs()
+    return (i.cost_usd for i in items)
+
+
 def _lease_names(planner: Planner) -> list[str]:
     """The jobs an apply of `planner` writes: its own, and the old names it moves from."""
     names = list(planner.names)
@@ -483,7 +490,10 @@ def replacements(desired: Desired, items: Iterable[str]) -> frozenset[tuple[str,
     """`JOB:KEY` strings as (job, key), each naming an item of a job in `desired`."""
     out = set()
     problems = []
-    keys = {j.name: {i.key for i in j.items} for j in desired.jobs}
+    keys = {
+        j.name: set(j.items.keys() if isinstance(j.items, ItemTable) else (i.key for i in j.items))
+        for j in desired.jobs
+    }
     for text in items:
         job, sep, key = text.partition(":")
         if not sep or not job or not key:

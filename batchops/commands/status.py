@@ -15,7 +15,7 @@ from typing import Any
 
 from batchops.clock import iso
 from batchops.commands.context import Context
-from batchops.plan.actions import SubmitItem
+from batchops.plan.actions import SubmitItems
 from batchops.plan.build import plan_from
 from batchops.plan.diff import BatchLimits, job_costs, split
 from batchops.pricing import PriceTable, Usage
@@ -148,20 +148,7 @@ def job_estimate(job: DesiredJob, limits: BatchLimits) -> tuple[float, float]:
     """(expected, ceiling) of sending every item of `job`, estimated as a plan estimates what it
     sends: the same batches, packed for cache hits, one cache write per shared prefix per batch
     and reads for the rest, replies as long as the job's results so far."""
-    items = [
-        SubmitItem(
-            job.name,
-            i.key,
-            i.custom_id,
-            i.fingerprint,
-            "todo",
-            1,
-            i.cost_usd,
-            i.size,
-            estimate=i.estimate,
-        )  # fmt: skip
-        for i in job.items
-    ]
+    items = SubmitItems(job.name, job.items, range(len(job.items)), [("todo", 1)])
     return job_costs(split(job.name, job.betas, items, limits))
 
 

@@ -7,11 +7,16 @@ each step's type. A saved plan is this object serialized (`saved`). Steps run in
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from batchops.pricing import ItemEstimate, batch_cost
+from batchops.spec.desired import DesiredItem, ItemTable
 
 FORMAT_VERSION = 2
 ITEM_STATES = ("todo", "changed", "pending", "retry", "failed", "succeeded", "removed")
@@ -62,6 +67,215 @@ class FailedItem:
     key: str
     error_type: str | None
     message: str
+
+
+# -- the item actions of a large job, held without an object per item
+
+
+class _View(Sequence):
+    """A sequence compared element by element with any other (a tuple of the same items is
+    equal), as the tuples these views stand in for were."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+class SubmitItems(_View):
+    """The items a job sends, as a `Sequence[SubmitItem]` drawn from its desired items: per item
+    sent only its index there and its (reason, attempt) are held, not a SubmitItem (a large job
+    sends a million). Slicing gives a view too: a submit batch holds its part this way."""
+
+    __slots__ = ("job", "desired", "index", "kinds", "tags", "_costs")
+
+    def __init__(
+        self,
+        job: str,
+        desired: Sequence[DesiredItem],
+        index: Sequence[int],
+        kinds: Sequence[tuple[str, int]],
+        tags: Sequence[int] | None = None,
+    ):
+        self.job = job
+        self.desired = desired
+        self.index = index  # positions in `desired` (a range, or an array)
+        self.kinds = tuple(kinds)  # the distinct (reason, attempt) of these items
+        self.tags = tags  # each item's kind (None: all are kinds[0])
+        self._costs: tuple[float, float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _kind(self, n: int) -> tuple[str, int]:
+        return self.kinds[self.tags[n] if self.tags is not None else 0]
+
+    def _item(self, d: DesiredItem, kind: tuple[str, int]) -> SubmitItem:
+        return SubmitItem(
+            self.job, d.key, d.custom_id, d.fingerprint, kind[0], kind[1], d.cost_usd, d.size,
+            estimate=d.estimate,
+        )  # fmt: skip
+
+    def __getitem__(self, n: Any) -> Any:
+        if isinstance(n, slice):
+            tags = self.tags[n] if self.tags is not None else None
+            return SubmitItems(self.job, self.desired, self.index[n], self.kinds, tags)
+        if n < 0:
+            n += len(self)
+        if not 0 <= n < len(self):
+            raise IndexError("submit index out of range")
+        return self._item(self.desired[self.index[n]], self._kind(n))
+
+    def take(self, positions: Sequence[int]) -> SubmitItems:
+        """These items at `positions`, in that order."""
+        tags = None if self.tags is None else array("I", (self.tags[p] for p in positions))
+        index = array("Q", (self.index[p] for p in positions))
+        return SubmitItems(self.job, self.desired, index, self.kinds, tags)
+
+    def desired_items(self) -> Iterator[DesiredItem]:
+        """The desired item of each, in order (read a block at a time from an ItemTable)."""
+        index, desired = self.index, self.desired
+        if isinstance(desired, ItemTable) and len(index):
+            if isinstance(index, range) and index.step == 1:
+                yield from desired.iter_range(index.start, index.stop)
+                return
+            if all(a < b for a, b in zip(index, index[1:], strict=False)):
+                wanted = iter(index)
+                want = next(wanted)
+                for n, d in enumerate(desired.iter_range(index[0], index[-1] + 1), index[0]):
+                    if n == want:
+                        yield d
+                        want = next(wanted, -1)
+                return
+        for i in index:
+            yield desired[i]
+
+    def __iter__(self) -> Iterator[SubmitItem]:
+        kinds, tags, make = self.kinds, self.tags, self._item
+        if tags is None:
+            kind = kinds[0] if kinds else ("", 0)
+            for d in self.desired_items():
+                yield make(d, kind)
+        else:
+            for d, tag in zip(self.desired_items(), tags, strict=True):
+                yield make(d, kinds[tag])
+
+    def ids(self) -> Iterator[tuple[str, str, str, int]]:
+        """(key, custom_id, reason, attempt) of each item, in order: what a listing of the plan
+        shows of it, without making the items."""
+        desired, index, kinds, tags = self.desired, self.index, self.kinds, self.tags
+        if isinstance(desired, ItemTable) and isinstance(index, range) and index.step == 1:
+            pairs: Iterable[tuple[str, str]] = desired.ids(index.start, index.stop)
+        else:
+            pairs = ((d.key, d.custom_id) for d in self.desired_items())
+        if tags is None:
+            reason, attempt = kinds[0] if kinds else ("", 0)
+            return ((key, cid, reason, attempt) for key, cid in pairs)
+        return ((key, cid, *kinds[tag]) for (key, cid), tag in zip(pairs, tags, strict=True))
+
+    def fingerprints(self) -> Iterator[str]:
+        desired = self.desired
+        if isinstance(desired, ItemTable):
+            return map(desired.fingerprint, self.index)
+        return (d.fingerprint for d in self.desired_items())
+
+    def profiles(self) -> Iterator[tuple[float, int, ItemEstimate | None]]:
+        """(cost_usd, size, estimate) of each item, in order, without making the items."""
+        desired, index = self.desired, self.index
+        if isinstance(desired, ItemTable):
+            profile_of = desired.profile_of
+            if isinstance(index, range) and index.step == 1:
+                return map(desired.profiles.__getitem__, profile_of[index.start : index.stop])
+            return map(desired.profiles.__getitem__, map(profile_of.__getitem__, index))
+        return ((d.cost_usd, d.size, d.estimate) for d in self.desired_items())
+
+    def estimates(self) -> Iterable[ItemEstimate | None]:
+        """Every distinct estimate these items may have (a superset: quick to ask)."""
+        if isinstance(self.desired, ItemTable):
+            return (e for _, _, e in self.desired.profiles)
+        return (e for _, _, e in self.profiles())
+
+    def costs(self) -> tuple[float, float]:
+        """(expected, ceiling) of these items sent as one batch (see `batch_cost`)."""
+        if self._costs is None:
+            self._costs = batch_cost(
+                map(itemgetter(2), self.profiles()), map(itemgetter(0), self.profiles())
+            )
+        return self._costs
+
+
+class JobActions(_View):
+    """A job's item actions in plan order: its submits (a `SubmitItems`) with the few other
+    actions (reuse, forget) at their positions among them."""
+
+    __slots__ = ("submits", "others", "where")
+
+    def __init__(
+        self,
+        submits: SubmitItems,
+        others: Sequence[ReuseItem | ForgetItem] = (),
+        where: Sequence[int] = (),
+    ):
+        self.submits = submits
+        self.others = tuple(others)
+        self.where = where  # the position of each of `others` in the whole, increasing
+
+    def __len__(self) -> int:
+        return len(self.submits) + len(self.others)
+
+    def __getitem__(self, n: Any) -> Any:
+        if isinstance(n, slice):
+            return [self[i] for i in range(*n.indices(len(self)))]
+        if n < 0:
+            n += len(self)
+        if not 0 <= n < len(self):
+            raise IndexError("action index out of range")
+        k = bisect_left(self.where, n)
+        if k < len(self.where) and self.where[k] == n:
+            return self.others[k]
+        return self.submits[n - k]
+
+    def __iter__(self) -> Iterator[SubmitItem | ReuseItem | ForgetItem]:
+        submits = iter(self.submits)
+        n = 0
+        for position, other in zip(self.where, self.others, strict=True):
+            while n < position:
+                yield next(submits)
+                n += 1
+            yield other
+            n += 1
+        yield from submits
+
+    def counts(self) -> dict[str, int]:
+        out = {"submit": len(self.submits)} if len(self.submits) else {}
+        for other in self.others:
+            out[other.action] = out.get(other.action, 0) + 1
+        return out
+
+
+def action_counts(actions: Iterable[SubmitItem | ReuseItem | ForgetItem]) -> dict[str, int]:
+    """How many actions of each kind (without making each action of a JobActions)."""
+    if isinstance(actions, JobActions):
+        return actions.counts()
+    out: dict[str, int] = {}
+    for action in actions:
+        out[action.action] = out.get(action.action, 0) + 1
+    return out
+
+
+def item_profiles(items: Iterable[SubmitItem]) -> Iterator[tuple[float, int, ItemEstimate | None]]:
+    """(cost_usd, size, estimate) of submit items, without making each item of a SubmitItems."""
+    if isinstance(items, SubmitItems):
+        return items.profiles()
+    return ((i.cost_usd, i.size, i.estimate) for i in items)
 
 
 # -- steps: what the evaluator runs, one transaction (or remote call and transaction) each
@@ -139,7 +353,7 @@ class SubmitBatch(_Step):
 
     job: str
     betas: tuple[str, ...]
-    items: tuple[SubmitItem, ...]
+    items: Sequence[SubmitItem]  # a SubmitItems view when made by the diff
     request_bytes: int
     kind: str = "submit"
 
@@ -150,6 +364,8 @@ class SubmitBatch(_Step):
 
     def costs(self) -> tuple[float, float]:
         """(expected, ceiling) of this batch: items sharing a cached prefix write it once."""
+        if isinstance(self.items, SubmitItems):
+            return self.items.costs()
         return batch_cost((i.estimate for i in self.items), (i.cost_usd for i in self.items))
 
 
@@ -191,7 +407,7 @@ STEP_ORDER = (Move, ResolveIntent, Harvest, Requeue, Reuse, SubmitBatch, Forget,
 class JobPlan:
     name: str
     counts: dict[str, int]
-    actions: tuple[SubmitItem | ReuseItem | ForgetItem, ...]
+    actions: Sequence[SubmitItem | ReuseItem | ForgetItem]  # a JobActions when made by the diff
     failed: tuple[FailedItem, ...]
     estimated_cost_usd: float  # the ceiling: what budget_usd gates on
     budget_usd: float | None
@@ -205,12 +421,15 @@ class JobPlan:
     waiting_outside: int = 0
 
     @property
-    def submits(self) -> list[SubmitItem]:
+    def submits(self) -> Sequence[SubmitItem]:
+        if isinstance(self.actions, JobActions):
+            return self.actions.submits
         return [a for a in self.actions if isinstance(a, SubmitItem)]
 
     @property
     def reuses(self) -> list[ReuseItem]:
-        return [a for a in self.actions if isinstance(a, ReuseItem)]
+        actions = self.actions.others if isinstance(self.actions, JobActions) else self.actions
+        return [a for a in actions if isinstance(a, ReuseItem)]
 
     @property
     def expected_usd(self) -> float:
@@ -272,8 +491,8 @@ class Plan:
     def summary(self) -> dict[str, int]:
         counts = dict.fromkeys(ACTIONS, 0)
         for job in self.jobs:
-            for action in job.actions:
-                counts[action.action] += 1
+            for action, count in action_counts(job.actions).items():
+                counts[action] += count
         for step in self.batches:
             counts[step.kind] += 1
         return counts

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from batchops.errors import BatchopsError, BudgetExceeded
-from batchops.plan.actions import Move, Plan
+from batchops.plan.actions import Move, Plan, SubmitItems
 from batchops.plan.diff import BatchLimits, make_plan
 from batchops.pricing import money
 from batchops.spec.desired import Desired
@@ -105,9 +105,24 @@ def _moved_member(member: str, moves: dict[str, str]) -> str:
 def _reusable(reader: StateReader, desired: Desired, plan: Plan) -> dict[str, int]:
     """Stored answers (fingerprint → result id) for the requests `plan` would send, in jobs that
     allow reuse; the diff decides which of them answer an item."""
-    reuse = {j.name for j in desired.jobs if j.reuse}
-    wanted = {a.fingerprint for j in plan.jobs if j.name in reuse for a in j.submits}
+    if not reader.exists:  # no results to reuse: no set of a million fingerprints to ask with
+        return {}
+    wanted = _sent_fingerprints(desired, plan)
     return reader.results_by_fingerprint(wanted) if wanted else {}
+
+
+def _sent_fingerprints(desired: Desired, plan: Plan) -> set[str]:
+    """The fingerprints `plan` sends for jobs that allow reuse."""
+    reuse = {j.name for j in desired.jobs if j.reuse}
+    out: set[str] = set()
+    for job in plan.jobs:
+        if job.name in reuse:
+            submits = job.submits
+            if isinstance(submits, SubmitItems):
+                out.update(submits.fingerprints())
+            else:
+                out.update(a.fingerprint for a in submits)
+    return out
 
 
 def budget_problems(plan: Plan) -> list[str]:
@@ -136,8 +151,7 @@ def _in_flight_outside(
     jobs = sorted({m.partition("\x1f")[0] for ms in inflight.values() for m in ms} - scope)
     if not jobs:
         return []
-    reuse = {j.name for j in desired.jobs if j.reuse}
-    wanted = {a.fingerprint for j in plan.jobs if j.name in reuse for a in j.submits}
+    wanted = _sent_fingerprints(desired, plan)
     if not wanted:
         return []
     return [r for r in reader.item_records(jobs) if r.inflight and r.fingerprint in wanted]

@@ -8,7 +8,8 @@ exactly what apply will do.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from array import array
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,6 +20,7 @@ from batchops.plan.actions import (
     Forget,
     ForgetItem,
     Harvest,
+    JobActions,
     JobPlan,
     Plan,
     Prune,
@@ -29,7 +31,10 @@ from batchops.plan.actions import (
     Step,
     SubmitBatch,
     SubmitItem,
+    SubmitItems,
+    item_profiles,
 )
+from batchops.pricing import ItemEstimate
 from batchops.spec.desired import DesiredItem, DesiredJob
 from batchops.state.records import BatchRecord, IntentRecord, ItemRecord
 
@@ -163,8 +168,13 @@ def make_plan(
     for n, job in enumerate(desired_jobs):
         state_items = by_job.get(job.name, {})
         counts = dict.fromkeys(ITEM_STATES, 0)
-        actions: list[SubmitItem | ReuseItem | ForgetItem] = []
-        submits: list[SubmitItem] = []
+        # Per item sent, only its index among the job's items and its (reason, attempt) are
+        # kept (SubmitItems); the other actions are few, kept with their positions.
+        others: list[ReuseItem | ForgetItem] = []
+        where = array("Q")  # the position of each of `others` among all the job's actions
+        sent = array("Q")  # index in job.items of each item sent
+        tags = array("I")  # its (reason, attempt) in `kinds`
+        kinds: dict[tuple[str, int], int] = {}
         failed: list[FailedItem] = []
         reused: list[ReuseItem] = []
         reuse_actions: list[ReuseItem] = []
@@ -174,78 +184,82 @@ def make_plan(
         # Only a later job reads what this one sends (to wait for its answer): the last job's
         # million fingerprints need not be held.
         shares = n != last
-        for item in job.items:
-            record = state_items.get(item.key) if state_items else None
-            if record is not None:
-                matched.add(item.key)
-                if record.forgotten:
-                    remembered.append(item.key)
-            if record is None:  # never sent: the common case at a million items
-                item_state, detail, reason, attempt = "todo", None, "todo", 1
-            elif record.inflight and record.inflight_batch in lost:
-                # its batch's results are gone: it is sent again, as this plan's requeue says
-                changed = record.fingerprint != item.fingerprint
-                item_state = "changed" if changed else "todo"
-                reason, attempt = ("changed", 1) if changed else ("requeue", record.attempts)
-            else:
-                item_state, detail = classify(item, record, job.max_attempts)
-                reason = item_state
-                lost_before = record is not None and record.outcome == "lost"
-                if item_state == "retry" or (item_state == "todo" and lost_before):
-                    attempt = record.attempts + 1 if record else 1
-                else:
-                    attempt = 1
-                if item_state in ("succeeded", "failed") and (job.name, item.key) in replace:
-                    item_state, reason, attempt = "todo", "replace", 1
-            if (
-                item_state in ("todo", "changed", "retry")
-                and job.reuse
-                and reason != "replace"
-                and (
-                    item.fingerprint in reusable
-                    or item.fingerprint in sending
-                    or item.fingerprint in elsewhere
-                )
-            ):
-                reuse = _reuse(job.name, item, reusable, sending, elsewhere)
-                if reuse is not None:
-                    actions.append(reuse)
-                    reuse_actions.append(reuse)
-                    if reuse.result_id is not None:
-                        reused.append(reuse)
-                    else:  # its answer is on its way: it is pending like the item sending it
-                        item_state = "pending"
-                        waiting_outside += item.fingerprint in elsewhere
-                    counts[item_state] += 1
-                    continue
-            counts[item_state] += 1
-            if item_state in ("todo", "changed", "retry"):
-                if shares:
+        if not state_items and not (job.reuse and (reusable or sending or elsewhere)):
+            # Nothing recorded and nothing to reuse (the first plan of a new job, at a million
+            # items): every item is sent, as a todo, first attempt.
+            submits = SubmitItems(job.name, job.items, range(len(job.items)), [("todo", 1)])
+            counts["todo"] = len(submits)
+            if shares:
+                for item in job.items:
                     sending.setdefault(item.fingerprint, (job.name, item.key))
-                submit = SubmitItem(
-                    job.name,
-                    item.key,
-                    item.custom_id,
-                    item.fingerprint,
-                    reason,
-                    attempt,
-                    item.cost_usd,
-                    item.size,
-                    estimate=item.estimate,
-                )
-                actions.append(submit)
-                submits.append(submit)
-            elif item_state == "failed":
-                failed.append(
-                    FailedItem(item.key, record.error_type if record else None, detail or "")
-                )
-            elif item_state == "pending" and detail and record is not None:
-                obsolete.add(f"{job.name}\x1f{item.key}")
+        else:
+            for index, item in enumerate(job.items):
+                record = state_items.get(item.key) if state_items else None
+                if record is not None:
+                    matched.add(item.key)
+                    if record.forgotten:
+                        remembered.append(item.key)
+                if record is None:  # never sent: the common case at a million items
+                    item_state, detail, reason, attempt = "todo", None, "todo", 1
+                elif record.inflight and record.inflight_batch in lost:
+                    # its batch's results are gone: it is sent again, as this plan's requeue says
+                    changed = record.fingerprint != item.fingerprint
+                    item_state = "changed" if changed else "todo"
+                    reason, attempt = ("changed", 1) if changed else ("requeue", record.attempts)
+                else:
+                    item_state, detail = classify(item, record, job.max_attempts)
+                    reason = item_state
+                    lost_before = record is not None and record.outcome == "lost"
+                    if item_state == "retry" or (item_state == "todo" and lost_before):
+                        attempt = record.attempts + 1 if record else 1
+                    else:
+                        attempt = 1
+                    if item_state in ("succeeded", "failed") and (job.name, item.key) in replace:
+                        item_state, reason, attempt = "todo", "replace", 1
+                if (
+                    item_state in ("todo", "changed", "retry")
+                    and job.reuse
+                    and reason != "replace"
+                    and (
+                        item.fingerprint in reusable
+                        or item.fingerprint in sending
+                        or item.fingerprint in elsewhere
+                    )
+                ):
+                    reuse = _reuse(job.name, item, reusable, sending, elsewhere)
+                    if reuse is not None:
+                        where.append(len(sent) + len(others))
+                        others.append(reuse)
+                        reuse_actions.append(reuse)
+                        if reuse.result_id is not None:
+                            reused.append(reuse)
+                        else:  # its answer is on its way: it is pending like the item sending it
+                            item_state = "pending"
+                            waiting_outside += item.fingerprint in elsewhere
+                        counts[item_state] += 1
+                        continue
+                counts[item_state] += 1
+                if item_state in ("todo", "changed", "retry"):
+                    if shares:
+                        sending.setdefault(item.fingerprint, (job.name, item.key))
+                    sent.append(index)
+                    tags.append(kinds.setdefault((reason, attempt), len(kinds)))
+                elif item_state == "failed":
+                    failed.append(
+                        FailedItem(item.key, record.error_type if record else None, detail or "")
+                    )
+                elif item_state == "pending" and detail and record is not None:
+                    obsolete.add(f"{job.name}\x1f{item.key}")
+            one_kind = len(kinds) <= 1
+            submits = SubmitItems(
+                job.name, job.items, sent, list(kinds), None if one_kind else tags
+            )
         forgotten: list[str] = []
         for key, record in state_items.items():
             if key not in matched and not record.forgotten:
                 counts["removed"] += 1
-                actions.append(ForgetItem(job.name, key, "no longer in any spec"))
+                where.append(len(submits) + len(others))
+                others.append(ForgetItem(job.name, key, "no longer in any spec"))
                 if record.inflight:
                     obsolete.add(f"{job.name}\x1f{key}")
                 else:
@@ -256,7 +270,7 @@ def make_plan(
             JobPlan(
                 job.name,
                 counts,
-                tuple(actions),
+                JobActions(submits, others, where) if len(submits) or others else (),
                 tuple(failed),
                 round(high, 6),
                 job.budget_usd,
@@ -363,16 +377,18 @@ def _reuse(
 def cache_saving(batches: Iterable[SubmitBatch], expected: float) -> float:
     """What `cache = "auto"` marks save on these batches: their expected cost without the marks,
     less `expected`, their cost with them (0 when nothing is marked)."""
+    batches = list(batches)
+    if not any(e is not None and e.auto for b in batches for e in _estimates(b.items)):
+        return 0.0
     plain = 0.0
     marked = False
     for batch in batches:
-        for item in batch.items:
-            e = item.estimate
+        for cost, _, e in item_profiles(batch.items):
             if e is not None and e.auto and e.plain_expected is not None:
                 plain += e.plain_expected
                 marked = True
             else:
-                plain += e.expected if e is not None else item.cost_usd
+                plain += e.expected if e is not None else cost
     return max(plain - expected, 0.0) if marked else 0.0
 
 
@@ -391,50 +407,90 @@ def _step_rank(step: Step) -> int:
 
 
 def split(
-    job: str, betas: tuple[str, ...], submits: list[SubmitItem], limits: BatchLimits
+    job: str, betas: tuple[str, ...], submits: Sequence[SubmitItem], limits: BatchLimits
 ) -> list[SubmitBatch]:
     """The one splitter: items into batches within the count and byte limits, packed for cache
     hits. Items sharing a cached prefix are made adjacent (the group where its first item was)
     and kept in one batch: a group that would straddle a limit starts a new batch, unless it is
-    larger than a batch itself. Other items keep their order."""
+    larger than a batch itself. Other items keep their order. A batch of a `SubmitItems` is a
+    view of it; of other items, a tuple."""
+    if any(e is not None and e.prefix is not None for e in _estimates(submits)):
+        return _split_groups(job, betas, submits, limits)
+    part = submits.__getitem__ if isinstance(submits, SubmitItems) else _part_of(submits)
     out: list[SubmitBatch] = []
-    chunk: list[SubmitItem] = []
+    start = 0
     size = ENVELOPE_BYTES
-    shared = any(i.estimate is not None and i.estimate.prefix is not None for i in submits)
-    groups = _cache_groups(submits) if shared else ([i] for i in submits)
-    for group in groups:
+    for n, (_, item_size, _) in enumerate(item_profiles(submits)):
+        if n > start and (n - start >= limits.max_requests or size + item_size > limits.max_bytes):
+            out.append(SubmitBatch(job, betas, part(slice(start, n)), size))
+            start, size = n, ENVELOPE_BYTES
+        size += item_size
+    if len(submits) > start:
+        out.append(SubmitBatch(job, betas, part(slice(start, len(submits))), size))
+    return out
+
+
+def _estimates(items: Sequence[SubmitItem]) -> Iterable[ItemEstimate | None]:
+    """The estimates of these items, or of a superset of them (each distinct one, for a view)."""
+    if isinstance(items, SubmitItems):
+        return items.estimates()
+    return (i.estimate for i in items)
+
+
+def _part_of(items: Sequence[SubmitItem]):
+    def part(where: slice | list[int]) -> tuple[SubmitItem, ...]:
+        if isinstance(where, slice):
+            return tuple(items[where])
+        return tuple(items[i] for i in where)
+
+    return part
+
+
+def _split_groups(
+    job: str, betas: tuple[str, ...], submits: Sequence[SubmitItem], limits: BatchLimits
+) -> list[SubmitBatch]:
+    """`split` of items some of which share cached prefixes (by position in `submits`)."""
+    take = submits.take if isinstance(submits, SubmitItems) else _part_of(submits)
+    sizes: list[int] = []
+    prefixes: list[str | None] = []
+    for _, item_size, e in item_profiles(submits):
+        sizes.append(item_size)
+        prefixes.append(e.prefix if e is not None else None)
+    out: list[SubmitBatch] = []
+    chunk: list[int] = []
+    size = ENVELOPE_BYTES
+    for group in _cache_groups(prefixes):
         if chunk and len(group) > 1:
             count = len(chunk) + len(group)
-            nbytes = size + sum(i.size for i in group)
+            nbytes = size + sum(sizes[i] for i in group)
             fits_alone = len(group) <= limits.max_requests and (
                 ENVELOPE_BYTES + nbytes - size <= limits.max_bytes
             )
             if (count > limits.max_requests or nbytes > limits.max_bytes) and fits_alone:
-                out.append(SubmitBatch(job, betas, tuple(chunk), size))
+                out.append(SubmitBatch(job, betas, take(chunk), size))
                 chunk, size = [], ENVELOPE_BYTES
-        for item in group:
-            if chunk and (len(chunk) >= limits.max_requests or size + item.size > limits.max_bytes):
-                out.append(SubmitBatch(job, betas, tuple(chunk), size))
+        for i in group:
+            if chunk and (len(chunk) >= limits.max_requests or size + sizes[i] > limits.max_bytes):
+                out.append(SubmitBatch(job, betas, take(chunk), size))
                 chunk, size = [], ENVELOPE_BYTES
-            chunk.append(item)
-            size += item.size
+            chunk.append(i)
+            size += sizes[i]
     if chunk:
-        out.append(SubmitBatch(job, betas, tuple(chunk), size))
+        out.append(SubmitBatch(job, betas, take(chunk), size))
     return out
 
 
-def _cache_groups(submits: list[SubmitItem]) -> list[list[SubmitItem]]:
-    """Items in order, those sharing a cached prefix gathered where the first of them stands."""
-    groups: list[list[SubmitItem]] = []
-    by_prefix: dict[str, list[SubmitItem]] = {}
-    for item in submits:
-        prefix = item.estimate.prefix if item.estimate is not None else None
+def _cache_groups(prefixes: list[str | None]) -> list[list[int]]:
+    """Positions in order, those sharing a cached prefix gathered where the first of them stands."""
+    groups: list[list[int]] = []
+    by_prefix: dict[str, list[int]] = {}
+    for n, prefix in enumerate(prefixes):
         if prefix is None:
-            groups.append([item])
+            groups.append([n])
         elif prefix in by_prefix:
-            by_prefix[prefix].append(item)
+            by_prefix[prefix].append(n)
         else:
-            by_prefix[prefix] = [item]
+            by_prefix[prefix] = [n]
             groups.append(by_prefix[prefix])
     return groups
 

@@ -3,7 +3,7 @@ plan's header holds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -12,6 +12,7 @@ from batchops.clock import iso
 from batchops.plan.actions import (
     FailedItem,
     ForgetItem,
+    JobActions,
     Plan,
     Reuse,
     ReuseItem,
@@ -135,7 +136,7 @@ def _shape(
             {
                 "name": job.name,
                 "counts": job.counts,
-                "actions": listed(action_dict, job.actions),
+                "actions": listed(_identity, _action_dicts(job.actions)),
                 "failed": listed(failed_dict, job.failed),
                 "estimated_cost_usd": job.estimated_cost_usd,
                 "expected_cost_usd": job.expected_usd,
@@ -150,6 +151,33 @@ def _shape(
         "batches": [step_dict(s) for s in plan.batches],
         "submit_batches": [step_dict(s) for s in plan.submits],
     }
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _action_dicts(actions: Sequence[SubmitItem | ReuseItem | ForgetItem]) -> Iterable[dict]:
+    """`action_dict` of each action, in order (a JobActions' submits read straight from their
+    columns: a million SubmitItems are never made to be listed)."""
+    if not isinstance(actions, JobActions):
+        return map(action_dict, actions)
+    return _job_action_dicts(actions)
+
+
+def _job_action_dicts(actions: JobActions) -> Iterator[dict[str, Any]]:
+    submits = (
+        {"action": "submit", "key": key, "reason": reason, "custom_id": cid, "attempt": attempt}
+        for key, cid, reason, attempt in actions.submits.ids()
+    )
+    n = 0
+    for position, other in zip(actions.where, actions.others, strict=True):
+        while n < position:
+            yield next(submits)
+            n += 1
+        yield action_dict(other)
+        n += 1
+    yield from submits
 
 
 def failed_dict(failed: FailedItem) -> dict[str, Any]:

@@ -47,7 +47,9 @@ from batchops.spec.model import Job
 
 FORMAT = "batchops-rows-v1"
 CACHE_DIR = ".batchops-cache"
-CHUNK_ROWS = 20_000
+# Rows per line of the file: a line is parsed whole, so this bounds what reading holds at once
+# (a few MB); a file written with other chunk sizes reads the same.
+CHUNK_ROWS = 2_000
 MIN_ROWS = 1  # a job with no items keeps no file
 RACY_SECONDS = 2.0  # a file modified this close to when its rows were written is hashed anyway
 # The modules whose code decides what a row holds: rendering, fingerprints, custom ids, prices.

@@ -7,16 +7,19 @@ itself (`planner.make_plan`) is pure and takes what this module returns.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import re
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
+from itertools import accumulate, chain
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from batchops.errors import BatchopsError, SpecError
 from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
 from batchops.spec import cache, caching, parallel, rowmaker
-from batchops.spec.items import Item, iter_items
+from batchops.spec.items import FINGERPRINT_PREFIX, Item, iter_items
 from batchops.spec.model import Job, Project
 
 
@@ -31,12 +34,210 @@ class DesiredItem(NamedTuple):
     estimate: ItemEstimate | None = None  # expected cost and cached prefix (None: cost_usd only)
 
 
+# --- a job's desired items, held as columns ------------------------------------------------------
+
+_BLOCK = 4096  # items per block of a column (every block but the last is full)
+_FP_HEX = len(FINGERPRINT_PREFIX) + 64
+_FP_BLOCK = re.compile(r"(?:sha256:[0-9a-f]{64})*")
+
+
+def _unpack(text: str, ends: array) -> list[str]:
+    """The strings joined in `text`, each ending at its offset in `ends`."""
+    return [text[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+
+
+class ItemTable(Sequence[DesiredItem]):
+    """The desired items of one job, as a `Sequence[DesiredItem]` that holds no object per item.
+
+    A million items as tuples of strings cost hundreds of bytes each; here keys and custom_ids are
+    held a block at a time as one joined string with end offsets, fingerprints as 32-byte digests
+    in one bytes object per block, and each item's (cost, size, estimate) as an index into the
+    job's few distinct ones. An item is rebuilt, equal to the one added, when it is read.
+    """
+
+    __slots__ = ("_keys", "_cids", "_fps", "_odd", "_profiles", "_profile_of", "_pending", "_n")
+
+    def __init__(self, items: Iterable[DesiredItem] = ()):
+        self._keys: list[tuple[str, array]] = []
+        self._cids: list[tuple[str, array]] = []
+        self._fps: list[bytes] = []
+        self._odd: dict[int, str] = {}  # fingerprints not of the sha256:<hex> form, by index
+        self._profiles: list[tuple[float, int, ItemEstimate | None]] = []
+        self._profile_of = array("I")  # item → its (cost, size, estimate) in _profiles
+        self._pending: list[tuple[str, str, str]] = []
+        self._n = 0
+        for item in items:
+            self.append(item.key, item.custom_id, item.fingerprint,
+                        self.profile((item.cost_usd, item.size, item.estimate)))  # fmt: skip
+        self.close()
+
+    # -- building
+
+    def profile(self, value: tuple[float, int, ItemEstimate | None]) -> int:
+        """A new profile's index (the caller shares equal ones)."""
+        self._profiles.append(value)
+        return len(self._profiles) - 1
+
+    def append(self, key: str, custom_id: str, fp: str, profile: int) -> None:
+        self._pending.append((key, custom_id, fp))
+        self._profile_of.append(profile)
+        if len(self._pending) == _BLOCK:
+            self._flush()
+
+    def extend(self, rows: list[tuple[str, str, str]], profiles: list[int]) -> None:
+        """`append` of many: (key, custom_id, fingerprint) rows and their profiles."""
+        self._profile_of.extend(profiles)
+        self._pending.extend(rows)
+        while len(self._pending) >= _BLOCK:
+            self._flush()
+
+    def close(self) -> ItemTable:
+        """Pack the last, partial block (call once every item is added)."""
+        if self._pending:
+            self._flush()
+        return self
+
+    def _flush(self) -> None:
+        """Pack the first block of the pending rows."""
+        keys, cids, fps = zip(*self._pending[:_BLOCK], strict=True)
+        base = self._n
+        del self._pending[:_BLOCK]
+        for column, strings in ((self._keys, keys), (self._cids, cids)):
+            text = "".join(strings)
+            ends = array("I" if len(text) < 1 << 32 else "Q", accumulate(map(len, strings)))
+            column.append((text, ends))
+        joined = "".join(fps)
+        if len(joined) == _FP_HEX * len(fps) and _FP_BLOCK.fullmatch(joined):
+            self._fps.append(bytes.fromhex(joined.replace(FINGERPRINT_PREFIX, "")))
+        else:
+            digests = []
+            for n, fp in enumerate(fps):
+                if len(fp) == _FP_HEX and _FP_BLOCK.fullmatch(fp):
+                    digests.append(bytes.fromhex(fp[len(FINGERPRINT_PREFIX) :]))
+                else:
+                    digests.append(bytes(32))
+                    self._odd[base + n] = fp
+            self._fps.append(b"".join(digests))
+        self._n += len(fps)
+
+    def set_profile(self, index: int, profile: int) -> None:
+        self._profile_of[index] = profile
+
+    # -- reading
+
+    @property
+    def profiles(self) -> list[tuple[float, int, ItemEstimate | None]]:
+        """The distinct (cost_usd, size, estimate) of the items (`profile_of` indexes it)."""
+        return self._profiles
+
+    @property
+    def profile_of(self) -> array:
+        return self._profile_of
+
+    def __len__(self) -> int:
+        return self._n + len(self._pending)
+
+    def _block_fps(self, block: int) -> list[str]:
+        text = self._fps[block].hex()
+        out = [FINGERPRINT_PREFIX + text[a : a + 64] for a in range(0, len(text), 64)]
+        if self._odd:
+            base = block * _BLOCK
+            for n in range(len(out)):
+                if base + n in self._odd:
+                    out[n] = self._odd[base + n]
+        return out
+
+    def costs(self) -> Iterator[float]:
+        """Each item's cost_usd, in order."""
+        costs = [cost for cost, _, _ in self._profiles]
+        return map(costs.__getitem__, self._profile_of)
+
+    def keys(self) -> Iterator[str]:
+        for text, ends in self._keys:
+            yield from _unpack(text, ends)
+
+    def fingerprints(self) -> Iterator[str]:
+        for block in range(len(self._fps)):
+            yield from self._block_fps(block)
+
+    def __iter__(self) -> Iterator[DesiredItem]:
+        return self.iter_range(0, len(self))
+
+    def iter_range(self, start: int, stop: int) -> Iterator[DesiredItem]:
+        """Items start … stop-1, rebuilt a block at a time."""
+        if self._pending:
+            raise RuntimeError("ItemTable read before close()")
+        new, profiles, profile_of = tuple.__new__, self._profiles, self._profile_of
+        for block in range(start // _BLOCK, (stop + _BLOCK - 1) // _BLOCK):
+            base = block * _BLOCK
+            keys = _unpack(*self._keys[block])
+            cids = _unpack(*self._cids[block])
+            fps = self._block_fps(block)
+            lo, hi = max(start - base, 0), min(stop - base, len(keys))
+            for n in range(lo, hi):
+                yield new(DesiredItem, (keys[n], cids[n], fps[n], *profiles[profile_of[base + n]]))
+
+    def ids(self, start: int, stop: int) -> Iterator[tuple[str, str]]:
+        """(key, custom_id) of items start … stop-1, a block at a time."""
+        if self._pending:
+            raise RuntimeError("ItemTable read before close()")
+        for block in range(start // _BLOCK, (stop + _BLOCK - 1) // _BLOCK):
+            base = block * _BLOCK
+            lo, hi = max(start - base, 0), min(stop - base, _BLOCK)
+            keys = _unpack(*self._keys[block])
+            cids = _unpack(*self._cids[block])
+            yield from zip(keys[lo:hi], cids[lo:hi], strict=True)
+
+    def _string(self, column: list[tuple[str, array]], block: int, n: int) -> str:
+        text, ends = column[block]
+        return text[ends[n - 1] if n else 0 : ends[n]]
+
+    def key(self, index: int) -> str:
+        return self._string(self._keys, *divmod(index, _BLOCK))
+
+    def fingerprint(self, index: int) -> str:
+        if index in self._odd:
+            return self._odd[index]
+        block, n = divmod(index, _BLOCK)
+        return FINGERPRINT_PREFIX + self._fps[block][32 * n : 32 * n + 32].hex()
+
+    @overload
+    def __getitem__(self, index: int) -> DesiredItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[DesiredItem]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self) or self._pending:
+            raise IndexError("item index out of range")
+        block, n = divmod(index, _BLOCK)
+        return DesiredItem(
+            self._string(self._keys, block, n),
+            self._string(self._cids, block, n),
+            self.fingerprint(index),
+            *self._profiles[self._profile_of[index]],
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"ItemTable({len(self)} items)"
+
+
 @dataclass(frozen=True)
 class DesiredJob:
     name: str
     max_attempts: int
     budget_usd: float | None
-    items: tuple[DesiredItem, ...]
+    items: Sequence[DesiredItem]  # an ItemTable when collected from specs
     cost_note: str | None = None  # why the estimate is incomplete (e.g. no price for the model)
     betas: tuple[str, ...] = ()
     reuse: bool = True  # answer items from stored results of the same request (any job)
@@ -108,42 +309,72 @@ def _desired_job(
 ) -> DesiredJob:
     price_cache: dict[str, object] = {}
     missing: set[str] = set()
-    items: list[DesiredItem] = []
+    table = ItemTable()
     digest.update(f"job\x1f{job.name}\x1f{job.max_attempts}\x1f{job.budget_usd}\n".encode())
     rendered = cache.rows(
         job, root, prices, today, lambda: _rows(job, root, prices, today, price_cache)
     )
     # Most items of a job cost the same and have sizes in a narrow range: each distinct
-    # estimate, cost and size is held once, not once per item (a million items).
-    share = {}.setdefault  # estimates and costs (a float never equals an estimate)
-    share_size = {}.setdefault  # sizes apart: 261 == 261.0
+    # (cost, size, estimate) is held once, as a profile the table indexes, not once per item.
+    # Only values equal in every way share one (a cost of -0.0 is not 0.0, a size 261.0 not 261).
+    profiles: dict[tuple, int] = {}
     # The expected output per model, applied to each row after it is rendered or read from the
-    # rows cache (which keeps what the spec alone says), so a cached row is never stale.
+    # rows cache (which keeps what the spec alone says), so a cached row is never stale; each
+    # distinct estimate is adjusted once: (estimate, model) → (cost, adjusted, its identity).
     expecting: dict[str, tuple[OutputExpectation, float, object]] = {}
+    adjusted: dict[tuple, tuple] = {}
+    # rows, their profiles and the spec digest's lines, added a block at a time
+    block: list[tuple[str, str, str]] = []
+    block_profiles: list[int] = []
+    spelled: list[str] = []
     for key, custom_id, fp, cost, model, size in rendered:
         estimate = None
+        same: object = None  # what equal (cost, estimate) pairs share; None: not shared
         if isinstance(cost, ItemEstimate):
-            seen = expecting.get(model)
-            if seen is None:
-                found = expected_output(
-                    job.name, model, job.max_tokens, job.expected_output_tokens, outputs, peers
-                )
-                tokens = float("inf") if found.tokens is None else found.tokens
-                seen = expecting[model] = (found, tokens, prices.price(model, today))
-            if seen[2] is not None:
-                cost = cost.with_output(seen[1], seen[2])  # type: ignore[arg-type]
-            if cost.high > 0 and cost.expected > 0:  # (0.0 and -0.0 are equal keys)
-                cost = share(cost, cost)
-            cost, estimate = cost.high, cost
+            shared = cost.high > 0 and cost.expected > 0  # (0.0 and -0.0 are equal keys)
+            done = adjusted.get((cost, model)) if shared else None
+            if done is None:
+                raw = cost
+                seen = expecting.get(model)
+                if seen is None:
+                    found = expected_output(
+                        job.name, model, job.max_tokens, job.expected_output_tokens, outputs, peers
+                    )
+                    tokens = float("inf") if found.tokens is None else found.tokens
+                    seen = expecting[model] = (found, tokens, prices.price(model, today))
+                if seen[2] is not None:
+                    cost = cost.with_output(seen[1], seen[2])  # type: ignore[arg-type]
+                estimate = cost
+                cost = estimate.high
+                if shared and estimate.high > 0 and estimate.expected > 0:
+                    same = ("e", len(adjusted))
+                    adjusted[(raw, model)] = (cost, estimate, same)
+            else:
+                cost, estimate, same = done
         elif cost is None:
             missing.add(model)
             cost = 0.0
+            same = "unpriced"
         elif type(cost) is float and cost > 0:
-            cost = share(cost, cost)
-        items.append(DesiredItem(key, custom_id, fp, cost, share_size(size, size), estimate))
-        digest.update(f"{key}\x1f{fp}\n".encode())
+            same = ("f", cost)
+        if same is not None and type(size) is int:
+            profile = profiles.get((same, size))
+            if profile is None:
+                profile = profiles[(same, size)] = table.profile((cost, size, estimate))
+        else:
+            profile = table.profile((cost, size, estimate))
+        block.append((key, custom_id, fp))
+        block_profiles.append(profile)
+        spelled.append(f"{key}\x1f{fp}\n")
+        if len(block) == _BLOCK:
+            table.extend(block, block_profiles)
+            digest.update("".join(spelled).encode())
+            block, block_profiles, spelled = [], [], []
+    table.extend(block, block_profiles)
+    digest.update("".join(spelled).encode())
+    table.close()
     if job.cache == "auto":
-        items = _auto_cache(items)
+        _auto_cache(table)
     note = None
     if missing and job.budget_usd is not None:
         raise SpecError(*(unpriced_budget(job.name, model, prices) for model in sorted(missing)))
@@ -160,7 +391,7 @@ def _desired_job(
         job.name,
         job.max_attempts,
         job.budget_usd,
-        tuple(items),
+        table,
         note,
         tuple(job.betas),
         job.reuse,
@@ -168,27 +399,30 @@ def _desired_job(
     )
 
 
-def _auto_cache(items: list[DesiredItem]) -> list[DesiredItem]:
+def _auto_cache(table: ItemTable) -> None:
     """Keep auto marks only on prefixes shared by enough items to pay back their write."""
+    profiles, profile_of = table.profiles, table.profile_of
     sharing: dict[str | None, int] = {}
-    for item in items:
-        if item.estimate is not None and item.estimate.auto:
-            sharing[item.estimate.prefix] = sharing.get(item.estimate.prefix, 0) + 1
+    for p in profile_of:
+        e = profiles[p][2]
+        if e is not None and e.auto:
+            sharing[e.prefix] = sharing.get(e.prefix, 0) + 1
     if all(n >= caching.MIN_SHARING for n in sharing.values()):
-        return items
-    out = []
-    for item in items:
-        e = item.estimate
+        return
+    plain_of: dict[int, int] = {}  # profile → its plain twin, made once per profile
+    for index, p in enumerate(profile_of):
+        cost, size, e = profiles[p]
         if e is not None and e.auto and sharing[e.prefix] < caching.MIN_SHARING:
-            plain = ItemEstimate(
-                e.plain_high or e.high,
-                e.plain_expected or e.expected,
-                max_tokens=e.max_tokens,
-                expected_output=e.expected_output,
-            )
-            item = item._replace(cost_usd=plain.high, estimate=plain)
-        out.append(item)
-    return out
+            twin = plain_of.get(p)
+            if twin is None:
+                plain = ItemEstimate(
+                    e.plain_high or e.high,
+                    e.plain_expected or e.expected,
+                    max_tokens=e.max_tokens,
+                    expected_output=e.expected_output,
+                )
+                twin = plain_of[p] = table.profile((plain.high, size, plain))
+            table.set_profile(index, twin)
 
 
 def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:
