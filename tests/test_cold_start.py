@@ -136,10 +136,19 @@ def test_schema_prints_the_shipped_file_without_pydantic(tmp_path):
     assert loaded_by(["schema"], tmp_path, ("pydantic",)) == []
 
 
-def test_a_kept_project_plans_without_jinja_or_sqlite_utils(tmp_path):
+def test_a_kept_job_plans_without_jinja_or_sqlite_utils(tmp_path):
     # Rows kept by the first plan spare the next ones jinja2 (nothing renders), and reading a
     # state file needs no sqlite-utils (only writers migrate).
-    shutil.copytree(REPO / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
+    data = tmp_path / "jobs" / "data"
+    data.mkdir(parents=True)
+    with (data / "rows.jsonl").open("w") as fh:
+        for i in range(10_000):  # the rows cache keeps jobs of this size and more
+            fh.write(json.dumps({"id": f"r{i}", "body": f"text {i}"}) + "\n")
+    (tmp_path / "jobs" / "big.toml").write_text(
+        'version = 1\n[jobs.big]\nmodel = "claude-haiku-4-5"\nmax_tokens = 8\n'
+        'prompt = "Say {{ body }}"\ninput = { path = "data/rows.jsonl", key = "id" }\n',
+        encoding="utf-8",
+    )
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home-cache")}
     env.pop("BATCHOPS_CACHE", None)
     env["BATCHOPS_STATE"] = str(tmp_path / "state.db")
@@ -154,8 +163,17 @@ def test_a_kept_project_plans_without_jinja_or_sqlite_utils(tmp_path):
     ]
     for argv in (["plan", "--no-refresh"], ["plan", "--no-refresh", "--json"]):
         assert loaded_by(argv, tmp_path, watched, env) == [], argv
-    # validate renders a sample of each job's requests to check them against the API's rules
-    assert loaded_by(["validate"], tmp_path, watched, env) == ["jinja2", "batchops.spec.sandbox"]
-    with (tmp_path / "jobs" / "support.toml").open("a") as fh:
-        fh.write("\n# edited\n")  # the job definitions are the same: its rows are still kept
+    with (tmp_path / "jobs" / "big.toml").open("a") as fh:
+        fh.write("\n# edited\n")  # the job definition is the same: its rows are still kept
     assert loaded_by(["plan", "--no-refresh"], tmp_path, watched, env) == []
+
+
+def test_reading_state_needs_no_sqlite_utils(tmp_path):
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
+    env = {**os.environ, "BATCHOPS_STATE": str(tmp_path / "state.db")}
+    make_state = "import sys; from batchops.state.sqlite import SqliteWriter as W; W.open(sys.argv[1]).close()"
+    subprocess.run(
+        [sys.executable, "-c", make_state, env["BATCHOPS_STATE"]], check=True, timeout=120
+    )
+    for argv in (["plan", "--no-refresh"], ["status"], ["results", "ticket-sentiment"]):
+        assert loaded_by(argv, tmp_path, ("sqlite_utils",), env) == [], argv

@@ -18,8 +18,8 @@ completes without a problem, atomically (a temporary file, then a rename). The f
 never pickles, and carry a keyed hash (BLAKE2b) whose key lives in the user's cache folder
 (`$XDG_CACHE_HOME/batchops`, or `~/.cache/batchops`), outside the project: specs come from pull
 requests, and a cache file planted in one is refused, because no pull request knows the key.
-Every job's rows are kept, however few (MIN_ROWS): reading them back spares a small job the import
-of jinja2 and the sandbox, which costs more than its rendering.
+Jobs of fewer than MIN_ROWS items are not kept (they render in a fraction of a second, and a small
+project gets no cache folder).
 `BATCHOPS_CACHE=off` turns the cache off.
 """
 
@@ -50,7 +50,7 @@ CACHE_DIR = ".batchops-cache"
 # Rows per line of the file: a line is parsed whole, so this bounds what reading holds at once
 # (a few MB); a file written with other chunk sizes reads the same.
 CHUNK_ROWS = 2_000
-MIN_ROWS = 1  # a job with no items keeps no file
+MIN_ROWS = 10_000  # a smaller job renders in a fraction of a second: no file is kept for it
 RACY_SECONDS = 2.0  # a file modified this close to when its rows were written is hashed anyway
 # The modules whose code decides what a row holds: rendering, fingerprints, custom ids, prices.
 _CODE = (

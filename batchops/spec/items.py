@@ -456,6 +456,7 @@ class _Renderer:
     """A job's request, compiled once: render(row, key) -> params."""
 
     def __init__(self, job: Job, problems: list[str], where: str):
+        _load_templating()  # its render budget, even when no part is a template
         self.model = job.model
         self.max_tokens = job.max_tokens
         if isinstance(job.system, str):
