@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from batchops.pricing import ItemEstimate, batch_cost
-from batchops.spec.desired import DesiredItem, ItemTable
+from batchops.spec.desired import DesiredItem, ItemTable, SequenceView
 
 FORMAT_VERSION = 2
 ITEM_STATES = ("todo", "changed", "pending", "retry", "failed", "succeeded", "removed")
@@ -72,25 +72,7 @@ class FailedItem:
 # -- the item actions of a large job, held without an object per item
 
 
-class _View(Sequence):
-    """A sequence compared element by element with any other (a tuple of the same items is
-    equal), as the tuples these views stand in for were."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({list(self)!r})"
-
-
-class SubmitItems(_View):
+class SubmitItems(SequenceView):
     """The items a job sends, as a `Sequence[SubmitItem]` drawn from its desired items: per item
     sent only its index there and its (reason, attempt) are held, not a SubmitItem (a large job
     sends a million). Slicing gives a view too: a submit batch holds its part this way."""
@@ -212,7 +194,7 @@ class SubmitItems(_View):
         return self._costs
 
 
-class JobActions(_View):
+class JobActions(SequenceView):
     """A job's item actions in plan order: its submits (a `SubmitItems`) with the few other
     actions (reuse, forget) at their positions among them."""
 

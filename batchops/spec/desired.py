@@ -46,7 +46,25 @@ def _unpack(text: str, ends: array) -> list[str]:
     return [text[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
 
 
-class ItemTable(Sequence[DesiredItem]):
+class SequenceView(Sequence):
+    """A sequence compared element by element with any other (a tuple of the same items is
+    equal), as the tuples these views stand in for were."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+class ItemTable(SequenceView, Sequence[DesiredItem]):
     """The desired items of one job, as a `Sequence[DesiredItem]` that holds no object per item.
 
     A million items as tuples of strings cost hundreds of bytes each; here keys and custom_ids are
@@ -219,14 +237,6 @@ class ItemTable(Sequence[DesiredItem]):
             self.fingerprint(index),
             *self._profiles[self._profile_of[index]],
         )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
 
     def __repr__(self) -> str:
         return f"ItemTable({len(self)} items)"

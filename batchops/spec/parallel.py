@@ -21,13 +21,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from batchops.pricing import PriceTable
 from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
 from batchops.spec.items import TemplateRows, _Fatal, _json_line, _Problems
 from batchops.spec.model import Job, display_path
-from batchops.spec.rowmaker import RowMaker, item_row
+from batchops.spec.rowmaker import RowMaker, item_row, plain_row
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 CHUNK_BYTES = 2 * 1024 * 1024  # about this much input per range (several are in flight)
@@ -234,12 +232,6 @@ def _render_range(start: int, end: int, first: int) -> tuple:
     by_value: dict[tuple, int] = {}
     events: list[tuple[int, str | None, str]] = []
     key_field, shown = general.key_field, general.shown
-    loads, error, dumps, encode_error = (
-        orjson.loads,
-        orjson.JSONDecodeError,
-        orjson.dumps,
-        orjson.JSONEncodeError,
-    )
 
     def add(row: tuple, number: int, fast: bool) -> None:
         key, cid, fp, cost, model, size = row
@@ -268,25 +260,14 @@ def _render_range(start: int, end: int, first: int) -> tuple:
                     lines[0] = lines[0][3:]
                 for number, line in enumerate(lines, first + at - 1):
                     if make is not None:
-                        try:
-                            row = loads(line)
-                        except error:
-                            row = None
-                        if type(row) is dict:
-                            colons = line.count(b":")  # as in rowmaker._jsonl
-                            if colons != len(row):
-                                try:
-                                    if colons != dumps(row).count(b":") or b"\\u003" in line:
-                                        row = None
-                                except encode_error:
-                                    row = None
-                            if row is not None:
-                                key = row.get(key_field)
-                                if type(key) is str and key:
-                                    made = make(row, key)
-                                    if made is not None:
-                                        add(made, number, True)
-                                        continue
+                        row = plain_row(line)
+                        if row is not None:
+                            key = row.get(key_field)
+                            if type(key) is str and key:
+                                made = make(row, key)
+                                if made is not None:
+                                    add(made, number, True)
+                                    continue
                     if not line.strip():
                         continue
                     row = _json_line(line, number, shown)

@@ -95,6 +95,31 @@ def item_row(
     return item.key, item.custom_id, item.fingerprint, cost, model, request_size(item)
 
 
+def plain_row(
+    line: bytes,
+    loads: Callable[[bytes], Any] = orjson.loads,
+    dumps: Callable[[Any], bytes] = orjson.dumps,
+) -> dict[str, Any] | None:
+    """The object on a jsonl line, when the fast path may take it: valid JSON, an object, and
+    no key given twice (what `items._json_line` checks), found cheaply: a flat object holds
+    exactly one colon a key when no key is repeated and no string has one. None sends the line
+    to the general path, which reports or takes it as before."""
+    try:
+        row = loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(row) is not dict:
+        return None
+    colons = line.count(b":")
+    if colons != len(row):
+        try:
+            if colons != dumps(row).count(b":") or b"\\u003" in line:
+                return None
+        except orjson.JSONEncodeError:
+            return None
+    return row
+
+
 def _jsonl(
     job: Job,
     root: Path,
@@ -105,36 +130,17 @@ def _jsonl(
     price_cache: dict[str, Any],
 ) -> Iterator[Row]:
     make, seen, key_field = maker.make, general.seen, general.key_field
-    loads, error, dumps, encode_error = (
-        orjson.loads,
-        orjson.JSONDecodeError,
-        orjson.dumps,
-        orjson.JSONEncodeError,
-    )
     for first, lines in _line_blocks(job.input.path, general.shown, root):  # type: ignore[union-attr]
         for number, line in enumerate(lines, first):
-            try:
-                row = loads(line)
-            except error:
-                row = None
-            if type(row) is dict:
-                # What `items._json_line` checks (no key given twice), cheaply: a flat object
-                # holds exactly one colon a key when no key is repeated and no string has one.
-                colons = line.count(b":")
-                if colons != len(row):
-                    try:
-                        if colons != dumps(row).count(b":") or b"\\u003" in line:
-                            row = None
-                    except encode_error:
-                        row = None
-                if row is not None:
-                    key = row.get(key_field)
-                    if type(key) is str and key and key not in seen:
-                        made = make(row, key)
-                        if made is not None:
-                            seen[key] = number
-                            yield made
-                            continue
+            row = plain_row(line)
+            if row is not None:
+                key = row.get(key_field)
+                if type(key) is str and key and key not in seen:
+                    made = make(row, key)
+                    if made is not None:
+                        seen[key] = number
+                        yield made
+                        continue
             item = general.line(number, line)
             if item is not None:
                 yield item_row(job, item, prices, today, price_cache)
