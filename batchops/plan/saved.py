@@ -17,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -43,15 +43,20 @@ from batchops.plan.actions import (
     Step,
     SubmitBatch,
     SubmitItem,
+    SubmitItems,
 )
 from batchops.plan.diff import cache_saving, job_costs
 from batchops.plan.serialize import plan_json_chunks, step_dict
-from batchops.spec.desired import Desired, DesiredItem, items_for
+from batchops.spec.desired import Desired, DesiredItem, items_for, requests_for
 from batchops.spec.items import fingerprint, request_size_of
+from batchops.spec.model import Project
 
 MAGIC = "batchops-plan"
 END = "batchops-plan-end"
 DIGEST_PREFIX = "sha256:"
+
+_P = TypeVar("_P")  # a request's params: a dict, or the JSON bytes of one
+_W = TypeVar("_W")  # an item a request sends: a SubmitItem, or a `_Wanted`
 
 
 @dataclass(frozen=True)
@@ -122,23 +127,11 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
             for piece in plan_json_chunks(plan, prices_source, indent=False):
                 out.write(piece, 0)
             out.write(b"}\n")
-            dumps = orjson.dumps
-            for step, requests in zip(plan.steps, _spec_streams(plan, desired), strict=True):
+            streams = _spec_streams(plan, desired, requests_for, _wanted)
+            for step, requests in zip(plan.steps, streams, strict=True):
                 out.line({"step": step_dict(step)})
-                for item, params in requests:
-                    out.write(
-                        dumps(
-                            {
-                                "key": item.key,
-                                "custom_id": item.custom_id,
-                                "fingerprint": item.fingerprint,
-                                "reason": item.reason,
-                                "attempt": item.attempt,
-                                "params": params,
-                            }
-                        )
-                        + b"\n"
-                    )
+                if isinstance(step, SubmitBatch):
+                    _write_requests(out, requests)
             out.flush()
             fh.write(
                 orjson.dumps(
@@ -156,25 +149,90 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
     return plan_id
 
 
+_CHUNK = 4096  # request lines joined into one write
+
+
+class _Wanted(NamedTuple):
+    """What a request line says of the item it sends, besides its params."""
+
+    key: str
+    custom_id: str
+    fingerprint: str
+    reason: str
+    attempt: int
+
+
+def _wanted(step: SubmitBatch) -> Iterator[_Wanted]:
+    """The items of a submit step as `_Wanted`, without a SubmitItem each where it has none."""
+    items, new = step.items, tuple.__new__
+    if not isinstance(items, SubmitItems):
+        for i in items:
+            yield new(_Wanted, (i.key, i.custom_id, i.fingerprint, i.reason, i.attempt))
+        return
+    kinds, tags = items.kinds, items.tags
+    if tags is None:
+        reason, attempt = kinds[0] if kinds else ("", 0)
+        for d in items.desired_items():
+            yield new(_Wanted, (d[0], d[1], d[2], reason, attempt))
+    else:
+        for d, tag in zip(items.desired_items(), tags, strict=True):
+            yield new(_Wanted, (d[0], d[1], d[2], *kinds[tag]))
+
+
+def _write_requests(out: _Writer, requests: Iterator[tuple[_Wanted, bytes]]) -> None:
+    """The request lines of a submit step: each the bytes `orjson.dumps` writes for its dict
+    (key, custom_id, fingerprint, reason, attempt, params), joined from the params' JSON."""
+    dumps, join = orjson.dumps, b"".join
+    middles: dict[tuple[str, int], bytes] = {}  # `"reason":…,"attempt":…,"params":` per kind
+    chunk: list[bytes] = []
+    for (key, custom_id, fp, reason, attempt), params in requests:
+        middle = middles.get((reason, attempt))
+        if middle is None:
+            whole = orjson.dumps({"reason": reason, "attempt": attempt, "params": None})
+            middle = middles[(reason, attempt)] = whole[1 : -len(b"null}")]
+        chunk.append(
+            b'{"key":%b,"custom_id":%b,"fingerprint":%b,%b%b}\n'
+            % (dumps(key), dumps(custom_id), dumps(fp), middle, params)
+        )
+        if len(chunk) == _CHUNK:
+            out.write(join(chunk), _CHUNK)
+            chunk = []
+    if chunk:
+        out.write(join(chunk), len(chunk))
+
+
 def spec_requests(
     plan: Plan, desired: Desired
 ) -> Iterator[list[tuple[SubmitItem, dict[str, Any]]]]:
     """Per step of `plan`, the requests it sends rendered from the specs (empty for other steps)."""
-    for requests in _spec_streams(plan, desired):
+    for requests in _spec_streams(plan, desired, _item_requests, lambda step: step.items):
         yield list(requests)
 
 
+def _item_requests(
+    project: Project, job: str, keys: set[str] | None
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(key, fingerprint, params) of a job's items, by the general path."""
+    for item in items_for(project, job, keys, custom_ids=False):
+        yield item.key, item.fingerprint, item.params
+
+
 def _spec_streams(
-    plan: Plan, desired: Desired
-) -> Iterator[Iterator[tuple[SubmitItem, dict[str, Any]]]]:
-    """Per step of `plan`, its requests as they are rendered (each read before the next step's).
+    plan: Plan,
+    desired: Desired,
+    requests_of: Callable[[Project, str, set[str] | None], Iterator[tuple[str, str, _P]]],
+    wanted_of: Callable[[SubmitBatch], Iterable[_W]],
+) -> Iterator[Iterator[tuple[_W, _P]]]:
+    """Per step of `plan`, its requests as they are rendered (each read before the next step's):
+    `requests_of(project, job, keys)` renders a job's (key, fingerprint, params), each paired
+    with its item of `wanted_of(step)` (a SubmitItem, or a `_Wanted`).
 
     Each job is rendered once, in source order; submit steps list items packed for cache hits
     (items sharing a prefix together), so an item met before its turn is held until it is due.
     A request whose fingerprint no longer matches the plan's is refused.
     """
-    streams: dict[str, Iterator] = {}
-    early: dict[str, dict[str, Any]] = {}  # job → key → item rendered before its turn
+    streams: dict[str, Iterator[tuple[str, str, _P]]] = {}
+    early: dict[str, dict[str, tuple[str, str, _P]]] = {}  # job → key → rendered before its turn
     for step in plan.steps:
         if not isinstance(step, SubmitBatch):
             yield iter(())
@@ -184,29 +242,31 @@ def _spec_streams(
             rendered = next((len(j.items) for j in desired.jobs if j.name == step.job), None)
             keys = None  # every item of the job is sent: no set of a million keys to filter by
             if sent != rendered:
-                keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
-            streams[step.job] = items_for(desired.project, step.job, keys, custom_ids=False)
+                keys = {i.key for s in plan.submits if s.job == step.job for i in _wanted(s)}
+            streams[step.job] = requests_of(desired.project, step.job, keys)
             early[step.job] = {}
-        yield _step_requests(step, streams[step.job], early[step.job])
+        yield _step_requests(step.job, wanted_of(step), streams[step.job], early[step.job])
 
 
 def _step_requests(
-    step: SubmitBatch, stream: Iterator, held: dict[str, Any]
-) -> Iterator[tuple[SubmitItem, dict[str, Any]]]:
-    for wanted in step.items:
-        item = held.pop(wanted.key, None)
-        while item is None:
-            item = next(stream, None)
-            if item is None:
+    job: str,
+    items: Iterable[_W],
+    stream: Iterator[tuple[str, str, _P]],
+    held: dict[str, tuple[str, str, _P]],
+) -> Iterator[tuple[_W, _P]]:
+    for wanted in items:
+        request = held.pop(wanted.key, None) if held else None  # type: ignore[attr-defined]
+        while request is None:
+            request = next(stream, None)
+            if request is None:
                 break
-            if item.key != wanted.key:
-                held[item.key], item = item, None
-        if item is None or item.key != wanted.key or item.fingerprint != wanted.fingerprint:
+            if request[0] != wanted.key:  # type: ignore[attr-defined]
+                held[request[0]], request = request, None
+        if request is None or request[1] != wanted.fingerprint:  # type: ignore[attr-defined]
             raise PlanError(
-                f"job {step.job}: item {wanted.key} changed since the plan was made; "
-                "make a new plan"
+                f"job {job}: item {wanted.key} changed since the plan was made; make a new plan"
             )
-        yield wanted, item.params
+        yield wanted, request[2]
 
 
 def saved_requests(saved: SavedPlan, index: int) -> list[tuple[SubmitItem, dict[str, Any]]]:
