@@ -17,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple, TypeVar
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -56,7 +56,7 @@ END = "batchops-plan-end"
 DIGEST_PREFIX = "sha256:"
 
 _P = TypeVar("_P")  # a request's params: a dict, or the JSON bytes of one
-_W = TypeVar("_W")  # an item a request sends: a SubmitItem, or a `_Wanted`
+_Request = tuple[str, str, _P]  # (key, fingerprint, params) of an item as the specs render it
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,10 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
             for piece in plan_json_chunks(plan, prices_source, indent=False):
                 out.write(piece, 0)
             out.write(b"}\n")
-            streams = _spec_streams(plan, desired, requests_for, _wanted)
-            for step, requests in zip(plan.steps, streams, strict=True):
+            for step, stream, held in _spec_streams(plan, desired, requests_for):
                 out.line({"step": step_dict(step)})
                 if isinstance(step, SubmitBatch):
-                    _write_requests(out, requests)
+                    _write_requests(out, step, stream, held)
             out.flush()
             fh.write(
                 orjson.dumps(
@@ -152,40 +151,28 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
 _CHUNK = 4096  # request lines joined into one write
 
 
-class _Wanted(NamedTuple):
-    """What a request line says of the item it sends, besides its params."""
-
-    key: str
-    custom_id: str
-    fingerprint: str
-    reason: str
-    attempt: int
-
-
-def _wanted(step: SubmitBatch) -> Iterator[_Wanted]:
-    """The items of a submit step as `_Wanted`, without a SubmitItem each where it has none."""
-    items, new = step.items, tuple.__new__
-    if not isinstance(items, SubmitItems):
-        for i in items:
-            yield new(_Wanted, (i.key, i.custom_id, i.fingerprint, i.reason, i.attempt))
-        return
-    kinds, tags = items.kinds, items.tags
-    if tags is None:
-        reason, attempt = kinds[0] if kinds else ("", 0)
-        for d in items.desired_items():
-            yield new(_Wanted, (d[0], d[1], d[2], reason, attempt))
-    else:
-        for d, tag in zip(items.desired_items(), tags, strict=True):
-            yield new(_Wanted, (d[0], d[1], d[2], *kinds[tag]))
+def _wanted(step: SubmitBatch) -> Iterator[tuple[tuple[str, str, str, int], str]]:
+    """((key, custom_id, reason, attempt), fingerprint) of each item of a submit step, without
+    a SubmitItem each where the step holds none."""
+    items = step.items
+    if isinstance(items, SubmitItems):
+        return zip(items.ids(), items.fingerprints(), strict=True)
+    return (((i.key, i.custom_id, i.reason, i.attempt), i.fingerprint) for i in items)
 
 
-def _write_requests(out: _Writer, requests: Iterator[tuple[_Wanted, bytes]]) -> None:
+_CHUNK = 4096  # request lines joined into one write
+
+
+def _write_requests(
+    out: _Writer, step: SubmitBatch, stream: Iterator[_Request[bytes]], held: dict
+) -> None:
     """The request lines of a submit step: each the bytes `orjson.dumps` writes for its dict
     (key, custom_id, fingerprint, reason, attempt, params), joined from the params' JSON."""
-    dumps, join = orjson.dumps, b"".join
+    dumps, join, take = orjson.dumps, b"".join, _take
     middles: dict[tuple[str, int], bytes] = {}  # `"reason":…,"attempt":…,"params":` per kind
     chunk: list[bytes] = []
-    for (key, custom_id, fp, reason, attempt), params in requests:
+    for (key, custom_id, reason, attempt), fp in _wanted(step):
+        params = take(step.job, key, fp, stream, held)
         middle = middles.get((reason, attempt))
         if middle is None:
             whole = orjson.dumps({"reason": reason, "attempt": attempt, "params": None})
@@ -205,13 +192,16 @@ def spec_requests(
     plan: Plan, desired: Desired
 ) -> Iterator[list[tuple[SubmitItem, dict[str, Any]]]]:
     """Per step of `plan`, the requests it sends rendered from the specs (empty for other steps)."""
-    for requests in _spec_streams(plan, desired, _item_requests, lambda step: step.items):
-        yield list(requests)
+    for step, stream, held in _spec_streams(plan, desired, _item_requests):
+        if not isinstance(step, SubmitBatch):
+            yield []
+            continue
+        yield [(i, _take(step.job, i.key, i.fingerprint, stream, held)) for i in step.items]
 
 
 def _item_requests(
     project: Project, job: str, keys: set[str] | None
-) -> Iterator[tuple[str, str, dict[str, Any]]]:
+) -> Iterator[_Request[dict[str, Any]]]:
     """(key, fingerprint, params) of a job's items, by the general path."""
     for item in items_for(project, job, keys, custom_ids=False):
         yield item.key, item.fingerprint, item.params
@@ -220,53 +210,47 @@ def _item_requests(
 def _spec_streams(
     plan: Plan,
     desired: Desired,
-    requests_of: Callable[[Project, str, set[str] | None], Iterator[tuple[str, str, _P]]],
-    wanted_of: Callable[[SubmitBatch], Iterable[_W]],
-) -> Iterator[Iterator[tuple[_W, _P]]]:
-    """Per step of `plan`, its requests as they are rendered (each read before the next step's):
-    `requests_of(project, job, keys)` renders a job's (key, fingerprint, params), each paired
-    with its item of `wanted_of(step)` (a SubmitItem, or a `_Wanted`).
+    requests_of: Callable[[Project, str, set[str] | None], Iterator[_Request[_P]]],
+) -> Iterator[tuple[Step, Iterator[_Request[_P]], dict[str, _Request[_P]]]]:
+    """Per step of `plan`, the stream of its job's requests as they are rendered and the ones
+    met before their turn: `requests_of(project, job, keys)` renders (key, fingerprint, params).
 
     Each job is rendered once, in source order; submit steps list items packed for cache hits
-    (items sharing a prefix together), so an item met before its turn is held until it is due.
-    A request whose fingerprint no longer matches the plan's is refused.
+    (items sharing a prefix together), so an item met before its turn is held until it is due
+    (`_take`). Each step's requests are to be taken before the next step is asked for.
     """
-    streams: dict[str, Iterator[tuple[str, str, _P]]] = {}
-    early: dict[str, dict[str, tuple[str, str, _P]]] = {}  # job → key → rendered before its turn
+    streams: dict[str, Iterator[_Request[_P]]] = {}
+    early: dict[str, dict[str, _Request[_P]]] = {}  # job → key → rendered before its turn
     for step in plan.steps:
         if not isinstance(step, SubmitBatch):
-            yield iter(())
+            yield step, iter(()), {}
             continue
         if step.job not in streams:
             sent = sum(len(s.items) for s in plan.submits if s.job == step.job)
             rendered = next((len(j.items) for j in desired.jobs if j.name == step.job), None)
             keys = None  # every item of the job is sent: no set of a million keys to filter by
             if sent != rendered:
-                keys = {i.key for s in plan.submits if s.job == step.job for i in _wanted(s)}
+                keys = {w[0][0] for s in plan.submits if s.job == step.job for w in _wanted(s)}
             streams[step.job] = requests_of(desired.project, step.job, keys)
             early[step.job] = {}
-        yield _step_requests(step.job, wanted_of(step), streams[step.job], early[step.job])
+        yield step, streams[step.job], early[step.job]
 
 
-def _step_requests(
-    job: str,
-    items: Iterable[_W],
-    stream: Iterator[tuple[str, str, _P]],
-    held: dict[str, tuple[str, str, _P]],
-) -> Iterator[tuple[_W, _P]]:
-    for wanted in items:
-        request = held.pop(wanted.key, None) if held else None  # type: ignore[attr-defined]
-        while request is None:
-            request = next(stream, None)
-            if request is None:
-                break
-            if request[0] != wanted.key:  # type: ignore[attr-defined]
-                held[request[0]], request = request, None
-        if request is None or request[1] != wanted.fingerprint:  # type: ignore[attr-defined]
-            raise PlanError(
-                f"job {job}: item {wanted.key} changed since the plan was made; make a new plan"
-            )
-        yield wanted, request[2]
+def _take(
+    job: str, key: str, fp: str, stream: Iterator[_Request[_P]], held: dict[str, _Request[_P]]
+) -> _P:
+    """The params of item `key` from `stream` (or `held`, holding the items read past), refused
+    unless it is there with fingerprint `fp`."""
+    request = held.pop(key, None) if held else None
+    while request is None:
+        request = next(stream, None)
+        if request is None:
+            break
+        if request[0] != key:
+            held[request[0]], request = request, None
+    if request is None or request[1] != fp:
+        raise PlanError(f"job {job}: item {key} changed since the plan was made; make a new plan")
+    return request[2]
 
 
 def saved_requests(saved: SavedPlan, index: int) -> list[tuple[SubmitItem, dict[str, Any]]]:
