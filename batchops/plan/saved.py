@@ -17,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -43,15 +43,20 @@ from batchops.plan.actions import (
     Step,
     SubmitBatch,
     SubmitItem,
+    SubmitItems,
 )
 from batchops.plan.diff import cache_saving, job_costs
 from batchops.plan.serialize import plan_json_chunks, step_dict
-from batchops.spec.desired import Desired, DesiredItem, items_for
+from batchops.spec.desired import Desired, DesiredItem, items_for, requests_for
 from batchops.spec.items import fingerprint, request_size_of
+from batchops.spec.model import Project
 
 MAGIC = "batchops-plan"
 END = "batchops-plan-end"
 DIGEST_PREFIX = "sha256:"
+
+_P = TypeVar("_P")  # a request's params: a dict, or the JSON bytes of one
+_Request = tuple[str, str, _P]  # (key, fingerprint, params) of an item as the specs render it
 
 
 @dataclass(frozen=True)
@@ -122,23 +127,10 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
             for piece in plan_json_chunks(plan, prices_source, indent=False):
                 out.write(piece, 0)
             out.write(b"}\n")
-            dumps = orjson.dumps
-            for step, requests in zip(plan.steps, _spec_streams(plan, desired), strict=True):
+            for step, stream, held in _spec_streams(plan, desired, requests_for):
                 out.line({"step": step_dict(step)})
-                for item, params in requests:
-                    out.write(
-                        dumps(
-                            {
-                                "key": item.key,
-                                "custom_id": item.custom_id,
-                                "fingerprint": item.fingerprint,
-                                "reason": item.reason,
-                                "attempt": item.attempt,
-                                "params": params,
-                            }
-                        )
-                        + b"\n"
-                    )
+                if isinstance(step, SubmitBatch):
+                    _write_requests(out, step, stream, held)
             out.flush()
             fh.write(
                 orjson.dumps(
@@ -156,57 +148,109 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
     return plan_id
 
 
+_CHUNK = 4096  # request lines joined into one write
+
+
+def _wanted(step: SubmitBatch) -> Iterator[tuple[tuple[str, str, str, int], str]]:
+    """((key, custom_id, reason, attempt), fingerprint) of each item of a submit step, without
+    a SubmitItem each where the step holds none."""
+    items = step.items
+    if isinstance(items, SubmitItems):
+        return zip(items.ids(), items.fingerprints(), strict=True)
+    return (((i.key, i.custom_id, i.reason, i.attempt), i.fingerprint) for i in items)
+
+
+_CHUNK = 4096  # request lines joined into one write
+
+
+def _write_requests(
+    out: _Writer, step: SubmitBatch, stream: Iterator[_Request[bytes]], held: dict
+) -> None:
+    """The request lines of a submit step: each the bytes `orjson.dumps` writes for its dict
+    (key, custom_id, fingerprint, reason, attempt, params), joined from the params' JSON."""
+    dumps, join, take = orjson.dumps, b"".join, _take
+    middles: dict[tuple[str, int], bytes] = {}  # `"reason":…,"attempt":…,"params":` per kind
+    chunk: list[bytes] = []
+    for (key, custom_id, reason, attempt), fp in _wanted(step):
+        params = take(step.job, key, fp, stream, held)
+        middle = middles.get((reason, attempt))
+        if middle is None:
+            whole = orjson.dumps({"reason": reason, "attempt": attempt, "params": None})
+            middle = middles[(reason, attempt)] = whole[1 : -len(b"null}")]
+        chunk.append(
+            b'{"key":%b,"custom_id":%b,"fingerprint":%b,%b%b}\n'
+            % (dumps(key), dumps(custom_id), dumps(fp), middle, params)
+        )
+        if len(chunk) == _CHUNK:
+            out.write(join(chunk), _CHUNK)
+            chunk = []
+    if chunk:
+        out.write(join(chunk), len(chunk))
+
+
 def spec_requests(
     plan: Plan, desired: Desired
 ) -> Iterator[list[tuple[SubmitItem, dict[str, Any]]]]:
     """Per step of `plan`, the requests it sends rendered from the specs (empty for other steps)."""
-    for requests in _spec_streams(plan, desired):
-        yield list(requests)
+    for step, stream, held in _spec_streams(plan, desired, _item_requests):
+        if not isinstance(step, SubmitBatch):
+            yield []
+            continue
+        yield [(i, _take(step.job, i.key, i.fingerprint, stream, held)) for i in step.items]
+
+
+def _item_requests(
+    project: Project, job: str, keys: set[str] | None
+) -> Iterator[_Request[dict[str, Any]]]:
+    """(key, fingerprint, params) of a job's items, by the general path."""
+    for item in items_for(project, job, keys, custom_ids=False):
+        yield item.key, item.fingerprint, item.params
 
 
 def _spec_streams(
-    plan: Plan, desired: Desired
-) -> Iterator[Iterator[tuple[SubmitItem, dict[str, Any]]]]:
-    """Per step of `plan`, its requests as they are rendered (each read before the next step's).
+    plan: Plan,
+    desired: Desired,
+    requests_of: Callable[[Project, str, set[str] | None], Iterator[_Request[_P]]],
+) -> Iterator[tuple[Step, Iterator[_Request[_P]], dict[str, _Request[_P]]]]:
+    """Per step of `plan`, the stream of its job's requests as they are rendered and the ones
+    met before their turn: `requests_of(project, job, keys)` renders (key, fingerprint, params).
 
     Each job is rendered once, in source order; submit steps list items packed for cache hits
-    (items sharing a prefix together), so an item met before its turn is held until it is due.
-    A request whose fingerprint no longer matches the plan's is refused.
+    (items sharing a prefix together), so an item met before its turn is held until it is due
+    (`_take`). Each step's requests are to be taken before the next step is asked for.
     """
-    streams: dict[str, Iterator] = {}
-    early: dict[str, dict[str, Any]] = {}  # job → key → item rendered before its turn
+    streams: dict[str, Iterator[_Request[_P]]] = {}
+    early: dict[str, dict[str, _Request[_P]]] = {}  # job → key → rendered before its turn
     for step in plan.steps:
         if not isinstance(step, SubmitBatch):
-            yield iter(())
+            yield step, iter(()), {}
             continue
         if step.job not in streams:
             sent = sum(len(s.items) for s in plan.submits if s.job == step.job)
             rendered = next((len(j.items) for j in desired.jobs if j.name == step.job), None)
             keys = None  # every item of the job is sent: no set of a million keys to filter by
             if sent != rendered:
-                keys = {i.key for s in plan.submits if s.job == step.job for i in s.items}
-            streams[step.job] = items_for(desired.project, step.job, keys, custom_ids=False)
+                keys = {w[0][0] for s in plan.submits if s.job == step.job for w in _wanted(s)}
+            streams[step.job] = requests_of(desired.project, step.job, keys)
             early[step.job] = {}
-        yield _step_requests(step, streams[step.job], early[step.job])
+        yield step, streams[step.job], early[step.job]
 
 
-def _step_requests(
-    step: SubmitBatch, stream: Iterator, held: dict[str, Any]
-) -> Iterator[tuple[SubmitItem, dict[str, Any]]]:
-    for wanted in step.items:
-        item = held.pop(wanted.key, None)
-        while item is None:
-            item = next(stream, None)
-            if item is None:
-                break
-            if item.key != wanted.key:
-                held[item.key], item = item, None
-        if item is None or item.key != wanted.key or item.fingerprint != wanted.fingerprint:
-            raise PlanError(
-                f"job {step.job}: item {wanted.key} changed since the plan was made; "
-                "make a new plan"
-            )
-        yield wanted, item.params
+def _take(
+    job: str, key: str, fp: str, stream: Iterator[_Request[_P]], held: dict[str, _Request[_P]]
+) -> _P:
+    """The params of item `key` from `stream` (or `held`, holding the items read past), refused
+    unless it is there with fingerprint `fp`."""
+    request = held.pop(key, None) if held else None
+    while request is None:
+        request = next(stream, None)
+        if request is None:
+            break
+        if request[0] != key:
+            held[request[0]], request = request, None
+    if request is None or request[1] != fp:
+        raise PlanError(f"job {job}: item {key} changed since the plan was made; make a new plan")
+    return request[2]
 
 
 def saved_requests(saved: SavedPlan, index: int) -> list[tuple[SubmitItem, dict[str, Any]]]:

@@ -465,3 +465,14 @@ def items_for(
     for item in iter_items(job, project.root, custom_ids):
         if keys is None or item.key in keys:
             yield item
+
+
+def requests_for(
+    project: Project, job_name: str, keys: set[str] | None = None
+) -> Iterator[rowmaker.Request]:
+    """(key, fingerprint, params as JSON) of the items of one job, rendered again (for saving a
+    plan), optionally only `keys`: `items_for`'s items, by the fast producer where it can."""
+    job = next(j for j in project.jobs if j.name == job_name)
+    for request in rowmaker.requests(job, project.root):
+        if keys is None or request[0] in keys:
+            yield request

@@ -60,23 +60,46 @@ def rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict[str, Any]
 ) -> Iterator[Row]:
     """Every item's row of `job`, in order; SpecError as `iter_items` raises it."""
+
+    def of_item(item: Item) -> Row:
+        return item_row(job, item, prices, today, price_cache)
+
     if job.requests is not None or job.attachments:
-        for item in iter_items(job, root):
-            yield item_row(job, item, prices, today, price_cache)
+        yield from map(of_item, iter_items(job, root))
         return
     problems = _Problems()
     try:
         general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
         maker = RowMaker.compile(job, general.renderer, prices, today)
-        if maker is None:
-            for number, row in general.source():
-                item = general.item(number, row)
-                if item is not None:
-                    yield item_row(job, item, prices, today, price_cache)
-        elif job.input is not None and job.input.format == "jsonl":
-            yield from _jsonl(job, root, general, maker, prices, today, price_cache)
-        else:
-            yield from _rows(job, general, maker, prices, today, price_cache)
+        yield from _made(job, root, general, maker and maker.make, of_item)
+    except _Fatal as e:
+        raise problems.error(e.line(job.name)) from None
+    if problems.count:
+        raise problems.error()
+
+
+Request = tuple[str, str, bytes]  # key, fingerprint, params as `orjson.dumps` writes them
+
+
+def requests(job: Job, root: Path) -> Iterator[Request]:
+    """Every item of `job` as (key, fingerprint, params as JSON), in order: what `iter_items`
+    gives as (item.key, item.fingerprint, orjson.dumps(item.params)), with no dict per item for
+    a job of the common shape. SpecError as `iter_items` raises it."""
+    dumps = orjson.dumps
+
+    def of_item(item: Item) -> Request:
+        return item.key, item.fingerprint, dumps(item.params)
+
+    if job.requests is not None or job.attachments:
+        yield from map(of_item, iter_items(job, root, custom_ids=False))
+        return
+    problems = _Problems()
+    try:
+        shown = display_path(job.spec_file, root)
+        general = TemplateRows(job, root, shown, problems, custom_ids=False)
+        layout = _Layout.of(job, general.renderer)
+        make = None if layout is None else _request_maker(general.renderer, layout)
+        yield from _made(job, root, general, make, of_item)
     except _Fatal as e:
         raise problems.error(e.line(job.name)) from None
     if problems.count:
@@ -120,16 +143,34 @@ def plain_row(
     return row
 
 
+def _made(
+    job: Job,
+    root: Path,
+    general: TemplateRows,
+    make: Callable[[dict[str, Any], str], Any] | None,
+    of_item: Callable[[Item], Any],
+) -> Iterator[Any]:
+    """`make(row, key)` of each row it takes, `of_item` of the general path's item of the others
+    (every row when `make` is None)."""
+    if make is None:
+        for number, row in general.source():
+            item = general.item(number, row)
+            if item is not None:
+                yield of_item(item)
+    elif job.input is not None and job.input.format == "jsonl":
+        yield from _jsonl(job, root, general, make, of_item)
+    else:
+        yield from _rows(general, make, of_item)
+
+
 def _jsonl(
     job: Job,
     root: Path,
     general: TemplateRows,
-    maker: RowMaker,
-    prices: PriceTable,
-    today: date,
-    price_cache: dict[str, Any],
-) -> Iterator[Row]:
-    make, seen, key_field = maker.make, general.seen, general.key_field
+    make: Callable[[dict[str, Any], str], Any],
+    of_item: Callable[[Item], Any],
+) -> Iterator[Any]:
+    seen, key_field = general.seen, general.key_field
     for first, lines in _line_blocks(job.input.path, general.shown, root):  # type: ignore[union-attr]
         for number, line in enumerate(lines, first):
             row = plain_row(line)
@@ -143,18 +184,15 @@ def _jsonl(
                         continue
             item = general.line(number, line)
             if item is not None:
-                yield item_row(job, item, prices, today, price_cache)
+                yield of_item(item)
 
 
 def _rows(
-    job: Job,
     general: TemplateRows,
-    maker: RowMaker,
-    prices: PriceTable,
-    today: date,
-    price_cache: dict[str, Any],
-) -> Iterator[Row]:
-    make, seen, key_field, item_of = maker.make, general.seen, general.key_field, general.item
+    make: Callable[[dict[str, Any], str], Any],
+    of_item: Callable[[Item], Any],
+) -> Iterator[Any]:
+    seen, key_field, item_of = general.seen, general.key_field, general.item
     for number, row in general.source():
         if type(row) is dict:
             key = row.get(key_field)
@@ -166,7 +204,7 @@ def _rows(
                     continue
         item = item_of(number, row)
         if item is not None:
-            yield item_row(job, item, prices, today, price_cache)
+            yield of_item(item)
 
 
 class RowMaker:
@@ -195,6 +233,53 @@ class RowMaker:
         cls, job: Job, renderer: _Renderer, prices: PriceTable, today: date
     ) -> RowMaker | None:
         """The job's RowMaker, or None when its shape is not the common one."""
+        layout = _Layout.of(job, renderer)
+        if layout is None:
+            return None
+        params, places = layout.params, layout.places
+        # The cost is a function of the templates' total length only if no cache mark lies
+        # after a template (or, with `cache = "auto"`, none is in the system prompt).
+        where = _scan(params)[3]
+        if where is not None and (where[0] == "all" or min(places, default=(9,)) <= _rank(where)):
+            return None
+        if job.cache == "auto" and any(p[0] < 2 for p in places):
+            return None
+        model = str(params.get("model", ""))
+        return cls(
+            job,
+            renderer,
+            layout.templates,
+            layout.pieces,
+            layout.order,
+            layout.size,
+            model,
+            prices.price(model, today),
+            prices,
+        )
+
+
+class _Layout:
+    """A job's request in the common shape as constant byte pieces around its templates' JSON
+    strings, twice: as the fingerprint hashes it (sorted keys, betas beside it), and as
+    `orjson.dumps(params)` writes it (what a saved plan holds)."""
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        templates: list[_Template],
+        places: list[tuple[int, int, int]],
+        data: bytes,
+        plain: bytes,
+        marks: list[bytes],
+    ):
+        self.params, self.templates, self.places = params, templates, places
+        self.pieces, self.order = _split(data, marks)
+        self.plain_pieces, self.plain_order = _split(plain, marks)
+        self.size = len(plain) - sum(map(len, marks)) + 28  # `request_size_of` without strings
+
+    @classmethod
+    def of(cls, job: Job, renderer: _Renderer) -> _Layout | None:
+        """The job's layout, or None when its shape is not the common one."""
         if not renderer.exact or renderer.render.__func__ is not _Renderer._render_from_row:  # type: ignore[attr-defined]
             return None
         found = _skeleton(renderer, job)
@@ -210,25 +295,19 @@ class RowMaker:
             return None
         if any(data.count(m) != 1 or plain.count(m) != 1 for m in marks):
             return None  # a literal holds a marker, or params replaced a templated part
-        order = sorted(range(len(marks)), key=lambda i: data.index(marks[i]))
-        pieces, at = [], 0
-        for i in order:
-            start = data.index(marks[i])
-            pieces.append(data[at:start])
-            at = start + len(marks[i])
-        pieces.append(data[at:])
-        # The cost is a function of the templates' total length only if no cache mark lies
-        # after a template (or, with `cache = "auto"`, none is in the system prompt).
-        where = _scan(params)[3]
-        if where is not None and (where[0] == "all" or min(places, default=(9,)) <= _rank(where)):
-            return None
-        if job.cache == "auto" and any(p[0] < 2 for p in places):
-            return None
-        model = str(params.get("model", ""))
-        size = len(plain) - sum(map(len, marks)) + 28  # `request_size_of` without the strings
-        return cls(
-            job, renderer, templates, pieces, order, size, model, prices.price(model, today), prices
-        )
+        return cls(params, templates, places, data, plain, marks)
+
+
+def _split(data: bytes, marks: list[bytes]) -> tuple[list[bytes], list[int]]:
+    """The pieces of `data` between the marks, and which mark ends each piece but the last."""
+    order = sorted(range(len(marks)), key=lambda i: data.index(marks[i]))
+    pieces, at = [], 0
+    for i in order:
+        start = data.index(marks[i])
+        pieces.append(data[at:start])
+        at = start + len(marks[i])
+    pieces.append(data[at:])
+    return pieces, order
 
 
 def _rank(where: tuple[str, int, int]) -> tuple[int, int, int]:
@@ -325,25 +404,12 @@ def _skeleton(
     return params, templates, places
 
 
-def _maker(
-    job: Job,
-    renderer: _Renderer,
-    templates: list[_Template],
-    pieces: list[bytes],
-    order: list[int],
-    size_base: int,
-    model: str,
-    price: ModelPrice | None,
-    prices: PriceTable,
-) -> Callable[[dict[str, Any], str], Row | None]:
-    """`make(row, key)`: the row of an item whose every name is a string of its row."""
-    limit = renderer.max_size if renderer.max_size is not None else RENDER_MAX_SIZE_DEFAULT
-    budget = renderer.budget.max_size  # type: ignore[attr-defined]
-    sha256, dumps, join = hashlib.sha256, orjson.dumps, b"".join
-    custom_id = _custom_id_maker(job.name)
-    estimates: dict[int, ItemEstimate | None] = {}  # by the total length of the templates
-    # Per template: its format, the names it reads, where `key` is among them (-1: nowhere),
-    # its literal characters, and how often each name is used when one is used more than once.
+_Shape = tuple[Callable[..., str], tuple[str, ...], int, int, tuple[int, ...] | None]
+
+
+def _shapes(templates: list[_Template]) -> list[_Shape]:
+    """Per template: its format, the names it reads, where `key` is among them (-1: nowhere),
+    its literal characters, and how often each name is used when one is used more than once."""
     shapes = []
     for s in (t.shape for t in templates):
         if s is None:
@@ -351,14 +417,11 @@ def _maker(
         at = s.names.index("key") if "key" in s.names else -1
         repeated = s.counts if any(c != 1 for c in s.counts) else None
         shapes.append((s.format, s.names, at, s.literal, repeated))
+    return shapes
 
-    def estimate(row: dict[str, Any], key: str, length: int) -> ItemEstimate | None:
-        if price is None:
-            cost = None
-        else:
-            cost = caching.estimate(job, renderer.render(row, key), price, prices)
-        estimates[length] = cost
-        return cost
+
+def _texts(shapes: list[_Shape], budget: int) -> Callable[[dict[str, Any], str], list[str] | None]:
+    """`texts(row, key)`: each template's output, or None when the general path must render."""
 
     def texts(row: dict[str, Any], key: str) -> list[str] | None:
         out = []
@@ -378,6 +441,38 @@ def _maker(
                 return None  # the general path says why
             out.append(format_(*values))
         return out
+
+    return texts
+
+
+def _maker(
+    job: Job,
+    renderer: _Renderer,
+    templates: list[_Template],
+    pieces: list[bytes],
+    order: list[int],
+    size_base: int,
+    model: str,
+    price: ModelPrice | None,
+    prices: PriceTable,
+) -> Callable[[dict[str, Any], str], Row | None]:
+    """`make(row, key)`: the row of an item whose every name is a string of its row."""
+    limit = renderer.max_size if renderer.max_size is not None else RENDER_MAX_SIZE_DEFAULT
+    budget = renderer.budget.max_size  # type: ignore[attr-defined]
+    sha256, dumps, join = hashlib.sha256, orjson.dumps, b"".join
+    custom_id = _custom_id_maker(job.name)
+    estimates: dict[int, ItemEstimate | None] = {}  # by the total length of the templates
+    shapes = _shapes(templates)
+
+    def estimate(row: dict[str, Any], key: str, length: int) -> ItemEstimate | None:
+        if price is None:
+            cost = None
+        else:
+            cost = caching.estimate(job, renderer.render(row, key), price, prices)
+        estimates[length] = cost
+        return cost
+
+    texts = _texts(shapes, budget)
 
     if len(shapes) == 1 and shapes[0][4] is None and shapes[0][2] < 0:
         # The common case: one template, each name used once, `key` not among them.
@@ -426,5 +521,74 @@ def _maker(
         length = sum(map(len, found))
         cost = estimates[length] if length in estimates else estimate(row, key, length)
         return key, cid, fp, cost, model, size_base + sum(map(len, written)) + len(cid)
+
+    return make_any
+
+
+def _request_maker(
+    renderer: _Renderer, layout: _Layout
+) -> Callable[[dict[str, Any], str], Request | None]:
+    """`make(row, key)`: (key, fingerprint, params as JSON) of an item whose every name is a
+    string of its row, or None when the general path must make it."""
+    limit = renderer.max_size if renderer.max_size is not None else RENDER_MAX_SIZE_DEFAULT
+    budget = renderer.budget.max_size  # type: ignore[attr-defined]
+    sha256, dumps, join, encode_error = (
+        hashlib.sha256,
+        orjson.dumps,
+        b"".join,
+        orjson.JSONEncodeError,
+    )
+    shapes = _shapes(layout.templates)
+    pieces, order = layout.pieces, layout.order
+    plain_pieces, plain_order = layout.plain_pieces, layout.plain_order
+
+    if len(shapes) == 1 and shapes[0][4] is None and shapes[0][2] < 0:
+        # The common case: one template, each name used once, `key` not among them.
+        format_, names, _, literal, _ = shapes[0]
+        head, tail = pieces
+        plain_head, plain_tail = plain_pieces
+        get = itemgetter(*names) if names else lambda row: ()
+        single = len(names) == 1  # itemgetter gives the value, not a tuple
+
+        def make(row: dict[str, Any], key: str) -> Request | None:
+            try:
+                values = (get(row),) if single else get(row)
+                size = literal + len("".join(values))  # TypeError unless all are strings
+                if size > budget:
+                    return None  # the general path says why
+                written = dumps(format_(*values))
+            except (KeyError, TypeError, encode_error):  # encode: a lone surrogate
+                return None
+            data = join((head, written, tail))
+            if len(data) > limit:
+                return None
+            fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
+            return key, fp, join((plain_head, written, plain_tail))
+
+        return make
+
+    texts = _texts(shapes, budget)
+
+    def make_any(row: dict[str, Any], key: str) -> Request | None:
+        found = texts(row, key)
+        if found is None:
+            return None
+        try:
+            written = [dumps(t) for t in found]
+        except encode_error:
+            return None
+        parts = [pieces[0]]
+        for i, piece in zip(order, pieces[1:], strict=True):
+            parts.append(written[i])
+            parts.append(piece)
+        data = join(parts)
+        if len(data) > limit:
+            return None
+        fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
+        parts = [plain_pieces[0]]
+        for i, piece in zip(plain_order, plain_pieces[1:], strict=True):
+            parts.append(written[i])
+            parts.append(piece)
+        return key, fp, join(parts)
 
     return make_any
