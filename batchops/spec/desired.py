@@ -337,12 +337,19 @@ def _desired_job(
     block: list[tuple[str, str, str]] = []
     block_profiles: list[int] = []
     spelled: list[str] = []
+    # The producers hand out one object per distinct estimate: known by identity, an estimate
+    # is not hashed again (each entry holds its estimate, so that id is never another's).
+    known: dict[int, tuple] = {}
     for key, custom_id, fp, cost, model, size in rendered:
         estimate = None
         same: object = None  # what equal (cost, estimate) pairs share; None: not shared
         if isinstance(cost, ItemEstimate):
-            shared = cost.high > 0 and cost.expected > 0  # (0.0 and -0.0 are equal keys)
-            done = adjusted.get((cost, model)) if shared else None
+            done = known.get(id(cost))
+            if done is None or done[3] is not cost or done[4] != model:
+                shared = cost.high > 0 and cost.expected > 0  # (0.0 and -0.0 are equal keys)
+                done = adjusted.get((cost, model)) if shared else None
+                if done is not None:
+                    known[id(cost)] = (*done, cost, model)
             if done is None:
                 raw = cost
                 seen = expecting.get(model)
@@ -359,8 +366,9 @@ def _desired_job(
                 if shared and estimate.high > 0 and estimate.expected > 0:
                     same = ("e", len(adjusted))
                     adjusted[(raw, model)] = (cost, estimate, same)
+                    known[id(raw)] = (cost, estimate, same, raw, model)
             else:
-                cost, estimate, same = done
+                cost, estimate, same = done[0], done[1], done[2]
         elif cost is None:
             missing.add(model)
             cost = 0.0
