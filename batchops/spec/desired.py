@@ -36,6 +36,9 @@ class DesiredItem(NamedTuple):
 
 # --- a job's desired items, held as columns ------------------------------------------------------
 
+# Estimate objects a plan knows by identity at once (`_desired_job`): the producers share a few,
+# rows read back from the rows cache each hold their own, which must not all be kept alive.
+_KNOWN_ESTIMATES = 256
 _BLOCK = 4096  # items per block of a column (every block but the last is full)
 _FP_HEX = len(FINGERPRINT_PREFIX) + 64
 _FP_BLOCK = re.compile(r"(?:sha256:[0-9a-f]{64})*")
@@ -349,6 +352,8 @@ def _desired_job(
                 shared = cost.high > 0 and cost.expected > 0  # (0.0 and -0.0 are equal keys)
                 done = adjusted.get((cost, model)) if shared else None
                 if done is not None:
+                    if len(known) >= _KNOWN_ESTIMATES:  # rows read back each hold their own
+                        known.clear()
                     known[id(cost)] = (*done, cost, model)
             if done is None:
                 raw = cost
