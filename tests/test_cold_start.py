@@ -168,12 +168,18 @@ def test_a_kept_job_plans_without_jinja_or_sqlite_utils(tmp_path):
     assert loaded_by(["plan", "--no-refresh"], tmp_path, watched, env) == []
 
 
-def test_reading_state_needs_no_sqlite_utils(tmp_path):
+def test_opening_state_needs_no_sqlite_utils(tmp_path):
     shutil.copytree(REPO / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
     env = {**os.environ, "BATCHOPS_STATE": str(tmp_path / "state.db")}
     make_state = "import sys; from batchops.state.sqlite import SqliteWriter as W; W.open(sys.argv[1]).close()"
     subprocess.run(
         [sys.executable, "-c", make_state, env["BATCHOPS_STATE"]], check=True, timeout=120
     )
-    for argv in (["plan", "--no-refresh"], ["status"], ["results", "ticket-sentiment"]):
+    # nor does opening it to write, when no migration is pending
+    for argv in (
+        ["plan", "--no-refresh"],
+        ["status"],
+        ["results", "ticket-sentiment"],
+        ["state", "migrate"],
+    ):
         assert loaded_by(argv, tmp_path, ("sqlite_utils",), env) == [], argv

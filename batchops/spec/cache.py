@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import importlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -112,6 +111,8 @@ def _rows(
         return
     started = time.time()
     try:
+        import tempfile  # only a render that is kept needs it (~10 ms to import)
+
         body = tempfile.TemporaryFile()  # rows are written as they come, never all held
     except OSError:
         yield from render()

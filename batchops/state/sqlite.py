@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -61,9 +61,6 @@ from batchops.state.records import (
 )
 from batchops.state.shared import JOB_TABLES as _JOB_TABLES
 from batchops.state.shared import KEPT_RESULTS_COUNT, SharedWrites, removal_rows
-
-if TYPE_CHECKING:
-    from sqlite_utils import Database
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' table of applied migrations
@@ -140,11 +137,17 @@ def _pending(conn: sqlite3.Connection, path: Path) -> list[str]:
 
 
 class _Connection:
-    """What a reader asks of its connection, as sqlite-utils' Database offers it (writers hold
-    a Database; a read-only command does not import sqlite-utils)."""
+    """What the state asks of its connection, as sqlite-utils' Database offers it: only a
+    migration (and `db[table]`, sqlite-utils' table API for tools and tests) imports
+    sqlite-utils, so opening a state, even to write, does not."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+
+    def __getitem__(self, table: str) -> Any:
+        from sqlite_utils import Database
+
+        return Database(self.conn)[table]
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, parameters)
@@ -159,7 +162,7 @@ def _not_state(path: Path, exc: Exception | str) -> StateError:
 
 
 class SqliteReader(StateReader):
-    def __init__(self, db: Database | _Connection | None, path: Path):
+    def __init__(self, db: _Connection | None, path: Path):
         self.db = db
         self.path = path
         self.location = str(path)
@@ -478,9 +481,9 @@ class SqliteReader(StateReader):
 class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     """The writable state, opened holding the lock (see `open`)."""
 
-    db: Database
+    db: _Connection
 
-    def __init__(self, db: Database, path: Path, lock: LockInfo | None = None):
+    def __init__(self, db: _Connection, path: Path, lock: LockInfo | None = None):
         super().__init__(db, path)
         self.held = lock
 
@@ -497,16 +500,15 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     ) -> SqliteWriter:
         """Open for writing: create the file if needed, take the leases (one per job in `jobs`,
         or the whole state), then migrate, in one exclusive transaction."""
-        from sqlite_utils import Database
-
         path = Path(path)
         existed = path.exists()
         if not existed:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-            db = Database(conn)
-            db.enable_wal()
+            db = _Connection(conn)
+            if conn.execute("pragma journal_mode").fetchone()[0] != "wal":
+                conn.execute("pragma journal_mode = wal")
         except sqlite3.DatabaseError as exc:
             raise _not_state(path, exc) from None
         seconds = seconds or lease_seconds()
@@ -531,10 +533,8 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
     @classmethod
     def force_unlock_at(cls, path: Path, lock_id: str) -> LockInfo:
-        from sqlite_utils import Database
-
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        writer = cls(Database(conn), Path(path))
+        writer = cls(_Connection(conn), Path(path))
         try:
             return writer.force_unlock(lock_id)
         finally:
@@ -555,7 +555,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
     @staticmethod
     def _lock_and_migrate(
-        db: Database,
+        db: _Connection,
         path: Path,
         command: str,
         names: list[str],
@@ -563,8 +563,6 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         on_takeover: Callable[[LockInfo], None] | None,
         seconds: float,
     ) -> LockInfo:
-        from batchops.state.sqlite_migrations import migrations
-
         conn = db.conn
         conn.execute("begin immediate")
         try:
@@ -593,7 +591,11 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             if pending:
                 if existed and KNOWN_MIGRATIONS[0] not in pending:
                     backup(path, path.with_name(path.name + f".backup-before-{pending[0]}"))
-                migrations.apply(db)
+                from sqlite_utils import Database
+
+                from batchops.state.sqlite_migrations import migrations
+
+                migrations.apply(Database(conn))
             if conn.execute("select 1 from meta where key = 'lineage'").fetchone() is None:
                 conn.executemany(
                     "insert or replace into meta (key, value) values (?, ?)",
