@@ -653,14 +653,15 @@ def _good_jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterat
     """`_jsonl_rows` of a file known to hold only good rows (every one became an item): a line
     orjson reads is taken as it reads it, without looking for what would make it a bad row."""
     loads, error = orjson.loads, orjson.JSONDecodeError
-    for number, line in _binary_lines(path, shown, root):
-        if not line.strip():
-            continue
-        try:
-            row = loads(line)
-        except error:
-            row = _json_line(line, number, shown)
-        yield number, row
+    for first, lines in _line_blocks(path, shown, root):
+        for number, line in enumerate(lines, first):
+            if not line.strip():
+                continue
+            try:
+                row = loads(line)
+            except error:
+                row = _json_line(line, number, shown)
+            yield number, row
 
 
 def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
