@@ -33,7 +33,6 @@ from batchops.spec.files import (
     MAX_JSON_DATA_BYTES,
     FileRefused,
     bounded_line_blocks,
-    bounded_lines,
     open_regular,
     read_bounded,
 )
@@ -553,27 +552,15 @@ def _root_of(path: Path, root: Path | None) -> Path:
 
 
 def _binary_lines(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, bytes]]:
-    try:
-        f = open_regular(path, _root_of(path, root))
-    except FileRefused as e:
-        raise _Fatal(shown, e.args[0]) from None
-    with f:
-        try:
-            for number, line in bounded_lines(f):
-                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]
-                yield number, line
-        except FileRefused as e:
-            where = f"{shown}: line {e.args[1]}" if len(e.args) > 1 else shown
-            raise _Fatal(where, e.args[0]) from None
-        except OSError as e:
-            raise _Fatal(shown, f"cannot read: {e.strerror}") from None
+    """(number, line) of every line of a data file (a BOM dropped); _Fatal if it cannot be read."""
+    for first, lines in _line_blocks(path, shown, root):
+        yield from enumerate(lines, first)
 
 
 def _line_blocks(
     path: Path, shown: str, root: Path | None = None
 ) -> Iterator[tuple[int, list[bytes]]]:
-    """`_binary_lines` a block at a time: (number of the first line, lines)."""
+    """The lines of a data file a block at a time: (number of the first line, lines)."""
     try:
         f = open_regular(path, _root_of(path, root))
     except FileRefused as e:

@@ -69,7 +69,7 @@ def desired_rows(
         raise ValueError("desired_rows needs a job with an input file")
     problems = _Problems()
     general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
-    shown, name, seen = general.shown, job.name, general.seen
+    shown, name = general.shown, job.name
     try:
         f = open_regular(job.input.path, root)
     except FileRefused as e:
@@ -105,16 +105,7 @@ def desired_rows(
                 costs, models = table
                 split = (cids.split("\n"), fps.split("\n")) if keys else ([], [])
                 rows = zip(numbers, keys, *split, indexes, sizes, strict=True)
-                if not events:
-                    for number, key, cid, fp, i, size in rows:
-                        if key in seen:
-                            first = general.short(seen[key])
-                            general.problem(number, f"item {key}: duplicate key (first at {first})")
-                            continue
-                        seen[key] = number
-                        yield key, cid, fp, costs[i], models[i], size
-                else:
-                    yield from _merge(general, rows, events, costs, models)
+                yield from _merge(general, rows, events, costs, models)
                 if ended is not None:  # fatal: what came before stands, nothing after is read
                     fatal = ended
                 if fatal is not None:
@@ -128,7 +119,7 @@ def desired_rows(
 
 
 def _merge(general: TemplateRows, rows, events, costs, models) -> Iterator[tuple]:
-    """The rows and problems of one range in line order (a range with any problem)."""
+    """The rows and problems of one range in line order."""
     seen = general.seen
     events = deque(events)
     for number, key, cid, fp, i, size in rows:
