@@ -18,6 +18,7 @@ NEVER_AT_START = ("anthropic", "httpx", "uvicorn", "starlette", "psycopg")
 ONLY_WHEN_USED = ("jinja2", "pydantic", "tabulate", "sqlite_utils", "multiprocessing")
 # What checking specs does not need: the planner, the state's backends, apply and the remote API.
 NOT_FOR_VALIDATE = (
+    "jinja2",  # the examples' templates only substitute names
     "sqlite_utils",
     "multiprocessing",
     "batchops.plan",
@@ -28,6 +29,7 @@ NOT_FOR_VALIDATE = (
 )
 # What an offline plan does not need: apply, the remote client, saved plans.
 NOT_FOR_OFFLINE_PLAN = (
+    "jinja2",
     "multiprocessing",
     "batchops.apply",
     "batchops.remote",
@@ -146,7 +148,8 @@ def test_a_kept_job_plans_without_jinja_or_sqlite_utils(tmp_path):
             fh.write(json.dumps({"id": f"r{i}", "body": f"text {i}"}) + "\n")
     (tmp_path / "jobs" / "big.toml").write_text(
         'version = 1\n[jobs.big]\nmodel = "claude-haiku-4-5"\nmax_tokens = 8\n'
-        'prompt = "Say {{ body }}"\ninput = { path = "data/rows.jsonl", key = "id" }\n',
+        # a filter: the first plan renders through Jinja
+        'prompt = "Say {{ body | upper }}"\ninput = { path = "data/rows.jsonl", key = "id" }\n',
         encoding="utf-8",
     )
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home-cache")}

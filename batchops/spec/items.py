@@ -158,9 +158,9 @@ def _orjson_exact(obj: Any) -> bool:
 
 # --- templates ----------------------------------------------------------------------------------
 
-# jinja2 and the sandbox are imported by the first template that compiles (`_load_templating`):
-# a command whose rows the rows cache keeps, or whose specs hold no template, never pays the
-# ~70 ms of importing them.
+# jinja2 and the sandbox are imported by the first template Jinja must compile, or the first
+# render that needs them (`_load_templating`): a command whose rows the rows cache keeps, or
+# whose templates only substitute names (`_plain_pieces`), never pays the ~20 ms of importing them.
 sandbox: Any = None
 nodes: Any = None
 TemplateSyntaxError: Any = None
@@ -228,6 +228,9 @@ class Substitution(NamedTuple):
 def _compile(source: str, name: str, problems: list[str], where: str) -> str | _Template:
     if not any(marker in source for marker in _TEMPLATE_MARKERS):
         return source  # plain text: nothing to render, sent as written
+    pieces = _plain_pieces(source)
+    if pieces is not None:
+        return _Template(name, *_simple_format(pieces))
     _load_templating()
     try:
         tree = _ENV.parse(source)
@@ -238,9 +241,9 @@ def _compile(source: str, name: str, problems: list[str], where: str) -> str | _
                 "(a template sees only its item)"
             )
             return source
-        simple = _simple_format(tree)
-        if simple is not None:
-            return _Template(name, *simple)
+        pieces = _pieces_of(tree)
+        if pieces is not None:
+            return _Template(name, *_simple_format(pieces))
         template = sandbox.compile_template(tree)
     except TemplateSyntaxError as e:
         problems.append(f"{where}: template {name!r}: syntax error at line {e.lineno}: {e.message}")
@@ -254,42 +257,90 @@ def _compile(source: str, name: str, problems: list[str], where: str) -> str | _
     return _Template(name, sandbox.output_renderer(template))
 
 
+# A piece of a template that only substitutes names: (False, text) or (True, name).
+_Piece = tuple[bool, str]
+# `{{ name }}` as Jinja's lexer reads it (whitespace is `\s+` there too); names outside ASCII,
+# and names its parser reads as something else, are left to Jinja.
+_PLAIN_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_NOT_PLAIN_NAMES = frozenset(
+    {"true", "false", "none", "True", "False", "None", "not", "and", "or", "in", "is", "if"}
+    | {"else", "for", "recursive", "with", "without", "context", "import", "as", "pass"}
+)
+
+
+def _plain_pieces(source: str) -> list[_Piece] | None:
+    """The pieces of a template that only substitutes names (`Dear {{ name }},`), read without
+    Jinja: the pieces `_pieces_of` finds in Jinja's tree of it, or None for anything else (then
+    Jinja parses it). `tests/test_plain_templates.py` holds the two to the same pieces."""
+    if "\r" in source:
+        return None  # Jinja turns \r\n and \r into \n
+    pieces: list[_Piece] = []
+    parts = _PLAIN_NAME.split(source)
+    for i, part in enumerate(parts):
+        if i % 2:
+            if part in _NOT_PLAIN_NAMES:
+                return None
+            pieces.append((True, part))
+        elif part:
+            # Text with a marker of its own is Jinja's; so is "{" before a name ("{{{ x }}"
+            # starts a tag one character earlier).
+            if (
+                "{{" in part
+                or "{%" in part
+                or "{#" in part
+                or (part[-1] == "{" and i < len(parts) - 1)
+            ):
+                return None
+            pieces.append((False, part))
+    return pieces
+
+
+def _pieces_of(tree: nodes.Template) -> list[_Piece] | None:
+    """The pieces of a parsed template that only substitutes names; None for anything else
+    (filters, attributes, tags)."""
+    pieces: list[_Piece] = []
+    for node in tree.body:
+        if not isinstance(node, nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                pieces.append((False, child.data))
+            elif isinstance(child, nodes.Name) and child.ctx == "load":
+                pieces.append((True, child.name))
+            else:
+                return None
+    return pieces
+
+
 def _simple_format(
-    tree: nodes.Template,
-) -> (
-    tuple[Callable[[dict[str, Any]], str], Callable[[dict[str, Any], str, Any], str], Substitution]
-    | None
-):
-    """A str.format_map renderer for templates that only substitute names (`{{ body }}`), and
+    template: list[_Piece],
+) -> tuple[
+    Callable[[dict[str, Any]], str], Callable[[dict[str, Any], str, Any], str], Substitution
+]:
+    """A str.format_map renderer for a template that only substitutes names (`{{ body }}`), and
     the same renderer reading the row itself (see `_Template`).
 
     Such a template renders each name as `str(value)`, which `format(value, "")` equals for
     every JSON value but lists and dicts, printed as JSON like the sandbox does (`as_text`); a
-    missing name raises the same error StrictUndefined would. Anything else (filters,
-    attributes, tags) returns None and goes through Jinja.
+    missing name raises the same error StrictUndefined would.
     """
     pieces = []
     positional = []  # the same template with "{0}", "{1}"… for the distinct names
     names: list[str] = []
     distinct: list[str] = []
     literal = 0
-    for node in tree.body:
-        if not isinstance(node, nodes.Output):
-            return None
-        for child in node.nodes:
-            if isinstance(child, nodes.TemplateData):
-                text = child.data.replace("{", "{{").replace("}", "}}")
-                pieces.append(text)
-                positional.append(text)
-                literal += len(child.data)
-            elif isinstance(child, nodes.Name) and child.ctx == "load":
-                pieces.append("{" + child.name + "}")
-                names.append(child.name)
-                if child.name not in distinct:
-                    distinct.append(child.name)
-                positional.append("{" + str(distinct.index(child.name)) + "}")
-            else:
-                return None
+    for is_name, value in template:
+        if not is_name:
+            text = value.replace("{", "{{").replace("}", "}}")
+            pieces.append(text)
+            positional.append(text)
+            literal += len(value)
+        else:
+            pieces.append("{" + value + "}")
+            names.append(value)
+            if value not in distinct:
+                distinct.append(value)
+            positional.append("{" + str(distinct.index(value)) + "}")
     format_map = "".join(pieces).format_map
     format_ = "".join(positional).format
     counts = [names.count(n) for n in distinct]
@@ -307,12 +358,14 @@ def _simple_format(
             else:
                 value = row.get(n, missing)
                 if value is missing:
+                    _load_templating()  # Jinja's globals
                     value = _GLOBALS.get(n, missing)
             if type(value) is str:
                 size += len(value) * times
             elif value is missing:
                 pass
             elif type(value) is list or type(value) is dict:
+                _load_templating()
                 value = sandbox.as_text(value)
                 size += len(value) * times
             else:
@@ -322,10 +375,12 @@ def _simple_format(
             budget.refuse(size, "an output")
         if missing in values:
             first = next(n for n in names if values[distinct.index(n)] is missing)
-            raise UndefinedError(f"{first!r} is undefined")
+            raise UndefinedError(f"{first!r} is undefined")  # loaded with the globals
         return format_(*values)
 
     def render(context: dict[str, Any]) -> str:
+        # Called inside a render under the sandbox's budget (`_Renderer.render`, which a job
+        # takes only when a part compiled through Jinja, or `_attaching`): both loaded it.
         # The output's size, before it is built: a name used 10,000 times must not build GBs.
         size = literal
         as_json = None
@@ -451,11 +506,26 @@ class _RenderError(Exception):
         return self.message
 
 
+class _OutputBudget:
+    """The size budget of templates that render from the row (`_Template.from_row`): all they
+    read of `sandbox.Budget`, whose error is built (and the sandbox imported) only when one
+    goes over it."""
+
+    __slots__ = ("seconds", "max_size")
+
+    def __init__(self, seconds: float, max_size: int):
+        self.seconds = seconds
+        self.max_size = max_size
+
+    def refuse(self, size: int, what: str) -> None:
+        _load_templating()
+        sandbox.Budget(self.seconds, self.max_size).refuse(size, what)
+
+
 class _Renderer:
     """A job's request, compiled once: render(row, key) -> params."""
 
     def __init__(self, job: Job, problems: list[str], where: str):
-        _load_templating()  # its render budget, even when no part is a template
         self.model = job.model
         self.max_tokens = job.max_tokens
         if isinstance(job.system, str):
@@ -479,7 +549,7 @@ class _Renderer:
         # Templates that only substitute names (the common case) render from the row alone:
         # no per-row context of globals, and no time budget (str.format runs no user code).
         if all(_from_row(p) for p in (self.system, self.prompt, self.messages)):
-            self.budget = sandbox.Budget(self.seconds, self.max_size)
+            self.budget = _OutputBudget(self.seconds, self.max_size)
             self.render = self._render_from_row  # type: ignore[method-assign]
 
     def _render_from_row(self, row: dict[str, Any], key: str) -> dict[str, Any]:
@@ -501,6 +571,7 @@ class _Renderer:
         return params
 
     def render(self, row: dict[str, Any], key: str) -> dict[str, Any]:
+        # Taken only when a part compiled through Jinja (`_compile` loaded the sandbox).
         context = {**_GLOBALS, **row, "row": row, "key": key}
         params: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
         token = sandbox.start(sandbox.Budget(self.seconds, self.max_size))
@@ -938,6 +1009,7 @@ def _attaching(
 ) -> Callable[[dict[str, Any], str], dict[str, Any]]:
     """`render` followed by the job's attachments: each path rendered, its file read into a
     content block, the blocks put before the last user message's text (`spec.attachments`)."""
+    _load_templating()  # every path renders under a budget
     paths = [
         _compile(t, f"attachments[{i}]", problems, where) for i, t in enumerate(job.attachments)
     ]
