@@ -19,6 +19,7 @@ ONLY_WHEN_USED = ("jinja2", "pydantic", "tabulate", "sqlite_utils", "multiproces
 # What checking specs does not need: the planner, the state's backends, apply and the remote API.
 NOT_FOR_VALIDATE = (
     "jinja2",  # the examples' templates only substitute names
+    "tabulate",  # their tables are plain (views.tables.simple_table)
     "sqlite_utils",
     "multiprocessing",
     "batchops.plan",
@@ -30,6 +31,7 @@ NOT_FOR_VALIDATE = (
 # What an offline plan does not need: apply, the remote client, saved plans.
 NOT_FOR_OFFLINE_PLAN = (
     "jinja2",
+    "tabulate",
     "multiprocessing",
     "batchops.apply",
     "batchops.remote",

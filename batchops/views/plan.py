@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from tabulate import tabulate
 
 from batchops.plan.actions import (
     ACTIONS,
@@ -26,6 +25,7 @@ from batchops.plan.actions import (
 from batchops.plan.serialize import plan_json_chunks, plan_to_dict
 from batchops.pricing import money
 from batchops.safetext import markdown_block, markdown_text, terminal
+from batchops.views.tables import simple_table, tabulate
 from batchops.views.text import plural, shorten
 
 MAX_LISTED = 20  # item actions listed per job in the human formats (--json lists all)
@@ -154,10 +154,9 @@ def _basis(job: JobPlan) -> bool:
 
 def plan_text(plan: Plan, prices_source: str | None = None) -> str:
     out = [
-        tabulate(
+        simple_table(
             _job_rows(plan),
             headers=HEADERS,
-            tablefmt="simple",
             colalign=("left",) + ("right",) * (len(HEADERS) - 1),
         )
     ]

@@ -1,14 +1,94 @@
 """Tables the CLI prints: every layout in one place, rendered with tabulate, every string that
-came from a spec, a data file or the API made safe for a terminal."""
+came from a spec, a data file or the API made safe for a terminal.
+
+Importing tabulate costs about 15 ms (it reads its own version through `importlib.metadata`),
+a tenth of a cold start's budget, so the tables `validate` and `plan` print are written by
+`simple_table` while every cell is one whose text tabulate would print as it is; any other
+table is tabulate's. `tests/test_tables.py` holds the two to the same text.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
-
-from tabulate import tabulate
 
 from batchops.pricing import money
 from batchops.safetext import terminal
+
+
+def tabulate(*args: Any, **kwargs: Any) -> str:
+    from tabulate import tabulate as _tabulate
+
+    return _tabulate(*args, **kwargs)
+
+
+def simple_table(
+    rows: Sequence[Sequence[Any]], headers: Sequence[str], colalign: Sequence[str]
+) -> str:
+    """`tabulate(rows, headers=headers, colalign=colalign)`, in its "simple" format."""
+    text = _plain_table(rows, headers, colalign)
+    if text is None:
+        return tabulate(rows, headers=headers, colalign=colalign)
+    return text
+
+
+# Every character Python's float() or int(), or tabulate's thousands-separator pattern, reads
+# as part of a number ("1e5", "-inf", "NaN", "1_000", "1,000.5"): a cell made only of these
+# might be a number to tabulate, which then prints it its own way.
+_NUMBERISH = frozenset("0123456789+-.,_eEiInNfFtTyYaA")
+
+
+def _plain_cell(value: Any) -> str | None:
+    """The text tabulate prints for `value` whatever its column's type, or None when that type
+    could change it (a numeric or boolean string, an empty one, spaces around it, a float,
+    anything but printable ASCII)."""
+    t = type(value)
+    if t is int:
+        return str(value)  # format(value, "") in an int column, f"{value}" in a text one
+    if (
+        t is str
+        and value
+        and value.isascii()
+        and value.isprintable()
+        and value[0] != " "
+        and value[-1] != " "
+        and value not in ("True", "False")
+        and not _NUMBERISH.issuperset(value)
+    ):
+        return value
+    return None
+
+
+def _plain_table(
+    rows: Sequence[Sequence[Any]], headers: Sequence[str], colalign: Sequence[str]
+) -> str | None:
+    """The "simple" table tabulate writes, or None when a cell or an alignment is not plain."""
+    n = len(headers)
+    if len(colalign) != n or not all(a in ("left", "right") for a in colalign):
+        return None
+    if not all(type(h) is str and h.isascii() and h.isprintable() for h in headers):
+        return None
+    cells = []
+    for row in rows:
+        if len(row) != n:
+            return None
+        texts = [_plain_cell(v) for v in row]
+        if None in texts:
+            return None
+        cells.append(texts)
+    if not cells:
+        colalign = ["left"] * n  # tabulate aligns columns it has no cells of as text
+    # tabulate: a column is as wide as its widest cell, and its header plus two
+    widths = [max([len(h) + 2, *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+
+    def line(texts: Sequence[str]) -> str:
+        padded = (
+            t.ljust(w) if a == "left" else t.rjust(w)
+            for t, w, a in zip(texts, widths, colalign, strict=True)
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, cells)])
 
 
 def when(moment: Any) -> str:
@@ -27,7 +107,7 @@ def validate_table(jobs: list[Any]) -> str:
         ]
         for j in jobs
     ]
-    return tabulate(
+    return simple_table(
         rows,
         headers=["job", "spec", "source", "items", "model", "est. cost"],
         colalign=("left", "left", "left", "right", "left", "right"),
@@ -82,7 +162,7 @@ def status_table(report: Any) -> str:
         "actual cost",
         "est. cost",
     ]
-    return tabulate(rows, headers=headers, colalign=("left",) + ("right",) * 9)
+    return simple_table(rows, headers=headers, colalign=("left",) + ("right",) * 9)
 
 
 def cost_parts_table(report: Any) -> str:
@@ -97,7 +177,7 @@ def cost_parts_table(report: Any) -> str:
         for j in report.jobs
     ]
     headers = ["job", "input", "cache write", "cache read", "output", "actual cost", "est. cost"]
-    return tabulate(rows, headers=headers, colalign=("left",) + ("right",) * 6)
+    return simple_table(rows, headers=headers, colalign=("left",) + ("right",) * 6)
 
 
 COST_PARTS = ("input", "cache_write", "cache_read", "output")
@@ -115,7 +195,7 @@ def in_flight_table(batches: list[Any], duration: Any) -> str:
         ]
         for b in batches
     ]
-    return tabulate(
+    return simple_table(
         rows,
         headers=["batch", "job", "status", "requests", "age", "expires in"],
         colalign=("left", "left", "left", "right", "right", "right"),
@@ -137,7 +217,7 @@ def state_jobs_table(jobs: list[Any]) -> str:
         for j in jobs
     ]
     headers = ["job", "items", "in flight", "succeeded", "errored", "other", "batches", "results"]
-    return tabulate(rows, headers=headers, colalign=("left",) + ("right",) * 7)
+    return simple_table(rows, headers=headers, colalign=("left",) + ("right",) * 7)
 
 
 def state_batches_table(batches: list[Any], *, with_job: bool = True) -> str:
@@ -148,7 +228,7 @@ def state_batches_table(batches: list[Any], *, with_job: bool = True) -> str:
     ]  # fmt: skip
     headers = ["batch", *(["job"] if with_job else []), "status", "requests", "created", "drift"]
     align = ("left", *(("left",) if with_job else ()), "left", "right", "left", "left")
-    return tabulate(rows, headers=headers, colalign=align)
+    return simple_table(rows, headers=headers, colalign=align)
 
 
 def fields_table(fields: list[tuple[str, Any]]) -> str:
