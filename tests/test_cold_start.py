@@ -122,18 +122,40 @@ def test_the_examples_load_only_what_each_command_uses(tmp_path):
         assert loaded_by(argv, tmp_path, NEVER_AT_START + NOT_FOR_OFFLINE_PLAN) == [], argv
 
 
-def test_an_unchanged_project_starts_without_pydantic(tmp_path):
-    # the first command checks the specs (pydantic) and keeps the project; the next ones load it
+def test_an_unchanged_project_starts_without_checking_its_specs(tmp_path):
+    # the first command checks the specs and keeps the project; the next ones load it
     shutil.copytree(REPO / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("out"))
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home-cache")}
     env.pop("BATCHOPS_CACHE", None)
-    watched = ("pydantic", "batchops.spec.raw")
-    assert loaded_by(["validate"], tmp_path, watched, env) == list(watched)
+    watched = ("pydantic", "batchops.spec.raw", "batchops.spec.rawplain")
+    checked = ["batchops.spec.rawplain"]  # plain spec files: pydantic is not needed
+    assert loaded_by(["validate"], tmp_path, watched, env) == checked
     for argv in (["validate"], ["plan", "--no-refresh"], ["plan", "--no-refresh", "--json"]):
         assert loaded_by(argv, tmp_path, watched, env) == [], argv
     with (tmp_path / "jobs" / "support.toml").open("a") as fh:
         fh.write("\n# edited\n")
-    assert loaded_by(["validate"], tmp_path, watched, env) == list(watched)
+    assert loaded_by(["validate"], tmp_path, watched, env) == checked
+
+
+def test_a_spec_with_a_problem_is_checked_by_pydantic(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "bad.toml").write_text(
+        'version = 1\n[jobs.bad]\nmodel = "claude-haiku-4-5"\nmax_tokens = 0\n'
+        'prompt = "hi"\nitems = [{ key = "a" }]\n',
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchops", "validate"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "Error: jobs/bad.toml: jobs.bad.max_tokens: Input should be greater than or equal to 1\n"
+    )
+    assert loaded_by(["validate"], tmp_path, ("pydantic",)) == ["pydantic"]
 
 
 def test_schema_prints_the_shipped_file_without_pydantic(tmp_path):

@@ -661,11 +661,15 @@ def _jobs_of(
             f"{shown}: version: unsupported spec version {json.dumps(version)} "
             f"(this batchops reads version = {SPEC_VERSION})"
         ]
-    from batchops.spec.raw import _RawDefaults, spec_of  # pydantic: only when a file is checked
+    from batchops.spec import rawplain
 
-    spec = spec_of(shown, raw)
-    if isinstance(spec, list):
-        return list(spec)
+    spec: Any = rawplain.spec_of(raw)
+    if spec is None:  # not plainly right: pydantic checks it, and says what is wrong
+        from batchops.spec.raw import spec_of
+
+        spec = spec_of(shown, raw)
+        if isinstance(spec, list):
+            return list(spec)
 
     out: list[Job | str] = []
     if spec.defaults is not None and spec.defaults.params is not None:
@@ -677,7 +681,7 @@ def _jobs_of(
                 "digits, '-' and '_', starting with a letter or digit, at most 64 characters)"
             )
             continue
-        defaults = spec.defaults or _RawDefaults()
+        defaults = spec.defaults or rawplain.NO_DEFAULTS
         job_or_problems = _merge(file, shown, root, name, defaults, raw_job, record)
         if isinstance(job_or_problems, Job):
             out.append(job_or_problems)

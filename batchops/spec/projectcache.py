@@ -22,6 +22,10 @@ A project is kept only when its JSON gives back an equal project with values of 
 hash (BLAKE2b) with the rows cache's key (`batchops.spec.cache`), so a file not written by this
 user's batchops is refused; symlinked cache folders or files, and anything but a regular file, are
 refused too. `BATCHOPS_CACHE=off` turns it off.
+
+A file not used for `KEEP_DAYS` days is removed, by the next command that writes one (a load in
+full); a command served from a file marks it used at most once a day (its mtime), so neither a
+hit nor an unchanged project pays for the pruning.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import hmac
 import importlib.util
 import os
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +60,16 @@ from batchops.spec.model import (
 
 FORMAT = "batchops-project-v1"
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a bigger project (inline items) is not kept
+KEEP_DAYS = 30  # a kept project not used for this long is removed
+_MARK_USED_AFTER = 86_400  # seconds: a hit marks its file used at most once a day
 # The modules whose code decides what a loaded project holds.
-_CODE = ("spec/model.py", "spec/raw.py", "spec/projectcache.py", "spec/files.py")
+_CODE = (
+    "spec/model.py",
+    "spec/raw.py",
+    "spec/rawplain.py",
+    "spec/projectcache.py",
+    "spec/files.py",
+)
 
 
 @dataclass
@@ -132,6 +145,7 @@ def load(
         return None
     if check_outputs(project, protected, candidates):
         return None  # the full load reports it
+    _mark_used(_file_of(root, jobs_path))
     return project
 
 
@@ -171,6 +185,7 @@ def save(
     mac = hashlib.blake2b(body, key=mac_key, digest_size=32).hexdigest().encode()
     with contextlib.suppress(OSError):
         _write(_file_of(root, jobs_path), body + b"\n" + mac + b"\n")
+        _prune(_file_of(root, jobs_path).parent, time.time())
 
 
 # --- the form kept ------------------------------------------------------------------------------
@@ -303,6 +318,28 @@ def _write(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _mark_used(path: Path) -> None:
+    """Move the file's mtime to now, when it is older than a day (pruning reads it)."""
+    with contextlib.suppress(OSError):
+        if time.time() - os.stat(path, follow_symlinks=False).st_mtime > _MARK_USED_AFTER:
+            os.utime(path, follow_symlinks=False)
+
+
+def _prune(directory: Path, now: float) -> None:
+    """Remove the kept projects (and left-over temporary files) not used for KEEP_DAYS days."""
+    if directory.is_symlink():
+        return
+    cutoff = now - KEEP_DAYS * 86_400
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not (entry.name.endswith(".json") or entry.name.endswith(".tmp")):
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(entry.path)
 
 
 def _pydantic_version() -> str:
