@@ -14,7 +14,7 @@ import pytest
 
 import batchops
 from batchops.errors import SpecError
-from batchops.spec import projectcache, raw, rawplain
+from batchops.spec import projectcache, rawplain
 from batchops.spec.model import load_project
 
 REPO = Path(__file__).resolve().parent.parent
