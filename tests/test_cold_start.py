@@ -28,10 +28,13 @@ NOT_FOR_VALIDATE = (
     "batchops.apply",
     "batchops.remote",
 )
-# What an offline plan does not need: apply, the remote client, saved plans.
+# What an offline plan does not need: apply, the remote client, saved plans, a temporary file
+# for the rows of jobs too small to keep, the host name a writer's lease records.
 NOT_FOR_OFFLINE_PLAN = (
     "jinja2",
     "tabulate",
+    "tempfile",
+    "socket",
     "multiprocessing",
     "batchops.apply",
     "batchops.remote",

@@ -110,15 +110,8 @@ def _rows(
             yield from chunk
         return
     started = time.time()
+    written = _Written()
     try:
-        import tempfile  # only a render that is kept needs it (~10 ms to import)
-
-        body = tempfile.TemporaryFile()  # rows are written as they come, never all held
-    except OSError:
-        yield from render()
-        return
-    with body:
-        written = _Written(body)
         chunk: list[Row] = []
         for row in render():
             chunk.append(row)
@@ -126,12 +119,15 @@ def _rows(
                 written.add(chunk)
                 chunk = []
             yield row
-        if chunk:
+        # Fewer than MIN_ROWS rows are not kept: a small job writes no temporary file at all.
+        if chunk and written.rows + len(chunk) >= MIN_ROWS:
             written.add(chunk)
         # Only a render that completed gets here (a SpecError ends it before): keep its rows.
         if written.rows >= MIN_ROWS and written.ok:
             with contextlib.suppress(OSError):
                 _save(path, key, definition, data_file, prices, today, written, started)
+    finally:
+        written.close()
 
 
 # --- identity -----------------------------------------------------------------------------------
@@ -215,8 +211,8 @@ def _mac_key() -> bytes | None:
 class _Written:
     """The chunk lines of rows rendered so far, in a temporary file, and what the header needs."""
 
-    def __init__(self, body: IO[bytes]):
-        self.body = body
+    def __init__(self) -> None:
+        self.body: IO[bytes] | None = None  # made by the first chunk added
         self.rows = 0
         self.models: set[str] = set()
         self.cost_type: type | None = None
@@ -229,11 +225,21 @@ class _Written:
             self.cost_type = next((type(r[3]) for r in chunk if isinstance(r[3], tuple)), None)
         if self.ok:
             try:
+                if self.body is None:
+                    import tempfile  # only rows that may be kept need it (~3 ms to import)
+
+                    self.body = tempfile.TemporaryFile()  # written as they come, never all held
                 self.body.write(orjson.dumps(chunk, default=_plain) + b"\n")
             except (OSError, TypeError, orjson.JSONEncodeError):
                 self.ok = False
 
+    def close(self) -> None:
+        if self.body is not None:
+            self.body.close()
+
     def lines(self) -> Iterator[bytes]:
+        if self.body is None:
+            return
         self.body.flush()
         self.body.seek(0)
         yield from self.body

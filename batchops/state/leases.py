@@ -13,7 +13,6 @@ nothing: such a lease is only taken over once it expires.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -64,6 +63,8 @@ def process_started(pid: int) -> str:
 
 def me() -> tuple[int, str, str, str]:
     """(pid, host, pid namespace, start time) of this process."""
+    import socket  # only a writer names its host (~2 ms to import)
+
     pid = os.getpid()
     return pid, socket.gethostname(), pid_namespace(), process_started(pid)
 
