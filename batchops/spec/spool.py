@@ -47,7 +47,7 @@ class JobSpool:
     def __init__(self) -> None:
         import tempfile  # ~10 ms to import: only `plan -o` needs it
 
-        self.file = tempfile.TemporaryFile()  # kept open until the spool closes
+        self.file = tempfile.TemporaryFile(buffering=_READ)  # open until the spool closes
         self.write = self.file.write  # the producer writes each line …
         self.sizes = array("I")
         self.size = self.sizes.append  # … and adds its length
