@@ -13,15 +13,52 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
+from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from batchops.errors import PlanError
 from batchops.plan import saved
 from batchops.plan.actions import SubmitBatch
-from batchops.spec.spool import RequestSpool
+from batchops.spec import rowmaker
+from batchops.spec.items import iter_items
+from batchops.spec.spool import RequestSpool, request_line
 from tests.projects import apply, context, rows, run_cli, write_project, write_rows
+from tests.test_rowmaker import JOBS, PRICES, TODAY, _outcome, lines
+from tests.test_rowmaker import _project as _shaped
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from(sorted(JOBS)), data=st.lists(lines(), max_size=8))
+@example("prompt", ['{"id": "a", "subject": "s", "body": "b"}', '{"id": "b", "body": 1}'])
+@example("twice", ['{"id": "a", "body": "b", "n": "c"}'])
+def test_kept_lines_are_the_general_paths_requests(shape, data):
+    """Whatever path each row takes, a render that ends keeps one line per row, in order: the
+    general path's request of the item (and a render that fails keeps no whole job)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        text = "".join(line + "\n" for line in data)
+        job = _shaped(root, shape, 'input = { path = "data/rows.jsonl", key = "id" }', text)
+        spool = RequestSpool()
+        kept_lines = spool.job(job.name)
+        made, problems = _outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}, kept_lines))
+        if problems is not None:
+            assert spool.complete(job.name, len(made)) is None
+            return
+        kept_lines.finish()
+        kept = spool.complete(job.name, len(made))
+        assert kept is not None
+        items = list(iter_items(job, root))
+        assert [m[:3] for m in made] == [(i.key, i.custom_id, i.fingerprint) for i in items]
+        assert [kept.line(n) for n in range(len(made))] == [
+            request_line(i.key, i.custom_id, i.fingerprint, orjson.dumps(i.params)) for i in items
+        ]
+        spool.close()
+
 
 # A row the fast producer leaves to the general path (its text is not a string), and strings
 # JSON must escape.
