@@ -149,7 +149,7 @@ def test_the_header_lists_no_submit_action(tmp_path, monkeypatch):
     assert all(job["actions"] == [] for job in header["plan"]["jobs"])
 
 
-def test_show_and_apply_of_a_kept_plan_through_the_cli(tmp_path):
+def test_show_of_a_plan_saved_from_kept_lines_is_the_plan(tmp_path):
     _project(tmp_path)
     saved_run = run_cli(tmp_path, None, "plan", "--no-refresh", "-o", "plan.jsonl")
     assert saved_run.returncode == 0, saved_run.stderr
