@@ -126,6 +126,7 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
     if path.is_dir():
         raise PlanError(f"{path}: is a directory")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    spool = desired.spool if plan.submits else None
     try:
         with tmp.open("wb") as fh:
             out = _Writer(fh)
@@ -135,7 +136,6 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
             for piece in plan_json_chunks(plan, prices_source, indent=False, submits=False):
                 out.write(piece, 0)
             out.write(b"}\n")
-            spool = desired.spool if plan.submits else None
             kept: dict[str, JobSpool | None] = {}
             for step, stream, held in _spec_streams(plan, desired, requests_for):
                 out.line({"step": step_dict(step)})
