@@ -54,7 +54,7 @@ def test_kept_lines_are_the_general_paths_requests(shape, data):
         assert kept is not None
         items = list(iter_items(job, root))
         assert [m[:3] for m in made] == [(i.key, i.custom_id, i.fingerprint) for i in items]
-        assert [kept.line(n) for n in range(len(made))] == [
+        assert [kept.expand(kept.line(n), b"\n") for n in range(len(made))] == [
             request_line(i.key, i.custom_id, i.fingerprint, orjson.dumps(i.params)) for i in items
         ]
         spool.close()

@@ -56,7 +56,7 @@ from batchops.plan.serialize import plan_json_chunks, step_dict
 from batchops.spec.desired import Desired, DesiredItem, items_for, requests_for
 from batchops.spec.items import fingerprint, request_size_of
 from batchops.spec.model import Project
-from batchops.spec.spool import JobSpool, RequestSpool, request_line
+from batchops.spec.spool import JobSpool, RequestSpool, head, request_line
 
 MAGIC = "batchops-plan"
 END = "batchops-plan-end"
@@ -191,14 +191,13 @@ def _copy_requests(out: _Writer, step: SubmitBatch, lines: JobSpool) -> None:
     assert isinstance(items, SubmitItems)
     for n in (0, len(items) - 1):  # the lines are the items' by construction: one check a side
         want = items.desired[items.index[n]]
-        start = request_line(want.key, want.custom_id, want.fingerprint, b"", b"")
-        if not lines.line(items.index[n]).startswith(start):
+        if not lines.line(items.index[n]).startswith(head(*want[:3])):
             raise PlanError(f"job {step.job}: the kept requests are not the plan's; plan again")
     tails = [_tail(reason, attempt) for reason, attempt in items.kinds]
     for start, stop, kind in _runs(items):
         tail = tails[kind]
         for data, count in lines.read(start, stop):
-            out.write(data.replace(b"\n", tail), count)
+            out.write(lines.expand(data, tail), count)
 
 
 def _runs(items: SubmitItems) -> list[tuple[int, int, int]]:

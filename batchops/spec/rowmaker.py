@@ -494,11 +494,10 @@ def _maker(
         get = itemgetter(*names) if names else lambda row: ()
         single = len(names) == 1  # itemgetter gives the value, not a tuple
         if spool is not None:
-            # `spool.request_line` of the item, with the custom_id and fingerprint written
+            # The line `spool.template` describes, the custom_id and fingerprint written
             # directly: both are ASCII letters, digits, `_`, `-` and `:`, never escaped.
+            spool.template(*plain_pieces)
             spool_write, spool_size = spool.write, spool.size
-            opening = b'","params":' + plain_pieces[0]
-            closing = plain_pieces[1] + b"\n"
 
         def make(row: dict[str, Any], key: str) -> Row | None:
             try:
@@ -522,7 +521,7 @@ def _maker(
             if spool is not None:
                 try:
                     line = join((b'{"key":', dumps(key), b',"custom_id":"', cid.encode(),
-                                 b'","fingerprint":"', fp.encode(), opening, written, closing))  # fmt: skip
+                                 b'","fingerprint":"', fp.encode(), b'"\x00', written, b"\n"))  # fmt: skip
                 except encode_error:
                     spool.broken = True
                 else:
