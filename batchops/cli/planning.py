@@ -79,7 +79,12 @@ def plan(
     """Show what apply would do, and what it would cost. Writes nothing."""
     _exclusive(ctx, json=json_, markdown=markdown)
     context = _context(ctx, remote=not no_refresh)
-    the_plan, desired = context.plan(job_names, refresh=not no_refresh, replace_items=replace_items)
+    the_plan, desired = context.plan(
+        job_names,
+        refresh=not no_refresh,
+        replace_items=replace_items,
+        keep_requests=out_file is not None,  # written to the file without a second render
+    )
     source = context.prices.source
     if json_:
         from batchops.views.plan import plan_json_lines

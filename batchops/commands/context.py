@@ -151,9 +151,13 @@ class Context:
         return desired
 
     def planner(
-        self, job_names: Iterable[str] | None = None, replace_items: Iterable[str] = ()
+        self,
+        job_names: Iterable[str] | None = None,
+        replace_items: Iterable[str] = (),
+        keep_requests: bool = False,
     ) -> Planner:
-        """The desired items of a command, rendered only when the plan memo cannot answer."""
+        """The desired items of a command, rendered only when the plan memo cannot answer (with
+        `keep_requests`, keeping the request lines they render, for a saved plan)."""
         from batchops.plan.memo import Memo, Planner
 
         replace_items = list(replace_items)
@@ -162,11 +166,16 @@ class Context:
         project = self.project()
         today = self.clock().date()
         names = list(job_names or [])
+        spool = None
+        if keep_requests:
+            from batchops.spec.spool import RequestSpool
+
+            spool = RequestSpool()
         planner = Planner(
             project,
             names,
             lambda: desired_mod.collect(
-                project, self.prices, today, names, self.output_priors(project)
+                project, self.prices, today, names, self.output_priors(project), spool
             ),
         )
         jobs = [project.job(n) for n in planner.names]
@@ -221,11 +230,13 @@ class Context:
         job_names: Iterable[str] | None = None,
         refresh: bool = False,
         replace_items: Iterable[str] = (),
+        keep_requests: bool = False,
     ) -> tuple[Plan, Planner]:
         """Diff specs against state (read-only); with `refresh`, remote batches are polled first.
         `replace_items` (`JOB:KEY`) are sent again on purpose. With the plan comes what it was
-        planned from (its `desired` items rendered on first use: the plan memo may have answered)."""
-        planner = self.planner(job_names, replace_items)
+        planned from (its `desired` items rendered on first use: the plan memo may have answered),
+        and with `keep_requests` the request lines of that render, for `plan.saved.save`."""
+        planner = self.planner(job_names, replace_items, keep_requests)
         reader = self.reader()
         try:
             remote: dict[str, BatchRecord] | None = None

@@ -269,6 +269,11 @@ class Planner:
         return self.desired.spec_digest
 
     @property
+    def spool(self):
+        """The request lines kept by the render (None when nothing was rendered or kept)."""
+        return self._desired.spool if self._desired is not None else None
+
+    @property
     def replace(self) -> frozenset[tuple[str, str]]:
         return self._desired.replace if self._desired is not None else frozenset()
 

@@ -1,11 +1,16 @@
 """Saved plans (`plan -o FILE`, `apply FILE`, `show FILE`): the plan object, serialized.
 
 A plan file is JSON Lines:
-- line 1, the header: `{"kind": "batchops-plan", "plan_id", "plan": <the JSON shape>}`;
+- line 1, the header: `{"kind": "batchops-plan", "plan_id", "plan": <the JSON shape>}`, whose
+  jobs list their actions but the submits (the request lines list those);
 - one line per step, in order; a submit step is followed by one line per request it sends:
-  `{"key", "custom_id", "fingerprint", "reason", "attempt", "params"}`;
+  `{"key", "custom_id", "fingerprint", "params", "reason", "attempt"}`;
 - a last line `{"kind": "batchops-plan-end", "lines": N, "digest": "sha256:…"}` over every byte
   before it, so a truncated or edited file is refused.
+
+The request lines are copied from those the plan's own render kept (`spec.spool`), each with its
+reason and attempt put after its params; a job rendered elsewhere (rows cache, worker processes)
+is rendered again by the fast producer, and each request checked against the plan.
 
 Loading verifies more than the digest (which anyone can recompute): every request must be exactly
 one that the specs render now (same job, key, custom_id and fingerprint of its params), so an
@@ -19,6 +24,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -50,6 +56,7 @@ from batchops.plan.serialize import plan_json_chunks, step_dict
 from batchops.spec.desired import Desired, DesiredItem, items_for, requests_for
 from batchops.spec.items import fingerprint, request_size_of
 from batchops.spec.model import Project
+from batchops.spec.spool import JobSpool, RequestSpool, head, request_line
 
 MAGIC = "batchops-plan"
 END = "batchops-plan-end"
@@ -110,7 +117,8 @@ class _Writer:
 
 
 def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) -> str:
-    """Write the plan and every request it sends, atomically (temporary file, then rename)."""
+    """Write the plan and every request it sends, atomically (temporary file, then rename).
+    The request lines `desired` kept from its render (`desired.spool`) are used up."""
     plan_id = str(uuid.uuid4())
     path = Path(path)
     if not path.parent.is_dir():
@@ -118,18 +126,27 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
     if path.is_dir():
         raise PlanError(f"{path}: is a directory")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    spool = desired.spool if plan.submits else None
     try:
         with tmp.open("wb") as fh:
             out = _Writer(fh)
-            # The header holds every action of the plan: written as it is encoded, in pieces.
+            # The header holds the plan but its submit actions: written as it is encoded.
             head = orjson.dumps({"kind": MAGIC, "plan_id": plan_id, "plan": None})
             out.write(head[: -len(b"null}")], 0)
-            for piece in plan_json_chunks(plan, prices_source, indent=False):
+            for piece in plan_json_chunks(plan, prices_source, indent=False, submits=False):
                 out.write(piece, 0)
             out.write(b"}\n")
+            kept: dict[str, JobSpool | None] = {}
             for step, stream, held in _spec_streams(plan, desired, requests_for):
                 out.line({"step": step_dict(step)})
-                if isinstance(step, SubmitBatch):
+                if not isinstance(step, SubmitBatch):
+                    continue
+                if step.job not in kept:
+                    kept[step.job] = _kept(plan, desired, spool, step.job)
+                lines = kept[step.job]
+                if lines is not None:
+                    _copy_requests(out, step, lines)
+                else:
                     _write_requests(out, step, stream, held)
             out.flush()
             fh.write(
@@ -145,10 +162,61 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        if spool is not None:
+            spool.close()
     return plan_id
 
 
-_CHUNK = 4096  # request lines joined into one write
+def _tail(reason: str, attempt: int) -> bytes:
+    """What follows a request's params on its line: `,"reason":…,"attempt":…}` and a newline."""
+    return b"," + orjson.dumps({"reason": reason, "attempt": attempt})[1:] + b"\n"
+
+
+def _kept(plan: Plan, desired: Desired, spool: RequestSpool | None, job: str) -> JobSpool | None:
+    """The request lines job `job`'s render kept, if there is one for each of its items and
+    every submit step of the job draws its items from those (else the job is rendered again)."""
+    table = next((j.items for j in desired.jobs if j.name == job), None)
+    if spool is None or table is None:
+        return None
+    steps = [s for s in plan.submits if s.job == job]
+    if not all(isinstance(s.items, SubmitItems) and s.items.desired is table for s in steps):
+        return None
+    return spool.complete(job, len(table))
+
+
+def _copy_requests(out: _Writer, step: SubmitBatch, lines: JobSpool) -> None:
+    """The request lines of a submit step, copied from those its render kept, in runs of
+    consecutive items of one (reason, attempt); each kept newline becomes the line's tail."""
+    items = step.items
+    assert isinstance(items, SubmitItems)
+    for n in (0, len(items) - 1):  # the lines are the items' by construction: one check a side
+        want = items.desired[items.index[n]]
+        if not lines.line(items.index[n]).startswith(head(*want[:3])):
+            raise PlanError(f"job {step.job}: the kept requests are not the plan's; plan again")
+    tails = [_tail(reason, attempt) for reason, attempt in items.kinds]
+    for start, stop, kind in _runs(items):
+        tail = tails[kind]
+        for data, count in lines.read(start, stop):
+            out.write(lines.expand(data, tail), count)
+
+
+def _runs(items: SubmitItems) -> list[tuple[int, int, int]]:
+    """(start, stop, kind) of each run of consecutive desired items of the same kind, in order."""
+    index, tags = items.index, items.tags
+    if isinstance(index, range) and index.step == 1 and tags is None:
+        return [(index.start, index.stop, 0)] if len(index) else []
+    runs: list[tuple[int, int, int]] = []
+    start = stop = kind = -1
+    for i, tag in zip(index, tags if tags is not None else repeat(0), strict=False):
+        if i == stop and tag == kind:
+            stop += 1
+            continue
+        if start >= 0:
+            runs.append((start, stop, kind))
+        start, stop, kind = i, i + 1, tag
+    if start >= 0:
+        runs.append((start, stop, kind))
+    return runs
 
 
 def _wanted(step: SubmitBatch) -> Iterator[tuple[tuple[str, str, str, int], str]]:
@@ -166,21 +234,17 @@ _CHUNK = 4096  # request lines joined into one write
 def _write_requests(
     out: _Writer, step: SubmitBatch, stream: Iterator[_Request[bytes]], held: dict
 ) -> None:
-    """The request lines of a submit step: each the bytes `orjson.dumps` writes for its dict
-    (key, custom_id, fingerprint, reason, attempt, params), joined from the params' JSON."""
-    dumps, join, take = orjson.dumps, b"".join, _take
-    middles: dict[tuple[str, int], bytes] = {}  # `"reason":…,"attempt":…,"params":` per kind
+    """The request lines of a submit step, rendered again: each the bytes `orjson.dumps` writes
+    for its dict (key, custom_id, fingerprint, params, reason, attempt)."""
+    join, take = b"".join, _take
+    tails: dict[tuple[str, int], bytes] = {}
     chunk: list[bytes] = []
     for (key, custom_id, reason, attempt), fp in _wanted(step):
         params = take(step.job, key, fp, stream, held)
-        middle = middles.get((reason, attempt))
-        if middle is None:
-            whole = orjson.dumps({"reason": reason, "attempt": attempt, "params": None})
-            middle = middles[(reason, attempt)] = whole[1 : -len(b"null}")]
-        chunk.append(
-            b'{"key":%b,"custom_id":%b,"fingerprint":%b,%b%b}\n'
-            % (dumps(key), dumps(custom_id), dumps(fp), middle, params)
-        )
+        tail = tails.get((reason, attempt))
+        if tail is None:
+            tail = tails[(reason, attempt)] = _tail(reason, attempt)
+        chunk.append(request_line(key, custom_id, fp, params, tail))
         if len(chunk) == _CHUNK:
             out.write(join(chunk), _CHUNK)
             chunk = []
@@ -226,14 +290,24 @@ def _spec_streams(
             yield step, iter(()), {}
             continue
         if step.job not in streams:
-            sent = sum(len(s.items) for s in plan.submits if s.job == step.job)
-            rendered = next((len(j.items) for j in desired.jobs if j.name == step.job), None)
-            keys = None  # every item of the job is sent: no set of a million keys to filter by
-            if sent != rendered:
-                keys = {w[0][0] for s in plan.submits if s.job == step.job for w in _wanted(s)}
-            streams[step.job] = requests_of(desired.project, step.job, keys)
+            streams[step.job] = _job_stream(plan, desired, step.job, requests_of)
             early[step.job] = {}
         yield step, streams[step.job], early[step.job]
+
+
+def _job_stream(
+    plan: Plan,
+    desired: Desired,
+    job: str,
+    requests_of: Callable[[Project, str, set[str] | None], Iterator[_Request[_P]]],
+) -> Iterator[_Request[_P]]:
+    """`requests_of` the items of `job` that `plan` sends (begun only when first asked)."""
+    sent = sum(len(s.items) for s in plan.submits if s.job == job)
+    rendered = next((len(j.items) for j in desired.jobs if j.name == job), None)
+    keys = None  # every item of the job is sent: no set of a million keys to filter by
+    if sent != rendered:
+        keys = {w[0][0] for s in plan.submits if s.job == job for w in _wanted(s)}
+    yield from requests_of(desired.project, job, keys)
 
 
 def _take(

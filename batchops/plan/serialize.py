@@ -1,5 +1,5 @@
 """The plan's stable, versioned JSON shape (DESIGN §5): what `plan --json` prints and what a saved
-plan's header holds."""
+plan's header holds (there without the submit actions, which its request lines list)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,13 @@ class _Many:
 
 
 def plan_json_chunks(
-    plan: Plan, prices_source: str | None = None, *, indent: bool = True
+    plan: Plan, prices_source: str | None = None, *, indent: bool = True, submits: bool = True
 ) -> Iterator[bytes]:
     """`orjson.dumps(plan_to_dict(plan, prices_source))` (indented by 2, or compact), byte for
     byte, in pieces: per-item actions are written a group at a time, so a million-item plan is
-    never one string in memory."""
-    shape = _shape(plan, prices_source, _Many)
+    never one string in memory. Without `submits`, each job's actions omit its submits (a saved
+    plan's header: its request lines list them)."""
+    shape = _shape(plan, prices_source, _Many, submits)
     yield from _chunks(shape, 0, indent)
 
 
@@ -111,8 +112,10 @@ def _shape(
     plan: Plan,
     prices_source: str | None,
     listed: Callable[[Callable[[Any], dict[str, Any]], Iterable[Any]], Any],
+    submits: bool = True,
 ) -> dict[str, Any]:
-    """The JSON shape; `listed(make, items)` builds the per-item lists (or stands in for them)."""
+    """The JSON shape; `listed(make, items)` builds the per-item lists (or stands in for them);
+    without `submits`, the submit actions are left out of them."""
     summary: dict[str, Any] = dict(plan.summary())
     summary["estimated_cost_usd"] = round(plan.estimated_cost_usd, 6)
     summary["expected_cost_usd"] = round(plan.expected_cost_usd, 6)
@@ -136,7 +139,10 @@ def _shape(
             {
                 "name": job.name,
                 "counts": job.counts,
-                "actions": listed(_identity, _action_dicts(job.actions)),
+                "actions": listed(
+                    _identity,
+                    _action_dicts(job.actions) if submits else _other_action_dicts(job.actions),
+                ),
                 "failed": listed(failed_dict, job.failed),
                 "estimated_cost_usd": job.estimated_cost_usd,
                 "expected_cost_usd": job.expected_usd,
@@ -163,6 +169,13 @@ def _action_dicts(actions: Sequence[SubmitItem | ReuseItem | ForgetItem]) -> Ite
     if not isinstance(actions, JobActions):
         return map(action_dict, actions)
     return _job_action_dicts(actions)
+
+
+def _other_action_dicts(actions: Sequence[SubmitItem | ReuseItem | ForgetItem]) -> Iterable[dict]:
+    """`action_dict` of each action but the submits, in order (a JobActions holds them apart)."""
+    if isinstance(actions, JobActions):
+        return map(action_dict, actions.others)
+    return (action_dict(a) for a in actions if not isinstance(a, SubmitItem))
 
 
 def _job_action_dicts(actions: JobActions) -> Iterator[dict[str, Any]]:

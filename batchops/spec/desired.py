@@ -10,17 +10,20 @@ import hashlib
 import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from itertools import accumulate, chain
 from pathlib import Path
-from typing import NamedTuple, overload
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 from batchops.errors import BatchopsError, SpecError
 from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
 from batchops.spec import cache, caching, parallel, rowmaker
 from batchops.spec.items import FINGERPRINT_PREFIX, Item, iter_items
 from batchops.spec.model import Job, Project
+
+if TYPE_CHECKING:
+    from batchops.spec.spool import RequestSpool
 
 
 class DesiredItem(NamedTuple):
@@ -265,6 +268,8 @@ class Desired:
     all_jobs_in_scope: bool
     # (job, key) of items to send again on purpose (`apply --replace`), even if they succeeded
     replace: frozenset[tuple[str, str]] = frozenset()
+    # the request lines of the jobs rendered (`plan -o`)
+    spool: RequestSpool | None = field(default=None, compare=False, repr=False)
 
     def spec_job(self, name: str) -> Job:
         return next(j for j in self.project.jobs if j.name == name)
@@ -288,11 +293,13 @@ def collect(
     today: date,
     job_names: Iterable[str] | None = None,
     outputs: dict[str, dict[str, tuple[int, float]]] | None = None,
+    spool: RequestSpool | None = None,
 ) -> Desired:
     """Render every item of the selected jobs; gather every problem of every job before failing.
 
     `outputs` (job → model → (results, mean output tokens), from the state) sets the expected
-    output of replies; without it, a job's `expected_output_tokens` or max_tokens does."""
+    output of replies; without it, a job's `expected_output_tokens` or max_tokens does. With
+    `spool`, the request line of every item rendered in this process is kept there."""
     job_names = list(job_names or [])
     jobs = select_jobs(project, job_names)
     digest = hashlib.sha256(b"batchops-spec-digest-v1\n")
@@ -302,13 +309,15 @@ def collect(
     for job in jobs:
         try:
             desired.append(
-                _desired_job(job, project.root, prices, today, digest, outputs or {}, peers)
+                _desired_job(job, project.root, prices, today, digest, outputs or {}, peers, spool)
             )
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:
         raise SpecError(*problems)
-    return Desired(project, tuple(desired), "sha256:" + digest.hexdigest(), not job_names)
+    return Desired(
+        project, tuple(desired), "sha256:" + digest.hexdigest(), not job_names, spool=spool
+    )
 
 
 def _desired_job(
@@ -319,13 +328,14 @@ def _desired_job(
     digest,
     outputs: dict[str, dict[str, tuple[int, float]]],
     peers: dict[str, int],
+    spool: RequestSpool | None = None,
 ) -> DesiredJob:
     price_cache: dict[str, object] = {}
     missing: set[str] = set()
     table = ItemTable()
     digest.update(f"job\x1f{job.name}\x1f{job.max_attempts}\x1f{job.budget_usd}\n".encode())
     rendered = cache.rows(
-        job, root, prices, today, lambda: _rows(job, root, prices, today, price_cache)
+        job, root, prices, today, lambda: _rows(job, root, prices, today, price_cache, spool)
     )
     # Most items of a job cost the same and have sizes in a narrow range: each distinct
     # (cost, size, estimate) is held once, as a profile the table indexes, not once per item.
@@ -459,14 +469,23 @@ def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:
 
 
 def _rows(
-    job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    price_cache: dict,
+    spool: RequestSpool | None = None,
 ) -> Iterator[tuple[str, str, str, float | ItemEstimate | None, str, int]]:
     """(key, custom_id, fingerprint, cost (an estimate, or None when unpriced), model, request
-    bytes) per item."""
+    bytes) per item; with `spool`, each item's request line is kept there (by this process's
+    render only: the parallel one keeps none)."""
     if parallel.wants_parallel(job):
         yield from parallel.desired_rows(job, root, prices, today)
         return
-    yield from rowmaker.rows(job, root, prices, today, price_cache)
+    lines = spool.job(job.name) if spool is not None else None
+    yield from rowmaker.rows(job, root, prices, today, price_cache, lines)
+    if lines is not None:
+        lines.finish()
 
 
 def items_for(

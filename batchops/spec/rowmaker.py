@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -49,6 +49,9 @@ from batchops.spec.items import (
 )
 from batchops.spec.model import RENDER_MAX_SIZE_DEFAULT, Job, display_path
 
+if TYPE_CHECKING:
+    from batchops.spec.spool import JobSpool
+
 Row = tuple[str, str, str, ItemEstimate | None, str, int]
 
 # A template's place in the request while the job's pieces are written: a JSON string no
@@ -57,12 +60,21 @@ _MARK = "\x00batchops-template-{}\x00"
 
 
 def rows(
-    job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict[str, Any]
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    price_cache: dict[str, Any],
+    spool: JobSpool | None = None,
 ) -> Iterator[Row]:
-    """Every item's row of `job`, in order; SpecError as `iter_items` raises it."""
+    """Every item's row of `job`, in order; SpecError as `iter_items` raises it. With `spool`,
+    each item's request line is written there too, in the same order (for `plan -o`)."""
 
     def of_item(item: Item) -> Row:
-        return item_row(job, item, prices, today, price_cache)
+        row = item_row(job, item, prices, today, price_cache)
+        if spool is not None:
+            spool.add_params(item.key, item.custom_id, item.fingerprint, item.params)
+        return row
 
     if job.requests is not None or job.attachments:
         yield from map(of_item, iter_items(job, root))
@@ -70,7 +82,7 @@ def rows(
     problems = _Problems()
     try:
         general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
-        maker = RowMaker.compile(job, general.renderer, prices, today)
+        maker = RowMaker.compile(job, general.renderer, prices, today, spool)
         yield from _made(job, root, general, maker and maker.make, of_item)
     except _Fatal as e:
         raise problems.error(e.line(job.name)) from None
@@ -217,22 +229,26 @@ class RowMaker:
         self,
         job: Job,
         renderer: _Renderer,
-        templates: list[_Template],
-        pieces: list[bytes],
-        order: list[int],
-        size: int,
+        layout: _Layout,
         model: str,
         price: ModelPrice | None,
         prices: PriceTable,
+        spool: JobSpool | None = None,
     ):
         self.model = model
-        self.make = _maker(job, renderer, templates, pieces, order, size, model, price, prices)
+        self.make = _maker(job, renderer, layout, model, price, prices, spool)
 
     @classmethod
     def compile(
-        cls, job: Job, renderer: _Renderer, prices: PriceTable, today: date
+        cls,
+        job: Job,
+        renderer: _Renderer,
+        prices: PriceTable,
+        today: date,
+        spool: JobSpool | None = None,
     ) -> RowMaker | None:
-        """The job's RowMaker, or None when its shape is not the common one."""
+        """The job's RowMaker, or None when its shape is not the common one. With `spool`, its
+        rows write their request lines there."""
         layout = _Layout.of(job, renderer)
         if layout is None:
             return None
@@ -245,17 +261,7 @@ class RowMaker:
         if job.cache == "auto" and any(p[0] < 2 for p in places):
             return None
         model = str(params.get("model", ""))
-        return cls(
-            job,
-            renderer,
-            layout.templates,
-            layout.pieces,
-            layout.order,
-            layout.size,
-            model,
-            prices.price(model, today),
-            prices,
-        )
+        return cls(job, renderer, layout, model, prices.price(model, today), prices, spool)
 
 
 class _Layout:
@@ -448,21 +454,28 @@ def _texts(shapes: list[_Shape], budget: int) -> Callable[[dict[str, Any], str],
 def _maker(
     job: Job,
     renderer: _Renderer,
-    templates: list[_Template],
-    pieces: list[bytes],
-    order: list[int],
-    size_base: int,
+    layout: _Layout,
     model: str,
     price: ModelPrice | None,
     prices: PriceTable,
+    spool: JobSpool | None,
 ) -> Callable[[dict[str, Any], str], Row | None]:
-    """`make(row, key)`: the row of an item whose every name is a string of its row."""
+    """`make(row, key)`: the row of an item whose every name is a string of its row (and its
+    request line written to `spool`, if given)."""
     limit = renderer.max_size if renderer.max_size is not None else RENDER_MAX_SIZE_DEFAULT
     budget = renderer.budget.max_size  # type: ignore[attr-defined]
-    sha256, dumps, join = hashlib.sha256, orjson.dumps, b"".join
+    sha256, dumps, join, encode_error = (
+        hashlib.sha256,
+        orjson.dumps,
+        b"".join,
+        orjson.JSONEncodeError,
+    )
     custom_id = _custom_id_maker(job.name)
     estimates: dict[int, ItemEstimate | None] = {}  # by the total length of the templates
-    shapes = _shapes(templates)
+    pieces, order, size_base = layout.pieces, layout.order, layout.size
+    plain_pieces, plain_order = layout.plain_pieces, layout.plain_order
+    shapes = _shapes(layout.templates)
+    spool_add = spool.add if spool is not None else None
 
     def estimate(row: dict[str, Any], key: str, length: int) -> ItemEstimate | None:
         if price is None:
@@ -480,6 +493,11 @@ def _maker(
         head, tail = pieces
         get = itemgetter(*names) if names else lambda row: ()
         single = len(names) == 1  # itemgetter gives the value, not a tuple
+        if spool is not None:
+            # The line `spool.template` describes, the custom_id and fingerprint written
+            # directly: both are ASCII letters, digits, `_`, `-` and `:`, never escaped.
+            spool.template(*plain_pieces)
+            spool_write, spool_size = spool.write, spool.size
 
         def make(row: dict[str, Any], key: str) -> Row | None:
             try:
@@ -500,6 +518,15 @@ def _maker(
                 cost = estimates[size]
             except KeyError:
                 cost = estimate(row, key, size)
+            if spool is not None:
+                try:
+                    line = join((b'{"key":', dumps(key), b',"custom_id":"', cid.encode(),
+                                 b'","fingerprint":"', fp.encode(), b'"\x00', written, b"\n"))  # fmt: skip
+                except encode_error:
+                    spool.broken = True
+                else:
+                    spool_write(line)
+                    spool_size(len(line))
             return key, cid, fp, cost, model, size_base + len(written) + len(cid)
 
         return make
@@ -509,17 +536,15 @@ def _maker(
         if found is None:
             return None
         written = [dumps(t) for t in found]
-        parts = [pieces[0]]
-        for i, piece in zip(order, pieces[1:], strict=True):
-            parts.append(written[i])
-            parts.append(piece)
-        data = join(parts)
+        data = _between(pieces, order, written)
         if len(data) > limit:
             return None
         fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
         cid = custom_id(key, fp)
         length = sum(map(len, found))
         cost = estimates[length] if length in estimates else estimate(row, key, length)
+        if spool_add is not None:
+            spool_add(key, cid, fp, _between(plain_pieces, plain_order, written))
         return key, cid, fp, cost, model, size_base + sum(map(len, written)) + len(cid)
 
     return make_any
@@ -577,18 +602,19 @@ def _request_maker(
             written = [dumps(t) for t in found]
         except encode_error:
             return None
-        parts = [pieces[0]]
-        for i, piece in zip(order, pieces[1:], strict=True):
-            parts.append(written[i])
-            parts.append(piece)
-        data = join(parts)
+        data = _between(pieces, order, written)
         if len(data) > limit:
             return None
         fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
-        parts = [plain_pieces[0]]
-        for i, piece in zip(plain_order, plain_pieces[1:], strict=True):
-            parts.append(written[i])
-            parts.append(piece)
-        return key, fp, join(parts)
+        return key, fp, _between(plain_pieces, plain_order, written)
 
     return make_any
+
+
+def _between(pieces: list[bytes], order: list[int], written: list[bytes]) -> bytes:
+    """The pieces of a layout joined with each template's JSON string in its place."""
+    parts = [pieces[0]]
+    for i, piece in zip(order, pieces[1:], strict=True):
+        parts.append(written[i])
+        parts.append(piece)
+    return b"".join(parts)

@@ -1,0 +1,171 @@
+"""The request lines of a plan's render, kept so that `plan -o` writes them without rendering
+every item a second time.
+
+While a job's rows are rendered for planning, the producer (`rowmaker.rows`) also writes each
+item's request, in order, to a temporary file as the start of its line in a plan file:
+`{"key":…,"custom_id":…,"fingerprint":…,"params":…` and a newline. What follows the params in a
+plan file (the item's reason and attempt) is known only once the plan is made: `expand` puts it
+in place of each newline as `plan.saved` copies the lines the plan sends.
+
+A job of the common shape (`rowmaker.RowMaker`) keeps less: where its params are the same bytes
+around one template's JSON string, a line holds only that string after a NUL byte, and `expand`
+puts the job's bytes around it. JSON as orjson writes it holds no raw control character, so the
+NUL byte, and the \x01 that ends a line of the job's other items (made by the general path,
+whole), can mean nothing else.
+
+A job's lines are kept only when its render ran to its end in this process: rows served by the
+rows cache or made by worker processes leave none, and a saved plan renders that job again.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterator
+from itertools import accumulate
+
+import orjson
+
+_READ = 1 << 20  # bytes of lines read at once
+
+
+def head(key: str, custom_id: str, fingerprint: str) -> bytes:
+    """How every kept line of the item begins."""
+    dumps = orjson.dumps
+    return b'{"key":%b,"custom_id":%b,"fingerprint":%b' % (
+        dumps(key),
+        dumps(custom_id),
+        dumps(fingerprint),
+    )
+
+
+def request_line(
+    key: str, custom_id: str, fingerprint: str, params: bytes, end: bytes = b"\n"
+) -> bytes:
+    """An item's line as kept: its request's fields, its params as `orjson.dumps` writes them,
+    and a newline where the rest of its line in a plan file goes (or `end`, that rest)."""
+    dumps = orjson.dumps
+    return b'{"key":%b,"custom_id":%b,"fingerprint":%b,"params":%b%b' % (
+        dumps(key),
+        dumps(custom_id),
+        dumps(fingerprint),
+        params,
+        end,
+    )
+
+
+class JobSpool:
+    """The lines of one job's items, in the order they were rendered."""
+
+    __slots__ = ("file", "write", "sizes", "size", "ends", "broken", "around", "mixed")
+
+    def __init__(self) -> None:
+        import tempfile  # ~10 ms to import: only `plan -o` needs it
+
+        self.file = tempfile.TemporaryFile(buffering=_READ)  # open until the spool closes
+        self.write = self.file.write  # the producer writes each line …
+        self.sizes = array("I")
+        self.size = self.sizes.append  # … and adds its length
+        self.ends: array | None = None  # set when the render ended: where each line ends
+        self.broken = False
+        self.around: tuple[bytes, bytes] | None = None  # `,"params":` + before, after a template
+        self.mixed = False  # lines of both kinds were kept
+
+    def template(self, before: bytes, after: bytes) -> None:
+        """The job's params are `before`, a template's JSON string, `after`: its producer keeps
+        a line as its head, a NUL byte, that string and a newline (set before any line)."""
+        self.around = (b',"params":' + before, after)
+
+    def add(self, key: str, custom_id: str, fingerprint: str, params: bytes) -> None:
+        """Keep an item's whole line (params written by the caller)."""
+        try:
+            line = request_line(key, custom_id, fingerprint, params)
+        except orjson.JSONEncodeError:  # a string orjson will not write: render again instead
+            self.broken = True
+            return
+        if self.around is not None:
+            line = line[:-1] + b"\x01\n"
+            self.mixed = True
+        self.write(line)
+        self.size(len(line))
+
+    def add_params(self, key: str, custom_id: str, fingerprint: str, params: dict) -> None:
+        try:
+            data = orjson.dumps(params)
+        except (TypeError, orjson.JSONEncodeError):
+            self.broken = True
+            return
+        self.add(key, custom_id, fingerprint, data)
+
+    def finish(self) -> None:
+        """The render ended: every item has its line."""
+        if not self.broken:
+            self.file.flush()
+            self.ends = array("Q", accumulate(self.sizes))
+        self.sizes = array("I")
+
+    def expand(self, data: bytes, tail: bytes) -> bytes:
+        """Whole kept lines as a plan file holds them, each newline replaced by `tail`."""
+        if self.around is None:
+            return data.replace(b"\n", tail)
+        before, after = self.around
+        data = data.replace(b"\x00", before)
+        if not self.mixed:
+            return data.replace(b"\n", after + tail)
+        data = data.replace(b"\x01\n", b"\x01").replace(b"\n", after + tail)
+        return data.replace(b"\x01", tail)
+
+    def __len__(self) -> int:
+        return len(self.ends) if self.ends is not None else 0
+
+    def line(self, index: int) -> bytes:
+        """The line of item `index`."""
+        ends = self.ends
+        assert ends is not None
+        start = ends[index - 1] if index else 0
+        return os.pread(self.file.fileno(), ends[index] - start, start)
+
+    def read(self, start: int, stop: int) -> Iterator[tuple[bytes, int]]:
+        """The lines of items start … stop-1 in pieces of about a megabyte: (bytes, lines)."""
+        ends, fd = self.ends, self.file.fileno()
+        assert ends is not None
+        while start < stop:
+            at = ends[start - 1] if start else 0
+            end = min(max(bisect_right(ends, at + _READ, start, stop), start + 1), stop)
+            data = os.pread(fd, ends[end - 1] - at, at)
+            if len(data) != ends[end - 1] - at:
+                raise OSError("the request spool was cut short")
+            yield data, end - start
+            start = end
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class RequestSpool:
+    """Per job rendered, its kept lines (`job`), and which are whole (`complete`)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobSpool] = {}
+
+    def job(self, name: str) -> JobSpool:
+        """A new spool for the render of job `name` (one made before for it is dropped)."""
+        old = self._jobs.pop(name, None)
+        if old is not None:
+            old.close()
+        spool = self._jobs[name] = JobSpool()
+        return spool
+
+    def complete(self, name: str, items: int) -> JobSpool | None:
+        """Job `name`'s lines, if its render ended here and kept one line for each of its
+        `items` items."""
+        spool = self._jobs.get(name)
+        if spool is None or spool.ends is None or len(spool) != items:
+            return None
+        return spool
+
+    def close(self) -> None:
+        for spool in self._jobs.values():
+            spool.close()
+        self._jobs.clear()

@@ -1,0 +1,233 @@
+"""`plan -o` writes the request lines its own render kept (`spec.spool`), not a second render.
+
+A saved plan made from kept lines must be byte for byte the one made by rendering every item
+again (the header but its plan_id and created_at), on every path a line can take: the fast
+producer, the general path, a job of literal requests, several batches, items of several
+reasons and attempts scattered through a job. When the lines are not whole (rows served from
+elsewhere, a render cut short) the job is rendered again; lines that are not the plan's are
+refused. The header lists no submit action (the request lines do), and loading it gives back
+the plan that was saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from batchops.errors import PlanError
+from batchops.plan import saved
+from batchops.plan.actions import SubmitBatch
+from batchops.spec import rowmaker
+from batchops.spec.items import iter_items
+from batchops.spec.spool import RequestSpool, request_line
+from tests.projects import apply, context, rows, run_cli, write_project, write_rows
+from tests.test_rowmaker import JOBS, PRICES, TODAY, _outcome, lines
+from tests.test_rowmaker import _project as _shaped
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from(sorted(JOBS)), data=st.lists(lines(), max_size=8))
+@example("prompt", ['{"id": "a", "subject": "s", "body": "b"}', '{"id": "b", "body": 1}'])
+@example("twice", ['{"id": "a", "body": "b", "n": "c"}'])
+def test_kept_lines_are_the_general_paths_requests(shape, data):
+    """Whatever path each row takes, a render that ends keeps one line per row, in order: the
+    general path's request of the item (and a render that fails keeps no whole job)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        text = "".join(line + "\n" for line in data)
+        job = _shaped(root, shape, 'input = { path = "data/rows.jsonl", key = "id" }', text)
+        spool = RequestSpool()
+        kept_lines = spool.job(job.name)
+        made, problems = _outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}, kept_lines))
+        if problems is not None:
+            assert spool.complete(job.name, len(made)) is None
+            return
+        kept_lines.finish()
+        kept = spool.complete(job.name, len(made))
+        assert kept is not None
+        items = list(iter_items(job, root))
+        assert [m[:3] for m in made] == [(i.key, i.custom_id, i.fingerprint) for i in items]
+        assert [kept.expand(kept.line(n), b"\n") for n in range(len(made))] == [
+            request_line(i.key, i.custom_id, i.fingerprint, orjson.dumps(i.params)) for i in items
+        ]
+        spool.close()
+
+
+# A row the fast producer leaves to the general path (its text is not a string), and strings
+# JSON must escape.
+TRICKY = [
+    *rows(7, r3='quote " and \\ and é 🙂', r5="line\nbreak"),
+    {"id": "r8", "text": 12.5},
+]
+
+
+def _project(root, data=TRICKY):
+    write_project(
+        root,
+        data,
+        extra='system = "Sort it."\nparams = { temperature = 0.5, stop_sequences = ["x"] }\n',
+    )
+    requests = [
+        {"custom_id": "a", "params": {"model": "m", "max_tokens": 4, "messages": [], "z": 1.5}},
+        {"custom_id": "b", "params": {"max_tokens": 4, "model": "m", "messages": []}},
+    ]
+    (root / "jobs" / "data" / "r.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in requests), encoding="utf-8"
+    )
+    (root / "jobs" / "raw.toml").write_text(
+        'version = 1\n[jobs.raw]\nrequests = { path = "data/r.jsonl" }\n', encoding="utf-8"
+    )
+
+
+def _no_second_render(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("rendered a second time")
+
+    monkeypatch.setattr(saved, "requests_for", fail)
+
+
+def _comparable(path):
+    """The file's lines, the header without what differs between two saves of one plan."""
+    lines = path.read_bytes().split(b"\n")
+    header = orjson.loads(lines[0])
+    header.pop("plan_id")
+    header["plan"].pop("created_at")
+    return header, lines[1:-2]
+
+
+def _both(root, ctx, monkeypatch):
+    """(plan, lines) saved from kept lines, and the lines saved by rendering again."""
+    plan, desired = ctx.plan(refresh=False, keep_requests=True)
+    assert plan.submits
+    kept = root / "kept.jsonl"
+    with monkeypatch.context() as m:
+        _no_second_render(m)
+        saved.save(plan, desired, kept, "prices")
+    again, desired_again = ctx.plan(refresh=False)
+    rendered = root / "rendered.jsonl"
+    saved.save(again, desired_again, rendered, "prices")
+    return plan, kept, rendered
+
+
+def test_kept_lines_make_the_file_a_second_render_makes(tmp_path, monkeypatch):
+    _project(tmp_path)
+    ctx = context(tmp_path, None, max_batch_requests=3)
+    plan, kept, rendered = _both(tmp_path, ctx, monkeypatch)
+    assert len(plan.submits) == 4  # demo: 3 + 3 + 2; raw: 2
+    assert _comparable(kept) == _comparable(rendered)
+    header, body = _comparable(kept)
+    for line in body:
+        assert orjson.dumps(orjson.loads(line)) == line  # what orjson writes for its dict
+    requests = [orjson.loads(line) for line in body if not line.startswith(b'{"step":')]
+    assert [r["custom_id"] for r in requests] == [
+        i.custom_id for s in plan.submits for i in s.items
+    ]
+    assert list(requests[0]) == ["key", "custom_id", "fingerprint", "params", "reason", "attempt"]
+    loaded = ctx.load_plan(kept)
+    assert loaded.plan == plan
+    for n, step in enumerate(loaded.plan.steps):
+        if isinstance(step, SubmitBatch):
+            got = saved.saved_requests(loaded, n)
+            assert [(w.custom_id, w.fingerprint) for w, _ in got] == [
+                (i.custom_id, i.fingerprint) for i in step.items
+            ]
+
+
+def test_the_header_lists_no_submit_action(tmp_path, monkeypatch):
+    _project(tmp_path)
+    ctx = context(tmp_path, None)
+    _, kept, _ = _both(tmp_path, ctx, monkeypatch)
+    header = orjson.loads(kept.read_bytes().split(b"\n", 1)[0])
+    assert header["plan"]["summary"]["submit"] == 10
+    assert all(job["actions"] == [] for job in header["plan"]["jobs"])
+
+
+def test_show_of_a_plan_saved_from_kept_lines_is_the_plan(tmp_path):
+    _project(tmp_path)
+    saved_run = run_cli(tmp_path, None, "plan", "--no-refresh", "-o", "plan.jsonl")
+    assert saved_run.returncode == 0, saved_run.stderr
+    shown = run_cli(tmp_path, None, "show", "plan.jsonl")
+    assert shown.returncode == 0, shown.stderr
+    planned = run_cli(tmp_path, None, "plan", "--no-refresh")
+    assert shown.stdout == planned.stdout
+    assert saved_run.stdout.startswith(planned.stdout)
+
+
+def test_items_scattered_through_a_job_on_each_backend(
+    tmp_path, emulator, monkeypatch, state_location
+):
+    """After an apply, a plan sends changed items between unchanged ones, and new ones at the
+    end, the last changed one next to the first new one: runs of one kind, not one range."""
+    write_project(tmp_path, rows(6))
+    ctx = context(tmp_path, emulator, state=state_location, max_batch_requests=3)
+    apply(ctx, wait=True)
+    write_rows(tmp_path, rows(9, r2="changed two", r6="changed six"))
+    plan, kept, rendered = _both(tmp_path, ctx, monkeypatch)
+    sent = [(i.key, i.reason) for s in plan.submits for i in s.items]
+    assert sent == [
+        ("r2", "changed"), ("r6", "changed"), ("r7", "todo"), ("r8", "todo"), ("r9", "todo")
+    ]  # fmt: skip
+    assert _comparable(kept) == _comparable(rendered)
+    report = apply(ctx, plan_file=kept)
+    assert report.submitted == 5
+
+
+def test_lines_not_whole_are_rendered_again(tmp_path, monkeypatch):
+    _project(tmp_path)
+    ctx = context(tmp_path, None)
+    plan, desired = ctx.plan(refresh=False, keep_requests=True)
+    desired.spool.job("demo")  # a render of demo begun again and not finished
+    calls = []
+    real = saved.requests_for
+
+    def counted(project, job, keys=None):
+        calls.append(job)
+        return real(project, job, keys)
+
+    monkeypatch.setattr(saved, "requests_for", counted)
+    path = tmp_path / "plan.jsonl"
+    saved.save(plan, desired, path, "prices")
+    assert calls == ["demo"]  # raw's lines were whole: copied
+    again, desired_again = ctx.plan(refresh=False)
+    monkeypatch.setattr(saved, "requests_for", real)
+    saved.save(again, desired_again, tmp_path / "rendered.jsonl", "prices")
+    assert _comparable(path) == _comparable(tmp_path / "rendered.jsonl")
+
+
+def test_kept_lines_that_are_not_the_plans_are_refused(tmp_path):
+    _project(tmp_path)
+    ctx = context(tmp_path, None)
+    plan, desired = ctx.plan(refresh=False, keep_requests=True)
+    write_rows(tmp_path, TRICKY[1:] + TRICKY[:1])  # the same items, another order
+    _, other = ctx.plan(refresh=False, keep_requests=True)
+    mixed = dataclasses.replace(desired.desired, spool=other.spool)
+    path = tmp_path / "plan.jsonl"
+    with pytest.raises(PlanError) as e:
+        saved.save(plan, mixed, path, "prices")
+    assert str(e.value) == "job demo: the kept requests are not the plan's; plan again"
+    assert not path.exists() and not list(tmp_path.glob(".plan.jsonl.*"))
+
+
+def test_a_spool_knows_which_jobs_are_whole():
+    spool = RequestSpool()
+    lines = spool.job("j")
+    lines.add("k1", "c1", "sha256:00", b'{"a":1}')
+    lines.add("k2", "c2", "sha256:01", b"{}")
+    assert spool.complete("j", 2) is None  # not finished
+    lines.finish()
+    assert spool.complete("j", 3) is None and spool.complete("other", 2) is None
+    assert spool.complete("j", 2) is lines
+    assert lines.line(1) == b'{"key":"k2","custom_id":"c2","fingerprint":"sha256:01","params":{}\n'
+    assert b"".join(d for d, _ in lines.read(0, 2)) == lines.line(0) + lines.line(1)
+    broken = spool.job("b")
+    broken.add("k\ud800", "c", "sha256:02", b"{}")  # a key orjson will not write
+    broken.finish()
+    assert spool.complete("b", 0) is None and spool.complete("b", 1) is None
+    spool.close()
