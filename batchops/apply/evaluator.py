@@ -365,13 +365,23 @@ class Evaluator:
                 body = result.get("message") or {}
                 content = body.get("content") or ()
                 inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
-                yield (
-                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind,
-                    "".join([
+                if (
+                    type(content) is list
+                    and len(content) == 1
+                    and type(block := content[0]) is dict
+                ):
+                    # one block, as most replies: its text, without a list and a join
+                    text = block.get("text", "") if block.get("type") == "text" else ""
+                    if type(text) is not str:
+                        text = "".join([text])  # what the join below does with it
+                else:
+                    text = "".join([
                         b.get("text", "")
                         for b in content
                         if isinstance(b, dict) and b.get("type") == "text"
-                    ]),
+                    ])  # fmt: skip
+                yield (
+                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, text,
                     _message_json(line, custom_id, result, body),
                     body.get("stop_reason"), None, None, body.get("model"),
                     inputs, outputs, write_5m + write_1h, write_1h, reads,
