@@ -590,18 +590,14 @@ def _message_json(
     """
     raw = getattr(line, "raw", None)
     if raw is not None and len(line) == 2 and len(result) == 2:
-        # the checks read the line in place: no copy of it but the slice itself
-        start = len(_CUSTOM_ID) + len(custom_id) + len(_SUCCEEDED)
-        if (
-            raw.startswith(_CUSTOM_ID)
-            and raw.startswith(custom_id, len(_CUSTOM_ID))
-            and raw.startswith(_SUCCEEDED, start - len(_SUCCEEDED))
-        ):
-            stop = len(raw)
-            while stop and raw[stop - 1].isspace():
-                stop -= 1
-            if raw.endswith("}}}", start, stop) and raw.find('"message":', start, stop) == -1:
-                return raw[start : stop - 2]
+        # the checks read the line in place: no copy of it but the slice (and `rstrip`'s, when
+        # the line still ends in whitespace)
+        prefix = _CUSTOM_ID + custom_id + _SUCCEEDED
+        if raw.startswith(prefix):
+            start = len(prefix)
+            raw = raw.rstrip()
+            if raw.endswith("}}}") and raw.find('"message":', start) == -1:
+                return raw[start:-2]
     return orjson.dumps(body).decode()
 
 

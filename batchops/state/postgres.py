@@ -51,7 +51,6 @@ from batchops.state.records import (
     ResultLookup,
     SentAttempt,
     UsageRow,
-    sent_attempts_from,
 )
 from batchops.state.shared import JOB_TABLES, KEPT_RESULTS_COUNT, SharedWrites, removal_rows
 
@@ -328,7 +327,7 @@ class PostgresReader(StateReader):
             "select custom_id, id, key, fingerprint from attempts"
             " where batch_id = %s and status = 'sent'"
         )
-        return sent_attempts_from([self._rows(sql, [batch_id])])
+        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self._rows(sql, [batch_id])}
 
     def job_names(self) -> list[str]:
         sql = (

@@ -6,11 +6,8 @@ Nothing here touches a database, so the pure planner can import these without th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import repeat
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from batchops.clock import parse_time
@@ -109,25 +106,6 @@ class SentAttempt(NamedTuple):
     attempt_id: int
     key: str
     fingerprint: str
-
-
-_CUSTOM_ID, _ATTEMPT = itemgetter(0), itemgetter(slice(1, 4))
-
-
-def sent_attempts_from(chunks: Iterable[Sequence[tuple]]) -> dict[str, SentAttempt]:
-    """`sent_attempts` from `(custom_id, attempt_id, key, fingerprint)` rows, a chunk at a time:
-    built by C calls alone (no Python frame per row), since a batch holds up to 100,000."""
-    sent: dict[str, SentAttempt] = {}
-    new = tuple.__new__
-    for rows in chunks:
-        sent.update(
-            zip(
-                map(_CUSTOM_ID, rows),
-                map(new, repeat(SentAttempt), map(_ATTEMPT, rows)),
-                strict=True,
-            )
-        )
-    return sent
 
 
 class ResultRow(NamedTuple):

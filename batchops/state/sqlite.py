@@ -59,7 +59,6 @@ from batchops.state.records import (
     ResultLookup,
     SentAttempt,
     UsageRow,
-    sent_attempts_from,
 )
 from batchops.state.shared import JOB_TABLES as _JOB_TABLES
 from batchops.state.shared import KEPT_RESULTS_COUNT, SharedWrites, removal_rows
@@ -294,9 +293,8 @@ class SqliteReader(StateReader):
         )
         if self.db is None:
             return {}
-        # a chunk at a time: a batch of 100,000 is not also held as a list of rows
-        cursor = self.db.execute(sql, [batch_id])
-        return sent_attempts_from(iter(lambda: cursor.fetchmany(10_000), []))
+        # straight from the cursor: a batch of 100,000 is not also held as a list of rows
+        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self.db.execute(sql, [batch_id])}
 
     def job_names(self) -> list[str]:
         sql = (
