@@ -237,3 +237,29 @@ def test_sqlite_a_failed_harvest_checkpoints_as_before(tmp_path: Path) -> None:
     assert (
         not (tmp_path / "state.db-wal").exists() or (tmp_path / "state.db-wal").stat().st_size == 0
     )
+
+
+def test_sqlite_harvests_back_to_back_leave_a_self_contained_file(tmp_path: Path) -> None:
+    """SQLite: two harvests in a row (the second's transaction may run beside the first's
+    checkpoint), then close: the file alone holds both batches' results, the WAL is empty."""
+    path = tmp_path / "state.db"
+    w = open_writer(str(path), "test")
+    try:
+        for batch, keys in (("msgbatch_1", ["a", "b"]), ("msgbatch_2", ["c", "d", "e"])):
+            send(w, batch, keys)
+            rows = rows_of(w, batch, dict.fromkeys(keys, "succeeded"))
+            assert w.store_harvest(batch, iter(rows), canceled_by_us=False, now=NOW) == len(rows)
+    finally:
+        w.close()
+    wal = tmp_path / "state.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    alone = tmp_path / "alone.db"
+    alone.write_bytes(path.read_bytes())
+    conn = sqlite3.connect(alone)
+    try:
+        assert conn.execute("select batch_id, count(*) from results group by 1").fetchall() == [
+            ("msgbatch_1", 2),
+            ("msgbatch_2", 3),
+        ]
+    finally:
+        conn.close()

@@ -797,7 +797,6 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         # (SQLite's checkpoint after a commit, here tens of MB) is not needed for that, so it is
         # left out of the commit and done on a thread of its own (`_checkpoint_beside`), beside
         # whatever apply does next; `close` waits for it before the state is made self-contained.
-        self._join_checkpoint()
         self.db.conn.execute("pragma wal_autocheckpoint = 0")
         try:
             count = self._store_harvest(batch_id, rows, canceled_by_us=canceled_by_us, now=now)
@@ -808,7 +807,9 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
     def _checkpoint_beside(self) -> None:
         """Copy the WAL into the file on a thread with its own connection (SQLite releases the
-        GIL while it copies), so that the copy overlaps what this process does next."""
+        GIL while it copies), so that the copy overlaps what this process does next (the next
+        harvest's download and parsing too: a checkpoint and a write transaction may run at once)."""
+        self._join_checkpoint()  # the one before, long done by now: at most one thread at a time
 
         def run() -> None:
             with contextlib.suppress(sqlite3.Error):
