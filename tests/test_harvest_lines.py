@@ -41,3 +41,70 @@ def test_a_compact_line_gives_its_own_slice():
 def test_any_other_line_is_written_out_from_what_it_parses_to(raw):
     message = orjson.loads(raw)["result"]["message"] or {}
     assert stored(raw) == orjson.dumps(message).decode()
+
+
+def texts(contents: list) -> list:
+    """The `text` a harvest stores for succeeded lines with each of these `content` values."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from batchops.apply.evaluator import Evaluator
+    from batchops.state.records import SentAttempt
+
+    lines = [
+        orjson.dumps(
+            {"custom_id": f"c{i}", "result": {"type": "succeeded", "message": {"content": c}}}
+        ).decode()
+        for i, c in enumerate(contents)
+    ]
+    sent = {f"c{i}": SentAttempt(i + 1, f"k{i}", "sha256:x") for i in range(len(contents))}
+    now = datetime(2026, 3, 10, tzinfo=UTC)
+    ev = Evaluator(None, None, lambda: now)  # type: ignore[arg-type]
+    record = SimpleNamespace(job="demo", id="msgbatch_1")
+    rows = ev._verified_rows(record, _parse_lines(iter(lines), "read"), sent, len(contents))  # type: ignore[arg-type]
+    return [row[7] for row in rows]
+
+
+def test_the_text_is_every_text_block_joined_whatever_the_content():
+    text = {"type": "text", "text": "hi"}
+    contents = [
+        [text],  # one block, as most replies
+        [{"type": "tool_use", "id": "t", "name": "n", "input": {}}],
+        [{"type": "text"}],
+        [{"text": "no type"}],
+        ["a string block"],
+        [],
+        None,
+        [text, {"type": "thinking", "thinking": "x"}, {"type": "text", "text": " there"}],
+        {"type": "text"},  # an object, not a list: its keys are what a loop sees
+        "x",
+    ]
+    assert texts(contents) == ["hi", "", "", "", "", "", "", "hi there", "", ""]
+
+
+@pytest.mark.parametrize("value", [3, None, ["x"]])
+def test_a_text_that_is_not_a_string_fails_as_a_join_would(value):
+    with pytest.raises(TypeError):
+        texts([[{"type": "text", "text": value}]])
+    with pytest.raises(TypeError):
+        texts([[{"type": "text", "text": "a"}, {"type": "text", "text": value}]])
+
+
+def test_a_stream_that_breaks_off_is_a_remote_error_and_a_consumer_error_is_its_own():
+    from batchops.errors import RemoteError
+
+    def broken():
+        yield '{"custom_id":"a","result":{"type":"expired"}}'
+        raise ConnectionError("peer closed")
+
+    parsed = _parse_lines(broken(), "read results of batch b")
+    assert next(parsed)["custom_id"] == "a"
+    with pytest.raises(RemoteError, match=r"the stream broke off \(ConnectionError: peer closed\)"):
+        next(parsed)
+    with pytest.raises(RemoteError, match="line 2 is not JSON"):
+        list(_parse_lines(iter(["{}", "{nope", "{}"]), "read"))
+    with pytest.raises(RemoteError, match="line 3 is not a JSON object"):
+        list(_parse_lines(iter(["{}", " ", "[1]"]), "read"))
+    with pytest.raises(KeyError):  # raised by the consumer: not taken for a broken stream
+        for line in _parse_lines(iter(["{}", "{}"]), "read"):
+            line["missing"]

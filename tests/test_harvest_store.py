@@ -172,3 +172,94 @@ def test_sqlite_result_ids_follow_the_lines(tmp_path: Path) -> None:
         ).fetchone() == (3,)
     finally:
         conn.close()
+
+
+def test_sqlite_commit_leaves_the_wal_copy_to_the_checkpoint_beside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the harvest's commit makes its results durable in the WAL, but does not copy the
+    WAL into the file (that copy, tens of MB for a full batch, is done by `_checkpoint_beside`,
+    here held back); `make_durable` then leaves the file alone holding every result, and a
+    commit after the harvest checkpoints as SQLite does by default again."""
+    from batchops.state.sqlite import SqliteWriter
+
+    held: list[SqliteWriter] = []
+    monkeypatch.setattr(
+        SqliteWriter, "_checkpoint_beside", lambda self: held.append(self), raising=False
+    )
+    path = tmp_path / "state.db"
+    w = open_writer(str(path), "test")
+    try:
+        keys = [f"k{i:04}" for i in range(3000)]
+        send(w, "msgbatch_1", keys)
+        w.make_durable()
+        rows = rows_of(w, "msgbatch_1", dict.fromkeys(keys, "succeeded"))
+        big = '{"id":"m","pad":"' + "x" * 2000 + '"}'  # 3,000 of them: 1,500 pages and more
+        rows = [(*r[:8], big, *r[9:]) for r in rows]
+        assert w.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 3000
+
+        def file_alone() -> int:  # the results the main file holds without its WAL
+            copy = tmp_path / "alone.db"
+            copy.write_bytes(path.read_bytes())
+            conn = sqlite3.connect(copy)
+            try:
+                return conn.execute("select count(*) from results").fetchone()[0]
+            finally:
+                conn.close()
+
+        assert file_alone() == 0
+        assert held == [w]
+        assert w.db.conn.execute("pragma wal_autocheckpoint").fetchone() == (1000,)  # type: ignore[attr-defined]
+        assert w.batch_detail("msgbatch_1")[2] == 3000  # committed: visible to readers
+        w.make_durable()
+        assert file_alone() == 3000
+    finally:
+        w.close()
+
+
+def test_sqlite_a_failed_harvest_checkpoints_as_before(tmp_path: Path) -> None:
+    """SQLite: a harvest that raises restores SQLite's automatic checkpoint all the same."""
+    w = open_writer(str(tmp_path / "state.db"), "test")
+    try:
+        send(w, "msgbatch_1", ["a", "b"])
+        rows = rows_of(w, "msgbatch_1", dict.fromkeys("ab", "succeeded"))
+
+        def failing() -> Iterator[tuple]:
+            yield rows[0]
+            raise RuntimeError("verification failed")
+
+        with pytest.raises(RuntimeError):
+            w.store_harvest("msgbatch_1", failing(), canceled_by_us=False, now=NOW)
+        assert w.db.conn.execute("pragma wal_autocheckpoint").fetchone() == (1000,)  # type: ignore[attr-defined]
+        assert w.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 2
+    finally:
+        w.close()
+    assert (
+        not (tmp_path / "state.db-wal").exists() or (tmp_path / "state.db-wal").stat().st_size == 0
+    )
+
+
+def test_sqlite_harvests_back_to_back_leave_a_self_contained_file(tmp_path: Path) -> None:
+    """SQLite: two harvests in a row (the second's transaction may run beside the first's
+    checkpoint), then close: the file alone holds both batches' results, the WAL is empty."""
+    path = tmp_path / "state.db"
+    w = open_writer(str(path), "test")
+    try:
+        for batch, keys in (("msgbatch_1", ["a", "b"]), ("msgbatch_2", ["c", "d", "e"])):
+            send(w, batch, keys)
+            rows = rows_of(w, batch, dict.fromkeys(keys, "succeeded"))
+            assert w.store_harvest(batch, iter(rows), canceled_by_us=False, now=NOW) == len(rows)
+    finally:
+        w.close()
+    wal = tmp_path / "state.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    alone = tmp_path / "alone.db"
+    alone.write_bytes(path.read_bytes())
+    conn = sqlite3.connect(alone)
+    try:
+        assert conn.execute("select batch_id, count(*) from results group by 1").fetchall() == [
+            ("msgbatch_1", 2),
+            ("msgbatch_2", 3),
+        ]
+    finally:
+        conn.close()

@@ -365,13 +365,23 @@ class Evaluator:
                 body = result.get("message") or {}
                 content = body.get("content") or ()
                 inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
-                yield (
-                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind,
-                    "".join([
+                if (
+                    type(content) is list
+                    and len(content) == 1
+                    and type(block := content[0]) is dict
+                ):
+                    # one block, as most replies: its text, without a list and a join
+                    text = block.get("text", "") if block.get("type") == "text" else ""
+                    if type(text) is not str:
+                        text = "".join([text])  # what the join below does with it
+                else:
+                    text = "".join([
                         b.get("text", "")
                         for b in content
                         if isinstance(b, dict) and b.get("type") == "text"
-                    ]),
+                    ])  # fmt: skip
+                yield (
+                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, text,
                     _message_json(line, custom_id, result, body),
                     body.get("stop_reason"), None, None, body.get("model"),
                     inputs, outputs, write_5m + write_1h, write_1h, reads,
@@ -580,18 +590,14 @@ def _message_json(
     """
     raw = getattr(line, "raw", None)
     if raw is not None and len(line) == 2 and len(result) == 2:
-        # the checks read the line in place: no copy of it but the slice itself
-        start = len(_CUSTOM_ID) + len(custom_id) + len(_SUCCEEDED)
-        if (
-            raw.startswith(_CUSTOM_ID)
-            and raw.startswith(custom_id, len(_CUSTOM_ID))
-            and raw.startswith(_SUCCEEDED, start - len(_SUCCEEDED))
-        ):
-            stop = len(raw)
-            while stop and raw[stop - 1].isspace():
-                stop -= 1
-            if raw.endswith("}}}", start, stop) and raw.find('"message":', start, stop) == -1:
-                return raw[start : stop - 2]
+        # the checks read the line in place: no copy of it but the slice (and `rstrip`'s, when
+        # the line still ends in whitespace)
+        prefix = _CUSTOM_ID + custom_id + _SUCCEEDED
+        if raw.startswith(prefix):
+            start = len(prefix)
+            raw = raw.rstrip()
+            if raw.endswith("}}}") and raw.find('"message":', start) == -1:
+                return raw[start:-2]
     return orjson.dumps(body).decode()
 
 

@@ -304,29 +304,29 @@ class ResultLine(dict):
 
 def _parse_lines(lines: Iterator[str], what: str) -> Iterator[ResultLine]:
     """Parse JSONL lines; a stream cut short (an httpx2 protocol error, not an anthropic one)
-    becomes a RemoteError. Errors raised by the consumer pass through untouched."""
-    lines = iter(lines)
+    becomes a RemoteError. Errors raised by the consumer pass through untouched (they are
+    raised in the consumer's frame, never in this generator's)."""
     number = 0
-    while True:
-        try:
-            line = next(lines)
-        except StopIteration:
-            return
-        except anthropic.APIError as exc:
-            raise remote_error(exc, what) from None
-        except Exception as exc:
-            raise RemoteError(
-                f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
-            ) from None
-        number += 1
-        if not line or line.isspace():
-            continue
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
-        if not isinstance(value, dict):
-            raise RemoteError(f"{what} failed: line {number} is not a JSON object")
-        parsed = ResultLine(value)
-        parsed.raw = line
-        yield parsed
+    loads = orjson.loads
+    try:
+        for line in lines:
+            number += 1
+            if not line or line.isspace():
+                continue
+            try:
+                value = loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
+            if type(value) is not dict:
+                raise RemoteError(f"{what} failed: line {number} is not a JSON object")
+            parsed = ResultLine(value)
+            parsed.raw = line
+            yield parsed
+    except RemoteError:
+        raise
+    except anthropic.APIError as exc:
+        raise remote_error(exc, what) from None
+    except Exception as exc:
+        raise RemoteError(
+            f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
+        ) from None

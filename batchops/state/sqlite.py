@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -110,6 +111,7 @@ _INSERT_RESULT = (
     " received_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
+_AUTOCHECKPOINT = 1000  # SQLite's default: pages in the WAL after which a commit checkpoints
 _FEW_FINGERPRINTS = 5000  # up to this many are looked up by value; more, by one scan
 
 
@@ -486,6 +488,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     def __init__(self, db: _Connection, path: Path, lock: LockInfo | None = None):
         super().__init__(db, path)
         self.held = lock
+        self._checkpointer: threading.Thread | None = None
 
     @classmethod
     def open(  # type: ignore[override]
@@ -674,6 +677,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         return mine[0]
 
     def make_durable(self) -> None:
+        self._join_checkpoint()
         self.db.conn.execute("pragma wal_checkpoint(truncate)")
 
     # -- sending
@@ -787,6 +791,43 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             )
 
     def store_harvest(
+        self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
+    ) -> int:
+        # The commit makes the results durable (the WAL is synced). Copying the WAL into the file
+        # (SQLite's checkpoint after a commit, here tens of MB) is not needed for that, so it is
+        # left out of the commit and done on a thread of its own (`_checkpoint_beside`), beside
+        # whatever apply does next; `close` waits for it before the state is made self-contained.
+        self.db.conn.execute("pragma wal_autocheckpoint = 0")
+        try:
+            count = self._store_harvest(batch_id, rows, canceled_by_us=canceled_by_us, now=now)
+        finally:
+            self.db.conn.execute(f"pragma wal_autocheckpoint = {_AUTOCHECKPOINT}")
+        self._checkpoint_beside()
+        return count
+
+    def _checkpoint_beside(self) -> None:
+        """Copy the WAL into the file on a thread with its own connection (SQLite releases the
+        GIL while it copies), so that the copy overlaps what this process does next (the next
+        harvest's download and parsing too: a checkpoint and a write transaction may run at once)."""
+        self._join_checkpoint()  # the one before, long done by now: at most one thread at a time
+
+        def run() -> None:
+            with contextlib.suppress(sqlite3.Error):
+                conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+                try:
+                    conn.execute("pragma wal_checkpoint(passive)")
+                finally:
+                    conn.close()
+
+        self._checkpointer = threading.Thread(target=run, name="batchops-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _join_checkpoint(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
+
+    def _store_harvest(
         self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
     ) -> int:
         with self._transaction() as conn:
