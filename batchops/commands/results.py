@@ -30,17 +30,20 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import os
+import signal
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain, count, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn, TypeVar
 
 import orjson
 
@@ -52,10 +55,18 @@ from batchops.plan.build import plan_from
 from batchops.plan.diff import classify
 from batchops.safetext import FORMULA_FIRST
 from batchops.spec.desired import DesiredItem, select_jobs
-from batchops.spec.inputs import ExportItem, export_inputs, export_items
+from batchops.spec.inputs import (
+    ExportItem,
+    changed_while_read,
+    export_inputs,
+    export_items,
+    rows_kept,
+)
 from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
-from batchops.state.api import StateReader
+from batchops.state.api import StateReader, SucceededRow
+from batchops.state.records import ResultLookup
 
+T = TypeVar("T")
 FORMATS = ("jsonl", "csv", "json")
 # Columns of every row, in order; `thinking` (opt-in) follows `text`; `output.*` and
 # `parse_error` (with columns), `input` (the input row) and `message` (jsonl/json only) follow.
@@ -81,6 +92,9 @@ UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
 CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
 CHUNK_KEYS = 5_000  # keys looked up in state at once: a query per chunk, memory flat
 WRITE_BUFFER = 1 << 20  # bytes gathered before each write to a file: a write call per MB
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024  # a source this large repays a second process (jsonl)
+PIPE_BYTES = 1 << 20  # the pipe from the second process, and its buffers
+
 STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
 
 
@@ -192,18 +206,46 @@ def _row_chunks(
     context: Context, job_name: str, failed_only: bool, options: ExportOptions
 ) -> Iterator[list[dict[str, Any]]]:
     """`iter_results`' rows, a chunk of keys at a time (what the writers take)."""
+    return _streamed(context, job_name, lambda *a: _rows(*a, failed_only, options))
+
+
+def _streamed(context: Context, job_name: str, produce: Callable[..., Iterator[T]]) -> Iterator[T]:
+    """What `produce(job, items, reader)` yields of the job's items and a state reader, which
+    is closed when it is done."""
     job, root = _job(context, job_name)
     items = export_items(job, root, context.prices, context.clock().date())
     reader = context.reader()
     try:
         # Every row is new dicts and lists, none in a cycle, freed as soon as written.
         with paused_gc():
-            yield from _rows(job, items, reader, failed_only, options)
+            yield from produce(job, items, reader)
     finally:
         reader.close()
 
 
 _NO_ANSWER: dict[str, Any] = {}
+
+
+def _looked_up(
+    name: str, items: Iterator[ExportItem], reader: StateReader, part: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[list[ExportItem], list[SucceededRow], dict[str, ResultLookup]]]:
+    """Each chunk of `CHUNK_KEYS` items with what state holds of them: every key's own succeeded
+    result (`succeeded_results`, one narrow query, rows in key order) and, for the items whose
+    result is not a success of the spec's fingerprint, their whole record (`results_of`).
+
+    `part` (i, n): only the chunks numbered i, i + n, i + 2n … (the others are read past)."""
+    mine, parts = part
+    for number in count():
+        chunk = list(islice(items, CHUNK_KEYS))
+        if not chunk:
+            return
+        if number % parts != mine:
+            continue
+        answers = reader.succeeded_results(name, [item[0] for item in chunk])
+        others = [
+            item[0] for item, found in zip(chunk, answers, strict=True) if found[0] != item[2]
+        ]
+        yield chunk, answers, reader.results_of(name, others) if others else {}
 
 
 def _rows(
@@ -213,116 +255,164 @@ def _rows(
     failed_only: bool,
     options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each chunk of `CHUNK_KEYS` items, as a list.
-
-    Each chunk's keys are read with `succeeded_results` (one narrow query, rows in key order):
-    an item whose own succeeded result has the spec's fingerprint is `succeeded` with that answer,
-    and only the others are looked up whole (`results_of`) and classified.
-    """
-    name, max_attempts = job.name, job.max_attempts
-    thinking, columns, chosen = options.thinking, options.columns, options.input_columns
-    plain = not columns and not thinking  # then a message is parsed only when it may show
-    fixed = plain and chosen is None  # the row's keys are the fixed ones (`COLUMNS`), then input
-    no_output = dict.fromkeys(columns)
-    fragment = orjson.Fragment
-    new = tuple.__new__  # a NamedTuple from its fields in one C call (this runs per item)
-    while chunk := list(islice(items, CHUNK_KEYS)):
-        answers = reader.succeeded_results(name, [item[0] for item in chunk])
-        others = [
-            item[0] for item, found in zip(chunk, answers, strict=True) if found[0] != item[2]
+    """The rows of each chunk of `CHUNK_KEYS` items, as a list (`_looked_up`): an item whose
+    own succeeded result has the spec's fingerprint is `succeeded` with that answer, the
+    others are classified from their records."""
+    for chunk, answers, found_of in _looked_up(job.name, items, reader):
+        rows = [
+            row
+            for item, found in zip(chunk, answers, strict=True)
+            if (row := _row(job, item, found, found_of, failed_only, options)) is not None
         ]
-        found_of = reader.results_of(name, others) if others else {}
-        rows = []
-        for (key, custom_id, fingerprint, source), found in zip(chunk, answers, strict=True):
-            if found[0] == fingerprint:  # its own succeeded result, for the spec's request
-                if failed_only:
-                    continue
-                state = "succeeded"
-                detail = error_type = error_message = None
-                _, text, message, stop_reason, model, input_tokens, output_tokens, batch_id = found
-                if not message:
-                    answer = _NO_ANSWER
-                elif (
-                    plain
-                    and "tool_use" not in message
-                    and "cache_" not in message
-                    and "\\u" not in message
-                ):
-                    answer = _NO_ANSWER  # `_may_show`, inline: nothing shown can be in it
-                else:
-                    answer = _answer(message, options)
-            else:
-                lookup = found_of.get(key)
-                record = lookup.record if lookup is not None else None
-                desired = new(DesiredItem, (key, custom_id, fingerprint, 0.0, 0, None))
-                state, detail = classify(desired, record, max_attempts)
-                if failed_only and state != "failed":
-                    continue
-                error_type = error_message = None
-                if record is not None and (state == "failed" or state == "retry"):
-                    error_type = record.error_type or record.outcome
-                    error_message = record.error_message
-                text = stop_reason = model = input_tokens = output_tokens = None
-                batch_id = message = None
-                answer = _NO_ANSWER
-            if answer is _NO_ANSWER:
-                tool_calls = cache_creation = cache_read = None
-            else:
-                tool_calls = answer.get("tool_calls")
-                cache_creation = answer.get("cache_creation_input_tokens")
-                cache_read = answer.get("cache_read_input_tokens")
-            if fixed:  # the default columns, every input field: one dict display (per item)
-                rows.append(
-                    {
-                        "key": key,
-                        "custom_id": custom_id,
-                        "state": state,
-                        "text": text,
-                        "tool_calls": tool_calls,
-                        "detail": detail,
-                        "error_type": error_type,
-                        "error_message": error_message,
-                        "stop_reason": stop_reason,
-                        "model": model,
-                        "input_tokens": input_tokens,
-                        "output_tokens": output_tokens,
-                        "cache_creation_input_tokens": cache_creation,
-                        "cache_read_input_tokens": cache_read,
-                        "batch_id": batch_id,
-                        "input": source,
-                        "message": fragment(message) if message else None,
-                    }
-                )
-                continue
-            row = {
-                "key": key,
-                "custom_id": custom_id,
-                "state": state,
-                "text": text,
-                **({"thinking": answer.get("thinking")} if thinking else _NO_ANSWER),
-                "tool_calls": tool_calls,
-                "detail": detail,
-                "error_type": error_type,
-                "error_message": error_message,
-                "stop_reason": stop_reason,
-                "model": model,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cache_creation_input_tokens": cache_creation,
-                "cache_read_input_tokens": cache_read,
-                "batch_id": batch_id,
-            }
-            if columns:
-                row["output"] = answer.get("output", no_output)
-                row["parse_error"] = answer.get("parse_error")
-            if chosen is None:
-                row["input"] = source
-            elif chosen:
-                row["input"] = {f: source.get(f) for f in chosen}
-            row["message"] = fragment(message) if message else None
-            rows.append(row)
         if rows:
             yield rows
+
+
+def _row(
+    job: Job,
+    item: ExportItem,
+    found: SucceededRow,
+    found_of: dict[str, ResultLookup],
+    failed_only: bool,
+    options: ExportOptions,
+) -> dict[str, Any] | None:
+    """The row of one item (None when `failed_only` leaves it out), from its succeeded result
+    `found` or, when that is not a success of its fingerprint, its record in `found_of`."""
+    key, custom_id, fingerprint, source = item
+    thinking, columns, chosen = options.thinking, options.columns, options.input_columns
+    plain = not columns and not thinking  # then a message is parsed only when it may show
+    if found[0] == fingerprint:  # its own succeeded result, for the spec's request
+        if failed_only:
+            return None
+        state = "succeeded"
+        detail = error_type = error_message = None
+        _, text, message, stop_reason, model, input_tokens, output_tokens, batch_id = found
+        if not message:
+            answer = _NO_ANSWER
+        elif (
+            plain and "tool_use" not in message and "cache_" not in message and "\\u" not in message
+        ):
+            answer = _NO_ANSWER  # `_may_show`, inline: nothing shown can be in it
+        else:
+            answer = _answer(message, options)
+    else:
+        lookup = found_of.get(key)
+        record = lookup.record if lookup is not None else None
+        desired = tuple.__new__(DesiredItem, (key, custom_id, fingerprint, 0.0, 0, None))
+        state, detail = classify(desired, record, job.max_attempts)
+        if failed_only and state != "failed":
+            return None
+        error_type = error_message = None
+        if record is not None and (state == "failed" or state == "retry"):
+            error_type = record.error_type or record.outcome
+            error_message = record.error_message
+        text = stop_reason = model = input_tokens = output_tokens = None
+        batch_id = message = None
+        answer = _NO_ANSWER
+    if answer is _NO_ANSWER:
+        tool_calls = cache_creation = cache_read = None
+    else:
+        tool_calls = answer.get("tool_calls")
+        cache_creation = answer.get("cache_creation_input_tokens")
+        cache_read = answer.get("cache_read_input_tokens")
+    row = {
+        "key": key,
+        "custom_id": custom_id,
+        "state": state,
+        "text": text,
+        **({"thinking": answer.get("thinking")} if thinking else _NO_ANSWER),
+        "tool_calls": tool_calls,
+        "detail": detail,
+        "error_type": error_type,
+        "error_message": error_message,
+        "stop_reason": stop_reason,
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": cache_read,
+        "batch_id": batch_id,
+    }
+    if columns:
+        row["output"] = answer.get("output", dict.fromkeys(columns))
+        row["parse_error"] = answer.get("parse_error")
+    if chosen is None:
+        row["input"] = source
+    elif chosen:
+        row["input"] = {f: source.get(f) for f in chosen}
+    row["message"] = orjson.Fragment(message) if message else None
+    return row
+
+
+# A plain succeeded row as `orjson.dumps` writes its dict (`_row`) with one input column set:
+# every input field, none, or the chosen ones. Its %b are the JSON of key, custom_id, text,
+# stop_reason, model, input_tokens, output_tokens, batch_id, (input) and the stored message.
+_PLAIN_LINE = (
+    b'{"key":%b,"custom_id":%b,"state":"succeeded","text":%b,"tool_calls":null,"detail":null,'
+    b'"error_type":null,"error_message":null,"stop_reason":%b,"model":%b,"input_tokens":%b,'
+    b'"output_tokens":%b,"cache_creation_input_tokens":null,"cache_read_input_tokens":null,'
+    b'"batch_id":%b'
+)
+_PLAIN_INPUT = _PLAIN_LINE + b',"input":%b,"message":%b}\n'
+_PLAIN_NO_INPUT = _PLAIN_LINE + b',"message":%b}\n'
+_FEW = 256  # distinct stop reasons, models and batch ids whose JSON is kept while exporting
+
+
+def _jsonl_blocks(
+    job: Job,
+    items: Iterator[ExportItem],
+    reader: StateReader,
+    options: ExportOptions,
+    part: tuple[int, int] = (0, 1),
+) -> Iterator[list[bytes]]:
+    """The jsonl lines of every row (no `columns`, no `thinking`), a chunk at a time (of the
+    chunks `part` takes, as `_looked_up`). A plain succeeded answer is written from its fields into `_PLAIN_LINE`, the bytes
+    `orjson.dumps` gives its row, without building the row; any other row is `_row` dumped."""
+    dumps, newline, chosen = orjson.dumps, orjson.OPT_APPEND_NEWLINE, options.input_columns
+    few: dict[Any, bytes] = {}  # JSON of the few values a column repeats on every row
+
+    def json_of(value: Any) -> bytes:
+        if len(few) >= _FEW:
+            few.clear()
+        made = few[value] = dumps(value)
+        return made
+
+    for chunk, answers, found_of in _looked_up(job.name, items, reader, part):
+        lines = []
+        for item, found in zip(chunk, answers, strict=True):
+            message = found[2]
+            if (
+                found[0] == item[2]  # its own succeeded result, for the spec's request
+                and message
+                and "tool_use" not in message  # `_may_show`, inline: nothing shown can be in it
+                and "cache_" not in message
+                and "\\u" not in message
+                and type(found[5]) is int
+                and type(found[6]) is int
+            ):
+                _, text, _, stop_reason, model, input_tokens, output_tokens, batch_id = found
+                values = (
+                    dumps(item[0]),
+                    dumps(item[1]),
+                    dumps(text),
+                    few.get(stop_reason) or json_of(stop_reason),
+                    few.get(model) or json_of(model),
+                    b"%d" % input_tokens,
+                    b"%d" % output_tokens,
+                    few.get(batch_id) or json_of(batch_id),
+                )
+                if chosen is None:
+                    lines.append(_PLAIN_INPUT % (*values, dumps(item[3]), message.encode()))
+                elif chosen:
+                    source = item[3]
+                    shown = dumps({f: source.get(f) for f in chosen})
+                    lines.append(_PLAIN_INPUT % (*values, shown, message.encode()))
+                else:
+                    lines.append(_PLAIN_NO_INPUT % (*values, message.encode()))
+                continue
+            row = _row(job, item, found, found_of, False, options)
+            lines.append(dumps(row, option=newline))
+        yield lines
 
 
 def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
@@ -455,6 +545,141 @@ def write_chunks(
         count = _write_csv(chunks, out, fields, options, safe=not raw_csv)
     out.flush()
     return count
+
+
+def _write_blocks(blocks: Iterable[tuple[list[bytes], int]], out: IO[bytes]) -> int:
+    """Write (pieces, rows) blocks to a binary stream; returns the number of rows."""
+    written = 0
+    for pieces, rows in blocks:
+        out.writelines(pieces)  # each into the stream's buffer: no chunk-sized bytes made
+        written += rows
+    out.flush()
+    return written
+
+
+# ------------------------------------------------------------------ two processes
+
+
+def _two_processes(job: Job, root: Path) -> bool:
+    """Whether a jsonl export of `job` runs on two processes (`_halves`): its rows kept by the
+    rows cache (else each process would render every item), a source of PARALLEL_MIN_BYTES or
+    more, a second core, `fork`, and no other thread (a fork copies no thread but this one)."""
+    source = job.source_file()
+    if source is None or not hasattr(os, "fork") or not rows_kept(job, root):
+        return False
+    if threading.active_count() > 1 or _cores() < 2:
+        return False
+    try:
+        return source.stat().st_size >= PARALLEL_MIN_BYTES
+    except OSError:
+        return False  # one process reports the unreadable file
+
+
+def _cores() -> int:
+    """Cores this process may run on (`taskset -c 0` means one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _halves(
+    context: Context, job_name: str, options: ExportOptions
+) -> Iterator[tuple[list[bytes], int]]:
+    """`_jsonl_blocks` of every chunk, in order: the even ones made here, the odd ones by a
+    forked child at the same time, which sends each as (rows, bytes) then the lines through a
+    pipe. Both read the job's items; each asks the state for its own chunks only."""
+
+    def part(mine: int) -> Iterator[list[bytes]]:
+        return _streamed(context, job_name, lambda *a: _jsonl_blocks(*a, options, (mine, 2)))
+
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux): fewer waits
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    child = os.fork()
+    if child == 0:  # the child: never returns, never runs the parent's cleanup
+        os.close(read_end)
+        _serve_half(part(1), write_end)
+    os.close(write_end)
+    ended = False
+    try:
+        with os.fdopen(read_end, "rb", buffering=PIPE_BYTES) as pipe:
+            own = part(0)
+            try:
+                while True:
+                    lines = next(own, None)
+                    if lines is not None:
+                        yield lines, len(lines)
+                    theirs = _received(pipe)
+                    if theirs is None:  # the child has no more chunks: neither may we
+                        if lines is not None and next(own, None) is not None:
+                            raise _changed_while_read(context, job_name)
+                        break
+                    if lines is None:  # a chunk of theirs after the last of ours
+                        raise _changed_while_read(context, job_name)
+                    yield [theirs[1]], theirs[0]
+            finally:
+                own.close()
+        _, status = os.waitpid(child, 0)
+        ended = True
+        if status != 0:
+            raise BatchopsError("the export's second process ended abnormally; export again")
+    finally:
+        if not ended:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                os.waitpid(child, 0)
+
+
+def _serve_half(blocks: Iterator[list[bytes]], fd: int) -> NoReturn:
+    """In the child: send each block through `fd` as `rows bytes\n` and its lines, then
+    `end\n`; an error as `error bytes\n` and the pickled exception. Ends the process."""
+    status = 1
+    try:
+        with os.fdopen(fd, "wb", buffering=PIPE_BYTES) as pipe:
+            try:
+                for lines in blocks:
+                    pipe.write(b"%d %d\n" % (len(lines), sum(map(len, lines))))
+                    pipe.writelines(lines)
+                    pipe.flush()  # the whole block now: the parent may be waiting for it
+                pipe.write(b"end\n")
+                status = 0
+            except Exception as e:  # sent to the parent, which raises it
+                import pickle
+
+                try:
+                    sent = pickle.dumps(e)
+                except Exception:
+                    sent = pickle.dumps(BatchopsError(str(e)))
+                pipe.write(b"error %d\n" % len(sent) + sent)
+                status = 0
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _received(pipe: IO[bytes]) -> tuple[int, bytes] | None:
+    """The child's next block (rows, bytes), None after its last; raises what it raised."""
+    head = pipe.readline()
+    if head == b"end\n":
+        return None
+    kind, _, size = head.partition(b" ")
+    if kind == b"error":
+        import pickle
+
+        raise pickle.loads(pipe.read(int(size)))
+    if not head.endswith(b"\n") or not kind.isdigit():
+        raise BatchopsError("the export's second process ended abnormally; export again")
+    data = pipe.read(int(size))
+    if len(data) != int(size):
+        raise BatchopsError("the export's second process ended abnormally; export again")
+    return int(kind), data
+
+
+def _changed_while_read(context: Context, job_name: str) -> BatchopsError:
+    return changed_while_read(*_job(context, job_name))
 
 
 class _FieldsGrew(Exception):
@@ -610,6 +835,22 @@ def export(
         chunks = _row_chunks(context, job_name, failed_only, options)
         return counted(chunks) if options.columns else chunks
 
+    if fmt == "jsonl" and not (failed_only or options.columns or options.thinking):
+        # Lines made a chunk at a time, a plain answer's without its row (`_jsonl_blocks`),
+        # on two processes for a large job.
+        if _two_processes(job, project.root):
+            blocks = _halves(context, job_name, options)
+        else:
+            lines = _streamed(context, job_name, lambda *a: _jsonl_blocks(*a, options))
+            blocks = ((chunk, len(chunk)) for chunk in lines)
+        if isinstance(out, Path):
+            check_output_path(context, project, job, out)
+            with atomic_write(out, create_dirs=create_dirs) as f:
+                rows = _write_blocks(blocks, f)
+            return ExportSummary(job_name, fmt, rows, out)
+        if out is None:
+            raise BatchopsError("export needs an output stream or file")
+        return ExportSummary(job_name, fmt, _write_blocks(blocks, out), None)
     written = dict(raw_csv=raw_csv, options=options)
     chunks = chunks_of()
     if isinstance(out, Path):

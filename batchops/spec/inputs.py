@@ -42,7 +42,9 @@ def export_items(job: Job, root: Path, prices: PriceTable, today: date) -> Itera
     new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
     for cached_row, (key, row) in zip_longest(cached, iter_inputs(job, root), fillvalue=_MISSING):
         if cached_row is _MISSING or key != cached_row[0]:
-            raise _changed(job, root)  # the data file is not the one the rows were made from
+            raise changed_while_read(
+                job, root
+            )  # the data file is not the one the rows were made from
         yield new(ExportItem, (key, cached_row[1], cached_row[2], row))
 
 
@@ -56,11 +58,18 @@ def export_inputs(
         return
     for key, row in iter_inputs(job, root):
         if key is None:
-            raise _changed(job, root)
+            raise changed_while_read(job, root)
         yield row
 
 
-def _changed(job: Job, root: Path) -> SpecError:
+def rows_kept(job: Job, root: Path) -> bool:
+    """Whether the rows cache holds a file of `job`'s rows (whether it serves them is known only
+    once it is checked, as `export_items` reads it)."""
+    return cache.enabled() and (cache.cache_dir(root) / "rows" / f"{job.name}.jsonl").is_file()
+
+
+def changed_while_read(job: Job, root: Path) -> SpecError:
+    """The error of an export whose source is not the one its items were made from."""
     source = job.source_file() or job.spec_file
     return SpecError(
         f"{display_path(source, root)}: job {job.name}: changed while it was read; export again"
