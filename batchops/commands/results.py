@@ -255,17 +255,27 @@ def _rows(
     failed_only: bool,
     options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each chunk of `CHUNK_KEYS` items, as a list (`_looked_up`): an item whose
-    own succeeded result has the spec's fingerprint is `succeeded` with that answer, the
-    others are classified from their records."""
-    for chunk, answers, found_of in _looked_up(job.name, items, reader):
-        rows = [
+    """The rows of each chunk of `CHUNK_KEYS` items that has any, as a list (`_chunk_rows`)."""
+    return filter(None, _chunk_rows(job, items, reader, failed_only, options))
+
+
+def _chunk_rows(
+    job: Job,
+    items: Iterator[ExportItem],
+    reader: StateReader,
+    failed_only: bool,
+    options: ExportOptions,
+    part: tuple[int, int] = (0, 1),
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each chunk of `CHUNK_KEYS` items (of the chunks `part` takes), as a list
+    (`_looked_up`): an item whose own succeeded result has the spec's fingerprint is
+    `succeeded` with that answer, the others are classified from their records."""
+    for chunk, answers, found_of in _looked_up(job.name, items, reader, part):
+        yield [
             row
             for item, found in zip(chunk, answers, strict=True)
             if (row := _row(job, item, found, found_of, failed_only, options)) is not None
         ]
-        if rows:
-            yield rows
 
 
 def _row(
@@ -364,9 +374,9 @@ def _jsonl_blocks(
     reader: StateReader,
     options: ExportOptions,
     part: tuple[int, int] = (0, 1),
-) -> Iterator[list[bytes]]:
+) -> Iterator[tuple[list[bytes], int]]:
     """The jsonl lines of every row (no `columns`, no `thinking`), a chunk at a time (of the
-    chunks `part` takes, as `_looked_up`). A plain succeeded answer is written from its fields into `_PLAIN_LINE`, the bytes
+    chunks `part` takes, as `_looked_up`), with their number. A plain succeeded answer is written from its fields into `_PLAIN_LINE`, the bytes
     `orjson.dumps` gives its row, without building the row; any other row is `_row` dumped."""
     dumps, newline, chosen = orjson.dumps, orjson.OPT_APPEND_NEWLINE, options.input_columns
     few: dict[Any, bytes] = {}  # JSON of the few values a column repeats on every row
@@ -412,7 +422,7 @@ def _jsonl_blocks(
                 continue
             row = _row(job, item, found, found_of, False, options)
             lines.append(dumps(row, option=newline))
-        yield lines
+        yield lines, len(lines)
 
 
 def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
@@ -560,6 +570,21 @@ def _write_blocks(blocks: Iterable[tuple[list[bytes], int]], out: IO[bytes]) -> 
 # ------------------------------------------------------------------ two processes
 
 
+def _block_maker(
+    context: Context, job: Job, root: Path, make: Callable[..., Any], *args: Any
+) -> Callable[[], Iterator[tuple[list[bytes], int]]]:
+    """What makes the (pieces, rows) blocks of an export by `make(job, items, reader, *args,
+    part)`: on two processes for a large job (`_halves`), else on this one."""
+
+    def part(mine: int, of: int) -> Iterator[tuple[list[bytes], int]]:
+        produce = lambda j, items, reader: make(j, items, reader, *args, (mine, of))  # noqa: E731
+        return _streamed(context, job.name, produce)
+
+    if _two_processes(job, root):
+        return lambda: _halves(lambda mine: part(mine, 2), lambda: changed_while_read(job, root))
+    return lambda: part(0, 1)
+
+
 def _two_processes(job: Job, root: Path) -> bool:
     """Whether a jsonl export of `job` runs on two processes (`_halves`): its rows kept by the
     rows cache (else each process would render every item), a source of PARALLEL_MIN_BYTES or
@@ -584,15 +609,13 @@ def _cores() -> int:
 
 
 def _halves(
-    context: Context, job_name: str, options: ExportOptions
+    part: Callable[[int], Iterator[tuple[list[bytes], int]]], changed: Callable[[], Exception]
 ) -> Iterator[tuple[list[bytes], int]]:
-    """`_jsonl_blocks` of every chunk, in order: the even ones made here, the odd ones by a
-    forked child at the same time, which sends each as (rows, bytes) then the lines through a
-    pipe. Both read the job's items; each asks the state for its own chunks only."""
-
-    def part(mine: int) -> Iterator[list[bytes]]:
-        return _streamed(context, job_name, lambda *a: _jsonl_blocks(*a, options, (mine, 2)))
-
+    """The (pieces, rows) blocks `part(0)` and `part(1)` make of alternate chunks, in order:
+    the even ones made here, the odd ones by a forked child at the same time, which sends
+    each as `rows bytes` and its bytes through a pipe. Both read the job's items, and each
+    asks the state for its own chunks only; `changed` is raised when they did not read the
+    same number of chunks."""
     read_end, write_end = os.pipe()
     with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux): fewer waits
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
@@ -607,16 +630,16 @@ def _halves(
             own = part(0)
             try:
                 while True:
-                    lines = next(own, None)
-                    if lines is not None:
-                        yield lines, len(lines)
+                    block = next(own, None)
+                    if block is not None:
+                        yield block
                     theirs = _received(pipe)
                     if theirs is None:  # the child has no more chunks: neither may we
-                        if lines is not None and next(own, None) is not None:
-                            raise _changed_while_read(context, job_name)
+                        if block is not None and next(own, None) is not None:
+                            raise changed()
                         break
-                    if lines is None:  # a chunk of theirs after the last of ours
-                        raise _changed_while_read(context, job_name)
+                    if block is None:  # a chunk of theirs after the last of ours
+                        raise changed()
                     yield [theirs[1]], theirs[0]
             finally:
                 own.close()
@@ -632,16 +655,16 @@ def _halves(
                 os.waitpid(child, 0)
 
 
-def _serve_half(blocks: Iterator[list[bytes]], fd: int) -> NoReturn:
+def _serve_half(blocks: Iterator[tuple[list[bytes], int]], fd: int) -> NoReturn:
     """In the child: send each block through `fd` as `rows bytes\n` and its lines, then
     `end\n`; an error as `error bytes\n` and the pickled exception. Ends the process."""
     status = 1
     try:
         with os.fdopen(fd, "wb", buffering=PIPE_BYTES) as pipe:
             try:
-                for lines in blocks:
-                    pipe.write(b"%d %d\n" % (len(lines), sum(map(len, lines))))
-                    pipe.writelines(lines)
+                for pieces, rows in blocks:
+                    pipe.write(b"%d %d\n" % (rows, sum(map(len, pieces))))
+                    pipe.writelines(pieces)
                     pipe.flush()  # the whole block now: the parent may be waiting for it
                 pipe.write(b"end\n")
                 status = 0
@@ -678,10 +701,6 @@ def _received(pipe: IO[bytes]) -> tuple[int, bytes] | None:
     return int(kind), data
 
 
-def _changed_while_read(context: Context, job_name: str) -> BatchopsError:
-    return changed_while_read(*_job(context, job_name))
-
-
 class _FieldsGrew(Exception):
     """A row has an input field that the CSV header, learnt from the first row, lacks."""
 
@@ -697,65 +716,154 @@ def _write_csv(
     """Rows as CSV. With `fields` None, the input fields are the first row's, and `_FieldsGrew`
     is raised at the first row holding another (every row must be written, none filtered)."""
     chunks = iter(chunks)
-    known: set[str] | None = None
+    learnt = fields is None
     if fields is None:
         first = next(chunks, None)
         fields = list(first[0]["input"]) if first else []
-        known = set(fields)
         if first:
             chunks = chain([first], chunks)
-    columns = list(COLUMNS)
-    if options.thinking:
-        columns.insert(columns.index("text") + 1, "thinking")
-    outputs = list(options.columns)
-    tail = ["parse_error"] if outputs else []
-    header = [*columns, *(f"output.{c}" for c in outputs), *tail, *(f"input.{f}" for f in fields)]
-    fixed = itemgetter(*columns, *tail)
-    # A row's cells joined by commas are its CSV line, unless a cell holds a comma, a quote or a
-    # line break: only such a row is written by the csv module (which quotes exactly those).
-    commas = len(header) - 1
-    quoted = io.StringIO()
-    writer = csv.writer(quoted, lineterminator="\n")
-    writer.writerow(header)
-    out.write(quoted.getvalue().encode())
-    starts, count = FORMULA_FIRST, 0
+    lines = _CsvLines(fields, options, safe=safe, learnt=learnt)
+    out.write(lines.header)
+    count = 0
     for rows in chunks:
-        lines = []
-        for row in rows:
-            values = list(fixed(row))
-            if outputs:
-                parsed = row.get("output") or {}
-                values[len(columns) : len(columns)] = [parsed.get(c) for c in outputs]
-            source = row.get("input") or {}
-            if known is not None and not source.keys() <= known:
-                raise _FieldsGrew
-            if fields:
-                values += [source.get(f) for f in fields]
-            # Each value as the text of its cell, inline (this runs per cell): None is an empty
-            # cell, a string that would start a formula gets a leading ' unless raw
-            # (`safetext.csv_cell`), a number is written as the csv module writes it, a list or
-            # dict is JSON (`_text_cell`).
-            cells = [
-                ""
-                if v is None
-                else (("'" + v if v[:1] in starts else v) if safe else v)
-                if type(v) is str
-                else str(v)
-                if type(v) is int
-                else _text_cell(v)
-                for v in values
-            ]
-            line = ",".join(cells)
-            if '"' in line or "\n" in line or "\r" in line or line.count(",") != commas:
-                quoted.seek(0)
-                quoted.truncate()
-                writer.writerow(cells)
-                line = quoted.getvalue()[:-1]
-            lines.append(line)
-        if lines:
-            out.write(("\n".join(lines) + "\n").encode())
+        out.write(lines(rows))
         count += len(rows)
     return count
+
+
+class _CsvLines:
+    """The CSV header of an export, and the lines of each chunk of its rows."""
+
+    def __init__(
+        self, fields: list[str], options: ExportOptions, *, safe: bool, learnt: bool = False
+    ):
+        self.fields = fields
+        # With fields `learnt` from the first row, `_FieldsGrew` at a row holding another.
+        self.known = set(fields) if learnt else None
+        self.columns = columns = list(COLUMNS)
+        if options.thinking:
+            columns.insert(columns.index("text") + 1, "thinking")
+        self.outputs = outputs = list(options.columns)
+        tail = ["parse_error"] if outputs else []
+        header = [
+            *columns,
+            *(f"output.{c}" for c in outputs),
+            *tail,
+            *(f"input.{f}" for f in fields),
+        ]
+        self.fixed = itemgetter(*columns, *tail)
+        # A row's cells joined by commas are its CSV line, unless a cell holds a comma, a quote
+        # or a line break: only such a row is written by the csv module (which quotes exactly
+        # those).
+        self.commas = len(header) - 1
+        self.quoted = io.StringIO()
+        self.writer = csv.writer(self.quoted, lineterminator="\n")
+        self.writer.writerow(header)
+        self.header = self.quoted.getvalue().encode()
+        self.safe = safe
+
+    def __call__(self, rows: list[dict[str, Any]]) -> bytes:
+        """The lines of `rows`."""
+        line, values = self.line, self.values
+        return "".join([line(values(row)) for row in rows]).encode()
+
+    def values(self, row: dict[str, Any]) -> list[Any]:
+        """The values of a row's cells, in the header's order."""
+        values = list(self.fixed(row))
+        if self.outputs:
+            parsed = row.get("output") or {}
+            at = len(self.columns)
+            values[at:at] = [parsed.get(c) for c in self.outputs]
+        source = row.get("input") or {}
+        if self.known is not None and not source.keys() <= self.known:
+            raise _FieldsGrew
+        if self.fields:
+            values += [source.get(f) for f in self.fields]
+        return values
+
+    def line(self, values: list[Any]) -> str:
+        """The CSV line of a row's values, its line break included."""
+        safe, starts = self.safe, FORMULA_FIRST
+        # Each value as the text of its cell, inline (this runs per cell): None is an empty
+        # cell, a string that would start a formula gets a leading ' unless raw
+        # (`safetext.csv_cell`), a number is written as the csv module writes it, a list or
+        # dict is JSON (`_text_cell`).
+        cells = [
+            ""
+            if v is None
+            else (("'" + v if v[:1] in starts else v) if safe else v)
+            if type(v) is str
+            else str(v)
+            if type(v) is int
+            else _text_cell(v)
+            for v in values
+        ]
+        line = ",".join(cells)
+        if '"' in line or "\n" in line or "\r" in line or line.count(",") != self.commas:
+            quoted = self.quoted
+            quoted.seek(0)
+            quoted.truncate()
+            self.writer.writerow(cells)
+            return quoted.getvalue()
+        return line + "\n"
+
+
+def _csv_blocks(
+    job: Job,
+    items: Iterator[ExportItem],
+    reader: StateReader,
+    options: ExportOptions,
+    fields: list[str] | None,
+    safe: bool,
+    failed_only: bool,
+    part: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[list[bytes], int]]:
+    """The CSV of every row (no `columns`), a block a chunk (of the chunks `part` takes, as
+    `_looked_up`, each one even when it has no row), the header in the first block when `part`
+    takes the first chunk. With `fields` None, the input fields are the first item's, and
+    `_FieldsGrew` is raised at a row holding another."""
+    learnt = fields is None
+    if fields is None:
+        first = next(items, None)
+        fields = list(first[3]) if first is not None else []
+        if first is not None:
+            items = chain([first], items)
+    csv_lines = _CsvLines(fields, options, safe=safe, learnt=learnt)
+    line, values_of, known = csv_lines.line, csv_lines.values, csv_lines.known
+    header = [csv_lines.header] if part[0] == 0 else []
+    thinking = options.thinking
+    for chunk, answers, found_of in _looked_up(job.name, items, reader, part):
+        lines = []
+        for item, found in zip(chunk, answers, strict=True):
+            message = found[2]
+            if (
+                found[0] == item[2]  # its own succeeded result, for the spec's request
+                and not failed_only
+                and not thinking
+                and (
+                    not message  # `_may_show`, inline: nothing shown can be in it
+                    or ("tool_use" not in message and "cache_" not in message)
+                    and "\\u" not in message
+                )
+            ):
+                # The values of `_row`'s row (every shown part of the answer None) in order.
+                _, text, _, stop_reason, model, input_tokens, output_tokens, batch_id = found
+                source = item[3]
+                if known is not None and not source.keys() <= known:
+                    raise _FieldsGrew
+                values = [item[0], item[1], "succeeded", text, None, None, None, None]
+                values += [stop_reason, model, input_tokens, output_tokens, None, None, batch_id]
+                if fields:
+                    values += [source.get(f) for f in fields]
+                lines.append(line(values))
+                continue
+            row = _row(job, item, found, found_of, failed_only, options)
+            if row is not None:
+                lines.append(line(values_of(row)))
+        yield [*header, "".join(lines).encode()], len(lines)
+        header = []
+    if header:
+        yield header, 0
 
 
 def _text_cell(value: Any) -> str:
@@ -835,22 +943,32 @@ def export(
         chunks = _row_chunks(context, job_name, failed_only, options)
         return counted(chunks) if options.columns else chunks
 
+    blocks, safe = None, not raw_csv
     if fmt == "jsonl" and not (failed_only or options.columns or options.thinking):
-        # Lines made a chunk at a time, a plain answer's without its row (`_jsonl_blocks`),
-        # on two processes for a large job.
-        if _two_processes(job, project.root):
-            blocks = _halves(context, job_name, options)
-        else:
-            lines = _streamed(context, job_name, lambda *a: _jsonl_blocks(*a, options))
-            blocks = ((chunk, len(chunk)) for chunk in lines)
+        # Lines made a chunk at a time, a plain answer's without its row (`_jsonl_blocks`).
+        blocks = _block_maker(context, job, project.root, _jsonl_blocks, options)
+    elif fmt == "csv" and not options.columns:  # no parse errors to count
+        blocks = _block_maker(
+            context, job, project.root, _csv_blocks, options, fields, safe, failed_only
+        )
+    if blocks is not None:
         if isinstance(out, Path):
             check_output_path(context, project, job, out)
             with atomic_write(out, create_dirs=create_dirs) as f:
-                rows = _write_blocks(blocks, f)
+                try:
+                    rows = _write_blocks(blocks(), f)
+                except _FieldsGrew:  # learnt from the first row: all of them, and again
+                    f.seek(0)
+                    f.truncate()
+                    fields = _input_fields(context, job, project.root)
+                    blocks = _block_maker(
+                        context, job, project.root, _csv_blocks, options, fields, safe, False
+                    )
+                    rows = _write_blocks(blocks(), f)
             return ExportSummary(job_name, fmt, rows, out)
         if out is None:
             raise BatchopsError("export needs an output stream or file")
-        return ExportSummary(job_name, fmt, _write_blocks(blocks, out), None)
+        return ExportSummary(job_name, fmt, _write_blocks(blocks(), out), None)
     written = dict(raw_csv=raw_csv, options=options)
     chunks = chunks_of()
     if isinstance(out, Path):
