@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain, count, islice
+from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
@@ -58,10 +58,11 @@ from batchops.spec.desired import DesiredItem, select_jobs
 from batchops.spec.inputs import (
     ExportItem,
     changed_while_read,
+    export_chunks,
     export_inputs,
-    export_items,
     rows_kept,
 )
+from batchops.spec.items import iter_inputs
 from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
 from batchops.state.api import StateReader, SucceededRow
 from batchops.state.records import ResultLookup
@@ -209,16 +210,23 @@ def _row_chunks(
     return _streamed(context, job_name, lambda *a: _rows(*a, failed_only, options))
 
 
-def _streamed(context: Context, job_name: str, produce: Callable[..., Iterator[T]]) -> Iterator[T]:
-    """What `produce(job, items, reader)` yields of the job's items and a state reader, which
-    is closed when it is done."""
+def _streamed(
+    context: Context,
+    job_name: str,
+    produce: Callable[..., Iterator[T]],
+    part: tuple[int, int] = (0, 1),
+) -> Iterator[T]:
+    """What `produce(job, chunks, reader)` yields of the job's items in chunks of `CHUNK_KEYS`
+    (None for each chunk `part` does not take, as `export_chunks`) and a state reader, which is
+    closed when it is done."""
     job, root = _job(context, job_name)
-    items = export_items(job, root, context.prices, context.clock().date())
+    today = context.clock().date()
+    chunks = export_chunks(job, root, context.prices, today, CHUNK_KEYS, part)
     reader = context.reader()
     try:
         # Every row is new dicts and lists, none in a cycle, freed as soon as written.
         with paused_gc():
-            yield from produce(job, items, reader)
+            yield from produce(job, chunks, reader)
     finally:
         reader.close()
 
@@ -227,19 +235,14 @@ _NO_ANSWER: dict[str, Any] = {}
 
 
 def _looked_up(
-    name: str, items: Iterator[ExportItem], reader: StateReader, part: tuple[int, int] = (0, 1)
+    name: str, chunks: Iterator[list[ExportItem] | None], reader: StateReader
 ) -> Iterator[tuple[list[ExportItem], list[SucceededRow], dict[str, ResultLookup]]]:
-    """Each chunk of `CHUNK_KEYS` items with what state holds of them: every key's own succeeded
-    result (`succeeded_results`, one narrow query, rows in key order) and, for the items whose
-    result is not a success of the spec's fingerprint, their whole record (`results_of`).
-
-    `part` (i, n): only the chunks numbered i, i + n, i + 2n … (the others are read past)."""
-    mine, parts = part
-    for number in count():
-        chunk = list(islice(items, CHUNK_KEYS))
-        if not chunk:
-            return
-        if number % parts != mine:
+    """Each chunk of items (None ones passed over) with what state holds of them: every key's
+    own succeeded result (`succeeded_results`, one narrow query, rows in key order) and, for the
+    items whose result is not a success of the spec's fingerprint, their whole record
+    (`results_of`)."""
+    for chunk in chunks:
+        if chunk is None:
             continue
         answers = reader.succeeded_results(name, [item[0] for item in chunk])
         others = [
@@ -250,27 +253,25 @@ def _looked_up(
 
 def _rows(
     job: Job,
-    items: Iterator[ExportItem],
+    chunks: Iterator[list[ExportItem] | None],
     reader: StateReader,
     failed_only: bool,
     options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each chunk of `CHUNK_KEYS` items that has any, as a list (`_chunk_rows`)."""
-    return filter(None, _chunk_rows(job, items, reader, failed_only, options))
+    """The rows of each chunk of items that has any, as a list (`_chunk_rows`)."""
+    return filter(None, _chunk_rows(job, chunks, reader, failed_only, options))
 
 
 def _chunk_rows(
     job: Job,
-    items: Iterator[ExportItem],
+    chunks: Iterator[list[ExportItem] | None],
     reader: StateReader,
     failed_only: bool,
     options: ExportOptions,
-    part: tuple[int, int] = (0, 1),
 ) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each chunk of `CHUNK_KEYS` items (of the chunks `part` takes), as a list
-    (`_looked_up`): an item whose own succeeded result has the spec's fingerprint is
+    """The rows of each chunk of items (None ones passed over), as a list (`_looked_up`): an item whose own succeeded result has the spec's fingerprint is
     `succeeded` with that answer, the others are classified from their records."""
-    for chunk, answers, found_of in _looked_up(job.name, items, reader, part):
+    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
         yield [
             row
             for item, found in zip(chunk, answers, strict=True)
@@ -370,14 +371,14 @@ _FEW = 256  # distinct stop reasons, models and batch ids whose JSON is kept whi
 
 def _jsonl_blocks(
     job: Job,
-    items: Iterator[ExportItem],
+    chunks: Iterator[list[ExportItem] | None],
     reader: StateReader,
     options: ExportOptions,
-    part: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[list[bytes], int]]:
-    """The jsonl lines of every row (no `columns`, no `thinking`), a chunk at a time (of the
-    chunks `part` takes, as `_looked_up`), with their number. A plain succeeded answer is written from its fields into `_PLAIN_LINE`, the bytes
-    `orjson.dumps` gives its row, without building the row; any other row is `_row` dumped."""
+    """The jsonl lines of every row (no `columns`, no `thinking`), a chunk at a time (None
+    chunks passed over), with their number. A plain succeeded answer is written from its
+    fields into `_PLAIN_LINE`, the bytes `orjson.dumps` gives its row, without building the row;
+    any other row is `_row` dumped."""
     dumps, newline, chosen = orjson.dumps, orjson.OPT_APPEND_NEWLINE, options.input_columns
     few: dict[Any, bytes] = {}  # JSON of the few values a column repeats on every row
 
@@ -387,7 +388,7 @@ def _jsonl_blocks(
         made = few[value] = dumps(value)
         return made
 
-    for chunk, answers, found_of in _looked_up(job.name, items, reader, part):
+    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
         lines = []
         for item, found in zip(chunk, answers, strict=True):
             message = found[2]
@@ -571,18 +572,27 @@ def _write_blocks(blocks: Iterable[tuple[list[bytes], int]], out: IO[bytes]) -> 
 
 
 def _block_maker(
-    context: Context, job: Job, root: Path, make: Callable[..., Any], *args: Any
+    context: Context, job: Job, root: Path, make: Callable[..., Any], two: bool
 ) -> Callable[[], Iterator[tuple[list[bytes], int]]]:
-    """What makes the (pieces, rows) blocks of an export by `make(job, items, reader, *args,
-    part)`: on two processes for a large job (`_halves`), else on this one."""
+    """What makes the (pieces, rows) blocks of an export by `make(job, chunks, reader,
+    first)`: on two processes (`_halves`), each given every other chunk, else on this one. Only
+    the one given the first chunk has `first` true."""
 
     def part(mine: int, of: int) -> Iterator[tuple[list[bytes], int]]:
-        produce = lambda j, items, reader: make(j, items, reader, *args, (mine, of))  # noqa: E731
-        return _streamed(context, job.name, produce)
+        produce = lambda j, chunks, reader: make(j, chunks, reader, mine == 0)  # noqa: E731
+        return _streamed(context, job.name, produce, (mine, of))
 
-    if _two_processes(job, root):
+    if two:
         return lambda: _halves(lambda mine: part(mine, 2), lambda: changed_while_read(job, root))
     return lambda: part(0, 1)
+
+
+def _first_fields(job: Job, root: Path) -> list[str]:
+    """The fields of the first row of the job's source (its first item's input, when every row
+    is an item)."""
+    for _, row in iter_inputs(job, root):
+        return list(row) if type(row) is dict else []
+    return []
 
 
 def _two_processes(job: Job, root: Path) -> bool:
@@ -810,29 +820,31 @@ class _CsvLines:
 
 def _csv_blocks(
     job: Job,
-    items: Iterator[ExportItem],
+    chunks: Iterator[list[ExportItem] | None],
     reader: StateReader,
     options: ExportOptions,
     fields: list[str] | None,
     safe: bool,
     failed_only: bool,
-    part: tuple[int, int] = (0, 1),
+    *,
+    learnt: bool = False,
+    header: bool = True,
 ) -> Iterator[tuple[list[bytes], int]]:
-    """The CSV of every row (no `columns`), a block a chunk (of the chunks `part` takes, as
-    `_looked_up`, each one even when it has no row), the header in the first block when `part`
-    takes the first chunk. With `fields` None, the input fields are the first item's, and
-    `_FieldsGrew` is raised at a row holding another."""
-    learnt = fields is None
+    """The CSV of every row (no `columns`), a block a chunk (None chunks passed over; one with
+    no row is an empty block), the header in the first block. With `fields` None, the input
+    fields are the first item's; with them None or `learnt` (from the first row, by the
+    caller), `_FieldsGrew` is raised at a row holding another."""
     if fields is None:
-        first = next(items, None)
-        fields = list(first[3]) if first is not None else []
+        learnt = True
+        first = next(chunks, None)
+        fields = list(first[0][3]) if first else []
         if first is not None:
-            items = chain([first], items)
+            chunks = chain([first], chunks)
     csv_lines = _CsvLines(fields, options, safe=safe, learnt=learnt)
     line, values_of, known = csv_lines.line, csv_lines.values, csv_lines.known
-    header = [csv_lines.header] if part[0] == 0 else []
+    head = [csv_lines.header] if header else []
     thinking = options.thinking
-    for chunk, answers, found_of in _looked_up(job.name, items, reader, part):
+    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
         lines = []
         for item, found in zip(chunk, answers, strict=True):
             message = found[2]
@@ -860,10 +872,10 @@ def _csv_blocks(
             row = _row(job, item, found, found_of, failed_only, options)
             if row is not None:
                 lines.append(line(values_of(row)))
-        yield [*header, "".join(lines).encode()], len(lines)
-        header = []
-    if header:
-        yield header, 0
+        yield [*head, "".join(lines).encode()], len(lines)
+        head = []
+    if head:
+        yield head, 0
 
 
 def _text_cell(value: Any) -> str:
@@ -943,14 +955,27 @@ def export(
         chunks = _row_chunks(context, job_name, failed_only, options)
         return counted(chunks) if options.columns else chunks
 
-    blocks, safe = None, not raw_csv
+    blocks, safe, root = None, not raw_csv, project.root
+    two = _two_processes(job, root)
     if fmt == "jsonl" and not (failed_only or options.columns or options.thinking):
         # Lines made a chunk at a time, a plain answer's without its row (`_jsonl_blocks`).
-        blocks = _block_maker(context, job, project.root, _jsonl_blocks, options)
-    elif fmt == "csv" and not options.columns:  # no parse errors to count
         blocks = _block_maker(
-            context, job, project.root, _csv_blocks, options, fields, safe, failed_only
+            context, job, root, lambda j, c, r, _: _jsonl_blocks(j, c, r, options), two
         )
+    elif fmt == "csv" and not options.columns:  # no parse errors to count
+
+        def csv_blocks(fields: list[str] | None, learnt: bool) -> Any:
+            def make(j: Job, c: Any, r: StateReader, first: bool) -> Any:
+                return _csv_blocks(
+                    j, c, r, options, fields, safe, failed_only, learnt=learnt, header=first
+                )
+
+            return _block_maker(context, job, root, make, two)
+
+        if fields is None and two:  # both learn the first row's fields, not the first item's
+            blocks = csv_blocks(_first_fields(job, root), True)
+        else:
+            blocks = csv_blocks(fields, False)
     if blocks is not None:
         if isinstance(out, Path):
             check_output_path(context, project, job, out)
@@ -960,11 +985,7 @@ def export(
                 except _FieldsGrew:  # learnt from the first row: all of them, and again
                     f.seek(0)
                     f.truncate()
-                    fields = _input_fields(context, job, project.root)
-                    blocks = _block_maker(
-                        context, job, project.root, _csv_blocks, options, fields, safe, False
-                    )
-                    rows = _write_blocks(blocks(), f)
+                    rows = _write_blocks(csv_blocks(_input_fields(context, job, root), False)(), f)
             return ExportSummary(job_name, fmt, rows, out)
         if out is None:
             raise BatchopsError("export needs an output stream or file")
