@@ -8,7 +8,11 @@ The export streams, a chunk of keys at a time: who each item is (key, custom_id,
 its input row come from `spec.inputs` (the rows cache and the data file read directly when the
 cache serves the job, else a render), and each chunk's state is read with one narrow query in key
 order (`succeeded_results`; the items not succeeded are then looked up whole with `results_of`),
-so a million results never sit in memory and no template runs twice. Files are
+so a million results never sit in memory and no template runs twice. A plain answer (nothing of
+it shown but its text) is written from its fields, as jsonl into the bytes `orjson.dumps` gives
+its row and as CSV cells, without building the row. A large job whose rows are kept is exported
+on two processes where there are two cores: a forked child makes every other chunk at the same
+time and sends its bytes through a pipe (`_halves`); the bytes are those of one process. Files are
 written atomically (a temporary file in the same folder, then `os.replace`), so a reader never
 sees half a file and a failed export leaves the previous one in place; a temporary file left by a killed export is removed
 by the next write of the same file once it is a minute old. An output is checked like a spec's
