@@ -775,6 +775,7 @@ class _CsvLines:
         self.writer.writerow(header)
         self.header = self.quoted.getvalue().encode()
         self.safe = safe
+        self.few: dict[Any, str] = {}  # `few_cell`
 
     def __call__(self, rows: list[dict[str, Any]]) -> bytes:
         """The lines of `rows`."""
@@ -797,12 +798,16 @@ class _CsvLines:
 
     def line(self, values: list[Any]) -> str:
         """The CSV line of a row's values, its line break included."""
+        return self.joined(self.cells(values))
+
+    def cells(self, values: Iterable[Any]) -> list[str]:
+        """The text of each value's cell."""
         safe, starts = self.safe, FORMULA_FIRST
         # Each value as the text of its cell, inline (this runs per cell): None is an empty
         # cell, a string that would start a formula gets a leading ' unless raw
         # (`safetext.csv_cell`), a number is written as the csv module writes it, a list or
         # dict is JSON (`_text_cell`).
-        cells = [
+        return [
             ""
             if v is None
             else (("'" + v if v[:1] in starts else v) if safe else v)
@@ -812,6 +817,9 @@ class _CsvLines:
             else _text_cell(v)
             for v in values
         ]
+
+    def joined(self, cells: list[str]) -> str:
+        """The CSV line of a row's cells, its line break included."""
         line = ",".join(cells)
         if '"' in line or "\n" in line or "\r" in line or line.count(",") != self.commas:
             quoted = self.quoted
@@ -820,6 +828,49 @@ class _CsvLines:
             self.writer.writerow(cells)
             return quoted.getvalue()
         return line + "\n"
+
+    def plain(self, item: ExportItem, found: SucceededRow) -> str:
+        """The line of a plain succeeded answer (`_row`'s row, every shown part of the answer
+        None, no `thinking` column), made from its fields; its text a string or None."""
+        key, custom_id, _, source = item
+        _, text, _, stop_reason, model, input_tokens, output_tokens, batch_id = found
+        if self.known is not None and not source.keys() <= self.known:
+            raise _FieldsGrew
+        if self.safe:
+            starts = FORMULA_FIRST
+            key = "'" + key if key[:1] in starts else key
+            custom_id = "'" + custom_id if custom_id[:1] in starts else custom_id
+            text = "'" + text if text and text[:1] in starts else text
+        few, cell = self.few, self.few_cell
+        cells = [
+            key,
+            custom_id,
+            "succeeded",
+            text or "",
+            "",
+            "",
+            "",
+            "",
+            few.get(stop_reason) or cell(stop_reason),
+            few.get(model) or cell(model),
+            str(input_tokens) if type(input_tokens) is int else cell(input_tokens),
+            str(output_tokens) if type(output_tokens) is int else cell(output_tokens),
+            "",
+            "",
+            few.get(batch_id) or cell(batch_id),
+        ]
+        if self.fields:
+            cells += self.cells([source.get(f) for f in self.fields])
+        return self.joined(cells)
+
+    def few_cell(self, value: Any) -> str:
+        """The cell of a value a column repeats (a stop reason, model, batch id), kept."""
+        (made,) = self.cells([value])
+        if type(value) is str or value is None:  # equal only to itself: kept by value
+            if len(self.few) >= _FEW:
+                self.few.clear()
+            self.few[value] = made
+        return made
 
 
 def _csv_blocks(
@@ -845,7 +896,7 @@ def _csv_blocks(
         if first is not None:
             chunks = chain([first], chunks)
     csv_lines = _CsvLines(fields, options, safe=safe, learnt=learnt)
-    line, values_of, known = csv_lines.line, csv_lines.values, csv_lines.known
+    line, values_of, plain = csv_lines.line, csv_lines.values, csv_lines.plain
     head = [csv_lines.header] if header else []
     thinking = options.thinking
     for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
@@ -856,22 +907,14 @@ def _csv_blocks(
                 found[0] == item[2]  # its own succeeded result, for the spec's request
                 and not failed_only
                 and not thinking
+                and (found[1] is None or type(found[1]) is str)
                 and (
                     not message  # `_may_show`, inline: nothing shown can be in it
                     or ("tool_use" not in message and "cache_" not in message)
                     and "\\u" not in message
                 )
             ):
-                # The values of `_row`'s row (every shown part of the answer None) in order.
-                _, text, _, stop_reason, model, input_tokens, output_tokens, batch_id = found
-                source = item[3]
-                if known is not None and not source.keys() <= known:
-                    raise _FieldsGrew
-                values = [item[0], item[1], "succeeded", text, None, None, None, None]
-                values += [stop_reason, model, input_tokens, output_tokens, None, None, batch_id]
-                if fields:
-                    values += [source.get(f) for f in fields]
-                lines.append(line(values))
+                lines.append(plain(item, found))
                 continue
             row = _row(job, item, found, found_of, failed_only, options)
             if row is not None:
