@@ -41,7 +41,7 @@ def two(filled: Context, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]
     filled.desired()
     monkeypatch.setattr(results_mod, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)
-    monkeypatch.setattr(results_mod, "_cores", lambda: 2)
+    monkeypatch.setattr(results_mod, "_spare_core", lambda: True)
     forked: list[int] = []
     real_fork = os.fork
 
@@ -82,7 +82,7 @@ def test_two_processes_write_a_file_as_one_does(
     path = tmp_path / "mix.jsonl"
     summary = export(filled, "mix", "jsonl", path)
     assert len(two["forked"]) == 1
-    monkeypatch.setattr(results_mod, "_cores", lambda: 1)  # one process
+    monkeypatch.setattr(results_mod, "_spare_core", lambda: False)  # one process
     alone = io.BytesIO()
     assert export(filled, "mix", "jsonl", alone).rows == summary.rows == 30
     assert len(two["forked"]) == 1
@@ -160,3 +160,16 @@ def test_a_csv_file_whose_fields_grow_is_written_again_whole(
     summary = export(filled, "mix", "csv", path, options=ExportOptions())
     assert f"{summary.rows} rows, 0 parse errors\n" + path.read_text() == golden["mix/csv/default"]
     assert len(two["forked"]) == 2 and all(_gone(pid) for pid in two["forked"])
+
+
+@pytest.mark.parametrize(
+    ("affinity", "load", "two"),
+    [({0, 1}, 0.4, True), ({0, 1}, 1.0, True), ({0, 1}, 1.6, False), ({0}, 0.0, False)],
+)
+def test_a_second_process_only_on_a_core_left_idle(
+    monkeypatch: pytest.MonkeyPatch, affinity: set[int], load: float, two: bool
+) -> None:
+    monkeypatch.setattr(results_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(results_mod.os, "sched_getaffinity", lambda pid: affinity, raising=False)
+    monkeypatch.setattr(results_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert results_mod._spare_core() is two

@@ -600,13 +600,13 @@ def _first_fields(job: Job, root: Path) -> list[str]:
 
 
 def _two_processes(job: Job, root: Path) -> bool:
-    """Whether a jsonl export of `job` runs on two processes (`_halves`): its rows kept by the
-    rows cache (else each process would render every item), a source of PARALLEL_MIN_BYTES or
-    more, a second core, `fork`, and no other thread (a fork copies no thread but this one)."""
+    """Whether an export of `job` runs on two processes (`_halves`): its rows kept by the rows
+    cache (else each process would render every item), a source of PARALLEL_MIN_BYTES or more,
+    a core to spare, `fork`, and no other thread (a fork copies no thread but this one)."""
     source = job.source_file()
     if source is None or not hasattr(os, "fork") or not rows_kept(job, root):
         return False
-    if threading.active_count() > 1 or _cores() < 2:
+    if threading.active_count() > 1 or not _spare_core():
         return False
     try:
         return source.stat().st_size >= PARALLEL_MIN_BYTES
@@ -614,12 +614,19 @@ def _two_processes(job: Job, root: Path) -> bool:
         return False  # one process reports the unreadable file
 
 
-def _cores() -> int:
-    """Cores this process may run on (`taskset -c 0` means one)."""
+def _spare_core() -> bool:
+    """Whether this process may run on two cores (`taskset -c 0` means one) and the machine
+    leaves one of them idle (its load average over the last minute): two processes cost a
+    third more CPU time than one, which pays only on a core that would wait otherwise."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return cores >= 2 and load <= (os.cpu_count() or cores) - 1
 
 
 def _halves(
