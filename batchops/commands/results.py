@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import os
 import signal
@@ -637,6 +636,8 @@ def _halves(
     each as `rows bytes` and its bytes through a pipe. Both read the job's items, and each
     asks the state for its own chunks only; `changed` is raised when they did not read the
     same number of chunks."""
+    import fcntl  # only here: POSIX, as `fork` is
+
     read_end, write_end = os.pipe()
     with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux): fewer waits
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
