@@ -8,7 +8,11 @@ The export streams, a chunk of keys at a time: who each item is (key, custom_id,
 its input row come from `spec.inputs` (the rows cache and the data file read directly when the
 cache serves the job, else a render), and each chunk's state is read with one narrow query in key
 order (`succeeded_results`; the items not succeeded are then looked up whole with `results_of`),
-so a million results never sit in memory and no template runs twice. Files are
+so a million results never sit in memory and no template runs twice. A plain answer (nothing of
+it shown but its text) is written from its fields, as jsonl into the bytes `orjson.dumps` gives
+its row and as CSV cells, without building the row. A large job whose rows are kept is exported
+on two processes where there are two cores: a forked child makes every other chunk at the same
+time and sends its bytes through a pipe (`_halves`); the bytes are those of one process. Files are
 written atomically (a temporary file in the same folder, then `os.replace`), so a reader never
 sees half a file and a failed export leaves the previous one in place; a temporary file left by a killed export is removed
 by the next write of the same file once it is a minute old. An output is checked like a spec's
@@ -32,15 +36,17 @@ import contextlib
 import csv
 import io
 import os
+import signal
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn, TypeVar
 
 import orjson
 
@@ -52,10 +58,19 @@ from batchops.plan.build import plan_from
 from batchops.plan.diff import classify
 from batchops.safetext import FORMULA_FIRST
 from batchops.spec.desired import DesiredItem, select_jobs
-from batchops.spec.inputs import ExportItem, export_inputs, export_items
+from batchops.spec.inputs import (
+    ExportItem,
+    changed_while_read,
+    export_chunks,
+    export_inputs,
+    rows_kept,
+)
+from batchops.spec.items import iter_inputs
 from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
-from batchops.state.api import StateReader
+from batchops.state.api import StateReader, SucceededRow
+from batchops.state.records import ResultLookup
 
+T = TypeVar("T")
 FORMATS = ("jsonl", "csv", "json")
 # Columns of every row, in order; `thinking` (opt-in) follows `text`; `output.*` and
 # `parse_error` (with columns), `input` (the input row) and `message` (jsonl/json only) follow.
@@ -81,6 +96,9 @@ UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
 CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
 CHUNK_KEYS = 5_000  # keys looked up in state at once: a query per chunk, memory flat
 WRITE_BUFFER = 1 << 20  # bytes gathered before each write to a file: a write call per MB
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024  # a source this large repays a second process (jsonl)
+PIPE_BYTES = 1 << 20  # the pipe from the second process, and its buffers
+
 STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
 
 
@@ -192,13 +210,26 @@ def _row_chunks(
     context: Context, job_name: str, failed_only: bool, options: ExportOptions
 ) -> Iterator[list[dict[str, Any]]]:
     """`iter_results`' rows, a chunk of keys at a time (what the writers take)."""
+    return _streamed(context, job_name, lambda *a: _rows(*a, failed_only, options))
+
+
+def _streamed(
+    context: Context,
+    job_name: str,
+    produce: Callable[..., Iterator[T]],
+    part: tuple[int, int] = (0, 1),
+) -> Iterator[T]:
+    """What `produce(job, chunks, reader)` yields of the job's items in chunks of `CHUNK_KEYS`
+    (None for each chunk `part` does not take, as `export_chunks`) and a state reader, which is
+    closed when it is done."""
     job, root = _job(context, job_name)
-    items = export_items(job, root, context.prices, context.clock().date())
+    today = context.clock().date()
+    chunks = export_chunks(job, root, context.prices, today, CHUNK_KEYS, part)
     reader = context.reader()
     try:
         # Every row is new dicts and lists, none in a cycle, freed as soon as written.
         with paused_gc():
-            yield from _rows(job, items, reader, failed_only, options)
+            yield from produce(job, chunks, reader)
     finally:
         reader.close()
 
@@ -206,123 +237,196 @@ def _row_chunks(
 _NO_ANSWER: dict[str, Any] = {}
 
 
-def _rows(
-    job: Job,
-    items: Iterator[ExportItem],
-    reader: StateReader,
-    failed_only: bool,
-    options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
-) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each chunk of `CHUNK_KEYS` items, as a list.
-
-    Each chunk's keys are read with `succeeded_results` (one narrow query, rows in key order):
-    an item whose own succeeded result has the spec's fingerprint is `succeeded` with that answer,
-    and only the others are looked up whole (`results_of`) and classified.
-    """
-    name, max_attempts = job.name, job.max_attempts
-    thinking, columns, chosen = options.thinking, options.columns, options.input_columns
-    plain = not columns and not thinking  # then a message is parsed only when it may show
-    fixed = plain and chosen is None  # the row's keys are the fixed ones (`COLUMNS`), then input
-    no_output = dict.fromkeys(columns)
-    fragment = orjson.Fragment
-    new = tuple.__new__  # a NamedTuple from its fields in one C call (this runs per item)
-    while chunk := list(islice(items, CHUNK_KEYS)):
+def _looked_up(
+    name: str, chunks: Iterator[list[ExportItem] | None], reader: StateReader
+) -> Iterator[tuple[list[ExportItem], list[SucceededRow], dict[str, ResultLookup]]]:
+    """Each chunk of items (None ones passed over) with what state holds of them: every key's
+    own succeeded result (`succeeded_results`, one narrow query, rows in key order) and, for the
+    items whose result is not a success of the spec's fingerprint, their whole record
+    (`results_of`)."""
+    for chunk in chunks:
+        if chunk is None:
+            continue
         answers = reader.succeeded_results(name, [item[0] for item in chunk])
         others = [
             item[0] for item, found in zip(chunk, answers, strict=True) if found[0] != item[2]
         ]
-        found_of = reader.results_of(name, others) if others else {}
-        rows = []
-        for (key, custom_id, fingerprint, source), found in zip(chunk, answers, strict=True):
-            if found[0] == fingerprint:  # its own succeeded result, for the spec's request
-                if failed_only:
-                    continue
-                state = "succeeded"
-                detail = error_type = error_message = None
-                _, text, message, stop_reason, model, input_tokens, output_tokens, batch_id = found
-                if not message:
-                    answer = _NO_ANSWER
-                elif (
-                    plain
-                    and "tool_use" not in message
-                    and "cache_" not in message
-                    and "\\u" not in message
-                ):
-                    answer = _NO_ANSWER  # `_may_show`, inline: nothing shown can be in it
-                else:
-                    answer = _answer(message, options)
-            else:
-                lookup = found_of.get(key)
-                record = lookup.record if lookup is not None else None
-                desired = new(DesiredItem, (key, custom_id, fingerprint, 0.0, 0, None))
-                state, detail = classify(desired, record, max_attempts)
-                if failed_only and state != "failed":
-                    continue
-                error_type = error_message = None
-                if record is not None and (state == "failed" or state == "retry"):
-                    error_type = record.error_type or record.outcome
-                    error_message = record.error_message
-                text = stop_reason = model = input_tokens = output_tokens = None
-                batch_id = message = None
-                answer = _NO_ANSWER
-            if answer is _NO_ANSWER:
-                tool_calls = cache_creation = cache_read = None
-            else:
-                tool_calls = answer.get("tool_calls")
-                cache_creation = answer.get("cache_creation_input_tokens")
-                cache_read = answer.get("cache_read_input_tokens")
-            if fixed:  # the default columns, every input field: one dict display (per item)
-                rows.append(
-                    {
-                        "key": key,
-                        "custom_id": custom_id,
-                        "state": state,
-                        "text": text,
-                        "tool_calls": tool_calls,
-                        "detail": detail,
-                        "error_type": error_type,
-                        "error_message": error_message,
-                        "stop_reason": stop_reason,
-                        "model": model,
-                        "input_tokens": input_tokens,
-                        "output_tokens": output_tokens,
-                        "cache_creation_input_tokens": cache_creation,
-                        "cache_read_input_tokens": cache_read,
-                        "batch_id": batch_id,
-                        "input": source,
-                        "message": fragment(message) if message else None,
-                    }
+        yield chunk, answers, reader.results_of(name, others) if others else {}
+
+
+def _rows(
+    job: Job,
+    chunks: Iterator[list[ExportItem] | None],
+    reader: StateReader,
+    failed_only: bool,
+    options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each chunk of items that has any, as a list (`_chunk_rows`)."""
+    return filter(None, _chunk_rows(job, chunks, reader, failed_only, options))
+
+
+def _chunk_rows(
+    job: Job,
+    chunks: Iterator[list[ExportItem] | None],
+    reader: StateReader,
+    failed_only: bool,
+    options: ExportOptions,
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each chunk of items (None ones passed over), as a list (`_looked_up`): an item whose own succeeded result has the spec's fingerprint is
+    `succeeded` with that answer, the others are classified from their records."""
+    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
+        yield [
+            row
+            for item, found in zip(chunk, answers, strict=True)
+            if (row := _row(job, item, found, found_of, failed_only, options)) is not None
+        ]
+
+
+def _row(
+    job: Job,
+    item: ExportItem,
+    found: SucceededRow,
+    found_of: dict[str, ResultLookup],
+    failed_only: bool,
+    options: ExportOptions,
+) -> dict[str, Any] | None:
+    """The row of one item (None when `failed_only` leaves it out), from its succeeded result
+    `found` or, when that is not a success of its fingerprint, its record in `found_of`."""
+    key, custom_id, fingerprint, source = item
+    thinking, columns, chosen = options.thinking, options.columns, options.input_columns
+    plain = not columns and not thinking  # then a message is parsed only when it may show
+    if found[0] == fingerprint:  # its own succeeded result, for the spec's request
+        if failed_only:
+            return None
+        state = "succeeded"
+        detail = error_type = error_message = None
+        _, text, message, stop_reason, model, input_tokens, output_tokens, batch_id = found
+        if not message:
+            answer = _NO_ANSWER
+        elif (
+            plain and "tool_use" not in message and "cache_" not in message and "\\u" not in message
+        ):
+            answer = _NO_ANSWER  # `_may_show`, inline: nothing shown can be in it
+        else:
+            answer = _answer(message, options)
+    else:
+        lookup = found_of.get(key)
+        record = lookup.record if lookup is not None else None
+        desired = tuple.__new__(DesiredItem, (key, custom_id, fingerprint, 0.0, 0, None))
+        state, detail = classify(desired, record, job.max_attempts)
+        if failed_only and state != "failed":
+            return None
+        error_type = error_message = None
+        if record is not None and (state == "failed" or state == "retry"):
+            error_type = record.error_type or record.outcome
+            error_message = record.error_message
+        text = stop_reason = model = input_tokens = output_tokens = None
+        batch_id = message = None
+        answer = _NO_ANSWER
+    if answer is _NO_ANSWER:
+        tool_calls = cache_creation = cache_read = None
+    else:
+        tool_calls = answer.get("tool_calls")
+        cache_creation = answer.get("cache_creation_input_tokens")
+        cache_read = answer.get("cache_read_input_tokens")
+    row = {
+        "key": key,
+        "custom_id": custom_id,
+        "state": state,
+        "text": text,
+        **({"thinking": answer.get("thinking")} if thinking else _NO_ANSWER),
+        "tool_calls": tool_calls,
+        "detail": detail,
+        "error_type": error_type,
+        "error_message": error_message,
+        "stop_reason": stop_reason,
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": cache_read,
+        "batch_id": batch_id,
+    }
+    if columns:
+        row["output"] = answer.get("output", dict.fromkeys(columns))
+        row["parse_error"] = answer.get("parse_error")
+    if chosen is None:
+        row["input"] = source
+    elif chosen:
+        row["input"] = {f: source.get(f) for f in chosen}
+    row["message"] = orjson.Fragment(message) if message else None
+    return row
+
+
+# A plain succeeded row as `orjson.dumps` writes its dict (`_row`) with one input column set:
+# every input field, none, or the chosen ones. Its %b are the JSON of key, custom_id, text,
+# stop_reason, model, input_tokens, output_tokens, batch_id, (input) and the stored message.
+_PLAIN_LINE = (
+    b'{"key":%b,"custom_id":%b,"state":"succeeded","text":%b,"tool_calls":null,"detail":null,'
+    b'"error_type":null,"error_message":null,"stop_reason":%b,"model":%b,"input_tokens":%b,'
+    b'"output_tokens":%b,"cache_creation_input_tokens":null,"cache_read_input_tokens":null,'
+    b'"batch_id":%b'
+)
+_PLAIN_INPUT = _PLAIN_LINE + b',"input":%b,"message":%b}\n'
+_PLAIN_NO_INPUT = _PLAIN_LINE + b',"message":%b}\n'
+_FEW = 256  # distinct stop reasons, models and batch ids whose JSON is kept while exporting
+
+
+def _jsonl_blocks(
+    job: Job,
+    chunks: Iterator[list[ExportItem] | None],
+    reader: StateReader,
+    options: ExportOptions,
+) -> Iterator[tuple[list[bytes], int]]:
+    """The jsonl lines of every row (no `columns`, no `thinking`), a chunk at a time (None
+    chunks passed over), with their number. A plain succeeded answer is written from its
+    fields into `_PLAIN_LINE`, the bytes `orjson.dumps` gives its row, without building the row;
+    any other row is `_row` dumped."""
+    dumps, newline, chosen = orjson.dumps, orjson.OPT_APPEND_NEWLINE, options.input_columns
+    few: dict[Any, bytes] = {}  # JSON of the few values a column repeats on every row
+
+    def json_of(value: Any) -> bytes:
+        if len(few) >= _FEW:
+            few.clear()
+        made = few[value] = dumps(value)
+        return made
+
+    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
+        lines = []
+        for item, found in zip(chunk, answers, strict=True):
+            message = found[2]
+            if (
+                found[0] == item[2]  # its own succeeded result, for the spec's request
+                and message
+                and "tool_use" not in message  # `_may_show`, inline: nothing shown can be in it
+                and "cache_" not in message
+                and "\\u" not in message
+                and type(found[5]) is int
+                and type(found[6]) is int
+            ):
+                _, text, _, stop_reason, model, input_tokens, output_tokens, batch_id = found
+                values = (
+                    dumps(item[0]),
+                    dumps(item[1]),
+                    dumps(text),
+                    few.get(stop_reason) or json_of(stop_reason),
+                    few.get(model) or json_of(model),
+                    b"%d" % input_tokens,
+                    b"%d" % output_tokens,
+                    few.get(batch_id) or json_of(batch_id),
                 )
+                if chosen is None:
+                    lines.append(_PLAIN_INPUT % (*values, dumps(item[3]), message.encode()))
+                elif chosen:
+                    source = item[3]
+                    shown = dumps({f: source.get(f) for f in chosen})
+                    lines.append(_PLAIN_INPUT % (*values, shown, message.encode()))
+                else:
+                    lines.append(_PLAIN_NO_INPUT % (*values, message.encode()))
                 continue
-            row = {
-                "key": key,
-                "custom_id": custom_id,
-                "state": state,
-                "text": text,
-                **({"thinking": answer.get("thinking")} if thinking else _NO_ANSWER),
-                "tool_calls": tool_calls,
-                "detail": detail,
-                "error_type": error_type,
-                "error_message": error_message,
-                "stop_reason": stop_reason,
-                "model": model,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cache_creation_input_tokens": cache_creation,
-                "cache_read_input_tokens": cache_read,
-                "batch_id": batch_id,
-            }
-            if columns:
-                row["output"] = answer.get("output", no_output)
-                row["parse_error"] = answer.get("parse_error")
-            if chosen is None:
-                row["input"] = source
-            elif chosen:
-                row["input"] = {f: source.get(f) for f in chosen}
-            row["message"] = fragment(message) if message else None
-            rows.append(row)
-        if rows:
-            yield rows
+            row = _row(job, item, found, found_of, False, options)
+            lines.append(dumps(row, option=newline))
+        yield lines, len(lines)
 
 
 def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
@@ -457,6 +561,168 @@ def write_chunks(
     return count
 
 
+def _write_blocks(blocks: Iterable[tuple[list[bytes], int]], out: IO[bytes]) -> int:
+    """Write (pieces, rows) blocks to a binary stream; returns the number of rows."""
+    written = 0
+    for pieces, rows in blocks:
+        out.writelines(pieces)  # each into the stream's buffer: no chunk-sized bytes made
+        written += rows
+    out.flush()
+    return written
+
+
+# ------------------------------------------------------------------ two processes
+
+
+def _block_maker(
+    context: Context, job: Job, root: Path, make: Callable[..., Any], two: bool
+) -> Callable[[], Iterator[tuple[list[bytes], int]]]:
+    """What makes the (pieces, rows) blocks of an export by `make(job, chunks, reader,
+    first)`: on two processes (`_halves`), each given every other chunk, else on this one. Only
+    the one given the first chunk has `first` true."""
+
+    def part(mine: int, of: int) -> Iterator[tuple[list[bytes], int]]:
+        produce = lambda j, chunks, reader: make(j, chunks, reader, mine == 0)  # noqa: E731
+        return _streamed(context, job.name, produce, (mine, of))
+
+    if two:
+        return lambda: _halves(lambda mine: part(mine, 2), lambda: changed_while_read(job, root))
+    return lambda: part(0, 1)
+
+
+def _first_fields(job: Job, root: Path) -> list[str]:
+    """The fields of the first row of the job's source (its first item's input, when every row
+    is an item)."""
+    for _, row in iter_inputs(job, root):
+        return list(row) if type(row) is dict else []
+    return []
+
+
+def _two_processes(job: Job, root: Path) -> bool:
+    """Whether an export of `job` runs on two processes (`_halves`): its rows kept by the rows
+    cache (else each process would render every item), a source of PARALLEL_MIN_BYTES or more,
+    a core to spare, `fork`, and no other thread (a fork copies no thread but this one)."""
+    source = job.source_file()
+    if source is None or not hasattr(os, "fork") or not rows_kept(job, root):
+        return False
+    if threading.active_count() > 1 or not _spare_core():
+        return False
+    try:
+        return source.stat().st_size >= PARALLEL_MIN_BYTES
+    except OSError:
+        return False  # one process reports the unreadable file
+
+
+def _spare_core() -> bool:
+    """Whether this process may run on two cores (`taskset -c 0` means one) and the machine
+    leaves one of them idle (its load average over the last minute): two processes cost a
+    third more CPU time than one, which pays only on a core that would wait otherwise."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return cores >= 2 and load <= (os.cpu_count() or cores) - 1
+
+
+def _halves(
+    part: Callable[[int], Iterator[tuple[list[bytes], int]]], changed: Callable[[], Exception]
+) -> Iterator[tuple[list[bytes], int]]:
+    """The (pieces, rows) blocks `part(0)` and `part(1)` make of alternate chunks, in order:
+    the even ones made here, the odd ones by a forked child at the same time, which sends
+    each as `rows bytes` and its bytes through a pipe. Both read the job's items, and each
+    asks the state for its own chunks only; `changed` is raised when they did not read the
+    same number of chunks."""
+    import fcntl  # only here: POSIX, as `fork` is
+
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux): fewer waits
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    child = os.fork()
+    if child == 0:  # the child: never returns, never runs the parent's cleanup
+        os.close(read_end)
+        _serve_half(part(1), write_end)
+    os.close(write_end)
+    ended = False
+    try:
+        with os.fdopen(read_end, "rb", buffering=PIPE_BYTES) as pipe:
+            own = part(0)
+            try:
+                while True:
+                    block = next(own, None)
+                    if block is not None:
+                        yield block
+                    theirs = _received(pipe)
+                    if theirs is None:  # the child has no more chunks: neither may we
+                        if block is not None and next(own, None) is not None:
+                            raise changed()
+                        break
+                    if block is None:  # a chunk of theirs after the last of ours
+                        raise changed()
+                    yield [theirs[1]], theirs[0]
+            finally:
+                own.close()
+        _, status = os.waitpid(child, 0)
+        ended = True
+        if status != 0:
+            raise BatchopsError("the export's second process ended abnormally; export again")
+    finally:
+        if not ended:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                os.waitpid(child, 0)
+
+
+def _serve_half(blocks: Iterator[tuple[list[bytes], int]], fd: int) -> NoReturn:
+    """In the child: send each block through `fd` as `rows bytes\n` and its lines, then
+    `end\n`; an error as `error bytes\n` and the pickled exception. Ends the process."""
+    status = 1
+    try:
+        with os.fdopen(fd, "wb", buffering=PIPE_BYTES) as pipe:
+            try:
+                for pieces, rows in blocks:
+                    pipe.write(b"%d %d\n" % (rows, sum(map(len, pieces))))
+                    pipe.writelines(pieces)
+                    pipe.flush()  # the whole block now: the parent may be waiting for it
+                pipe.write(b"end\n")
+                status = 0
+            except Exception as e:  # sent to the parent, which raises it
+                import pickle
+
+                try:
+                    sent = pickle.dumps(e)
+                except Exception:
+                    sent = pickle.dumps(BatchopsError(str(e)))
+                pipe.write(b"error %d\n" % len(sent) + sent)
+                status = 0
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _received(pipe: IO[bytes]) -> tuple[int, bytes] | None:
+    """The child's next block (rows, bytes), None after its last; raises what it raised."""
+    head = pipe.readline()
+    if head == b"end\n":
+        return None
+    kind, _, size = head.partition(b" ")
+    if kind == b"error":
+        import pickle
+
+        raise pickle.loads(pipe.read(int(size)))
+    if not head.endswith(b"\n") or not kind.isdigit():
+        raise BatchopsError("the export's second process ended abnormally; export again")
+    data = pipe.read(int(size))
+    if len(data) != int(size):
+        raise BatchopsError("the export's second process ended abnormally; export again")
+    return int(kind), data
+
+
 class _FieldsGrew(Exception):
     """A row has an input field that the CSV header, learnt from the first row, lacks."""
 
@@ -472,65 +738,199 @@ def _write_csv(
     """Rows as CSV. With `fields` None, the input fields are the first row's, and `_FieldsGrew`
     is raised at the first row holding another (every row must be written, none filtered)."""
     chunks = iter(chunks)
-    known: set[str] | None = None
+    learnt = fields is None
     if fields is None:
         first = next(chunks, None)
         fields = list(first[0]["input"]) if first else []
-        known = set(fields)
         if first:
             chunks = chain([first], chunks)
-    columns = list(COLUMNS)
-    if options.thinking:
-        columns.insert(columns.index("text") + 1, "thinking")
-    outputs = list(options.columns)
-    tail = ["parse_error"] if outputs else []
-    header = [*columns, *(f"output.{c}" for c in outputs), *tail, *(f"input.{f}" for f in fields)]
-    fixed = itemgetter(*columns, *tail)
-    # A row's cells joined by commas are its CSV line, unless a cell holds a comma, a quote or a
-    # line break: only such a row is written by the csv module (which quotes exactly those).
-    commas = len(header) - 1
-    quoted = io.StringIO()
-    writer = csv.writer(quoted, lineterminator="\n")
-    writer.writerow(header)
-    out.write(quoted.getvalue().encode())
-    starts, count = FORMULA_FIRST, 0
+    lines = _CsvLines(fields, options, safe=safe, learnt=learnt)
+    out.write(lines.header)
+    count = 0
     for rows in chunks:
-        lines = []
-        for row in rows:
-            values = list(fixed(row))
-            if outputs:
-                parsed = row.get("output") or {}
-                values[len(columns) : len(columns)] = [parsed.get(c) for c in outputs]
-            source = row.get("input") or {}
-            if known is not None and not source.keys() <= known:
-                raise _FieldsGrew
-            if fields:
-                values += [source.get(f) for f in fields]
-            # Each value as the text of its cell, inline (this runs per cell): None is an empty
-            # cell, a string that would start a formula gets a leading ' unless raw
-            # (`safetext.csv_cell`), a number is written as the csv module writes it, a list or
-            # dict is JSON (`_text_cell`).
-            cells = [
-                ""
-                if v is None
-                else (("'" + v if v[:1] in starts else v) if safe else v)
-                if type(v) is str
-                else str(v)
-                if type(v) is int
-                else _text_cell(v)
-                for v in values
-            ]
-            line = ",".join(cells)
-            if '"' in line or "\n" in line or "\r" in line or line.count(",") != commas:
-                quoted.seek(0)
-                quoted.truncate()
-                writer.writerow(cells)
-                line = quoted.getvalue()[:-1]
-            lines.append(line)
-        if lines:
-            out.write(("\n".join(lines) + "\n").encode())
+        out.write(lines(rows))
         count += len(rows)
     return count
+
+
+class _CsvLines:
+    """The CSV header of an export, and the lines of each chunk of its rows."""
+
+    def __init__(
+        self, fields: list[str], options: ExportOptions, *, safe: bool, learnt: bool = False
+    ):
+        self.fields = fields
+        # With fields `learnt` from the first row, `_FieldsGrew` at a row holding another.
+        self.known = set(fields) if learnt else None
+        self.columns = columns = list(COLUMNS)
+        if options.thinking:
+            columns.insert(columns.index("text") + 1, "thinking")
+        self.outputs = outputs = list(options.columns)
+        tail = ["parse_error"] if outputs else []
+        header = [
+            *columns,
+            *(f"output.{c}" for c in outputs),
+            *tail,
+            *(f"input.{f}" for f in fields),
+        ]
+        self.fixed = itemgetter(*columns, *tail)
+        # A row's cells joined by commas are its CSV line, unless a cell holds a comma, a quote
+        # or a line break: only such a row is written by the csv module (which quotes exactly
+        # those).
+        self.commas = len(header) - 1
+        self.quoted = io.StringIO()
+        self.writer = csv.writer(self.quoted, lineterminator="\n")
+        self.writer.writerow(header)
+        self.header = self.quoted.getvalue().encode()
+        self.safe = safe
+        self.few: dict[Any, str] = {}  # `few_cell`
+
+    def __call__(self, rows: list[dict[str, Any]]) -> bytes:
+        """The lines of `rows`."""
+        line, values = self.line, self.values
+        return "".join([line(values(row)) for row in rows]).encode()
+
+    def values(self, row: dict[str, Any]) -> list[Any]:
+        """The values of a row's cells, in the header's order."""
+        values = list(self.fixed(row))
+        if self.outputs:
+            parsed = row.get("output") or {}
+            at = len(self.columns)
+            values[at:at] = [parsed.get(c) for c in self.outputs]
+        source = row.get("input") or {}
+        if self.known is not None and not source.keys() <= self.known:
+            raise _FieldsGrew
+        if self.fields:
+            values += [source.get(f) for f in self.fields]
+        return values
+
+    def line(self, values: list[Any]) -> str:
+        """The CSV line of a row's values, its line break included."""
+        return self.joined(self.cells(values))
+
+    def cells(self, values: Iterable[Any]) -> list[str]:
+        """The text of each value's cell."""
+        safe, starts = self.safe, FORMULA_FIRST
+        # Each value as the text of its cell, inline (this runs per cell): None is an empty
+        # cell, a string that would start a formula gets a leading ' unless raw
+        # (`safetext.csv_cell`), a number is written as the csv module writes it, a list or
+        # dict is JSON (`_text_cell`).
+        return [
+            ""
+            if v is None
+            else (("'" + v if v[:1] in starts else v) if safe else v)
+            if type(v) is str
+            else str(v)
+            if type(v) is int
+            else _text_cell(v)
+            for v in values
+        ]
+
+    def joined(self, cells: list[str]) -> str:
+        """The CSV line of a row's cells, its line break included."""
+        line = ",".join(cells)
+        if '"' in line or "\n" in line or "\r" in line or line.count(",") != self.commas:
+            quoted = self.quoted
+            quoted.seek(0)
+            quoted.truncate()
+            self.writer.writerow(cells)
+            return quoted.getvalue()
+        return line + "\n"
+
+    def plain(self, item: ExportItem, found: SucceededRow) -> str:
+        """The line of a plain succeeded answer (`_row`'s row, every shown part of the answer
+        None, no `thinking` column), made from its fields; its text a string or None."""
+        key, custom_id, _, source = item
+        _, text, _, stop_reason, model, input_tokens, output_tokens, batch_id = found
+        if self.known is not None and not source.keys() <= self.known:
+            raise _FieldsGrew
+        if self.safe:
+            starts = FORMULA_FIRST
+            key = "'" + key if key[:1] in starts else key
+            custom_id = "'" + custom_id if custom_id[:1] in starts else custom_id
+            text = "'" + text if text and text[:1] in starts else text
+        few, cell = self.few, self.few_cell
+        cells = [
+            key,
+            custom_id,
+            "succeeded",
+            text or "",
+            "",
+            "",
+            "",
+            "",
+            few.get(stop_reason) or cell(stop_reason),
+            few.get(model) or cell(model),
+            str(input_tokens) if type(input_tokens) is int else cell(input_tokens),
+            str(output_tokens) if type(output_tokens) is int else cell(output_tokens),
+            "",
+            "",
+            few.get(batch_id) or cell(batch_id),
+        ]
+        if self.fields:
+            cells += self.cells([source.get(f) for f in self.fields])
+        return self.joined(cells)
+
+    def few_cell(self, value: Any) -> str:
+        """The cell of a value a column repeats (a stop reason, model, batch id), kept."""
+        (made,) = self.cells([value])
+        if type(value) is str or value is None:  # equal only to itself: kept by value
+            if len(self.few) >= _FEW:
+                self.few.clear()
+            self.few[value] = made
+        return made
+
+
+def _csv_blocks(
+    job: Job,
+    chunks: Iterator[list[ExportItem] | None],
+    reader: StateReader,
+    options: ExportOptions,
+    fields: list[str] | None,
+    safe: bool,
+    failed_only: bool,
+    *,
+    learnt: bool = False,
+    header: bool = True,
+) -> Iterator[tuple[list[bytes], int]]:
+    """The CSV of every row (no `columns`), a block a chunk (None chunks passed over; one with
+    no row is an empty block), the header in the first block. With `fields` None, the input
+    fields are the first item's; with them None or `learnt` (from the first row, by the
+    caller), `_FieldsGrew` is raised at a row holding another."""
+    if fields is None:
+        learnt = True
+        first = next(chunks, None)
+        fields = list(first[0][3]) if first else []
+        if first is not None:
+            chunks = chain([first], chunks)
+    csv_lines = _CsvLines(fields, options, safe=safe, learnt=learnt)
+    line, values_of, plain = csv_lines.line, csv_lines.values, csv_lines.plain
+    head = [csv_lines.header] if header else []
+    thinking = options.thinking
+    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
+        lines = []
+        for item, found in zip(chunk, answers, strict=True):
+            message = found[2]
+            if (
+                found[0] == item[2]  # its own succeeded result, for the spec's request
+                and not failed_only
+                and not thinking
+                and (found[1] is None or type(found[1]) is str)
+                and (
+                    not message  # `_may_show`, inline: nothing shown can be in it
+                    or ("tool_use" not in message and "cache_" not in message)
+                    and "\\u" not in message
+                )
+            ):
+                lines.append(plain(item, found))
+                continue
+            row = _row(job, item, found, found_of, failed_only, options)
+            if row is not None:
+                lines.append(line(values_of(row)))
+        yield [*head, "".join(lines).encode()], len(lines)
+        head = []
+    if head:
+        yield head, 0
 
 
 def _text_cell(value: Any) -> str:
@@ -610,6 +1010,41 @@ def export(
         chunks = _row_chunks(context, job_name, failed_only, options)
         return counted(chunks) if options.columns else chunks
 
+    blocks, safe, root = None, not raw_csv, project.root
+    two = _two_processes(job, root)
+    if fmt == "jsonl" and not (failed_only or options.columns or options.thinking):
+        # Lines made a chunk at a time, a plain answer's without its row (`_jsonl_blocks`).
+        blocks = _block_maker(
+            context, job, root, lambda j, c, r, _: _jsonl_blocks(j, c, r, options), two
+        )
+    elif fmt == "csv" and not options.columns:  # no parse errors to count
+
+        def csv_blocks(fields: list[str] | None, learnt: bool) -> Any:
+            def make(j: Job, c: Any, r: StateReader, first: bool) -> Any:
+                return _csv_blocks(
+                    j, c, r, options, fields, safe, failed_only, learnt=learnt, header=first
+                )
+
+            return _block_maker(context, job, root, make, two)
+
+        if fields is None and two:  # both learn the first row's fields, not the first item's
+            blocks = csv_blocks(_first_fields(job, root), True)
+        else:
+            blocks = csv_blocks(fields, False)
+    if blocks is not None:
+        if isinstance(out, Path):
+            check_output_path(context, project, job, out)
+            with atomic_write(out, create_dirs=create_dirs) as f:
+                try:
+                    rows = _write_blocks(blocks(), f)
+                except _FieldsGrew:  # learnt from the first row: all of them, and again
+                    f.seek(0)
+                    f.truncate()
+                    rows = _write_blocks(csv_blocks(_input_fields(context, job, root), False)(), f)
+            return ExportSummary(job_name, fmt, rows, out)
+        if out is None:
+            raise BatchopsError("export needs an output stream or file")
+        return ExportSummary(job_name, fmt, _write_blocks(blocks(), out), None)
     written = dict(raw_csv=raw_csv, options=options)
     chunks = chunks_of()
     if isinstance(out, Path):

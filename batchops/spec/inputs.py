@@ -12,14 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
-from itertools import zip_longest
+from itertools import count, islice, zip_longest
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from batchops.errors import SpecError
 from batchops.pricing import PriceTable
 from batchops.spec import cache
-from batchops.spec.items import input_of, iter_inputs, iter_items
+from batchops.spec.items import (
+    input_of,
+    iter_inputs,
+    iter_items,
+)
 from batchops.spec.model import Job, display_path
 
 _MISSING: Any = (None, None)  # what one of the two streams gives once the other ran out
@@ -34,7 +38,46 @@ class ExportItem(NamedTuple):
 
 def export_items(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[ExportItem]:
     """Every item of `job` with its input row, in source order (SpecError as `iter_items`)."""
+    return _export_items(job, root, cache.identities(job, root, prices, today))
+
+
+def export_chunks(
+    job: Job, root: Path, prices: PriceTable, today: date, size: int, part: tuple[int, int]
+) -> Iterator[list[ExportItem] | None]:
+    """`export_items` in lists of `size` items, in order, None in place of each list `part`
+    (i, n) does not take (it takes lists i, i + n, i + 2n …): those are read past, and their
+    items not made."""
     cached = cache.identities(job, root, prices, today)
+    mine, parts = part
+    if cached is None or parts == 1:  # every item made, one at a time
+        items = _export_items(job, root, cached)
+        for number in count():
+            chunk = list(islice(items, size))
+            if not chunk:
+                return
+            yield chunk if number % parts == mine else None
+        return
+    rows = iter_inputs(job, root)
+    new = tuple.__new__  # the NamedTuples from their fields in C calls (this runs per item)
+    for number in count():
+        ids = list(islice(cached, size))
+        read = list(islice(rows, len(ids) or 1))  # one past the last: there must be none
+        if len(read) != len(ids):
+            raise changed_while_read(job, root)  # not the file the rows were made from
+        if not ids:
+            return
+        if number % parts != mine:
+            yield None
+            continue
+        if [key for key, _ in read] != [row[0] for row in ids]:
+            raise changed_while_read(job, root)
+        yield [
+            new(ExportItem, (key, row[1], row[2], source))
+            for row, (key, source) in zip(ids, read, strict=True)
+        ]
+
+
+def _export_items(job: Job, root: Path, cached: Iterator[Any] | None) -> Iterator[ExportItem]:
     if cached is None:
         for item in iter_items(job, root):
             yield ExportItem(item.key, item.custom_id, item.fingerprint, input_of(item))
@@ -42,7 +85,9 @@ def export_items(job: Job, root: Path, prices: PriceTable, today: date) -> Itera
     new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
     for cached_row, (key, row) in zip_longest(cached, iter_inputs(job, root), fillvalue=_MISSING):
         if cached_row is _MISSING or key != cached_row[0]:
-            raise _changed(job, root)  # the data file is not the one the rows were made from
+            raise changed_while_read(
+                job, root
+            )  # the data file is not the one the rows were made from
         yield new(ExportItem, (key, cached_row[1], cached_row[2], row))
 
 
@@ -56,11 +101,18 @@ def export_inputs(
         return
     for key, row in iter_inputs(job, root):
         if key is None:
-            raise _changed(job, root)
+            raise changed_while_read(job, root)
         yield row
 
 
-def _changed(job: Job, root: Path) -> SpecError:
+def rows_kept(job: Job, root: Path) -> bool:
+    """Whether the rows cache holds a file of `job`'s rows (whether it serves them is known only
+    once it is checked, as `export_items` reads it)."""
+    return cache.enabled() and (cache.cache_dir(root) / "rows" / f"{job.name}.jsonl").is_file()
+
+
+def changed_while_read(job: Job, root: Path) -> SpecError:
+    """The error of an export whose source is not the one its items were made from."""
     source = job.source_file() or job.spec_file
     return SpecError(
         f"{display_path(source, root)}: job {job.name}: changed while it was read; export again"

@@ -1,0 +1,175 @@
+"""A large jsonl export on two processes (`results._halves`) writes the bytes one process writes.
+
+The project, state and golden file are `test_results_golden`'s; the rows cache serves every job,
+and the size from which a second process is started is brought down to nothing, so every export
+that may take two processes does, over chunks of 4 keys (the parent's and the child's alternate).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchops.commands import results as results_mod
+from batchops.commands.context import Context
+from batchops.commands.results import ExportOptions, export
+from batchops.errors import SpecError, StateError
+from batchops.spec import cache, inputs
+from tests.test_results_golden import GOLDEN, cases, export_bytes, filled  # noqa: F401
+
+
+def takes_two(job: str, fmt: str, option_set: str) -> bool:
+    """Whether an export may take two processes: from a source file, jsonl or CSV, no columns
+    (`sheet`'s spec has some); jsonl only without thinking, of every item."""
+    if job == "inline" or job == "sheet" or option_set in ("columns", "everything"):
+        return False
+    if fmt == "jsonl":
+        return option_set not in ("failed", "thinking")
+    return fmt == "csv"
+
+
+@pytest.fixture
+def two(filled: Context, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:  # noqa: F811
+    """Rows kept for every job, two processes from the first byte; the children forked."""
+    monkeypatch.setenv("BATCHOPS_CACHE", "on")
+    monkeypatch.setattr(cache, "MIN_ROWS", 0)
+    filled.desired()
+    monkeypatch.setattr(results_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)
+    monkeypatch.setattr(results_mod, "_spare_core", lambda: True)
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(results_mod.os, "fork", fork)
+    return {"forked": forked}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_two_processes_write_the_golden_bytes(filled: Context, two: dict) -> None:  # noqa: F811
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    for case in cases():
+        name = "/".join(case)
+        before = len(two["forked"])
+        assert export_bytes(filled, *case) == golden[name], name
+        assert (len(two["forked"]) > before) == takes_two(*case), name
+    assert two["forked"] and all(_gone(pid) for pid in two["forked"])
+
+
+def test_two_processes_write_a_file_as_one_does(
+    filled: Context,  # noqa: F811
+    two: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "mix.jsonl"
+    summary = export(filled, "mix", "jsonl", path)
+    assert len(two["forked"]) == 1
+    monkeypatch.setattr(results_mod, "_spare_core", lambda: False)  # one process
+    alone = io.BytesIO()
+    assert export(filled, "mix", "jsonl", alone).rows == summary.rows == 30
+    assert len(two["forked"]) == 1
+    assert path.read_bytes() == alone.getvalue()
+
+
+def test_an_error_in_the_child_is_raised_by_the_parent(
+    filled: Context,  # noqa: F811
+    two: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parent, real = os.getpid(), results_mod._jsonl_blocks
+
+    def failing(*args: Any) -> Any:
+        if os.getpid() != parent:
+            raise StateError("state/filled.db: the child could not read it")
+        return real(*args)
+
+    monkeypatch.setattr(results_mod, "_jsonl_blocks", failing)
+    with pytest.raises(StateError) as raised:
+        export(filled, "mix", "jsonl", io.BytesIO(), options=ExportOptions())
+    assert raised.value.problems == ["state/filled.db: the child could not read it"]
+    assert len(two["forked"]) == 1 and _gone(two["forked"][0])
+
+
+def test_an_error_in_the_parent_ends_the_child(
+    filled: Context,  # noqa: F811
+    two: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parent, real = os.getpid(), results_mod._jsonl_blocks
+
+    def failing(*args: Any) -> Any:
+        if os.getpid() == parent:
+            raise StateError("state/filled.db: the parent could not read it")
+        return real(*args)
+
+    monkeypatch.setattr(results_mod, "_jsonl_blocks", failing)
+    with pytest.raises(StateError, match="the parent could not read it"):
+        export(filled, "mix", "jsonl", io.BytesIO(), options=ExportOptions())
+    assert len(two["forked"]) == 1 and _gone(two["forked"][0])
+
+
+def test_a_child_that_read_fewer_items_is_a_changed_source(
+    filled: Context,  # noqa: F811
+    two: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parent, real = os.getpid(), inputs.iter_inputs
+
+    def fewer_in_the_child(job: Any, root: Path) -> Any:
+        rows = real(job, root)
+        return rows if os.getpid() == parent else iter(list(rows)[:8])
+
+    monkeypatch.setattr(inputs, "iter_inputs", fewer_in_the_child)
+    with pytest.raises(SpecError) as raised:
+        export(filled, "mix", "jsonl", io.BytesIO(), options=ExportOptions())
+    assert raised.value.problems == [
+        "jobs/data/mix.jsonl: job mix: changed while it was read; export again"
+    ]
+    assert len(two["forked"]) == 1 and _gone(two["forked"][0])
+
+
+@pytest.mark.parametrize("chunk", [1, 4])  # 1: the child meets the first row with a new field
+def test_a_csv_file_whose_fields_grow_is_written_again_whole(
+    filled: Context,  # noqa: F811
+    two: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: int,
+) -> None:
+    monkeypatch.setattr(results_mod, "CHUNK_KEYS", chunk)
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    path = tmp_path / "mix.csv"
+    summary = export(filled, "mix", "csv", path, options=ExportOptions())
+    assert f"{summary.rows} rows, 0 parse errors\n" + path.read_text() == golden["mix/csv/default"]
+    assert len(two["forked"]) == 2 and all(_gone(pid) for pid in two["forked"])
+
+
+@pytest.mark.parametrize(
+    ("affinity", "load", "two"),
+    [({0, 1}, 0.4, True), ({0, 1}, 1.0, True), ({0, 1}, 1.6, False), ({0}, 0.0, False)],
+)
+def test_a_second_process_only_on_a_core_left_idle(
+    monkeypatch: pytest.MonkeyPatch, affinity: set[int], load: float, two: bool
+) -> None:
+    monkeypatch.setattr(results_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(results_mod.os, "sched_getaffinity", lambda pid: affinity, raising=False)
+    monkeypatch.setattr(results_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert results_mod._spare_core() is two
