@@ -64,7 +64,7 @@ _CODE = (
     "apirules.py",
 )
 
-Row = tuple[str, str, str, Any, str, int]
+Row = tuple[str, str, str, Any, str, int]  # or a `rowmaker.Block` of them, from `render()`
 
 
 def enabled() -> bool:
@@ -109,6 +109,8 @@ def _rows(
         for chunk in cached:
             yield from chunk
         return
+    from batchops.spec.rowmaker import Block, unpack  # only a render needs them
+
     started = time.time()
     try:
         import tempfile  # only a render that is kept needs it (~10 ms to import)
@@ -121,10 +123,16 @@ def _rows(
         written = _Written(body)
         chunk: list[Row] = []
         for row in render():
-            chunk.append(row)
-            if len(chunk) == CHUNK_ROWS:
-                written.add(chunk)
-                chunk = []
+            if type(row) is Block:  # a block is written as its rows
+                if chunk:
+                    written.add(chunk)
+                    chunk = []
+                written.add(list(unpack(row)))
+            else:
+                chunk.append(row)
+                if len(chunk) == CHUNK_ROWS:
+                    written.add(chunk)
+                    chunk = []
             yield row
         if chunk:
             written.add(chunk)

@@ -23,11 +23,15 @@ path (`items.TemplateRows`), which reports it exactly as `iter_items` would.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import re
+from array import array
+from binascii import unhexlify
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date
+from itertools import accumulate, chain
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -50,6 +54,137 @@ from batchops.spec.items import (
 from batchops.spec.model import RENDER_MAX_SIZE_DEFAULT, Job, display_path
 
 Row = tuple[str, str, str, ItemEstimate | None, str, int]
+
+_FP_HEX = len(FINGERPRINT_PREFIX) + 64
+_FP_RUN = re.compile(r"(?:sha256:[0-9a-f]{64})*")
+_FP_TAIL = itemgetter(slice(len(FINGERPRINT_PREFIX), None))
+BLOCK_ROWS = 4096  # rows a producer packs into one block
+
+
+class Block(NamedTuple):
+    """Consecutive rows of a job packed as columns: what `desired.ItemTable` holds of them, and
+    the spec digest's line of each, so that a consumer takes a block whole, not row by row.
+
+    Keys and custom_ids are joined strings with each one's end offset, fingerprints 32-byte
+    digests (a fingerprint not of the `sha256:<hex>` form is in `odd`, by position), and each
+    row's (cost, model, size) an index into the block's distinct ones (`table`). Rows whose cost
+    is the same object share an entry (`pack`), so an entry's cost stands for each of them.
+    """
+
+    count: int
+    keys: str
+    key_ends: array
+    custom_ids: str
+    custom_id_ends: array
+    digests: bytes
+    odd: dict[int, str]
+    table: list[tuple[Any, str, Any]]
+    index: array
+    spelled: str  # "{key}\x1f{fingerprint}\n" of every row (the spec digest hashes it)
+
+
+def joined(strings: Sequence[str]) -> tuple[str, array]:
+    """`strings` as one string and each one's end offset in it."""
+    text = "".join(strings)
+    return text, array("I" if len(text) < 1 << 32 else "Q", accumulate(map(len, strings)))
+
+
+def split(text: str, ends: array) -> list[str]:
+    """The strings `joined` joined."""
+    return [text[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+
+
+def digests(fps: Sequence[str]) -> tuple[bytes, dict[int, str]]:
+    """Fingerprints as 32-byte sha256 digests, and by position those not of that form (their
+    digest is zeros)."""
+    n = len(fps)
+    # Every one `sha256:` and 64 lowercase hex digits: checked on the whole column at once.
+    if n and set(map(len, fps)) == {_FP_HEX}:
+        text = "".join(fps)
+        if all(text[i::_FP_HEX] == c * n for i, c in enumerate(FINGERPRINT_PREFIX)):
+            text = "".join(map(_FP_TAIL, fps))
+            if text == text.lower():
+                try:
+                    return unhexlify(text), {}
+                except ValueError:  # a digit not hex (binascii.Error), or not ASCII
+                    pass
+    out, odd = [], {}
+    for n, fp in enumerate(fps):
+        if len(fp) == _FP_HEX and _FP_RUN.fullmatch(fp):
+            out.append(bytes.fromhex(fp[len(FINGERPRINT_PREFIX) :]))
+        else:
+            out.append(bytes(32))
+            odd[n] = fp
+    return b"".join(out), odd
+
+
+def fingerprints(data: bytes, odd: dict[int, str], base: int = 0) -> list[str]:
+    """The fingerprints `digests` packed (`odd` by position plus `base`)."""
+    text = data.hex()
+    out = [FINGERPRINT_PREFIX + text[a : a + 64] for a in range(0, len(text), 64)]
+    for n in range(len(out)) if odd else ():
+        if base + n in odd:
+            out[n] = odd[base + n]
+    return out
+
+
+_SEP, _END = ("\x1f",), ("\n",)
+
+
+def pack(rows: Sequence[Row]) -> Block:
+    """Rows as one block."""
+    keys, cids, fps, costs, models, sizes = zip(*rows, strict=True)
+    n = len(keys)
+    # Rows share an entry when their cost is one object and model and size are equal (a size
+    # 261.0 is not 261): producers hand out one estimate object per distinct estimate.
+    first: dict[tuple, int] = {}
+    where = list(
+        map(
+            first.setdefault,
+            zip(map(id, costs), models, sizes, map(type, sizes), strict=True),
+            range(n),
+        )
+    )
+    slots = list(first.values())
+    if len(slots) == 1:
+        index = array("I", bytes(4 * n))
+    else:
+        entry = dict(zip(slots, range(len(slots)), strict=True))
+        index = array("I", map(entry.__getitem__, where))
+    table = [(costs[p], models[p], sizes[p]) for p in slots]
+    fp_data, odd = digests(fps)
+    spelled: list[str] = [""] * (4 * n)  # key, \x1f, fingerprint, \n: one join
+    spelled[0::4], spelled[1::4], spelled[2::4], spelled[3::4] = keys, _SEP * n, fps, _END * n
+    return Block(n, *joined(keys), *joined(cids), fp_data, odd, table, index, "".join(spelled))
+
+
+def blocks(rendered: Iterable[Row | Block], size: int = BLOCK_ROWS) -> Iterator[Block]:
+    """Rows and blocks as blocks, in order (rows packed `size` at a time)."""
+    chunk: list[Row] = []
+    for part in rendered:
+        if type(part) is Block:
+            if chunk:
+                yield pack(chunk)
+                chunk = []
+            yield part
+            continue
+        chunk.append(part)  # type: ignore[arg-type]
+        if len(chunk) == size:
+            yield pack(chunk)
+            chunk = []
+    if chunk:
+        yield pack(chunk)
+
+
+def unpack(block: Block) -> Iterator[Row]:
+    """The rows of a block, as they were packed."""
+    table = block.table
+    keys, cids = split(block.keys, block.key_ends), split(block.custom_ids, block.custom_id_ends)
+    fps = fingerprints(block.digests, block.odd)
+    for key, cid, fp, i in zip(keys, cids, fps, block.index, strict=True):
+        cost, model, size = table[i]
+        yield key, cid, fp, cost, model, size
+
 
 # A template's place in the request while the job's pieces are written: a JSON string no
 # literal of the spec holds (checked: each is found exactly once, else no fast path).
