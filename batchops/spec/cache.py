@@ -82,7 +82,8 @@ def rows(
     today: date,
     render: Callable[[], Iterator[Row]],
 ) -> Iterator[Row]:
-    """The rows `render()` yields, from the cache when nothing they depend on changed."""
+    """The rows `render()` yields, from the cache when nothing they depend on changed: one at
+    a time, in lists, or in blocks (`rowmaker.Block`), as `rowmaker.blocks` takes them."""
     with paused_gc():  # a million rows the caller keeps: tuples, none in a cycle
         yield from _rows(job, root, prices, today, render)
 
@@ -106,8 +107,7 @@ def _rows(
     data_file = job.source_file()
     cached = _load(path, key, definition, data_file, prices, today)
     if cached is not None:
-        for chunk in cached:
-            yield from chunk
+        yield from cached  # lists of rows
         return
     from batchops.spec.rowmaker import Block, unpack  # only a render needs them
 
@@ -123,11 +123,14 @@ def _rows(
         written = _Written(body)
         chunk: list[Row] = []
         for row in render():
-            if type(row) is Block:  # a block is written as its rows
+            kind = type(row)
+            if kind is Block or kind is list:  # a list of rows, or a block, as a line of its own
                 if chunk:
                     written.add(chunk)
                     chunk = []
-                written.add(list(unpack(row)))
+                listed = row if kind is list else list(unpack(row))  # type: ignore[arg-type]
+                for at in range(0, len(listed), CHUNK_ROWS):
+                    written.add(listed[at : at + CHUNK_ROWS])
             else:
                 chunk.append(row)
                 if len(chunk) == CHUNK_ROWS:

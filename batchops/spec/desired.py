@@ -472,11 +472,11 @@ def _rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict
 ) -> Iterator[rowmaker.Row | rowmaker.Block]:
     """(key, custom_id, fingerprint, cost (an estimate, or None when unpriced), model, request
-    bytes) per item, or a block of such rows (`rowmaker.Block`)."""
+    bytes) per item: one at a time, in lists, or in blocks (`rowmaker.Block`)."""
     if parallel.wants_parallel(job):
         yield from parallel.desired_blocks(job, root, prices, today)
         return
-    yield from rowmaker.rows(job, root, prices, today, price_cache)
+    yield from rowmaker.chunks(job, root, prices, today, price_cache)
 
 
 def items_for(

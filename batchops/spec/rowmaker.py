@@ -28,7 +28,7 @@ from array import array
 from binascii import unhexlify
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date
-from itertools import accumulate, chain
+from itertools import accumulate, chain, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -158,15 +158,18 @@ def pack(rows: Sequence[Row]) -> Block:
     return Block(n, *joined(keys), *joined(cids), fp_data, odd, table, index, "".join(spelled))
 
 
-def blocks(rendered: Iterable[Row | Block], size: int = BLOCK_ROWS) -> Iterator[Block]:
-    """Rows and blocks as blocks, in order (rows packed `size` at a time)."""
+def blocks(rendered: Iterable[Row | list[Row] | Block], size: int = BLOCK_ROWS) -> Iterator[Block]:
+    """Rows, lists of rows and blocks as blocks, in order (single rows packed `size` at a
+    time, a list as one block)."""
     chunk: list[Row] = []
     for part in rendered:
-        if type(part) is Block:
+        kind = type(part)
+        if kind is Block or kind is list:
             if chunk:
                 yield pack(chunk)
                 chunk = []
-            yield part
+            if part:
+                yield part if kind is Block else pack(part)  # type: ignore[misc, arg-type]
             continue
         chunk.append(part)  # type: ignore[arg-type]
         if len(chunk) == size:
@@ -195,18 +198,37 @@ def rows(
     job: Job, root: Path, prices: PriceTable, today: date, price_cache: dict[str, Any]
 ) -> Iterator[Row]:
     """Every item's row of `job`, in order; SpecError as `iter_items` raises it."""
+    if job.requests is not None or job.attachments:
+        yield from chunks(job, root, prices, today, price_cache, 1)
+        return
+    for chunk in chunks(job, root, prices, today, price_cache):
+        yield from chunk
+
+
+def chunks(
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    price_cache: dict[str, Any],
+    size: int = BLOCK_ROWS,
+) -> Iterator[list[Row]]:
+    """`rows` in lists of about `size` (a consumer takes them a list at a time: no work per
+    row on the way); SpecError as `iter_items` raises it. A requests or attachments job
+    gives single rows when `size` is 1."""
 
     def of_item(item: Item) -> Row:
         return item_row(job, item, prices, today, price_cache)
 
     if job.requests is not None or job.attachments:
-        yield from map(of_item, iter_items(job, root))
+        made = map(of_item, iter_items(job, root))
+        yield from made if size == 1 else iter(lambda: list(islice(made, size)), [])
         return
     problems = _Problems()
     try:
         general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
         maker = RowMaker.compile(job, general.renderer, prices, today)
-        yield from _made(job, root, general, maker and maker.make, of_item)
+        yield from _made_lists(job, root, general, maker and maker.make, of_item)
     except _Fatal as e:
         raise problems.error(e.line(job.name)) from None
     if problems.count:
@@ -287,59 +309,77 @@ def _made(
 ) -> Iterator[Any]:
     """`make(row, key)` of each row it takes, `of_item` of the general path's item of the others
     (every row when `make` is None)."""
-    if make is None:
-        for number, row in general.source():
-            item = general.item(number, row)
-            if item is not None:
-                yield of_item(item)
-    elif job.input is not None and job.input.format == "jsonl":
-        yield from _jsonl(job, root, general, make, of_item)
-    else:
-        yield from _rows(general, make, of_item)
+    for made in _made_lists(job, root, general, make, of_item):
+        yield from made
 
 
-def _jsonl(
+def _made_lists(
     job: Job,
     root: Path,
     general: TemplateRows,
-    make: Callable[[dict[str, Any], str], Any],
+    make: Callable[[dict[str, Any], str], Any] | None,
     of_item: Callable[[Item], Any],
-) -> Iterator[Any]:
-    seen, key_field = general.seen, general.key_field
-    for first, lines in _line_blocks(job.input.path, general.shown, root):  # type: ignore[union-attr]
-        for number, line in enumerate(lines, first):
-            row = plain_row(line)
-            if row is not None:
-                key = row.get(key_field)
-                if type(key) is str and key and key not in seen:
-                    made = make(row, key)
-                    if made is not None:
-                        seen[key] = number
-                        yield made
+) -> Iterator[list[Any]]:
+    """`_made` in lists of a few thousand (a jsonl file's: the lines of a read); what came
+    before a problem that ends the job is given before it is raised."""
+    out: list[Any] = []
+    add = out.append
+    try:
+        if make is None:
+            for number, row in general.source():
+                item = general.item(number, row)
+                if item is not None:
+                    add(of_item(item))
+                    if len(out) == BLOCK_ROWS:
+                        yield out
+                        out = []
+                        add = out.append
+        elif job.input is not None and job.input.format == "jsonl":
+            seen, key_field = general.seen, general.key_field
+            for first, lines in _line_blocks(job.input.path, general.shown, root):
+                for number, line in enumerate(lines, first):
+                    row = plain_row(line)
+                    if row is not None:
+                        key = row.get(key_field)
+                        if type(key) is str and key and key not in seen:
+                            made = make(row, key)
+                            if made is not None:
+                                seen[key] = number
+                                add(made)
+                                continue
+                    item = general.line(number, line)
+                    if item is not None:
+                        add(of_item(item))
+                if len(out) >= BLOCK_ROWS:
+                    yield out
+                    out = []
+                    add = out.append
+        else:
+            seen, key_field, item_of = general.seen, general.key_field, general.item
+            for number, row in general.source():
+                made = None
+                if type(row) is dict:
+                    key = row.get(key_field)
+                    if type(key) is str and key and key not in seen:
+                        made = make(row, key)
+                        if made is not None:
+                            seen[key] = number
+                if made is None:
+                    item = item_of(number, row)
+                    if item is None:
                         continue
-            item = general.line(number, line)
-            if item is not None:
-                yield of_item(item)
-
-
-def _rows(
-    general: TemplateRows,
-    make: Callable[[dict[str, Any], str], Any],
-    of_item: Callable[[Item], Any],
-) -> Iterator[Any]:
-    seen, key_field, item_of = general.seen, general.key_field, general.item
-    for number, row in general.source():
-        if type(row) is dict:
-            key = row.get(key_field)
-            if type(key) is str and key and key not in seen:
-                made = make(row, key)
-                if made is not None:
-                    seen[key] = number
-                    yield made
-                    continue
-        item = item_of(number, row)
-        if item is not None:
-            yield of_item(item)
+                    made = of_item(item)
+                add(made)
+                if len(out) == BLOCK_ROWS:
+                    yield out
+                    out = []
+                    add = out.append
+    except _Fatal:
+        if out:
+            yield out
+        raise
+    if out:
+        yield out
 
 
 class RowMaker:
