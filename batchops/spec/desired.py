@@ -199,11 +199,18 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
 
     def ids(self, start: int, stop: int) -> Iterator[tuple[str, str]]:
         """(key, custom_id) of items start … stop-1, a block at a time."""
+        for keys, cids in self.id_lists(start, stop):
+            yield from zip(keys, cids, strict=True)
+
+    def id_lists(self, start: int, stop: int) -> Iterator[tuple[list[str], list[str]]]:
+        """The keys and the custom_ids of items start … stop-1, as lists, a block at a time."""
         split = rowmaker.split
         for block, _, lo, hi in self._spans(start, stop):
             key_text, key_ends, cid_text, cid_ends, _ = self._blocks[block]
             keys, cids = split(key_text, key_ends), split(cid_text, cid_ends)
-            yield from zip(keys[lo:hi], cids[lo:hi], strict=True)
+            if lo or hi < len(keys):
+                keys, cids = keys[lo:hi], cids[lo:hi]
+            yield keys, cids
 
     def _where(self, index: int) -> tuple[int, int]:
         block = bisect_right(self._starts, index) - 1

@@ -320,8 +320,8 @@ def _made_lists(
     make: Callable[[dict[str, Any], str], Any] | None,
     of_item: Callable[[Item], Any],
 ) -> Iterator[list[Any]]:
-    """`_made` in lists of a few thousand (a jsonl file's: the lines of a read); what came
-    before a problem that ends the job is given before it is raised."""
+    """`_made` in lists of about BLOCK_ROWS; what came before a problem that ends the job is
+    given before it is raised."""
     out: list[Any] = []
     add = out.append
     try:
@@ -346,6 +346,10 @@ def _made_lists(
                             if made is not None:
                                 seen[key] = number
                                 add(made)
+                                if len(out) == BLOCK_ROWS:
+                                    yield out
+                                    out = []
+                                    add = out.append
                                 continue
                     item = general.line(number, line)
                     if item is not None:
