@@ -190,3 +190,21 @@ def test_a_table_of_blocks_of_any_length_reads_back(tmp_path):
         _fp(i) for i in (4099, 4100, 4101)
     ]
     assert table[at - 1].key == rows[at - 1][0] and table[-at].key == "k0"
+
+
+def test_ranges_cut_at_line_ends_past_long_lines_and_a_last_line_without_one(tmp_path):
+    long = '{"id": "long", "kind": "t", "text": "' + "x" * 200_000 + '"}'
+    job = project(tmp_path, [*GOOD[:5], long, *GOOD[5:]]).jobs[0]
+    path = tmp_path / "jobs" / "data" / "rows.jsonl"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # no newline after the last line
+    with path.open("rb") as fh:
+        spans = list(parallel._ranges(fh.fileno(), 150))
+    data = path.read_bytes()
+    assert spans[0][0] == 0 and spans[-1][1] >= len(data)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(data[end - 1 : end] == b"\n" for _, end in spans[:-1])
+    one = serial(job, tmp_path)
+    assert one[1] is None and len(one[0]) == 41
+    got = parts(job, tmp_path)
+    assert all(type(p) is rowmaker.Block for p in got)
+    assert ([r for p in got for r in rowmaker.unpack(p)], None) == one

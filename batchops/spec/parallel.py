@@ -1,14 +1,14 @@
 """Rendering a large job on every core, for planning.
 
 Planning a million-item job is dominated by rendering, hashing and pricing each item: pure Python
-on one core. For a jsonl input file past PARALLEL_MIN_BYTES, the parent only finds where lines
-end (a count of newlines a few MB at a time) and hands byte ranges of whole lines to worker
-processes, which read them from the same open file, and parse, render, fingerprint and price
-them (`rowmaker`, or the general path). Each range comes back as one `rowmaker.Block` (its rows
-packed as the columns `desired.ItemTable` holds, taken whole) and the hash of each key; the
-parent keeps source order and finds duplicate keys by those hashes, with no work per row.
-A range with a problem (or a duplicate) hands the job to the one-core path (`rowmaker.rows`),
-which reports every problem with exactly its lines — a test holds the two paths to that.
+on one core. For a jsonl input file past PARALLEL_MIN_BYTES, the parent hands byte ranges of whole
+lines to worker processes (it reads only a little past each cut, to the end of its line), which
+read them from the same open file, and parse, render, fingerprint and price them (`rowmaker`, or
+the general path). Each range comes back as one `rowmaker.Block` (its rows packed as the columns
+`desired.ItemTable` holds, taken whole) and the hash of each key; the parent keeps source order
+and finds duplicate keys by those hashes, with no work per row. A range with a problem (or a
+duplicate) hands the job to the one-core path (`rowmaker.rows`), which reports every problem
+with exactly its lines — a test holds the two paths to that.
 """
 
 from __future__ import annotations
@@ -117,14 +117,15 @@ def desired_blocks(
         )
         try:
             pending: deque = deque()
-            ranges = _ranges(f, shown, chunk_bytes, name)
+            ranges = _ranges(f.fileno(), chunk_bytes)
             while clean:
                 while len(pending) < 2 * count:
-                    span = next(ranges, None)
-                    if span is None:
-                        break
-                    if isinstance(span, str):  # the file could not be read on
+                    try:
+                        span = next(ranges, None)
+                    except OSError:  # the file could not be read on
                         clean = False
+                        break
+                    if span is None:
                         break
                     pending.append(pool.submit(_render_range, *span))
                 if not pending or not clean:
@@ -147,31 +148,25 @@ def desired_blocks(
         yield from islice(rowmaker.rows(job, root, prices, today, {}), given, None)
 
 
-def _ranges(f, shown: str, size: int, job: str) -> Iterator[tuple[int, int, int] | str]:
-    """(start, end, number of its first line) of consecutive byte ranges of whole lines, about
-    `size` bytes each (a line longer than that makes a longer range, which its worker refuses
-    past the line limit); the error line when the file cannot be read on."""
-    start = position = 0
-    number = 1
-    newlines = 0  # in [start, position)
-    try:
+def _ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive byte ranges of whole lines, about `size` bytes each: each
+    cut is moved on to the end of its line, read from there (a line longer than `size` makes a
+    longer range, which its worker refuses past the line limit); the last ends past the end of
+    the file. OSError when the file cannot be read."""
+    start = 0
+    while True:
+        at = start + size
         while True:
-            data = f.read(size)
-            if not data:
-                if position > start:
-                    yield start, position, number
+            data = os.pread(fd, 1 << 16, at)
+            if not data:  # the end of the file
+                yield start, at
                 return
-            cut = data.rfind(b"\n")
+            cut = data.find(b"\n")
             if cut >= 0:
-                newlines += data.count(b"\n")
-                end = position + cut + 1
-                yield start, end, number
-                number += newlines
-                newlines = 0
-                start = end
-            position += len(data)
-    except OSError as e:
-        yield _Fatal(shown, f"cannot read: {e.strerror}").line(job)
+                break
+            at += len(data)
+        yield start, at + cut + 1
+        start = at + cut + 1
 
 
 class _Range:
@@ -205,9 +200,10 @@ def _init(job: Job, root: Path, fd: int, prices: PriceTable, today: date) -> Non
     )
 
 
-def _render_range(start: int, end: int, first: int) -> tuple[bool, Block | None, array | None]:
+def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | None]:
     """One range's rows as a block (None: it has none) and the hash of each one's key; False
-    and nothing else when the range holds a problem."""
+    and nothing else when the range holds a problem. (Where its lines stand in the file is not
+    known here: the one-core path, which tells problems, counts them.)"""
     w = _worker
     job: Job = w["job"]
     general: TemplateRows = w["general"]
@@ -222,7 +218,7 @@ def _render_range(start: int, end: int, first: int) -> tuple[bool, Block | None,
         for at, lines in bounded_line_blocks(_Range(w["fd"], start, end)):
             if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
                 lines[0] = lines[0][3:]
-            for number, line in enumerate(lines, first + at - 1):
+            for number, line in enumerate(lines, at):
                 if make is not None:
                     row = plain_row(line)
                     if row is not None:
