@@ -420,9 +420,12 @@ def split(
     if any(e is not None and e.prefix is not None for e in _estimates(submits)):
         return _split_groups(job, betas, submits, limits)
     part = submits.__getitem__ if isinstance(submits, SubmitItems) else _part_of(submits)
-    sizes = list(map(itemgetter(1), item_profiles(submits)))
-    if set(map(type, sizes)) <= {int}:
-        return _split_sums(job, betas, part, sizes, limits)
+    try:  # running sums of whole sizes (8 bytes an item), cut a batch at a time
+        sums = array("q", accumulate(map(itemgetter(1), item_profiles(submits)), initial=0))
+    except (TypeError, OverflowError):  # a size not whole: added one by one below
+        pass
+    else:
+        return _split_sums(job, betas, part, sums, limits)
     out: list[SubmitBatch] = []
     start = 0
     size = ENVELOPE_BYTES
@@ -437,13 +440,13 @@ def split(
 
 
 def _split_sums(
-    job: str, betas: tuple[str, ...], part, sizes: list[int], limits: BatchLimits
+    job: str, betas: tuple[str, ...], part, sums: array, limits: BatchLimits
 ) -> list[SubmitBatch]:
     """`split`'s batches of items of whole sizes, each cut found in the running sums of the
-    sizes (a batch ends before the item that would take it past a limit), not item by item."""
-    sums = list(accumulate(sizes, initial=0))  # sums[k]: the first k items
+    sizes (`sums[k]`: of the first k items; a batch ends before the item that would take it
+    past a limit), not item by item."""
     out: list[SubmitBatch] = []
-    start, count = 0, len(sizes)
+    start, count = 0, len(sums) - 1
     while start < count:
         # the first item after the batch's first that takes it past max_bytes, if any
         over = bisect_right(sums, limits.max_bytes - ENVELOPE_BYTES + sums[start], start + 2) - 1
