@@ -12,6 +12,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -162,6 +163,25 @@ class SubmitItems(SequenceView):
             reason, attempt = kinds[0] if kinds else ("", 0)
             return ((key, cid, reason, attempt) for key, cid in pairs)
         return ((key, cid, *kinds[tag]) for (key, cid), tag in zip(pairs, tags, strict=True))
+
+    def id_lists(self) -> Iterator[tuple[list[str], list[str], Sequence[int] | None]]:
+        """`ids` as columns, a few thousand items at a time: (keys, custom_ids, each one's
+        index into `kinds`, or None when all are kinds[0])."""
+        desired, index, tags = self.desired, self.index, self.tags
+        if isinstance(desired, ItemTable) and isinstance(index, range) and index.step == 1:
+            at = 0
+            for keys, cids in desired.id_lists(index.start, index.stop):
+                n = len(keys)
+                yield keys, cids, None if tags is None else tags[at : at + n]
+                at += n
+            return
+        items = self.desired_items()
+        at = 0
+        while group := list(islice(items, 4096)):
+            keys = [d.key for d in group]
+            cids = [d.custom_id for d in group]
+            yield keys, cids, None if tags is None else tags[at : at + len(group)]
+            at += len(group)
 
     def fingerprints(self) -> Iterator[str]:
         desired = self.desired

@@ -9,9 +9,12 @@ exactly what apply will do.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import accumulate
+from operator import itemgetter
 
 from batchops.plan.actions import (
     ITEM_STATES,
@@ -417,6 +420,12 @@ def split(
     if any(e is not None and e.prefix is not None for e in _estimates(submits)):
         return _split_groups(job, betas, submits, limits)
     part = submits.__getitem__ if isinstance(submits, SubmitItems) else _part_of(submits)
+    try:  # running sums of whole sizes (8 bytes an item), cut a batch at a time
+        sums = array("q", accumulate(map(itemgetter(1), item_profiles(submits)), initial=0))
+    except (TypeError, OverflowError):  # a size not whole: added one by one below
+        pass
+    else:
+        return _split_sums(job, betas, part, sums, limits)
     out: list[SubmitBatch] = []
     start = 0
     size = ENVELOPE_BYTES
@@ -427,6 +436,24 @@ def split(
         size += item_size
     if len(submits) > start:
         out.append(SubmitBatch(job, betas, part(slice(start, len(submits))), size))
+    return out
+
+
+def _split_sums(
+    job: str, betas: tuple[str, ...], part, sums: array, limits: BatchLimits
+) -> list[SubmitBatch]:
+    """`split`'s batches of items of whole sizes, each cut found in the running sums of the
+    sizes (`sums[k]`: of the first k items; a batch ends before the item that would take it
+    past a limit), not item by item."""
+    out: list[SubmitBatch] = []
+    start, count = 0, len(sums) - 1
+    while start < count:
+        # the first item after the batch's first that takes it past max_bytes, if any
+        over = bisect_right(sums, limits.max_bytes - ENVELOPE_BYTES + sums[start], start + 2) - 1
+        end = max(start + 1, min(over, start + limits.max_requests, count))
+        out.append(SubmitBatch(job, betas, part(slice(start, end)),
+                               ENVELOPE_BYTES + sums[end] - sums[start]))  # fmt: skip
+        start = end
     return out
 
 

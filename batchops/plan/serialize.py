@@ -3,6 +3,7 @@ plan's header holds (there without the submit actions, which its request lines l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -76,6 +77,10 @@ def _chunks(value: Any, depth: int, indent: bool) -> Iterator[bytes]:
             yield from _chunks(item, depth + 1, indent)
         yield close + b"]"
         return
+    if isinstance(value.source, _Actions) and not value.source.actions.others:
+        yield from _submit_members(value.source.actions, depth, indent)
+        yield close + b"]" if value.source.actions else b"[]"
+        return
     # a streamed list: each group is encoded as one list, its brackets cut off
     group: list[Any] = []
     started = False
@@ -88,6 +93,53 @@ def _chunks(value: Any, depth: int, indent: bool) -> Iterator[bytes]:
         yield (b"," if started else b"[") + _members(group, depth, indent)
         started = True
     yield close + b"]" if started else b"[]"
+
+
+# what orjson escapes in a string: a key or custom_id without these is written as it is
+_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+
+
+def _escaped(text: str) -> str:
+    return orjson.dumps(text)[1:-1].decode()
+
+
+def _submit_members(actions: JobActions, depth: int, indent: bool) -> Iterator[bytes]:
+    """The elements of a list of a job's submit actions, each `action_dict` as `_members`
+    writes it, made from the columns of their keys and custom_ids: the text of one written
+    with marks in place of its values, cut at the marks, is joined around each one's values."""
+    submits = actions.submits
+    marks = ("\x01", "\x02", "\x03", "\x04")
+    sample = {"action": "submit", "key": marks[0], "reason": marks[1],
+              "custom_id": marks[2], "attempt": marks[3]}  # fmt: skip
+    text = _members([sample], depth, indent).decode()
+    head, text = text.split(_escaped(marks[0]), 1)
+    before_reason, text = text.split(_escaped(marks[1]), 1)
+    before_cid, text = text.split(_escaped(marks[2]), 1)
+    before_attempt, tail = text.split(f'"{_escaped(marks[3])}"', 1)
+    # per kind: what stands between an element's key and its custom_id, and after that
+    middles = [before_reason + _escaped(r) + before_cid for r, _ in submits.kinds]
+    ends = [before_attempt + orjson.dumps(a).decode() + tail for _, a in submits.kinds]
+    opened = False
+    for keys, cids, tags in submits.id_lists():
+        n = len(keys)
+        if _ESCAPED.search("".join(keys)):
+            keys = list(map(_escaped, keys))
+        if _ESCAPED.search("".join(cids)):
+            cids = list(map(_escaped, cids))
+        parts: list[str] = [""] * (5 * n)
+        parts[0::5] = ["," + head] * n
+        parts[1::5] = keys
+        parts[2::5] = [middles[0]] * n if tags is None else list(map(middles.__getitem__, tags))
+        parts[3::5] = cids
+        parts[4::5] = [ends[0]] * n if tags is None else list(map(ends.__getitem__, tags))
+        if not opened:
+            parts[0] = "[" + head
+            opened = True
+        try:
+            yield "".join(parts).encode()
+        except UnicodeEncodeError:
+            orjson.dumps([keys, cids])  # a lone surrogate: orjson's error, as for the dicts
+            raise
 
 
 def _members(group: list[Any], depth: int, indent: bool) -> bytes:
@@ -168,7 +220,19 @@ def _action_dicts(actions: Sequence[SubmitItem | ReuseItem | ForgetItem]) -> Ite
     columns: a million SubmitItems are never made to be listed)."""
     if not isinstance(actions, JobActions):
         return map(action_dict, actions)
-    return _job_action_dicts(actions)
+    return _Actions(actions)
+
+
+class _Actions:
+    """A JobActions' `action_dict`s, in order; `_chunks` writes its submits from their columns."""
+
+    __slots__ = ("actions",)
+
+    def __init__(self, actions: JobActions):
+        self.actions = actions
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return _job_action_dicts(self.actions)
 
 
 def _other_action_dicts(actions: Sequence[SubmitItem | ReuseItem | ForgetItem]) -> Iterable[dict]:

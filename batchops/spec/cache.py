@@ -64,7 +64,7 @@ _CODE = (
     "apirules.py",
 )
 
-Row = tuple[str, str, str, Any, str, int]
+Row = tuple[str, str, str, Any, str, int]  # or a `rowmaker.Block` of them, from `render()`
 
 
 def enabled() -> bool:
@@ -82,7 +82,8 @@ def rows(
     today: date,
     render: Callable[[], Iterator[Row]],
 ) -> Iterator[Row]:
-    """The rows `render()` yields, from the cache when nothing they depend on changed."""
+    """The rows `render()` yields, from the cache when nothing they depend on changed: one at
+    a time, in lists, or in blocks (`rowmaker.Block`), as `rowmaker.blocks` takes them."""
     with paused_gc():  # a million rows the caller keeps: tuples, none in a cycle
         yield from _rows(job, root, prices, today, render)
 
@@ -106,18 +107,28 @@ def _rows(
     data_file = job.source_file()
     cached = _load(path, key, definition, data_file, prices, today)
     if cached is not None:
-        for chunk in cached:
-            yield from chunk
+        yield from cached  # lists of rows
         return
+    from batchops.spec.rowmaker import Block, unpack  # only a render needs them
+
     started = time.time()
     written = _Written()
     try:
         chunk: list[Row] = []
         for row in render():
-            chunk.append(row)
-            if len(chunk) == CHUNK_ROWS:
-                written.add(chunk)
-                chunk = []
+            kind = type(row)
+            if kind is Block or kind is list:  # a list of rows, or a block, as a line of its own
+                if chunk:
+                    written.add(chunk)
+                    chunk = []
+                listed = row if kind is list else list(unpack(row))  # type: ignore[arg-type]
+                for at in range(0, len(listed), CHUNK_ROWS):
+                    written.add(listed[at : at + CHUNK_ROWS])
+            else:
+                chunk.append(row)
+                if len(chunk) == CHUNK_ROWS:
+                    written.add(chunk)
+                    chunk = []
             yield row
         # Fewer than MIN_ROWS rows are not kept: a small job writes no temporary file at all.
         if chunk and written.rows + len(chunk) >= MIN_ROWS:
@@ -212,7 +223,8 @@ class _Written:
     """The chunk lines of rows rendered so far, in a temporary file, and what the header needs."""
 
     def __init__(self) -> None:
-        self.body: IO[bytes] | None = None  # made by the first chunk added
+        self.body: IO[bytes] | None = None  # made once MIN_ROWS rows came
+        self.early: list[bytes] = []  # the lines before that (a small job writes no file)
         self.rows = 0
         self.models: set[str] = set()
         self.cost_type: type | None = None
@@ -225,11 +237,17 @@ class _Written:
             self.cost_type = next((type(r[3]) for r in chunk if isinstance(r[3], tuple)), None)
         if self.ok:
             try:
+                line = orjson.dumps(chunk, default=_plain) + b"\n"
+                if self.body is None and self.rows < MIN_ROWS:
+                    self.early.append(line)
+                    return
                 if self.body is None:
                     import tempfile  # only rows that may be kept need it (~3 ms to import)
 
                     self.body = tempfile.TemporaryFile()  # written as they come, never all held
-                self.body.write(orjson.dumps(chunk, default=_plain) + b"\n")
+                    self.body.writelines(self.early)
+                    self.early = []
+                self.body.write(line)
             except (OSError, TypeError, orjson.JSONEncodeError):
                 self.ok = False
 
@@ -239,6 +257,7 @@ class _Written:
 
     def lines(self) -> Iterator[bytes]:
         if self.body is None:
+            yield from self.early
             return
         self.body.flush()
         self.body.seek(0)

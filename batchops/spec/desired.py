@@ -7,12 +7,11 @@ itself (`planner.make_plan`) is pure and takes what this module returns.
 from __future__ import annotations
 
 import hashlib
-import re
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import accumulate, chain
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, overload
 
@@ -42,14 +41,7 @@ class DesiredItem(NamedTuple):
 # Estimate objects a plan knows by identity at once (`_desired_job`): the producers share a few,
 # rows read back from the rows cache each hold their own, which must not all be kept alive.
 _KNOWN_ESTIMATES = 256
-_BLOCK = 4096  # items per block of a column (every block but the last is full)
-_FP_HEX = len(FINGERPRINT_PREFIX) + 64
-_FP_BLOCK = re.compile(r"(?:sha256:[0-9a-f]{64})*")
-
-
-def _unpack(text: str, ends: array) -> list[str]:
-    """The strings joined in `text`, each ending at its offset in `ends`."""
-    return [text[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+_BLOCK = rowmaker.BLOCK_ROWS  # items per block that `append` and `extend` pack
 
 
 class SequenceView(Sequence):
@@ -76,20 +68,21 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
     A million items as tuples of strings cost hundreds of bytes each; here keys and custom_ids are
     held a block at a time as one joined string with end offsets, fingerprints as 32-byte digests
     in one bytes object per block, and each item's (cost, size, estimate) as an index into the
-    job's few distinct ones. An item is rebuilt, equal to the one added, when it is read.
+    job's few distinct ones. Blocks come whole from a producer (`add`, any length) or are packed
+    here from rows (`append`, `extend`). An item is rebuilt, equal to the one added, when read.
     """
 
-    __slots__ = ("_keys", "_cids", "_fps", "_odd", "_profiles", "_profile_of", "_pending", "_n")
+    __slots__ = ("_blocks", "_starts", "_odd", "_profiles", "_profile_of", "_pending", "_n")
 
     def __init__(self, items: Iterable[DesiredItem] = ()):
-        self._keys: list[tuple[str, array]] = []
-        self._cids: list[tuple[str, array]] = []
-        self._fps: list[bytes] = []
+        # per block: (keys, their ends, custom_ids, their ends, fingerprint digests)
+        self._blocks: list[tuple[str, array, str, array, bytes]] = []
+        self._starts: list[int] = []  # the index of each block's first item
         self._odd: dict[int, str] = {}  # fingerprints not of the sha256:<hex> form, by index
         self._profiles: list[tuple[float, int, ItemEstimate | None]] = []
         self._profile_of = array("I")  # item → its (cost, size, estimate) in _profiles
         self._pending: list[tuple[str, str, str]] = []
-        self._n = 0
+        self._n = 0  # items in blocks
         for item in items:
             self.append(item.key, item.custom_id, item.fingerprint,
                         self.profile((item.cost_usd, item.size, item.estimate)))  # fmt: skip
@@ -115,6 +108,14 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         while len(self._pending) >= _BLOCK:
             self._flush()
 
+    def add(self, block: rowmaker.Block, profiles: array) -> None:
+        """A producer's block whole, its rows' profiles in order (after any rows appended)."""
+        if self._pending:
+            self._flush()
+        self._profile_of.extend(profiles)
+        self._add(block.keys, block.key_ends, block.custom_ids, block.custom_id_ends,
+                  block.digests, block.odd, block.count)  # fmt: skip
+
     def close(self) -> ItemTable:
         """Pack the last, partial block (call once every item is added)."""
         if self._pending:
@@ -124,25 +125,18 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
     def _flush(self) -> None:
         """Pack the first block of the pending rows."""
         keys, cids, fps = zip(*self._pending[:_BLOCK], strict=True)
-        base = self._n
         del self._pending[:_BLOCK]
-        for column, strings in ((self._keys, keys), (self._cids, cids)):
-            text = "".join(strings)
-            ends = array("I" if len(text) < 1 << 32 else "Q", accumulate(map(len, strings)))
-            column.append((text, ends))
-        joined = "".join(fps)
-        if len(joined) == _FP_HEX * len(fps) and _FP_BLOCK.fullmatch(joined):
-            self._fps.append(bytes.fromhex(joined.replace(FINGERPRINT_PREFIX, "")))
-        else:
-            digests = []
-            for n, fp in enumerate(fps):
-                if len(fp) == _FP_HEX and _FP_BLOCK.fullmatch(fp):
-                    digests.append(bytes.fromhex(fp[len(FINGERPRINT_PREFIX) :]))
-                else:
-                    digests.append(bytes(32))
-                    self._odd[base + n] = fp
-            self._fps.append(b"".join(digests))
-        self._n += len(fps)
+        self._add(*rowmaker.joined(keys), *rowmaker.joined(cids), *rowmaker.digests(fps), len(keys))
+
+    def _add(self, keys, key_ends, cids, cid_ends, digests, odd, count) -> None:
+        if not count:
+            return
+        base = self._n
+        self._blocks.append((keys, key_ends, cids, cid_ends, digests))
+        self._starts.append(base)
+        for n, fp in odd.items():
+            self._odd[base + n] = fp
+        self._n += count
 
     def set_profile(self, index: int, profile: int) -> None:
         self._profile_of[index] = profile
@@ -162,14 +156,7 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         return self._n + len(self._pending)
 
     def _block_fps(self, block: int) -> list[str]:
-        text = self._fps[block].hex()
-        out = [FINGERPRINT_PREFIX + text[a : a + 64] for a in range(0, len(text), 64)]
-        if self._odd:
-            base = block * _BLOCK
-            for n in range(len(out)):
-                if base + n in self._odd:
-                    out[n] = self._odd[base + n]
-        return out
+        return rowmaker.fingerprints(self._blocks[block][4], self._odd, self._starts[block])
 
     def costs(self) -> Iterator[float]:
         """Each item's cost_usd, in order."""
@@ -177,53 +164,74 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         return map(costs.__getitem__, self._profile_of)
 
     def keys(self) -> Iterator[str]:
-        for text, ends in self._keys:
-            yield from _unpack(text, ends)
+        for keys, ends, *_ in self._blocks:
+            yield from rowmaker.split(keys, ends)
 
     def fingerprints(self) -> Iterator[str]:
-        for block in range(len(self._fps)):
+        for block in range(len(self._blocks)):
             yield from self._block_fps(block)
 
     def __iter__(self) -> Iterator[DesiredItem]:
         return self.iter_range(0, len(self))
 
-    def iter_range(self, start: int, stop: int) -> Iterator[DesiredItem]:
-        """Items start … stop-1, rebuilt a block at a time."""
+    def _spans(self, start: int, stop: int) -> Iterator[tuple[int, int, int, int]]:
+        """(block, its first item's index, from, to within it) of the blocks holding items
+        start … stop-1."""
         if self._pending:
             raise RuntimeError("ItemTable read before close()")
+        if start >= stop:
+            return
+        starts = self._starts
+        block = bisect_right(starts, start) - 1
+        while block < len(starts) and starts[block] < stop:
+            base = starts[block]
+            end = starts[block + 1] if block + 1 < len(starts) else self._n
+            yield block, base, max(start - base, 0), min(stop, end) - base
+            block += 1
+
+    def iter_range(self, start: int, stop: int) -> Iterator[DesiredItem]:
+        """Items start … stop-1, rebuilt a block at a time."""
         new, profiles, profile_of = tuple.__new__, self._profiles, self._profile_of
-        for block in range(start // _BLOCK, (stop + _BLOCK - 1) // _BLOCK):
-            base = block * _BLOCK
-            keys = _unpack(*self._keys[block])
-            cids = _unpack(*self._cids[block])
+        split = rowmaker.split
+        for block, base, lo, hi in self._spans(start, stop):
+            key_text, key_ends, cid_text, cid_ends, _ = self._blocks[block]
+            keys, cids = split(key_text, key_ends), split(cid_text, cid_ends)
             fps = self._block_fps(block)
-            lo, hi = max(start - base, 0), min(stop - base, len(keys))
             for n in range(lo, hi):
                 yield new(DesiredItem, (keys[n], cids[n], fps[n], *profiles[profile_of[base + n]]))
 
     def ids(self, start: int, stop: int) -> Iterator[tuple[str, str]]:
         """(key, custom_id) of items start … stop-1, a block at a time."""
-        if self._pending:
-            raise RuntimeError("ItemTable read before close()")
-        for block in range(start // _BLOCK, (stop + _BLOCK - 1) // _BLOCK):
-            base = block * _BLOCK
-            lo, hi = max(start - base, 0), min(stop - base, _BLOCK)
-            keys = _unpack(*self._keys[block])
-            cids = _unpack(*self._cids[block])
-            yield from zip(keys[lo:hi], cids[lo:hi], strict=True)
+        for keys, cids in self.id_lists(start, stop):
+            yield from zip(keys, cids, strict=True)
 
-    def _string(self, column: list[tuple[str, array]], block: int, n: int) -> str:
-        text, ends = column[block]
+    def id_lists(self, start: int, stop: int) -> Iterator[tuple[list[str], list[str]]]:
+        """The keys and the custom_ids of items start … stop-1, as lists, a block at a time."""
+        split = rowmaker.split
+        for block, _, lo, hi in self._spans(start, stop):
+            key_text, key_ends, cid_text, cid_ends, _ = self._blocks[block]
+            keys, cids = split(key_text, key_ends), split(cid_text, cid_ends)
+            if lo or hi < len(keys):
+                keys, cids = keys[lo:hi], cids[lo:hi]
+            yield keys, cids
+
+    def _where(self, index: int) -> tuple[int, int]:
+        block = bisect_right(self._starts, index) - 1
+        return block, index - self._starts[block]
+
+    @staticmethod
+    def _string(text: str, ends: array, n: int) -> str:
         return text[ends[n - 1] if n else 0 : ends[n]]
 
     def key(self, index: int) -> str:
-        return self._string(self._keys, *divmod(index, _BLOCK))
+        block, n = self._where(index)
+        return self._string(*self._blocks[block][:2], n)
 
     def fingerprint(self, index: int) -> str:
         if index in self._odd:
             return self._odd[index]
-        block, n = divmod(index, _BLOCK)
-        return FINGERPRINT_PREFIX + self._fps[block][32 * n : 32 * n + 32].hex()
+        block, n = self._where(index)
+        return FINGERPRINT_PREFIX + self._blocks[block][4][32 * n : 32 * n + 32].hex()
 
     @overload
     def __getitem__(self, index: int) -> DesiredItem: ...
@@ -236,10 +244,11 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
             index += len(self)
         if not 0 <= index < len(self) or self._pending:
             raise IndexError("item index out of range")
-        block, n = divmod(index, _BLOCK)
+        block, n = self._where(index)
+        keys, key_ends, cids, cid_ends, _ = self._blocks[block]
         return DesiredItem(
-            self._string(self._keys, block, n),
-            self._string(self._cids, block, n),
+            self._string(keys, key_ends, n),
+            self._string(cids, cid_ends, n),
             self.fingerprint(index),
             *self._profiles[self._profile_of[index]],
         )
@@ -346,14 +355,13 @@ def _desired_job(
     # distinct estimate is adjusted once: (estimate, model) → (cost, adjusted, its identity).
     expecting: dict[str, tuple[OutputExpectation, float, object]] = {}
     adjusted: dict[tuple, tuple] = {}
-    # rows, their profiles and the spec digest's lines, added a block at a time
-    block: list[tuple[str, str, str]] = []
-    block_profiles: list[int] = []
-    spelled: list[str] = []
     # The producers hand out one object per distinct estimate: known by identity, an estimate
     # is not hashed again (each entry holds its estimate, so that id is never another's).
     known: dict[int, tuple] = {}
-    for key, custom_id, fp, cost, model, size in rendered:
+
+    def profile_of(cost, model: str, size) -> tuple[int, tuple | None]:
+        """The profile of a row's (cost, model, size), and the row's value of it when rows of
+        this value each need a profile of their own (None: they share it)."""
         estimate = None
         same: object = None  # what equal (cost, estimate) pairs share; None: not shared
         if isinstance(cost, ItemEstimate):
@@ -390,21 +398,30 @@ def _desired_job(
             same = "unpriced"
         elif type(cost) is float and cost > 0:
             same = ("f", cost)
+        value = (cost, size, estimate)
         if same is not None and type(size) is int:
             profile = profiles.get((same, size))
             if profile is None:
-                profile = profiles[(same, size)] = table.profile((cost, size, estimate))
+                profile = profiles[(same, size)] = table.profile(value)
+            return profile, None
+        return table.profile(value), value
+
+    # A block's rows take their profiles from its table's few entries, not one by one.
+    for block in rowmaker.blocks(rendered):
+        found = [profile_of(*entry) for entry in block.table]
+        if len(found) == 1 and found[0][1] is None:
+            indexes = array("I", [found[0][0]]) * block.count
         else:
-            profile = table.profile((cost, size, estimate))
-        block.append((key, custom_id, fp))
-        block_profiles.append(profile)
-        spelled.append(f"{key}\x1f{fp}\n")
-        if len(block) == _BLOCK:
-            table.extend(block, block_profiles)
-            digest.update("".join(spelled).encode())
-            block, block_profiles, spelled = [], [], []
-    table.extend(block, block_profiles)
-    digest.update("".join(spelled).encode())
+            indexes = array("I", map([p for p, _ in found].__getitem__, block.index))
+            loose = {e for e, (_, value) in enumerate(found) if value is not None}
+            if loose:  # each row of these takes a profile of its own; the first, the one made
+                taken: set[int] = set()
+                for n, e in enumerate(block.index):
+                    if e in loose and e in taken:
+                        indexes[n] = table.profile(found[e][1])  # type: ignore[arg-type]
+                    taken.add(e)
+        table.add(block, indexes)
+        digest.update(block.spelled.encode())
     table.close()
     if job.cache == "auto":
         _auto_cache(table)
@@ -475,15 +492,16 @@ def _rows(
     today: date,
     price_cache: dict,
     spool: RequestSpool | None = None,
-) -> Iterator[tuple[str, str, str, float | ItemEstimate | None, str, int]]:
+) -> Iterator[rowmaker.Row | list[rowmaker.Row] | rowmaker.Block]:
     """(key, custom_id, fingerprint, cost (an estimate, or None when unpriced), model, request
-    bytes) per item; with `spool`, each item's request line is kept there (by this process's
-    render only: the parallel one keeps none)."""
+    bytes) per item: one at a time, in lists, or in blocks (`rowmaker.Block`); with `spool`,
+    each item's request line is kept there (by this process's render only: the parallel one
+    keeps none)."""
     if parallel.wants_parallel(job):
-        yield from parallel.desired_rows(job, root, prices, today)
+        yield from parallel.desired_blocks(job, root, prices, today)
         return
     lines = spool.job(job.name) if spool is not None else None
-    yield from rowmaker.rows(job, root, prices, today, price_cache, lines)
+    yield from rowmaker.chunks(job, root, prices, today, price_cache, lines)
     if lines is not None:
         lines.finish()
 

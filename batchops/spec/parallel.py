@@ -1,14 +1,14 @@
 """Rendering a large job on every core, for planning.
 
 Planning a million-item job is dominated by rendering, hashing and pricing each item: pure Python
-on one core. For a jsonl input file past PARALLEL_MIN_BYTES, the parent only finds where lines
-end (a count of newlines a few MB at a time) and hands byte ranges of whole lines to worker
-processes, which read them from the same open file, and parse, render, fingerprint and price
-them (`rowmaker`, or the general path); each range comes back packed: its keys as one list,
-custom_ids and fingerprints as one string each, costs as indexes into a small table, sizes and
-line numbers as arrays. The parent keeps source order, finds duplicate keys across ranges, and
-reports every problem with exactly the line the one-core path (`rowmaker.rows`) gives — a test
-holds the two paths to that.
+on one core. For a jsonl input file past PARALLEL_MIN_BYTES, the parent hands byte ranges of whole
+lines to worker processes (it reads only a little past each cut, to the end of its line), which
+read them from the same open file, and parse, render, fingerprint and price them (`rowmaker`, or
+the general path). Each range comes back as one `rowmaker.Block` (its rows packed as the columns
+`desired.ItemTable` holds, taken whole) and the hash of each key; the parent keeps source order
+and finds duplicate keys by those hashes, with no work per row. A range with a problem (or a
+duplicate) hands the job to the one-core path (`rowmaker.rows`), which reports every problem
+with exactly its lines — a test holds the two paths to that.
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ from array import array
 from collections import deque
 from collections.abc import Iterator
 from datetime import date
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from batchops.pricing import PriceTable
+from batchops.spec import rowmaker
 from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
 from batchops.spec.items import TemplateRows, _Fatal, _json_line, _Problems
 from batchops.spec.model import Job, display_path
-from batchops.spec.rowmaker import RowMaker, item_row, plain_row
+from batchops.spec.rowmaker import Block, Row, RowMaker, item_row, pack, plain_row, unpack
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 CHUNK_BYTES = 2 * 1024 * 1024  # about this much input per range (several are in flight)
@@ -63,8 +66,29 @@ def desired_rows(
     today: date,
     chunk_bytes: int = CHUNK_BYTES,
     processes: int | None = None,
-) -> Iterator[tuple[str, str, str, Any, str, int]]:
+) -> Iterator[Row]:
     """`rowmaker.rows` of a jsonl job, rendered by worker processes; SpecError as it raises."""
+    for part in desired_blocks(job, root, prices, today, chunk_bytes, processes):
+        if type(part) is Block:
+            yield from unpack(part)
+        else:
+            yield part  # type: ignore[misc]
+
+
+def desired_blocks(
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    chunk_bytes: int = CHUNK_BYTES,
+    processes: int | None = None,
+) -> Iterator[Block | Row]:
+    """`rowmaker.rows` of a jsonl job, rendered by worker processes: a block a range, in order.
+
+    A range that holds a problem, or a key seen before, ends the workers' pass: the one-core
+    path renders the job again and gives its rows from there on, and its SpecError, so every
+    problem is told exactly as one core tells it (a job with problems is rare, and plans
+    nothing)."""
     if job.input is None:
         raise ValueError("desired_rows needs a job with an input file")
     problems = _Problems()
@@ -78,6 +102,12 @@ def desired_rows(
     from concurrent.futures import ProcessPoolExecutor
 
     count = processes or workers()
+    given = 0  # rows given so far
+    clean = True
+    # The hash of every key given (the workers are forked: they hash strings as this process
+    # does). A hash seen twice is a duplicate key, or very rarely two keys with one hash: the
+    # one-core path tells which.
+    hashes: set[int] = set()
     with f:
         pool = ProcessPoolExecutor(
             max_workers=count,
@@ -87,92 +117,56 @@ def desired_rows(
         )
         try:
             pending: deque = deque()
-            ranges = _ranges(f, shown, chunk_bytes, name)
-            fatal: str | None = None
-            while True:
+            ranges = _ranges(f.fileno(), chunk_bytes)
+            while clean:
                 while len(pending) < 2 * count:
-                    span = next(ranges, None)
+                    try:
+                        span = next(ranges, None)
+                    except OSError:  # the file could not be read on
+                        clean = False
+                        break
                     if span is None:
                         break
-                    if isinstance(span, str):  # the file could not be read on
-                        fatal = span
-                        break
                     pending.append(pool.submit(_render_range, *span))
-                if not pending:
+                if not pending or not clean:
                     break
-                packed = pending.popleft().result()
-                numbers, keys, cids, fps, indexes, sizes, table, events, ended = packed
-                costs, models = table
-                split = (cids.split("\n"), fps.split("\n")) if keys else ([], [])
-                rows = zip(numbers, keys, *split, indexes, sizes, strict=True)
-                yield from _merge(general, rows, events, costs, models)
-                if ended is not None:  # fatal: what came before stands, nothing after is read
-                    fatal = ended
-                if fatal is not None:
-                    break
-            if fatal is not None:
-                raise problems.error(fatal)
-            if problems.count:
-                raise problems.error()
+                ok, block, keys = pending.popleft().result()
+                if not ok:
+                    clean = False
+                elif block is not None:
+                    before = len(hashes)
+                    hashes.update(keys)
+                    if len(hashes) - before != block.count:
+                        clean = False
+                    else:
+                        yield block
+                        given += block.count
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+    if not clean:
+        del hashes
+        yield from islice(rowmaker.rows(job, root, prices, today, {}), given, None)
 
 
-def _merge(general: TemplateRows, rows, events, costs, models) -> Iterator[tuple]:
-    """The rows and problems of one range in line order."""
-    seen = general.seen
-    events = deque(events)
-    for number, key, cid, fp, i, size in rows:
-        while events and events[0][0] < number:
-            _event(general, *events.popleft())
-        if key in seen:
-            first = general.short(seen[key])
-            general.problem(number, f"item {key}: duplicate key (first at {first})")
-            continue
-        seen[key] = number
-        yield key, cid, fp, costs[i], models[i], size
-    while events:
-        _event(general, *events.popleft())
-
-
-def _event(general: TemplateRows, number: int, key: str | None, line: str) -> None:
-    """A problem line a worker found: for a row with a key, unless that key was seen before
-    (the one-core path calls it a duplicate, and does not render it)."""
-    if key is not None:
-        seen = general.seen
-        if key in seen:
-            first = general.short(seen[key])
-            general.problem(number, f"item {key}: duplicate key (first at {first})")
-            return
-        seen[key] = number
-    general.problems.add(line)
-
-
-def _ranges(f, shown: str, size: int, job: str) -> Iterator[tuple[int, int, int] | str]:
-    """(start, end, number of its first line) of consecutive byte ranges of whole lines, about
-    `size` bytes each (a line longer than that makes a longer range, which its worker refuses
-    past the line limit); the error line when the file cannot be read on."""
-    start = position = 0
-    number = 1
-    newlines = 0  # in [start, position)
-    try:
+def _ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive byte ranges of whole lines, about `size` bytes each: each
+    cut is moved on to the end of its line, read from there (a line longer than `size` makes a
+    longer range, which its worker refuses past the line limit); the last ends past the end of
+    the file. OSError when the file cannot be read."""
+    start = 0
+    while True:
+        at = start + size
         while True:
-            data = f.read(size)
-            if not data:
-                if position > start:
-                    yield start, position, number
+            data = os.pread(fd, 1 << 16, at)
+            if not data:  # the end of the file
+                yield start, at
                 return
-            cut = data.rfind(b"\n")
+            cut = data.find(b"\n")
             if cut >= 0:
-                newlines += data.count(b"\n")
-                end = position + cut + 1
-                yield start, end, number
-                number += newlines
-                newlines = 0
-                start = end
-            position += len(data)
-    except OSError as e:
-        yield _Fatal(shown, f"cannot read: {e.strerror}").line(job)
+                break
+            at += len(data)
+        yield start, at + cut + 1
+        start = at + cut + 1
 
 
 class _Range:
@@ -206,86 +200,47 @@ def _init(job: Job, root: Path, fd: int, prices: PriceTable, today: date) -> Non
     )
 
 
-def _render_range(start: int, end: int, first: int) -> tuple:
-    """One range's rows, packed (see the module's docstring), its problem lines as (line, key
-    or None, line), and the fatal error line that ended it, if one did."""
+def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | None]:
+    """One range's rows as a block (None: it has none) and the hash of each one's key; False
+    and nothing else when the range holds a problem. (Where its lines stand in the file is not
+    known here: the one-core path, which tells problems, counts them.)"""
     w = _worker
     job: Job = w["job"]
     general: TemplateRows = w["general"]
-    general.problems = noted = _Noted()  # type: ignore[assignment]
+    general.problems = _Noted()  # type: ignore[assignment]
     maker: RowMaker | None = w["maker"]
     make = maker.make if maker is not None else None
-    numbers, keys, cids, fps = array("q"), [], [], []
-    indexes, sizes = array("l"), array("q")
-    costs: list[Any] = []
-    models: list[str] = []
-    by_id: dict[int, int] = {}  # the fast path's estimates are shared objects
-    by_value: dict[tuple, int] = {}
-    events: list[tuple[int, str | None, str]] = []
+    prices, today, price_cache = w["prices"], w["today"], w["price_cache"]
     key_field, shown = general.key_field, general.shown
-
-    def add(row: tuple, number: int, fast: bool) -> None:
-        key, cid, fp, cost, model, size = row
-        # The fast path's estimates live as long as the worker: they are known by identity.
-        i = by_id.get(id(cost)) if fast else None
-        if i is None:
-            i = by_value.get((cost, model))
-            if i is None:
-                i = by_value[(cost, model)] = len(costs)
-                costs.append(cost)
-                models.append(model)
-            if fast:
-                by_id[id(cost)] = i
-        numbers.append(number)
-        keys.append(key)
-        cids.append(cid)
-        fps.append(fp)
-        indexes.append(i)
-        sizes.append(size)
-
-    ended = None
+    rows: list[Row] = []
+    add = rows.append
     try:
-        try:
-            for at, lines in bounded_line_blocks(_Range(w["fd"], start, end)):
-                if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
-                    lines[0] = lines[0][3:]
-                for number, line in enumerate(lines, first + at - 1):
-                    if make is not None:
-                        row = plain_row(line)
-                        if row is not None:
-                            key = row.get(key_field)
-                            if type(key) is str and key:
-                                made = make(row, key)
-                                if made is not None:
-                                    add(made, number, True)
-                                    continue
-                    if not line.strip():
-                        continue
-                    row = _json_line(line, number, shown)
-                    key = general.key(number, row)
-                    if key is None:
-                        events.append((number, None, noted.pop()))
-                        continue
-                    item = general.made(number, row, key)
-                    if item is None:
-                        events.append((number, key, noted.pop()))
-                        continue
-                    row = item_row(job, item, w["prices"], w["today"], w["price_cache"])
-                    add(row, number, False)
-        except FileRefused as e:
-            raise _Fatal(f"{shown}: line {first + e.args[1] - 1}", e.args[0]) from None
-        except OSError as e:
-            raise _Fatal(shown, f"cannot read: {e.strerror}") from None
-    except _Fatal as e:
-        ended = e.line(job.name)
-    return (
-        numbers,
-        keys,
-        "\n".join(cids),
-        "\n".join(fps),
-        indexes,
-        sizes,
-        (costs, models),
-        events,
-        ended,
-    )
+        for at, lines in bounded_line_blocks(_Range(w["fd"], start, end)):
+            if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
+                lines[0] = lines[0][3:]
+            for number, line in enumerate(lines, at):
+                if make is not None:
+                    row = plain_row(line)
+                    if row is not None:
+                        key = row.get(key_field)
+                        if type(key) is str and key:
+                            made = make(row, key)
+                            if made is not None:
+                                add(made)
+                                continue
+                if not line.strip():
+                    continue
+                row = _json_line(line, number, shown)
+                key = general.key(number, row)
+                item = None if key is None else general.made(number, row, key)
+                if item is None:
+                    return False, None, None
+                add(item_row(job, item, prices, today, price_cache))
+    except (FileRefused, OSError, _Fatal):
+        return False, None, None
+    if not rows:
+        return True, None, None
+    return True, pack(rows), array("q", map(_key_hash, map(itemgetter(0), rows)))
+
+
+_key_hash = hash

@@ -23,11 +23,15 @@ path (`items.TemplateRows`), which reports it exactly as `iter_items` would.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import re
+from array import array
+from binascii import unhexlify
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date
+from itertools import accumulate, chain, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -54,6 +58,140 @@ if TYPE_CHECKING:
 
 Row = tuple[str, str, str, ItemEstimate | None, str, int]
 
+_FP_HEX = len(FINGERPRINT_PREFIX) + 64
+_FP_RUN = re.compile(r"(?:sha256:[0-9a-f]{64})*")
+_FP_TAIL = itemgetter(slice(len(FINGERPRINT_PREFIX), None))
+BLOCK_ROWS = 4096  # rows a producer packs into one block
+
+
+class Block(NamedTuple):
+    """Consecutive rows of a job packed as columns: what `desired.ItemTable` holds of them, and
+    the spec digest's line of each, so that a consumer takes a block whole, not row by row.
+
+    Keys and custom_ids are joined strings with each one's end offset, fingerprints 32-byte
+    digests (a fingerprint not of the `sha256:<hex>` form is in `odd`, by position), and each
+    row's (cost, model, size) an index into the block's distinct ones (`table`). Rows whose cost
+    is the same object share an entry (`pack`), so an entry's cost stands for each of them.
+    """
+
+    count: int
+    keys: str
+    key_ends: array
+    custom_ids: str
+    custom_id_ends: array
+    digests: bytes
+    odd: dict[int, str]
+    table: list[tuple[Any, str, Any]]
+    index: array
+    spelled: str  # "{key}\x1f{fingerprint}\n" of every row (the spec digest hashes it)
+
+
+def joined(strings: Sequence[str]) -> tuple[str, array]:
+    """`strings` as one string and each one's end offset in it."""
+    text = "".join(strings)
+    return text, array("I" if len(text) < 1 << 32 else "Q", accumulate(map(len, strings)))
+
+
+def split(text: str, ends: array) -> list[str]:
+    """The strings `joined` joined."""
+    return [text[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+
+
+def digests(fps: Sequence[str]) -> tuple[bytes, dict[int, str]]:
+    """Fingerprints as 32-byte sha256 digests, and by position those not of that form (their
+    digest is zeros)."""
+    n = len(fps)
+    # Every one `sha256:` and 64 lowercase hex digits: checked on the whole column at once.
+    if n and set(map(len, fps)) == {_FP_HEX}:
+        text = "".join(fps)
+        if all(text[i::_FP_HEX] == c * n for i, c in enumerate(FINGERPRINT_PREFIX)):
+            text = "".join(map(_FP_TAIL, fps))
+            if text == text.lower():
+                try:
+                    return unhexlify(text), {}
+                except ValueError:  # a digit not hex (binascii.Error), or not ASCII
+                    pass
+    out, odd = [], {}
+    for n, fp in enumerate(fps):
+        if len(fp) == _FP_HEX and _FP_RUN.fullmatch(fp):
+            out.append(bytes.fromhex(fp[len(FINGERPRINT_PREFIX) :]))
+        else:
+            out.append(bytes(32))
+            odd[n] = fp
+    return b"".join(out), odd
+
+
+def fingerprints(data: bytes, odd: dict[int, str], base: int = 0) -> list[str]:
+    """The fingerprints `digests` packed (`odd` by position plus `base`)."""
+    text = data.hex()
+    out = [FINGERPRINT_PREFIX + text[a : a + 64] for a in range(0, len(text), 64)]
+    for n in range(len(out)) if odd else ():
+        if base + n in odd:
+            out[n] = odd[base + n]
+    return out
+
+
+_SEP, _END = ("\x1f",), ("\n",)
+
+
+def pack(rows: Sequence[Row]) -> Block:
+    """Rows as one block."""
+    keys, cids, fps, costs, models, sizes = zip(*rows, strict=True)
+    n = len(keys)
+    # Rows share an entry when their cost is one object and model and size are equal (a size
+    # 261.0 is not 261): producers hand out one estimate object per distinct estimate.
+    first: dict[tuple, int] = {}
+    where = list(
+        map(
+            first.setdefault,
+            zip(map(id, costs), models, sizes, map(type, sizes), strict=True),
+            range(n),
+        )
+    )
+    slots = list(first.values())
+    if len(slots) == 1:
+        index = array("I", bytes(4 * n))
+    else:
+        entry = dict(zip(slots, range(len(slots)), strict=True))
+        index = array("I", map(entry.__getitem__, where))
+    table = [(costs[p], models[p], sizes[p]) for p in slots]
+    fp_data, odd = digests(fps)
+    spelled: list[str] = [""] * (4 * n)  # key, \x1f, fingerprint, \n: one join
+    spelled[0::4], spelled[1::4], spelled[2::4], spelled[3::4] = keys, _SEP * n, fps, _END * n
+    return Block(n, *joined(keys), *joined(cids), fp_data, odd, table, index, "".join(spelled))
+
+
+def blocks(rendered: Iterable[Row | list[Row] | Block], size: int = BLOCK_ROWS) -> Iterator[Block]:
+    """Rows, lists of rows and blocks as blocks, in order (single rows packed `size` at a
+    time, a list as one block)."""
+    chunk: list[Row] = []
+    for part in rendered:
+        kind = type(part)
+        if kind is Block or kind is list:
+            if chunk:
+                yield pack(chunk)
+                chunk = []
+            if part:
+                yield part if kind is Block else pack(part)  # type: ignore[misc, arg-type]
+            continue
+        chunk.append(part)  # type: ignore[arg-type]
+        if len(chunk) == size:
+            yield pack(chunk)
+            chunk = []
+    if chunk:
+        yield pack(chunk)
+
+
+def unpack(block: Block) -> Iterator[Row]:
+    """The rows of a block, as they were packed."""
+    table = block.table
+    keys, cids = split(block.keys, block.key_ends), split(block.custom_ids, block.custom_id_ends)
+    fps = fingerprints(block.digests, block.odd)
+    for key, cid, fp, i in zip(keys, cids, fps, block.index, strict=True):
+        cost, model, size = table[i]
+        yield key, cid, fp, cost, model, size
+
+
 # A template's place in the request while the job's pieces are written: a JSON string no
 # literal of the spec holds (checked: each is found exactly once, else no fast path).
 _MARK = "\x00batchops-template-{}\x00"
@@ -69,6 +207,26 @@ def rows(
 ) -> Iterator[Row]:
     """Every item's row of `job`, in order; SpecError as `iter_items` raises it. With `spool`,
     each item's request line is written there too, in the same order (for `plan -o`)."""
+    if job.requests is not None or job.attachments:
+        yield from chunks(job, root, prices, today, price_cache, spool, 1)
+        return
+    for chunk in chunks(job, root, prices, today, price_cache, spool):
+        yield from chunk
+
+
+def chunks(
+    job: Job,
+    root: Path,
+    prices: PriceTable,
+    today: date,
+    price_cache: dict[str, Any],
+    spool: JobSpool | None = None,
+    size: int = BLOCK_ROWS,
+) -> Iterator[list[Row]]:
+    """`rows` in lists of about `size` (a consumer takes them a list at a time: no work per
+    row on the way); SpecError as `iter_items` raises it. A requests or attachments job
+    gives single rows when `size` is 1. With `spool`, each item's request line is written
+    there too, in the same order (for `plan -o`)."""
 
     def of_item(item: Item) -> Row:
         row = item_row(job, item, prices, today, price_cache)
@@ -77,13 +235,14 @@ def rows(
         return row
 
     if job.requests is not None or job.attachments:
-        yield from map(of_item, iter_items(job, root))
+        made = map(of_item, iter_items(job, root))
+        yield from made if size == 1 else iter(lambda: list(islice(made, size)), [])
         return
     problems = _Problems()
     try:
         general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
         maker = RowMaker.compile(job, general.renderer, prices, today, spool)
-        yield from _made(job, root, general, maker and maker.make, of_item)
+        yield from _made_lists(job, root, general, maker and maker.make, of_item)
     except _Fatal as e:
         raise problems.error(e.line(job.name)) from None
     if problems.count:
@@ -164,59 +323,81 @@ def _made(
 ) -> Iterator[Any]:
     """`make(row, key)` of each row it takes, `of_item` of the general path's item of the others
     (every row when `make` is None)."""
-    if make is None:
-        for number, row in general.source():
-            item = general.item(number, row)
-            if item is not None:
-                yield of_item(item)
-    elif job.input is not None and job.input.format == "jsonl":
-        yield from _jsonl(job, root, general, make, of_item)
-    else:
-        yield from _rows(general, make, of_item)
+    for made in _made_lists(job, root, general, make, of_item):
+        yield from made
 
 
-def _jsonl(
+def _made_lists(
     job: Job,
     root: Path,
     general: TemplateRows,
-    make: Callable[[dict[str, Any], str], Any],
+    make: Callable[[dict[str, Any], str], Any] | None,
     of_item: Callable[[Item], Any],
-) -> Iterator[Any]:
-    seen, key_field = general.seen, general.key_field
-    for first, lines in _line_blocks(job.input.path, general.shown, root):  # type: ignore[union-attr]
-        for number, line in enumerate(lines, first):
-            row = plain_row(line)
-            if row is not None:
-                key = row.get(key_field)
-                if type(key) is str and key and key not in seen:
-                    made = make(row, key)
-                    if made is not None:
-                        seen[key] = number
-                        yield made
+) -> Iterator[list[Any]]:
+    """`_made` in lists of about BLOCK_ROWS; what came before a problem that ends the job is
+    given before it is raised."""
+    out: list[Any] = []
+    add = out.append
+    try:
+        if make is None:
+            for number, row in general.source():
+                item = general.item(number, row)
+                if item is not None:
+                    add(of_item(item))
+                    if len(out) == BLOCK_ROWS:
+                        yield out
+                        out = []
+                        add = out.append
+        elif job.input is not None and job.input.format == "jsonl":
+            seen, key_field = general.seen, general.key_field
+            for first, lines in _line_blocks(job.input.path, general.shown, root):
+                for number, line in enumerate(lines, first):
+                    row = plain_row(line)
+                    if row is not None:
+                        key = row.get(key_field)
+                        if type(key) is str and key and key not in seen:
+                            made = make(row, key)
+                            if made is not None:
+                                seen[key] = number
+                                add(made)
+                                if len(out) == BLOCK_ROWS:
+                                    yield out
+                                    out = []
+                                    add = out.append
+                                continue
+                    item = general.line(number, line)
+                    if item is not None:
+                        add(of_item(item))
+                if len(out) >= BLOCK_ROWS:
+                    yield out
+                    out = []
+                    add = out.append
+        else:
+            seen, key_field, item_of = general.seen, general.key_field, general.item
+            for number, row in general.source():
+                made = None
+                if type(row) is dict:
+                    key = row.get(key_field)
+                    if type(key) is str and key and key not in seen:
+                        made = make(row, key)
+                        if made is not None:
+                            seen[key] = number
+                if made is None:
+                    item = item_of(number, row)
+                    if item is None:
                         continue
-            item = general.line(number, line)
-            if item is not None:
-                yield of_item(item)
-
-
-def _rows(
-    general: TemplateRows,
-    make: Callable[[dict[str, Any], str], Any],
-    of_item: Callable[[Item], Any],
-) -> Iterator[Any]:
-    seen, key_field, item_of = general.seen, general.key_field, general.item
-    for number, row in general.source():
-        if type(row) is dict:
-            key = row.get(key_field)
-            if type(key) is str and key and key not in seen:
-                made = make(row, key)
-                if made is not None:
-                    seen[key] = number
-                    yield made
-                    continue
-        item = item_of(number, row)
-        if item is not None:
-            yield of_item(item)
+                    made = of_item(item)
+                add(made)
+                if len(out) == BLOCK_ROWS:
+                    yield out
+                    out = []
+                    add = out.append
+    except _Fatal:
+        if out:
+            yield out
+        raise
+    if out:
+        yield out
 
 
 class RowMaker:
