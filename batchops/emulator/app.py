@@ -156,15 +156,27 @@ def envelope_problem(body: Any) -> str | None:
 CLOSE = {"connection": "close"}
 
 
+DRAIN_BYTES = 16 << 20  # how far over its cap a body is still read before a 413
+
+
 async def read_capped(request: Request, cap: int) -> bytearray | None:
-    """The body, or None if it is larger than `cap` bytes."""
+    """The body, or None if it is larger than `cap` bytes. A body at most DRAIN_BYTES over
+    the cap is read to its end first (and dropped), so that the client, still sending it, gets
+    the 413 instead of a connection reset; a larger one is refused from its declared length."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
+    if declared and declared.isdigit() and int(declared) > cap + DRAIN_BYTES:
         return None
     body = bytearray()
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         body += chunk
         if len(body) > cap:
+            read = len(body)
+            del body
+            async for rest in stream:
+                read += len(rest)
+                if read > cap + DRAIN_BYTES:
+                    break
             return None
     return body
 
