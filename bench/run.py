@@ -116,15 +116,18 @@ def run(
     """Run `argv` in a child; its wall time and its own peak RSS (from wait4)."""
     full_env = {**os.environ, **NO_PROXY, **(env or {})}
     out = stdout_to.open("wb") if stdout_to else subprocess.PIPE
+    # The child inherits the cores from this process, set around its start: a `preexec_fn`
+    # would fork a full copy of this process first, and its pages would count in the child's
+    # peak RSS (kept across exec), not only the command's own.
+    every = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=full_env,
-        stdout=out,
-        stderr=subprocess.PIPE,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.PIPE)
+    finally:
+        if cpus:
+            os.sched_setaffinity(0, every)
     data = proc.stdout.read() if proc.stdout else b""
     err = proc.stderr.read() if proc.stderr else b""
     _, status, usage = os.wait4(proc.pid, 0)
