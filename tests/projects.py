@@ -90,3 +90,17 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def rows_outcome(rows_of):
+    """(the rows `rows_of()` yields, and the problems of the SpecError that ended them, or
+    None): what a render gave, errors included, for comparing two ways to render."""
+    from batchops.errors import SpecError
+
+    out = []
+    try:
+        for row in rows_of():
+            out.append(row)
+    except SpecError as e:
+        return out, e.problems
+    return out, None

@@ -8,10 +8,10 @@ from datetime import date
 
 import pytest
 
-from batchops.errors import SpecError
 from batchops.pricing import ItemEstimate, PriceTable
 from batchops.spec import desired, parallel, rowmaker
 from batchops.spec.model import load_project
+from tests.projects import rows_outcome
 
 TODAY = date(2026, 11, 21)
 GOOD = [f'{{"id": "k{i}", "kind": "t", "text": "row {i}"}}' for i in range(40)]
@@ -28,18 +28,8 @@ def project(tmp_path, lines: list[str]):
     return load_project(tmp_path / "jobs", tmp_path)
 
 
-def outcome(rows_of):
-    out = []
-    try:
-        for row in rows_of():
-            out.append(row)
-    except SpecError as e:
-        return out, e.problems
-    return out, None
-
-
 def serial(job, root):
-    return outcome(lambda: rowmaker.rows(job, root, PriceTable.load(), TODAY, {}))
+    return rows_outcome(lambda: rowmaker.rows(job, root, PriceTable.load(), TODAY, {}))
 
 
 def parts(job, root, chunk_bytes=150):
@@ -51,7 +41,7 @@ def parts(job, root, chunk_bytes=150):
 
 
 def many(job, root, chunk_bytes=150):
-    return outcome(
+    return rows_outcome(
         lambda: parallel.desired_rows(
             job, root, PriceTable.load(), TODAY, chunk_bytes=chunk_bytes, processes=2
         )

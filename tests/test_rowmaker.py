@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from batchops.errors import SpecError
 from batchops.pricing import PriceTable
 from batchops.spec import files, rowmaker
 from batchops.spec.items import TemplateRows, _Problems, iter_items
 from batchops.spec.model import load_project
+from tests.projects import rows_outcome
 
 TODAY = date(2026, 11, 21)
 PRICES = PriceTable.load()
@@ -112,19 +112,9 @@ def lines(draw) -> str:
     return draw(st.sampled_from(["[1, 2]", "3", '"text"', "{", "nul\x00", '{"id": "x",}']))
 
 
-def _outcome(rows_of):
-    out = []
-    try:
-        for row in rows_of():
-            out.append(row)
-    except SpecError as e:
-        return out, e.problems
-    return out, None
-
-
 def _both(job, root):
-    fast = _outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}))
-    slow = _outcome(
+    fast = rows_outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}))
+    slow = rows_outcome(
         lambda: (rowmaker.item_row(job, i, PRICES, TODAY, {}) for i in iter_items(job, root))
     )
     return fast, slow
@@ -236,7 +226,7 @@ def test_a_million_style_job_is_made_by_the_fast_path(tmp_path, monkeypatch):
     fast, slow = _both(job, tmp_path)
     assert fast == slow and len(fast[0]) == 50
     monkeypatch.setattr(TemplateRows, "line", lambda *a: pytest.fail("general path used"))
-    assert _outcome(lambda: rowmaker.rows(job, tmp_path, PRICES, TODAY, {})) == fast
+    assert rows_outcome(lambda: rowmaker.rows(job, tmp_path, PRICES, TODAY, {})) == fast
 
 
 def test_a_line_over_the_limit_ends_both_paths_alike(tmp_path, monkeypatch):
@@ -302,8 +292,8 @@ def test_many_cores_give_the_rows_of_one(shape, data, chunk, bom):
         root = Path(tmp).resolve()
         text = ("\ufeff" if bom else "") + "".join(line + "\n" for line in data)
         job = _project(root, shape, 'input = { path = "data/rows.jsonl", key = "id" }', text)
-        one = _outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}))
-        many = _outcome(
+        one = rows_outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}))
+        many = rows_outcome(
             lambda: parallel.desired_rows(job, root, PRICES, TODAY, chunk_bytes=chunk, processes=2)
         )
         assert many == one
@@ -322,9 +312,9 @@ def test_many_cores_at_the_edges_of_a_file(tmp_path, monkeypatch, text):
 
     monkeypatch.setattr(files, "MAX_LINE_BYTES", 64)  # the workers are forked: they see it too
     job = _project(tmp_path, "bare", 'input = { path = "data/rows.jsonl", key = "id" }', text)
-    one = _outcome(lambda: rowmaker.rows(job, tmp_path, PRICES, TODAY, {}))
+    one = rows_outcome(lambda: rowmaker.rows(job, tmp_path, PRICES, TODAY, {}))
     for chunk in (1, 30, 1000):
-        many = _outcome(
+        many = rows_outcome(
             lambda c=chunk: parallel.desired_rows(
                 job, tmp_path, PRICES, TODAY, chunk_bytes=c, processes=2
             )
