@@ -24,12 +24,12 @@ from batchops.plan.actions import SubmitBatch
 from batchops.spec import rowmaker
 from batchops.spec.desired import requests_for
 from batchops.spec.items import TemplateRows, iter_items
-from tests.projects import context, rows, write_project, write_rows
-from tests.test_rowmaker import JOBS, _outcome, _project, lines
+from tests.projects import context, rows, rows_outcome, write_project, write_rows
+from tests.test_rowmaker import JOBS, _project, lines
 
 
 def _general(job, root):
-    return _outcome(
+    return rows_outcome(
         lambda: (
             (i.key, i.fingerprint, orjson.dumps(i.params))
             for i in iter_items(job, root, custom_ids=False)
@@ -38,7 +38,7 @@ def _general(job, root):
 
 
 def _fast(job, root):
-    return _outcome(lambda: rowmaker.requests(job, root))
+    return rows_outcome(lambda: rowmaker.requests(job, root))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -27,8 +27,8 @@ from batchops.plan.actions import SubmitBatch
 from batchops.spec import rowmaker
 from batchops.spec.items import iter_items
 from batchops.spec.spool import RequestSpool, request_line
-from tests.projects import apply, context, rows, run_cli, write_project, write_rows
-from tests.test_rowmaker import JOBS, PRICES, TODAY, _outcome, lines
+from tests.projects import apply, context, rows, rows_outcome, run_cli, write_project, write_rows
+from tests.test_rowmaker import JOBS, PRICES, TODAY, lines
 from tests.test_rowmaker import _project as _shaped
 
 
@@ -45,7 +45,9 @@ def test_kept_lines_are_the_general_paths_requests(shape, data):
         job = _shaped(root, shape, 'input = { path = "data/rows.jsonl", key = "id" }', text)
         spool = RequestSpool()
         kept_lines = spool.job(job.name)
-        made, problems = _outcome(lambda: rowmaker.rows(job, root, PRICES, TODAY, {}, kept_lines))
+        made, problems = rows_outcome(
+            lambda: rowmaker.rows(job, root, PRICES, TODAY, {}, kept_lines)
+        )
         if problems is not None:
             assert spool.complete(job.name, len(made)) is None
             return
