@@ -213,3 +213,36 @@ def test_opening_state_needs_no_sqlite_utils(tmp_path):
         ["state", "migrate"],
     ):
         assert loaded_by(argv, tmp_path, ("sqlite_utils",), env) == [], argv
+
+
+# What a no-op apply does not need: it plans once, takes its lock, polls the batches not yet
+# archived (here the SDK is imported) and finds nothing to run.
+NOT_FOR_NOOP_APPLY = (
+    "batchops.apply.evaluator",  # nothing to run
+    "batchops.plan.saved",  # no saved plan, nothing to send
+    "batchops.commands.results",  # no output file to write
+    "ctypes",  # the heap is given back after a create only
+)
+
+
+def test_a_noop_apply_imports_only_what_it_uses(tmp_path, emulator):
+    from tests.projects import API_KEY, apply, context, rows, write_project
+
+    write_project(tmp_path, rows(3))
+    report = apply(context(tmp_path, emulator), wait=True)
+    assert not report.problems and report.final_plan.jobs[0].counts["succeeded"] == 3
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env.update(
+        ANTHROPIC_BASE_URL=emulator,
+        ANTHROPIC_API_KEY=API_KEY,
+        NO_PROXY="127.0.0.1",
+        BATCHOPS_STATE=str(tmp_path / "state" / "batchops.db"),
+    )
+    assert loaded_by(["apply", "--yes"], tmp_path, NOT_FOR_NOOP_APPLY, env) == []
+    # the same apply with a job to run loads the evaluator (the probe watches what it should)
+    write_project(tmp_path, rows(4))
+    assert loaded_by(["apply", "--yes"], tmp_path, NOT_FOR_NOOP_APPLY, env) == [
+        "batchops.apply.evaluator",
+        "batchops.plan.saved",
+        "ctypes",
+    ]

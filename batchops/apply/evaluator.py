@@ -16,21 +16,19 @@ state that the next apply completes:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from batchops.apply.refresh import as_record
+from batchops.apply.report import ApplyReport, NullProgress, Progress
 from batchops.clock import iso
 from batchops.errors import CreateOutcomeUnknown, LockHeld, NotFound, PlanError, RemoteError
 from batchops.plan.actions import (
@@ -46,7 +44,6 @@ from batchops.plan.actions import (
     SubmitBatch,
     SubmitItem,
 )
-from batchops.plan.serialize import failed_dict
 from batchops.pricing import money, usage_counts
 from batchops.remote import BatchesClient, encode_request
 from batchops.spec import caching
@@ -76,66 +73,6 @@ def checkpoint(name: str) -> None:
     """Die here, hard, when a test asks for it (BATCHOPS_TEST_DIE_AT=name)."""
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-class Progress(Protocol):
-    def note(self, message: str) -> None: ...
-
-    def waiting(self, done: int, total: int, in_flight: int) -> None: ...
-
-
-class NullProgress:
-    def note(self, message: str) -> None:
-        pass
-
-    def waiting(self, done: int, total: int, in_flight: int) -> None:
-        pass
-
-
-@dataclass
-class ApplyReport:
-    submitted: int = 0
-    reused: int = 0  # items answered by stored results of the same requests
-    saved_usd: float = 0.0  # their expected cost
-    batches_created: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-    harvested: list[str] = field(default_factory=list)
-    results_stored: int = 0
-    canceled: list[str] = field(default_factory=list)
-    pruned: list[str] = field(default_factory=list)
-    requeued: list[str] = field(default_factory=list)
-    drift: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    final_plan: Plan | None = None
-    timed_out: bool = False
-    approved: bool = True
-    outputs: list[Path] = field(default_factory=list)  # job output files written
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of `apply --json` / `refresh --json` (format_version 1)."""
-        final = self.final_plan
-        return {
-            "format_version": 1,
-            "approved": self.approved,
-            "submitted": self.submitted,
-            "reused": self.reused,
-            "saved_usd": round(self.saved_usd, 6),
-            "batches_created": self.batches_created,
-            "adopted": self.adopted,
-            "harvested": self.harvested,
-            "results_stored": self.results_stored,
-            "canceled": self.canceled,
-            "pruned": self.pruned,
-            "requeued": self.requeued,
-            "drift": self.drift,
-            "problems": self.problems,
-            "timed_out": self.timed_out,
-            "outputs": [str(p) for p in self.outputs],
-            "jobs": [
-                {"name": j.name, "counts": j.counts, "failed": [failed_dict(f) for f in j.failed]}
-                for j in (final.jobs if final is not None else ())
-            ],
-        }
 
 
 class HarvestFailed(Exception):
@@ -558,6 +495,9 @@ def _give_back_memory() -> None:
     """Return the freed heap to the system (glibc only): a 200 MB batch's request bytes leave
     holes in the heap that the interpreter's own allocator never reuses, so the plan made after
     a create would otherwise add its memory on top of them."""
+    import ctypes  # only after a create (~3 ms to import, with `ctypes.util`)
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(0)

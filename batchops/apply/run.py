@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from batchops.apply.evaluator import ApplyReport, Evaluator, Progress, RequestSource
-from batchops.apply.refresh import as_record, poll
+from batchops.apply.report import ApplyReport, Progress
 from batchops.errors import NotFound, RemoteError, StateError
 from batchops.plan.actions import (
     Cancel,
@@ -28,13 +28,18 @@ from batchops.plan.actions import (
     SubmitItem,
     action_counts,
 )
-from batchops.plan.build import check_budget
 from batchops.plan.diff import BatchLimits
 from batchops.plan.memo import Planner
-from batchops.plan.saved import SavedPlan, saved_requests, spec_requests
 from batchops.remote import BatchesClient
 from batchops.spec.desired import Desired
 from batchops.state.api import StateWriter
+
+if TYPE_CHECKING:
+    from batchops.apply.evaluator import Evaluator, RequestSource
+    from batchops.plan.saved import SavedPlan
+
+# The evaluator, the saved-plan reader and the budget check are imported when a cycle has
+# something to run: a no-op apply is a no-op plan and a lock, and should cost about as much.
 
 Confirm = Callable[[Plan], bool]
 MAX_FOLLOW_UPS = 3  # without --wait: cycles after the first, to send what a harvest settled
@@ -55,6 +60,8 @@ def refresh_state(
     for record in state.batches():
         if record.finished or (jobs is not None and record.job not in jobs):
             continue
+        from batchops.apply.refresh import poll
+
         updated, note = poll(record, client, now)
         if note:
             report.drift.append(note)
@@ -88,7 +95,7 @@ def run_cycles(
 ) -> ApplyReport:
     """The reconcile loop. The caller holds the state (and so its lock)."""
     report = ApplyReport()
-    evaluator = Evaluator(state, client, clock, progress, report)
+    evaluator: Evaluator | None = None
     started = time.monotonic()
     first = True
     follow_ups = 0
@@ -96,7 +103,7 @@ def run_cycles(
     while True:
         if saved is not None and first:
             plan = saved.plan
-            requests: RequestSource = lambda index, step: saved_requests(saved, index)  # noqa: E731
+            requests: RequestSource = _saved_source(saved)
         else:
             scope = None if planner.all_jobs_in_scope else set(planner.names)
             refresh_state(state, client, clock(), report, progress, scope)
@@ -107,11 +114,17 @@ def run_cycles(
             requests = _spec_source(plan, planner)
         if plan.changes:
             if submit:
+                from batchops.plan.build import check_budget
+
                 check_budget(plan)
             if confirm is not None and not confirm(plan):
                 report.approved = False
                 return report
         if plan.steps:
+            if evaluator is None:
+                from batchops.apply.evaluator import Evaluator
+
+                evaluator = Evaluator(state, client, clock, progress, report)
             evaluator.run(plan, requests)
         first = False
         planner.drop_replace()  # `--replace` items are sent once, by this first cycle
@@ -126,7 +139,8 @@ def run_cycles(
         else:
             final = planner.plan(state, clock(), limits=limits)
         report.final_plan = final
-        sendable = [s for s in final.submits if s.job not in evaluator.failed_jobs]
+        failed_jobs = evaluator.failed_jobs if evaluator is not None else set()
+        sendable = [s for s in final.submits if s.job not in failed_jobs]
         if not wait:
             follow_up = submit and saved is None and (sendable or final.reuses or _forgets(final))
             if harvested and follow_up and follow_ups < MAX_FOLLOW_UPS:
@@ -157,6 +171,13 @@ def _forgets(plan: Plan) -> bool:
     return any(isinstance(s, Forget) and s.keys for s in plan.steps)
 
 
+def _saved_source(saved: SavedPlan) -> RequestSource:
+    """Requests of each submit step, read from the saved plan's own lines."""
+    from batchops.plan.saved import saved_requests
+
+    return lambda index, step: saved_requests(saved, index)
+
+
 def _spec_source(plan: Plan, planner: Planner) -> RequestSource:
     """Requests of each submit step, rendered from the specs once per job, in step order (a
     plan with nothing to send renders nothing)."""
@@ -166,6 +187,8 @@ def _spec_source(plan: Plan, planner: Planner) -> RequestSource:
     def requests(index: int, step: SubmitBatch):
         nonlocal chunks
         if chunks is None:
+            from batchops.plan.saved import spec_requests
+
             chunks = spec_requests(plan, planner.desired)
         while True:
             chunk = next(chunks)
@@ -251,7 +274,11 @@ def import_batch(
     ]
     intent_id = f"intent_{uuid.uuid4().hex}"
     state.record_intent(intent_id, job_name, items, 0, clock())
+    from batchops.apply.refresh import as_record
+
     state.record_created(intent_id, as_record(remote, job_name), clock())
+    from batchops.apply.evaluator import Evaluator
+
     evaluator = Evaluator(state, client, clock, progress)
     record = state.batch(batch_id)
     if record is None or not evaluator.harvest(record):

@@ -24,7 +24,7 @@ from batchops.state import is_postgres, open_reader, open_writer, state_exists
 # The planner and the state's records are imported where they are used: `validate` needs
 # neither, and a cold start pays for every module it loads.
 if TYPE_CHECKING:
-    from batchops.apply.evaluator import ApplyReport, Progress
+    from batchops.apply.report import ApplyReport, Progress
     from batchops.plan.actions import Plan
     from batchops.plan.diff import BatchLimits
     from batchops.plan.memo import Planner
@@ -296,7 +296,7 @@ class Context:
     ) -> ApplyReport:
         """Reconcile remote batches with the specs (or run a saved plan); see `apply.run`.
         `replace_items` (`JOB:KEY`) are sent again on purpose, once."""
-        from batchops.apply.evaluator import NullProgress
+        from batchops.apply.report import NullProgress
         from batchops.apply.run import run_cycles
         from batchops.plan.memo import Planner
 
@@ -357,7 +357,8 @@ class Context:
                 )
             finally:
                 state.close()
-            if report.approved:
+            # the export module only for a project with an output file to write
+            if report.approved and any(j.output is not None for j in planner.project.jobs):
                 from batchops.commands.results import write_outputs
 
                 report.outputs = write_outputs(self, job_names, report.final_plan)

@@ -63,10 +63,9 @@ def process_started(pid: int) -> str:
 
 def me() -> tuple[int, str, str, str]:
     """(pid, host, pid namespace, start time) of this process."""
-    import socket  # only a writer names its host (~2 ms to import)
-
     pid = os.getpid()
-    return pid, socket.gethostname(), pid_namespace(), process_started(pid)
+    # the host's name as `socket.gethostname()` gives it, without importing socket (~5 ms)
+    return pid, os.uname().nodename, pid_namespace(), process_started(pid)
 
 
 def holder_gone(lease: LockInfo) -> bool:
