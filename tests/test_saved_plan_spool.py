@@ -233,3 +233,44 @@ def test_a_spool_knows_which_jobs_are_whole():
     broken.finish()
     assert spool.complete("b", 0) is None and spool.complete("b", 1) is None
     spool.close()
+
+
+def _on_workers(monkeypatch, chunk_bytes=64):
+    """Jobs with a jsonl input rendered by two worker processes, a few lines a range."""
+    from batchops.spec import parallel
+
+    monkeypatch.setattr(parallel.wants_parallel, "__defaults__", (0,))
+    monkeypatch.setattr(parallel, "workers", lambda: 2)
+    rest = parallel.desired_blocks.__defaults__[1:]
+    monkeypatch.setattr(parallel.desired_blocks, "__defaults__", (chunk_bytes, *rest))
+
+
+def test_lines_kept_by_worker_processes_make_the_same_file(tmp_path, monkeypatch):
+    """On every core, each worker keeps its ranges' lines and the parent takes them in range
+    order: the file is the one a second render makes (the fast producer's rows and the general
+    path's, r8, both)."""
+    _project(tmp_path, TRICKY + rows(40)[8:])
+    _on_workers(monkeypatch)
+    ctx = context(tmp_path, None, max_batch_requests=7)
+    plan, kept, rendered = _both(tmp_path, ctx, monkeypatch)
+    assert _comparable(kept) == _comparable(rendered)
+    assert ctx.load_plan(kept).plan == plan
+
+
+def test_a_job_the_workers_hand_back_is_rendered_again(tmp_path, monkeypatch):
+    """A duplicate key ends the workers' pass (the one-core path tells it): no line is kept for
+    the job, so a saved plan renders it again rather than save a part of it."""
+    from batchops.spec import parallel
+
+    _project(tmp_path, TRICKY + rows(40)[8:])
+    _on_workers(monkeypatch)
+    monkeypatch.setattr(parallel, "_key_hash", lambda key: 0)  # every key "seen before"
+    ctx = context(tmp_path, None)
+    plan, desired = ctx.plan(refresh=False, keep_requests=True)
+    assert desired.spool.complete("demo", 40) is None
+    assert desired.spool.complete("raw", 2) is not None
+    path = tmp_path / "plan.jsonl"
+    saved.save(plan, desired, path, "prices")
+    again, desired_again = ctx.plan(refresh=False)
+    saved.save(again, desired_again, tmp_path / "rendered.jsonl", "prices")
+    assert _comparable(path) == _comparable(tmp_path / "rendered.jsonl")

@@ -495,13 +495,12 @@ def _rows(
 ) -> Iterator[rowmaker.Row | list[rowmaker.Row] | rowmaker.Block]:
     """(key, custom_id, fingerprint, cost (an estimate, or None when unpriced), model, request
     bytes) per item: one at a time, in lists, or in blocks (`rowmaker.Block`); with `spool`,
-    each item's request line is kept there (by this process's render only: the parallel one
-    keeps none)."""
-    if parallel.wants_parallel(job):
-        yield from parallel.desired_blocks(job, root, prices, today)
-        return
+    each item's request line is kept there (by this process, or by the worker processes)."""
     lines = spool.job(job.name) if spool is not None else None
-    yield from rowmaker.chunks(job, root, prices, today, price_cache, lines)
+    if parallel.wants_parallel(job):
+        yield from parallel.desired_blocks(job, root, prices, today, lines=lines)
+    else:
+        yield from rowmaker.chunks(job, root, prices, today, price_cache, lines)
     if lines is not None:
         lines.finish()
 

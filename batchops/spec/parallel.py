@@ -8,11 +8,14 @@ the general path). Each range comes back as one `rowmaker.Block` (its rows packe
 `desired.ItemTable` holds, taken whole) and the hash of each key; the parent keeps source order
 and finds duplicate keys by those hashes, with no work per row. A range with a problem (or a
 duplicate) hands the job to the one-core path (`rowmaker.rows`), which reports every problem
-with exactly its lines — a test holds the two paths to that.
+with exactly its lines — a test holds the two paths to that. For `plan -o`, each worker also
+keeps the request lines of its ranges in a file of its own, which the parent appends to the job's
+spool in range order (`spec.spool`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from array import array
 from collections import deque
@@ -21,7 +24,7 @@ from datetime import date
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchops.pricing import PriceTable
 from batchops.spec import rowmaker
@@ -29,6 +32,9 @@ from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
 from batchops.spec.items import TemplateRows, _Fatal, _json_line, _Problems
 from batchops.spec.model import Job, display_path
 from batchops.spec.rowmaker import Block, Row, RowMaker, item_row, pack, plain_row, unpack
+
+if TYPE_CHECKING:
+    from batchops.spec.spool import JobSpool
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 CHUNK_BYTES = 2 * 1024 * 1024  # about this much input per range (several are in flight)
@@ -82,13 +88,15 @@ def desired_blocks(
     today: date,
     chunk_bytes: int = CHUNK_BYTES,
     processes: int | None = None,
+    lines: JobSpool | None = None,
 ) -> Iterator[Block | Row]:
-    """`rowmaker.rows` of a jsonl job, rendered by worker processes: a block a range, in order.
+    """`rowmaker.rows` of a jsonl job, rendered by worker processes: a block a range, in order;
+    with `lines`, the request lines the workers kept are taken there, in the same order.
 
     A range that holds a problem, or a key seen before, ends the workers' pass: the one-core
     path renders the job again and gives its rows from there on, and its SpecError, so every
     problem is told exactly as one core tells it (a job with problems is rare, and plans
-    nothing)."""
+    nothing; its lines are not kept)."""
     if job.input is None:
         raise ValueError("desired_rows needs a job with an input file")
     problems = _Problems()
@@ -108,12 +116,17 @@ def desired_blocks(
     # does). A hash seen twice is a duplicate key, or very rarely two keys with one hash: the
     # one-core path tells which.
     hashes: set[int] = set()
-    with f:
+    with f, contextlib.ExitStack() as stack:
+        folder = None
+        if lines is not None:  # each worker's lines, until taken
+            import tempfile
+
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="batchops-spool-"))
         pool = ProcessPoolExecutor(
             max_workers=count,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_init,
-            initargs=(job, root, f.fileno(), prices, today),
+            initargs=(job, root, f.fileno(), prices, today, folder),
         )
         try:
             pending: deque = deque()
@@ -130,7 +143,7 @@ def desired_blocks(
                     pending.append(pool.submit(_render_range, *span))
                 if not pending or not clean:
                     break
-                ok, block, keys = pending.popleft().result()
+                ok, block, keys, kept = pending.popleft().result()
                 if not ok:
                     clean = False
                 elif block is not None:
@@ -139,12 +152,16 @@ def desired_blocks(
                     if len(hashes) - before != block.count:
                         clean = False
                     else:
+                        if lines is not None:
+                            lines.take(*kept)
                         yield block
                         given += block.count
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     if not clean:
         del hashes
+        if lines is not None:
+            lines.broken = True  # the one-core path below keeps none: a saved plan renders again
         yield from islice(rowmaker.rows(job, root, prices, today, {}), given, None)
 
 
@@ -187,24 +204,35 @@ class _Noted(list):
     add = list.append
 
 
-def _init(job: Job, root: Path, fd: int, prices: PriceTable, today: date) -> None:
+def _init(
+    job: Job, root: Path, fd: int, prices: PriceTable, today: date, folder: str | None
+) -> None:
     general = TemplateRows(job, root, display_path(job.spec_file, root), _Problems())
+    lines = None
+    if folder is not None:
+        from batchops.spec.spool import JobSpool
+
+        lines = JobSpool.at(os.path.join(folder, f"worker-{os.getpid()}"))
     _worker.update(
         job=job,
         fd=fd,
         general=general,
-        maker=RowMaker.compile(job, general.renderer, prices, today),
+        lines=lines,
+        maker=RowMaker.compile(job, general.renderer, prices, today, lines),
         prices=prices,
         today=today,
         price_cache={},
     )
 
 
-def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | None]:
-    """One range's rows as a block (None: it has none) and the hash of each one's key; False
-    and nothing else when the range holds a problem. (Where its lines stand in the file is not
+def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | None, tuple | None]:
+    """One range's rows as a block (None: it has none), the hash of each one's key, and where
+    its request lines were kept (`JobSpool.piece`, when the parent keeps them); False and
+    nothing else when the range holds a problem. (Where its lines stand in the file is not
     known here: the one-core path, which tells problems, counts them.)"""
     w = _worker
+    kept: JobSpool | None = w["lines"]
+    begun = kept.begin() if kept is not None else 0
     job: Job = w["job"]
     general: TemplateRows = w["general"]
     general.problems = _Noted()  # type: ignore[assignment]
@@ -234,13 +262,16 @@ def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | Non
                 key = general.key(number, row)
                 item = None if key is None else general.made(number, row, key)
                 if item is None:
-                    return False, None, None
+                    return False, None, None, None
                 add(item_row(job, item, prices, today, price_cache))
+                if kept is not None:
+                    kept.add_params(item.key, item.custom_id, item.fingerprint, item.params)
     except (FileRefused, OSError, _Fatal):
-        return False, None, None
+        return False, None, None, None
     if not rows:
-        return True, None, None
-    return True, pack(rows), array("q", map(_key_hash, map(itemgetter(0), rows)))
+        return True, None, None, None
+    keys = array("q", map(_key_hash, map(itemgetter(0), rows)))
+    return True, pack(rows), keys, kept.piece(begun) if kept is not None else None
 
 
 _key_hash = hash

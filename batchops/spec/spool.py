@@ -13,8 +13,11 @@ puts the job's bytes around it. JSON as orjson writes it holds no raw control ch
 NUL byte, and the \x01 that ends a line of the job's other items (made by the general path,
 whole), can mean nothing else.
 
-A job's lines are kept only when its render ran to its end in this process: rows served by the
-rows cache or made by worker processes leave none, and a saved plan renders that job again.
+A job rendered by worker processes (`spec.parallel`) is kept by each worker in a file of its own
+(`JobSpool.at`), a range at a time; the parent appends each range's lines to the job's spool in
+the order of the ranges (`take`), so they stand in item order as one core would have written them.
+A job's lines are kept only when its render ran to its end: rows served by the rows cache, or a
+render the workers handed back to one core, leave none, and a saved plan renders that job again.
 """
 
 from __future__ import annotations
@@ -60,10 +63,13 @@ class JobSpool:
 
     __slots__ = ("file", "write", "sizes", "size", "ends", "broken", "around", "mixed")
 
-    def __init__(self) -> None:
-        import tempfile  # ~10 ms to import: only `plan -o` needs it
+    def __init__(self, path: str | None = None) -> None:
+        if path is None:
+            import tempfile  # ~10 ms to import: only `plan -o` needs it
 
-        self.file = tempfile.TemporaryFile(buffering=_READ)  # open until the spool closes
+            self.file = tempfile.TemporaryFile(buffering=_READ)  # open until the spool closes
+        else:
+            self.file = open(path, "w+b", buffering=_READ)  # noqa: SIM115 (closed by `close`)
         self.write = self.file.write  # the producer writes each line …
         self.sizes = array("I")
         self.size = self.sizes.append  # … and adds its length
@@ -97,6 +103,48 @@ class JobSpool:
             self.broken = True
             return
         self.add(key, custom_id, fingerprint, data)
+
+    @classmethod
+    def at(cls, path: str) -> JobSpool:
+        """A worker process's spool, in a file the parent reads (`piece`, then `take`)."""
+        return cls(path)
+
+    def begin(self) -> int:
+        """Where the lines of the range a worker starts now begin in its file."""
+        del self.sizes[:]  # in place: the producer holds `self.sizes.append`
+        return self.file.tell()
+
+    def piece(self, start: int) -> tuple[str, int, int, array, tuple | None, bool, bool]:
+        """What the parent needs of the lines a worker kept since `begin` gave `start`."""
+        self.file.flush()
+        end = self.file.tell()
+        return self.file.name, start, end, self.sizes, self.around, self.mixed, self.broken
+
+    def take(
+        self,
+        path: str,
+        start: int,
+        end: int,
+        sizes: array,
+        around: tuple[bytes, bytes] | None,
+        mixed: bool,
+        broken: bool,
+    ) -> None:
+        """Append the lines a worker kept for one range (`piece`), after those taken before."""
+        if broken or self.broken:
+            self.broken = True
+            return
+        self.around = around  # the same for every range: each worker compiled the same job
+        self.mixed = self.mixed or mixed
+        with open(path, "rb") as source:
+            fd = source.fileno()
+            while start < end:
+                data = os.pread(fd, min(_READ, end - start), start)
+                if not data:
+                    raise OSError(f"the request spool {path} was cut short")
+                self.write(data)
+                start += len(data)
+        self.sizes.extend(sizes)
 
     def finish(self) -> None:
         """The render ended: every item has its line."""
