@@ -353,6 +353,7 @@ def bench_plan(args, rows: list[Row], root: Path) -> None:
         ("text, all cores", [], None, 0.6, cold),
         ("`--json`, one core", ["--json"], one, 1.0, cold),
         ("`-o plan.jsonl`, one core", ["-o", str(root / "plan.jsonl")], one, 1.0, cold),
+        ("`-o plan.jsonl`, all cores", ["-o", str(root / "plan.jsonl")], None, 0.6, cold),
         ("text, one core, rows kept by a first plan", [], one, 1.0, state),
     ]
     run(batchops("plan", "--no-refresh"), cwd=root, env=state, stdout_to=root / "plan.out")
