@@ -118,7 +118,7 @@ class JobSpool:
         """What the parent needs of the lines a worker kept since `begin` gave `start`."""
         self.file.flush()
         end = self.file.tell()
-        return self.file.name, start, end, self.sizes, self.around, self.mixed, self.broken
+        return self.file.name, start, end, self.sizes[:], self.around, self.mixed, self.broken
 
     def take(
         self,
