@@ -24,13 +24,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from batchops.clock import iso, parse_time, utcnow
+from batchops.clock import iso, utcnow
 from batchops.errors import LockHeld, StateError
 from batchops.state.api import (
     NO_SUCCEEDED_ROW,
-    OUTCOMES,
-    OUTPUT_MEANS_SQL,
-    OUTPUT_SAMPLE,
     RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
@@ -44,15 +41,13 @@ from batchops.state.api import (
 from batchops.state.leases import conflicting, expiry, lease_names, lease_seconds, me, stale
 from batchops.state.records import (
     BatchRecord,
-    IntentRecord,
     ItemRecord,
-    JobSummary,
     LockInfo,
     ResultLookup,
     SentAttempt,
     UsageRow,
 )
-from batchops.state.shared import JOB_TABLES, KEPT_RESULTS_COUNT, SharedWrites, removal_rows
+from batchops.state.shared import SharedReads, SharedWrites
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_batchops_migrations"
@@ -144,7 +139,6 @@ _RESULT_COLUMNS = (
     " received_at"
 )
 _UNFINISHED = "batch_id = %s and status in ('open', 'sent')"
-_JOB_TABLES = tuple((table, where.replace("?", "%s")) for table, where in JOB_TABLES)
 
 
 def _server_now(conn: psycopg.Connection) -> datetime:
@@ -198,7 +192,7 @@ def _pending(conn: psycopg.Connection, location: str) -> list[str]:
     return [name for name in KNOWN_MIGRATIONS if name not in applied]
 
 
-class PostgresReader(StateReader):
+class PostgresReader(SharedReads, StateReader):
     def __init__(self, conn: psycopg.Connection, location: str, exists: bool):
         self.conn = conn
         self.location = location
@@ -231,30 +225,17 @@ class PostgresReader(StateReader):
     def close(self) -> None:
         self.conn.close()
 
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         if not self._exists:
             return []
         return self.conn.execute(sql, list(params)).fetchall()
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = self._rows(sql, params)
-        return rows[0][0] if rows else None
-
     @property
     def exists(self) -> bool:
         return self._exists
-
-    def meta(self, key: str) -> str | None:
-        return self._one("select value from meta where key = %s", [key])
-
-    @property
-    def lineage(self) -> str | None:
-        return self.meta("lineage")
-
-    @property
-    def serial(self) -> int:
-        value = self.meta("serial")
-        return int(value) if value is not None else 0
 
     def item_records(self, jobs: Sequence[str] | None = None) -> Iterator[ItemRecord]:
         if not self._exists:
@@ -269,39 +250,10 @@ class PostgresReader(StateReader):
         if not self._exists:
             return []
         cursor = self.conn.execute(
-            f"{_BATCH_SQL} {where} order by b.created_at nulls first", list(params)
+            f"{_BATCH_SQL} {self._sql(where)} order by b.created_at nulls first", list(params)
         )
         names = [d.name for d in cursor.description or ()]
         return [BatchRecord.from_row(dict(zip(names, row, strict=True))) for row in cursor]
-
-    def batches(self) -> list[BatchRecord]:
-        return self._batches()
-
-    def batch(self, batch_id: str) -> BatchRecord | None:
-        found = self._batches("where b.id = %s", [batch_id])
-        return found[0] if found else None
-
-    def inflight_by_batch(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        sql = (
-            "select a.batch_id, a.job, a.key from items i join attempts a on a.id = i.inflight_attempt"
-            " where a.batch_id is not null"
-        )
-        for batch_id, job, key in self._rows(sql):
-            out.setdefault(batch_id, set()).add(f"{job}\x1f{key}")
-        return out
-
-    def open_intents(self) -> list[IntentRecord]:
-        sql = (
-            "select id, job, created_at, request_count, status, batch_id, list_anchor,"
-            " create_sent_at is not null from intents where status = 'open' order by created_at"
-        )
-        return [
-            IntentRecord(
-                r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6], bool(r[7])
-            )
-            for r in self._rows(sql)
-        ]
 
     def leases(self) -> list[LockInfo]:
         if not self.exists:
@@ -311,70 +263,12 @@ class PostgresReader(StateReader):
         rows = self._rows("select lock_id, pid, host, since, command from lock where id = 1")
         return [LockInfo(*r) for r in rows]
 
-    def lock(self) -> LockInfo | None:
-        held = self.leases()
-        return held[0] if held else None
-
-    def intent_custom_ids(self, intent_id: str) -> set[str]:
-        rows = self._rows("select custom_id from attempts where intent_id = %s", [intent_id])
-        return {r[0] for r in rows}
-
-    def plan_applied(self, plan_id: str) -> bool:
-        return bool(self._rows("select 1 from applied_plans where plan_id = %s", [plan_id]))
-
     def sent_attempts(self, batch_id: str) -> dict[str, SentAttempt]:
         sql = (
             "select custom_id, id, key, fingerprint from attempts"
             " where batch_id = %s and status = 'sent'"
         )
         return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self._rows(sql, [batch_id])}
-
-    def job_names(self) -> list[str]:
-        sql = (
-            "select name from jobs union select job from items union select job from batches"
-            " union select job from results union select job from intents order by 1"
-        )
-        return [r[0] for r in self._rows(sql) if r[0] is not None]
-
-    def job_summaries(self, names: Sequence[str]) -> list[JobSummary]:
-        items: dict[str, list[int]] = {}
-        outcomes: dict[str, dict[str, int]] = {}
-        sql = (
-            "select job, outcome, inflight_attempt is not null, count(*) from items"
-            " group by 1, 2, 3"
-        )
-        for job, outcome, inflight, count in self._rows(sql):
-            total = items.setdefault(job, [0, 0])
-            total[0] += count
-            if inflight:
-                total[1] += count
-            per = outcomes.setdefault(job, dict.fromkeys((*OUTCOMES, "none"), 0))
-            per[outcome if outcome in per else "none"] += count
-        batches = dict(self._rows("select job, count(*) from batches group by job"))
-        results = dict(self._rows("select job, count(*) from results group by job"))
-        return [
-            JobSummary(
-                name,
-                items.get(name, [0, 0])[0],
-                items.get(name, [0, 0])[1],
-                outcomes.get(name, dict.fromkeys((*OUTCOMES, "none"), 0)),
-                batches.get(name, 0),
-                results.get(name, 0),
-            )
-            for name in names
-        ]
-
-    def batch_detail(self, batch_id: str) -> tuple[str | None, dict[str, int], int]:
-        attempts = dict(
-            self._rows(
-                "select coalesce(outcome, status), count(*) from attempts where batch_id = %s"
-                " group by 1 order by 1",
-                [batch_id],
-            )
-        )
-        results = self._one("select count(*) from results where batch_id = %s", [batch_id]) or 0
-        intent = self._one("select intent_id from batches where id = %s", [batch_id])
-        return intent, attempts, results
 
     _LOOKUP_FROM = (
         f"select {_ITEM_COLUMNS}, r.fingerprint, r.type, r.text, r.message, r.stop_reason,"
@@ -454,42 +348,7 @@ class PostgresReader(StateReader):
             )
         return found
 
-    def output_token_means(
-        self, jobs: Iterable[str], sample: int = OUTPUT_SAMPLE
-    ) -> dict[str, dict[str, tuple[int, float]]]:
-        out: dict[str, dict[str, tuple[int, float]]] = {}
-        sql = OUTPUT_MEANS_SQL.replace("?", "%s")
-        for job in dict.fromkeys(jobs):
-            for model, count, mean in self._rows(sql, [job, sample]):
-                if count:
-                    out.setdefault(job, {})[model or ""] = (int(count), float(mean))
-        return out
-
-    def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
-        if not self._exists:
-            return None
-        if self.batch(target) is not None:
-            in_flight = f"inflight_attempt in (select id from attempts where {_UNFINISHED})"
-            return "batch", {
-                "batches": 1,
-                "items": self._one(f"select count(*) from items where {in_flight}", [target]),
-                "attempts": self._one(
-                    f"select count(*) from attempts where {_UNFINISHED}", [target]
-                ),
-            }
-        if target not in self.job_names():
-            return None
-        counts = {
-            table: self._one(f"select count(*) from {table} where {where}", [target])
-            for table, where in _JOB_TABLES
-        }
-        kept = self._one(KEPT_RESULTS_COUNT.replace("?", "%s"), [target, target]) or 0
-        return "job", removal_rows(counts, kept)
-
     # -- copies of the whole state (state push and pull)
-    def table_counts(self) -> dict[str, int]:
-        return {table: self._one(f"select count(*) from {table}") or 0 for table, _ in STATE_TABLES}
-
     def dump_tables(self) -> Iterator[TableDump]:
         if not self._exists:
             return
@@ -686,9 +545,6 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         with self.conn.transaction():
             self.conn.execute(f"delete from {table} where lock_id = %s", [lock_id])
         return mine[0]
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s")
 
     def make_durable(self) -> None:
         """Nothing to do: a committed PostgreSQL transaction is already durable on the server."""

@@ -1,17 +1,19 @@
-"""Writes that read the same on every backend: SQL written once, with `?` placeholders, that each
-backend adapts (`_sql`) and runs in its own transaction (`_transaction`, one per call, bumping the
-serial). What differs between SQLite and PostgreSQL (opening, leases, bulk loads, harvest) stays in
-`sqlite` and `postgres`.
+"""Reads and writes that read the same on every backend: SQL written once, with `?` placeholders,
+that each backend adapts (`_sql`) and runs through its own `_rows` (reads) or in its own
+transaction (`_transaction`, one per write, bumping the serial). What differs between SQLite and
+PostgreSQL (opening, leases, bulk loads and reads, harvest) stays in `sqlite` and `postgres`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from batchops.clock import iso, utcnow
+from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import StateError
+from batchops.state.api import OUTCOMES, OUTPUT_MEANS_SQL, OUTPUT_SAMPLE, STATE_TABLES
+from batchops.state.records import BatchRecord, IntentRecord, JobSummary, LockInfo
 
 # Every table holding a job's rows, and how it names the job.
 JOB_TABLES = (
@@ -49,6 +51,169 @@ def removal_rows(counts: dict[str, int], kept: int) -> dict[str, int]:
     return {**counts, "results": counts["results"] - kept, "results kept for other jobs": kept}
 
 
+# The batch and attempts of `remove` of a batch (its id once).
+UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
+
+
+class SharedReads:
+    """Mixed into each backend's reader, before `StateReader` in the MRO."""
+
+    location: str
+
+    # provided by the backend: every row of a query (none when the state does not exist yet),
+    # and the batches a `where` clause (with `?` placeholders) selects, oldest first
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
+
+    def _batches(self, where: str = "", params: Sequence[Any] = ()) -> list[BatchRecord]: ...
+
+    @property
+    def exists(self) -> bool: ...
+
+    def _sql(self, sql: str) -> str:
+        """`sql`, written with `?` placeholders, as the backend's driver takes it."""
+        return sql
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._rows(self._sql(sql), params)
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._all(sql, params)
+        return rows[0][0] if rows else None
+
+    def meta(self, key: str) -> str | None:
+        return self._one("select value from meta where key = ?", [key])
+
+    @property
+    def lineage(self) -> str | None:
+        return self.meta("lineage")
+
+    @property
+    def serial(self) -> int:
+        value = self.meta("serial")
+        return int(value) if value is not None else 0
+
+    def batches(self) -> list[BatchRecord]:
+        return self._batches()
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        found = self._batches("where b.id = ?", [batch_id])
+        return found[0] if found else None
+
+    def inflight_by_batch(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        sql = (
+            "select a.batch_id, a.job, a.key from items i join attempts a on a.id = i.inflight_attempt"
+            " where a.batch_id is not null"
+        )
+        for batch_id, job, key in self._all(sql):
+            out.setdefault(batch_id, set()).add(f"{job}\x1f{key}")
+        return out
+
+    def open_intents(self) -> list[IntentRecord]:
+        sql = (
+            "select id, job, created_at, request_count, status, batch_id, list_anchor,"
+            " create_sent_at is not null from intents where status = 'open' order by created_at"
+        )
+        return [
+            IntentRecord(
+                r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6], bool(r[7])
+            )
+            for r in self._all(sql)
+        ]
+
+    def lock(self) -> LockInfo | None:
+        held = self.leases()  # type: ignore[attr-defined]
+        return held[0] if held else None
+
+    def intent_custom_ids(self, intent_id: str) -> set[str]:
+        rows = self._all("select custom_id from attempts where intent_id = ?", [intent_id])
+        return {r[0] for r in rows}
+
+    def plan_applied(self, plan_id: str) -> bool:
+        return bool(self._all("select 1 from applied_plans where plan_id = ?", [plan_id]))
+
+    def job_names(self) -> list[str]:
+        sql = (
+            "select name from jobs union select job from items union select job from batches"
+            " union select job from results union select job from intents order by 1"
+        )
+        return [r[0] for r in self._all(sql) if r[0] is not None]
+
+    def job_summaries(self, names: Sequence[str]) -> list[JobSummary]:
+        items: dict[str, list[int]] = {}
+        outcomes: dict[str, dict[str, int]] = {}
+        sql = (
+            "select job, outcome, inflight_attempt is not null, count(*) from items"
+            " group by 1, 2, 3"
+        )
+        for job, outcome, inflight, count in self._all(sql):
+            total = items.setdefault(job, [0, 0])
+            total[0] += count
+            if inflight:
+                total[1] += count
+            per = outcomes.setdefault(job, dict.fromkeys((*OUTCOMES, "none"), 0))
+            per[outcome if outcome in per else "none"] += count
+        batches = dict(self._all("select job, count(*) from batches group by job"))
+        results = dict(self._all("select job, count(*) from results group by job"))
+        return [
+            JobSummary(
+                name,
+                items.get(name, [0, 0])[0],
+                items.get(name, [0, 0])[1],
+                outcomes.get(name, dict.fromkeys((*OUTCOMES, "none"), 0)),
+                batches.get(name, 0),
+                results.get(name, 0),
+            )
+            for name in names
+        ]
+
+    def batch_detail(self, batch_id: str) -> tuple[str | None, dict[str, int], int]:
+        attempts = dict(
+            self._all(
+                "select coalesce(outcome, status), count(*) from attempts where batch_id = ?"
+                " group by 1 order by 1",
+                [batch_id],
+            )
+        )
+        results = self._one("select count(*) from results where batch_id = ?", [batch_id]) or 0
+        intent = self._one("select intent_id from batches where id = ?", [batch_id])
+        return intent, attempts, results
+
+    def output_token_means(
+        self, jobs: Iterable[str], sample: int = OUTPUT_SAMPLE
+    ) -> dict[str, dict[str, tuple[int, float]]]:
+        out: dict[str, dict[str, tuple[int, float]]] = {}
+        for job in dict.fromkeys(jobs):
+            for model, count, mean in self._all(OUTPUT_MEANS_SQL, [job, sample]):
+                if count:
+                    out.setdefault(job, {})[model or ""] = (int(count), float(mean))
+        return out
+
+    def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
+        if not self.exists:
+            return None
+        if self.batch(target) is not None:
+            in_flight = f"inflight_attempt in (select id from attempts where {UNFINISHED})"
+            return "batch", {
+                "batches": 1,
+                "items": self._one(f"select count(*) from items where {in_flight}", [target]),
+                "attempts": self._one(
+                    f"select count(*) from attempts where {UNFINISHED}", [target]
+                ),
+            }
+        if target not in self.job_names():
+            return None
+        counts = {
+            table: self._one(f"select count(*) from {table} where {where}", [target])
+            for table, where in JOB_TABLES
+        }
+        kept = self._one(KEPT_RESULTS_COUNT, [target, target]) or 0
+        return "job", removal_rows(counts, kept)
+
+    def table_counts(self) -> dict[str, int]:
+        return {table: self._one(f"select count(*) from {table}") or 0 for table, _ in STATE_TABLES}
+
+
 class SharedWrites:
     """Mixed into each backend's writer, before its reader in the MRO."""
 
@@ -59,8 +224,7 @@ class SharedWrites:
 
     def _release(self, conn: Any, batch_id: str, drift: str, now: datetime) -> tuple[int, int]: ...
 
-    def _sql(self, sql: str) -> str:
-        return sql
+    _sql: Any  # the reader's (`SharedReads._sql`): not defined here, or it would hide it
 
     def _run(self, sql: str, params: list[Any]) -> int:
         with self._transaction() as conn:

@@ -30,15 +30,12 @@ from typing import Any
 
 import orjson
 
-from batchops.clock import iso, parse_time, utcnow
+from batchops.clock import iso, utcnow
 from batchops.errors import LockHeld, StateError
 from batchops.heap import paused_gc
 from batchops.state.api import (
     FLAG_COLUMNS,
     NO_SUCCEEDED_ROW,
-    OUTCOMES,
-    OUTPUT_MEANS_SQL,
-    OUTPUT_SAMPLE,
     RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
@@ -52,16 +49,13 @@ from batchops.state.api import (
 from batchops.state.leases import conflicting, expiry, lease_names, lease_seconds, me, stale
 from batchops.state.records import (
     BatchRecord,
-    IntentRecord,
     ItemRecord,
-    JobSummary,
     LockInfo,
     ResultLookup,
     SentAttempt,
     UsageRow,
 )
-from batchops.state.shared import JOB_TABLES as _JOB_TABLES
-from batchops.state.shared import KEPT_RESULTS_COUNT, SharedWrites, removal_rows
+from batchops.state.shared import SharedReads, SharedWrites
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' table of applied migrations
@@ -163,7 +157,7 @@ def _not_state(path: Path, exc: Exception | str) -> StateError:
     return StateError(f"{path}: not a batchops state file ({exc})")
 
 
-class SqliteReader(StateReader):
+class SqliteReader(SharedReads, StateReader):
     def __init__(self, db: _Connection | None, path: Path):
         self.db = db
         self.path = path
@@ -201,25 +195,9 @@ class SqliteReader(StateReader):
             return []
         return self.db.execute(sql, list(params)).fetchall()
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = self._rows(sql, params)
-        return rows[0][0] if rows else None
-
     @property
     def exists(self) -> bool:
         return self.db is not None
-
-    def meta(self, key: str) -> str | None:
-        return self._one("select value from meta where key = ?", [key])
-
-    @property
-    def lineage(self) -> str | None:
-        return self.meta("lineage")
-
-    @property
-    def serial(self) -> int:
-        value = self.meta("serial")
-        return int(value) if value is not None else 0
 
     def item_records(self, jobs: Sequence[str] | None = None) -> Iterator[ItemRecord]:
         if self.db is None:
@@ -238,35 +216,6 @@ class SqliteReader(StateReader):
         names = [d[0] for d in cursor.description]
         return [BatchRecord.from_row(dict(zip(names, row, strict=True))) for row in cursor]
 
-    def batches(self) -> list[BatchRecord]:
-        return self._batches()
-
-    def batch(self, batch_id: str) -> BatchRecord | None:
-        found = self._batches("where b.id = ?", [batch_id])
-        return found[0] if found else None
-
-    def inflight_by_batch(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        sql = (
-            "select a.batch_id, a.job, a.key from items i join attempts a on a.id = i.inflight_attempt"
-            " where a.batch_id is not null"
-        )
-        for batch_id, job, key in self._rows(sql):
-            out.setdefault(batch_id, set()).add(f"{job}\x1f{key}")
-        return out
-
-    def open_intents(self) -> list[IntentRecord]:
-        sql = (
-            "select id, job, created_at, request_count, status, batch_id, list_anchor,"
-            " create_sent_at is not null from intents where status = 'open' order by created_at"
-        )
-        return [
-            IntentRecord(
-                r[0], r[1], parse_time(r[2]) or utcnow(), r[3], r[4], r[5], r[6], bool(r[7])
-            )
-            for r in self._rows(sql)
-        ]
-
     def leases(self) -> list[LockInfo]:
         if self.db is None:
             return []
@@ -274,17 +223,6 @@ class SqliteReader(StateReader):
             return [LockInfo(*r) for r in self._rows(f"select {_LEASE_COLUMNS} from leases")]
         rows = self._rows("select lock_id, pid, host, since, command from lock where id = 1")
         return [LockInfo(*r) for r in rows]  # a state from before leases: its one lock
-
-    def lock(self) -> LockInfo | None:
-        held = self.leases()
-        return held[0] if held else None
-
-    def intent_custom_ids(self, intent_id: str) -> set[str]:
-        rows = self._rows("select custom_id from attempts where intent_id = ?", [intent_id])
-        return {r[0] for r in rows}
-
-    def plan_applied(self, plan_id: str) -> bool:
-        return bool(self._rows("select 1 from applied_plans where plan_id = ?", [plan_id]))
 
     def sent_attempts(self, batch_id: str) -> dict[str, SentAttempt]:
         sql = (
@@ -295,53 +233,6 @@ class SqliteReader(StateReader):
             return {}
         # straight from the cursor: a batch of 100,000 is not also held as a list of rows
         return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self.db.execute(sql, [batch_id])}
-
-    def job_names(self) -> list[str]:
-        sql = (
-            "select name from jobs union select job from items union select job from batches"
-            " union select job from results union select job from intents order by 1"
-        )
-        return [r[0] for r in self._rows(sql) if r[0] is not None]
-
-    def job_summaries(self, names: Sequence[str]) -> list[JobSummary]:
-        items: dict[str, list[int]] = {}
-        outcomes: dict[str, dict[str, int]] = {}
-        sql = (
-            "select job, outcome, inflight_attempt is not null, count(*) from items"
-            " group by 1, 2, 3"
-        )
-        for job, outcome, inflight, count in self._rows(sql):
-            total = items.setdefault(job, [0, 0])
-            total[0] += count
-            if inflight:
-                total[1] += count
-            per = outcomes.setdefault(job, dict.fromkeys((*OUTCOMES, "none"), 0))
-            per[outcome if outcome in per else "none"] += count
-        batches = dict(self._rows("select job, count(*) from batches group by job"))
-        results = dict(self._rows("select job, count(*) from results group by job"))
-        return [
-            JobSummary(
-                name,
-                items.get(name, [0, 0])[0],
-                items.get(name, [0, 0])[1],
-                outcomes.get(name, dict.fromkeys((*OUTCOMES, "none"), 0)),
-                batches.get(name, 0),
-                results.get(name, 0),
-            )
-            for name in names
-        ]
-
-    def batch_detail(self, batch_id: str) -> tuple[str | None, dict[str, int], int]:
-        attempts = dict(
-            self._rows(
-                "select coalesce(outcome, status), count(*) from attempts where batch_id = ?"
-                " group by 1 order by 1",
-                [batch_id],
-            )
-        )
-        results = self._one("select count(*) from results where batch_id = ?", [batch_id]) or 0
-        intent = self._one("select intent_id from batches where id = ?", [batch_id])
-        return intent, attempts, results
 
     def result_lookup(self, job: str, key: str) -> ResultLookup | None:
         if self.db is None:
@@ -429,41 +320,7 @@ class SqliteReader(StateReader):
                 found[fp] = result_id
         return found
 
-    def output_token_means(
-        self, jobs: Iterable[str], sample: int = OUTPUT_SAMPLE
-    ) -> dict[str, dict[str, tuple[int, float]]]:
-        out: dict[str, dict[str, tuple[int, float]]] = {}
-        for job in dict.fromkeys(jobs):
-            for model, count, mean in self._rows(OUTPUT_MEANS_SQL, [job, sample]):
-                if count:
-                    out.setdefault(job, {})[model or ""] = (int(count), float(mean))
-        return out
-
-    def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
-        if self.db is None:
-            return None
-        if self.batch(target) is not None:
-            in_flight = f"inflight_attempt in (select id from attempts where {_UNFINISHED})"
-            return "batch", {
-                "batches": 1,
-                "items": self._one(f"select count(*) from items where {in_flight}", [target]),
-                "attempts": self._one(
-                    f"select count(*) from attempts where {_UNFINISHED}", [target]
-                ),
-            }
-        if target not in self.job_names():
-            return None
-        counts = {
-            table: self._one(f"select count(*) from {table} where {where}", [target])
-            for table, where in _JOB_TABLES
-        }
-        kept = self._one(KEPT_RESULTS_COUNT, [target, target]) or 0
-        return "job", removal_rows(counts, kept)
-
     # -- copies of the whole state (state push and pull)
-    def table_counts(self) -> dict[str, int]:
-        return {table: self._one(f"select count(*) from {table}") or 0 for table, _ in STATE_TABLES}
-
     def dump_tables(self) -> Iterator[TableDump]:
         if self.db is None:
             return
