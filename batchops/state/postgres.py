@@ -28,7 +28,6 @@ from batchops.clock import iso, utcnow
 from batchops.errors import LockHeld, StateError
 from batchops.state.api import (
     NO_SUCCEEDED_ROW,
-    RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
     Reused,
@@ -138,7 +137,6 @@ _RESULT_COLUMNS = (
     " cache_creation_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens,"
     " received_at"
 )
-_UNFINISHED = "batch_id = %s and status in ('open', 'sent')"
 
 
 def _server_now(conn: psycopg.Connection) -> datetime:
@@ -588,81 +586,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                     [job, a.key, a.custom_id, attempt_id, stamp],
                 )
 
-    def record_created(
-        self, intent_id: str, batch: BatchRecord, now: datetime, *, adopted: bool = False
-    ) -> None:
-        stamp = iso(now)
-        with self._transaction() as cur:
-            count = cur.execute(
-                "select count(*) from attempts where intent_id = %s", [intent_id]
-            ).fetchone()[0]
-            cur.execute(
-                "insert into batches (id, job, intent_id, request_count, processing_status,"
-                " request_counts, created_at, expires_at, ended_at, archived_at,"
-                " results_expire_at, refreshed_at)"
-                " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    batch.id,
-                    batch.job,
-                    intent_id,
-                    count,
-                    batch.processing_status,
-                    batch.request_counts,
-                    iso(batch.created_at),
-                    iso(batch.expires_at),
-                    iso(batch.ended_at),
-                    iso(batch.archived_at),
-                    iso(batch.results_expire_at),
-                    stamp,
-                ],
-            )
-            cur.execute(
-                "update attempts set status = 'sent', batch_id = %s where intent_id = %s",
-                [batch.id, intent_id],
-            )
-            cur.execute(
-                "update items set fingerprint = a.fingerprint, attempts = a.number, updated_at = %s"
-                " from attempts a where a.id = items.inflight_attempt and a.intent_id = %s",
-                [stamp, intent_id],
-            )
-            cur.execute(
-                "update intents set status = %s, batch_id = %s where id = %s",
-                ["adopted" if adopted else "created", batch.id, intent_id],
-            )
-
-    def mark_unsent(self, intent_id: str) -> None:
-        with self._transaction() as cur:
-            cur.execute("update attempts set status = 'unsent' where intent_id = %s", [intent_id])
-            cur.execute(
-                "update items set inflight_attempt = null where inflight_attempt in"
-                " (select id from attempts where intent_id = %s)",
-                [intent_id],
-            )
-            cur.execute("update intents set status = 'unsent' where id = %s", [intent_id])
-
     # -- refresh and harvest
-    def save_batch(self, batch: BatchRecord, now: datetime) -> None:
-        with self._transaction() as cur:
-            cur.execute(
-                "update batches set processing_status = %s, request_counts = %s,"
-                " created_at = %s, expires_at = %s, ended_at = %s, archived_at = %s,"
-                " results_expire_at = %s, drift = %s, pruned_at = %s, refreshed_at = %s"
-                " where id = %s",
-                [
-                    batch.processing_status,
-                    batch.request_counts,
-                    iso(batch.created_at),
-                    iso(batch.expires_at),
-                    iso(batch.ended_at),
-                    iso(batch.archived_at),
-                    iso(batch.results_expire_at),
-                    batch.drift,
-                    iso(batch.pruned_at),
-                    iso(now),
-                    batch.id,
-                ],
-            )
-
     def store_harvest(
         self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
     ) -> int:
@@ -714,38 +638,6 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                     [job, item.key, item.custom_id, stamp, item.result_id, item.fingerprint],
                 ).rowcount
         return count
-
-    def _release(
-        self, cur: psycopg.Cursor, batch_id: str, drift: str, now: datetime
-    ) -> tuple[int, int]:
-        if drift not in RELEASE_DRIFTS:
-            raise ValueError(f"unknown drift {drift!r}")
-        released = cur.execute(
-            "update items set inflight_attempt = null, outcome = 'lost',"
-            " attempts = greatest(attempts - 1, 0), updated_at = %s"
-            f" where inflight_attempt in (select id from attempts where {_UNFINISHED})",
-            [iso(now), batch_id],
-        ).rowcount
-        if drift == "not-ours":
-            cur.execute(
-                "update intents set status = 'unsent', batch_id = null where batch_id = %s",
-                [batch_id],
-            )
-            attempts = cur.execute(
-                f"update attempts set status = 'unsent', batch_id = null where {_UNFINISHED}",
-                [batch_id],
-            ).rowcount
-        else:
-            attempts = cur.execute(
-                f"update attempts set status = 'lost', outcome = 'lost' where {_UNFINISHED}",
-                [batch_id],
-            ).rowcount
-        cur.execute("update batches set drift = %s where id = %s", [drift, batch_id])
-        return released, attempts
-
-    def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
-        with self._transaction() as cur:
-            return self._release(cur, batch_id, drift, now)[0]
 
     def load_tables(
         self,

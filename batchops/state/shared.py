@@ -12,7 +12,13 @@ from typing import Any
 
 from batchops.clock import iso, parse_time, utcnow
 from batchops.errors import StateError
-from batchops.state.api import OUTCOMES, OUTPUT_MEANS_SQL, OUTPUT_SAMPLE, STATE_TABLES
+from batchops.state.api import (
+    OUTCOMES,
+    OUTPUT_MEANS_SQL,
+    OUTPUT_SAMPLE,
+    RELEASE_DRIFTS,
+    STATE_TABLES,
+)
 from batchops.state.records import BatchRecord, IntentRecord, JobSummary, LockInfo
 
 # Every table holding a job's rows, and how it names the job.
@@ -222,13 +228,130 @@ class SharedWrites:
     # provided by the backend
     def _transaction(self) -> Any: ...  # a context manager yielding something with .execute
 
-    def _release(self, conn: Any, batch_id: str, drift: str, now: datetime) -> tuple[int, int]: ...
-
     _sql: Any  # the reader's (`SharedReads._sql`): not defined here, or it would hide it
 
     def _run(self, sql: str, params: list[Any]) -> int:
         with self._transaction() as conn:
             return conn.execute(self._sql(sql), params).rowcount
+
+    def record_created(
+        self, intent_id: str, batch: BatchRecord, now: datetime, *, adopted: bool = False
+    ) -> None:
+        stamp, sql = iso(now), self._sql
+        with self._transaction() as conn:
+            count = conn.execute(
+                sql("select count(*) from attempts where intent_id = ?"), [intent_id]
+            ).fetchone()[0]
+            conn.execute(
+                sql(
+                    "insert into batches (id, job, intent_id, request_count, processing_status,"
+                    " request_counts, created_at, expires_at, ended_at, archived_at,"
+                    " results_expire_at, refreshed_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                [
+                    batch.id,
+                    batch.job,
+                    intent_id,
+                    count,
+                    batch.processing_status,
+                    batch.request_counts,
+                    iso(batch.created_at),
+                    iso(batch.expires_at),
+                    iso(batch.ended_at),
+                    iso(batch.archived_at),
+                    iso(batch.results_expire_at),
+                    stamp,
+                ],
+            )
+            conn.execute(
+                sql("update attempts set status = 'sent', batch_id = ? where intent_id = ?"),
+                [batch.id, intent_id],
+            )
+            conn.execute(
+                sql(
+                    "update items set fingerprint = a.fingerprint, attempts = a.number,"
+                    " updated_at = ? from attempts a"
+                    " where a.id = items.inflight_attempt and a.intent_id = ?"
+                ),
+                [stamp, intent_id],
+            )
+            conn.execute(
+                sql("update intents set status = ?, batch_id = ? where id = ?"),
+                ["adopted" if adopted else "created", batch.id, intent_id],
+            )
+
+    def mark_unsent(self, intent_id: str) -> None:
+        sql = self._sql
+        with self._transaction() as conn:
+            conn.execute(
+                sql("update attempts set status = 'unsent' where intent_id = ?"), [intent_id]
+            )
+            conn.execute(
+                sql(
+                    "update items set inflight_attempt = null where inflight_attempt in"
+                    " (select id from attempts where intent_id = ?)"
+                ),
+                [intent_id],
+            )
+            conn.execute(sql("update intents set status = 'unsent' where id = ?"), [intent_id])
+
+    def save_batch(self, batch: BatchRecord, now: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                self._sql(
+                    "update batches set processing_status = ?, request_counts = ?, created_at = ?,"
+                    " expires_at = ?, ended_at = ?, archived_at = ?, results_expire_at = ?,"
+                    " drift = ?, pruned_at = ?, refreshed_at = ? where id = ?"
+                ),
+                [
+                    batch.processing_status,
+                    batch.request_counts,
+                    iso(batch.created_at),
+                    iso(batch.expires_at),
+                    iso(batch.ended_at),
+                    iso(batch.archived_at),
+                    iso(batch.results_expire_at),
+                    batch.drift,
+                    iso(batch.pruned_at),
+                    iso(now),
+                    batch.id,
+                ],
+            )
+
+    def _release(self, conn: Any, batch_id: str, drift: str, now: datetime) -> tuple[int, int]:
+        """Give a batch's unfinished attempts up (`drift` says why), in the caller's transaction:
+        their items are no longer in flight; (items released, attempts given up)."""
+        if drift not in RELEASE_DRIFTS:
+            raise ValueError(f"unknown drift {drift!r}")
+        sql = self._sql
+        released = conn.execute(
+            sql(
+                "update items set inflight_attempt = null, outcome = 'lost',"
+                " attempts = case when attempts > 0 then attempts - 1 else 0 end, updated_at = ?"
+                f" where inflight_attempt in (select id from attempts where {UNFINISHED})"
+            ),
+            [iso(now), batch_id],
+        ).rowcount
+        if drift == "not-ours":
+            conn.execute(
+                sql("update intents set status = 'unsent', batch_id = null where batch_id = ?"),
+                [batch_id],
+            )
+            attempts = conn.execute(
+                sql(f"update attempts set status = 'unsent', batch_id = null where {UNFINISHED}"),
+                [batch_id],
+            ).rowcount
+        else:
+            attempts = conn.execute(
+                sql(f"update attempts set status = 'lost', outcome = 'lost' where {UNFINISHED}"),
+                [batch_id],
+            ).rowcount
+        conn.execute(sql("update batches set drift = ? where id = ?"), [drift, batch_id])
+        return released, attempts
+
+    def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
+        with self._transaction() as conn:
+            return self._release(conn, batch_id, drift, now)[0]
 
     def mark_create_sent(self, intent_id: str, now: datetime) -> None:
         self._run("update intents set create_sent_at = ? where id = ?", [iso(now), intent_id])

@@ -36,7 +36,6 @@ from batchops.heap import paused_gc
 from batchops.state.api import (
     FLAG_COLUMNS,
     NO_SUCCEEDED_ROW,
-    RELEASE_DRIFTS,
     STATE_TABLES,
     Attempt,
     Reused,
@@ -104,7 +103,6 @@ _INSERT_RESULT = (
     " cache_creation_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens,"
     " received_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
 _AUTOCHECKPOINT = 1000  # SQLite's default: pages in the WAL after which a commit checkpoints
 _FEW_FINGERPRINTS = 5000  # up to this many are looked up by value; more, by one scan
 
@@ -574,79 +572,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                     [job, a.key, a.custom_id, cursor.lastrowid, stamp],
                 )
 
-    def record_created(
-        self, intent_id: str, batch: BatchRecord, now: datetime, *, adopted: bool = False
-    ) -> None:
-        stamp = iso(now)
-        with self._transaction() as conn:
-            count = conn.execute(
-                "select count(*) from attempts where intent_id = ?", [intent_id]
-            ).fetchone()[0]
-            conn.execute(
-                "insert into batches (id, job, intent_id, request_count, processing_status,"
-                " request_counts, created_at, expires_at, ended_at, archived_at,"
-                " results_expire_at, refreshed_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    batch.id,
-                    batch.job,
-                    intent_id,
-                    count,
-                    batch.processing_status,
-                    batch.request_counts,
-                    iso(batch.created_at),
-                    iso(batch.expires_at),
-                    iso(batch.ended_at),
-                    iso(batch.archived_at),
-                    iso(batch.results_expire_at),
-                    stamp,
-                ],
-            )
-            conn.execute(
-                "update attempts set status = 'sent', batch_id = ? where intent_id = ?",
-                [batch.id, intent_id],
-            )
-            conn.execute(
-                "update items set fingerprint = a.fingerprint, attempts = a.number, updated_at = ?"
-                " from attempts a where a.id = items.inflight_attempt and a.intent_id = ?",
-                [stamp, intent_id],
-            )
-            conn.execute(
-                "update intents set status = ?, batch_id = ? where id = ?",
-                ["adopted" if adopted else "created", batch.id, intent_id],
-            )
-
-    def mark_unsent(self, intent_id: str) -> None:
-        with self._transaction() as conn:
-            conn.execute("update attempts set status = 'unsent' where intent_id = ?", [intent_id])
-            conn.execute(
-                "update items set inflight_attempt = null where inflight_attempt in"
-                " (select id from attempts where intent_id = ?)",
-                [intent_id],
-            )
-            conn.execute("update intents set status = 'unsent' where id = ?", [intent_id])
-
     # -- refresh and harvest
-    def save_batch(self, batch: BatchRecord, now: datetime) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "update batches set processing_status = ?, request_counts = ?, created_at = ?,"
-                " expires_at = ?, ended_at = ?, archived_at = ?, results_expire_at = ?,"
-                " drift = ?, pruned_at = ?, refreshed_at = ? where id = ?",
-                [
-                    batch.processing_status,
-                    batch.request_counts,
-                    iso(batch.created_at),
-                    iso(batch.expires_at),
-                    iso(batch.ended_at),
-                    iso(batch.archived_at),
-                    iso(batch.results_expire_at),
-                    batch.drift,
-                    iso(batch.pruned_at),
-                    iso(now),
-                    batch.id,
-                ],
-            )
-
     def store_harvest(
         self, batch_id: str, rows: Iterable[Sequence[Any]], *, canceled_by_us: bool, now: datetime
     ) -> int:
@@ -741,38 +667,6 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                     [job, item.key, item.custom_id, stamp, item.result_id, item.fingerprint],
                 ).rowcount
         return count
-
-    def _release(
-        self, conn: sqlite3.Connection, batch_id: str, drift: str, now: datetime
-    ) -> tuple[int, int]:
-        if drift not in RELEASE_DRIFTS:
-            raise ValueError(f"unknown drift {drift!r}")
-        released = conn.execute(
-            "update items set inflight_attempt = null, outcome = 'lost',"
-            " attempts = max(attempts - 1, 0), updated_at = ?"
-            f" where inflight_attempt in (select id from attempts where {_UNFINISHED})",
-            [iso(now), batch_id],
-        ).rowcount
-        if drift == "not-ours":
-            conn.execute(
-                "update intents set status = 'unsent', batch_id = null where batch_id = ?",
-                [batch_id],
-            )
-            attempts = conn.execute(
-                f"update attempts set status = 'unsent', batch_id = null where {_UNFINISHED}",
-                [batch_id],
-            ).rowcount
-        else:
-            attempts = conn.execute(
-                f"update attempts set status = 'lost', outcome = 'lost' where {_UNFINISHED}",
-                [batch_id],
-            ).rowcount
-        conn.execute("update batches set drift = ? where id = ?", [drift, batch_id])
-        return released, attempts
-
-    def release_batch(self, batch_id: str, drift: str, now: datetime) -> int:
-        with self._transaction() as conn:
-            return self._release(conn, batch_id, drift, now)[0]
 
     def load_tables(
         self,
