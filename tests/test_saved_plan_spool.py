@@ -258,15 +258,20 @@ def test_lines_kept_by_worker_processes_make_the_same_file(tmp_path, monkeypatch
 
 
 def test_a_job_the_workers_hand_back_is_rendered_again(tmp_path, monkeypatch):
-    """A duplicate key ends the workers' pass (the one-core path tells it): no line is kept for
-    the job, so a saved plan renders it again rather than save a part of it."""
+    """A key hash seen twice ends the workers' pass after some ranges were taken (the one-core
+    path gives the rest): the job's lines are given up, so a saved plan renders it again rather
+    than save a part of it (a guard: the spool's line count would refuse a part too)."""
     from batchops.spec import parallel
 
     _project(tmp_path, TRICKY + rows(40)[8:])
     _on_workers(monkeypatch)
-    monkeypatch.setattr(parallel, "_key_hash", lambda key: 0)  # every key "seen before"
+    real = hash  # the workers are forked: they see the patched function too
+    monkeypatch.setattr(parallel, "_key_hash", lambda key: 0 if key in ("r2", "r30") else real(key))
     ctx = context(tmp_path, None)
     plan, desired = ctx.plan(refresh=False, keep_requests=True)
+    assert [i.key for s in plan.submits if s.job == "demo" for i in s.items] == [
+        f"r{n}" for n in range(1, 41)
+    ]
     assert desired.spool.complete("demo", 40) is None
     assert desired.spool.complete("raw", 2) is not None
     path = tmp_path / "plan.jsonl"

@@ -495,13 +495,13 @@ def _give_back_memory() -> None:
     """Return the freed heap to the system (glibc only): a 200 MB batch's request bytes leave
     holes in the heap that the interpreter's own allocator never reuses, so the plan made after
     a create would otherwise add its memory on top of them."""
-    import ctypes  # only after a create (~3 ms to import, with `ctypes.util`)
-    import ctypes.util
-
     try:
+        import ctypes  # only after a create (~3 ms to import, with `ctypes.util`)
+        import ctypes.util
+
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(0)
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # a Python without ctypes, or not glibc
         pass
 
 

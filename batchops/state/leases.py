@@ -64,8 +64,17 @@ def process_started(pid: int) -> str:
 def me() -> tuple[int, str, str, str]:
     """(pid, host, pid namespace, start time) of this process."""
     pid = os.getpid()
-    # the host's name as `socket.gethostname()` gives it, without importing socket (~5 ms)
-    return pid, os.uname().nodename, pid_namespace(), process_started(pid)
+    return pid, _host(), pid_namespace(), process_started(pid)
+
+
+def _host() -> str:
+    """The host's name as `socket.gethostname()` gives it, without importing socket (~5 ms)
+    where `os.uname` exists."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
 
 
 def holder_gone(lease: LockInfo) -> bool:
