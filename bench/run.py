@@ -462,18 +462,19 @@ import contextlib, json, resource, sys, time
 from pathlib import Path
 from batchops.apply.evaluator import Evaluator, NullProgress
 from batchops.clock import utcnow
-from batchops.remote.client import _parse_lines
+from batchops.remote.client import _parse_blocks
 from batchops.state import open_writer
 state_path, results_file = sys.argv[1:3]
 
 
 class Recorded:
-    # the API client's `results`, replayed from the bytes the emulator served
+    # the API client's `results`, replayed from the bytes the emulator served, in blocks of
+    # the size httpx2 reads from a socket
 
     @contextlib.contextmanager
     def results(self, batch_id):
         with open(results_file, "rb") as fh:
-            yield _parse_lines((line.decode() for line in fh), "read results")
+            yield _parse_blocks(iter(lambda: fh.read(1 << 16), b""), "read results")
 
 
 state = open_writer(state_path, "bench")  # a SQLite file or a PostgreSQL URL

@@ -108,3 +108,66 @@ def test_a_stream_that_breaks_off_is_a_remote_error_and_a_consumer_error_is_its_
     with pytest.raises(KeyError):  # raised by the consumer: not taken for a broken stream
         for line in _parse_lines(iter(["{}", "{}"]), "read"):
             line["missing"]
+
+
+def test_a_line_separator_inside_a_string_does_not_cut_the_line(sdk_client, emulator):
+    """JSON allows U+2028, U+2029 and U+0085 unescaped inside strings (orjson, like the API,
+    writes them as they are); a result line ends at "\\n" only, so such a result is harvested
+    whole. Read through the real SDK from the emulator, whose tool call repeats a `const`."""
+    from batchops.remote.client import BatchesClient
+    from tests.conftest import DUMMY_API_KEY
+
+    odd = "a\u2028b\u2029c\x85d é 😀"
+    tool = {
+        "name": "t",
+        "description": "d",
+        "input_schema": {"type": "object", "properties": {"s": {"const": odd}}, "required": ["s"]},
+    }
+    params = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [tool],
+        "tool_choice": {"type": "tool", "name": "t"},
+    }
+    batch = sdk_client.messages.batches.create(
+        requests=[{"custom_id": f"c{i}", "params": params} for i in range(3)]
+    )
+    client = BatchesClient(base_url=emulator, api_key=DUMMY_API_KEY)
+    try:
+        with client.results(batch.id) as lines:
+            parsed = list(lines)
+    finally:
+        client.close()
+    assert sorted(line["custom_id"] for line in parsed) == ["c0", "c1", "c2"]
+    for line in parsed:
+        (block,) = line["result"]["message"]["content"]
+        assert block["input"] == {"s": odd}
+        assert orjson.loads(line.raw) == dict(line)  # the whole line, as the API wrote it
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1 << 16])
+def test_blocks_cut_anywhere_give_the_same_lines(size):
+    """The stream comes in blocks cut at any byte, inside a line or a UTF-8 sequence; the lines
+    and their numbers (in errors) are those of the whole text split at "\\n"."""
+    from batchops.errors import RemoteError
+    from batchops.remote.client import _parse_blocks
+
+    lines = [
+        '{"custom_id":"a","result":{"type":"expired"}}',
+        "",
+        '{"custom_id":"b\u2028","result":{"type":"succeeded","message":{"t":"é😀\\n"}}}\r',
+        "  ",
+        '{"custom_id":"c","result":{"type":"canceled"}}',
+    ]
+    data = "\n".join(lines).encode()
+    blocks = [data[i : i + size] for i in range(0, len(data), size)]
+    parsed = list(_parse_blocks(iter(blocks), "read"))
+    assert [dict(p) for p in parsed] == [orjson.loads(x) for x in lines if x.strip()]
+    assert [p.raw for p in parsed] == [x for x in lines if x.strip()]
+    broken = (data + b"\n{nope\n").replace(b"\r", b"")
+    with pytest.raises(RemoteError, match="line 6 is not JSON"):
+        list(_parse_blocks(iter([broken[i : i + size] for i in range(0, len(broken), size)]), "r"))
+    # invalid UTF-8 is read as the SDK's text would be: replaced, not refused
+    (line,) = _parse_blocks(iter([b'{"custom_id":"\xff","result":{}}']), "read")
+    assert line["custom_id"] == "\ufffd"

@@ -243,7 +243,7 @@ class BatchesClient:
         what = f"read results of batch {batch_id}"
         try:
             with self._sdk.messages.batches.with_streaming_response.results(batch_id) as response:
-                yield _parse_lines(response.iter_lines(), what)
+                yield _parse_blocks(response.iter_bytes(), what)
         except anthropic.NotFoundError:
             raise NotFound(batch_id) from None
         except anthropic.AnthropicError as exc:  # includes "No results_url" (not yet ended)
@@ -303,25 +303,63 @@ class ResultLine(dict):
 
 
 def _parse_lines(lines: Iterator[str], what: str) -> Iterator[ResultLine]:
-    """Parse JSONL lines; a stream cut short (an httpx2 protocol error, not an anthropic one)
-    becomes a RemoteError. Errors raised by the consumer pass through untouched (they are
-    raised in the consumer's frame, never in this generator's)."""
+    """Parse JSONL lines, one at a time (see `_parse_runs`)."""
+    return _parse_runs(([line] for line in lines), what)
+
+
+def _parse_blocks(blocks: Iterator[bytes], what: str) -> Iterator[ResultLine]:
+    """Parse JSONL from the response's byte blocks, cut anywhere (see `_runs_of`)."""
+    return _parse_runs(_runs_of(blocks), what)
+
+
+def _runs_of(blocks: Iterator[bytes]) -> Iterator[list[str]]:
+    """The lines of a byte stream, a block's worth at a time, split at "\\n" only.
+
+    Not the SDK's `iter_lines`: that splits where `str.splitlines` does, and JSON allows
+    U+2028, U+2029 and U+0085 unescaped inside a string, so a reply holding one was cut in two
+    and its batch could never be harvested. Decoding and splitting a block at once is also far
+    cheaper than a line at a time. Bytes that are not UTF-8 are replaced, as the SDK's text was;
+    a block is decoded up to its last newline, so no UTF-8 sequence is cut."""
+    pending: list[bytes] = []  # the line begun by earlier blocks
+    for block in blocks:
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            pending.append(block)
+            continue
+        if pending:
+            pending.append(block[:cut])
+            head = b"".join(pending)
+            pending.clear()
+        else:
+            head = block[:cut]
+        pending.append(block[cut + 1 :])
+        yield head.decode("utf-8", "replace").split("\n")
+    tail = b"".join(pending)
+    if tail:
+        yield [tail.decode("utf-8", "replace")]
+
+
+def _parse_runs(runs: Iterator[list[str]], what: str) -> Iterator[ResultLine]:
+    """Parse JSONL lines, given as lists of lines; a stream cut short (an httpx2 protocol
+    error, not an anthropic one) becomes a RemoteError. Errors raised by the consumer pass
+    through untouched (they are raised in the consumer's frame, never in this generator's)."""
     number = 0
     loads = orjson.loads
     try:
-        for line in lines:
-            number += 1
-            if not line or line.isspace():
-                continue
-            try:
-                value = loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
-            if type(value) is not dict:
-                raise RemoteError(f"{what} failed: line {number} is not a JSON object")
-            parsed = ResultLine(value)
-            parsed.raw = line
-            yield parsed
+        for run in runs:
+            for line in run:
+                number += 1
+                if not line or line.isspace():
+                    continue
+                try:
+                    value = loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
+                if type(value) is not dict:
+                    raise RemoteError(f"{what} failed: line {number} is not a JSON object")
+                parsed = ResultLine(value)
+                parsed.raw = line
+                yield parsed
     except RemoteError:
         raise
     except anthropic.APIError as exc:
