@@ -49,7 +49,7 @@ def export_chunks(
     items not made."""
     cached = cache.identities(job, root, prices, today)
     mine, parts = part
-    if cached is None or parts == 1:  # every item made, one at a time
+    if cached is None:  # every item made, one at a time
         items = _export_items(job, root, cached)
         for number in count():
             chunk = list(islice(items, size))
