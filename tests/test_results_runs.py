@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,29 @@ def test_a_run_with_a_bool_or_float_token_count_is_made_row_by_row() -> None:
         assert results_mod._plain_run([item], [answer], None) is None  # type: ignore[list-item]
     plain = results_mod._plain_run([item], [("fp", "x", message, "end_turn", "m", 2, 1, "b")], None)
     assert plain is not None and b'"input_tokens":2,' in plain
+
+
+def test_a_file_sent_to_disk_as_it_grows_holds_every_line(
+    many: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its pages sent to disk after every block (`_write_back`), a file holds what a
+    stream gets; a stream is never advised."""
+    advised: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    monkeypatch.setattr(results_mod, "WRITE_BACK_BYTES", 1)
+    monkeypatch.setattr(results_mod, "CHUNK_KEYS", 50)
+    streamed = io.BytesIO()
+    export(many, "many", "jsonl", streamed)
+    assert advised == []
+    path = many.project().root / "many.jsonl"
+    export(many, "many", "jsonl", path)
+    assert path.read_bytes() == streamed.getvalue() == _row_by_row(many, ExportOptions())
+    assert len(advised) == ITEMS // 50  # a block a chunk, each advised from where the last ended
+    assert [offset for offset, _ in advised[1:]] == [o + n for o, n in advised[:-1]]
+    assert advised[-1][0] + advised[-1][1] == len(streamed.getvalue())
