@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
-from itertools import count, islice, zip_longest
+from itertools import count, islice, repeat, zip_longest
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +28,7 @@ from batchops.spec.items import (
 from batchops.spec.model import Job, display_path
 
 _MISSING: Any = (None, None)  # what one of the two streams gives once the other ran out
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 class ExportItem(NamedTuple):
@@ -49,7 +51,7 @@ def export_chunks(
     items not made."""
     cached = cache.identities(job, root, prices, today)
     mine, parts = part
-    if cached is None or parts == 1:  # every item made, one at a time
+    if cached is None:  # every item made, one at a time
         items = _export_items(job, root, cached)
         for number in count():
             chunk = list(islice(items, size))
@@ -69,12 +71,12 @@ def export_chunks(
         if number % parts != mine:
             yield None
             continue
-        if [key for key, _ in read] != [row[0] for row in ids]:
+        keys = list(map(_FIRST, read))
+        if keys != list(map(_FIRST, ids)):
             raise changed_while_read(job, root)
-        yield [
-            new(ExportItem, (key, row[1], row[2], source))
-            for row, (key, source) in zip(ids, read, strict=True)
-        ]
+        # Each ExportItem by C calls alone: its fields zipped, the tuple made by tuple.__new__.
+        fields = zip(keys, map(_SECOND, ids), map(_THIRD, ids), map(_SECOND, read), strict=True)
+        yield list(map(new, repeat(ExportItem), fields))
 
 
 def _export_items(job: Job, root: Path, cached: Iterator[Any] | None) -> Iterator[ExportItem]:
