@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -85,6 +84,55 @@ class Run:
     seconds: float
     peak_mb: float
     stdout: str
+    cpu: float = 0.0  # the child's user + system time
+
+
+# Children are started by a small process of their own, started before this one grows: a child
+# forked (or vforked) from a large process reports that process's pages in its peak RSS, which
+# the kernel keeps across exec (a 10,000-item plan of 32 MB showed 108 MB late in a full run).
+LAUNCHER = r"""
+import json, os, subprocess, sys, time
+for request in sys.stdin:
+    job = json.loads(request)
+    every = os.sched_getaffinity(0)
+    if job["cpus"]:
+        os.sched_setaffinity(0, job["cpus"])
+    with open(job["out"], "wb") as out, open(job["err"], "wb") as err:
+        start = time.perf_counter()
+        try:
+            proc = subprocess.Popen(job["argv"], cwd=job["cwd"], env=job["env"], stdout=out, stderr=err)
+        finally:
+            os.sched_setaffinity(0, every)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "rss_kb": usage.ru_maxrss,
+                      "cpu": usage.ru_utime + usage.ru_stime,
+                      "code": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class Launcher:
+    """The process that starts every measured child (`LAUNCHER`)."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def start(cls, python: str) -> None:
+        cls.proc = subprocess.Popen(
+            [python, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    @classmethod
+    def run(cls, job: dict) -> dict:
+        if cls.proc is None:
+            cls.start(PYTHON)
+        assert cls.proc is not None and cls.proc.stdin and cls.proc.stdout
+        cls.proc.stdin.write(json.dumps(job) + "\n")
+        cls.proc.stdin.flush()
+        line = cls.proc.stdout.readline()
+        if not line:
+            raise SystemExit("the bench's launcher process stopped")
+        return json.loads(line)
 
 
 @dataclass
@@ -113,33 +161,22 @@ def run(
     stdout_to: Path | None = None,
     check: bool = True,
 ) -> Run:
-    """Run `argv` in a child; its wall time and its own peak RSS (from wait4)."""
+    """Run `argv` in a child (started by the launcher); its wall time, its own peak RSS and its
+    CPU time (from wait4)."""
     full_env = {**os.environ, **NO_PROXY, **(env or {})}
-    out = stdout_to.open("wb") if stdout_to else subprocess.PIPE
-    # The child inherits the cores from this process, set around its start: a `preexec_fn`
-    # would fork a full copy of this process first, and its pages would count in the child's
-    # peak RSS (kept across exec), not only the command's own.
-    every = os.sched_getaffinity(0)
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    start = time.perf_counter()
-    try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.PIPE)
-    finally:
-        if cpus:
-            os.sched_setaffinity(0, every)
-    data = proc.stdout.read() if proc.stdout else b""
-    err = proc.stderr.read() if proc.stderr else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if stdout_to:
-        out.close()  # type: ignore[union-attr]
-    if check and proc.returncode not in (0, 2):
+    with tempfile.TemporaryDirectory(prefix="batchops-bench-run-") as tmp:
+        out = str(stdout_to) if stdout_to else os.path.join(tmp, "out")
+        err = os.path.join(tmp, "err")
+        done = Launcher.run({"argv": [str(a) for a in argv], "cwd": str(cwd) if cwd else None,
+                             "env": full_env, "cpus": sorted(cpus) if cpus else None,
+                             "out": out, "err": err})  # fmt: skip
+        data = b"" if stdout_to else Path(out).read_bytes()
+        errors = Path(err).read_bytes()
+    if check and done["code"] not in (0, 2):
         raise SystemExit(
-            f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{err.decode()[-3000:]}"
+            f"{' '.join(map(str, argv))} exited {done['code']}:\n{errors.decode()[-3000:]}"
         )
-    return Run(seconds, usage.ru_maxrss / 1024, data.decode(errors="replace"))
+    return Run(done["seconds"], done["rss_kb"] / 1024, data.decode(errors="replace"), done["cpu"])
 
 
 def best(times: int, fn) -> Run:
@@ -290,10 +327,8 @@ def bench_cold(args, rows: list[Row]) -> None:
 
     def cpu_of(fn) -> tuple[Run, float]:
         """`fn()`'s run and its child's CPU time (user + sys): what a busy machine inflates least."""
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = fn()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return r, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return r, r.cpu
 
     def best_cold(fn) -> tuple[Run, float]:
         """The fastest of --cold-repeat runs, and the least CPU time any of them took."""
@@ -757,6 +792,7 @@ def main() -> None:
     if args.fill:
         fill_state_here(Path(args.fill[0]), Path(args.fill[1]))
         return
+    Launcher.start(PYTHON)  # while this process is small
     s = args.scale
     args.items = args.items or int(1_000_000 * s)
     args.harvest = args.harvest or int(100_000 * s)
