@@ -329,19 +329,27 @@ def fill_demo_state(root: Path) -> Path:
     return path
 
 
-def fill_demo_state_at(root: Path, location: Path | str) -> None:
-    """`fill_demo_state`, at `location`: a PostgreSQL state gets a copy of the filled file through
-    the state API (`dump_tables` / `load_tables`, as `state push` does), and the file goes."""
-    from batchops.state import is_postgres, open_reader, open_writer
+def copy_state(path: Path, location: Path | str) -> None:
+    """Copy the SQLite state file at `path` into the empty state at `location` through the state
+    API (`dump_tables` / `load_tables`, as `state push` does)."""
+    from batchops.state import open_reader, open_writer
 
-    path = fill_demo_state(root)
-    if not is_postgres(location):
-        return
     source, target = open_reader(path), open_writer(location, "test fill")
     try:
         target.load_tables(source.dump_tables(), expected=source.table_counts())
     finally:
         target.close()
         source.close()
+
+
+def fill_demo_state_at(root: Path, location: Path | str) -> None:
+    """`fill_demo_state`, at `location`: a PostgreSQL state gets a copy of the filled file through
+    the state API (`dump_tables` / `load_tables`, as `state push` does), and the file goes."""
+    from batchops.state import is_postgres
+
+    path = fill_demo_state(root)
+    if not is_postgres(location):
+        return
+    copy_state(path, location)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)

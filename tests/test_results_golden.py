@@ -26,7 +26,7 @@ from batchops.spec import cache, inputs
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
 from batchops.state.sqlite import SqliteWriter
-from tests.statefill import NOW
+from tests.statefill import NOW, copy_state
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "results_golden.json"
 OLD_FP = "sha256:" + "1" * 64
@@ -337,7 +337,7 @@ class _Filler:
 
 def fill_state(root: Path, location: Path | str) -> None:
     """Every scenario for the `mix` job; a few for the others; a job no spec has any more."""
-    from batchops.state import is_postgres, open_reader, open_writer
+    from batchops.state import is_postgres
 
     path = root / "state" / "filled.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -358,12 +358,7 @@ def fill_state(root: Path, location: Path | str) -> None:
     if not is_postgres(location):
         path.replace(location)
         return
-    source, target = open_reader(path), open_writer(location, "test fill")
-    try:
-        target.load_tables(source.dump_tables(), expected=source.table_counts())
-    finally:
-        target.close()
-        source.close()
+    copy_state(path, location)
 
 
 # Every job in every format; the mixed job with every option.

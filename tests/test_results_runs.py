@@ -25,7 +25,8 @@ from batchops.commands.results import ExportOptions, export, iter_results, write
 from batchops.spec import cache
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
-from batchops.state import is_postgres, open_reader, open_writer
+from batchops.state import is_postgres
+from tests.statefill import copy_state
 from tests.test_results_golden import ANSWERS, OLD_FP, _context, _Filler, _message, _text
 
 SPEC = """version = 1
@@ -124,12 +125,7 @@ def fill_state(root: Path, location: Path | str, monkeypatch: pytest.MonkeyPatch
     if not is_postgres(location):
         path.replace(location)
         return
-    source, target = open_reader(path), open_writer(location, "test fill")
-    try:
-        target.load_tables(source.dump_tables(), expected=source.table_counts())
-    finally:
-        target.close()
-        source.close()
+    copy_state(path, location)
 
 
 @pytest.fixture

@@ -61,6 +61,17 @@ def removal_rows(counts: dict[str, int], kept: int) -> dict[str, int]:
 UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
 
 
+def _times(batch: BatchRecord) -> list[str | None]:
+    """A batch's remote times, in the order the batches table's writes list them."""
+    return [
+        iso(batch.created_at),
+        iso(batch.expires_at),
+        iso(batch.ended_at),
+        iso(batch.archived_at),
+        iso(batch.results_expire_at),
+    ]
+
+
 class SharedReads:
     """Mixed into each backend's reader, before `StateReader` in the MRO."""
 
@@ -255,11 +266,7 @@ class SharedWrites:
                     count,
                     batch.processing_status,
                     batch.request_counts,
-                    iso(batch.created_at),
-                    iso(batch.expires_at),
-                    iso(batch.ended_at),
-                    iso(batch.archived_at),
-                    iso(batch.results_expire_at),
+                    *_times(batch),
                     stamp,
                 ],
             )
@@ -306,11 +313,7 @@ class SharedWrites:
                 [
                     batch.processing_status,
                     batch.request_counts,
-                    iso(batch.created_at),
-                    iso(batch.expires_at),
-                    iso(batch.ended_at),
-                    iso(batch.archived_at),
-                    iso(batch.results_expire_at),
+                    *_times(batch),
                     batch.drift,
                     iso(batch.pruned_at),
                     iso(now),
