@@ -671,6 +671,49 @@ def test_dead_holder_on_this_host_is_taken_over(writer: StateWriter, backend: Ba
         second.close()
 
 
+_OPEN_AT_ONCE = """
+import sys, time
+from batchops.errors import LockHeld, StateError
+from batchops.state import open_writer
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    open_writer(sys.argv[1], "race").close()
+    print("opened")
+except LockHeld:
+    print("held")
+except StateError as exc:
+    print("error", exc)
+"""
+
+
+def test_writers_opening_a_new_state_at_once_are_each_opened_or_told_it_is_held(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """CI saw two applies start on a new SQLite state together, and one was told the file was
+    "not a batchops state file (database is locked)": both switched the new file to WAL, and
+    SQLite answers the second switch "locked" at once, without waiting."""
+    if backend.name == "postgres":  # each round needs a new, empty state
+        locations = [backend.location]
+    else:
+        locations = [str(tmp_path / f"state-{n}.db") for n in range(6)]
+    outcomes: list[str] = []
+    for location in locations:
+        start = time.time() + 0.8
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AT_ONCE, location, str(start)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        outcomes += [child.communicate(timeout=60)[0].strip() for child in children]
+    assert [o for o in outcomes if o not in ("opened", "held")] == []
+    assert "opened" in outcomes
+
+
 # ---------------------------------------------------------------- readers and migrations
 def test_reader_on_missing_state_answers_empty_and_creates_nothing(backend: Backend) -> None:
     reader = open_reader(backend.location)

@@ -151,8 +151,34 @@ class _Connection:
         return [name for (name,) in self.conn.execute(sql)]
 
 
+_BUSY_SECONDS = 30.0  # how long a connection waits out another's lock on the file
+
+
+def _busy(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _not_state(path: Path, exc: Exception | str) -> StateError:
+    if isinstance(exc, BaseException) and _busy(exc):
+        return StateError(
+            f"{path}: state file is busy: another process held it for over "
+            f"{_BUSY_SECONDS:g} s ({exc})"
+        )
     return StateError(f"{path}: not a batchops state file ({exc})")
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL. Two connections switching a new file at once deadlock on its
+    locks, and SQLite answers one of them "database is locked" at once, without its busy
+    wait; that one waits here, and finds the file switched."""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while conn.execute("pragma journal_mode").fetchone()[0] != "wal":
+        try:
+            conn.execute("pragma journal_mode = wal")
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class SqliteReader(SharedReads, StateReader):
@@ -363,10 +389,9 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         if not existed:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            conn = sqlite3.connect(str(path), timeout=_BUSY_SECONDS, isolation_level=None)
             db = _Connection(conn)
-            if conn.execute("pragma journal_mode").fetchone()[0] != "wal":
-                conn.execute("pragma journal_mode = wal")
+            _use_wal(conn)
         except sqlite3.DatabaseError as exc:
             raise _not_state(path, exc) from None
         seconds = seconds or lease_seconds()
@@ -391,7 +416,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
     @classmethod
     def force_unlock_at(cls, path: Path, lock_id: str) -> LockInfo:
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        conn = sqlite3.connect(str(path), timeout=_BUSY_SECONDS, isolation_level=None)
         writer = cls(_Connection(conn), Path(path))
         try:
             return writer.force_unlock(lock_id)
@@ -401,7 +426,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
     @classmethod
     def renew_at(cls, path: Path, lock_id: str, seconds: float) -> bool:
         """Extend the leases `lock_id` holds, from another thread's own connection."""
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        conn = sqlite3.connect(str(path), timeout=_BUSY_SECONDS, isolation_level=None)
         try:
             until = iso(expiry(utcnow(), seconds))
             cursor = conn.execute(
@@ -596,7 +621,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
         def run() -> None:
             with contextlib.suppress(sqlite3.Error):
-                conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+                conn = sqlite3.connect(str(self.path), timeout=_BUSY_SECONDS, isolation_level=None)
                 try:
                     conn.execute("pragma wal_checkpoint(passive)")
                 finally:
