@@ -736,6 +736,23 @@ def test_reader_on_missing_state_answers_empty_and_creates_nothing(backend: Back
         assert not Path(backend.location).exists()
 
 
+def test_reader_on_a_state_file_being_created_answers_empty(tmp_path: Path) -> None:
+    """A plan that reads while the first apply is creating the SQLite file finds a file with
+    no tables yet: that is an empty state, as a missing file is, not "not a state file"."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.execute("pragma journal_mode = wal")
+    conn.close()
+    reader = open_reader(str(path))
+    try:
+        assert not reader.exists and reader.serial == 0 and reader.job_names() == []
+    finally:
+        reader.close()
+    sqlite3.connect(path).execute("create table other (x)").connection.close()
+    with pytest.raises(StateError, match="not a batchops state file"):
+        open_reader(str(path))
+
+
 def test_reader_sees_items_for_selected_jobs(writer: StateWriter, backend: Backend) -> None:
     sent_batch(writer)
     writer.record_intent("i-other", "other", atts("x"), 10, NOW)

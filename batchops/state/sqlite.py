@@ -200,7 +200,10 @@ class SqliteReader(SharedReads, StateReader):
         except sqlite3.DatabaseError as exc:
             raise _not_state(path, exc) from None
         if pending and KNOWN_MIGRATIONS[0] in pending:
+            empty = not db.table_names()  # being created by a writer: an empty state
             conn.close()
+            if empty:
+                return cls(None, path)
             raise _not_state(path, "no schema")
         if pending:
             conn.close()
