@@ -508,8 +508,13 @@ class Recorded:
 
     @contextlib.contextmanager
     def results(self, batch_id):
+        with self.result_blocks(batch_id) as blocks:
+            yield _parse_blocks(blocks, "read results")
+
+    @contextlib.contextmanager
+    def result_blocks(self, batch_id):
         with open(results_file, "rb") as fh:
-            yield _parse_blocks(iter(lambda: fh.read(1 << 16), b""), "read results")
+            yield iter(lambda: fh.read(1 << 16), b"")
 
 
 state = open_writer(state_path, "bench")  # a SQLite file or a PostgreSQL URL

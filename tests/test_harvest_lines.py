@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from batchops.apply.evaluator import _message_json
+from batchops.apply.harvest import _message_json
 from batchops.remote.client import _parse_lines
 
 MESSAGE = '{"id":"msg_1","content":[{"type":"text","text":"h\\u00e9 \\"message\\": x"}],"usage":{}}'

@@ -16,6 +16,7 @@ state that the next apply completes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -27,6 +28,14 @@ from typing import Any
 
 import orjson
 
+from batchops.apply.harvest import (
+    ForeignResults,
+    HarvestFailed,
+    HarvestWorker,
+    WorkerDied,
+    verified_rows,
+    worker_wanted,
+)
 from batchops.apply.refresh import as_record
 from batchops.apply.report import ApplyReport, NullProgress, Progress
 from batchops.clock import iso
@@ -44,11 +53,11 @@ from batchops.plan.actions import (
     SubmitBatch,
     SubmitItem,
 )
-from batchops.pricing import money, usage_counts
+from batchops.pricing import money
 from batchops.remote import BatchesClient, encode_request
 from batchops.spec import caching
 from batchops.state.api import StateWriter
-from batchops.state.records import RESULT_TYPES, BatchRecord, SentAttempt
+from batchops.state.records import BatchRecord, SentAttempt
 
 KILL_ENV = "BATCHOPS_TEST_DIE_AT"  # test seam: SIGKILL this process at the named checkpoint
 ADOPT_SLACK = timedelta(minutes=2)  # intents from before list anchors: clock skew allowed
@@ -75,12 +84,13 @@ def checkpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class HarvestFailed(Exception):
-    """A batch's results did not check out; nothing was stored for it."""
+def _at_halfway() -> None:
+    checkpoint("mid-harvest")
 
 
-class ForeignResults(HarvestFailed):
-    """The results carry a custom_id this batch was not sent: it is not the batch we think."""
+def _worker_for(expected: int) -> contextlib.AbstractContextManager[HarvestWorker | None]:
+    """A harvest worker for a batch of `expected` results, or None where it is not worth one."""
+    return HarvestWorker() if worker_wanted(expected) else contextlib.nullcontext()
 
 
 class Evaluator:
@@ -208,17 +218,15 @@ class Evaluator:
         record = step if isinstance(step, BatchRecord) else self.state.batch(step.batch_id)
         if record is None or record.harvested_at is not None:
             return record is not None
-        sent = self.state.sent_attempts(record.id)
         counts = orjson.loads(record.request_counts) if record.request_counts else {}
         expected = sum(counts.values()) if counts else record.request_count
         try:
-            with self.client.results(record.id) as lines:
-                stored = self.state.store_harvest(
-                    record.id,
-                    self._verified_rows(record, lines, sent, expected),
-                    canceled_by_us=record.canceled_by_us_at is not None,
-                    now=self.clock(),
-                )
+            try:
+                with _worker_for(expected) as worker:
+                    stored = self._store_results(record, expected, worker)
+            except WorkerDied as exc:  # nothing was stored: the lines are read again, here
+                self._note(f"Harvest of batch {record.id}: {exc}; harvesting it in this process.")
+                stored = self._store_results(record, expected, None)
         except ForeignResults as exc:
             if record.adopted:
                 self._not_ours(record, str(exc))
@@ -258,6 +266,26 @@ class Evaluator:
         self.report.drift.append(note)
         self._note(f"Drift: {note}.")
 
+    def _store_results(
+        self, record: BatchRecord, expected: int, worker: HarvestWorker | None
+    ) -> int:
+        """Store the batch's results in one transaction: the rows made here, or by a worker
+        process while this one inserts them (`harvest.HarvestWorker`)."""
+        canceled = record.canceled_by_us_at is not None
+        if worker is None:
+            sent = self.state.sent_attempts(record.id)
+            with self.client.results(record.id) as lines:
+                rows = self._verified_rows(record, lines, sent, expected)
+                return self.state.store_harvest(
+                    record.id, rows, canceled_by_us=canceled, now=self.clock()
+                )
+        now = self.clock()
+        attempts = self.state.sent_attempt_rows(record.id)
+        worker.begin(record.job, record.id, iso(now) or "", expected, attempts)
+        with self.client.result_blocks(record.id) as blocks:
+            rows = worker.rows(blocks, _at_halfway)
+            return self.state.store_harvest(record.id, rows, canceled_by_us=canceled, now=now)
+
     def _verified_rows(
         self,
         record: BatchRecord,
@@ -265,84 +293,9 @@ class Evaluator:
         sent: dict[str, SentAttempt | None],
         expected: int,
     ) -> Iterator[tuple]:
-        """Result lines as rows to store (plain tuples in `ResultRow`'s field order); raises (so
-        nothing is stored) when they do not check out.
-
-        `sent` is used up: each custom_id seen is set to None, so a second line for it is told
-        from a custom_id this batch was never sent. This runs once per result line (100,000 in a
-        full batch), so the row is built here, inline, rather than by helpers per field."""
+        """Result lines as rows to store, made in this process (see `harvest.verified_rows`)."""
         now = iso(self.clock()) or ""
-        job, batch_id = record.job, record.id
-        halfway = max(expected // 2, 1)
-        count = 0
-        nothing = (None,) * 5
-        for line in lines:
-            custom_id = line.get("custom_id")
-            result = line.get("result")
-            if not isinstance(custom_id, str) or not isinstance(result, dict):
-                raise HarvestFailed(
-                    f"a result line without a custom_id and a result: {line!r:.200}"
-                )
-            attempt = sent.get(custom_id)
-            if attempt is None:
-                if custom_id not in sent:
-                    raise ForeignResults(
-                        f"result for custom_id {custom_id!r}, which this batch was not sent"
-                    )
-                raise HarvestFailed(f"custom_id {custom_id!r} appears twice in the results")
-            kind = result.get("type")
-            if kind not in RESULT_TYPES:
-                raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
-            sent[custom_id] = None
-            count += 1
-            if count == halfway:
-                checkpoint("mid-harvest")
-            attempt_id, key, fingerprint = attempt
-            if kind == "succeeded":
-                body = result.get("message") or {}
-                content = body.get("content") or ()
-                inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
-                if (
-                    type(content) is list
-                    and len(content) == 1
-                    and type(block := content[0]) is dict
-                ):
-                    # one block, as most replies: its text, without a list and a join
-                    text = block.get("text", "") if block.get("type") == "text" else ""
-                    if type(text) is not str:
-                        text = "".join([text])  # what the join below does with it
-                else:
-                    text = "".join([
-                        b.get("text", "")
-                        for b in content
-                        if isinstance(b, dict) and b.get("type") == "text"
-                    ])  # fmt: skip
-                yield (
-                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, text,
-                    _message_json(line, custom_id, result, body),
-                    body.get("stop_reason"), None, None, body.get("model"),
-                    inputs, outputs, write_5m + write_1h, write_1h, reads,
-                    now,
-                )  # fmt: skip
-            elif kind == "errored":
-                envelope = result.get("error") or {}
-                error = (
-                    envelope.get("error") if isinstance(envelope.get("error"), dict) else envelope
-                )
-                yield (
-                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
-                    None, error.get("type"), error.get("message"), None, *nothing, now,
-                )  # fmt: skip
-            else:  # expired, canceled
-                yield (
-                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
-                    None, None, None, None, *nothing, now,
-                )  # fmt: skip
-        if count != expected:
-            raise HarvestFailed(f"{count} result lines, but request_counts add up to {expected}")
-        missing = len(sent) - count
-        if missing:
-            raise HarvestFailed(f"{missing} submitted custom_ids have no result")
+        return verified_rows(record.job, record.id, now, lines, sent, expected, _at_halfway)
 
     # -- requeue, forget
     def requeue(self, step: Requeue, index: int = 0) -> None:
@@ -511,34 +464,6 @@ def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
     if item.estimate is not None and item.estimate.auto:
         return caching.mark(params)
     return params
-
-
-_CUSTOM_ID = '{"custom_id":"'
-_SUCCEEDED = '","result":{"type":"succeeded","message":'
-
-
-def _message_json(
-    line: dict[str, Any], custom_id: str, result: dict[str, Any], body: dict[str, Any]
-) -> str:
-    """The message as JSON text: the slice of the line the API wrote, when the line has the
-    API's compact shape, else written out again.
-
-    The slice is taken only from `{"custom_id":"<id>","result":{"type":"succeeded","message":`
-    M `}}` with nothing else in either object and no second `"message":` key after the prefix
-    (a duplicate key would otherwise end up in M); a custom_id is `[A-Za-z0-9_-]`, so its JSON
-    is itself. Anything else (whitespace, another key order) takes the slow path.
-    """
-    raw = getattr(line, "raw", None)
-    if raw is not None and len(line) == 2 and len(result) == 2:
-        # the checks read the line in place: no copy of it but the slice (and `rstrip`'s, when
-        # the line still ends in whitespace)
-        prefix = _CUSTOM_ID + custom_id + _SUCCEEDED
-        if raw.startswith(prefix):
-            start = len(prefix)
-            raw = raw.rstrip()
-            if raw.endswith("}}}") and raw.find('"message":', start) == -1:
-                return raw[start:-2]
-    return orjson.dumps(body).decode()
 
 
 def _count(n: int, noun: str) -> str:

@@ -240,10 +240,17 @@ class BatchesClient:
     @contextlib.contextmanager
     def results(self, batch_id: str) -> Iterator[Iterator[ResultLine]]:
         """Stream a batch's result lines as dicts; the response is closed whatever happens."""
+        with self.result_blocks(batch_id) as blocks:
+            yield _parse_blocks(blocks, f"read results of batch {batch_id}")
+
+    @contextlib.contextmanager
+    def result_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
+        """Stream a batch's results file as the byte blocks it arrives in (JSONL, cut anywhere);
+        a stream that breaks off raises `RemoteError`."""
         what = f"read results of batch {batch_id}"
         try:
             with self._sdk.messages.batches.with_streaming_response.results(batch_id) as response:
-                yield _parse_blocks(response.iter_bytes(), what)
+                yield _mapped(response.iter_bytes(), what)
         except anthropic.NotFoundError:
             raise NotFound(batch_id) from None
         except anthropic.AnthropicError as exc:  # includes "No results_url" (not yet ended)
@@ -337,6 +344,19 @@ def _runs_of(blocks: Iterator[bytes]) -> Iterator[list[str]]:
     tail = b"".join(pending)
     if tail:
         yield [tail.decode("utf-8", "replace")]
+
+
+def _mapped(blocks: Iterator[bytes], what: str) -> Iterator[bytes]:
+    """The blocks, with a stream cut short (an httpx2 protocol error, not an anthropic one)
+    raised as a RemoteError."""
+    try:
+        yield from blocks
+    except anthropic.APIError as exc:
+        raise remote_error(exc, what) from None
+    except Exception as exc:
+        raise RemoteError(
+            f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _parse_runs(runs: Iterator[list[str]], what: str) -> Iterator[ResultLine]:

@@ -186,6 +186,10 @@ class StateReader(ABC):
         """custom_id → the attempt a batch carries for it (what a result must match)."""
 
     @abstractmethod
+    def sent_attempt_rows(self, batch_id: str) -> Iterator[tuple[str, int, str, str]]:
+        """The same as (custom_id, attempt id, key, fingerprint) rows, read as they are taken."""
+
+    @abstractmethod
     def job_names(self) -> list[str]:
         """Every job the state mentions anywhere, sorted."""
 

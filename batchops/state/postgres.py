@@ -43,10 +43,9 @@ from batchops.state.records import (
     ItemRecord,
     LockInfo,
     ResultLookup,
-    SentAttempt,
     UsageRow,
 )
-from batchops.state.shared import SharedReads, SharedWrites
+from batchops.state.shared import SENT_ATTEMPTS, SharedReads, SharedWrites
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_batchops_migrations"
@@ -261,12 +260,10 @@ class PostgresReader(SharedReads, StateReader):
         rows = self._rows("select lock_id, pid, host, since, command from lock where id = 1")
         return [LockInfo(*r) for r in rows]
 
-    def sent_attempts(self, batch_id: str) -> dict[str, SentAttempt]:
-        sql = (
-            "select custom_id, id, key, fingerprint from attempts"
-            " where batch_id = %s and status = 'sent'"
-        )
-        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self._rows(sql, [batch_id])}
+    def sent_attempt_rows(self, batch_id: str) -> Iterator[tuple[str, int, str, str]]:
+        if not self._exists:
+            return iter(())
+        return iter(self.conn.execute(self._sql(SENT_ATTEMPTS), [batch_id]))
 
     _LOOKUP_FROM = (
         f"select {_ITEM_COLUMNS}, r.fingerprint, r.type, r.text, r.message, r.stop_reason,"

@@ -6,7 +6,7 @@ PostgreSQL (opening, leases, bulk loads and reads, harvest) stays in `sqlite` an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from batchops.state.api import (
     RELEASE_DRIFTS,
     STATE_TABLES,
 )
-from batchops.state.records import BatchRecord, IntentRecord, JobSummary, LockInfo
+from batchops.state.records import BatchRecord, IntentRecord, JobSummary, LockInfo, SentAttempt
 
 # Every table holding a job's rows, and how it names the job.
 JOB_TABLES = (
@@ -58,6 +58,10 @@ def removal_rows(counts: dict[str, int], kept: int) -> dict[str, int]:
 
 
 # The batch and attempts of `remove` of a batch (its id once).
+# What a result line must match to be stored: custom_id, attempt id, key, fingerprint.
+SENT_ATTEMPTS = (
+    "select custom_id, id, key, fingerprint from attempts where batch_id = ? and status = 'sent'"
+)
 UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
 
 
@@ -96,6 +100,11 @@ class SharedReads:
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = self._all(sql, params)
         return rows[0][0] if rows else None
+
+    def sent_attempt_rows(self, batch_id: str) -> Iterator[tuple[str, int, str, str]]: ...
+
+    def sent_attempts(self, batch_id: str) -> dict[str, SentAttempt]:
+        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self.sent_attempt_rows(batch_id)}
 
     def meta(self, key: str) -> str | None:
         return self._one("select value from meta where key = ?", [key])

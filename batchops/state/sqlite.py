@@ -51,10 +51,9 @@ from batchops.state.records import (
     ItemRecord,
     LockInfo,
     ResultLookup,
-    SentAttempt,
     UsageRow,
 )
-from batchops.state.shared import SharedReads, SharedWrites
+from batchops.state.shared import SENT_ATTEMPTS, SharedReads, SharedWrites
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' table of applied migrations
@@ -251,15 +250,11 @@ class SqliteReader(SharedReads, StateReader):
         rows = self._rows("select lock_id, pid, host, since, command from lock where id = 1")
         return [LockInfo(*r) for r in rows]  # a state from before leases: its one lock
 
-    def sent_attempts(self, batch_id: str) -> dict[str, SentAttempt]:
-        sql = (
-            "select custom_id, id, key, fingerprint from attempts"
-            " where batch_id = ? and status = 'sent'"
-        )
+    def sent_attempt_rows(self, batch_id: str) -> Iterator[tuple[str, int, str, str]]:
         if self.db is None:
-            return {}
+            return iter(())
         # straight from the cursor: a batch of 100,000 is not also held as a list of rows
-        return {r[0]: SentAttempt(r[1], r[2], r[3]) for r in self.db.execute(sql, [batch_id])}
+        return self.db.execute(SENT_ATTEMPTS, [batch_id])
 
     def result_lookup(self, job: str, key: str) -> ResultLookup | None:
         if self.db is None:

@@ -1,0 +1,330 @@
+"""A batch's result lines as the rows a harvest stores, checked as they come (each custom_id
+one the batch was sent, none twice, as many as its request counts); and, for a large batch, the
+same work done by a worker process beside the one that stores the rows.
+
+The worker (`python -m batchops.apply.harvest_worker`) is given the sent attempts and the raw
+bytes of the results stream on its stdin, and answers frames on its stdout: rows a chunk at a
+time (`marshal`, which reads back as fast as it writes, of plain tuples only), then "done" or
+the reason the lines did not check out. Parsing JSON and building rows is then done on another
+core while this process binds and inserts rows, and the harvest is still one transaction of
+this process. Nothing else crosses: the worker opens no state and no connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import marshal
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+import orjson
+
+from batchops.errors import RemoteError
+from batchops.pricing import usage_counts
+from batchops.state.records import RESULT_TYPES
+
+WORKER_ENV = "BATCHOPS_HARVEST_WORKER"  # "1": always, "0": never, else for large batches
+WORKER_MIN_RESULTS = 20_000  # below this, starting a process costs more than it saves
+CHUNK_ROWS = 2_000  # rows a frame carries
+_PIPE_BYTES = 1 << 20  # asked of the kernel for each pipe (Linux), so fewer switches
+_HEAD = 9  # a frame: one tag byte, an 8-byte length, the payload
+HEAD, SENT, ROWS, DONE, FAILED = b"H", b"S", b"R", b"D", b"E"
+
+
+class HarvestFailed(Exception):
+    """A batch's results did not check out; nothing was stored for it."""
+
+
+class ForeignResults(HarvestFailed):
+    """The results carry a custom_id this batch was not sent: it is not the batch we think."""
+
+
+class WorkerDied(Exception):
+    """The harvest worker ended without saying why (a crash, a missing interpreter): the lines
+    were not judged, so the harvest may be tried again in this process."""
+
+
+def verified_rows(
+    job: str,
+    batch_id: str,
+    now: str,
+    lines: Iterator[dict[str, Any]],
+    sent: dict[str, Any],
+    expected: int,
+    at_halfway: Callable[[], None] = lambda: None,
+) -> Iterator[tuple]:
+    """Result lines as rows to store (plain tuples in `ResultRow`'s field order); raises (so
+    nothing is stored) when they do not check out.
+
+    `sent` is used up: each custom_id seen is set to None, so a second line for it is told
+    from a custom_id this batch was never sent. This runs once per result line (100,000 in a
+    full batch), so the row is built here, inline, rather than by helpers per field."""
+    halfway = max(expected // 2, 1)
+    count = 0
+    nothing = (None,) * 5
+    for line in lines:
+        custom_id = line.get("custom_id")
+        result = line.get("result")
+        if not isinstance(custom_id, str) or not isinstance(result, dict):
+            raise HarvestFailed(f"a result line without a custom_id and a result: {line!r:.200}")
+        attempt = sent.get(custom_id)
+        if attempt is None:
+            if custom_id not in sent:
+                raise ForeignResults(
+                    f"result for custom_id {custom_id!r}, which this batch was not sent"
+                )
+            raise HarvestFailed(f"custom_id {custom_id!r} appears twice in the results")
+        kind = result.get("type")
+        if kind not in RESULT_TYPES:
+            raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
+        sent[custom_id] = None
+        count += 1
+        if count == halfway:
+            at_halfway()
+        attempt_id, key, fingerprint = attempt
+        if kind == "succeeded":
+            body = result.get("message") or {}
+            content = body.get("content") or ()
+            inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
+            if type(content) is list and len(content) == 1 and type(block := content[0]) is dict:
+                # one block, as most replies: its text, without a list and a join
+                text = block.get("text", "") if block.get("type") == "text" else ""
+                if type(text) is not str:
+                    text = "".join([text])  # what the join below does with it
+            else:
+                text = "".join([
+                    b.get("text", "")
+                    for b in content
+                    if isinstance(b, dict) and b.get("type") == "text"
+                ])  # fmt: skip
+            yield (
+                job, key, custom_id, fingerprint, batch_id, attempt_id, kind, text,
+                _message_json(line, custom_id, result, body),
+                body.get("stop_reason"), None, None, body.get("model"),
+                inputs, outputs, write_5m + write_1h, write_1h, reads,
+                now,
+            )  # fmt: skip
+        elif kind == "errored":
+            envelope = result.get("error") or {}
+            error = envelope.get("error") if isinstance(envelope.get("error"), dict) else envelope
+            yield (
+                job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
+                None, error.get("type"), error.get("message"), None, *nothing, now,
+            )  # fmt: skip
+        else:  # expired, canceled
+            yield (
+                job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
+                None, None, None, None, *nothing, now,
+            )  # fmt: skip
+    if count != expected:
+        raise HarvestFailed(f"{count} result lines, but request_counts add up to {expected}")
+    missing = len(sent) - count
+    if missing:
+        raise HarvestFailed(f"{missing} submitted custom_ids have no result")
+
+
+_CUSTOM_ID = '{"custom_id":"'
+_SUCCEEDED = '","result":{"type":"succeeded","message":'
+
+
+def _message_json(
+    line: dict[str, Any], custom_id: str, result: dict[str, Any], body: dict[str, Any]
+) -> str:
+    """The message as JSON text: the slice of the line the API wrote, when the line has the
+    API's compact shape, else written out again.
+
+    The slice is taken only from `{"custom_id":"<id>","result":{"type":"succeeded","message":`
+    M `}}` with nothing else in either object and no second `"message":` key after the prefix
+    (a duplicate key would otherwise end up in M); a custom_id is `[A-Za-z0-9_-]`, so its JSON
+    is itself. Anything else (whitespace, another key order) takes the slow path.
+    """
+    raw = getattr(line, "raw", None)
+    if raw is not None and len(line) == 2 and len(result) == 2:
+        # the checks read the line in place: no copy of it but the slice (and `rstrip`'s, when
+        # the line still ends in whitespace)
+        prefix = _CUSTOM_ID + custom_id + _SUCCEEDED
+        if raw.startswith(prefix):
+            start = len(prefix)
+            raw = raw.rstrip()
+            if raw.endswith("}}}") and raw.find('"message":', start) == -1:
+                return raw[start:-2]
+    return orjson.dumps(body).decode()
+
+
+# -- the worker, as the storing process sees it
+
+
+def worker_wanted(expected: int) -> bool:
+    """Whether a batch of `expected` results is harvested with a worker: a large batch, when
+    this process may run on more than one core (`BATCHOPS_HARVEST_WORKER` overrides)."""
+    choice = os.environ.get(WORKER_ENV, "")
+    if choice in ("0", "1"):
+        return choice == "1"
+    if expected < WORKER_MIN_RESULTS:
+        return False
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return (len(cores) if cores is not None else os.cpu_count() or 1) > 1
+
+
+class HarvestWorker:
+    """A worker process that makes a harvest's rows (see the module's doc), started before the
+    sent attempts are read, so that its start overlaps the read. Close it (or use it as a
+    context manager): it is killed if still running."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import tempfile
+
+        self._errors = tempfile.TemporaryFile()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "batchops.apply.harvest_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._errors,
+                bufsize=0,
+            )
+        except OSError as exc:
+            self._errors.close()
+            raise WorkerDied(f"the harvest worker could not start ({exc})") from None
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._stdout = self._process.stdout
+        for pipe in (self._process.stdin, self._stdout):
+            _widen(pipe)
+        self._feeder: threading.Thread | None = None
+        self._failure: list[BaseException] = []
+        self._expected = 0
+
+    def __enter__(self) -> HarvestWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._stdout.close()
+        self._errors.close()
+
+    def begin(
+        self, job: str, batch_id: str, now: str, expected: int, attempts: Iterable[tuple]
+    ) -> None:
+        """Tell the worker the batch, and the attempts it was sent: (custom_id, attempt id,
+        key, fingerprint) rows, passed on a frame at a time as they are read, never held."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            _write_frame(stdin, HEAD, marshal.dumps((job, batch_id, now, expected)))
+            attempts = iter(attempts)
+            while True:
+                piece = list(itertools.islice(attempts, SENT_PER_FRAME))
+                _write_frame(stdin, SENT, marshal.dumps(piece))
+                if not piece:  # an empty frame ends them
+                    break
+        except BrokenPipeError:
+            pass  # the worker is gone: `rows` says so
+        self._expected = expected
+
+    def rows(self, blocks: Iterator[bytes], at_halfway: Callable[[], None]) -> Iterator[tuple]:
+        """The rows `verified_rows` would give for the lines in `blocks`. A thread feeds the
+        worker the stream's bytes while the caller takes the rows; raises what `verified_rows`
+        raises (`HarvestFailed`, `ForeignResults`, a `RemoteError` for a line that is not
+        JSON), what the stream raised, or `WorkerDied`."""
+        assert self._process.stdin is not None and self._feeder is None
+        self._feeder = threading.Thread(
+            target=_feed,
+            args=(self._process.stdin, blocks, self._failure),
+            name="batchops-harvest-feed",
+            daemon=True,
+        )
+        self._feeder.start()
+        count, halfway = 0, max(self._expected // 2, 1)
+        while True:
+            tag, payload = _read_frame(self._stdout)
+            if tag == ROWS:
+                chunk = marshal.loads(payload)
+                yield from chunk
+                before, count = count, count + len(chunk)
+                if before < halfway <= count:
+                    at_halfway()
+                continue
+            # The end: a broken stream comes first (the worker then saw too few lines).
+            self._feeder.join(timeout=5)  # it has closed the worker's stdin, or is about to
+            if self._failure:
+                raise self._failure[0]
+            if tag == DONE:
+                return
+            if tag == FAILED:
+                kind, message = marshal.loads(payload)
+                raise _FAILURES.get(kind, HarvestFailed)(message)
+            code = self._process.wait()
+            self._errors.seek(0)
+            said = self._errors.read().decode("utf-8", "replace").strip().splitlines()
+            raise WorkerDied(
+                f"the harvest worker ended (exit code {code})" + (f": {said[-1]}" if said else "")
+            )
+
+
+_FAILURES: dict[str, type[Exception]] = {"foreign": ForeignResults, "remote": RemoteError}
+SENT_PER_FRAME = 10_000
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    with contextlib.suppress(ImportError, OSError, AttributeError):
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)  # type: ignore[attr-defined]
+
+
+def _feed(stdin: IO[bytes], blocks: Iterator[bytes], failure: list[BaseException]) -> None:
+    """The rest of the worker's stdin: the stream's bytes as they come."""
+    try:
+        for block in blocks:
+            _write_all(stdin, block)
+    except BrokenPipeError:
+        pass  # the worker ended early: its frames say why
+    except BaseException as exc:  # noqa: BLE001 - handed to the thread that takes the rows
+        failure.append(exc)
+    finally:
+        with contextlib.suppress(OSError):
+            stdin.close()
+
+
+def _write_all(out: IO[bytes], data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = out.write(view)
+        view = view[written or 0 :]
+
+
+def _write_frame(out: IO[bytes], tag: bytes, payload: bytes) -> None:
+    _write_all(out, tag + len(payload).to_bytes(8, "big"))
+    _write_all(out, payload)
+
+
+def _read_exactly(source: IO[bytes], size: int) -> bytes | None:
+    parts, left = [], size
+    while left:
+        part = source.read(left)
+        if not part:
+            return None
+        parts.append(part)
+        left -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_frame(source: IO[bytes]) -> tuple[bytes, bytes]:
+    """A frame's tag and payload; (b"", b"") at the end of the stream, or a frame cut short."""
+    head = _read_exactly(source, _HEAD)
+    if head is None:
+        return b"", b""
+    payload = _read_exactly(source, int.from_bytes(head[1:], "big"))
+    if payload is None:
+        return b"", b""
+    return head[:1], payload
