@@ -525,11 +525,12 @@ start = time.perf_counter()
 ok = ev.harvest(record)
 seconds = time.perf_counter() - start
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # 0: none was used
 start = time.perf_counter()
 state.close()  # SQLite: waits for the WAL's copy into the file, which the harvest left running
 closing = time.perf_counter() - start
 print(json.dumps({"ok": ok, "stored": ev.report.results_stored, "seconds": seconds,
-                  "closing": closing, "before": before, "after": after,
+                  "closing": closing, "before": before, "after": after, "worker": worker,
                   "problems": ev.report.problems}))
 """
 
@@ -597,8 +598,13 @@ def bench_harvest(args, rows: list[Row]) -> None:
     )
     # The harvest returns once its results are durable (the commit synced the WAL); copying the
     # WAL into the file goes on beside what apply does next, and closing waits for what is left.
+    worker = (
+        f"; its rows made by a worker process of {best_child['worker']:,.0f} MB peak"
+        if best_child["worker"]
+        else ""
+    )
     rows[-1].figure += (
-        f" (+{grown:,.0f} MB while harvesting; closing the state after it "
+        f" (+{grown:,.0f} MB while harvesting{worker}; closing the state after it "
         f"{best_child['closing']:.2f} s)"
     )
     bench_harvest_postgres(args, rows, root, results, base_s)

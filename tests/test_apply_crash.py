@@ -6,11 +6,14 @@ at which it kills itself. The next apply must converge to what an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import sqlite3
 import subprocess
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -51,11 +54,28 @@ def assert_converged(root, emulator, admin, max_submissions: int = 1, state=None
     assert admin.stats() == stats  # nothing more to send
 
 
-@pytest.mark.parametrize("point", ["after-intent", "after-create", "mid-harvest"])
+def harvest_workers() -> set[int]:
+    """Pids of running harvest worker processes (`python -m batchops.apply.harvest_worker`)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if b"batchops.apply.harvest_worker" in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    "point", ["after-intent", "after-create", "mid-harvest", "mid-harvest-by-worker"]
+)
 def test_sigkill_at_each_step_then_apply_converges(
     tmp_path, emulator, emulator_admin, point, state_location
 ):
     write_project(tmp_path, rows(N))
+    env = {"BATCHOPS_TEST_DIE_AT": point}
+    if point == "mid-harvest-by-worker":  # the rows made by a worker process beside
+        env = {"BATCHOPS_TEST_DIE_AT": "mid-harvest", "BATCHOPS_HARVEST_WORKER": "1"}
+    before = harvest_workers()
     killed = run_cli(
         tmp_path,
         emulator,
@@ -64,10 +84,15 @@ def test_sigkill_at_each_step_then_apply_converges(
         "--wait",
         "--poll-interval",
         "0.05",
-        env={"BATCHOPS_TEST_DIE_AT": point},
+        env=env,
         state=state_location,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    # A worker left behind by the killed apply ends by itself (its pipes are closed).
+    deadline = time.monotonic() + 10
+    while harvest_workers() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert harvest_workers() - before == set()
     # after-intent: the create was never sent; the intent is found unsent, the items sent once.
     # after-create: the batch exists but is not recorded; it is adopted, not sent again.
     # mid-harvest: the harvest transaction never committed; the batch is harvested whole.

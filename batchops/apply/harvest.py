@@ -180,6 +180,9 @@ class HarvestWorker:
         import tempfile
 
         self._errors = tempfile.TemporaryFile()
+        # this very batchops, wherever it was imported from
+        home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        path = os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "batchops.apply.harvest_worker"],
@@ -187,6 +190,7 @@ class HarvestWorker:
                 stdout=subprocess.PIPE,
                 stderr=self._errors,
                 bufsize=0,
+                env={**os.environ, "PYTHONPATH": path},
             )
         except OSError as exc:
             self._errors.close()
@@ -221,14 +225,18 @@ class HarvestWorker:
         assert stdin is not None
         try:
             _write_frame(stdin, HEAD, marshal.dumps((job, batch_id, now, expected)))
-            attempts = iter(attempts)
+            rows = iter(attempts)
             while True:
-                piece = list(itertools.islice(attempts, SENT_PER_FRAME))
+                piece = list(itertools.islice(rows, SENT_PER_FRAME))
                 _write_frame(stdin, SENT, marshal.dumps(piece))
                 if not piece:  # an empty frame ends them
                     break
         except BrokenPipeError:
             pass  # the worker is gone: `rows` says so
+        finally:  # a cursor left part read would hold the state's connection busy
+            close = getattr(attempts, "close", None)
+            if close is not None:
+                close()
         self._expected = expected
 
     def rows(self, blocks: Iterator[bytes], at_halfway: Callable[[], None]) -> Iterator[tuple]:
