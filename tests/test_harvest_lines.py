@@ -92,12 +92,14 @@ def test_a_text_that_is_not_a_string_fails_as_a_join_would(value):
 
 def test_a_stream_that_breaks_off_is_a_remote_error_and_a_consumer_error_is_its_own():
     from batchops.errors import RemoteError
+    from batchops.remote.client import _mapped, _parse_blocks
 
     def broken():
-        yield '{"custom_id":"a","result":{"type":"expired"}}'
+        yield b'{"custom_id":"a","result":{"type":"expired"}}\n'
         raise ConnectionError("peer closed")
 
-    parsed = _parse_lines(broken(), "read results of batch b")
+    what = "read results of batch b"
+    parsed = _parse_blocks(_mapped(broken(), what), what)  # as `result_blocks` gives them
     assert next(parsed)["custom_id"] == "a"
     with pytest.raises(RemoteError, match=r"the stream broke off \(ConnectionError: peer closed\)"):
         next(parsed)

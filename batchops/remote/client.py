@@ -360,31 +360,21 @@ def _mapped(blocks: Iterator[bytes], what: str) -> Iterator[bytes]:
 
 
 def _parse_runs(runs: Iterator[list[str]], what: str) -> Iterator[ResultLine]:
-    """Parse JSONL lines, given as lists of lines; a stream cut short (an httpx2 protocol
-    error, not an anthropic one) becomes a RemoteError. Errors raised by the consumer pass
-    through untouched (they are raised in the consumer's frame, never in this generator's)."""
+    """Parse JSONL lines, given as lists of lines (a stream's failures are raised as they come:
+    `result_blocks` makes them RemoteErrors)."""
     number = 0
     loads = orjson.loads
-    try:
-        for run in runs:
-            for line in run:
-                number += 1
-                if not line or line.isspace():
-                    continue
-                try:
-                    value = loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
-                if type(value) is not dict:
-                    raise RemoteError(f"{what} failed: line {number} is not a JSON object")
-                parsed = ResultLine(value)
-                parsed.raw = line
-                yield parsed
-    except RemoteError:
-        raise
-    except anthropic.APIError as exc:
-        raise remote_error(exc, what) from None
-    except Exception as exc:
-        raise RemoteError(
-            f"{what} failed: the stream broke off ({type(exc).__name__}: {exc})"
-        ) from None
+    for run in runs:
+        for line in run:
+            number += 1
+            if not line or line.isspace():
+                continue
+            try:
+                value = loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise RemoteError(f"{what} failed: line {number} is not JSON ({exc})") from None
+            if type(value) is not dict:
+                raise RemoteError(f"{what} failed: line {number} is not a JSON object")
+            parsed = ResultLine(value)
+            parsed.raw = line
+            yield parsed
