@@ -30,6 +30,7 @@ from batchops.state.records import RESULT_TYPES
 WORKER_ENV = "BATCHOPS_HARVEST_WORKER"  # "1": always, "0": never, else for large batches
 WORKER_MIN_RESULTS = 20_000  # below this, starting a process costs more than it saves
 CHUNK_ROWS = 2_000  # rows a frame carries
+SENT_PER_FRAME = 10_000  # sent attempts a frame carries
 _PIPE_BYTES = 1 << 20  # asked of the kernel for each pipe (Linux), so fewer switches
 _HEAD = 9  # a frame: one tag byte, an 8-byte length, the payload
 HEAD, SENT, ROWS, DONE, FAILED = b"H", b"S", b"R", b"D", b"E"
@@ -171,9 +172,9 @@ def worker_wanted(expected: int) -> bool:
 
 
 class HarvestWorker:
-    """A worker process that makes a harvest's rows (see the module's doc), started before the
-    sent attempts are read, so that its start overlaps the read. Close it (or use it as a
-    context manager): it is killed if still running."""
+    """A worker process that makes a harvest's rows (see the module's doc). Started first, so
+    that its start overlaps the reading of the sent attempts (`begin`); then `rows`. Close it
+    (or use it as a context manager): it is killed if still running."""
 
     def __init__(self) -> None:
         import subprocess
@@ -262,8 +263,8 @@ class HarvestWorker:
                 if before < halfway <= count:
                     at_halfway()
                 continue
-            # The end: a broken stream comes first (the worker then saw too few lines).
-            self._feeder.join(timeout=5)  # it has closed the worker's stdin, or is about to
+            # The end. A broken stream comes first: the worker then saw too few lines (the
+            # feeder notes the failure before it closes the worker's stdin, so it is known).
             if self._failure:
                 raise self._failure[0]
             if tag == DONE:
@@ -280,7 +281,6 @@ class HarvestWorker:
 
 
 _FAILURES: dict[str, type[Exception]] = {"foreign": ForeignResults, "remote": RemoteError}
-SENT_PER_FRAME = 10_000
 
 
 def _widen(pipe: IO[bytes]) -> None:
