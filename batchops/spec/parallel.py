@@ -30,6 +30,7 @@ from batchops.pricing import PriceTable
 from batchops.spec import rowmaker
 from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
 from batchops.spec.items import TemplateRows, _Fatal, _json_line, _Problems
+from batchops.spec.keyhashes import KeyHashes
 from batchops.spec.model import Job, display_path
 from batchops.spec.rowmaker import Block, Row, RowMaker, item_row, pack, plain_row, unpack
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from batchops.spec.spool import JobSpool
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+RECENT_KEYS = 1 << 16  # key hashes held in a set (the rest only logged: `KeyHashes`)
 CHUNK_BYTES = 2 * 1024 * 1024  # about this much input per range (several are in flight)
 
 # One worker's view of the job, built once per process by `_init`.
@@ -113,10 +115,13 @@ def desired_blocks(
     given = 0  # rows given so far
     clean = True
     # The hash of every key given (the workers are forked: they hash strings as this process
-    # does). A hash seen twice is a duplicate key, or very rarely two keys with one hash: the
-    # one-core path tells which.
-    hashes: set[int] = set()
+    # does): those of the last ranges in a set, which finds a key given again soon, and all of
+    # them logged in little memory, which finds the rest at the end. A hash seen twice is a
+    # duplicate key, or very rarely two keys with one hash: the one-core path tells which.
+    recent: set[int] = set()
     with f, contextlib.ExitStack() as stack:
+        hashes = KeyHashes()
+        stack.callback(hashes.close)
         folder = None
         if lines is not None:  # each worker's lines, until taken
             import tempfile
@@ -147,19 +152,26 @@ def desired_blocks(
                 if not ok:
                     clean = False
                 elif block is not None:
-                    before = len(hashes)
-                    hashes.update(keys)
-                    if len(hashes) - before != block.count:
+                    before = len(recent)
+                    recent.update(keys)
+                    if len(recent) - before != block.count:  # a duplicate among recent keys
                         clean = False
-                    else:
-                        if lines is not None:
-                            lines.take(*kept)
-                        yield block
-                        given += block.count
+                        break
+                    hashes.add_hashes(keys)
+                    if len(recent) >= RECENT_KEYS:
+                        recent.clear()
+                    if lines is not None:
+                        lines.take(*kept)
+                    yield block
+                    given += block.count
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        suspects = hashes.suspects() if clean else frozenset()
+    if suspects:  # the one-core path's SpecError, or none: two keys had one hash
+        error = rowmaker.exact_error(job, root, prices, today, suspects)
+        if error is not None:
+            raise error
     if not clean:
-        del hashes
         if lines is not None:
             lines.broken = True  # the one-core path below keeps none: a saved plan renders again
         yield from islice(rowmaker.rows(job, root, prices, today, {}), given, None)
