@@ -335,11 +335,13 @@ def _checked(
     """`_made_lists` of a new general path and `start(general, True)`'s maker, the keys checked
     for duplicates in little memory; SpecError as `iter_items` raises it.
 
-    Only the keys of the last rows are held (`_made_lists`); every key's hash is logged. A hash
-    logged twice (a duplicate key, or two keys with one hash) has the job read again, holding
-    the keys of those hashes exactly, for the problems a full set of keys finds: a duplicate is
-    always an error, so the rows given meanwhile are never used, and when no key was repeated
-    they were exactly those of a full set (a row differs only where a key was seen before)."""
+    Only the keys of the last rows are held (`_made_lists`); the hash of the key of every row
+    that asks for one is logged, once per such row (a duplicate reported among the rows held
+    is logged again). A hash logged twice (a duplicate key, or two keys with one hash) has the
+    job read again, holding the keys of those hashes exactly: every key a full set of keys
+    would find again was asked for by two rows, so that pass reports what a full set does. A
+    duplicate is always an error, so the rows given meanwhile are never used; when no hash was
+    logged twice, no key was asked for twice, and they were those of a full set."""
     problems = _Problems()
     log = KeyHashes()
     error = None
@@ -407,6 +409,8 @@ def _made_lists(
     def window() -> None:
         if log is not None:
             log.add(seen)
+            log.add(general.repeats)  # a key met again among the rows held: logged twice
+            general.repeats.clear()
             seen.clear()
 
     try:
