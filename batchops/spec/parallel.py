@@ -6,9 +6,11 @@ lines to worker processes (it reads only a little past each cut, to the end of i
 read them from the same open file, and parse, render, fingerprint and price them (`rowmaker`, or
 the general path). Each range comes back as one `rowmaker.Block` (its rows packed as the columns
 `desired.ItemTable` holds, taken whole) and the hash of each key; the parent keeps source order
-and finds duplicate keys by those hashes, with no work per row. A range with a problem (or a
-duplicate) hands the job to the one-core path (`rowmaker.rows`), which reports every problem
-with exactly its lines — a test holds the two paths to that. For `plan -o`, each worker also
+and finds duplicate keys by those hashes, with no work per row: those of the last ranges in a
+set, the rest logged to a file (`spec.keyhashes`) and checked at the end. A range with a
+problem (or a duplicate among the last ranges) hands the job to the one-core path
+(`rowmaker.rows`), which reports every problem with exactly its lines — a test holds the two
+paths to that; a duplicate found at the end has the one-core path tell it. For `plan -o`, each worker also
 keeps the request lines of its ranges in a file of its own, which the parent appends to the job's
 spool in range order (`spec.spool`).
 """
@@ -238,8 +240,8 @@ def _init(
 
 
 def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | None, tuple | None]:
-    """One range's rows as a block (None: it has none), the hash of each one's key, and where
-    its request lines were kept (`JobSpool.piece`, when the parent keeps them); False and
+    """One range's rows as a block (None: it has none), the hashes of its keys (sorted), and
+    where its request lines were kept (`JobSpool.piece`, when the parent keeps them); False and
     nothing else when the range holds a problem. (Where its lines stand in the file is not
     known here: the one-core path, which tells problems, counts them.)"""
     w = _worker
@@ -282,7 +284,8 @@ def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | Non
         return False, None, None, None
     if not rows:
         return True, None, None, None
-    keys = array("q", map(_key_hash, map(itemgetter(0), rows)))
+    # sorted here, on every core: the parent sorts runs of them (`KeyHashes`), merged quickly
+    keys = array("q", sorted(map(_key_hash, map(itemgetter(0), rows))))
     return True, pack(rows), keys, kept.piece(begun) if kept is not None else None
 
 
