@@ -589,7 +589,10 @@ def _rows(
     if parallel.wants_parallel(job):
         yield from parallel.desired_blocks(job, root, prices, today, lines=lines)
     else:
-        yield from rowmaker.chunks(job, root, prices, today, price_cache, lines)
+        for part in rowmaker.chunks(job, root, prices, today, price_cache, lines):
+            if lines is not None:
+                lines.fold()  # its lines were written: only where they start is kept
+            yield part
     if lines is not None:
         lines.finish()
 
