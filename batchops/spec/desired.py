@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -300,6 +299,8 @@ class _BlockFile:
     __slots__ = ("_file", "_end", "_at", "_kept")
 
     def __init__(self) -> None:
+        import tempfile  # ~10 ms to import: only a job of more than RESIDENT_ITEMS needs it
+
         self._file = tempfile.TemporaryFile(prefix="batchops-items-")
         self._end = 0
         self._at: dict[int, tuple[int, int]] = {}  # block → (offset, length)

@@ -17,7 +17,6 @@ hashes per range, not one of every key.
 from __future__ import annotations
 
 import os
-import tempfile
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -57,6 +56,8 @@ class KeyHashes:
         values = sorted(self._run)
         self._run = array("q")
         if self._file is None:
+            import tempfile  # ~10 ms to import: only a job of more than RUN items needs it
+
             self._file = tempfile.TemporaryFile(prefix="batchops-keys-")
             self._extents = [array("q") for _ in range(BUCKETS)]
         fd = self._file.fileno()
