@@ -76,6 +76,8 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
     in one bytes object per block, and each item's (cost, size, estimate) as an index into the
     job's few distinct ones. Blocks come whole from a producer (`add`, any length) or are packed
     here from rows (`append`, `extend`). An item is rebuilt, equal to the one added, when read.
+    Past RESIDENT_ITEMS, blocks are written to a temporary file and read back a block at a time
+    (`_BlockFile`), so that a table of ten million items holds about a byte each in memory.
     """
 
     __slots__ = (
