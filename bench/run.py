@@ -180,10 +180,13 @@ def run(
 
 
 def best(times: int, fn) -> Run:
-    """The fastest of `times` runs (its peak RSS is the highest seen: memory is not noise)."""
+    """The fastest of `times` runs (its peak RSS is the highest seen: memory is not noise; its
+    CPU time the least any took)."""
     runs = [fn() for _ in range(max(1, times))]
     fastest = min(runs, key=lambda r: r.seconds)
-    return Run(fastest.seconds, max(r.peak_mb for r in runs), fastest.stdout)
+    return Run(
+        fastest.seconds, max(r.peak_mb for r in runs), fastest.stdout, min(r.cpu for r in runs)
+    )
 
 
 def batchops(*args: str) -> list[str]:
@@ -407,7 +410,7 @@ def bench_plan(args, rows: list[Row], root: Path) -> None:
         rows.append(
             Row(
                 f"`plan --no-refresh` {n:,} items, empty state, {what}",
-                fmt_s(r.seconds),
+                f"{fmt_s(r.seconds)} (CPU {fmt_s(r.cpu)})",
                 label,
                 ratio,
                 r.peak_mb,
@@ -772,7 +775,8 @@ def bench_curve(args, rows: list[Row]) -> None:
         rows.append(
             Row(
                 f"cost curve, {n:,} items: plan (one core) / no-op apply",
-                f"{fmt_s(p.seconds)} ({per_item:.1f} µs/item) / {fmt_s(a.seconds)}",
+                f"{fmt_s(p.seconds)} ({per_item:.1f} µs/item, CPU {fmt_s(p.cpu)}, "
+                f"{p.peak_mb:,.0f} MB) / {fmt_s(a.seconds)} ({a.peak_mb:,.0f} MB)",
                 f"{smallest:,} items: {p0.seconds / smallest * 1e6:.1f} µs/item",
                 per_item / (p0.seconds / smallest * 1e6),
                 max(p.peak_mb, a.peak_mb),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from collections import Counter
 from datetime import timedelta
 
@@ -313,3 +314,95 @@ def test_a_tables_costs_are_its_items_costs():
     ]
     table = ItemTable(expected)
     assert [_exact(c) for c in table.costs()] == [_exact(i.cost_usd) for i in expected]
+
+
+# -- a large table: blocks written to a file past RESIDENT_ITEMS, read back a block at a time
+
+
+def _spilled(monkeypatch, resident: int) -> None:
+    monkeypatch.setattr(desired_mod, "RESIDENT_ITEMS", resident)
+
+
+def _many(n: int) -> list[DesiredItem]:
+    return [
+        DesiredItem(
+            f"k{i}" + "é" * (i % 3 == 0) + "\U0001f600" * (i % 1000 == 7) + "\ud800" * (i == 5),
+            f"cid-{i}" + "\udfff" * (i == 4100),
+            _fp(i) if i % 997 else f"odd-{i}",
+            0.001 * (i % 5),
+            100 + i % 9,
+            ItemEstimate(0.5, 0.25) if i % 2 else None,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("resident", [0, 1, 4096, 5000])
+@pytest.mark.parametrize("n", [1, 4097, 3 * 4096 + 5])
+def test_a_table_written_to_a_file_reads_back_as_one_held_in_memory(monkeypatch, n, resident):
+    expected = _many(n)
+    held = ItemTable(expected)
+    _spilled(monkeypatch, resident)
+    _check_table(expected)
+    table = ItemTable(expected)
+    assert (table._file is not None) == (n > resident and n > 4096 or resident == 0)
+    assert table == held
+    # every index in an order that jumps between blocks, and slices across their bounds
+    order = sorted(range(n), key=lambda i: (i * 7919) % n)
+    assert [_exact(table[i]) for i in order] == [_exact(held[i]) for i in order]
+    assert [table.fingerprint(i) for i in order] == [held.fingerprint(i) for i in order]
+    assert [table.key(i) for i in order] == [held.key(i) for i in order]
+    cuts = sorted({0, 1, n // 2, n - 1, n, *range(4090, min(n, 4100))})
+    for start in cuts:
+        for stop in cuts:
+            assert table[start:stop] == held[start:stop]
+            assert list(table.iter_range(start, stop)) == list(held.iter_range(start, stop))
+            assert list(table.ids(start, stop)) == list(held.ids(start, stop))
+            assert list(table.id_lists(start, stop)) == list(held.id_lists(start, stop))
+    assert list(table.costs()) == list(held.costs())
+
+
+def test_a_table_built_in_runs_and_blocks_is_written_to_its_file_as_it_grows(monkeypatch):
+    from batchops.spec import rowmaker
+
+    _spilled(monkeypatch, 3000)
+    expected = _many(20_000)
+    built = ItemTable()
+    rows = [
+        (i.key, i.custom_id, i.fingerprint, i.estimate or i.cost_usd, "m", i.size) for i in expected
+    ]
+    built.extend(
+        [r[:3] for r in rows[:5000]],
+        [built.profile((i.cost_usd, i.size, i.estimate)) for i in expected[:5000]],
+    )
+    block = rowmaker.pack(rows[5000:12000])
+    profiles = array(
+        "I", [built.profile((i.cost_usd, i.size, i.estimate)) for i in expected[5000:12000]]
+    )
+    built.add(block, profiles)
+    for i in expected[12000:]:
+        built.append(
+            i.key, i.custom_id, i.fingerprint, built.profile((i.cost_usd, i.size, i.estimate))
+        )
+    built.close()
+    assert built._file is not None
+    assert [_exact(i) for i in built] == [_exact(i) for i in expected]
+    assert built.profile_of.typecode == "H"  # 20,000 profiles: past 256, not past 65,536
+    assert [built.fingerprint(i) for i in range(0, 20_000, 7)] == [
+        i.fingerprint for i in expected[::7]
+    ]
+
+
+def test_profile_indexes_grow_wider_as_profiles_are_added():
+    table = ItemTable()
+    widths = []
+    for i in range(70_000):
+        table.append(f"k{i}", f"c{i}", _fp(i), table.profile((float(i), i, None)))
+        if i in (0, 255, 256, 65_535, 65_536):
+            widths.append(table.profile_of.typecode)
+    table.close()
+    assert widths == ["B", "B", "H", "H", "I"]
+    assert list(table.costs()) == [float(i) for i in range(70_000)]
+    assert [table[i].size for i in (0, 255, 256, 65_535, 65_536, 69_999)] == [
+        0, 255, 256, 65_535, 65_536, 69_999,
+    ]  # fmt: skip

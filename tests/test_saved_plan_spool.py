@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from array import array
 from pathlib import Path
 
 import orjson
@@ -279,3 +280,32 @@ def test_a_job_the_workers_hand_back_is_rendered_again(tmp_path, monkeypatch):
     again, desired_again = ctx.plan(refresh=False)
     saved.save(again, desired_again, tmp_path / "rendered.jsonl", "prices")
     assert _comparable(path) == _comparable(tmp_path / "rendered.jsonl")
+
+
+@pytest.mark.parametrize("read_size", [16, 64, 1 << 20])
+def test_kept_lines_are_found_from_a_few_marks_by_their_newlines(monkeypatch, read_size):
+    """A spool keeps where lines start only every few thousand lines (`fold`), not the size of
+    every line: each line, and each run of lines, still reads back exactly."""
+    from batchops.spec import spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "_READ", read_size)
+    kept = spool_mod.JobSpool()
+    lines = [
+        spool_mod.request_line(f"k{n}", f"c{n}", "fp", b'{"x":"' + b"y" * (n * 7 % 90) + b'"}')
+        for n in range(60)
+    ]
+    for n, line in enumerate(lines):
+        kept.write(line)
+        kept.size(len(line))
+        if n % 7 == 3 or n == 20:
+            kept.fold()
+    kept.finish()
+    assert len(kept) == 60 and kept.sizes == array("I")
+    assert [kept.line(n) for n in range(60)] == lines
+    for start in range(0, 61, 3):
+        for stop in range(start, 61, 4):
+            pieces = list(kept.read(start, stop))
+            assert b"".join(p for p, _ in pieces) == b"".join(lines[start:stop])
+            assert sum(c for _, c in pieces) == stop - start
+            assert all(p.count(b"\n") == c for p, c in pieces)
+    kept.close()

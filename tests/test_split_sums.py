@@ -3,7 +3,7 @@ the item-by-item rule gives — a batch ends before the item that would take it 
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from batchops.plan.actions import SubmitItem
@@ -29,6 +29,7 @@ def by_item(sizes: list[int], limits: BatchLimits) -> list[tuple[int, int, int]]
     st.integers(1, 12),
     st.integers(ENVELOPE_BYTES - 10, ENVELOPE_BYTES + 20_000),
 )
+@example([3_000] * 30 + [1] * 25, 2, ENVELOPE_BYTES + 3_000)  # sums behind dropped, many times
 def test_batches_by_running_sums_are_the_batches_item_by_item(sizes, max_requests, max_bytes):
     limits = BatchLimits(max_requests=max_requests, max_bytes=max_bytes)
     items = [

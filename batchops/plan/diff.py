@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import accumulate
+from itertools import accumulate, islice
 from operator import itemgetter
 
 from batchops.plan.actions import (
@@ -420,12 +420,11 @@ def split(
     if any(e is not None and e.prefix is not None for e in _estimates(submits)):
         return _split_groups(job, betas, submits, limits)
     part = submits.__getitem__ if isinstance(submits, SubmitItems) else _part_of(submits)
-    try:  # running sums of whole sizes (8 bytes an item), cut a batch at a time
-        sums = array("q", accumulate(map(itemgetter(1), item_profiles(submits)), initial=0))
+    sizes = map(itemgetter(1), item_profiles(submits))
+    try:  # running sums of whole sizes, a batch's worth at a time
+        return _split_sums(job, betas, part, sizes, len(submits), limits)
     except (TypeError, OverflowError):  # a size not whole: added one by one below
         pass
-    else:
-        return _split_sums(job, betas, part, sums, limits)
     out: list[SubmitBatch] = []
     start = 0
     size = ENVELOPE_BYTES
@@ -440,20 +439,31 @@ def split(
 
 
 def _split_sums(
-    job: str, betas: tuple[str, ...], part, sums: array, limits: BatchLimits
+    job: str, betas: tuple[str, ...], part, sizes: Iterator[int], count: int, limits: BatchLimits
 ) -> list[SubmitBatch]:
-    """`split`'s batches of items of whole sizes, each cut found in the running sums of the
-    sizes (`sums[k]`: of the first k items; a batch ends before the item that would take it
-    past a limit), not item by item."""
+    """`split`'s batches of `count` items of whole sizes, each cut found in the running sums
+    of the sizes (`sums[k]`: of the items before k; a batch ends before the item that would
+    take it past a limit), not item by item. The sums are read only a batch's worth ahead and
+    dropped once two batches' worth are behind: 8 bytes an item of max_requests, not of every
+    item. TypeError or OverflowError when a size is not a whole number (of 64 bits)."""
     out: list[SubmitBatch] = []
-    start, count = 0, len(sums) - 1
+    sums = array("q", [0])  # sums[k - origin]: the sizes of the items before k
+    origin = start = 0
     while start < count:
+        have = origin + len(sums) - 1  # items summed so far
+        want = min(start + limits.max_requests, count)
+        if want > have:
+            sums.extend(islice(accumulate(islice(sizes, want - have), initial=sums[-1]), 1, None))
+        at = start - origin
         # the first item after the batch's first that takes it past max_bytes, if any
-        over = bisect_right(sums, limits.max_bytes - ENVELOPE_BYTES + sums[start], start + 2) - 1
-        end = max(start + 1, min(over, start + limits.max_requests, count))
+        over = bisect_right(sums, limits.max_bytes - ENVELOPE_BYTES + sums[at], at + 2) - 1
+        end = max(start + 1, min(over + origin, want))
         out.append(SubmitBatch(job, betas, part(slice(start, end)),
-                               ENVELOPE_BYTES + sums[end] - sums[start]))  # fmt: skip
+                               ENVELOPE_BYTES + sums[end - origin] - sums[at]))  # fmt: skip
         start = end
+        if start - origin > limits.max_requests:
+            del sums[: start - origin]
+            origin = start
     return out
 
 

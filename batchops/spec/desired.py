@@ -7,6 +7,8 @@ itself (`planner.make_plan`) is pure and takes what this module returns.
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,6 +44,10 @@ class DesiredItem(NamedTuple):
 # rows read back from the rows cache each hold their own, which must not all be kept alive.
 _KNOWN_ESTIMATES = 256
 _BLOCK = rowmaker.BLOCK_ROWS  # items per block that `append` and `extend` pack
+# Items a table holds in memory; the blocks past them are written to a file and read back
+# when read (a table of a million items would hold some 80 MB, of ten million 800 MB).
+RESIDENT_ITEMS = 1 << 16
+_WIDER = {"B": ("H", 1 << 8), "H": ("I", 1 << 16)}  # a profile index's next width, past its limit
 
 
 class SequenceView(Sequence):
@@ -70,17 +76,24 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
     in one bytes object per block, and each item's (cost, size, estimate) as an index into the
     job's few distinct ones. Blocks come whole from a producer (`add`, any length) or are packed
     here from rows (`append`, `extend`). An item is rebuilt, equal to the one added, when read.
+    Past RESIDENT_ITEMS, blocks are written to a temporary file and read back a block at a time
+    (`_BlockFile`), so that a table of ten million items holds about a byte each in memory.
     """
 
-    __slots__ = ("_blocks", "_starts", "_odd", "_profiles", "_profile_of", "_pending", "_n")
+    __slots__ = (
+        "_blocks", "_starts", "_odd", "_profiles", "_profile_of", "_pending", "_n", "_file",
+    )  # fmt: skip
 
     def __init__(self, items: Iterable[DesiredItem] = ()):
-        # per block: (keys, their ends, custom_ids, their ends, fingerprint digests)
-        self._blocks: list[tuple[str, array, str, array, bytes]] = []
+        # per block: (keys, their ends, custom_ids, their ends, fingerprint digests), or None
+        # for a block in _file (past RESIDENT_ITEMS)
+        self._blocks: list[_Columns | None] = []
+        self._file: _BlockFile | None = None
         self._starts: list[int] = []  # the index of each block's first item
         self._odd: dict[int, str] = {}  # fingerprints not of the sha256:<hex> form, by index
         self._profiles: list[tuple[float, int, ItemEstimate | None]] = []
-        self._profile_of = array("I")  # item → its (cost, size, estimate) in _profiles
+        # item → its (cost, size, estimate) in _profiles, in as few bytes as their count allows
+        self._profile_of = array("B")
         self._pending: list[tuple[str, str, str]] = []
         self._n = 0  # items in blocks
         for item in items:
@@ -93,6 +106,9 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
     def profile(self, value: tuple[float, int, ItemEstimate | None]) -> int:
         """A new profile's index (the caller shares equal ones)."""
         self._profiles.append(value)
+        code = self._profile_of.typecode
+        if code in _WIDER and len(self._profiles) > _WIDER[code][1]:
+            self._profile_of = array(_WIDER[code][0], self._profile_of)
         return len(self._profiles) - 1
 
     def append(self, key: str, custom_id: str, fp: str, profile: int) -> None:
@@ -112,6 +128,8 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         """A producer's block whole, its rows' profiles in order (after any rows appended)."""
         if self._pending:
             self._flush()
+        if profiles.typecode != self._profile_of.typecode:
+            profiles = array(self._profile_of.typecode, profiles)
         self._profile_of.extend(profiles)
         self._add(block.keys, block.key_ends, block.custom_ids, block.custom_id_ends,
                   block.digests, block.odd, block.count)  # fmt: skip
@@ -132,7 +150,14 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         if not count:
             return
         base = self._n
-        self._blocks.append((keys, key_ends, cids, cid_ends, digests))
+        columns = (keys, key_ends, cids, cid_ends, digests)
+        if base < RESIDENT_ITEMS:
+            self._blocks.append(columns)
+        else:
+            if self._file is None:
+                self._file = _BlockFile()
+            self._file.write(len(self._blocks), columns)
+            self._blocks.append(None)
         self._starts.append(base)
         for n, fp in odd.items():
             self._odd[base + n] = fp
@@ -155,8 +180,14 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
     def __len__(self) -> int:
         return self._n + len(self._pending)
 
+    def _block(self, block: int) -> _Columns:
+        columns = self._blocks[block]
+        if columns is None:
+            return self._file.read(block)  # type: ignore[union-attr]
+        return columns
+
     def _block_fps(self, block: int) -> list[str]:
-        return rowmaker.fingerprints(self._blocks[block][4], self._odd, self._starts[block])
+        return rowmaker.fingerprints(self._block(block)[4], self._odd, self._starts[block])
 
     def costs(self) -> Iterator[float]:
         """Each item's cost_usd, in order."""
@@ -164,7 +195,8 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         return map(costs.__getitem__, self._profile_of)
 
     def keys(self) -> Iterator[str]:
-        for keys, ends, *_ in self._blocks:
+        for block in range(len(self._blocks)):
+            keys, ends, *_ = self._block(block)
             yield from rowmaker.split(keys, ends)
 
     def fingerprints(self) -> Iterator[str]:
@@ -194,7 +226,7 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         new, profiles, profile_of = tuple.__new__, self._profiles, self._profile_of
         split = rowmaker.split
         for block, base, lo, hi in self._spans(start, stop):
-            key_text, key_ends, cid_text, cid_ends, _ = self._blocks[block]
+            key_text, key_ends, cid_text, cid_ends, _ = self._block(block)
             keys, cids = split(key_text, key_ends), split(cid_text, cid_ends)
             fps = self._block_fps(block)
             for n in range(lo, hi):
@@ -209,7 +241,7 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         """The keys and the custom_ids of items start … stop-1, as lists, a block at a time."""
         split = rowmaker.split
         for block, _, lo, hi in self._spans(start, stop):
-            key_text, key_ends, cid_text, cid_ends, _ = self._blocks[block]
+            key_text, key_ends, cid_text, cid_ends, _ = self._block(block)
             keys, cids = split(key_text, key_ends), split(cid_text, cid_ends)
             if lo or hi < len(keys):
                 keys, cids = keys[lo:hi], cids[lo:hi]
@@ -225,13 +257,13 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
 
     def key(self, index: int) -> str:
         block, n = self._where(index)
-        return self._string(*self._blocks[block][:2], n)
+        return self._string(*self._block(block)[:2], n)
 
     def fingerprint(self, index: int) -> str:
         if index in self._odd:
             return self._odd[index]
         block, n = self._where(index)
-        return FINGERPRINT_PREFIX + self._blocks[block][4][32 * n : 32 * n + 32].hex()
+        return FINGERPRINT_PREFIX + self._block(block)[4][32 * n : 32 * n + 32].hex()
 
     @overload
     def __getitem__(self, index: int) -> DesiredItem: ...
@@ -245,7 +277,7 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
         if not 0 <= index < len(self) or self._pending:
             raise IndexError("item index out of range")
         block, n = self._where(index)
-        keys, key_ends, cids, cid_ends, _ = self._blocks[block]
+        keys, key_ends, cids, cid_ends, _ = self._block(block)
         return DesiredItem(
             self._string(keys, key_ends, n),
             self._string(cids, cid_ends, n),
@@ -255,6 +287,66 @@ class ItemTable(SequenceView, Sequence[DesiredItem]):
 
     def __repr__(self) -> str:
         return f"ItemTable({len(self)} items)"
+
+
+_Columns = tuple[str, array, str, array, bytes]
+_HEAD = struct.Struct("<4Q2s")  # bytes of keys, key ends, custom_ids, their ends; ends' types
+
+
+class _BlockFile:
+    """An ItemTable's blocks in a temporary file, read back whole (the two last read are
+    kept: items are mostly read in order, a block at a time). Read with pread, not mapped:
+    the pages of a mapped file that were read would count as the process's memory."""
+
+    __slots__ = ("_file", "_end", "_at", "_kept")
+
+    def __init__(self) -> None:
+        import tempfile  # ~10 ms to import: only a job of more than RESIDENT_ITEMS needs it
+
+        self._file = tempfile.TemporaryFile(prefix="batchops-items-")
+        self._end = 0
+        self._at: dict[int, tuple[int, int]] = {}  # block → (offset, length)
+        self._kept: dict[int, _Columns] = {}
+
+    def write(self, block: int, columns: _Columns) -> None:
+        keys, key_ends, cids, cid_ends, digests = columns
+        key_bytes = keys.encode("utf-8", "surrogatepass")
+        cid_bytes = cids.encode("utf-8", "surrogatepass")
+        codes = (key_ends.typecode + cid_ends.typecode).encode()
+        data = b"".join((
+            _HEAD.pack(len(key_bytes), len(key_ends) * key_ends.itemsize, len(cid_bytes),
+                       len(cid_ends) * cid_ends.itemsize, codes),
+            key_bytes, key_ends.tobytes(), cid_bytes, cid_ends.tobytes(), digests,
+        ))  # fmt: skip
+        os.pwrite(self._file.fileno(), data, self._end)
+        self._at[block] = (self._end, len(data))
+        self._end += len(data)
+
+    def read(self, block: int) -> _Columns:
+        columns = self._kept.get(block)
+        if columns is not None:
+            return columns
+        offset, length = self._at[block]
+        data = os.pread(self._file.fileno(), length, offset)
+        if len(data) != length:
+            raise OSError(f"an item table's file was cut short (block {block})")
+        *sizes, codes = _HEAD.unpack_from(data)
+        at = _HEAD.size
+        parts = []
+        for size in sizes:
+            parts.append(data[at : at + size])
+            at += size
+        key_ends, cid_ends = array(chr(codes[0])), array(chr(codes[1]))
+        key_ends.frombytes(parts[1])
+        cid_ends.frombytes(parts[3])
+        columns = (
+            parts[0].decode("utf-8", "surrogatepass"), key_ends,
+            parts[2].decode("utf-8", "surrogatepass"), cid_ends, data[at:],
+        )  # fmt: skip
+        if len(self._kept) >= 2:
+            del self._kept[next(iter(self._kept))]
+        self._kept[block] = columns
+        return columns
 
 
 @dataclass(frozen=True)
@@ -410,7 +502,7 @@ def _desired_job(
     for block in rowmaker.blocks(rendered):
         found = [profile_of(*entry) for entry in block.table]
         if len(found) == 1 and found[0][1] is None:
-            indexes = array("I", [found[0][0]]) * block.count
+            indexes = array(table.profile_of.typecode, [found[0][0]]) * block.count
         else:
             indexes = array("I", map([p for p, _ in found].__getitem__, block.index))
             loose = {e for e, (_, value) in enumerate(found) if value is not None}
@@ -500,7 +592,10 @@ def _rows(
     if parallel.wants_parallel(job):
         yield from parallel.desired_blocks(job, root, prices, today, lines=lines)
     else:
-        yield from rowmaker.chunks(job, root, prices, today, price_cache, lines)
+        for part in rowmaker.chunks(job, root, prices, today, price_cache, lines):
+            if lines is not None:
+                lines.fold()  # its lines were written: only where they start is kept
+            yield part
     if lines is not None:
         lines.finish()
 

@@ -940,6 +940,7 @@ class TemplateRows:
             self.short = f"jobs.{name}.items.{{}}".format
             self.where_of = f"{spec_shown}: jobs.{name}.items.{{}}".format
         self.seen: dict[str, int] = {}  # key -> where it first appeared, to report duplicates
+        self.repeats: list[str] = []  # the key of each duplicate reported (`rowmaker._checked`)
 
     def source(self) -> Iterator[tuple[int, Any]]:
         """(line or index, row) of the job's input, in order."""
@@ -963,6 +964,7 @@ class TemplateRows:
         if key in seen:
             first = self.short(seen[key])
             self.problem(number, f"item {key}: duplicate key (first at {first})")
+            self.repeats.append(key)
             return None
         seen[key] = number
         return self.made(number, row, key)

@@ -6,9 +6,11 @@ lines to worker processes (it reads only a little past each cut, to the end of i
 read them from the same open file, and parse, render, fingerprint and price them (`rowmaker`, or
 the general path). Each range comes back as one `rowmaker.Block` (its rows packed as the columns
 `desired.ItemTable` holds, taken whole) and the hash of each key; the parent keeps source order
-and finds duplicate keys by those hashes, with no work per row. A range with a problem (or a
-duplicate) hands the job to the one-core path (`rowmaker.rows`), which reports every problem
-with exactly its lines — a test holds the two paths to that. For `plan -o`, each worker also
+and finds duplicate keys by those hashes, with no work per row: those of the last ranges in a
+set, the rest logged to a file (`spec.keyhashes`) and checked at the end. A range with a
+problem (or a duplicate among the last ranges) hands the job to the one-core path
+(`rowmaker.rows`), which reports every problem with exactly its lines — a test holds the two
+paths to that; a duplicate found at the end has the one-core path tell it. For `plan -o`, each worker also
 keeps the request lines of its ranges in a file of its own, which the parent appends to the job's
 spool in range order (`spec.spool`).
 """
@@ -30,6 +32,7 @@ from batchops.pricing import PriceTable
 from batchops.spec import rowmaker
 from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
 from batchops.spec.items import TemplateRows, _Fatal, _json_line, _Problems
+from batchops.spec.keyhashes import KeyHashes
 from batchops.spec.model import Job, display_path
 from batchops.spec.rowmaker import Block, Row, RowMaker, item_row, pack, plain_row, unpack
 
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from batchops.spec.spool import JobSpool
 
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+RECENT_KEYS = 1 << 16  # key hashes held in a set (the rest only logged: `KeyHashes`)
 CHUNK_BYTES = 2 * 1024 * 1024  # about this much input per range (several are in flight)
 
 # One worker's view of the job, built once per process by `_init`.
@@ -113,10 +117,13 @@ def desired_blocks(
     given = 0  # rows given so far
     clean = True
     # The hash of every key given (the workers are forked: they hash strings as this process
-    # does). A hash seen twice is a duplicate key, or very rarely two keys with one hash: the
-    # one-core path tells which.
-    hashes: set[int] = set()
+    # does): those of the last ranges in a set, which finds a key given again soon, and all of
+    # them logged in little memory, which finds the rest at the end. A hash seen twice is a
+    # duplicate key, or very rarely two keys with one hash: the one-core path tells which.
+    recent: set[int] = set()
     with f, contextlib.ExitStack() as stack:
+        hashes = KeyHashes()
+        stack.callback(hashes.close)
         folder = None
         if lines is not None:  # each worker's lines, until taken
             import tempfile
@@ -147,19 +154,26 @@ def desired_blocks(
                 if not ok:
                     clean = False
                 elif block is not None:
-                    before = len(hashes)
-                    hashes.update(keys)
-                    if len(hashes) - before != block.count:
+                    before = len(recent)
+                    recent.update(keys)
+                    if len(recent) - before != block.count:  # a duplicate among recent keys
                         clean = False
-                    else:
-                        if lines is not None:
-                            lines.take(*kept)
-                        yield block
-                        given += block.count
+                        break
+                    hashes.add_hashes(keys)
+                    if len(recent) >= RECENT_KEYS:
+                        recent.clear()
+                    if lines is not None:
+                        lines.take(*kept)
+                    yield block
+                    given += block.count
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        suspects = hashes.suspects() if clean else frozenset()
+    if suspects:  # the one-core path's SpecError, or none: two keys had one hash
+        error = rowmaker.exact_error(job, root, prices, today, suspects)
+        if error is not None:
+            raise error
     if not clean:
-        del hashes
         if lines is not None:
             lines.broken = True  # the one-core path below keeps none: a saved plan renders again
         yield from islice(rowmaker.rows(job, root, prices, today, {}), given, None)
@@ -226,8 +240,8 @@ def _init(
 
 
 def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | None, tuple | None]:
-    """One range's rows as a block (None: it has none), the hash of each one's key, and where
-    its request lines were kept (`JobSpool.piece`, when the parent keeps them); False and
+    """One range's rows as a block (None: it has none), the hashes of its keys (sorted), and
+    where its request lines were kept (`JobSpool.piece`, when the parent keeps them); False and
     nothing else when the range holds a problem. (Where its lines stand in the file is not
     known here: the one-core path, which tells problems, counts them.)"""
     w = _worker
@@ -270,7 +284,8 @@ def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | Non
         return False, None, None, None
     if not rows:
         return True, None, None, None
-    keys = array("q", map(_key_hash, map(itemgetter(0), rows)))
+    # sorted here, on every core: the parent sorts runs of them (`KeyHashes`), merged quickly
+    keys = array("q", sorted(map(_key_hash, map(itemgetter(0), rows))))
     return True, pack(rows), keys, kept.piece(begun) if kept is not None else None
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
+from batchops.errors import SpecError
 from batchops.pricing import ItemEstimate, ModelPrice, PriceTable, _scan
 from batchops.spec import caching
 from batchops.spec.items import (
@@ -51,6 +52,7 @@ from batchops.spec.items import (
     iter_items,
     request_size,
 )
+from batchops.spec.keyhashes import KeyHashes, SuspectKeys
 from batchops.spec.model import RENDER_MAX_SIZE_DEFAULT, Job, display_path
 
 if TYPE_CHECKING:
@@ -238,17 +240,30 @@ def chunks(
         made = map(of_item, iter_items(job, root))
         yield from made if size == 1 else iter(lambda: list(islice(made, size)), [])
         return
-    problems = _Problems()
-    try:
-        general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
-        maker = RowMaker.compile(job, general.renderer, prices, today, spool)
-        yield from _made_lists(job, root, general, maker and maker.make, of_item)
-    except _Fatal as e:
-        raise problems.error(e.line(job.name)) from None
-    if problems.count:
-        raise problems.error()
+
+    yield from _checked(job, root, _row_maker(job, prices, today, spool), of_item)
 
 
+def _row_maker(job: Job, prices: PriceTable, today: date, spool: JobSpool | None = None) -> Start:
+    """`start` of `_checked` for rows (the spool only on the first pass)."""
+
+    def start(general: TemplateRows, keep: bool) -> Callable[[dict[str, Any], str], Any] | None:
+        maker = RowMaker.compile(job, general.renderer, prices, today, spool if keep else None)
+        return maker and maker.make
+
+    return start
+
+
+def exact_error(
+    job: Job, root: Path, prices: PriceTable, today: date, suspects: frozenset[int]
+) -> SpecError | None:
+    """The SpecError `rows` raises for a template job whose keys of the hashes `suspects` were
+    logged more than once (None: none, they were keys with one hash)."""
+    return _exact_error(job, root, _row_maker(job, prices, today), suspects, True)
+
+
+# A maker of rows for a general path (True: the first pass, which keeps request lines)
+Start = Callable[[TemplateRows, bool], Callable[[dict[str, Any], str], Any] | None]
 Request = tuple[str, str, bytes]  # key, fingerprint, params as `orjson.dumps` writes them
 
 
@@ -264,17 +279,13 @@ def requests(job: Job, root: Path) -> Iterator[Request]:
     if job.requests is not None or job.attachments:
         yield from map(of_item, iter_items(job, root, custom_ids=False))
         return
-    problems = _Problems()
-    try:
-        shown = display_path(job.spec_file, root)
-        general = TemplateRows(job, root, shown, problems, custom_ids=False)
+
+    def start(general: TemplateRows, keep: bool) -> Callable[[dict[str, Any], str], Any] | None:
         layout = _Layout.of(job, general.renderer)
-        make = None if layout is None else _request_maker(general.renderer, layout)
-        yield from _made(job, root, general, make, of_item)
-    except _Fatal as e:
-        raise problems.error(e.line(job.name)) from None
-    if problems.count:
-        raise problems.error()
+        return None if layout is None else _request_maker(general.renderer, layout)
+
+    for made in _checked(job, root, start, of_item, custom_ids=False):
+        yield from made
 
 
 def item_row(
@@ -314,17 +325,68 @@ def plain_row(
     return row
 
 
-def _made(
+def _checked(
     job: Job,
     root: Path,
-    general: TemplateRows,
-    make: Callable[[dict[str, Any], str], Any] | None,
+    start: Start,
     of_item: Callable[[Item], Any],
-) -> Iterator[Any]:
-    """`make(row, key)` of each row it takes, `of_item` of the general path's item of the others
-    (every row when `make` is None)."""
-    for made in _made_lists(job, root, general, make, of_item):
-        yield from made
+    custom_ids: bool = True,
+) -> Iterator[list[Any]]:
+    """`_made_lists` of a new general path and `start(general, True)`'s maker, the keys checked
+    for duplicates in little memory; SpecError as `iter_items` raises it.
+
+    Only the keys of the last rows are held (`_made_lists`); the hash of the key of every row
+    that asks for one is logged, once per such row (a duplicate reported among the rows held
+    is logged again). A hash logged twice (a duplicate key, or two keys with one hash) has the
+    job read again, holding the keys of those hashes exactly: every key a full set of keys
+    would find again was asked for by two rows, so that pass reports what a full set does. A
+    duplicate is always an error, so the rows given meanwhile are never used; when no hash was
+    logged twice, no key was asked for twice, and they were those of a full set."""
+    problems = _Problems()
+    log = KeyHashes()
+    error = None
+    try:
+        try:
+            general = TemplateRows(
+                job, root, display_path(job.spec_file, root), problems, custom_ids
+            )
+            yield from _made_lists(job, root, general, start(general, True), of_item, log)
+        except _Fatal as e:
+            error = problems.error(e.line(job.name))
+        else:
+            if problems.count:
+                error = problems.error()
+        suspects = log.suspects()
+    finally:
+        log.close()
+    if suspects:
+        error = _exact_error(job, root, start, suspects, custom_ids)
+    if error is not None:
+        raise error
+
+
+def _exact_error(
+    job: Job,
+    root: Path,
+    start: Start,
+    suspects: frozenset[int],
+    custom_ids: bool,
+) -> SpecError | None:
+    """The problems of `job` read again with the keys of `suspects` held exactly (None: none,
+    the suspects were keys with one hash): what a full set of keys reports."""
+    problems = _Problems()
+    try:
+        general = TemplateRows(job, root, display_path(job.spec_file, root), problems, custom_ids)
+        general.seen = SuspectKeys(suspects)
+        for _ in _made_lists(job, root, general, start(general, False), _nothing):
+            pass
+    except _Fatal as e:
+        return problems.error(e.line(job.name))
+    return problems.error() if problems.count else None
+
+
+def _nothing(item: Item) -> None:
+    return None
 
 
 def _made_lists(
@@ -333,11 +395,24 @@ def _made_lists(
     general: TemplateRows,
     make: Callable[[dict[str, Any], str], Any] | None,
     of_item: Callable[[Item], Any],
+    log: KeyHashes | None = None,
 ) -> Iterator[list[Any]]:
-    """`_made` in lists of about BLOCK_ROWS; what came before a problem that ends the job is
-    given before it is raised."""
+    """`make(row, key)` of each row it takes, `of_item` of the general path's item of the
+    others (every row when `make` is None), in lists of about BLOCK_ROWS; what came before a
+    problem that ends the job is given before it is raised. With `log`, the keys seen are held
+    only until their list is given (a duplicate among them is reported as ever), and logged
+    there (`_checked` finds the rest)."""
     out: list[Any] = []
     add = out.append
+    seen = general.seen
+
+    def window() -> None:
+        if log is not None:
+            log.add(seen)
+            log.add(general.repeats)  # a key met again among the rows held: logged twice
+            general.repeats.clear()
+            seen.clear()
+
     try:
         if make is None:
             for number, row in general.source():
@@ -346,6 +421,7 @@ def _made_lists(
                     add(of_item(item))
                     if len(out) == BLOCK_ROWS:
                         yield out
+                        window()
                         out = []
                         add = out.append
         elif job.input is not None and job.input.format == "jsonl":
@@ -362,6 +438,7 @@ def _made_lists(
                                 add(made)
                                 if len(out) == BLOCK_ROWS:
                                     yield out
+                                    window()
                                     out = []
                                     add = out.append
                                 continue
@@ -370,6 +447,7 @@ def _made_lists(
                         add(of_item(item))
                 if len(out) >= BLOCK_ROWS:
                     yield out
+                    window()
                     out = []
                     add = out.append
         else:
@@ -390,12 +468,15 @@ def _made_lists(
                 add(made)
                 if len(out) == BLOCK_ROWS:
                     yield out
+                    window()
                     out = []
                     add = out.append
     except _Fatal:
         if out:
             yield out
         raise
+    finally:
+        window()
     if out:
         yield out
 

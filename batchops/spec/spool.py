@@ -26,7 +26,6 @@ import os
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
-from itertools import accumulate
 
 import orjson
 
@@ -61,7 +60,9 @@ def request_line(
 class JobSpool:
     """The lines of one job's items, in the order they were rendered."""
 
-    __slots__ = ("file", "write", "sizes", "size", "ends", "broken", "around", "mixed")
+    __slots__ = (
+        "file", "write", "sizes", "size", "count", "_lines", "_bytes", "broken", "around", "mixed",
+    )  # fmt: skip
 
     def __init__(self, path: str | None = None) -> None:
         if path is None:
@@ -72,8 +73,11 @@ class JobSpool:
             self.file = open(path, "w+b", buffering=_READ)  # noqa: SIM115 (closed by `close`)
         self.write = self.file.write  # the producer writes each line …
         self.sizes = array("I")
-        self.size = self.sizes.append  # … and adds its length
-        self.ends: array | None = None  # set when the render ended: where each line ends
+        self.size = self.sizes.append  # … and adds its length (`fold` sums them)
+        self.count: int | None = None  # set when the render ended: its lines
+        # where lines start, every few thousand lines (`fold`): the line, its byte offset; a
+        # line is found from there by its newlines (JSON as orjson writes it holds none raw)
+        self._lines, self._bytes = array("Q", [0]), array("Q", [0])
         self.broken = False
         self.around: tuple[bytes, bytes] | None = None  # `,"params":` + before, after a template
         self.mixed = False  # lines of both kinds were kept
@@ -145,13 +149,23 @@ class JobSpool:
                 self.write(data)
                 start += len(data)
         self.sizes.extend(sizes)
+        self.fold()
+
+    def fold(self) -> None:
+        """Note where the next line starts, and forget the sizes of the lines before it (held
+        for every line, they would take 4 bytes an item)."""
+        sizes = self.sizes
+        if sizes:
+            self._lines.append(self._lines[-1] + len(sizes))
+            self._bytes.append(self._bytes[-1] + sum(sizes))
+            del sizes[:]  # in place: the producer holds `self.sizes.append`
 
     def finish(self) -> None:
         """The render ended: every item has its line."""
+        self.fold()
         if not self.broken:
             self.file.flush()
-            self.ends = array("Q", accumulate(self.sizes))
-        self.sizes = array("I")
+            self.count = self._lines[-1]
 
     def expand(self, data: bytes, tail: bytes) -> bytes:
         """Whole kept lines as a plan file holds them, each newline replaced by `tail`."""
@@ -165,30 +179,50 @@ class JobSpool:
         return data.replace(b"\x01", tail)
 
     def __len__(self) -> int:
-        return len(self.ends) if self.ends is not None else 0
+        return self.count or 0
 
     def line(self, index: int) -> bytes:
         """The line of item `index`."""
-        ends = self.ends
-        assert ends is not None
-        start = ends[index - 1] if index else 0
-        return os.pread(self.file.fileno(), ends[index] - start, start)
+        for data, _ in self.read(index, index + 1):
+            return data
+        raise IndexError("no such kept line")
 
     def read(self, start: int, stop: int) -> Iterator[tuple[bytes, int]]:
         """The lines of items start … stop-1 in pieces of about a megabyte: (bytes, lines)."""
-        ends, fd = self.ends, self.file.fileno()
-        assert ends is not None
-        while start < stop:
-            at = ends[start - 1] if start else 0
-            end = min(max(bisect_right(ends, at + _READ, start, stop), start + 1), stop)
-            data = os.pread(fd, ends[end - 1] - at, at)
-            if len(data) != ends[end - 1] - at:
-                raise OSError("the request spool was cut short")
-            yield data, end - start
-            start = end
+        fd = self.file.fileno()
+        mark = bisect_right(self._lines, start) - 1
+        line, at = self._lines[mark], self._bytes[mark]  # line `line` starts at byte `at`
+        while line < stop:
+            size = _READ
+            while True:  # whole lines, at least one
+                data = os.pread(fd, size, at)
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    break
+                if len(data) < size:
+                    raise OSError("the request spool was cut short")
+                size *= 2
+            count = data.count(b"\n", 0, cut)
+            if line + count > start:
+                lo = _after(data, start - line) if line < start else 0
+                hi = _after(data, stop - line) if line + count > stop else cut
+                yield data[lo:hi], min(line + count, stop) - max(line, start)
+            line += count
+            at += cut
 
     def close(self) -> None:
         self.file.close()
+
+
+def _after(data: bytes, lines: int) -> int:
+    """Where the line after the first `lines` lines of `data` starts (at most its end)."""
+    at = 0
+    for _ in range(lines):
+        found = data.find(b"\n", at)
+        if found < 0:
+            return len(data)
+        at = found + 1
+    return at
 
 
 class RequestSpool:
@@ -209,7 +243,7 @@ class RequestSpool:
         """Job `name`'s lines, if its render ended here and kept one line for each of its
         `items` items."""
         spool = self._jobs.get(name)
-        if spool is None or spool.ends is None or len(spool) != items:
+        if spool is None or spool.count is None or spool.count != items:
             return None
         return spool
 
