@@ -769,9 +769,16 @@ def bench_curve(args, rows: list[Row]) -> None:
             shutil.rmtree(root, ignore_errors=True)
     smallest = min(args.curve)
     p0 = args.curve_plan[smallest]
+    # Linear: no size costs more an item than the smallest (1.25x for noise). Flat memory: no
+    # size's peak over 1.5x the second size's (100,000 items by default; the smallest is mostly
+    # Python and its imports).
+    sizes = sorted(args.curve)
+    second = sizes[1] if len(sizes) > 1 else sizes[0]
+    flat_peak = 1.5 * max(args.curve_plan[second].peak_mb, args.curve_noop[second].peak_mb)
     for n in args.curve:
         p, a = args.curve_plan[n], args.curve_noop[n]
         per_item = p.seconds / n * 1e6
+        linear = per_item <= 1.25 * p0.seconds / smallest * 1e6
         rows.append(
             Row(
                 f"cost curve, {n:,} items: plan (one core) / no-op apply",
@@ -780,8 +787,8 @@ def bench_curve(args, rows: list[Row]) -> None:
                 f"{smallest:,} items: {p0.seconds / smallest * 1e6:.1f} µs/item",
                 per_item / (p0.seconds / smallest * 1e6),
                 max(p.peak_mb, a.peak_mb),
-                "linear, flat memory",
-                None,
+                f"linear, flat memory (≤ {flat_peak:,.0f} MB: 1.5× at {second:,})",
+                linear and max(p.peak_mb, a.peak_mb) <= flat_peak,
             )  # fmt: skip
         )
 
