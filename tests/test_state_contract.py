@@ -714,6 +714,29 @@ def test_writers_opening_a_new_state_at_once_are_each_opened_or_told_it_is_held(
     assert "opened" in outcomes
 
 
+def test_a_sqlite_state_held_locked_too_long_is_reported_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "not a batchops state file": the file is one, another process holds it."""
+    from batchops.state import sqlite as sqlite_state
+
+    path = tmp_path / "state.db"
+    open_writer(str(path), "test").close()
+    monkeypatch.setattr(sqlite_state, "_BUSY_SECONDS", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("begin immediate")
+    try:
+        with pytest.raises(StateError) as caught:
+            open_writer(str(path), "other")
+    finally:
+        holder.execute("rollback")
+        holder.close()
+    assert str(caught.value) == (
+        f"{path}: state file is busy: another process held it for over 0.2 s (database is locked)"
+    )
+    open_writer(str(path), "other").close()  # free again
+
+
 # ---------------------------------------------------------------- readers and migrations
 def test_reader_on_missing_state_answers_empty_and_creates_nothing(backend: Backend) -> None:
     reader = open_reader(backend.location)
