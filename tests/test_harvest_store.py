@@ -174,6 +174,34 @@ def test_sqlite_result_ids_follow_the_lines(tmp_path: Path) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("count", [1, 49, 50, 51, 149, 150, 151])
+def test_sqlite_rows_inserted_many_a_statement_are_stored_exactly(
+    tmp_path: Path, count: int
+) -> None:
+    """SQLite inserts a harvest's rows 50 a statement, and the ones left over one by one: every
+    row is stored whole, column for column, in the order of the lines, whatever the count."""
+    path = tmp_path / "state.db"
+    keys = [f"k{i:03}" for i in range(count)]
+    w = open_writer(str(path), "test")
+    try:
+        send(w, "msgbatch_1", keys)
+        rows = rows_of(w, "msgbatch_1", {k: TYPES[i % 4] for i, k in enumerate(keys)})
+        random.Random(count).shuffle(rows)
+        assert w.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == count
+    finally:
+        w.close()
+    conn = sqlite3.connect(path)
+    try:
+        columns = ", ".join(ResultRow._fields)
+        stored = conn.execute(f"select {columns} from results order by id").fetchall()
+        assert stored == rows
+        assert [r[0] for r in conn.execute("select id from results order by id")] == list(
+            range(1, count + 1)
+        )
+    finally:
+        conn.close()
+
+
 def test_sqlite_commit_leaves_the_wal_copy_to_the_checkpoint_beside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,6 +19,7 @@ two applies racing on a new file end with one running and the other told who hol
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import threading
 import time
@@ -100,8 +101,12 @@ _INSERT_RESULT = (
     "insert into results (job, key, custom_id, fingerprint, batch_id, attempt_id, type, text,"
     " message, stop_reason, error_type, error_message, model, input_tokens, output_tokens,"
     " cache_creation_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens,"
-    " received_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " received_at) values "
 )
+_RESULT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Rows a harvest inserts with one statement: SQLite then opens its cursors and finds the table's
+# end once for them all, not once a row (a fifth less time for a batch's rows).
+_ROWS_A_STATEMENT = 50
 _AUTOCHECKPOINT = 1000  # SQLite's default: pages in the WAL after which a commit checkpoints
 _FEW_FINGERPRINTS = 5000  # up to this many are looked up by value; more, by one scan
 
@@ -641,7 +646,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             # results are then read back by that range, not through an index.
             first = conn.execute("select coalesce(max(id), 0) + 1 from results").fetchone()[0]
             # straight from the iterator: the rows are never held together
-            count = conn.executemany(_INSERT_RESULT, rows).rowcount
+            count = _insert_results(conn, rows)
             # What settles each attempt and item, narrow and in attempt order, so that the two
             # set-based updates below visit attempts and items in the order they were written
             # (results arrive shuffled: visited in that order, a large state misses its cache).
@@ -731,6 +736,30 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                 conn.execute("rollback")
             raise
         return counts
+
+
+def _insert_results(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> int:
+    """Insert result rows (`_ROWS_A_STATEMENT` a statement), straight from the iterator: they
+    are never held together."""
+    many = _INSERT_RESULT + ", ".join([_RESULT_VALUES] * _ROWS_A_STATEMENT)
+    rows = iter(rows)
+    count = 0
+    rest: list[Sequence[Any]] = []
+
+    def groups() -> Iterator[tuple]:
+        nonlocal count
+        while True:
+            group = list(itertools.islice(rows, _ROWS_A_STATEMENT))
+            count += len(group)
+            if len(group) < _ROWS_A_STATEMENT:
+                rest.extend(group)
+                return
+            yield tuple(itertools.chain.from_iterable(group))
+
+    conn.executemany(many, groups())
+    if rest:
+        conn.executemany(_INSERT_RESULT + _RESULT_VALUES, rest)
+    return count
 
 
 def _dump_rows(table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> Iterator[tuple]:
