@@ -7,6 +7,7 @@ through `Backend.raw`.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -313,6 +314,48 @@ def test_succeeded_results_answer_each_key_in_order(writer: StateWriter, backend
     assert [tuple(r) for r in got] == StateReader.succeeded_results(writer, JOB, keys)
     assert writer.succeeded_results(JOB, []) == []
     assert writer.succeeded_results("other", ["a", "b"]) == [NO_SUCCEEDED_ROW] * 2
+
+
+def test_succeeded_results_in_any_order_of_keys_match_the_lookup_by_key(
+    writer: StateWriter, backend: Backend
+) -> None:
+    """SQLite looks each key's item up at its place along the table first (an export asks for
+    keys in the order the items were written); keys in another order, with gaps, repeated,
+    unknown or of items written between another job's answer exactly as a lookup by key."""
+    keys = [f"k{i:02}" for i in range(12)]
+    sent_batch(writer, "msgbatch_1", *keys[:6])
+    other = [Att(f"o{i}", f"cid-o{i}", f"sha256:o{i}", 1) for i in range(3)]
+    writer.record_intent("intent-other", "other", other, 100, NOW, list_anchor="msgbatch_0")
+    sent_batch(writer, "msgbatch_2", *keys[6:])
+    for batch, part in (("msgbatch_1", keys[:6]), ("msgbatch_2", keys[6:])):
+        kinds = {k: "errored" if k in ("k03", "k09") else "succeeded" for k in part}
+        rows = [result_row(writer, batch, f"cid-{k}-1", kinds[k]) for k in part]
+        writer.store_harvest(batch, iter(rows), canceled_by_us=False, now=NOW)
+    orders = [
+        keys,
+        keys[3:],
+        keys[::-1],
+        keys[::2],
+        [*keys[:4], "zz", *keys[4:]],
+        ["k05", "k06", "k07", "k05", "k00"],
+        ["o0", *keys[:3]],
+        [*keys[5:8], "o1", "k08"],
+    ]
+    for order in orders:
+        got = writer.succeeded_results(JOB, order)
+        expected = StateReader.succeeded_results(writer, JOB, order)
+        assert [tuple(r) for r in got] == expected, order
+        assert sum(r[0] is not None for r in got) == sum(
+            k in keys and k not in ("k03", "k09") for k in order
+        )
+    if backend.name == "sqlite":  # keys in the order their items were written are found along
+        from batchops.state.sqlite import _ITEM_ROWID_SQL, _SUCCEEDED_ALONG_SQL
+
+        conn = writer.db.conn  # type: ignore[attr-defined]
+        for run in (keys[:6], keys[6:]):  # the other job's items were written between the two
+            (first,) = conn.execute(_ITEM_ROWID_SQL, (JOB, run[0])).fetchone()
+            along = conn.execute(_SUCCEEDED_ALONG_SQL, (JOB, json.dumps(run), first)).fetchall()
+            assert [r[0] is not None for r in along] == [k not in ("k03", "k09") for k in run]
 
 
 @dataclass(frozen=True)

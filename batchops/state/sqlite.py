@@ -93,6 +93,15 @@ _SUCCEEDED_SQL = (
     " and i.outcome = 'succeeded' and r.type = 'succeeded' and r.fingerprint = i.fingerprint"
     " order by k.id"
 )
+# The same, with each key's item looked for at a row id: the first key's item's id (?3) plus the
+# key's place in the array. A job's items are written in the order of its source, which is the
+# order an export asks for them in, so this finds them along the table instead of through the
+# (job, key) index; a key whose item is not at its place gets NULLs, and is asked again by key.
+_SUCCEEDED_ALONG_SQL = _SUCCEEDED_SQL.replace(
+    "left join items i on i.job = ?1 and i.key = k.value",
+    "left join items i on i.rowid = ?3 + k.key and i.job = ?1 and i.key = k.value",
+)
+_ITEM_ROWID_SQL = "select rowid from items where job = ? and key = ?"
 _BATCH_SQL = (
     "select b.*, coalesce(i.status = 'adopted', 0) as adopted from batches b"
     " left join intents i on i.id = b.intent_id"
@@ -310,8 +319,22 @@ class SqliteReader(SharedReads, StateReader):
     def succeeded_results(self, job: str, keys: Sequence[str]) -> list[SucceededRow]:
         if self.db is None or not keys:
             return [NO_SUCCEEDED_ROW] * len(keys)
-        # One row per key, in the keys' order (json_each's ids), from the index on (job, key).
-        return self.db.conn.execute(_SUCCEEDED_SQL, (job, orjson.dumps(keys).decode())).fetchall()
+        # One row per key, in the keys' order (json_each's ids), each item looked for at its
+        # place along the table first (`_SUCCEEDED_ALONG_SQL`), through the index on (job, key)
+        # for the keys not found there.
+        conn = self.db.conn
+        first = conn.execute(_ITEM_ROWID_SQL, (job, keys[0])).fetchone()
+        if first is None:
+            return conn.execute(_SUCCEEDED_SQL, (job, orjson.dumps(keys).decode())).fetchall()
+        rows = conn.execute(_SUCCEEDED_ALONG_SQL, (job, orjson.dumps(keys).decode(), first[0]))
+        rows = rows.fetchall()
+        missing = [at for at, row in enumerate(rows) if row[0] is None]
+        if missing:
+            again = [keys[at] for at in missing]
+            found = conn.execute(_SUCCEEDED_SQL, (job, orjson.dumps(again).decode())).fetchall()
+            for at, row in zip(missing, found, strict=True):
+                rows[at] = row
+        return rows
 
     def usage_rows(self) -> Iterator[UsageRow]:
         sql = (
