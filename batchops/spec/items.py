@@ -36,7 +36,10 @@ from batchops.spec.files import (
     open_regular,
     read_bounded,
 )
+from batchops.spec.keyhashes import KeyHashes, SuspectKeys
 from batchops.spec.model import (
+    BATCH_FORBIDDEN_PARAMS,
+    MAX_DEPTH,
     MAX_TOKENS_CAP,
     RENDER_MAX_SIZE_DEFAULT,
     Job,
@@ -809,6 +812,10 @@ class _Problems:
         if len(self.lines) < MAX_PROBLEM_LINES:
             self.lines.append(terminal(line))  # keys and values are shown, never obeyed
 
+    def clear(self) -> None:
+        self.lines.clear()
+        self.count = 0
+
     def error(self, *extra: str) -> SpecError:
         lines = [*self.lines, *map(terminal, extra)]
         hidden = self.count - len(self.lines)
@@ -829,7 +836,7 @@ def iter_items(job: Job, root: Path, custom_ids: bool = True) -> Iterator[Item]:
     spec_shown = display_path(job.spec_file, root)
     try:
         if job.requests is not None:
-            yield from _raw_items(job, job.requests.path, root, problems)
+            yield from _checked_requests(job, job.requests.path, root, problems)
         else:
             yield from _template_items(job, root, spec_shown, problems, custom_ids)
     except _Fatal as e:
@@ -1093,68 +1100,201 @@ _RAW_REQUIRED = (
 )
 
 
-def _raw_items(job: Job, path: Path, root: Path, problems: _Problems) -> Iterator[Item]:
+RECENT_CUSTOM_IDS = 1 << 16  # custom_ids of a requests file held at once (the rest logged)
+
+
+def _checked_requests(job: Job, path: Path, root: Path, problems: _Problems) -> Iterator[Item]:
+    """`_raw_items` of a requests file, its custom_ids checked for duplicates in little memory,
+    as `rowmaker._checked` checks a template job's keys: those of the last lines held, the
+    hash of every one logged (`KeyHashes`). A hash logged twice (a custom_id given again, or
+    two with one hash) has the file read again holding the custom_ids of those hashes exactly
+    (`SuspectKeys`), whose problems are then the ones raised: what a full set of custom_ids
+    reports. (A duplicate is always an error, so the items given meanwhile are never used.)"""
+    log = KeyHashes()
+    fatal = None
+    try:
+        try:
+            yield from _raw_items(job, path, root, problems, log=log)
+        except _Fatal as e:
+            fatal = e
+        suspects = log.suspects()
+    finally:
+        log.close()
+    if suspects:  # the problems of the file read again are the ones told (or its _Fatal)
+        problems.clear()
+        for _ in _raw_items(job, path, root, problems, seen=SuspectKeys(suspects)):
+            pass
+    elif fatal is not None:
+        raise fatal
+
+
+def _raw_items(
+    job: Job,
+    path: Path,
+    root: Path,
+    problems: _Problems,
+    seen: dict[str, int] | SuspectKeys | None = None,
+    log: KeyHashes | None = None,
+) -> Iterator[Item]:
+    """The items of a requests file: each line a request `{"custom_id", "params"}`, sent as
+    written. A line that is plainly right (`_plain_request`) is taken as it is read; any other
+    goes through `_raw_item`, which reports it (or takes it) exactly as ever. `seen` holds the
+    custom_ids met (where first); with `log`, only those of the last lines, the others logged
+    there. (A custom_id given again among those held is reported as ever; one given again past
+    them is logged twice, and `_checked_requests` reads the file again.)"""
     shown = display_path(path, root)
     name = job.name
-    seen: dict[str, int] = {}
-    for number, request in _jsonl_rows(path, shown, root):
-        where = f"{shown}: line {number}"
-        if isinstance(request, _BadRow):
-            problems.add(f"{where}: job {name}: {request.message}")
-            continue
-        if not isinstance(request, dict):
-            problems.add(f"{where}: job {name}: expected an object, not {type(request).__name__}")
-            continue
-        custom_id = request.get("custom_id")
-        label = f"item {custom_id}" if isinstance(custom_id, str) and custom_id else None
-        prefix = f"{where}: job {name}" + (f": {label}" if label else "")
-        line_problems = []
-        extra = sorted(set(request) - {"custom_id", "params"})
-        if extra:
-            line_problems.append(f"unknown field {extra[0]!r} (a request has custom_id and params)")
-        if "custom_id" not in request:
-            line_problems.append("required field 'custom_id' missing")
-        elif not isinstance(custom_id, str) or not CUSTOM_ID_RE.match(custom_id):
-            line_problems.append(
-                f"invalid custom_id {json.dumps(custom_id)} (1-64 characters from "
-                "A-Z, a-z, 0-9, '-' and '_')"
-            )
-        elif custom_id in seen:
-            line_problems.append(f"duplicate custom_id (first at line {seen[custom_id]})")
-        params = request.get("params")
-        if "params" not in request:
-            line_problems.append("required field 'params' missing")
-        elif not isinstance(params, dict):
-            line_problems.append("params must be an object")
-        else:
-            for field, kind, what in _RAW_REQUIRED:
-                value = params.get(field)
-                if not isinstance(value, kind) or isinstance(value, bool):
-                    line_problems.append(f"params.{field}: required, {what}")
-            max_tokens = params.get("max_tokens")
-            if type(max_tokens) is int and not 0 <= max_tokens <= MAX_TOKENS_CAP:
-                line_problems.append(f"params.max_tokens: at most {MAX_TOKENS_CAP:,}")
-            problem = json_problem(params)
-            if problem is not None:
-                line_problems.append(f"params.{problem[0]}: {problem[1]}")
-            for param, reason in forbidden_param_problems(params):
-                line_problems.append(f"params.{param}: {reason}")
-        for p in line_problems:
-            problems.add(f"{prefix}: {p}")
-        if line_problems:
-            if isinstance(custom_id, str) and custom_id not in seen:
+    if seen is None:
+        seen = {}
+    make_id = _custom_id_maker(name)
+    plain = _plain_request(job.betas)
+    for first, lines in _line_blocks(path, shown, root):
+        for number, line in enumerate(lines, first):
+            if log is not None and len(seen) >= RECENT_CUSTOM_IDS:
+                log.add(seen)
+                seen.clear()
+            made = plain(line)
+            if made is not None and made[0] not in seen:
+                custom_id, params, fp = made
                 seen[custom_id] = number
-            continue
-        seen[custom_id] = number
-        fp = fingerprint(params, job.betas)
-        yield Item(
-            name,
-            custom_id,
-            custom_id_for(name, custom_id, fp),
-            params,
-            fp,
-            None,
+                yield Item(name, custom_id, make_id(custom_id, fp), params, fp, None)
+                continue
+            if not line.strip():
+                continue
+            request = _json_line(line, number, shown)
+            item = _raw_item(job, request, number, shown, seen, problems)
+            if item is not None:
+                yield item
+    if log is not None:
+        log.add(seen)
+        seen.clear()
+
+
+# Every digit as "0": a line's text so mapped holds "0e-" or "0E-" wherever it writes a number
+# with a negative exponent; one below 1e-4 written without is "0.0000…" (a string that merely
+# holds such text is taken for one too).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+# What a custom_id may hold (`CUSTOM_ID_RE`), for `str.strip`.
+_CUSTOM_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+def _plain_request(betas: Sequence[str]) -> Callable[[bytes], tuple[str, dict, str] | None]:
+    """(custom_id, params, fingerprint) of a requests-file line with nothing `_raw_item` would
+    say of it, found with a few C calls; None for any line it does not find plainly right (a
+    blank or bad line, a duplicate key, a field missing or of another type, a param the batch
+    API refuses, nesting near the limit), which `_raw_item` then reads as ever.
+
+    The line is read by orjson, which refuses what `json_problem` looks for in a request's
+    params (lone surrogates, numbers past 64 bits or infinite) but deep nesting: a line with no
+    more than MAX_DEPTH brackets cannot nest that deep. Its params are written as canonical
+    JSON by orjson, as `canonical_json` does, when the line writes no number below 1e-4 (the
+    floats orjson writes otherwise than json does); else by `canonical_json`. A key given twice
+    is found as `_json_line` finds it: the line holds more colons than the row written again
+    (two keys, a custom_id with none, and the params)."""
+    loads, dumps, sort = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS
+    decode_error = orjson.JSONDecodeError
+    allowed = frozenset(BATCH_FORBIDDEN_PARAMS).isdisjoint
+    sha256 = hashlib.sha256
+    sorted_betas = sorted(betas)
+
+    def plain(line: bytes) -> tuple[str, dict, str] | None:
+        try:
+            row = loads(line)
+        except decode_error:
+            return None
+        if type(row) is not dict or len(row) != 2:
+            return None
+        custom_id, params = row.get("custom_id"), row.get("params")
+        if (
+            type(custom_id) is not str
+            or type(params) is not dict
+            or not 0 < len(custom_id) <= 64
+            or custom_id.strip(_CUSTOM_ID_CHARS)
+        ):
+            return None
+        max_tokens = params.get("max_tokens")
+        if (
+            type(params.get("model")) is not str
+            or type(max_tokens) is not int
+            or not 0 < max_tokens <= MAX_TOKENS_CAP
+            or type(params.get("messages")) is not list
+            or line.count(b"{") + line.count(b"[") > MAX_DEPTH
+            or not allowed(params)
+        ):
+            return None
+        data = dumps(params, option=sort)
+        if line.count(b":") != data.count(b":") + 2 or b"\\u003" in line:
+            return None
+        zeros = line.translate(_DIGITS_AS_ZERO)
+        if b"0e-" in zeros or b"0E-" in zeros or b"0.0000" in line:
+            return None
+        if sorted_betas:
+            data = dumps({"betas": sorted_betas, "params": params}, option=sort)
+        return custom_id, params, FINGERPRINT_PREFIX + sha256(data).hexdigest()
+
+    return plain
+
+
+def _raw_item(
+    job: Job,
+    request: Any,
+    number: int,
+    shown: str,
+    seen: dict[str, int],
+    problems: _Problems,
+) -> Item | None:
+    """The item of one line of a requests file, or None with its problems added."""
+    name = job.name
+    where = f"{shown}: line {number}"
+    if isinstance(request, _BadRow):
+        problems.add(f"{where}: job {name}: {request.message}")
+        return None
+    if not isinstance(request, dict):
+        problems.add(f"{where}: job {name}: expected an object, not {type(request).__name__}")
+        return None
+    custom_id = request.get("custom_id")
+    label = f"item {custom_id}" if isinstance(custom_id, str) and custom_id else None
+    prefix = f"{where}: job {name}" + (f": {label}" if label else "")
+    line_problems = []
+    extra = sorted(set(request) - {"custom_id", "params"})
+    if extra:
+        line_problems.append(f"unknown field {extra[0]!r} (a request has custom_id and params)")
+    if "custom_id" not in request:
+        line_problems.append("required field 'custom_id' missing")
+    elif not isinstance(custom_id, str) or not CUSTOM_ID_RE.match(custom_id):
+        line_problems.append(
+            f"invalid custom_id {json.dumps(custom_id)} (1-64 characters from "
+            "A-Z, a-z, 0-9, '-' and '_')"
         )
+    elif custom_id in seen:
+        line_problems.append(f"duplicate custom_id (first at line {seen[custom_id]})")
+    params = request.get("params")
+    if "params" not in request:
+        line_problems.append("required field 'params' missing")
+    elif not isinstance(params, dict):
+        line_problems.append("params must be an object")
+    else:
+        for field, kind, what in _RAW_REQUIRED:
+            value = params.get(field)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                line_problems.append(f"params.{field}: required, {what}")
+        max_tokens = params.get("max_tokens")
+        if type(max_tokens) is int and not 0 <= max_tokens <= MAX_TOKENS_CAP:
+            line_problems.append(f"params.max_tokens: at most {MAX_TOKENS_CAP:,}")
+        problem = json_problem(params)
+        if problem is not None:
+            line_problems.append(f"params.{problem[0]}: {problem[1]}")
+        for param, reason in forbidden_param_problems(params):
+            line_problems.append(f"params.{param}: {reason}")
+    for p in line_problems:
+        problems.add(f"{prefix}: {p}")
+    if line_problems:
+        if isinstance(custom_id, str) and custom_id not in seen:
+            seen[custom_id] = number
+        return None
+    seen[custom_id] = number
+    fp = fingerprint(params, job.betas)
+    return Item(name, custom_id, custom_id_for(name, custom_id, fp), params, fp, None)
 
 
 def request_size_of(custom_id: str, params: dict[str, Any]) -> int:

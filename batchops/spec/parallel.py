@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any
 from batchops.pricing import PriceTable
 from batchops.spec import rowmaker
 from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
-from batchops.spec.items import TemplateRows, _Fatal, _json_line, _Problems
+from batchops.spec.items import (
+    Item,
+    TemplateRows,
+    _custom_id_maker,
+    _Fatal,
+    _json_line,
+    _plain_request,
+    _Problems,
+    _raw_item,
+)
 from batchops.spec.keyhashes import KeyHashes
 from batchops.spec.model import Job, display_path
 from batchops.spec.rowmaker import Block, Row, RowMaker, item_row, pack, plain_row, unpack
@@ -57,16 +66,26 @@ def workers() -> int:
 
 
 def wants_parallel(job: Job, min_bytes: int = PARALLEL_MIN_BYTES) -> bool:
-    """A jsonl input large enough to repay starting processes, on a machine with cores to spare
-    (and `fork`, by which the workers share the parent's open file)."""
-    if job.input is None or job.input.format != "jsonl" or job.attachments or workers() < 2:
+    """A jsonl input or requests file large enough to repay starting processes, on a machine
+    with cores to spare (and `fork`, by which the workers share the parent's open file)."""
+    source = _source(job)
+    if source is None or job.attachments or workers() < 2:
         return False
     if not hasattr(os, "fork") or not hasattr(os, "pread"):
         return False
     try:
-        return job.input.path.stat().st_size >= min_bytes
+        return source.stat().st_size >= min_bytes
     except OSError:
         return False  # the one-core path reports the unreadable file
+
+
+def _source(job: Job) -> Path | None:
+    """The jsonl file whose lines are a job's items: its input file, or its requests file."""
+    if job.requests is not None:
+        return job.requests.path
+    if job.input is not None and job.input.format == "jsonl":
+        return job.input.path
+    return None
 
 
 def desired_rows(
@@ -101,13 +120,13 @@ def desired_blocks(
     path renders the job again and gives its rows from there on, and its SpecError, so every
     problem is told exactly as one core tells it (a job with problems is rare, and plans
     nothing; its lines are not kept)."""
-    if job.input is None:
-        raise ValueError("desired_rows needs a job with an input file")
+    source = _source(job)
+    if source is None:
+        raise ValueError("desired_rows needs a job with a jsonl input file or requests file")
     problems = _Problems()
-    general = TemplateRows(job, root, display_path(job.spec_file, root), problems)
-    shown, name = general.shown, job.name
+    shown, name = display_path(source, root), job.name
     try:
-        f = open_regular(job.input.path, root)
+        f = open_regular(source, root)
     except FileRefused as e:
         raise problems.error(_Fatal(shown, e.args[0]).line(name)) from None
     import multiprocessing  # only here: starting the pool is the only use, and it is slow to import
@@ -169,7 +188,10 @@ def desired_blocks(
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         suspects = hashes.suspects() if clean else frozenset()
-    if suspects:  # the one-core path's SpecError, or none: two keys had one hash
+    if suspects and job.requests is not None:  # the one-core path's SpecError, or none
+        for _ in rowmaker.rows(job, root, prices, today, {}):
+            pass
+    elif suspects:  # the one-core path's SpecError, or none: two keys had one hash
         error = rowmaker.exact_error(job, root, prices, today, suspects)
         if error is not None:
             raise error
@@ -221,21 +243,18 @@ class _Noted(list):
 def _init(
     job: Job, root: Path, fd: int, prices: PriceTable, today: date, folder: str | None
 ) -> None:
-    general = TemplateRows(job, root, display_path(job.spec_file, root), _Problems())
     lines = None
     if folder is not None:
         from batchops.spec.spool import JobSpool
 
         lines = JobSpool.at(os.path.join(folder, f"worker-{os.getpid()}"))
+    _worker.update(job=job, fd=fd, lines=lines, prices=prices, today=today, price_cache={})
+    if job.requests is not None:
+        _worker.update(shown=display_path(job.requests.path, root))
+        return
+    general = TemplateRows(job, root, display_path(job.spec_file, root), _Problems())
     _worker.update(
-        job=job,
-        fd=fd,
-        general=general,
-        lines=lines,
-        maker=RowMaker.compile(job, general.renderer, prices, today, lines),
-        prices=prices,
-        today=today,
-        price_cache={},
+        general=general, maker=RowMaker.compile(job, general.renderer, prices, today, lines)
     )
 
 
@@ -245,9 +264,11 @@ def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | Non
     nothing else when the range holds a problem. (Where its lines stand in the file is not
     known here: the one-core path, which tells problems, counts them.)"""
     w = _worker
+    job: Job = w["job"]
+    if job.requests is not None:
+        return _request_range(start, end)
     kept: JobSpool | None = w["lines"]
     begun = kept.begin() if kept is not None else 0
-    job: Job = w["job"]
     general: TemplateRows = w["general"]
     general.problems = _Noted()  # type: ignore[assignment]
     maker: RowMaker | None = w["maker"]
@@ -282,11 +303,60 @@ def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | Non
                     kept.add_params(item.key, item.custom_id, item.fingerprint, item.params)
     except (FileRefused, OSError, _Fatal):
         return False, None, None, None
+    return _finished(rows, kept, begun)
+
+
+def _finished(
+    rows: list[Row], kept: JobSpool | None, begun: int
+) -> tuple[bool, Block | None, array | None, tuple | None]:
+    """What `_render_range` answers for a range whose rows were all made."""
     if not rows:
         return True, None, None, None
     # sorted here, on every core: the parent sorts runs of them (`KeyHashes`), merged quickly
     keys = array("q", sorted(map(_key_hash, map(itemgetter(0), rows))))
     return True, pack(rows), keys, kept.piece(begun) if kept is not None else None
+
+
+def _request_range(start: int, end: int) -> tuple[bool, Block | None, array | None, tuple | None]:
+    """`_render_range` of a requests file's range: each line taken as `items._raw_items` takes
+    it, plainly right (`_plain_request`) or by `_raw_item`; a line with a problem, or a
+    custom_id given twice in the range, ends the workers' pass."""
+    w = _worker
+    job: Job = w["job"]
+    kept: JobSpool | None = w["lines"]
+    begun = kept.begin() if kept is not None else 0
+    plain = w.get("plain")
+    if plain is None:
+        plain = w["plain"] = _plain_request(job.betas)
+        w["make_id"] = _custom_id_maker(job.name)
+    make_id, shown, name = w["make_id"], w["shown"], job.name
+    prices, today, price_cache = w["prices"], w["today"], w["price_cache"]
+    seen: dict[str, int] = {}
+    rows: list[Row] = []
+    add = rows.append
+    try:
+        for at, lines in bounded_line_blocks(_Range(w["fd"], start, end)):
+            if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
+                lines[0] = lines[0][3:]
+            for number, line in enumerate(lines, at):
+                made = plain(line)
+                if made is not None and made[0] not in seen:
+                    custom_id, params, fp = made
+                    seen[custom_id] = number
+                    item = Item(name, custom_id, make_id(custom_id, fp), params, fp, None)
+                else:
+                    if not line.strip():
+                        continue
+                    request = _json_line(line, number, shown)
+                    item = _raw_item(job, request, number, shown, seen, _Noted())  # type: ignore[arg-type]
+                    if item is None:
+                        return False, None, None, None
+                add(item_row(job, item, prices, today, price_cache))
+                if kept is not None:
+                    kept.add_params(item.key, item.custom_id, item.fingerprint, item.params)
+    except (FileRefused, OSError, _Fatal):
+        return False, None, None, None
+    return _finished(rows, kept, begun)
 
 
 _key_hash = hash
