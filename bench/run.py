@@ -61,6 +61,22 @@ with open(sys.argv[1], "rb") as fh:
 print(count)
 """
 
+# What a user would write to fingerprint a requests file by hand: each line parsed, its params
+# written as canonical JSON and hashed.
+BARE_REQUESTS = r"""
+import hashlib, json, sys
+count = 0
+with open(sys.argv[1], "rb") as fh:
+    for line in fh:
+        request = json.loads(line)
+        canonical = json.dumps(
+            request["params"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        hashlib.sha256(canonical.encode()).hexdigest()
+        count += 1
+print(count)
+"""
+
 # The floor for an export: SQLite writes the JSON itself.
 RAW_EXPORT = r"""
 import sqlite3, sys
@@ -420,6 +436,59 @@ def bench_plan(args, rows: list[Row], root: Path) -> None:
         )
         if what == "text, one core":
             args.curve_plan[n] = r
+
+
+def make_requests_project(root: Path, n: int) -> Path:
+    """A project with one job of n requests in the Anthropic batch format (a `requests` file)."""
+    import orjson
+
+    data = root / "jobs" / "data" / "requests.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    with data.open("wb") as fh:
+        for i in range(n):
+            text = f"Subject: Order {i} late\n\nMy order number {i} has not arrived yet."
+            params = {"model": "claude-haiku-4-5", "max_tokens": 8,
+                      "system": "Reply with one word: positive, negative or neutral.",
+                      "messages": [{"role": "user", "content": text}]}  # fmt: skip
+            fh.write(orjson.dumps({"custom_id": f"row-{i}", "params": params}) + b"\n")
+    spec = 'version = 1\n[jobs.requests]\nrequests = { path = "data/requests.jsonl" }\n'
+    (root / "jobs" / "requests.toml").write_text(spec, encoding="utf-8")
+    (root / "state").mkdir(exist_ok=True)
+    return root
+
+
+def bench_requests(args, rows: list[Row]) -> None:
+    """Plan a job whose requests are written in a file (sent as they are), one core and all:
+    no goal of the issue names it; measured against a bare script's fingerprinting of it."""
+    n = args.items
+    root = make_requests_project(Path(args.tmp) / "requests", n)
+    data = root / "jobs" / "data" / "requests.jsonl"
+    one = {0}
+    base = best(args.repeat, lambda: run([PYTHON, "-c", BARE_REQUESTS, str(data)], cpus=one))
+    env = {"BATCHOPS_STATE": str(root / "state" / "empty.db"), "BATCHOPS_CACHE": "off"}
+    for what, cpus in (("one core", one), ("all cores", None)):
+        r = best(
+            args.repeat,
+            lambda c=cpus: run(
+                batchops("plan", "--no-refresh"),
+                cwd=root,
+                env=env,
+                cpus=c,
+                stdout_to=root / "plan.out",
+            ),
+        )
+        rows.append(
+            Row(
+                f"`plan --no-refresh`, a requests file of {n:,} lines, empty state, {what}",
+                f"{fmt_s(r.seconds)} (CPU {fmt_s(r.cpu)})",
+                f"bare stdlib script {fmt_s(base.seconds)}",
+                r.seconds / base.seconds,
+                r.peak_mb,
+                "—",
+                None,
+            )  # fmt: skip
+        )
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def bench_noop(args, rows: list[Row], root: Path) -> None:
@@ -795,7 +864,7 @@ def bench_curve(args, rows: list[Row]) -> None:
 
 # --- main ---------------------------------------------------------------------------------------
 
-ALL = ("cold", "plan", "noop", "export", "harvest", "submit", "curve")
+ALL = ("cold", "plan", "requests", "noop", "export", "harvest", "submit", "curve")
 
 
 def main() -> None:
@@ -855,6 +924,9 @@ def main() -> None:
                 say("export")
                 bench_export(args, rows, root)
             shutil.rmtree(root, ignore_errors=True)
+        if "requests" in only:
+            say("plan of a requests file")
+            bench_requests(args, rows)
         if "harvest" in only:
             say("harvest")
             bench_harvest(args, rows)
