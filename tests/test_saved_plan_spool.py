@@ -309,3 +309,58 @@ def test_kept_lines_are_found_from_a_few_marks_by_their_newlines(monkeypatch, re
             assert sum(c for _, c in pieces) == stop - start
             assert all(p.count(b"\n") == c for p, c in pieces)
     kept.close()
+
+
+def test_a_plan_written_by_threads_a_piece_at_a_time_loads_whole(tmp_path, monkeypatch):
+    """The digest and the file are written by threads of their own, in many pieces here: the
+    file holds every line in order and its digest is over exactly those bytes (loading checks
+    it), the same file as written in one piece."""
+    _project(tmp_path)
+    ctx = context(tmp_path, None, max_batch_requests=3)
+    plan, desired = ctx.plan(refresh=False)
+    whole = tmp_path / "whole.jsonl"
+    saved.save(plan, desired, whole, "prices")
+    monkeypatch.setattr(saved, "_FLUSH_BYTES", 64)
+    plan, desired = ctx.plan(refresh=False)
+    pieces = tmp_path / "pieces.jsonl"
+    saved.save(plan, desired, pieces, "prices")
+    assert _comparable(pieces) == _comparable(whole)
+    assert ctx.load_plan(pieces).plan == plan
+
+
+def test_a_plan_whose_file_cannot_be_written_leaves_nothing(tmp_path, monkeypatch):
+    """A write that fails part way (a full disk) is raised by `save`: no plan file, no
+    temporary file, and the writer's threads are gone."""
+    import errno
+    import io
+    import threading
+
+    _project(tmp_path)
+    ctx = context(tmp_path, None, max_batch_requests=3)
+    plan, desired = ctx.plan(refresh=False)
+    monkeypatch.setattr(saved, "_FLUSH_BYTES", 64)
+    writes = {"n": 0}
+    real_write = io.BufferedWriter.write
+
+    class Full(io.BufferedWriter):
+        def write(self, data):
+            writes["n"] += 1
+            if writes["n"] > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(self, data)
+
+    real_open = Path.open
+
+    def opening(self, mode="r", *args, **kwargs):
+        fh = real_open(self, mode, *args, **kwargs)
+        if mode == "wb" and self.name.startswith(".plan.jsonl."):
+            return Full(fh.detach())
+        return fh
+
+    monkeypatch.setattr(Path, "open", opening)
+    path = tmp_path / "plan.jsonl"
+    with pytest.raises(OSError, match="No space left"):
+        saved.save(plan, desired, path, "prices")
+    assert writes["n"] > 3
+    assert not path.exists() and not list(tmp_path.glob(".plan.jsonl.*"))
+    assert not [t for t in threading.enumerate() if t.name == "batchops-plan-write"]
