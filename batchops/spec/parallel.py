@@ -278,9 +278,7 @@ def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | Non
     rows: list[Row] = []
     add = rows.append
     try:
-        for at, lines in bounded_line_blocks(_Range(w["fd"], start, end)):
-            if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
-                lines[0] = lines[0][3:]
+        for at, lines in _range_lines(w["fd"], start, end):
             for number, line in enumerate(lines, at):
                 if make is not None:
                     row = plain_row(line)
@@ -298,12 +296,33 @@ def _render_range(start: int, end: int) -> tuple[bool, Block | None, array | Non
                 item = None if key is None else general.made(number, row, key)
                 if item is None:
                     return False, None, None, None
-                add(item_row(job, item, prices, today, price_cache))
-                if kept is not None:
-                    kept.add_params(item.key, item.custom_id, item.fingerprint, item.params)
+                add(_general_row(job, item, kept, prices, today, price_cache))
     except (FileRefused, OSError, _Fatal):
         return False, None, None, None
     return _finished(rows, kept, begun)
+
+
+def _range_lines(fd: int, start: int, end: int) -> Iterator[tuple[int, list[bytes]]]:
+    """The lines of a range a block at a time (the file's BOM dropped), as `_line_blocks`; the
+    numbers count from the range's start (the parent does not need them)."""
+    for at, lines in bounded_line_blocks(_Range(fd, start, end)):
+        if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
+            lines[0] = lines[0][3:]
+        yield at, lines
+
+
+def _general_row(
+    job: Job,
+    item: Item,
+    kept: JobSpool | None,
+    prices: PriceTable,
+    today: date,
+    price_cache: dict[str, Any],
+) -> Row:
+    """The row of an item made by the general path, its request line kept if lines are."""
+    if kept is not None:
+        kept.add_params(item.key, item.custom_id, item.fingerprint, item.params)
+    return item_row(job, item, prices, today, price_cache)
 
 
 def _finished(
@@ -335,9 +354,7 @@ def _request_range(start: int, end: int) -> tuple[bool, Block | None, array | No
     rows: list[Row] = []
     add = rows.append
     try:
-        for at, lines in bounded_line_blocks(_Range(w["fd"], start, end)):
-            if start == 0 and at == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
-                lines[0] = lines[0][3:]
+        for at, lines in _range_lines(w["fd"], start, end):
             for number, line in enumerate(lines, at):
                 made = plain(line)
                 if made is not None and made[0] not in seen:
@@ -351,9 +368,7 @@ def _request_range(start: int, end: int) -> tuple[bool, Block | None, array | No
                     item = _raw_item(job, request, number, shown, seen, _Noted())  # type: ignore[arg-type]
                     if item is None:
                         return False, None, None, None
-                add(item_row(job, item, prices, today, price_cache))
-                if kept is not None:
-                    kept.add_params(item.key, item.custom_id, item.fingerprint, item.params)
+                add(_general_row(job, item, kept, prices, today, price_cache))
     except (FileRefused, OSError, _Fatal):
         return False, None, None, None
     return _finished(rows, kept, begun)
