@@ -173,6 +173,9 @@ def test_the_plain_path_takes_plain_lines_and_leaves_doubtful_ones() -> None:
     # all but those naming a param the API may refuse (`stream`, here false): read in full
     assert taken == [line for line in lines if '"stream"' not in line]
     assert len(taken) > 30
+    for line in taken:  # the params' size, from the canonical JSON made for the fingerprint
+        _, params, _, body = plain(line.encode())
+        assert body == items.request_size_of("", params) - items.REQUEST_FRAME
     for custom_id in ("tiny-1", "tiny-2", "tiny-3", "tiny-4", "not-tiny", "deep-63", "deep-70",
                       "esc-colon", "stream-true", "speed", "max-zero", "max-bool", "max-huge",
                       "model-int", "messages-str", "trailing-newline-id\n", "has space"):  # fmt: skip

@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -74,6 +74,8 @@ class Item:
     params: dict[str, Any]
     fingerprint: str
     row: dict[str, Any] | None
+    # `request_size_of(custom_id, params)`, when the maker knew it (None: computed when asked)
+    size: int | None = field(default=None, compare=False)
 
 
 # --- identity -----------------------------------------------------------------------------------
@@ -1155,9 +1157,12 @@ def _raw_items(
                 seen.clear()
             made = plain(line)
             if made is not None and made[0] not in seen:
-                custom_id, params, fp = made
+                custom_id, params, fp, body = made
                 seen[custom_id] = number
-                yield Item(name, custom_id, make_id(custom_id, fp), params, fp, None)
+                sent = make_id(custom_id, fp)
+                yield Item(
+                    name, custom_id, sent, params, fp, None, body + len(sent) + REQUEST_FRAME
+                )
                 continue
             if not line.strip():
                 continue
@@ -1178,8 +1183,10 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _CUSTOM_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
 
-def _plain_request(betas: Sequence[str]) -> Callable[[bytes], tuple[str, dict, str] | None]:
-    """(custom_id, params, fingerprint) of a requests-file line with nothing `_raw_item` would
+def _plain_request(
+    betas: Sequence[str],
+) -> Callable[[bytes], tuple[str, dict, str, int] | None]:
+    """(custom_id, params, fingerprint, bytes of the params' JSON) of a requests-file line with nothing `_raw_item` would
     say of it, found with a few C calls; None for any line it does not find plainly right (a
     blank or bad line, a duplicate key, a field missing or of another type, a param the batch
     API refuses, nesting near the limit), which `_raw_item` then reads as ever.
@@ -1197,7 +1204,7 @@ def _plain_request(betas: Sequence[str]) -> Callable[[bytes], tuple[str, dict, s
     sha256 = hashlib.sha256
     sorted_betas = sorted(betas)
 
-    def plain(line: bytes) -> tuple[str, dict, str] | None:
+    def plain(line: bytes) -> tuple[str, dict, str, int] | None:
         try:
             row = loads(line)
         except decode_error:
@@ -1228,9 +1235,10 @@ def _plain_request(betas: Sequence[str]) -> Callable[[bytes], tuple[str, dict, s
         zeros = line.translate(_DIGITS_AS_ZERO)
         if b"0e-" in zeros or b"0E-" in zeros or b"0.0000" in line:
             return None
+        body = len(data)  # what `request_size_of` counts: the same bytes, sorted
         if sorted_betas:
             data = dumps({"betas": sorted_betas, "params": params}, option=sort)
-        return custom_id, params, FINGERPRINT_PREFIX + sha256(data).hexdigest()
+        return custom_id, params, FINGERPRINT_PREFIX + sha256(data).hexdigest(), body
 
     return plain
 
@@ -1297,14 +1305,21 @@ def _raw_item(
     return Item(name, custom_id, custom_id_for(name, custom_id, fp), params, fp, None)
 
 
+# Bytes around a request's custom_id and params in a create body: `{"custom_id":"","params":}`
+# and the separator after it.
+REQUEST_FRAME = 28
+
+
 def request_size_of(custom_id: str, params: dict[str, Any]) -> int:
     """Bytes of `{"custom_id": …, "params": …}` and its separator in a create body."""
     try:
         body = len(orjson.dumps(params))
     except (TypeError, orjson.JSONEncodeError):
         body = len(json.dumps(params, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-    return body + len(custom_id.encode()) + 28
+    return body + len(custom_id.encode()) + REQUEST_FRAME
 
 
 def request_size(item: Item) -> int:
+    if item.size is not None:
+        return item.size
     return request_size_of(item.custom_id, item.params)

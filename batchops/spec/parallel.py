@@ -32,6 +32,7 @@ from batchops.pricing import PriceTable
 from batchops.spec import rowmaker
 from batchops.spec.files import FileRefused, bounded_line_blocks, open_regular
 from batchops.spec.items import (
+    REQUEST_FRAME,
     Item,
     TemplateRows,
     _custom_id_maker,
@@ -358,9 +359,12 @@ def _request_range(start: int, end: int) -> tuple[bool, Block | None, array | No
             for number, line in enumerate(lines, at):
                 made = plain(line)
                 if made is not None and made[0] not in seen:
-                    custom_id, params, fp = made
+                    custom_id, params, fp, body = made
                     seen[custom_id] = number
-                    item = Item(name, custom_id, make_id(custom_id, fp), params, fp, None)
+                    sent = make_id(custom_id, fp)
+                    item = Item(
+                        name, custom_id, sent, params, fp, None, body + len(sent) + REQUEST_FRAME
+                    )
                 else:
                     if not line.strip():
                         continue

@@ -40,6 +40,7 @@ from batchops.pricing import ItemEstimate, ModelPrice, PriceTable, _scan
 from batchops.spec import caching
 from batchops.spec.items import (
     FINGERPRINT_PREFIX,
+    REQUEST_FRAME,
     Item,
     TemplateRows,
     _custom_id_maker,
@@ -543,7 +544,9 @@ class _Layout:
         self.params, self.templates, self.places = params, templates, places
         self.pieces, self.order = _split(data, marks)
         self.plain_pieces, self.plain_order = _split(plain, marks)
-        self.size = len(plain) - sum(map(len, marks)) + 28  # `request_size_of` without strings
+        self.size = (
+            len(plain) - sum(map(len, marks)) + REQUEST_FRAME
+        )  # `request_size_of` without strings
 
     @classmethod
     def of(cls, job: Job, renderer: _Renderer) -> _Layout | None:
