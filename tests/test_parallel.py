@@ -106,3 +106,18 @@ def test_only_large_jsonl_inputs_go_parallel(tmp_path):
     job = project(tmp_path, GOOD)
     assert parallel.wants_parallel(job, min_bytes=1) == (parallel.workers() > 1)
     assert not parallel.wants_parallel(job)
+
+
+def test_a_template_that_does_not_compile_is_the_same_error(tmp_path):
+    """A template with a syntax error is told as the one-core path tells it, not as a worker
+    process that broke."""
+    (tmp_path / "jobs" / "data").mkdir(parents=True)
+    (tmp_path / "jobs" / "data" / "rows.jsonl").write_text("\n".join(GOOD) + "\n")
+    (tmp_path / "jobs" / "j.toml").write_text(
+        'version = 1\n[jobs.j]\nmodel = "claude-haiku-4-5"\nmax_tokens = 5\n'
+        'prompt = "{{ text }"\ninput = { path = "data/rows.jsonl", key = "id" }\n'
+    )
+    job = load_project(tmp_path / "jobs", tmp_path).jobs[0]
+    serial, parallel_ = one_core(job, tmp_path), many_cores(job, tmp_path)
+    assert serial[1] is not None and "syntax error" in serial[1][0]
+    assert parallel_ == serial

@@ -279,3 +279,19 @@ def test_custom_ids_that_share_a_hash_are_not_duplicates(
     monkeypatch.setattr(items, "RECENT_CUSTOM_IDS", 5)
     assert errors_and_items(job, tmp_path) == full
     assert full[0] is None and len(full[1]) == 50
+
+
+def test_a_duplicate_past_the_window_before_a_line_that_ends_the_reading_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A custom_id given again past the held window, then a line that is not JSON: both are
+    told, as a full set of custom_ids tells them (the window's custom_ids are logged even when
+    the reading ends on a bad line)."""
+    lines = good_lines(random.Random(4), 30)
+    lines += [request("r-2"), "{not json"]
+    job = write_job(tmp_path, lines)
+    monkeypatch.setattr(items, "RECENT_CUSTOM_IDS", 10**9)
+    full = errors_and_items(job, tmp_path)
+    assert full[0] is not None and any("duplicate custom_id" in p for p in full[0])
+    monkeypatch.setattr(items, "RECENT_CUSTOM_IDS", 7)
+    assert errors_and_items(job, tmp_path) == full

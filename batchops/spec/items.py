@@ -1150,29 +1150,31 @@ def _raw_items(
         seen = {}
     make_id = _custom_id_maker(name)
     plain = _plain_request(job.betas)
-    for first, lines in _line_blocks(path, shown, root):
-        for number, line in enumerate(lines, first):
-            if log is not None and len(seen) >= RECENT_CUSTOM_IDS:
-                log.add(seen)
-                seen.clear()
-            made = plain(line)
-            if made is not None and made[0] not in seen:
-                custom_id, params, fp, body = made
-                seen[custom_id] = number
-                sent = make_id(custom_id, fp)
-                yield Item(
-                    name, custom_id, sent, params, fp, None, body + len(sent) + REQUEST_FRAME
-                )
-                continue
-            if not line.strip():
-                continue
-            request = _json_line(line, number, shown)
-            item = _raw_item(job, request, number, shown, seen, problems)
-            if item is not None:
-                yield item
-    if log is not None:
-        log.add(seen)
-        seen.clear()
+    try:
+        for first, lines in _line_blocks(path, shown, root):
+            for number, line in enumerate(lines, first):
+                if log is not None and len(seen) >= RECENT_CUSTOM_IDS:
+                    log.add(seen)
+                    seen.clear()
+                made = plain(line)
+                if made is not None and made[0] not in seen:
+                    custom_id, params, fp, body = made
+                    seen[custom_id] = number
+                    sent = make_id(custom_id, fp)
+                    yield Item(
+                        name, custom_id, sent, params, fp, None, body + len(sent) + REQUEST_FRAME
+                    )
+                    continue
+                if not line.strip():
+                    continue
+                request = _json_line(line, number, shown)
+                item = _raw_item(job, request, number, shown, seen, problems)
+                if item is not None:
+                    yield item
+    finally:  # the reading ended (a line that ends it too): the last custom_ids are logged
+        if log is not None:
+            log.add(seen)
+            seen.clear()
 
 
 # Every digit as "0": a line's text so mapped holds "0e-" or "0E-" wherever it writes a number
@@ -1191,9 +1193,10 @@ def _plain_request(
     blank or bad line, a duplicate key, a field missing or of another type, a param the batch
     API refuses, nesting near the limit), which `_raw_item` then reads as ever.
 
-    The line is read by orjson, which refuses what `json_problem` looks for in a request's
-    params (lone surrogates, numbers past 64 bits or infinite) but deep nesting: a line with no
-    more than MAX_DEPTH brackets cannot nest that deep. Its params are written as canonical
+    The line is read by orjson, as the full reading reads it first: it refuses lone surrogates
+    and infinite numbers, and reads an integer past 64 bits as a float, so of what
+    `json_problem` looks for only deep nesting is left: a line with no more than MAX_DEPTH
+    brackets cannot nest that deep. Its params are written as canonical
     JSON by orjson, as `canonical_json` does, when the line writes no number below 1e-4 (the
     floats orjson writes otherwise than json does); else by `canonical_json`. A key given twice
     is found as `_json_line` finds it: the line holds more colons than the row written again

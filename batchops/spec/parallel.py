@@ -126,6 +126,8 @@ def desired_blocks(
         raise ValueError("desired_rows needs a job with a jsonl input file or requests file")
     problems = _Problems()
     shown, name = display_path(source, root), job.name
+    if job.requests is None:  # a template that does not compile: its SpecError, from here
+        TemplateRows(job, root, display_path(job.spec_file, root), problems)
     try:
         f = open_regular(source, root)
     except FileRefused as e:
