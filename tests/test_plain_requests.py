@@ -295,3 +295,20 @@ def test_a_duplicate_past_the_window_before_a_line_that_ends_the_reading_is_told
     assert full[0] is not None and any("duplicate custom_id" in p for p in full[0])
     monkeypatch.setattr(items, "RECENT_CUSTOM_IDS", 7)
     assert errors_and_items(job, tmp_path) == full
+
+
+def test_a_duplicate_near_its_first_is_told_when_another_stands_far_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A custom_id given again among those held (told at once) and another given again far
+    apart (which has the file read again holding only the suspects): both are told, as a full
+    set of custom_ids tells them."""
+    lines = good_lines(random.Random(6), 40)
+    lines.insert(3, request("r-1"))  # near its first, at line 2: among the held custom_ids
+    lines.append(request("r-20"))  # far from its first
+    job = write_job(tmp_path, lines)
+    monkeypatch.setattr(items, "RECENT_CUSTOM_IDS", 10**9)
+    full = errors_and_items(job, tmp_path)
+    assert full[0] is not None and len(full[0]) == 2
+    monkeypatch.setattr(items, "RECENT_CUSTOM_IDS", 7)
+    assert errors_and_items(job, tmp_path) == full

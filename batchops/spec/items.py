@@ -1142,8 +1142,9 @@ def _raw_items(
     written. A line that is plainly right (`_plain_request`) is taken as it is read; any other
     goes through `_raw_item`, which reports it (or takes it) exactly as ever. `seen` holds the
     custom_ids met (where first); with `log`, only those of the last lines, the others logged
-    there. (A custom_id given again among those held is reported as ever; one given again past
-    them is logged twice, and `_checked_requests` reads the file again.)"""
+    there. (A custom_id given again among those held is reported as ever, and logged again; one
+    given again past them is logged twice; a hash logged twice has `_checked_requests` read the
+    file again.)"""
     shown = display_path(path, root)
     name = job.name
     if seen is None:
@@ -1171,6 +1172,12 @@ def _raw_items(
                 item = _raw_item(job, request, number, shown, seen, problems)
                 if item is not None:
                     yield item
+                elif log is not None and type(request) is dict:
+                    # told among those held: logged again, so that a read again (for another
+                    # duplicate far apart) holds this custom_id too, and tells it again
+                    custom_id = request.get("custom_id")
+                    if type(custom_id) is str and seen.get(custom_id, number) != number:
+                        log.add((custom_id,))
     finally:  # the reading ended (a line that ends it too): the last custom_ids are logged
         if log is not None:
             log.add(seen)
