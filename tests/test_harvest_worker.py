@@ -7,6 +7,7 @@ harvest is then done in process."""
 from __future__ import annotations
 
 import contextlib
+import marshal
 import random
 import sys
 from collections.abc import Iterator
@@ -105,6 +106,40 @@ def test_the_worker_makes_exactly_the_rows_made_in_process(size: int) -> None:
     assert rows == in_process(data, attempts, len(lines), size)
     assert len(rows) == 3_000 and len({r[2] for r in rows}) == 3_000
     assert halfway == [1]  # the crash-test seam is reached once, as in process
+
+
+def test_a_frame_of_long_replies_stays_within_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker sends a frame once its replies hold FRAME_TEXT characters, before CHUNK_ROWS
+    rows: a frame of 2,000 long replies (megabytes) would outgrow the pipe, and the worker would
+    wait for each one to be read instead of making the next rows."""
+    lines, attempts = [], []
+    for i in range(1_500):
+        custom_id = f"job-{i:05}"
+        attempts.append((custom_id, i + 1, f"key {i}", f"sha256:{i:064x}"))
+        message = {"id": f"msg_{i}", "type": "message", "model": "claude-haiku-4-5",
+                   "content": [{"type": "text", "text": "word " * (300 + i % 200)}],
+                   "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 9}}  # fmt: skip
+        result = {"type": "succeeded", "message": message}
+        lines.append(orjson.dumps({"custom_id": custom_id, "result": result}))
+    data = b"\n".join(lines) + b"\n"
+    frames: list[tuple[int, list[tuple]]] = []
+    real = harvest._read_frame
+
+    def read_frame(source):  # noqa: ANN001, ANN202 - the module's own, recorded
+        tag, payload = real(source)
+        if tag == harvest.ROWS:
+            frames.append((len(payload), marshal.loads(payload)))
+        return tag, payload
+
+    monkeypatch.setattr(harvest, "_read_frame", read_frame)
+    rows = by_worker(blocks_of(data, 1 << 16), attempts, len(lines))
+    assert rows == in_process(data, attempts, len(lines))
+    assert sum(len(chunk) for _, chunk in frames) == len(rows) == 1_500
+    total = sum(size for size, _ in frames)
+    assert total > 5 * harvest._PIPE_BYTES  # megabytes of replies (in one frame, before)
+    assert all(size <= harvest._PIPE_BYTES for size, _ in frames)  # each within the pipe
+    texts = [sum(len(r[8]) for r in chunk) for _, chunk in frames]
+    assert all(t >= harvest.FRAME_TEXT for t in texts[:-1])  # none cut short but the last
 
 
 def _break(lines: list[bytes], how: str) -> list[bytes]:

@@ -12,6 +12,7 @@ from batchops.apply.harvest import (
     CHUNK_ROWS,
     DONE,
     FAILED,
+    FRAME_TEXT,
     HEAD,
     ROWS,
     SENT,
@@ -49,12 +50,15 @@ def main() -> int:
     blocks = iter(lambda: source.read(_BLOCK), b"")
     lines = _parse_blocks(blocks, f"read results of batch {batch_id}")
     chunk: list[tuple] = []
+    text = 0  # the messages' characters in `chunk` (a row's text is a part of its message)
     try:
         for row in verified_rows(job, batch_id, now, lines, sent, expected):
             chunk.append(row)
-            if len(chunk) == CHUNK_ROWS:
+            if row[8] is not None:
+                text += len(row[8])
+            if len(chunk) == CHUNK_ROWS or text >= FRAME_TEXT:
                 _write_frame(out, ROWS, marshal.dumps(chunk))
-                chunk = []
+                chunk, text = [], 0
         if chunk:
             _write_frame(out, ROWS, marshal.dumps(chunk))
     except ForeignResults as exc:
