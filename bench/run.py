@@ -7,7 +7,8 @@
 Every figure is measured in a child process of its own (`os.wait4` gives its wall time and peak
 RSS alone), the best of `--repeat` runs; every ratio divides by a baseline measured by this same
 run on this same machine, its runs taken by turns with the figure's (`best_pair`), so the load
-other users put on a shared machine, and its drift, cancel out as far as they can. The table printed at the end holds: what, figure, baseline, ratio, peak RSS, goal, met.
+other users put on a shared machine, and its drift, cancel out as far as they can. The table
+printed at the end holds: what, figure, baseline, ratio, peak RSS, goal, met.
 
 Sizes: `--items` (plan, no-op plan and apply, export; default 1,000,000), `--harvest` (results in
 one batch; 100,000), `--submit-mb` (the payload of one create; 200), `--curve` (sizes for the cost
