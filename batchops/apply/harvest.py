@@ -25,7 +25,7 @@ import orjson
 
 from batchops.errors import RemoteError
 from batchops.pricing import usage_counts
-from batchops.state.records import RESULT_TYPES
+from batchops.state.records import RESULT_TYPES, ResultRow
 
 WORKER_ENV = "BATCHOPS_HARVEST_WORKER"  # "1": always, "0": never, else for large batches
 WORKER_MIN_RESULTS = 20_000  # below this, starting a process costs more than it saves
@@ -36,6 +36,7 @@ CHUNK_ROWS = 2_000  # rows a frame carries at most
 # waiting for this process to read a frame larger than the pipe (2,000 rows of 80-130-word
 # replies: 3.6 MB). On the batch size (111 MB), a harvest took 6-10% less time.
 FRAME_TEXT = 1 << 17
+MESSAGE = ResultRow._fields.index("message")  # where a row holds its stored message
 SENT_PER_FRAME = 10_000  # sent attempts a frame carries
 _PIPE_BYTES = 1 << 20  # asked of the kernel for each pipe (Linux), so fewer switches
 _HEAD = 9  # a frame: one tag byte, an 8-byte length, the payload

@@ -14,6 +14,7 @@ from batchops.apply.harvest import (
     FAILED,
     FRAME_TEXT,
     HEAD,
+    MESSAGE,
     ROWS,
     SENT,
     ForeignResults,
@@ -54,8 +55,8 @@ def main() -> int:
     try:
         for row in verified_rows(job, batch_id, now, lines, sent, expected):
             chunk.append(row)
-            if row[8] is not None:
-                text += len(row[8])
+            if row[MESSAGE] is not None:
+                text += len(row[MESSAGE])
             if len(chunk) == CHUNK_ROWS or text >= FRAME_TEXT:
                 _write_frame(out, ROWS, marshal.dumps(chunk))
                 chunk, text = [], 0
