@@ -89,6 +89,36 @@ def _result_indexes(location) -> set[str]:
     return {name for (name,) in statedb.rows(location, sql) if not name.endswith("_pkey")}
 
 
+# PostgreSQL keeps the index by batch its harvest reads through; SQLite dropped it (m0007).
+_LATEST_RESULT_INDEXES = {
+    False: {"idx_results_job"},
+    True: {"idx_results_batch_id", "idx_results_job"},
+}
+
+
+def test_a_state_from_before_the_batch_index_was_dropped_counts_and_harvests(state_location):
+    from tests.test_state_contract import JOB, NOW, atts, result_row, sent_batch
+
+    _state_before(state_location, "m0007_results_without_batch_index")
+    assert "idx_results_batch_id" in _result_indexes(state_location)
+    writer = open_writer(state_location, "apply")  # migrates, holding the lease
+    try:
+        assert (
+            _result_indexes(state_location) == _LATEST_RESULT_INDEXES[is_postgres(state_location)]
+        )
+        assert writer.result_lookup(JOB, "old").text == "kept"
+        sent_batch(writer, "msgbatch_1", "a", "b", "c")
+        assert writer.batch_detail("msgbatch_1")[1:] == ({"sent": 3}, 0)
+        rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b", "c")]
+        assert writer.store_harvest("msgbatch_1", rows, canceled_by_us=False, now=NOW) == 3
+        # the batch's results, counted without the index
+        assert writer.batch_detail("msgbatch_1")[1:] == ({"succeeded": 3}, 3)
+        (summary,) = writer.job_summaries([JOB])
+        assert summary.results == 4
+    finally:
+        writer.close()
+
+
 def test_a_state_from_before_lean_result_indexes_keeps_its_results_and_harvests(state_location):
     from tests.test_state_contract import JOB, NOW, atts, result_row, sent_batch
 
@@ -96,7 +126,9 @@ def test_a_state_from_before_lean_result_indexes_keeps_its_results_and_harvests(
     assert "idx_results_attempt_id" in _result_indexes(state_location)
     writer = open_writer(state_location, "apply")  # migrates, holding the lease
     try:
-        assert _result_indexes(state_location) == {"idx_results_batch_id", "idx_results_job"}
+        assert (
+            _result_indexes(state_location) == _LATEST_RESULT_INDEXES[is_postgres(state_location)]
+        )
         assert writer.result_lookup(JOB, "old").text == "kept"
         sent_batch(writer, "msgbatch_1", "a", "b")
         rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b")]

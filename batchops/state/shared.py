@@ -201,7 +201,14 @@ class SharedReads:
                 [batch_id],
             )
         )
-        results = self._one("select count(*) from results where batch_id = ?", [batch_id]) or 0
+        # a result stored settled one attempt of the batch as done (SQLite keeps no index of
+        # results by batch: m0007)
+        results = (
+            self._one(
+                "select count(*) from attempts where batch_id = ? and status = 'done'", [batch_id]
+            )
+            or 0
+        )
         intent = self._one("select intent_id from batches where id = ?", [batch_id])
         return intent, attempts, results
 

@@ -65,6 +65,7 @@ KNOWN_MIGRATIONS = [
     "m0004_intent_list_anchor",
     "m0005_leases",
     "m0006_lean_result_indexes",
+    "m0007_results_without_batch_index",
 ]  # in order; registered in batchops.state.sqlite_migrations
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 
