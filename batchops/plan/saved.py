@@ -234,8 +234,9 @@ def _copy_requests(out: _Writer, step: SubmitBatch, lines: JobSpool) -> None:
     tails = [_tail(reason, attempt) for reason, attempt in items.kinds]
     for start, stop, kind in _runs(items):
         tail = tails[kind]
-        for data, count in lines.read(start, stop):
-            out.write(lines.expand(data, tail), count)
+        for data in lines.read(start, stop):
+            out.write(lines.expand(data, tail), 0)
+        out.lines += stop - start  # the run's lines, each whole
 
 
 def _runs(items: SubmitItems) -> list[tuple[int, int, int]]:

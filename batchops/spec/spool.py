@@ -30,6 +30,9 @@ from collections.abc import Iterator
 import orjson
 
 _READ = 1 << 20  # bytes of lines read at once
+# Lines between two marks (`fold`) at most: a run of items that begins or ends between two marks
+# is read from the mark before it, counting newlines, up to the mark after it (16 bytes a mark).
+_MARK_LINES = 1024
 
 
 def head(key: str, custom_id: str, fingerprint: str) -> bytes:
@@ -75,8 +78,8 @@ class JobSpool:
         self.sizes = array("I")
         self.size = self.sizes.append  # … and adds its length (`fold` sums them)
         self.count: int | None = None  # set when the render ended: its lines
-        # where lines start, every few thousand lines (`fold`): the line, its byte offset; a
-        # line is found from there by its newlines (JSON as orjson writes it holds none raw)
+        # where lines start, every `_MARK_LINES` lines or fewer (`fold`): the line, its byte
+        # offset; a line is found from there by its newlines (JSON as orjson writes holds none)
         self._lines, self._bytes = array("Q", [0]), array("Q", [0])
         self.broken = False
         self.around: tuple[bytes, bytes] | None = None  # `,"params":` + before, after a template
@@ -152,13 +155,17 @@ class JobSpool:
         self.fold()
 
     def fold(self) -> None:
-        """Note where the next line starts, and forget the sizes of the lines before it (held
-        for every line, they would take 4 bytes an item)."""
+        """Note where the next line starts (and every `_MARK_LINES` lines before it), and forget
+        the sizes of the lines before it (held for every line, they would take 4 bytes an item)."""
         sizes = self.sizes
-        if sizes:
-            self._lines.append(self._lines[-1] + len(sizes))
-            self._bytes.append(self._bytes[-1] + sum(sizes))
-            del sizes[:]  # in place: the producer holds `self.sizes.append`
+        line, at = self._lines[-1], self._bytes[-1]
+        for first in range(0, len(sizes), _MARK_LINES):
+            part = sizes[first : first + _MARK_LINES]
+            line += len(part)
+            at += sum(part)
+            self._lines.append(line)
+            self._bytes.append(at)
+        del sizes[:]  # in place: the producer holds `self.sizes.append`
 
     def finish(self) -> None:
         """The render ended: every item has its line."""
@@ -183,35 +190,63 @@ class JobSpool:
 
     def line(self, index: int) -> bytes:
         """The line of item `index`."""
-        for data, _ in self.read(index, index + 1):
+        for data in self.read(index, index + 1):
             return data
         raise IndexError("no such kept line")
 
-    def read(self, start: int, stop: int) -> Iterator[tuple[bytes, int]]:
-        """The lines of items start … stop-1 in pieces of about a megabyte: (bytes, lines)."""
+    def read(self, start: int, stop: int) -> Iterator[bytes]:
+        """The lines of items start … stop-1, in pieces of whole lines, about a megabyte each.
+
+        From the first mark (`fold`) in the range to the last, where the lines end is known:
+        they are read without counting their newlines, which took a third of the time a 400 MB
+        plan's lines took to copy. Only the lines before the first mark and after the last (fewer
+        than `_MARK_LINES` each) are counted."""
         fd = self.file.fileno()
-        mark = bisect_right(self._lines, start) - 1
-        line, at = self._lines[mark], self._bytes[mark]  # line `line` starts at byte `at`
+        marks, offsets = self._lines, self._bytes
+        mark = bisect_right(marks, start) - 1
+        line, at = marks[mark], offsets[mark]  # line `line` starts at byte `at`
         while line < stop:
-            size = _READ
-            while True:  # whole lines, at least one
-                data = os.pread(fd, size, at)
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    break
-                if len(data) < size:
-                    raise OSError("the request spool was cut short")
-                size *= 2
-            count = data.count(b"\n", 0, cut)
+            mark = bisect_right(marks, line) - 1
+            following = mark + 1
+            last = bisect_right(marks, stop) - 1  # the last mark within the range
+            if line == marks[mark] and line >= start and last > mark:
+                end = offsets[last]
+                while at < end:
+                    data = _whole_lines(fd, at, end)
+                    yield data
+                    at += len(data)
+                line = marks[last]
+                continue
+            # up to the next mark at most: from there on, whole stretches need no counting
+            data = _whole_lines(fd, at, offsets[following] if following < len(marks) else None)
+            count = data.count(b"\n")
             if line + count > start:
                 lo = _after(data, start - line) if line < start else 0
-                hi = _after(data, stop - line) if line + count > stop else cut
-                yield data[lo:hi], min(line + count, stop) - max(line, start)
+                hi = _after(data, stop - line) if line + count > stop else len(data)
+                if hi > lo:
+                    yield data[lo:hi]
             line += count
-            at += cut
+            at += len(data)
 
     def close(self) -> None:
         self.file.close()
+
+
+def _whole_lines(fd: int, at: int, end: int | None) -> bytes:
+    """Whole lines from byte `at`: about `_READ` bytes of them, at least one line, and not past
+    byte `end` (where a line starts) when it is given."""
+    size = _READ
+    while True:
+        want = size if end is None else min(size, end - at)
+        data = os.pread(fd, want, at)
+        if len(data) == want and end is not None and at + want == end:
+            return data  # what ends where a line starts ends with its newline
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            return data[:cut] if cut < len(data) else data
+        if len(data) < want:
+            raise OSError("the request spool was cut short")
+        size *= 2
 
 
 def _after(data: bytes, lines: int) -> int:
