@@ -3,9 +3,13 @@ upgrades it under the lease (DESIGN §6.7)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from sqlite_utils import Database
 
 from batchops.state import is_postgres, open_writer
+from batchops.state.api import StateWriter
 from batchops.state.sqlite import KNOWN_MIGRATIONS
 from batchops.state.sqlite_migrations import migrations
 from tests import statedb
@@ -96,17 +100,28 @@ _LATEST_RESULT_INDEXES = {
 }
 
 
+@contextlib.contextmanager
+def _migrated(location, migration: str, index: str) -> Iterator[StateWriter]:
+    """A writer of a state left by the release before `migration` (which had `index` on
+    results), migrated by opening it; it keeps its one result and has the latest indexes."""
+    from tests.test_state_contract import JOB
+
+    _state_before(location, migration)
+    assert index in _result_indexes(location)
+    writer = open_writer(location, "apply")  # migrates, holding the lease
+    try:
+        assert _result_indexes(location) == _LATEST_RESULT_INDEXES[is_postgres(location)]
+        assert writer.result_lookup(JOB, "old").text == "kept"
+        yield writer
+    finally:
+        writer.close()
+
+
 def test_a_state_from_before_the_batch_index_was_dropped_counts_and_harvests(state_location):
     from tests.test_state_contract import JOB, NOW, atts, result_row, sent_batch
 
-    _state_before(state_location, "m0007_results_without_batch_index")
-    assert "idx_results_batch_id" in _result_indexes(state_location)
-    writer = open_writer(state_location, "apply")  # migrates, holding the lease
-    try:
-        assert (
-            _result_indexes(state_location) == _LATEST_RESULT_INDEXES[is_postgres(state_location)]
-        )
-        assert writer.result_lookup(JOB, "old").text == "kept"
+    migration = "m0007_results_without_batch_index"
+    with _migrated(state_location, migration, "idx_results_batch_id") as writer:
         sent_batch(writer, "msgbatch_1", "a", "b", "c")
         assert writer.batch_detail("msgbatch_1")[1:] == ({"sent": 3}, 0)
         rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b", "c")]
@@ -115,21 +130,13 @@ def test_a_state_from_before_the_batch_index_was_dropped_counts_and_harvests(sta
         assert writer.batch_detail("msgbatch_1")[1:] == ({"succeeded": 3}, 3)
         (summary,) = writer.job_summaries([JOB])
         assert summary.results == 4
-    finally:
-        writer.close()
 
 
 def test_a_state_from_before_lean_result_indexes_keeps_its_results_and_harvests(state_location):
     from tests.test_state_contract import JOB, NOW, atts, result_row, sent_batch
 
-    _state_before(state_location, "m0006_lean_result_indexes")
-    assert "idx_results_attempt_id" in _result_indexes(state_location)
-    writer = open_writer(state_location, "apply")  # migrates, holding the lease
-    try:
-        assert (
-            _result_indexes(state_location) == _LATEST_RESULT_INDEXES[is_postgres(state_location)]
-        )
-        assert writer.result_lookup(JOB, "old").text == "kept"
+    migration = "m0006_lean_result_indexes"
+    with _migrated(state_location, migration, "idx_results_attempt_id") as writer:
         sent_batch(writer, "msgbatch_1", "a", "b")
         rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b")]
         assert writer.store_harvest("msgbatch_1", rows, canceled_by_us=False, now=NOW) == 2
@@ -141,8 +148,6 @@ def test_a_state_from_before_lean_result_indexes_keeps_its_results_and_harvests(
         (summary,) = writer.job_summaries([JOB])
         assert (summary.results, summary.outcomes["succeeded"]) == (3, 3)
         assert writer.batch("msgbatch_1").harvested_at is not None
-    finally:
-        writer.close()
 
 
 def test_known_migrations_are_the_registered_ones_in_order():
