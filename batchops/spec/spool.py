@@ -205,10 +205,10 @@ class JobSpool:
         marks, offsets = self._lines, self._bytes
         mark = bisect_right(marks, start) - 1
         line, at = marks[mark], offsets[mark]  # line `line` starts at byte `at`
+        last = bisect_right(marks, stop) - 1  # the last mark within the range
         while line < stop:
             mark = bisect_right(marks, line) - 1
             following = mark + 1
-            last = bisect_right(marks, stop) - 1  # the last mark within the range
             if line == marks[mark] and line >= start and last > mark:
                 end = offsets[last]
                 while at < end:
