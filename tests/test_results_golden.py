@@ -431,7 +431,7 @@ def test_every_export_is_byte_identical_to_the_golden_file(
         def no_render(*args: Any) -> None:
             raise AssertionError("rendered, though the rows cache serves every job")
 
-        monkeypatch.setattr(inputs, "iter_items", no_render)
+        monkeypatch.setattr(inputs, "_identities", no_render)
     monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)  # many chunks, a ragged last one
     got = {"/".join(case): export_bytes(filled, *case) for case in cases()}
     assert got.keys() == golden.keys()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from batchops.pricing import PriceTable
 from batchops.spec import files, rowmaker
-from batchops.spec.items import TemplateRows, _Problems, iter_items
+from batchops.spec.items import TemplateRows, _Problems, input_of, iter_items
 from batchops.spec.model import load_project
 from tests.projects import rows_outcome
 
@@ -120,6 +120,16 @@ def _both(job, root):
     return fast, slow
 
 
+def _same_identities(job, root):
+    """`rowmaker.identities` (an export's items when the rows cache misses) is `iter_items`'
+    (key, custom_id, fingerprint, input row) of each item, errors included."""
+    made = rows_outcome(lambda: (i for part in rowmaker.identities(job, root) for i in part))
+    general = rows_outcome(
+        lambda: ((i.key, i.custom_id, i.fingerprint, input_of(i)) for i in iter_items(job, root))
+    )
+    assert made == general
+
+
 def _project(root: Path, shape: str, data_line: str, data: str, ext: str = "jsonl"):
     (root / "jobs" / "data").mkdir(parents=True, exist_ok=True)
     (root / "jobs" / "data" / f"rows.{ext}").write_text(
@@ -147,6 +157,7 @@ def test_jsonl_rows_are_the_general_rows(shape, data):
         job = _project(root, shape, 'input = { path = "data/rows.jsonl", key = "id" }', text)
         fast, slow = _both(job, root)
         assert fast == slow
+        _same_identities(job, root)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -172,6 +183,7 @@ def test_csv_rows_are_the_general_rows(shape, records):
         job = _project(root, shape, line, buffer.getvalue(), "csv")
         fast, slow = _both(job, root)
         assert fast == slow
+        _same_identities(job, root)
 
 
 def test_every_size_around_the_budget(tmp_path):
@@ -193,6 +205,7 @@ def test_inline_items_are_the_general_rows(tmp_path, shape):
     job = _project(tmp_path, shape, items, "")
     fast, slow = _both(job, tmp_path)
     assert fast == slow
+    _same_identities(job, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ An export needs each item's key, custom_id and fingerprint (to find its current 
 input row it came from (echoed beside the answer), never the rendered request. When the rows cache
 serves the job (`cache.identities`: nothing the rows were made from changed, so the source rendered
 without a problem, one item per row), the identities come from it and the rows from the data file
-read directly, and no template runs; otherwise every item is rendered (`iter_items`). Both stream:
-a million items never sit in memory.
+read directly, and no template runs; otherwise every item is made again (`rowmaker.identities`:
+no request built for a job of the common shape, its keys checked for duplicates as a plan checks
+them). Both stream: neither a million items nor their keys sit in memory.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ from batchops.errors import SpecError
 from batchops.pricing import PriceTable
 from batchops.spec import cache
 from batchops.spec.items import (
-    input_of,
     iter_inputs,
-    iter_items,
 )
 from batchops.spec.model import Job, display_path
 
 _MISSING: Any = (None, None)  # what one of the two streams gives once the other ran out
-_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
+_FIRST, _SECOND, _THIRD, _FOURTH = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 
 
 class ExportItem(NamedTuple):
@@ -80,11 +79,11 @@ def export_chunks(
 
 
 def _export_items(job: Job, root: Path, cached: Iterator[Any] | None) -> Iterator[ExportItem]:
-    if cached is None:
-        for item in iter_items(job, root):
-            yield ExportItem(item.key, item.custom_id, item.fingerprint, input_of(item))
-        return
     new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
+    if cached is None:
+        for made in _identities(job, root):
+            yield from map(new, repeat(ExportItem), made)
+        return
     for cached_row, (key, row) in zip_longest(cached, iter_inputs(job, root), fillvalue=_MISSING):
         if cached_row is _MISSING or key != cached_row[0]:
             raise changed_while_read(
@@ -98,13 +97,19 @@ def export_inputs(
 ) -> Iterator[dict[str, Any]]:
     """The input row of every item of `job`, in source order: `export_items`' `input` alone."""
     if not cache.serves(job, root, prices, today):
-        for item in iter_items(job, root):
-            yield input_of(item)
+        for made in _identities(job, root):
+            yield from map(_FOURTH, made)
         return
     for key, row in iter_inputs(job, root):
         if key is None:
             raise changed_while_read(job, root)
         yield row
+
+
+def _identities(job: Job, root: Path) -> Iterator[list[tuple[str, str, str, Any]]]:
+    from batchops.spec.rowmaker import identities  # only a job the rows cache misses needs it
+
+    return identities(job, root)
 
 
 def rows_kept(job: Job, root: Path) -> bool:

@@ -50,6 +50,7 @@ from batchops.spec.items import (
     _Renderer,
     _Struct,
     _Template,
+    input_of,
     iter_items,
     request_size,
 )
@@ -287,6 +288,44 @@ def requests(job: Job, root: Path) -> Iterator[Request]:
 
     for made in _checked(job, root, start, of_item, custom_ids=False):
         yield from made
+
+
+Identity = tuple[str, str, str, Any]  # key, custom_id, fingerprint, the item's input row
+
+
+def identities(job: Job, root: Path) -> Iterator[list[Identity]]:
+    """(key, custom_id, fingerprint, input row) of every item of `job`, in order, in lists of
+    about BLOCK_ROWS: what `iter_items` gives as (item.key, item.custom_id, item.fingerprint,
+    input_of(item)), with no request built for a job of the common shape and the keys checked
+    for duplicates in little memory (`_checked`). What an export joins results to when the
+    rows cache does not serve the job (a fresh checkout, another batchops, a changed spec).
+
+    SpecError as `iter_items` raises it; a key given again far from its first row is given
+    too before the error is raised (`_checked`), so the lists are of use only when none is."""
+
+    def of_item(item: Item) -> Identity:
+        return item.key, item.custom_id, item.fingerprint, input_of(item)
+
+    if job.requests is not None or job.attachments:
+        made = map(of_item, iter_items(job, root))
+        yield from iter(lambda: list(islice(made, BLOCK_ROWS)), [])
+        return
+
+    def start(general: TemplateRows, keep: bool) -> Callable[[dict[str, Any], str], Any] | None:
+        layout = _Layout.of(job, general.renderer)
+        if layout is None:
+            return None
+        request, custom_id = _request_maker(general.renderer, layout), general.custom_id
+
+        def make(row: dict[str, Any], key: str) -> Identity | None:
+            made = request(row, key)
+            if made is None:
+                return None
+            return key, custom_id(key, made[1]), made[1], row
+
+        return make
+
+    yield from _checked(job, root, start, of_item)
 
 
 def item_row(
