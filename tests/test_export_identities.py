@@ -96,10 +96,14 @@ def test_a_key_given_again_far_apart_is_the_error_iter_items_raises(tmp_path, ap
     rows[apart] = {**rows[apart], "id": "row-0"}
     job = _job(tmp_path, rows)
     made, general = _made(job, tmp_path), _general(job, tmp_path)
-    assert made[1] == general[1] == [
-        f"jobs/data/rows.jsonl: line {apart + 1}: job j: item row-0: duplicate key (first at "
-        "line 1)"
-    ]
+    assert (
+        made[1]
+        == general[1]
+        == [
+            f"jobs/data/rows.jsonl: line {apart + 1}: job j: item row-0: duplicate key (first at "
+            "line 1)"
+        ]
+    )
     # the export fails with it, having written nothing to a file (`export` writes atomically)
     with pytest.raises(Exception, match="duplicate key"):
         list(inputs.export_items(job, tmp_path, PRICES, TODAY))
