@@ -56,7 +56,7 @@ from batchops.plan.actions import (
 )
 from batchops.plan.diff import cache_saving, job_costs
 from batchops.plan.serialize import plan_json_chunks, step_dict
-from batchops.spec.desired import Desired, DesiredItem, params_for, requests_for
+from batchops.spec.desired import Desired, DesiredItem, items_for, requests_for
 from batchops.spec.items import fingerprint, request_size_of
 from batchops.spec.model import Project
 from batchops.spec.spool import JobSpool, RequestSpool, head, request_line
@@ -305,8 +305,9 @@ def spec_requests(
 def _item_requests(
     project: Project, job: str, keys: set[str] | None
 ) -> Iterator[_Request[dict[str, Any]]]:
-    """(key, fingerprint, params) of a job's items, by the fast producer where it can."""
-    return params_for(project, job, keys)
+    """(key, fingerprint, params) of a job's items, by the general path."""
+    for item in items_for(project, job, keys, custom_ids=False):
+        yield item.key, item.fingerprint, item.params
 
 
 def _spec_streams(

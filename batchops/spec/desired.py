@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, overload
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 from batchops.errors import BatchopsError, SpecError
 from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
@@ -609,18 +609,6 @@ def items_for(
     for item in iter_items(job, project.root, custom_ids):
         if keys is None or item.key in keys:
             yield item
-
-
-def params_for(
-    project: Project, job_name: str, keys: set[str] | None = None
-) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(key, fingerprint, params) of the items of one job, rendered again (for sending them),
-    optionally only `keys`: `items_for`'s items, by the fast producer where it can, in memory
-    that does not grow with the items (`rowmaker.sendable`)."""
-    job = next(j for j in project.jobs if j.name == job_name)
-    for made in rowmaker.sendable(job, project.root):
-        if keys is None or made[0] in keys:
-            yield made
 
 
 def requests_for(

@@ -290,40 +290,6 @@ def requests(job: Job, root: Path) -> Iterator[Request]:
         yield from made
 
 
-def sendable(job: Job, root: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(key, fingerprint, params) of every item of `job`, in order: what `iter_items` gives as
-    (item.key, item.fingerprint, item.params), with the params of a job of the common shape
-    read back from the JSON the fast maker writes (`requests`; orjson reads its own JSON back
-    to equal values, in the same order) and the keys checked for duplicates in little memory
-    (`_checked`): what an apply sends when no saved plan holds the requests.
-
-    SpecError as `iter_items` raises it; a key given again far from its first row is given
-    too before the error is raised (`_checked`)."""
-    if job.requests is not None or job.attachments:
-        for item in iter_items(job, root, custom_ids=False):
-            yield item.key, item.fingerprint, item.params
-        return
-    loads = orjson.loads
-
-    def of_item(item: Item) -> tuple[str, str, dict[str, Any]]:
-        return item.key, item.fingerprint, item.params
-
-    def start(general: TemplateRows, keep: bool) -> Callable[[dict[str, Any], str], Any] | None:
-        layout = _Layout.of(job, general.renderer)
-        if layout is None:
-            return None
-        request = _request_maker(general.renderer, layout)
-
-        def make(row: dict[str, Any], key: str) -> tuple[str, str, dict[str, Any]] | None:
-            made = request(row, key)
-            return None if made is None else (key, made[1], loads(made[2]))
-
-        return make
-
-    for made in _checked(job, root, start, of_item, custom_ids=False):
-        yield from made
-
-
 Identity = tuple[str, str, str, Any]  # key, custom_id, fingerprint, the item's input row
 
 
