@@ -109,7 +109,7 @@ def test_a_key_given_again_far_apart_is_the_error_iter_items_raises(tmp_path, ap
         list(inputs.export_items(job, tmp_path, PRICES, TODAY))
 
 
-def test_requests_and_inline_jobs_give_iter_items_items(tmp_path):
+def test_an_inline_items_job_gives_iter_items_items(tmp_path):
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "i.toml").write_text(
         'version = 1\n[jobs.i]\nmodel = "claude-haiku-4-5"\nmax_tokens = 8\n'
