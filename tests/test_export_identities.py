@@ -104,7 +104,7 @@ def test_a_key_given_again_far_apart_is_the_error_iter_items_raises(tmp_path, ap
             "line 1)"
         ]
     )
-    # the export fails with it, having written nothing to a file (`export` writes atomically)
+    # and an export's items end with that error (`export` writes a file atomically, so none)
     with pytest.raises(Exception, match="duplicate key"):
         list(inputs.export_items(job, tmp_path, PRICES, TODAY))
 

@@ -21,9 +21,7 @@ from typing import Any, NamedTuple
 from batchops.errors import SpecError
 from batchops.pricing import PriceTable
 from batchops.spec import cache
-from batchops.spec.items import (
-    iter_inputs,
-)
+from batchops.spec.items import iter_inputs
 from batchops.spec.model import Job, display_path
 
 _MISSING: Any = (None, None)  # what one of the two streams gives once the other ran out
