@@ -120,3 +120,33 @@ def test_an_inline_items_job_gives_iter_items_items(tmp_path):
     (job,) = load_project(tmp_path / "jobs", tmp_path).jobs
     assert _made(job, tmp_path) == _general(job, tmp_path)
     assert len(_made(job, tmp_path)[0]) == 2
+
+
+def test_an_export_of_a_job_with_a_key_given_again_far_apart_is_one_error_line(tmp_path):
+    """From the command line, without the rows cache: exit 1, one `Error:` line naming the file
+    and line, no traceback, and no output file."""
+    import os
+    import subprocess
+    import sys
+
+    rows = _rows(rowmaker.BLOCK_ROWS + 600)
+    rows[-100] = {**rows[-100], "id": "row-0"}
+    _job(tmp_path, rows)
+    env = {**os.environ, "BATCHOPS_CACHE": "off", "BATCHOPS_STATE": str(tmp_path / "s.db")}
+    done = subprocess.run(
+        [sys.executable, "-m", "batchops", "results", "j", "-o", "out.jsonl"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = len(rows) - 100 + 1
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"Error: jobs/data/rows.jsonl: line {line}: job j: item row-0: duplicate key (first at "
+        "line 1)"
+    ]
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
