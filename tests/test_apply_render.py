@@ -19,9 +19,9 @@ SPEC = (
 )
 
 
-def _project(root: Path, n: int):
+def _project(root: Path, n: int, spec: str = SPEC):
     (root / "jobs" / "data").mkdir(parents=True, exist_ok=True)
-    (root / "jobs" / "j.toml").write_text(SPEC, encoding="utf-8")
+    (root / "jobs" / "j.toml").write_text(spec, encoding="utf-8")
     with (root / "jobs" / "data" / "rows.jsonl").open("w", encoding="utf-8") as out:
         out.writelines(
             json.dumps({"id": f"row-{i}", "subject": f"Order {i}", "body": f"Late {i}."}) + "\n"
@@ -56,9 +56,7 @@ def test_a_steps_requests_share_the_specs_fixed_parts(tmp_path):
     spec = SPEC.replace(
         "params = {", f'system = "{"Long shared rubric. " * 500}"\nparams = {{ tools = [{tools}],'
     )
-    project = _project(tmp_path, 2_000)
-    (tmp_path / "jobs" / "j.toml").write_text(spec, encoding="utf-8")
-    project = load_project(tmp_path / "jobs", tmp_path)
+    project = _project(tmp_path, 2_000, spec)
     tracemalloc.start()
     try:
         held = list(saved._item_requests(project, "j", None))
