@@ -146,6 +146,35 @@ def test_a_failed_harvest_leaves_nothing_behind(writer: StateWriter) -> None:
     assert {r.outcome for r in writer.item_records()} == {"succeeded"}
 
 
+def test_a_result_postgresql_text_cannot_hold_is_stored_all_the_same(
+    writer: StateWriter, location: str
+) -> None:
+    """A reply's text or an API error's message may hold a NUL character, and PostgreSQL's
+    text type refuses it: the whole harvest failed there, each time it was tried, until the
+    batch's results expired. Both backends store the batch now. PostgreSQL holds U+FFFD in the
+    NUL's place in those columns; the stored message keeps the reply exactly (JSON writes the
+    NUL as \\u0000). A value that is not a string where the API sends one (a protocol slip) is
+    stored as its JSON text on PostgreSQL, as SQLite's text columns store a number."""
+    send(writer, "msgbatch_1", ["a", "b"])
+    message = '{"content":[{"type":"text","text":"nul \\u0000 here"}]}'
+    odd = []
+    for row in rows_of(writer, "msgbatch_1", {"a": "succeeded", "b": "errored"}):
+        fields = list(row)
+        if fields[1] == "a":
+            fields[7:10] = ["nul \x00 here", message, 7]  # text, message, stop_reason
+        else:
+            fields[11] = "bad \x00 input"  # error_message
+        odd.append(tuple(fields))
+    assert writer.store_harvest("msgbatch_1", iter(odd), canceled_by_us=False, now=NOW) == 2
+    nul = "\ufffd" if location.startswith("postgresql:") else "\x00"
+    lookup = writer.result_lookup(JOB, "a")
+    assert lookup is not None
+    assert (lookup.text, lookup.message, lookup.stop_reason) == (f"nul {nul} here", message, "7")
+    items = {r.key: r for r in writer.item_records()}
+    assert (items["a"].outcome, items["b"].outcome) == ("succeeded", "errored")
+    assert items["b"].error_message == f"bad {nul} input"
+
+
 def test_sqlite_result_ids_follow_the_lines(tmp_path: Path) -> None:
     """SQLite: each result's id is the next after the ones before, in the order of the lines,
     and each item's result_id is the id of the result for its attempt."""
@@ -291,3 +320,28 @@ def test_sqlite_harvests_back_to_back_leave_a_self_contained_file(tmp_path: Path
         ]
     finally:
         conn.close()
+
+
+def test_postgres_a_harvest_settles_each_attempt_on_its_own_page(pg_dsn: str) -> None:
+    """PostgreSQL: the attempts a batch was sent keep room on their pages (m0008), so the
+    harvest's new version of each attempt goes on the page of the old one, with no new index
+    entries (a HOT update), instead of onto new pages with an entry in each of three indexes."""
+    import psycopg
+
+    keys = [f"k{i:04}" for i in range(3000)]
+    w = open_writer(pg_dsn, "test")
+    try:
+        send(w, "msgbatch_1", keys)  # written, then set sent: as an apply does
+        pages = "select key, (ctid::text::point)[0] from attempts order by key"
+        with psycopg.connect(pg_dsn) as conn:
+            before = conn.execute(pages).fetchall()
+        rows = rows_of(w, "msgbatch_1", dict.fromkeys(keys, "succeeded"))
+        assert w.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 3000
+        with psycopg.connect(pg_dsn) as conn:
+            after = conn.execute(pages).fetchall()
+            done = conn.execute("select count(*) from attempts where status = 'done'").fetchone()
+    finally:
+        w.close()
+    assert done == (3000,)
+    assert len({page for _, page in before}) > 20  # the batch spans many pages
+    assert after == before

@@ -66,6 +66,7 @@ KNOWN_MIGRATIONS = [
     "m0005_leases",
     "m0006_lean_result_indexes",
     "m0007_results_without_batch_index",
+    "m0008_attempts_room_to_settle",
 ]  # in order; registered in batchops.state.sqlite_migrations
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 

@@ -184,3 +184,10 @@ def m0007_results_without_batch_index(db: Database) -> None:
     index served one read, a batch's count of results in `state show`, which a batch's done
     attempts now answer (one each result stored)."""
     db.execute("drop index if exists idx_results_batch_id")
+
+
+@migrations()
+def m0008_attempts_room_to_settle(db: Database) -> None:
+    """PostgreSQL's attempts leave room on each page, so that a harvest's settle stays on the
+    page (see `batchops.state.postgres`). SQLite rewrites a changed row in place on its
+    page: nothing changes here, the name keeps the two backends' migrations in step."""
