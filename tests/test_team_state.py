@@ -361,3 +361,23 @@ def test_the_emulator_runs_beside_a_postgres_state(tmp_path: Path, pg_dsn: str) 
         assert len(reader.batches()) == 1
     finally:
         reader.close()
+
+
+def test_a_key_postgres_cannot_store_is_refused_in_one_line_before_anything_is_sent(
+    tmp_path: Path, emulator: str, emulator_admin, pg_dsn: str
+) -> None:
+    """PostgreSQL's text cannot hold a NUL character, which a key from a data file may: the
+    apply named it "an unexpected DataError, a bug in batchops". It now says which item of which
+    job, in one line, before any batch is created; the other backend takes the key."""
+    data = rows(3)
+    data[1]["id"] = "r\x002"
+    write_project(tmp_path, data)
+    out = run_cli(tmp_path, emulator, "apply", "--yes", state=pg_dsn)
+    assert out.returncode == 1
+    assert out.stderr == (
+        "Error: item 'r\\x002' of job demo: its key holds a NUL character, which a PostgreSQL "
+        "state cannot store (a SQLite state can); nothing was sent\n"
+    )
+    assert emulator_admin.stats()["submissions"] == {}
+    assert statedb.rows(pg_dsn, "select count(*) from items") == [(0,)]
+    assert run_cli(tmp_path, emulator, "apply", "--yes", "--wait").returncode == 0

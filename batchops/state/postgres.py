@@ -576,6 +576,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         now: datetime,
         list_anchor: str | None = None,
     ) -> None:
+        _refuse_nul_keys(job, [a.key for a in attempts])
         stamp = iso(now)
         with self._transaction() as cur:
             cur.execute(
@@ -635,6 +636,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         return count
 
     def record_reuse(self, job: str, items: Sequence[Reused], now: datetime) -> int:
+        _refuse_nul_keys(job, [item.key for item in items])
         stamp = iso(now)
         count = 0
         with self._transaction() as cur:
@@ -701,6 +703,17 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         except psycopg.Error as exc:
             raise StateError(f"{self.location}: cannot load the copy ({exc})") from None
         return counts
+
+
+def _refuse_nul_keys(job: str, keys: Iterable[str]) -> None:
+    """A key holding a NUL character, which PostgreSQL's text cannot store, refused with its
+    job and key before anything is written (and so before anything is sent)."""
+    for key in keys:
+        if "\x00" in key:
+            raise StateError(
+                f"item {key!r} of job {job}: its key holds a NUL character, which a PostgreSQL"
+                " state cannot store (a SQLite state can); nothing was sent"
+            )
 
 
 def _storable(row: Sequence[Any]) -> Sequence[Any]:
