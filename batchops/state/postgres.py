@@ -589,22 +589,35 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 " on conflict (name) do update set last_applied_at = excluded.last_applied_at",
                 [job, stamp, stamp],
             )
-            for a in attempts:
-                cur.execute(
-                    "insert into attempts (job, key, custom_id, fingerprint, number, intent_id,"
-                    " status, created_at) values (%s, %s, %s, %s, %s, %s, 'open', %s)"
-                    " returning id",
-                    [job, a.key, a.custom_id, a.fingerprint, a.attempt, intent_id, stamp],
-                )
-                attempt_id = cur.fetchone()[0]
-                cur.execute(
-                    "insert into items (job, key, custom_id, attempts, inflight_attempt, updated_at)"
-                    " values (%s, %s, %s, 0, %s, %s) on conflict (job, key) do update set"
-                    " inflight_attempt = excluded.inflight_attempt,"
-                    " custom_id = excluded.custom_id, updated_at = excluded.updated_at,"
-                    " forgotten_at = null",
-                    [job, a.key, a.custom_id, attempt_id, stamp],
-                )
+            # The attempts by one COPY, their ids in the order given, then their items by one
+            # statement: two statements an attempt took 41 s for a batch of 100,000.
+            with cur.copy(
+                "copy attempts (job, key, custom_id, fingerprint, number, intent_id, status,"
+                " created_at) from stdin (format binary)"
+            ) as copy:
+                copy.set_types(["text", "text", "text", "text", "int4", "text", "text", "text"])
+                for a in attempts:
+                    copy.write_row(
+                        (
+                            job,
+                            a.key,
+                            a.custom_id,
+                            a.fingerprint,
+                            a.attempt,
+                            intent_id,
+                            "open",
+                            stamp,
+                        )
+                    )
+            cur.execute(
+                "insert into items (job, key, custom_id, attempts, inflight_attempt, updated_at)"
+                " select job, key, custom_id, 0, id, %s from attempts where intent_id = %s"
+                " order by id on conflict (job, key) do update set"
+                " inflight_attempt = excluded.inflight_attempt,"
+                " custom_id = excluded.custom_id, updated_at = excluded.updated_at,"
+                " forgotten_at = null",
+                [stamp, intent_id],
+            )
 
     # -- refresh and harvest
     def store_harvest(
@@ -638,27 +651,35 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
     def record_reuse(self, job: str, items: Sequence[Reused], now: datetime) -> int:
         _refuse_nul_keys(job, [item.key for item in items])
         stamp = iso(now)
-        count = 0
         with self._transaction() as cur:
             cur.execute(
                 "insert into jobs (name, first_seen_at, last_applied_at) values (%s, %s, %s)"
                 " on conflict (name) do update set last_applied_at = excluded.last_applied_at",
                 [job, stamp, stamp],
             )
-            for item in items:
-                count += cur.execute(
-                    "insert into items (job, key, custom_id, fingerprint, attempts, outcome,"
-                    " canceled_by_us, result_id, updated_at)"
-                    " select %s, %s, %s, r.fingerprint, 0, 'succeeded', false, r.id, %s"
-                    " from results r"
-                    " where r.id = %s and r.fingerprint = %s and r.type = 'succeeded'"
-                    " on conflict (job, key) do update set custom_id = excluded.custom_id,"
-                    " fingerprint = excluded.fingerprint, attempts = 0, outcome = 'succeeded',"
-                    " error_type = null, error_message = null, canceled_by_us = false,"
-                    " result_id = excluded.result_id, updated_at = excluded.updated_at,"
-                    " forgotten_at = null where items.inflight_attempt is null",
-                    [job, item.key, item.custom_id, stamp, item.result_id, item.fingerprint],
-                ).rowcount
+            # The items by one COPY into a table of this transaction, then one statement (one
+            # statement an item was as slow as `record_intent`'s were).
+            cur.execute(
+                "create temp table reused (key text, custom_id text, result_id bigint,"
+                " fingerprint text) on commit drop"
+            )
+            with cur.copy("copy reused from stdin (format binary)") as copy:
+                copy.set_types(["text", "text", "int8", "text"])
+                for item in items:
+                    copy.write_row((item.key, item.custom_id, item.result_id, item.fingerprint))
+            count = cur.execute(
+                "insert into items (job, key, custom_id, fingerprint, attempts, outcome,"
+                " canceled_by_us, result_id, updated_at)"
+                " select %s, u.key, u.custom_id, r.fingerprint, 0, 'succeeded', false, r.id, %s"
+                " from reused u join results r on r.id = u.result_id"
+                " and r.fingerprint = u.fingerprint and r.type = 'succeeded'"
+                " on conflict (job, key) do update set custom_id = excluded.custom_id,"
+                " fingerprint = excluded.fingerprint, attempts = 0, outcome = 'succeeded',"
+                " error_type = null, error_message = null, canceled_by_us = false,"
+                " result_id = excluded.result_id, updated_at = excluded.updated_at,"
+                " forgotten_at = null where items.inflight_attempt is null",
+                [job, stamp],
+            ).rowcount
         return count
 
     def load_tables(
