@@ -774,9 +774,11 @@ def bench_harvest_postgres(args, rows: list[Row], root: Path, results: Path, bas
                 child["peak"] = r.peak_mb
                 if best_child is None or child["seconds"] < best_child["seconds"]:
                     best_child = child
+            intent = bench_intent_postgres(args, server, root)
     except PostgresUnavailable as exc:
         print(f"PostgreSQL harvest skipped: {exc}", file=sys.stderr)
         return
+    rows.append(intent)
     assert best_child is not None
     seconds = best_child["seconds"]
     grown = best_child["after"] - best_child["before"]
@@ -791,6 +793,59 @@ def bench_harvest_postgres(args, rows: list[Row], root: Path, results: Path, bas
             None,
         )  # fmt: skip
     )
+
+
+INTENT_CHILD = r"""
+import sys, time
+from datetime import UTC, datetime
+from batchops.state import open_writer
+location, n = sys.argv[1], int(sys.argv[2])
+
+
+class Attempt:
+    def __init__(self, i):
+        self.key = f"row-{i}"
+        self.custom_id = f"big-row_{i}-{i:012d}"
+        self.fingerprint = f"sha256:{i:064x}"
+        self.attempt = 1
+
+
+attempts = [Attempt(i) for i in range(n)]
+writer = open_writer(location, "bench")
+start = time.perf_counter()
+writer.record_intent("intent-bench", "big", attempts, 100, datetime.now(UTC))
+print(time.perf_counter() - start)
+writer.close()
+"""
+
+
+def bench_intent_postgres(args, server, root: Path) -> Row:
+    """Recording the intent of a full batch before its create (its attempts written, its items
+    put in flight) into PostgreSQL, against the same into SQLite, by turns."""
+    n = args.harvest
+    folder = root / "intents"
+    folder.mkdir(exist_ok=True)
+    count = [0]
+
+    def record(postgres: bool) -> Run:
+        count[0] += 1
+        if postgres:
+            location = server.dsn_for(server.create_database())
+        else:
+            location = str(folder / f"intent-{count[0]}.db")
+        r = run([PYTHON, "-c", INTENT_CHILD, location, str(n)])
+        return Run(float(r.stdout.strip().splitlines()[-1]), r.peak_mb, "")
+
+    base, figure = best_pair(args.repeat, lambda: record(False), lambda: record(True))
+    return Row(
+        f"record the intent of a {n:,}-request batch into PostgreSQL (before its create)",
+        fmt_s(figure.seconds),
+        f"the same into SQLite {fmt_s(base.seconds)}",
+        figure.seconds / base.seconds,
+        figure.peak_mb,
+        "—",
+        None,
+    )  # fmt: skip
 
 
 RAW_HARVEST = r"""
