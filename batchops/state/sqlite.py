@@ -610,20 +610,25 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                 " on conflict (name) do update set last_applied_at = excluded.last_applied_at",
                 [job, stamp, stamp],
             )
-            for a in attempts:
-                cursor = conn.execute(
-                    "insert into attempts (job, key, custom_id, fingerprint, number, intent_id,"
-                    " status, created_at) values (?, ?, ?, ?, ?, ?, 'open', ?)",
-                    [job, a.key, a.custom_id, a.fingerprint, a.attempt, intent_id, stamp],
-                )
-                conn.execute(
-                    "insert into items (job, key, custom_id, attempts, inflight_attempt, updated_at)"
-                    " values (?, ?, ?, 0, ?, ?) on conflict (job, key) do update set"
-                    " inflight_attempt = excluded.inflight_attempt,"
-                    " custom_id = excluded.custom_id, updated_at = excluded.updated_at,"
-                    " forgotten_at = null",
-                    [job, a.key, a.custom_id, cursor.lastrowid, stamp],
-                )
+            # The attempts (their ids in the order given), then their items by one statement,
+            # as PostgreSQL does it.
+            conn.executemany(
+                "insert into attempts (job, key, custom_id, fingerprint, number, intent_id,"
+                " status, created_at) values (?, ?, ?, ?, ?, ?, 'open', ?)",
+                [
+                    (job, a.key, a.custom_id, a.fingerprint, a.attempt, intent_id, stamp)
+                    for a in attempts
+                ],
+            )
+            conn.execute(
+                "insert into items (job, key, custom_id, attempts, inflight_attempt, updated_at)"
+                " select job, key, custom_id, 0, id, ? from attempts where intent_id = ?"
+                " order by id on conflict (job, key) do update set"
+                " inflight_attempt = excluded.inflight_attempt,"
+                " custom_id = excluded.custom_id, updated_at = excluded.updated_at,"
+                " forgotten_at = null",
+                [stamp, intent_id],
+            )
 
     # -- refresh and harvest
     def store_harvest(
