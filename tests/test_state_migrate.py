@@ -153,3 +153,19 @@ def test_a_state_from_before_lean_result_indexes_keeps_its_results_and_harvests(
 def test_known_migrations_are_the_registered_ones_in_order():
     # readers check a file's migrations against this list without importing sqlite-utils
     assert KNOWN_MIGRATIONS == [m.name for m in migrations._migrations]
+
+
+def test_a_state_from_before_attempts_kept_room_migrates_and_harvests(state_location):
+    from tests.test_state_contract import JOB, NOW, atts, result_row, sent_batch
+
+    migration = "m0008_attempts_room_to_settle"
+    with _migrated(state_location, migration, "idx_results_job") as writer:
+        if is_postgres(state_location):  # attempts written from now on leave room (SQLite: none)
+            fill = "select reloptions from pg_class where relname = 'attempts'"
+            assert statedb.rows(state_location, fill) == [(["fillfactor=45"],)]
+        sent_batch(writer, "msgbatch_1", "a", "b")
+        rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b")]
+        assert writer.store_harvest("msgbatch_1", rows, canceled_by_us=False, now=NOW) == 2
+        assert writer.result_lookup(JOB, "a").text == "answer a"
+        (summary,) = writer.job_summaries([JOB])
+        assert (summary.results, summary.outcomes["succeeded"]) == (3, 3)
