@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchops.cli import cli
-from batchops.state import is_postgres, open_reader
+from batchops.state import is_postgres, open_reader, open_writer
 from tests import statedb
 from tests.projects import apply, context, rows, run_cli, write_project, write_rows
 
@@ -381,3 +381,47 @@ def test_a_key_postgres_cannot_store_is_refused_in_one_line_before_anything_is_s
     assert emulator_admin.stats()["submissions"] == {}
     assert statedb.rows(pg_dsn, "select count(*) from items") == [(0,)]
     assert run_cli(tmp_path, emulator, "apply", "--yes", "--wait").returncode == 0
+
+
+def test_postgres_reuse_needs_no_temporary_table_and_a_key_given_twice_is_refused(
+    pg_server, pg_dsn: str
+) -> None:
+    """A shared database may deny its users temporary tables (TEMP revoked, a common hardening
+    step): recording a reuse works there. A key given twice in one intent (a plan gives each
+    once) is refused in one line before anything is written, not as a database error."""
+    import psycopg
+
+    from batchops.errors import StateError
+    from tests.test_state_contract import JOB, NOW, Reuse, atts, result_row, sent_batch
+
+    name = pg_dsn.rsplit("/", 1)[1]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("create role batchops_app login")
+        conn.execute(f"alter database {name} owner to batchops_app")
+        conn.execute("alter schema public owner to batchops_app")
+        conn.execute(f"revoke temporary on database {name} from public, batchops_app")
+    dsn = pg_dsn.replace("postgresql://postgres@", "postgresql://batchops_app@")
+    try:
+        with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("create temp table t (x int)")
+        writer = open_writer(dsn, "test")
+        try:
+            sent_batch(writer, "msgbatch_1", "a")
+            row = result_row(writer, "msgbatch_1", atts("a")[0].custom_id)
+            assert writer.store_harvest("msgbatch_1", [row], canceled_by_us=False, now=NOW) == 1
+            found = writer.results_by_fingerprint(["sha256:a"])["sha256:a"]
+            assert (
+                writer.record_reuse("other", [Reuse("k1", "other-k1", "sha256:a", found)], NOW) == 1
+            )
+            assert writer.result_lookup("other", "k1").text == "answer a"
+            serial = writer.serial
+            with pytest.raises(StateError) as refused:
+                writer.record_intent("intent-2", JOB, atts("b", "c", "b"), 100, NOW)
+            assert str(refused.value) == "item 'b' of job demo is given twice; nothing was sent"
+            assert writer.serial == serial
+        finally:
+            writer.close()
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"alter database {name} owner to postgres")
+            conn.execute("alter schema public owner to pg_database_owner")

@@ -576,7 +576,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         now: datetime,
         list_anchor: str | None = None,
     ) -> None:
-        _refuse_nul_keys(job, [a.key for a in attempts])
+        _refuse_keys(job, [a.key for a in attempts])
         stamp = iso(now)
         with self._transaction() as cur:
             cur.execute(
@@ -598,6 +598,8 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
             ) as copy:
                 copy.set_types(["text", "text", "text", "text", "int4", "text", "text", "text"])
                 for a in attempts:
+                    if not 0 < a.attempt < 1 << 31:  # the binary COPY would wrap it, not refuse
+                        raise StateError(f"item {a.key!r} of job {job}: attempt {a.attempt}")
                     copy.write_row(
                         (
                             job,
@@ -650,7 +652,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         return count
 
     def record_reuse(self, job: str, items: Sequence[Reused], now: datetime) -> int:
-        _refuse_nul_keys(job, [item.key for item in items])
+        _refuse_keys(job, [item.key for item in items])
         stamp = iso(now)
         with self._transaction() as cur:
             cur.execute(
@@ -658,28 +660,29 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 " on conflict (name) do update set last_applied_at = excluded.last_applied_at",
                 [job, stamp, stamp],
             )
-            # The items by one COPY into a table of this transaction, then one statement (one
-            # statement an item was as slow as `record_intent`'s were).
-            cur.execute(
-                "create temp table reused (key text, custom_id text, result_id bigint,"
-                " fingerprint text) on commit drop"
-            )
-            with cur.copy("copy reused from stdin (format binary)") as copy:
-                copy.set_types(["text", "text", "int8", "text"])
-                for item in items:
-                    copy.write_row((item.key, item.custom_id, item.result_id, item.fingerprint))
+            # The items as four arrays, all in one statement (one statement an item was as slow
+            # as `record_intent`'s were); no temporary table, which needs the TEMP privilege.
             count = cur.execute(
                 "insert into items (job, key, custom_id, fingerprint, attempts, outcome,"
                 " canceled_by_us, result_id, updated_at)"
                 " select %s, u.key, u.custom_id, r.fingerprint, 0, 'succeeded', false, r.id, %s"
-                " from reused u join results r on r.id = u.result_id"
+                " from unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])"
+                " as u (key, custom_id, result_id, fingerprint)"
+                " join results r on r.id = u.result_id"
                 " and r.fingerprint = u.fingerprint and r.type = 'succeeded'"
                 " on conflict (job, key) do update set custom_id = excluded.custom_id,"
                 " fingerprint = excluded.fingerprint, attempts = 0, outcome = 'succeeded',"
                 " error_type = null, error_message = null, canceled_by_us = false,"
                 " result_id = excluded.result_id, updated_at = excluded.updated_at,"
                 " forgotten_at = null where items.inflight_attempt is null",
-                [job, stamp],
+                [
+                    job,
+                    stamp,
+                    [item.key for item in items],
+                    [item.custom_id for item in items],
+                    [item.result_id for item in items],
+                    [item.fingerprint for item in items],
+                ],
             ).rowcount
         return count
 
@@ -727,15 +730,21 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         return counts
 
 
-def _refuse_nul_keys(job: str, keys: Iterable[str]) -> None:
-    """A key holding a NUL character, which PostgreSQL's text cannot store, refused with its
-    job and key before anything is written (and so before anything is sent)."""
+def _refuse_keys(job: str, keys: Sequence[str]) -> None:
+    """Keys PostgreSQL cannot take, refused with their job before anything is written (and so
+    before anything is sent): one holding a NUL character (its text cannot hold one), or one
+    given twice (one statement upserts them all, and may not change a row twice; a plan gives
+    each key once)."""
     for key in keys:
         if "\x00" in key:
             raise StateError(
                 f"item {key!r} of job {job}: its key holds a NUL character, which a PostgreSQL"
                 " state cannot store (a SQLite state can); nothing was sent"
             )
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        again = next(key for key in keys if key in seen or seen.add(key))
+        raise StateError(f"item {again!r} of job {job} is given twice; nothing was sent")
 
 
 def _storable(row: Sequence[Any]) -> Sequence[Any]:
