@@ -600,18 +600,8 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 for a in attempts:
                     if not 0 < a.attempt < 1 << 31:  # the binary COPY would wrap it, not refuse
                         raise StateError(f"item {a.key!r} of job {job}: attempt {a.attempt}")
-                    copy.write_row(
-                        (
-                            job,
-                            a.key,
-                            a.custom_id,
-                            a.fingerprint,
-                            a.attempt,
-                            intent_id,
-                            "open",
-                            stamp,
-                        )
-                    )
+                    row = (job, a.key, a.custom_id, a.fingerprint, a.attempt, intent_id, "open")
+                    copy.write_row((*row, stamp))
             cur.execute(
                 "insert into items (job, key, custom_id, attempts, inflight_attempt, updated_at)"
                 " select job, key, custom_id, 0, id, %s from attempts where intent_id = %s"
@@ -735,16 +725,16 @@ def _refuse_keys(job: str, keys: Sequence[str]) -> None:
     before anything is sent): one holding a NUL character (its text cannot hold one), or one
     given twice (one statement upserts them all, and may not change a row twice; a plan gives
     each key once)."""
+    seen: set[str] = set()
     for key in keys:
         if "\x00" in key:
             raise StateError(
                 f"item {key!r} of job {job}: its key holds a NUL character, which a PostgreSQL"
                 " state cannot store (a SQLite state can); nothing was sent"
             )
-    if len(set(keys)) != len(keys):
-        seen: set[str] = set()
-        again = next(key for key in keys if key in seen or seen.add(key))
-        raise StateError(f"item {again!r} of job {job} is given twice; nothing was sent")
+        if key in seen:
+            raise StateError(f"item {key!r} of job {job} is given twice; nothing was sent")
+        seen.add(key)
 
 
 def _storable(row: Sequence[Any]) -> Sequence[Any]:
