@@ -499,6 +499,17 @@ def test_template_syntax_error(project: Path) -> None:
     ]
 
 
+def test_the_random_filter_is_not_there(project: Path) -> None:
+    """`random` picks anew on every render, as `lipsum` writes anew: each plan would show a
+    request apply does not send. A template using it is refused, as one naming no filter."""
+    spec_job(
+        project, BASE.replace("{{ body }}", "{{ ['a', 'b'] | random }}") + 'items = [{ key = "k" }]'
+    )
+    assert item_problems(project) == [
+        "jobs/a.toml: job j: template 'prompt': syntax error at line 1: No filter named 'random'."
+    ]
+
+
 def test_duplicate_item_key(project: Path) -> None:
     rows = [{"id": "a", "body": "1"}, {"id": "b", "body": "2"}, {"id": "a", "body": "3"}]
     write_jsonl(project / "jobs/data/t.jsonl", rows)

@@ -458,6 +458,28 @@ def test_refused_param_in_defaults_is_reported_once(project: Path) -> None:
     ]
 
 
+def test_a_toml_date_or_time_where_json_is_sent_is_a_spec_error(project: Path) -> None:
+    """Params, system blocks and messages are sent as JSON, which has no date or time: an
+    unquoted TOML value there failed every command with an unexpected TypeError. It is one line
+    naming the file and the place; in an item (a template's context) it stays a value."""
+    spec = (
+        "version = 1\n[defaults]\nsystem = [{ type = 'text', text = 'x', at = 07:32:00 }]\n"
+        + MINIMAL_JOB
+        + "params = { metadata = { user_id = 2024-05-01T10:00:00Z }, stop_sequences = ['a', 2024-05-01] }\n"
+        + "[jobs.chat]\nmodel = 'claude-haiku-4-5'\nmax_tokens = 8\nsystem = 'plain'\n"
+        + "messages = [{ role = 'user', content = '{{ when }}', sent = 1979-05-27T07:32:00 }]\n"
+        + "items = [{ key = 'k', when = 1979-05-27 }]\n"
+    )
+    write(project, "jobs/a.toml", spec)
+    fix = "is not a JSON value; write it as a quoted string"
+    assert problems() == [
+        f"jobs/a.toml: defaults.system.0.at: a TOML time {fix}",
+        f"jobs/a.toml: jobs.sentiment.params.metadata.user_id: a TOML date-time {fix}",
+        f"jobs/a.toml: jobs.sentiment.params.stop_sequences.1: a TOML date {fix}",
+        f"jobs/a.toml: jobs.chat.messages.0.sent: a TOML date-time {fix}",
+    ]
+
+
 def test_path_escaping_root_by_dotdot(project: Path) -> None:
     write(project, "outside.jsonl", '{"id": "a"}\n')
     spec = MINIMAL_JOB.replace("data/t.jsonl", "../../outside.jsonl")

@@ -26,6 +26,7 @@ project gets no cache folder).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -112,6 +113,10 @@ def _rows(
     from batchops.spec.rowmaker import Block, unpack  # only a render needs them
 
     started = time.time()
+    # The data file as the render starts reading it: rows are kept only if it is still so once
+    # they are written, else a file saved during the render (a script, an editor) would have the
+    # old content's rows filed under the new content's digest.
+    stat_before = _stat_of(data_file)
     written = _Written()
     try:
         chunk: list[Row] = []
@@ -136,7 +141,9 @@ def _rows(
         # Only a render that completed gets here (a SpecError ends it before): keep its rows.
         if written.rows >= MIN_ROWS and written.ok:
             with contextlib.suppress(OSError):
-                _save(path, key, definition, data_file, prices, today, written, started)
+                _save(
+                    path, key, definition, data_file, stat_before, prices, today, written, started
+                )
     finally:
         written.close()
 
@@ -155,7 +162,7 @@ def _definition_digest(job: Job, prices: PriceTable) -> str:
         "format": FORMAT,
         "version": batchops.__version__,
         "code": code.hexdigest(),
-        "job": job.model_dump(mode="json"),
+        "job": _exact(job),
         "prices": {
             "as_of": prices.as_of,
             "multipliers": prices.multipliers,
@@ -164,6 +171,24 @@ def _definition_digest(job: Job, prices: PriceTable) -> str:
     }
     data = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str)
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _exact(value: Any) -> Any:
+    """`value` as JSON that tells apart what a template tells apart: a table's keys in the order
+    written (a loop over them sees that order) and each TOML date or time tagged with its type
+    (it renders unlike the string that spells it). The job's JSON form (`model_dump`) sorts
+    neither out: two definitions that render differently had one digest."""
+    t = type(value)
+    if value is None or t is str or t is int or t is float or t is bool:
+        return value
+    if t is dict:
+        return ["dict", [[k, _exact(v)] for k, v in value.items()]]
+    if t is list or t is tuple:
+        return ["list", [_exact(v) for v in value]]
+    if dataclasses.is_dataclass(value):  # the job and its nested specs
+        fields = dataclasses.fields(value)
+        return [t.__name__, [[f.name, _exact(getattr(value, f.name))] for f in fields]]
+    return [t.__name__, str(value)]  # a path, a date, a time: its type and its text
 
 
 def _stat_of(path: Path | None) -> list[int] | None:
@@ -269,11 +294,18 @@ def _save(
     key: bytes,
     definition: str,
     data_file: Path | None,
+    stat_before: list[int] | None,
     prices: PriceTable,
     today: date,
     written: _Written,
     started: float,
 ) -> None:
+    data = None
+    if data_file is not None:
+        digest = _content_digest(data_file)  # then the stat: the digest is of what it names
+        data = {"stat": _stat_of(data_file), "sha256": digest}
+        if digest is None or data["stat"] is None or data["stat"] != stat_before:
+            return  # changed (or gone) since the render began: its rows may be of either
     directory = path.parent
     # A symlink planted in a pull request must not send these writes out of the project.
     if any(p.is_symlink() for p in (directory.parent, directory, path)):
@@ -286,9 +318,7 @@ def _save(
     header = {
         "kind": FORMAT,
         "definition": definition,
-        "data": None
-        if data_file is None
-        else {"stat": _stat_of(data_file), "sha256": _content_digest(data_file)},
+        "data": data,
         "written_at": started,
         "prices": _prices_of(written.models, prices, today),
         "cost_type": None

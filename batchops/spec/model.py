@@ -674,6 +674,9 @@ def _jobs_of(
     out: list[Job | str] = []
     if spec.defaults is not None and spec.defaults.params is not None:
         out.extend(_params_problems(shown, ("defaults", "params"), spec.defaults.params))
+    for field in ("system", "messages"):
+        if spec.defaults is not None and getattr(spec.defaults, field) is not None:
+            out.extend(_not_json(shown, ("defaults", field), getattr(spec.defaults, field)))
     for name, raw_job in spec.jobs.items():
         if not JOB_NAME_RE.match(name):
             out.append(
@@ -690,8 +693,27 @@ def _jobs_of(
     return out
 
 
+def _not_json(shown: str, where: tuple[str, ...], value: Any) -> list[str]:
+    """A problem line for each value under `value` that is no JSON value: a TOML date, time or
+    datetime, which a request's JSON cannot carry (a template renders one as text; params,
+    system blocks and messages are sent as written)."""
+    t = type(value)
+    if value is None or t is str or t is int or t is float or t is bool:
+        return []
+    if t is dict:
+        return [line for k, v in value.items() for line in _not_json(shown, (*where, k), v)]
+    if t is list:
+        return [line for i, v in enumerate(value) for line in _not_json(shown, (*where, i), v)]
+    kind = {"datetime": "date-time", "date": "date", "time": "time"}.get(t.__name__, t.__name__)
+    return [
+        location(
+            shown, _loc(where), f"a TOML {kind} is not a JSON value; write it as a quoted string"
+        )
+    ]
+
+
 def _params_problems(shown: str, where: tuple[str, ...], params: Mapping[str, Any]) -> list[str]:
-    lines = []
+    lines = _not_json(shown, where, dict(params))
     for key in JOB_FIELD_PARAMS:
         if key in params:
             lines.append(
@@ -781,6 +803,9 @@ def _merge(
         if (prompt is None) == (messages is None):
             problem(None, "set exactly one of prompt or messages")
         fields["prompt"], fields["messages"] = prompt, messages
+        for field in ("system", "messages"):
+            if getattr(raw, field) is not None:
+                problems.extend(_not_json(shown, (where, field), getattr(raw, field)))
         params = {**(defaults.params or {}), **(raw.params or {})}
         if raw.params:
             problems.extend(_params_problems(shown, (where, "params"), raw.params))

@@ -487,9 +487,12 @@ def _guard_test(func: Callable[..., Any]) -> Callable[..., Any]:
 ENV = _Sandbox(
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize
 )
-ENV.filters = {name: _guard_filter(name, f) for name, f in ENV.filters.items()}
+# `random` would pick anew on every render, as `lipsum` writes anew: a request would be another
+# on every plan, so what apply sends would not be what plan showed, and every fingerprint would
+# change each run.
+ENV.filters = {name: _guard_filter(name, f) for name, f in ENV.filters.items() if name != "random"}
 ENV.tests = {name: _guard_test(f) for name, f in ENV.tests.items()}
-ENV.globals.pop("lipsum", None)  # random text would change every fingerprint on every run
+ENV.globals.pop("lipsum", None)  # random text, as `random` above
 ENV.globals["range"] = _budget_range
 
 
