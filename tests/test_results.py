@@ -335,9 +335,16 @@ _CELL = st.one_of(
 
 
 def _csv_module_bytes(rows: list[dict], fields: list[str], *, safe: bool) -> bytes:
-    """What the export wrote before joining cells itself: every row through the csv module."""
+    """What the export wrote before joining cells itself: every row through the csv module, its
+    line ended by "\n" (a writer ending lines in "\r\n" quotes a cell holding a bare "\r" on
+    every CPython; one ending them in "\n" alone does not before 3.11.9)."""
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+
+    class Lines:
+        def write(self, line: str) -> None:
+            text.write(line.removesuffix("\r\n") + "\n")
+
+    writer = csv.writer(Lines(), lineterminator="\r\n")
     writer.writerow([*COLUMNS, *(f"input.{f}" for f in fields)])
     for row in rows:
         values = [row[c] for c in COLUMNS] + [row["input"].get(f) for f in fields]
@@ -411,3 +418,29 @@ def _spy(function, calls: list):
         return function(*args, **kwargs)
 
     return spied
+
+
+def test_a_killed_exports_temporary_file_is_removed_and_no_other(tmp_path: Path) -> None:
+    """An export writes beside its file through `.{name}.<random>.tmp` and renames it in place:
+    one left by an export that was killed is removed by the next export to that file once it
+    is a minute old. A younger one may be an export still running, and `.{name}.bak.<random>.tmp`
+    is the temporary file of an export to another file (`{name}.bak`): both are kept."""
+    import os
+    import time
+
+    from batchops.commands.results import STALE_TEMP_SECONDS, atomic_write
+
+    out = tmp_path / "x.csv"
+    killed, young, other = (
+        tmp_path / n
+        for n in (".x.csv.k1ll3d_0.tmp", ".x.csv.y0ung_00.tmp", ".x.csv.bak.0th3r_0.tmp")
+    )
+    for f in (killed, young, other):
+        f.write_bytes(b"partial")
+    old = time.time() - STALE_TEMP_SECONDS - 5
+    for f in (killed, other):
+        os.utime(f, (old, old))
+    with atomic_write(out) as fh:
+        fh.write(b"key\n")
+    assert out.read_bytes() == b"key\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, young.name, other.name])

@@ -881,12 +881,14 @@ class _CsvLines:
         self.fixed = itemgetter(*columns, *tail)
         # A row's cells joined by commas are its CSV line, unless a cell holds a comma, a quote
         # or a line break: only such a row is written by the csv module (which quotes exactly
-        # those).
+        # those). Its line ends in "\r\n", which this export writes as "\n": a writer whose
+        # line ends in "\n" alone leaves a cell holding a bare "\r" unquoted before CPython
+        # 3.11.9 (gh-67044), and every reader then ends the row there.
         self.commas = len(header) - 1
         self.quoted = io.StringIO()
-        self.writer = csv.writer(self.quoted, lineterminator="\n")
+        self.writer = csv.writer(self.quoted, lineterminator="\r\n")
         self.writer.writerow(header)
-        self.header = self.quoted.getvalue().encode()
+        self.header = self.quoted.getvalue()[:-2].encode() + b"\n"
         self.safe = safe
         self.few: dict[Any, str] = {}  # `few_cell`
 
@@ -939,7 +941,7 @@ class _CsvLines:
             quoted.seek(0)
             quoted.truncate()
             self.writer.writerow(cells)
-            return quoted.getvalue()
+            return quoted.getvalue()[:-2] + "\n"
         return line + "\n"
 
     def plain(self, item: ExportItem, found: SucceededRow) -> str:
@@ -1199,7 +1201,8 @@ def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]
 
 def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
     """Remove `.{name}.*.tmp` files beside `path` older than `older_than` seconds (left by an
-    export that was killed); a younger one may belong to an export still running."""
+    export that was killed); a younger one may belong to an export still running. The `*` is
+    mkstemp's random part, which holds no dot: `.{name}.bak.*.tmp` is another file's."""
     cutoff = time.time() - older_than
     removed = []
     prefix, suffix = f".{path.name}.", ".tmp"
@@ -1210,7 +1213,8 @@ def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> li
     for name in names:
         if not (name.startswith(prefix) and name.endswith(suffix)):
             continue
-        if len(name) <= len(prefix) + len(suffix):
+        middle = name[len(prefix) : len(name) - len(suffix)]
+        if not middle or "." in middle:
             continue
         old = path.parent / name
         try:
