@@ -483,6 +483,35 @@ def test_a_source_that_disagrees_with_its_cached_rows_is_an_error(
     ]
 
 
+def test_a_source_rewritten_with_the_same_keys_while_exported_is_an_error(
+    filled: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The identities come from the rows cache, checked against the data file, and the input
+    rows from reading the file after that: content saved in between with the same keys (found
+    by a review of the caches) was echoed beside the answers to the old requests. The export
+    now ends with the file as it was before the check, or with the error."""
+    monkeypatch.setenv("BATCHOPS_CACHE", "on")
+    monkeypatch.setattr(cache, "MIN_ROWS", 0)
+    filled.desired()
+    data = filled.project().root / "jobs" / "data" / "mix.jsonl"
+    real = inputs.iter_inputs
+
+    def rewritten_after_the_first_row(job: Any, root: Path) -> Any:
+        rows = real(job, root)
+        yield next(rows)
+        text = data.read_text(encoding="utf-8")
+        assert "integer key" in text
+        data.write_text(text.replace("integer key", "integer KEY"), encoding="utf-8")  # same size
+        yield from rows
+
+    monkeypatch.setattr(inputs, "iter_inputs", rewritten_after_the_first_row)
+    with pytest.raises(SpecError) as raised:
+        export_bytes(filled, "mix", "jsonl", "default")
+    assert raised.value.problems == [
+        "jobs/data/mix.jsonl: job mix: changed while it was read; export again"
+    ]
+
+
 def test_options_default_to_the_spec_columns(filled: Context) -> None:
     assert export_options(filled, "sheet") == ExportOptions(columns=("label", "score"))
 

@@ -37,7 +37,17 @@ class ExportItem(NamedTuple):
 
 def export_items(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[ExportItem]:
     """Every item of `job` with its input row, in source order (SpecError as `iter_items`)."""
-    return _export_items(job, root, cache.identities(job, root, prices, today))
+    before = cache.stat_of(job.source_file())
+    return _export_items(job, root, cache.identities(job, root, prices, today), before)
+
+
+def _unchanged_since(job: Job, root: Path, before: list[int] | None) -> None:
+    """Raise `changed_while_read` if the job's data file is not as it was before the rows cache
+    was checked: the input rows are read from it after that, and content saved in between with
+    the same keys would be echoed beside the answers to the old requests. (Items made again
+    need no such check: each comes from the one read of its row.)"""
+    if cache.stat_of(job.source_file()) != before:
+        raise changed_while_read(job, root)
 
 
 def export_chunks(
@@ -46,10 +56,11 @@ def export_chunks(
     """`export_items` in lists of `size` items, in order, None in place of each list `part`
     (i, n) does not take (it takes lists i, i + n, i + 2n …): those are read past, and their
     items not made."""
+    before = cache.stat_of(job.source_file())  # what the rows cache checks its rows against
     cached = cache.identities(job, root, prices, today)
     mine, parts = part
     if cached is None:  # every item made, one at a time
-        items = _export_items(job, root, cached)
+        items = _export_items(job, root, cached, before)
         for number in count():
             chunk = list(islice(items, size))
             if not chunk:
@@ -64,6 +75,7 @@ def export_chunks(
         if len(read) != len(ids):
             raise changed_while_read(job, root)  # not the file the rows were made from
         if not ids:
+            _unchanged_since(job, root, before)
             return
         if number % parts != mine:
             yield None
@@ -76,7 +88,9 @@ def export_chunks(
         yield list(map(new, repeat(ExportItem), fields))
 
 
-def _export_items(job: Job, root: Path, cached: Iterator[Any] | None) -> Iterator[ExportItem]:
+def _export_items(
+    job: Job, root: Path, cached: Iterator[Any] | None, before: list[int] | None
+) -> Iterator[ExportItem]:
     new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
     if cached is None:
         for made in _identities(job, root):
@@ -88,12 +102,14 @@ def _export_items(job: Job, root: Path, cached: Iterator[Any] | None) -> Iterato
                 job, root
             )  # the data file is not the one the rows were made from
         yield new(ExportItem, (key, cached_row[1], cached_row[2], row))
+    _unchanged_since(job, root, before)
 
 
 def export_inputs(
     job: Job, root: Path, prices: PriceTable, today: date
 ) -> Iterator[dict[str, Any]]:
     """The input row of every item of `job`, in source order: `export_items`' `input` alone."""
+    before = cache.stat_of(job.source_file())
     if not cache.serves(job, root, prices, today):
         for made in _identities(job, root):
             yield from map(_FOURTH, made)
@@ -102,6 +118,7 @@ def export_inputs(
         if key is None:
             raise changed_while_read(job, root)
         yield row
+    _unchanged_since(job, root, before)
 
 
 def _identities(job: Job, root: Path) -> Iterator[list[tuple[str, str, str, Any]]]:
