@@ -551,6 +551,5 @@ def _same_data(header: dict[str, Any], data_file: Path | None) -> bool:
 mac_key = _mac_key
 definition_digest = _definition_digest
 stat_of = _stat_of
-stat_of = _stat_of
 content_digest = _content_digest
 same_data = _same_data
