@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from batchops.apply.harvest import _message_json
+from batchops.apply.harvest import HarvestFailed, _message_json
 from batchops.remote.client import _parse_lines
 
 MESSAGE = '{"id":"msg_1","content":[{"type":"text","text":"h\\u00e9 \\"message\\": x"}],"usage":{}}'
@@ -83,10 +83,13 @@ def test_the_text_is_every_text_block_joined_whatever_the_content():
 
 
 @pytest.mark.parametrize("value", [3, None, ["x"]])
-def test_a_text_that_is_not_a_string_fails_as_a_join_would(value):
-    with pytest.raises(TypeError):
+def test_a_text_that_is_not_a_string_is_a_result_that_does_not_check_out(value):
+    """A shape the API does not send: the batch's results do not check out (nothing stored, a
+    problem reported), on the one-block path and the joined one alike; it was a TypeError that
+    stopped apply."""
+    with pytest.raises(HarvestFailed, match="not of the shape the API sends"):
         texts([[{"type": "text", "text": value}]])
-    with pytest.raises(TypeError):
+    with pytest.raises(HarvestFailed, match="not of the shape the API sends"):
         texts([[{"type": "text", "text": "a"}, {"type": "text", "text": value}]])
 
 

@@ -245,6 +245,10 @@ class Evaluator:
             )
         except (HarvestFailed, RemoteError) as exc:
             return self._harvest_problem(record, str(exc).splitlines()[0], again=True)
+        except OverflowError:  # a token count past 64 bits, refused as the rows are stored
+            return self._harvest_problem(
+                record, "a result holds a number past what the state stores (64 bits)", again=True
+            )
         self.report.harvested.append(record.id)
         self.report.results_stored += stored
         self._note(f"Harvested batch {record.id} ({record.job}): {_count(stored, 'result')}.")

@@ -86,53 +86,82 @@ def verified_rows(
                     f"result for custom_id {custom_id!r}, which this batch was not sent"
                 )
             raise HarvestFailed(f"custom_id {custom_id!r} appears twice in the results")
-        kind = result.get("type")
-        if kind not in RESULT_TYPES:
-            raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
         sent[custom_id] = None
         count += 1
         if count == halfway:
             at_halfway()
         attempt_id, key, fingerprint = attempt
-        if kind == "succeeded":
-            body = result.get("message") or {}
-            content = body.get("content") or ()
-            inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
-            if type(content) is list and len(content) == 1 and type(block := content[0]) is dict:
-                # one block, as most replies: its text, without a list and a join
-                text = block.get("text", "") if block.get("type") == "text" else ""
-                if type(text) is not str:
-                    text = "".join([text])  # what the join below does with it
-            else:
-                text = "".join([
-                    b.get("text", "")
-                    for b in content
-                    if isinstance(b, dict) and b.get("type") == "text"
-                ])  # fmt: skip
-            yield (
-                job, key, custom_id, fingerprint, batch_id, attempt_id, kind, text,
-                _message_json(line, custom_id, result, body),
-                body.get("stop_reason"), None, None, body.get("model"),
-                inputs, outputs, write_5m + write_1h, write_1h, reads,
-                now,
-            )  # fmt: skip
-        elif kind == "errored":
-            envelope = result.get("error") or {}
-            error = envelope.get("error") if isinstance(envelope.get("error"), dict) else envelope
-            yield (
-                job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
-                None, error.get("type"), error.get("message"), None, *nothing, now,
-            )  # fmt: skip
-        else:  # expired, canceled
-            yield (
-                job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
-                None, None, None, None, *nothing, now,
-            )  # fmt: skip
+        try:
+            kind = result.get("type")
+            if type(kind) is not str or kind not in RESULT_TYPES:
+                raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
+            if kind == "succeeded":
+                body = result.get("message") or {}
+                content = body.get("content") or ()
+                inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
+                if (
+                    type(content) is list
+                    and len(content) == 1
+                    and type(block := content[0]) is dict
+                ):
+                    # one block, as most replies: its text, without a list and a join
+                    text = block.get("text", "") if block.get("type") == "text" else ""
+                    if type(text) is not str:
+                        text = "".join([text])  # what the join below does with it
+                else:
+                    text = "".join([
+                        b.get("text", "")
+                        for b in content
+                        if isinstance(b, dict) and b.get("type") == "text"
+                    ])  # fmt: skip
+                # A value that should be a string but is not (a protocol slip) is stored as its
+                # JSON text, on either backend.
+                stop_reason, model = body.get("stop_reason"), body.get("model")
+                if type(stop_reason) is not str and stop_reason is not None:
+                    stop_reason = _json_text(stop_reason)
+                if type(model) is not str and model is not None:
+                    model = _json_text(model)
+                row = (
+                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, text,
+                    _message_json(line, custom_id, result, body),
+                    stop_reason, None, None, model,
+                    inputs, outputs, write_5m + write_1h, write_1h, reads,
+                    now,
+                )  # fmt: skip
+            elif kind == "errored":
+                envelope = result.get("error") or {}
+                inner = envelope.get("error")
+                error = inner if isinstance(inner, dict) else envelope
+                error_type, message = error.get("type"), error.get("message")
+                if type(error_type) is not str and error_type is not None:
+                    error_type = _json_text(error_type)
+                if type(message) is not str and message is not None:
+                    message = _json_text(message)
+                row = (
+                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
+                    None, error_type, message, None, *nothing, now,
+                )  # fmt: skip
+            else:  # expired, canceled
+                row = (
+                    job, key, custom_id, fingerprint, batch_id, attempt_id, kind, None, None,
+                    None, None, None, None, *nothing, now,
+                )  # fmt: skip
+        except (TypeError, AttributeError, ValueError, OverflowError) as exc:
+            # A shape the API does not send (a message that is a string, a type that is a
+            # list, a count that is no number): the batch's results do not check out.
+            raise HarvestFailed(
+                f"the result for {custom_id!r} is not of the shape the API sends ({exc})"
+            ) from None
+        yield row
     if count != expected:
         raise HarvestFailed(f"{count} result lines, but request_counts add up to {expected}")
     missing = len(sent) - count
     if missing:
         raise HarvestFailed(f"{missing} submitted custom_ids have no result")
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 _CUSTOM_ID = '{"custom_id":"'
@@ -191,14 +220,19 @@ class HarvestWorker:
         # this very batchops, wherever it was imported from
         home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         path = os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))
+        # `-P`: not the working directory first on its path, as `-m` alone puts it. apply runs
+        # in a repository's root, whose files come from pull requests: an `orjson.py` there
+        # would be imported, and run, by the worker. Nor does the worker get the API key: it
+        # makes rows from bytes, and calls nothing.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "batchops.apply.harvest_worker"],
+                [sys.executable, "-P", "-m", "batchops.apply.harvest_worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._errors,
                 bufsize=0,
-                env={**os.environ, "PYTHONPATH": path},
+                env={**env, "PYTHONPATH": path},
             )
         except OSError as exc:
             self._errors.close()
