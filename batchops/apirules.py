@@ -155,7 +155,7 @@ THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
 THINKING_ON = ("enabled", "adaptive", "between_tools")
 MIN_THINKING_BUDGET = 1024
 MAX_CACHE_BREAKPOINTS = 4
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}\Z")
 TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
 
 

@@ -361,6 +361,15 @@ def test_bad_job_name(project: Path, name: str) -> None:
     ]
 
 
+def test_a_job_name_ending_in_a_newline_is_refused(project: Path) -> None:
+    """The name rule's "$" matched before a last newline: `[jobs."abc\\n"]` was a job."""
+    write(project, "jobs/a.json", json.dumps({"version": 1, "jobs": {"abc\n": {}}}))
+    assert problems() == [
+        'jobs/a.json: jobs.abc\\x0a: invalid job name "abc\\n" (lowercase letters, digits, '
+        "'-' and '_', starting with a letter or digit, at most 64 characters)"
+    ]
+
+
 def test_duplicate_job_across_files_names_both(project: Path) -> None:
     write(project, "jobs/a.toml", "version = 1\n" + MINIMAL_JOB)
     write(project, "jobs/b/c.toml", "version = 1\n" + MINIMAL_JOB.replace("data/", "../data/"))

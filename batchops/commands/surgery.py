@@ -249,7 +249,7 @@ def state_mv(context: Context, old: str, new: str) -> Move:
     """
     from batchops.spec.model import JOB_NAME_RE
 
-    if not JOB_NAME_RE.match(new):
+    if not JOB_NAME_RE.fullmatch(new):
         raise BatchopsError(
             f"invalid job name {new!r} (lowercase letters, digits, '-' and '_', starting with a "
             "letter or digit, at most 64 characters)"

@@ -36,7 +36,7 @@ from batchops.emulator.faults import STATUS_ERROR_TYPES, FaultQueue, HttpFault, 
 from batchops.emulator.responses import build_message, errored
 from batchops.emulator.store import BatchRow, Lifecycle, ResultRow, Store, lifecycle
 
-CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}\Z")
 MAX_REQUESTS = 100_000
 API_PREFIX = "/v1/messages/batches"
 NOT_FOUND = "The requested resource could not be found."

@@ -53,7 +53,8 @@ from batchops.spec.model import (
 )
 
 FINGERPRINT_PREFIX = "sha256:"
-CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_PLAIN_VALUES = frozenset((int, float, bool, type(None)))  # printed the same in every run
+CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}\Z")  # not "$": it matches before a last "\n"
 MAX_PROBLEM_LINES = 50
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_]")
 _UNSAFE_JOB_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -374,6 +375,9 @@ def _simple_format(
                 value = sandbox.as_text(value)
                 size += len(value) * times
             else:
+                if type(value) not in _PLAIN_VALUES:  # `{{ range }}` of an item without it
+                    _load_templating()
+                    sandbox.refuse_unstable(value)
                 size += len(str(value)) * times
             values.append(value)
         if size > budget.max_size:
@@ -398,6 +402,7 @@ def _simple_format(
                 as_json = {n: text} if as_json is None else {**as_json, n: text}
                 size += len(text)
             else:
+                sandbox.refuse_unstable(value)
                 size += len(str(value))
         if as_json is not None:
             context = {**context, **as_json}

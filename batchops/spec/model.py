@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from batchops.spec.raw import _RawDefaults, _RawJob
 
 SPEC_VERSION = 1
-JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # also a JSON Schema pattern: fullmatch it
 SPEC_SUFFIXES = (".toml", ".json")
 DataFormat = Literal["jsonl", "csv", "json"]
 FORMAT_BY_SUFFIX: dict[str, DataFormat] = {
@@ -405,7 +405,7 @@ def _move_problems(moves: list[Moved], jobs: Mapping[str, Job], root: Path) -> l
     news: dict[str, Moved] = {}
     for i, m in enumerate(moves):
         where = f"{display_path(m.spec_file, root)}: moved.{i}"
-        if not JOB_NAME_RE.match(m.old) or not JOB_NAME_RE.match(m.new):
+        if not JOB_NAME_RE.fullmatch(m.old) or not JOB_NAME_RE.fullmatch(m.new):
             problems.append(
                 f"{where}: invalid job name in {json.dumps(m.old)} → {json.dumps(m.new)}"
             )
@@ -678,7 +678,7 @@ def _jobs_of(
         if spec.defaults is not None and getattr(spec.defaults, field) is not None:
             out.extend(_not_json(shown, ("defaults", field), getattr(spec.defaults, field)))
     for name, raw_job in spec.jobs.items():
-        if not JOB_NAME_RE.match(name):
+        if not JOB_NAME_RE.fullmatch(name):
             out.append(
                 f"{shown}: jobs.{name}: invalid job name {json.dumps(name)} (lowercase letters, "
                 "digits, '-' and '_', starting with a letter or digit, at most 64 characters)"

@@ -362,7 +362,17 @@ def plain_row(
                 return None
         except orjson.JSONEncodeError:
             return None
+    elif len(line) > _DEEP and line.count(b"[") + line.count(b"{") > _DEEP:
+        # nested past what orjson writes (the general path writes every row out, and refuses
+        # it: "nested too deeply"); a shorter line cannot be
+        try:
+            dumps(row)
+        except orjson.JSONEncodeError:
+            return None
     return row
+
+
+_DEEP = 250  # brackets a line holds below which it cannot nest as deep as orjson refuses (254)
 
 
 def _checked(

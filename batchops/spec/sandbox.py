@@ -40,7 +40,7 @@ from contextvars import ContextVar
 from time import monotonic
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, nodes
+from jinja2 import StrictUndefined, Template, Undefined, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -56,6 +56,38 @@ ALLOCATION_FACTOR = 8
 
 class BudgetExceeded(SecurityError):
     """A template went over its time or size budget."""
+
+
+class UnstableOutput(SecurityError):
+    """A template printed a function or an object with no text of its own, whose text holds a
+    memory address: another request, and another fingerprint, in every process."""
+
+
+def refuse_unstable(value: Any) -> None:
+    """Raise `UnstableOutput` if `value` prints differently from run to run: a function, a
+    method, a class (`{{ body.upper }}`, `{{ dict }}`), or an object without a text of its own.
+    A template name the item lacks but a template function has (`{{ range }}`) is its own
+    error: the field is missing."""
+    t = type(value)
+    if t is str or t is int or t is float or t is bool or value is None:
+        return
+    if isinstance(value, Undefined):  # its own error, when it is printed
+        return
+    if not callable(value) and (
+        t.__repr__ is not object.__repr__ or t.__str__ is not object.__str__
+    ):
+        return
+    for name, known in ENV.globals.items():
+        if known is value:
+            raise UnstableOutput(
+                f"{name!r} is undefined (a template function has that name: give the item that "
+                "field, or call the function)"
+            )
+    kind = "a function or method" if callable(value) else "an object with no text of its own"
+    raise UnstableOutput(
+        f"prints {kind} ({t.__name__}), whose text changes from run to run: call it, or print "
+        "a value"
+    )
 
 
 class Budget:
@@ -428,6 +460,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     def budget_concat(self, *parts: Any) -> str:
         budget = _budget()
+        for p in parts:
+            refuse_unstable(p)
         strings = [p if type(p) is str else str(p) for p in parts]
         size = sum(map(len, strings))
         if size > budget.max_size:
@@ -448,9 +482,16 @@ def as_text(value: Any) -> str:
     `['a', 'b']`), anything else as str()."""
     if type(value) is list or type(value) is dict:
         try:
-            return json.dumps(value, ensure_ascii=False, default=str)
+            return json.dumps(value, ensure_ascii=False, default=_other_text)
         except (TypeError, ValueError, RecursionError):
             return str(value)
+    refuse_unstable(value)
+    return str(value)
+
+
+def _other_text(value: Any) -> str:
+    """The text of a value JSON has no form for, inside a list or dict a template prints."""
+    refuse_unstable(value)
     return str(value)
 
 
@@ -469,6 +510,8 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.tick()
+        for arg in (*args[skip:], *kwargs.values()):
+            refuse_unstable(arg)
         args = (*args[:skip], *_filter_precheck(name, args[skip:], kwargs, budget))
         return budget.value(func(*args, **kwargs))
 
