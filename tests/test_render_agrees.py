@@ -83,6 +83,8 @@ UNSTABLE = [
     ("{{ body ~ cycler(1) }}", "prints an object with no text of its own (Cycler)"),
     ("{{ body | default(joiner) }}", "'joiner' is undefined (a template function has that name"),
     ("{{ joiner() | string }}", "prints a function or method (Joiner)"),
+    ("{{ '%s' % body.upper }}", "prints a function or method (builtin_function_or_method)"),
+    ("{{ '{} {}'.format(body, body.strip) }}", "prints a function or method (builtin_"),
 ]
 
 

@@ -416,6 +416,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         else:  # "%"
             if isinstance(left, str):
                 _check_percent(left, budget)
+                for value in right if type(right) is tuple else (right,):
+                    refuse_unstable(value)
             result = left % right
         return budget.value(result)
 
@@ -425,6 +427,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if getattr(__obj, "__self__", None) is __self and __obj.__name__.startswith("budget_"):
             return __obj(*args)  # a helper of the rewritten tree (it counts itself); kwargs are
             # Jinja's own bookkeeping (_loop_vars, _block_vars)
+        for value in (*args, *kwargs.values()):  # `'{}'.format(range)`: its address
+            refuse_unstable(value)
         args = _method_precheck(__obj, args, kwargs, budget)
         return budget.value(super().call(__context, __obj, *args, **kwargs))
 
