@@ -68,12 +68,41 @@ class BatchopsGroup(click.Group):
         except Exception as exc:  # a bug: still one line, the traceback behind --debug
             if (ctx.obj or {}).get("debug"):
                 raise
+            lost = _lost_connection(ctx, exc)
+            if lost is not None:
+                click.echo(f"Error: {terminal(lost)}", err=True)
+                ctx.exit(1)
+            if (ctx.obj or {}).get("debug"):
+                raise
             click.echo(
                 f"Error: unexpected {type(exc).__name__}: {terminal(exc)} (a bug in batchops, "
                 "or a damaged state file; run with --debug for the traceback)",
                 err=True,
             )
             ctx.exit(1)
+
+
+def _lost_connection(ctx: click.Context, exc: Exception) -> str | None:
+    """The error line of a PostgreSQL state's connection lost mid-command (a restarted server,
+    a dropped network): a failure of a shared state, not a bug. The transaction in progress was
+    rolled back by the server."""
+    psycopg = sys.modules.get("psycopg")  # imported only by a command that opened one
+    if psycopg is None or not isinstance(exc, psycopg.OperationalError):
+        return None
+    state = getattr(exc, "sqlstate", None)  # none: libpq lost the socket itself
+    if state is not None and not state.startswith(("08", "57P")):  # connection, shutdown
+        return None
+    settings = (ctx.obj or {}).get("settings")
+    location = str(getattr(settings, "state_path", "") or "the state")
+    if location.startswith(("postgresql:", "postgres:")):
+        from batchops.state.postgres import redact
+
+        location = redact(location)
+    why = " ".join(str(exc).split("\n", 1)[0].split())
+    return (
+        f"{location}: the connection to PostgreSQL was lost ({why}); what was being written "
+        "was rolled back: run the command again"
+    )
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `cmd | head` gives a program killed by the signal

@@ -23,6 +23,26 @@ from batchops.safetext import terminal
 from batchops.views.text import plural
 
 
+class Seconds(click.ParamType):
+    """A number of seconds: finite, and more than 0 (`positive`) or at least 0. A negative
+    `--poll-interval` was taken, and `apply --wait` failed at its first sleep, its batch sent."""
+
+    name = "seconds"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None):
+        seconds = click.FLOAT.convert(value, param, ctx)
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if seconds < 0 or (self.positive and seconds == 0):
+            self.fail(
+                f"{value!r} must be {'more than' if self.positive else 'at least'} 0", param, ctx
+            )
+        return seconds
+
+
 class CliProgress:
     """Fills the library's progress seam: notes as lines, a progress bar on a terminal."""
 
@@ -70,16 +90,16 @@ class CliProgress:
 @job_option
 @click.option("--yes", "--auto-approve", "yes", is_flag=True, help="Apply without asking.")
 @click.option("--wait", is_flag=True, help="Keep going until nothing is pending.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
+@click.option("--timeout", type=Seconds(), default=None, help="With --wait: give up after SECONDS.")
 @click.option(
     "--poll-interval",
-    type=float,
+    type=Seconds(positive=True),
     default=None,
     help="With --wait: seconds between polls [default: 5, 1 with --emulator].",
 )
 @click.option(
     "--lock-timeout",
-    type=float,
+    type=Seconds(),
     default=0.0,
     show_default=True,
     help="Wait this many seconds for another apply's lock.",

@@ -28,6 +28,10 @@ def plan_from(
     A spec's `moved` entry whose old name still has rows in state becomes a `Move` step, first
     in the plan; the diff sees those rows under the new name already, as they will be.
     """
+    # The state's version first: a write that lands while the rest is read (another runner's
+    # apply) then leaves this plan older than the state, and a saved plan of it is refused,
+    # instead of holding the rows read before that write under the serial after it.
+    lineage, serial = reader.lineage, reader.serial
     moves = pending_moves(reader, desired)
     scope = None if desired.all_jobs_in_scope else [j.name for j in desired.jobs] + list(moves)
     batches = reader.batches()
@@ -49,8 +53,8 @@ def plan_from(
             batches,
             intents,
             now=now,
-            lineage=reader.lineage,
-            serial=reader.serial,
+            lineage=lineage,
+            serial=serial,
             spec_digest=desired.spec_digest,
             inflight_batches=inflight,
             all_jobs_in_scope=desired.all_jobs_in_scope,

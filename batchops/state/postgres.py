@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
+from psycopg import pq
 
 from batchops.clock import iso, utcnow
 from batchops.errors import LockHeld, StateError
@@ -160,13 +161,23 @@ _FROM_THE_API = [
 ]
 
 
+_ACTIVE = pq.TransactionStatus.ACTIVE  # a statement is running on the connection
+
+
 def _server_now(conn: psycopg.Connection) -> datetime:
     return conn.execute("select now()").fetchone()[0].astimezone(UTC)
 
 
 def redact(url: str) -> str:
-    """The URL without its password (in the userinfo or as a `password=` parameter)."""
-    parts = urlsplit(url)
+    """The URL without its password (in the userinfo or as a `password=` parameter); a
+    StateError for a URL that does not parse (which names no part of it: any may be secret)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        scheme = url.partition(":")[0]
+        raise StateError(
+            f"the {scheme} state URL is not a valid URL ({exc}); check --state or BATCHOPS_STATE"
+        ) from None
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
@@ -387,9 +398,16 @@ class PostgresReader(SharedReads, StateReader):
 class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
     """The writable state, opened holding the lock (see `open`)."""
 
-    def __init__(self, conn: psycopg.Connection, location: str, lock: LockInfo | None = None):
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        location: str,
+        lock: LockInfo | None = None,
+        url: str | None = None,
+    ):
         super().__init__(conn, location, exists=True)
         self.held = lock
+        self._url = url  # to release the leases over another connection (`close`)
 
     @classmethod
     def open(  # type: ignore[override]
@@ -412,7 +430,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 lock = cls._lock_and_migrate(
                     conn, location, command, lease_names(jobs), on_takeover, seconds
                 )
-                return cls(conn, location, lock)
+                return cls(conn, location, lock, url)
             except LockHeld:
                 if time.monotonic() >= deadline:
                     conn.close()
@@ -531,14 +549,34 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
     def _transaction(self) -> Iterator[psycopg.Cursor]:
         """One atomic state change; bumps the serial in the same transaction."""
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            yield cursor
-            cursor.execute("update meta set value = (value::bigint + 1)::text where key = 'serial'")
+            try:
+                yield cursor
+                cursor.execute(
+                    "update meta set value = (value::bigint + 1)::text where key = 'serial'"
+                )
+            except BaseException:
+                self._drop_if_busy()
+                raise
+
+    def _drop_if_busy(self) -> None:
+        """Close the connection if a statement is still running on it: SIGTERM (`Interrupted`)
+        arrived while it waited on the server, and psycopg cancels a statement only for a
+        KeyboardInterrupt, so the connection is busy and can neither roll back nor release the
+        leases. Closed, the server rolls the transaction back; `close` releases the leases over
+        a connection of its own."""
+        if not self.conn.closed and self.conn.info.transaction_status == _ACTIVE:
+            self.conn.close()
 
     def close(self) -> None:
         self.stop_keeper()
+        self._drop_if_busy()
         if self.held is not None and not self.conn.closed:
             with contextlib.suppress(psycopg.Error):
                 self.release_lock(self.held.lock_id)
+        elif self.held is not None and self._url is not None:
+            with contextlib.suppress(psycopg.Error), psycopg.connect(self._url) as conn:
+                conn.execute("delete from leases where lock_id = %s", [self.held.lock_id])
+            self.held = None
         super().close()
 
     # -- leases (not a state change: they do not bump the serial)
@@ -720,17 +758,29 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
         return counts
 
 
+# The longest key, in UTF-8 bytes, an item of a PostgreSQL state may have: its primary key
+# (job, key) is a btree entry, which PostgreSQL refuses past 2,704 bytes (a job name is at most
+# 64), however the key compresses, so that the limit does not depend on the key's content.
+_LONGEST_KEY = 2_000
+
+
 def _refuse_keys(job: str, keys: Sequence[str]) -> None:
     """Keys PostgreSQL cannot take, refused with their job before anything is written (and so
     before anything is sent): one holding a NUL character (its text cannot hold one), or one
     given twice (one statement upserts them all, and may not change a row twice; a plan gives
-    each key once)."""
+    each key once), or one longer than its index takes (`_LONGEST_KEY`)."""
     seen: set[str] = set()
     for key in keys:
         if "\x00" in key:
             raise StateError(
                 f"item {key!r} of job {job}: its key holds a NUL character, which a PostgreSQL"
                 " state cannot store (a SQLite state can); nothing was sent"
+            )
+        if len(key) > _LONGEST_KEY // 4 and len(size := key.encode()) > _LONGEST_KEY:
+            raise StateError(
+                f"item {key[:40]!r}… of job {job}: its key is {len(size):,} bytes, longer than a"
+                f" PostgreSQL state can index ({_LONGEST_KEY:,}; a SQLite state can); nothing"
+                " was sent"
             )
         if key in seen:
             raise StateError(f"item {key!r} of job {job} is given twice; nothing was sent")
