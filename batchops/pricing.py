@@ -20,9 +20,9 @@ import hashlib
 import math
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from math import ceil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from batchops.apirules import cache_min_tokens as api_cache_min_tokens
-from batchops.errors import SpecError
+from batchops.errors import SpecError, location
 
 _DATED = re.compile(r"^(?P<base>.+?)(-\d{8}|-latest)$")
 CHARS_PER_TOKEN = 3  # English runs nearer 3.5-4 characters a token: 3 keeps the estimate a ceiling
@@ -69,6 +69,107 @@ class Usage:
         ) / 1_000_000
 
 
+_MULTIPLIERS = ("cache_write_5m", "cache_write_1h", "cache_read")  # times the input price
+_ROW_KEYS = frozenset(("input", "output", "cache_min_tokens", "before", *_MULTIPLIERS))
+
+
+def _number_problem(value: Any) -> str | None:
+    """Why `value` cannot be a price or multiplier, or None when it can."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "should be a number"
+    if not math.isfinite(value) or value < 0:
+        return f"should be a number 0 or more, not {value}"
+    return None
+
+
+def _is_date(value: Any) -> bool:
+    """Whether `price` can read `value` as a day: a TOML date or a YYYY-MM-DD string."""
+    if not isinstance(value, str | date) or isinstance(value, datetime):
+        return False
+    try:
+        date.fromisoformat(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _period_problems(period: Any, place: str) -> Iterator[tuple[str, str]]:
+    """(place, why) of what is wrong in one `before` entry of a price row."""
+    if not isinstance(period, dict):
+        yield place, "should be a table with until, input and output"
+        return
+    for key in sorted(set(period) - {"until", "input", "output"}):
+        yield f"{place}.{key}", "unknown key (a `before` entry has until, input and output)"
+    until = period.get("until")
+    if until is None:
+        yield f"{place}.until", "missing"
+    elif not _is_date(until):
+        yield f"{place}.until", "should be a date (YYYY-MM-DD)"
+    for key in ("input", "output"):
+        if key not in period:
+            yield f"{place}.{key}", "missing"
+        elif (why := _number_problem(period[key])) is not None:
+            yield f"{place}.{key}", why
+
+
+def _row_problems(row: Any, place: str) -> Iterator[tuple[str, str]]:
+    """(place, why) of what is wrong in one model's price row."""
+    if not isinstance(row, dict):
+        yield place, "should be a table with input and output"
+        return
+    for key in sorted(set(row) - _ROW_KEYS):
+        yield f"{place}.{key}", f"unknown key (one of {', '.join(sorted(_ROW_KEYS))})"
+    for key in ("input", "output"):
+        if key not in row:
+            yield f"{place}.{key}", "missing"
+    for key in ("input", "output", *_MULTIPLIERS):
+        if key in row and (why := _number_problem(row[key])) is not None:
+            yield f"{place}.{key}", why
+    least = row.get("cache_min_tokens", 0)
+    if isinstance(least, bool) or not isinstance(least, int) or least < 0:
+        yield f"{place}.cache_min_tokens", "should be a whole number of tokens, 0 or more"
+    before = row.get("before", [])
+    if not isinstance(before, list):
+        yield f"{place}.before", "should be an array of tables ([[models.NAME.before]])"
+        return
+    for i, period in enumerate(before):
+        yield from _period_problems(period, f"{place}.before[{i}]")
+
+
+def _table_problems(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(place, why) of every value in a price file that the table cannot use.
+
+    Plain type checks, no pydantic: the shipped table is checked on every command's cold start.
+    """
+    for key in sorted(set(data) - {"as_of", "multipliers", "models"}):
+        yield key, "unknown key (one of as_of, multipliers, models)"
+    if "as_of" in data and not isinstance(data["as_of"], str | date):
+        yield "as_of", "should be a string or a date"
+    multipliers = data.get("multipliers", {})
+    if not isinstance(multipliers, dict):
+        yield "multipliers", "should be a table"
+    else:
+        for key, value in multipliers.items():
+            if key not in _MULTIPLIERS:
+                yield f"multipliers.{key}", f"unknown multiplier (one of {', '.join(_MULTIPLIERS)})"
+            elif (why := _number_problem(value)) is not None:
+                yield f"multipliers.{key}", why
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        yield "models", "should be a table of model rows ([models.NAME])"
+        return
+    for name, row in models.items():
+        yield from _row_problems(row, f"models.{name}")
+
+
+def _checked(data: dict[str, Any], file: object) -> dict[str, Any]:
+    """`data`, or a SpecError naming `file` and the place of each value the table cannot use."""
+    problems = [location(file, place, why) for place, why in _table_problems(data)]
+    if problems:
+        raise SpecError(*problems)
+    return data
+
+
 class PriceTable:
     def __init__(self, data: dict[str, Any], source: str):
         self.as_of: str = str(data.get("as_of", "unknown"))
@@ -79,8 +180,8 @@ class PriceTable:
     @classmethod
     def load(cls, user_file: Path | None = None) -> PriceTable:
         """The shipped table, with the rows (and multipliers) of `user_file` laid over it."""
-        shipped = (Path(__file__).parent / "data" / "prices.toml").read_text("utf-8")
-        data = tomllib.loads(shipped)
+        shipped = Path(__file__).parent / "data" / "prices.toml"
+        data = _checked(tomllib.loads(shipped.read_text("utf-8")), shipped)
         source = f"batchops price table as of {data.get('as_of')}"
         if user_file is not None:
             try:
@@ -89,6 +190,7 @@ class PriceTable:
                 raise SpecError(f"{user_file}: cannot read price file ({exc})") from None
             except tomllib.TOMLDecodeError as exc:
                 raise SpecError(f"{user_file}: invalid TOML: {exc}") from None
+            _checked(user, user_file)
             data["models"] = {**data.get("models", {}), **user.get("models", {})}
             data["multipliers"] = {**data.get("multipliers", {}), **user.get("multipliers", {})}
             if "as_of" in user:

@@ -82,12 +82,21 @@ def markdown_block(text: object, info: str = "") -> str:
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~@:&=\"'$^%])")
 
 
-def markdown_text(text: object) -> str:
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def markdown_text(text: object, entities: bool = False) -> str:
     """`text` as plain Markdown prose: every ASCII punctuation character backslash-escaped.
 
     No emphasis, link, image, HTML, heading, table cell break, autolink or @mention survives.
+    With `entities`, `&`, `<` and `>` are written `&amp;`, `&lt;` and `&gt;` instead, so the
+    comment's source holds no `<` at all: for text inside an HTML element such as `<sub>`.
     Prefer `markdown_code` for keys and values: it shows them verbatim.
     """
+    if entities:
+        return _MARKDOWN_PUNCTUATION.sub(
+            lambda m: _ENTITIES.get(m.group(), "\\" + m.group()), terminal(text)
+        )
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", terminal(text))
 
 

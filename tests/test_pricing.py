@@ -53,6 +53,97 @@ def test_a_bad_price_file_is_one_error(tmp_path):
     assert caught.value.problems[0].startswith(f"{prices}: invalid TOML: ")
 
 
+ROW = '[models."claude-haiku-4-5"]\ninput = 1.0\noutput = 4.0\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('models = "x"\n', "models: should be a table of model rows ([models.NAME])"),
+        (
+            "models = { claude-haiku-4-5 = 5 }\n",
+            "models.claude-haiku-4-5: should be a table with input and output",
+        ),
+        (
+            "models = { claude-haiku-4-5 = { output = 1.0 } }\n",
+            "models.claude-haiku-4-5.input: missing",
+        ),
+        (
+            'models = { claude-haiku-4-5 = { input = "abc", output = 1.0 } }\n',
+            "models.claude-haiku-4-5.input: should be a number",
+        ),
+        (
+            "models = { claude-haiku-4-5 = { input = true, output = 1.0 } }\n",
+            "models.claude-haiku-4-5.input: should be a number",
+        ),
+        (
+            "models = { claude-haiku-4-5 = { input = nan, output = 1.0 } }\n",
+            "models.claude-haiku-4-5.input: should be a number 0 or more, not nan",
+        ),
+        (
+            ROW + "cache_read = -0.1\n",
+            "models.claude-haiku-4-5.cache_read: should be a number 0 or more, not -0.1",
+        ),
+        (
+            ROW + "cache_min_tokens = 1.5\n",
+            "models.claude-haiku-4-5.cache_min_tokens: should be a whole number of tokens, "
+            "0 or more",
+        ),
+        (
+            ROW + "inputs = 1.0\n",
+            "models.claude-haiku-4-5.inputs: unknown key (one of before, cache_min_tokens, "
+            "cache_read, cache_write_1h, cache_write_5m, input, output)",
+        ),
+        ('multipliers = { cache_read = "x" }\n', "multipliers.cache_read: should be a number"),
+        (
+            "multipliers = { cache_reads = 0.1 }\n",
+            "multipliers.cache_reads: unknown multiplier (one of cache_write_5m, cache_write_1h, "
+            "cache_read)",
+        ),
+        ("multipliers = 2\n", "multipliers: should be a table"),
+        ("as_of = [1]\n", "as_of: should be a string or a date"),
+        ("price = 1\n", "price: unknown key (one of as_of, multipliers, models)"),
+        (
+            ROW + 'before = [{ until = "soon", input = 1.0, output = 1.0 }]\n',
+            "models.claude-haiku-4-5.before[0].until: should be a date (YYYY-MM-DD)",
+        ),
+        (
+            ROW + "before = [{ until = 2026-09-01T00:00:00, input = 1.0, output = 1.0 }]\n",
+            "models.claude-haiku-4-5.before[0].until: should be a date (YYYY-MM-DD)",
+        ),
+        (
+            ROW + 'before = [{ until = "2026-09-01", input = 1.0 }]\n',
+            "models.claude-haiku-4-5.before[0].output: missing",
+        ),
+        (
+            ROW + "before = 3\n",
+            "models.claude-haiku-4-5.before: should be an array of tables ([[models.NAME.before]])",
+        ),
+        (
+            ROW + "before = [3]\n",
+            "models.claude-haiku-4-5.before[0]: should be a table with until, input and output",
+        ),
+    ],
+)
+def test_a_malformed_price_file_names_the_file_and_the_place(tmp_path, content, problem):
+    prices = tmp_path / "prices.toml"
+    prices.write_text(content)
+    with pytest.raises(SpecError) as caught:
+        PriceTable.load(prices)
+    assert caught.value.problems == [f"{prices}: {problem}"]
+
+
+def test_a_price_change_may_be_dated_with_a_toml_date(tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        ROW
+        + '[[models."claude-haiku-4-5".before]]\nuntil = 2027-01-01\ninput = 0.5\noutput = 2.0\n'
+    )
+    table = PriceTable.load(prices)
+    assert table.price("claude-haiku-4-5", date(2026, 12, 31)).input == 0.5
+    assert table.price("claude-haiku-4-5", date(2027, 1, 1)).input == 1.0
+
+
 def test_estimate_is_a_ceiling_with_the_cached_prefix_at_write_price():
     params = {
         "model": "claude-haiku-4-5",

@@ -24,7 +24,7 @@ from batchops.plan.actions import (
 )
 from batchops.plan.serialize import plan_json_chunks, plan_to_dict
 from batchops.pricing import money
-from batchops.safetext import markdown_block, markdown_text, terminal
+from batchops.safetext import markdown_block, markdown_code, markdown_text, terminal
 from batchops.views.tables import simple_table, tabulate
 from batchops.views.text import plural, shorten
 
@@ -33,6 +33,7 @@ MAX_LISTED = 20  # item actions listed per job in the human formats (--json list
 MARKDOWN_CAP = 65_536
 _MARKDOWN_BUDGET = MARKDOWN_CAP - 1_000
 _FIELD_CAP = 300  # a key or message longer than this is cut in Markdown (the text plan has all)
+_NOTE_CAP = 1_000  # likewise a note (one can quote a model name of any length)
 
 
 def plan_json(plan: Plan, prices_source: str | None = None) -> str:
@@ -187,48 +188,81 @@ def _fit(lines: list[str], budget: int) -> tuple[list[str], int]:
     return kept, len(lines) - len(kept)
 
 
+def _markdown_note(note: str) -> str:
+    """One note as escaped Markdown prose, cut to _NOTE_CAP characters with a marker saying so."""
+    if len(note) <= _NOTE_CAP:
+        return markdown_text(note, entities=True)
+    return (
+        markdown_text(shorten(note, _NOTE_CAP), entities=True)
+        + f" _(cut to {_NOTE_CAP:,} characters: `batchops plan` shows the whole note)_"
+    )
+
+
+def _markdown_footer(plan: Plan, prices_source: str | None) -> str:
+    """The closing `<sub>` line. A prices file's path and `as_of` come from a pull request:
+    they are cut to _FIELD_CAP and escaped with entities, so no `<` of theirs closes the `<sub>`."""
+    lineage = markdown_code(shorten(terminal(plan.lineage or "new"), _FIELD_CAP))
+    footer = f"State lineage {lineage}, serial {plan.serial}"
+    if prices_source:
+        shown = markdown_text(shorten(terminal(prices_source), _FIELD_CAP), entities=True)
+        footer += f"; prices: {shown}"
+    return f"<sub>{footer}.</sub>"
+
+
+def _details(title: str, block: str) -> list[str]:
+    return ["", f"<details><summary>{title}</summary>", "", block, "", "</details>"]
+
+
+def _size(lines: list[str]) -> int:
+    """Characters `lines` take joined by newlines (one more than they do: a newline at the end)."""
+    return sum(len(line) + 1 for line in lines)
+
+
 def plan_markdown(plan: Plan, prices_source: str | None = None) -> str:
     """The plan as a GitHub pull-request comment, always under GitHub's 65,536 characters.
 
     Actions are a ```diff block (GitHub colours `+` submit, `-` forget and `!` batch actions);
-    every key and message is inside a code block no key can close. What does not fit is left
-    out, and a closing line says how much.
+    every key and message is inside a code block no key can close. Every part is bounded: keys,
+    messages and the footer are cut at _FIELD_CAP, notes at _NOTE_CAP and to half the budget in
+    all. What does not fit is left out, and a closing line says how much.
     """
-    head = [
-        "### batchops plan",
-        "",
-        f"**{_sentence(plan)}**",
-        *(f"\n> Note: {markdown_text(n)}" for n in _notes(plan)),
-        "",
-    ]
-    footer = f"State lineage `{terminal(plan.lineage or 'new')}`, serial {plan.serial}"
-    if prices_source:
-        footer += f"; prices: {terminal(prices_source)}"
-    tail = ["", f"<sub>{footer}.</sub>"]
-    budget = _MARKDOWN_BUDGET - sum(len(x) + 1 for x in head + tail)
-
-    table = tabulate(_job_rows(plan), headers=HEADERS, tablefmt="github").splitlines()
-    rows, rows_out = _fit(table[2:], budget - len(table[0]) - len(table[1]) - 2)
-    out = head + table[:2] + rows
-    budget -= sum(len(x) + 1 for x in table[:2] + rows)
+    head = ["### batchops plan", "", f"**{_sentence(plan)}**"]
+    tail = ["", _markdown_footer(plan, prices_source)]
+    budget = _MARKDOWN_BUDGET - _size(head + tail) - 1  # the blank line after the notes
 
     left_out: list[str] = []
+    notes, notes_out = _fit([f"\n> Note: {_markdown_note(n)}" for n in _notes(plan)], budget // 2)
+    if notes_out:
+        left_out.append(plural(notes_out, "note"))
+    out = [*head, *notes, ""]
+    budget -= _size(notes)
+
+    table = tabulate(_job_rows(plan), headers=HEADERS, tablefmt="github").splitlines()
+    rows, rows_out = _fit(table[2:], budget - _size(table[:2]))
     if rows_out:
         left_out.append(plural(rows_out, "job row"))
+    out += table[:2] + rows
+    budget -= _size(table[:2] + rows)
+
     for title, lines, info, what in (
         ("Actions", _action_lines(plan, indent="", batch_mark="!", cap=_FIELD_CAP), "diff", "action line"),
         ("Failed items", _failed_lines(plan, cap=_FIELD_CAP), "", "failed-item line"),
     ):  # fmt: skip
         if not lines:
             continue
-        wrapper = f"\n<details><summary>{title}</summary>\n\n" + "\n\n</details>"
-        kept, dropped = _fit(lines, budget - len(wrapper) - 20)
+        kept, dropped = _fit(lines, budget - _size(_details(title, "```" + info + "\n\n```")))
+        section: list[str] = []
+        while kept and not section:  # a backtick run in a key lengthens the fence
+            candidate = _details(title, markdown_block("\n".join(kept), info))
+            if _size(candidate) <= budget:
+                section = candidate
+            else:
+                kept.pop()
+                dropped += 1
         if dropped:
             left_out.append(plural(dropped, what))
-        if kept:
-            block = markdown_block("\n".join(kept), info)
-            out += ["", f"<details><summary>{title}</summary>", "", block, "", "</details>"]
-            budget -= len(block) + len(wrapper)
+        out += section
+        budget -= _size(section)
     if left_out:
         out += [
             "",

@@ -67,3 +67,57 @@ def test_a_key_cannot_escape_the_markdown_block(project: Path) -> None:
     assert text_outside.count("No changes") == 0
     assert text_outside.count("</details>") == 1  # the real one
     assert not any(re.match(r"^\s*`{3,}", line) for line in inside)
+
+
+def test_a_price_tables_text_in_a_note_or_the_footer_is_escaped(project: Path) -> None:
+    """A cost note quotes the price table's source (its path and `as_of`), and the footer
+    shows it inside `<sub>`: neither may carry HTML; a note quoting a long model name is cut."""
+    write_project(project, [{"id": "a", "text": "t"}])
+    (project / "jobs" / "odd.toml").write_text(
+        f'version = 1\n[jobs.odd]\nmodel = "claude-{"x" * 5_000}"\nmax_tokens = 5\n'
+        'prompt = "hi"\nitems = [{ key = "a" }]\n',
+        encoding="utf-8",
+    )
+    (project / "jobs" / "unpriced.toml").write_text(
+        'version = 1\n[jobs.unpriced]\nmodel = "claude-haiku-9"\nmax_tokens = 5\n'
+        'prompt = "hi"\nitems = [{ key = "a" }]\n',
+        encoding="utf-8",
+    )
+    (project / "prices.toml").write_text(
+        'as_of = "2026</sub> <img src=https://evil.example/x.png> & @octocat"\n', encoding="utf-8"
+    )
+    out = (
+        CliRunner()
+        .invoke(cli, ["--prices", "prices.toml", "plan", "--no-refresh", "--markdown"])
+        .stdout
+    )
+    shown = "as of 2026&lt;/sub&gt; &lt;img src\\=https\\://evil\\.example/x\\.png&gt; &amp;"
+    assert "<img" not in out and out.count(shown) == 2  # the cost note of `unpriced`, the footer
+    assert out.count("</sub>") == 1
+    note = next(line for line in out.splitlines() if "claude\\-xxx" in line)
+    assert note.endswith("… _(cut to 1,000 characters: `batchops plan` shows the whole note)_")
+    assert "x" * 1_000 not in note
+
+
+def test_keys_of_backticks_still_fit_githubs_limit(project: Path) -> None:
+    """A backtick run in a key lengthens the block's fence; the plan still fits, and what it
+    says it left out is what is missing."""
+    keys = ["`" * 290 + f"{i:03d}" for i in range(25)]
+    write_project(project, [{"id": key, "text": "t"} for key in keys])
+    spec = ['version = 1\n[defaults]\nmodel = "claude-haiku-4-5"\nmax_tokens = 8\n']
+    spec += [
+        f'[jobs.more-{n:02d}]\nprompt = "{{{{ text }}}}"\n'
+        'input = { path = "data/rows.jsonl", key = "id" }\n'
+        for n in range(20)
+    ]
+    (project / "jobs" / "more.toml").write_text("".join(spec), encoding="utf-8")
+    out = plan("--markdown")
+    assert len(out) <= 65_536
+    lines = out.splitlines()
+    fence = "`" * 291
+    start = lines.index(fence + "diff")
+    end = lines.index(fence, start + 1)
+    left = re.search(r"comment limit: (\d+) action lines\.", out)
+    assert left is not None
+    # 21 jobs of 25 items: 20 action lines and an `… and 5 more` line each
+    assert len(lines[start + 1 : end]) + int(left.group(1)) == 21 * 21

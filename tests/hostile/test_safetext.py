@@ -66,6 +66,13 @@ def test_markdown_text_escapes_every_markup_character() -> None:
     )
 
 
+def test_markdown_text_with_entities_holds_no_angle_bracket() -> None:
+    """Inside `<sub>`, `</sub><img>` must not even appear backslash-escaped."""
+    assert markdown_text("</sub><img> &lt; *b*", entities=True) == (
+        "&lt;/sub&gt;&lt;img&gt; &amp;lt; \\*b\\*"
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "cell"),
     [
