@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anthropic
+import pytest
+from click.testing import CliRunner
+
+from batchops.cli import cli
+from batchops.emulator import EmulatorConfig, running_emulator
+from batchops.errors import BatchopsError
 
 
 def test_serve_then_a_plain_sdk_script_creates_waits_and_reads(tmp_path):
@@ -71,3 +79,41 @@ def test_serve_rejects_a_bad_fault_rate():
     )
     assert out.returncode == 1
     assert out.stderr.startswith("Error: fault_rates: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"not a database\n", "file is not a database"),
+        (None, "no such column: value"),  # SQLite, but another program's
+    ],
+    ids=["not-sqlite", "another-database"],
+)
+def test_serve_refuses_a_db_that_is_not_the_emulators_in_one_line(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    """`serve --db FILE` on such a file ended in `Error: unexpected DatabaseError`."""
+    db = tmp_path / "remote.db"
+    if content is None:
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE meta (key TEXT)")
+        conn.close()
+    else:
+        db.write_bytes(content)
+    before = db.read_bytes()
+    result = CliRunner().invoke(
+        cli, ["emulator", "serve", "--port", "0", "--db", str(db)], catch_exceptions=False
+    )
+    assert result.exit_code == 1, result.output
+    advice = "move it away or pass another"
+    assert result.stderr == f"Error: {db}: not an emulator batches file ({why}); {advice}\n"
+    assert result.stdout == ""  # no URL: nothing was served
+    if content is not None:
+        assert db.read_bytes() == before
+
+
+def test_the_emulator_refuses_a_directory_as_its_db(tmp_path: Path) -> None:
+    (tmp_path / "remote.db").mkdir()
+    with pytest.raises(BatchopsError, match="remote.db: cannot open the emulator's batches file"):
+        with running_emulator(EmulatorConfig(db_path=tmp_path / "remote.db")):
+            pass

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from batchops.errors import PlanError
 from batchops.plan import saved as planfile
 from tests.projects import apply, context, rows, run_cli, write_project
 from tests.test_apply import DAY, states, submissions
@@ -162,3 +163,97 @@ def test_show_renders_a_saved_plan_like_plan(tmp_path):
     assert json.loads(as_json.stdout)["summary"]["submit"] == 3
     markdown = run_cli(tmp_path, None, "show", path.name, "--markdown")
     assert markdown.stdout.startswith("### batchops plan")
+
+
+# -- a file of the wrong shape, its digest redone: refused naming the file and line
+
+
+def _edit_plan(**fields):
+    """Set fields of the header's plan, digest redone."""
+
+    def edit(lines):
+        header = json.loads(lines[0])
+        header["plan"].update(fields)
+        return _rewrite_digest([json.dumps(header), *lines[1:]])
+
+    return edit
+
+
+def _edit_line(index, edit_entry):
+    """Edit the object on line `index + 1` (the submit step is line 2, its requests follow)."""
+
+    def edit(lines):
+        entry = json.loads(lines[index])
+        edit_entry(entry)
+        return _rewrite_digest([*lines[:index], json.dumps(entry), *lines[index + 1 :]])
+
+    return edit
+
+
+def _first_job(edit_job):
+    def edit(header_plan):
+        edit_job(header_plan["plan"]["jobs"][0])
+
+    return _edit_line(0, edit)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (_edit_plan(job_names="demo"), "line 1: the header's plan: job_names is not a list"),
+        (_edit_plan(serial=True), "line 1: the header's plan: serial is not a count"),
+        (_edit_plan(serial=-1), "line 1: the header's plan: serial is not a count"),
+        (_edit_plan(created_at="soon"), "line 1: the header's plan: created_at is not a time"),
+        (_edit_plan(notes="drift"), "line 1: the header's plan: notes is not a list of text"),
+        (_edit_plan(jobs={"demo": 1}), "line 1: the header's plan: jobs is not a list"),
+        (_edit_plan(prices=["x"]), "line 1: the header's plan: prices is not text"),
+        (
+            _first_job(lambda job: job["counts"].pop("todo")),
+            "line 1: the header's plan: an entry of jobs: counts is not a count of each item",
+        ),
+        (
+            _edit_line(0, lambda header: header.update(plan_id=7)),
+            "line 1: the header: plan_id is not text",
+        ),
+        (
+            _edit_line(1, lambda line: line["step"].update(job=["demo"])),
+            "line 2: the submit step: job is not text",
+        ),
+        (
+            _edit_line(1, lambda line: line["step"].update(betas="abc")),
+            "line 2: the submit step: betas is not a list of text",
+        ),
+        (
+            _edit_line(1, lambda line: line["step"].update(requests="3")),
+            "line 2: the submit step: requests is not a count",
+        ),
+        (_edit_line(1, lambda line: line.update(step=[])), "line 2: not a plan step"),
+        (_edit_line(2, lambda line: line.update(reason=1)), "line 3: bad reason"),
+        (_edit_line(2, lambda line: line.update(attempt=True)), "line 3: bad attempt number"),
+    ],
+    ids=[
+        "job_names-a-string",
+        "serial-a-bool",
+        "serial-negative",
+        "created_at",
+        "notes-a-string",
+        "jobs-an-object",
+        "prices-a-list",
+        "counts-short",
+        "plan_id-a-number",
+        "job-a-list",
+        "betas-a-string",
+        "requests-a-string",
+        "step-a-list",
+        "reason-a-number",
+        "attempt-a-bool",
+    ],
+)
+def test_a_saved_plan_of_the_wrong_shape_is_one_error_naming_it(tmp_path, tamper, expected):
+    """The digest proves a file whole, not that batchops wrote it: each of these ended in an
+    AttributeError, TypeError or ValueError, or (job_names) was read letter by letter."""
+    path = _saved(tmp_path)
+    path.write_text("".join(line + "\n" for line in tamper(_lines(path))))
+    with pytest.raises(PlanError) as refused:
+        context(tmp_path, None).load_plan(path)
+    assert str(refused.value).startswith(f"{path}: {expected}"), refused.value

@@ -61,10 +61,21 @@ def _server(config: EmulatorConfig, log_level: str) -> tuple[uvicorn.Server, Cal
     return server, emu.store.close
 
 
+def _server_on(
+    sock: socket.socket, config: EmulatorConfig, log_level: str
+) -> tuple[uvicorn.Server, Callable[[], None]]:
+    """`_server`, closing the bound socket if the server cannot be made (an unusable --db)."""
+    try:
+        return _server(config, log_level)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def serve(config: EmulatorConfig, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until interrupted; `on_ready` receives the base URL once the port is bound."""
     sock = _bind(config.host, config.port)
-    server, close = _server(config, "warning")
+    server, close = _server_on(sock, config, "warning")
     if on_ready is not None:
         on_ready(_url(sock, config.host))
     try:
@@ -79,7 +90,7 @@ def running_emulator(config: EmulatorConfig | None = None) -> Iterator[str]:
     """Run an emulator in a background thread; yields its base URL, e.g. http://127.0.0.1:54321."""
     config = config or EmulatorConfig()
     sock = _bind(config.host, config.port)
-    server, close = _server(config, "error")
+    server, close = _server_on(sock, config, "error")
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="batchops-emulator", daemon=True
     )

@@ -25,6 +25,7 @@ from batchops.emulator.clock import Clock, random_id
 from batchops.emulator.config import RuntimeSettings
 from batchops.emulator.faults import Outcome, marker_outcome, rate_outcome
 from batchops.emulator.responses import FAULT_MESSAGES, cache_prefix, validation_error
+from batchops.errors import BatchopsError
 
 DAY = 86_400.0
 EXPIRY = 1 * DAY
@@ -139,16 +140,30 @@ class Store:
         """`markers` False makes `[[emulator:…]]` markers plain text (faults off)."""
         self.markers = markers
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            str(db_path) if db_path else ":memory:", check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL" if db_path else "PRAGMA journal_mode=MEMORY")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.executescript(SCHEMA)
         self.clock = clock
-        row = self._db.execute("SELECT value FROM meta WHERE key='clock_offset'").fetchone()
-        if row:
-            clock.offset = float(row[0])
+        try:
+            self._db = sqlite3.connect(
+                str(db_path) if db_path else ":memory:",
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        except sqlite3.DatabaseError as exc:  # a directory, or a place it cannot create a file
+            raise BatchopsError(
+                f"{db_path}: cannot open the emulator's batches file ({exc})"
+            ) from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL" if db_path else "PRAGMA journal_mode=MEMORY")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.executescript(SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='clock_offset'").fetchone()
+            if row:
+                clock.offset = float(row[0])
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            # not SQLite, or not the emulator's: SQLite only finds out on the first statement
+            self._db.close()
+            raise BatchopsError(
+                f"{db_path}: not an emulator batches file ({exc}); move it away or pass another"
+            ) from None
 
     def close(self) -> None:
         with self._lock:

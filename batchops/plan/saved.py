@@ -12,9 +12,10 @@ The request lines are copied from those the plan's own render kept (`spec.spool`
 reason and attempt put after its params; a job rendered elsewhere (rows cache, worker processes)
 is rendered again by the fast producer, and each request checked against the plan.
 
-Loading verifies more than the digest (which anyone can recompute): every request must be exactly
-one that the specs render now (same job, key, custom_id and fingerprint of its params), so an
-edited, added or removed request is refused before any network call. The API key is never written.
+Loading verifies more than the digest (which anyone can recompute): every field read has the type
+batchops writes (`_Fields`), and every request must be exactly one that the specs render now (same
+job, key, custom_id and fingerprint of its params), so a damaged file, or an edited, added or
+removed request, is refused before any network call. The API key is never written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import repeat
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -36,6 +38,7 @@ import orjson
 from batchops.clock import parse_time
 from batchops.errors import PlanError
 from batchops.plan.actions import (
+    ITEM_STATES,
     Cancel,
     FailedItem,
     Forget,
@@ -375,10 +378,11 @@ def saved_requests(saved: SavedPlan, index: int) -> list[tuple[SubmitItem, dict[
         fh.seek(saved.offsets[index])
         for wanted in step.items:
             line = orjson.loads(fh.readline())
-            params = line["params"]
+            params = line.get("params") if isinstance(line, dict) else None
             if (
-                line["key"] != wanted.key
-                or line["custom_id"] != wanted.custom_id
+                not isinstance(params, dict)
+                or line.get("key") != wanted.key
+                or line.get("custom_id") != wanted.custom_id
                 or fingerprint(params, step.betas) != wanted.fingerprint
             ):
                 raise PlanError(f"{saved.path}: changed while it was being applied")
@@ -399,14 +403,17 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
     header = _json(lines[0], path, 1)
     if not isinstance(header, dict) or header.get("kind") != MAGIC:
         raise PlanError(f"{path}: not a batchops plan file")
-    shape = header.get("plan") or {}
-    if shape.get("format_version") != 2:
+    shape = _Fields(header.get("plan"), f"{path}: line 1", "the header's plan")
+    if shape.entry.get("format_version") != 2:
         raise PlanError(
-            f"{path}: plan format {shape.get('format_version')!r} is not 2; make a new plan"
+            f"{path}: plan format {shape.entry.get('format_version')!r} is not 2; make a new plan"
         )
     _check_digest(data, lines, path)
-    desired: Desired = desired_for(shape.get("job_names"))
-    if shape.get("spec_digest") != desired.spec_digest:
+    plan_id = _Fields(header, f"{path}: line 1", "the header").text("plan_id")
+    job_names = shape.texts_or_none("job_names")
+    shape.text_or_none("prices")  # shown by `show` as it is
+    desired: Desired = desired_for(list(job_names) if job_names is not None else None)
+    if shape.text("spec_digest") != desired.spec_digest:
         raise PlanError(f"{path}: specs changed since the plan was made; make a new plan")
     by_key = {(j.name, i.key): i for j in desired.jobs for i in j.items}
     steps: list[Step] = []
@@ -418,7 +425,8 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
     while index < len(body):
         raw = body[index]
         n += 1
-        entry = _json(raw, path, n).get("step") if raw else None
+        line = _json(raw, path, n) if raw else None
+        entry = line.get("step") if isinstance(line, dict) else None
         position += len(raw) + 1
         index += 1
         if not isinstance(entry, dict):
@@ -427,7 +435,9 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
         if isinstance(step, SubmitBatch):
             offsets[len(steps)] = position
             items = []
-            for _ in range(int(entry.get("requests", 0))):
+            for _ in range(
+                _Fields(entry, f"{path}: line {n}", "the submit step").count("requests")
+            ):
                 if index >= len(body):
                     raise PlanError(f"{path}: ends inside a submit step")
                 raw = body[index]
@@ -438,7 +448,69 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
             step = SubmitBatch(step.job, step.betas, tuple(items), step.request_bytes)
         steps.append(step)
     plan = _plan(shape, steps, desired)
-    return SavedPlan(path, str(header.get("plan_id")), plan, header, offsets)
+    return SavedPlan(path, plan_id, plan, header, offsets)
+
+
+class _Fields:
+    """The fields of one JSON object of a plan file, each checked for the type batchops writes as
+    it is read. The digest proves a file whole, not that batchops wrote it: a field of the wrong
+    type is refused with the file and line named, never read letter by letter or met later as an
+    AttributeError."""
+
+    def __init__(self, entry: Any, where: str, what: str):
+        if not isinstance(entry, dict):
+            raise PlanError(f"{where}: {what} is not an object: the file is damaged")
+        self.entry: dict[str, Any] = entry
+        self.where = where
+        self.what = what
+
+    def damaged(self, name: str, kind: str) -> PlanError:
+        return PlanError(f"{self.where}: {self.what}: {name} is not {kind}: the file is damaged")
+
+    def _get(self, name: str, fits: Callable[[Any], bool], kind: str, optional: bool) -> Any:
+        value = self.entry.get(name)
+        if fits(value) or (optional and value is None):
+            return value
+        raise self.damaged(name, kind)
+
+    def text(self, name: str) -> str:
+        return self._get(name, _is_text, "text", False)
+
+    def text_or_none(self, name: str) -> str | None:
+        return self._get(name, _is_text, "text", True)
+
+    def count(self, name: str) -> int:
+        """An int of 0 or more, never a bool."""
+        return self._get(name, _is_count, "a count", False)
+
+    def count_or_none(self, name: str) -> int | None:
+        return self._get(name, _is_count, "a count", True)
+
+    def texts(self, name: str) -> tuple[str, ...]:
+        return tuple(self._get(name, _is_texts, "a list of text", False))
+
+    def texts_or_none(self, name: str) -> tuple[str, ...] | None:
+        value = self._get(name, _is_texts, "a list of text", True)
+        return None if value is None else tuple(value)
+
+    def objects(self, name: str) -> list[_Fields]:
+        """A list of objects, each a _Fields."""
+        value = self.entry.get(name)
+        if not isinstance(value, list):
+            raise self.damaged(name, "a list")
+        return [_Fields(v, self.where, f"{self.what}: an entry of {name}") for v in value]
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _json(raw: bytes, path: Path, n: int) -> Any:
@@ -467,55 +539,48 @@ def _step(
     by_key: dict[tuple[str, str], DesiredItem] | None = None,
 ) -> Step:
     kind = entry.get("action")
-    try:
-        if kind == "reuse":
-            return _reuse_step(entry, path, n, by_key or {})
-        if kind == "submit":
-            return SubmitBatch(entry["job"], tuple(entry["betas"]), (), int(entry["request_bytes"]))
-        if kind == "adopt":
-            return ResolveIntent(
-                entry["intent_id"], entry["job"], int(entry["request_count"]), entry["reason"]
-            )
-        if kind == "move":
-            return Move(str(entry["from_job"]), str(entry["job"]), str(entry["reason"]))
-        if kind == "harvest":
-            return Harvest(entry["batch_id"], entry["job"], entry["reason"])
-        if kind == "requeue":
-            return Requeue(
-                entry["batch_id"],
-                entry["job"],
-                entry["reason"],
-                int(entry["items"]),
-                entry["drift"],
-            )
-        if kind == "forget":
-            return Forget(entry["job"], tuple(entry["keys"]), tuple(entry["remembered"]))
-        if kind == "cancel":
-            return Cancel(entry["batch_id"], entry["job"], entry["reason"])
-        if kind == "prune":
-            return Prune(entry["batch_id"], entry["job"], entry["reason"])
-    except (KeyError, TypeError, ValueError):
-        raise PlanError(f"{path}: line {n}: a {kind} step is missing a field") from None
+    if not isinstance(kind, str):
+        raise PlanError(f"{path}: line {n}: unknown step {kind!r}")
+    f = _Fields(entry, f"{path}: line {n}", f"the {kind} step")
+    if kind == "reuse":
+        return _reuse_step(f, by_key or {})
+    if kind == "submit":
+        return SubmitBatch(f.text("job"), f.texts("betas"), (), f.count("request_bytes"))
+    if kind == "adopt":
+        return ResolveIntent(
+            f.text("intent_id"), f.text("job"), f.count("request_count"), f.text("reason")
+        )
+    if kind == "move":
+        return Move(f.text("from_job"), f.text("job"), f.text("reason"))
+    if kind == "harvest":
+        return Harvest(f.text("batch_id"), f.text("job"), f.text("reason"))
+    if kind == "requeue":
+        return Requeue(
+            f.text("batch_id"), f.text("job"), f.text("reason"), f.count("items"), f.text("drift")
+        )
+    if kind == "forget":
+        return Forget(f.text("job"), f.texts("keys"), f.texts("remembered"))
+    if kind == "cancel":
+        return Cancel(f.text("batch_id"), f.text("job"), f.text("reason"))
+    if kind == "prune":
+        return Prune(f.text("batch_id"), f.text("job"), f.text("reason"))
     raise PlanError(f"{path}: line {n}: unknown step {kind!r}")
 
 
-def _reuse_step(
-    entry: dict[str, Any], path: Path, n: int, by_key: dict[tuple[str, str], DesiredItem]
-) -> Reuse:
+def _reuse_step(step: _Fields, by_key: dict[tuple[str, str], DesiredItem]) -> Reuse:
     """A reuse step, if each of its items is exactly one the specs render now."""
-    job = entry["job"]
+    job = step.text("job")
     items = []
-    for raw in entry["items"]:
-        key, result_id = raw["key"], raw["result_id"]
-        wanted = by_key.get((job, key)) if isinstance(key, str) else None
+    for raw in step.objects("items"):
+        key, custom_id, result_id = raw.text("key"), raw.text("custom_id"), raw.count("result_id")
+        wanted = by_key.get((job, key))
         if (
             wanted is None
-            or wanted.custom_id != raw["custom_id"]
-            or wanted.fingerprint != raw["fingerprint"]
-            or not isinstance(result_id, int)
+            or wanted.custom_id != custom_id
+            or wanted.fingerprint != raw.text("fingerprint")
         ):
             raise PlanError(
-                f"{path}: line {n}: reuse of {raw.get('custom_id')!r} is not for an item of job "
+                f"{step.where}: reuse of {custom_id!r} is not for an item of job "
                 f"{job} as the specs render it now; refusing the plan"
             )
         saved = wanted.estimate.expected if wanted.estimate is not None else wanted.cost_usd
@@ -557,16 +622,19 @@ def _verified(
             f"{step.job} item {key} (it was edited, or the specs changed); refusing the plan"
         )
     attempt = line.get("attempt")
-    if not isinstance(attempt, int) or attempt < 1:
+    if not _is_count(attempt) or attempt < 1:
         raise PlanError(f"{path}: line {n}: bad attempt number")
+    reason = line.get("reason")
+    if not isinstance(reason, str):
+        raise PlanError(f"{path}: line {n}: bad reason")
     size = request_size_of(custom_id, line["params"])
     return SubmitItem(
-        step.job, key, custom_id, wanted.fingerprint, str(line.get("reason")), attempt,
+        step.job, key, custom_id, wanted.fingerprint, reason, attempt,
         wanted.cost_usd, size, estimate=wanted.estimate,
     )  # fmt: skip
 
 
-def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
+def _plan(shape: _Fields, steps: list[Step], desired: Desired) -> Plan:
     """The plan object: steps as verified, costs recomputed from the specs (never from the file)."""
     budgets = {j.name: j.budget_usd for j in desired.jobs}
     notes = {j.name: j.cost_note for j in desired.jobs}
@@ -580,13 +648,18 @@ def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
             reused.setdefault(step.job, []).extend(step.items)
     by_key = {(j.name, i.key): i for j in desired.jobs for i in j.items}
     jobs = []
-    for entry in shape.get("jobs") or []:
-        name = entry["name"]
+    for entry in shape.objects("jobs"):
+        name = entry.text("name")
         sent = [i for b in batches.get(name, []) for i in b.items]
         waiting = []  # fan-outs: informational, no step (they reuse a later harvest)
-        for a in entry.get("actions") or []:
-            wanted = by_key.get((name, a.get("key")))
-            if a.get("action") == "reuse" and a.get("result_id") is None and wanted is not None:
+        forgets = []
+        for a in entry.objects("actions"):
+            action = a.text("action")
+            if action == "forget":
+                forgets.append(ForgetItem(name, a.text("key"), a.text("reason")))
+                continue
+            wanted = by_key.get((name, a.text("key")))
+            if action == "reuse" and a.count_or_none("result_id") is None and wanted:
                 saved = wanted.estimate.expected if wanted.estimate else wanted.cost_usd
                 waiting.append(
                     ReuseItem(
@@ -595,23 +668,21 @@ def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
                         wanted.custom_id,
                         wanted.fingerprint,
                         None,
-                        str(a.get("reason")),
+                        a.text("reason"),
                         saved,
                     )  # fmt: skip
                 )
         reuses = [*reused.get(name, []), *waiting]
-        forgets = tuple(
-            ForgetItem(name, a["key"], a["reason"])
-            for a in entry.get("actions") or []
-            if a.get("action") == "forget"
-        )
         expected, high = job_costs(batches.get(name, []))
         jobs.append(
             JobPlan(
                 name,
-                dict(entry["counts"]),
+                _counts(entry),
                 (*sent, *reuses, *forgets),
-                tuple(FailedItem(f["key"], f["error_type"], f["message"]) for f in entry["failed"]),
+                tuple(
+                    FailedItem(f.text("key"), f.text_or_none("error_type"), f.text("message"))
+                    for f in entry.objects("failed")
+                ),
                 round(high, 6),
                 budgets.get(name),
                 notes.get(name),
@@ -621,15 +692,36 @@ def _plan(shape: dict[str, Any], steps: list[Step], desired: Desired) -> Plan:
                 bases.get(name),
             )
         )
-    job_names = shape.get("job_names")
     return Plan(
-        parse_time(shape.get("created_at")),  # type: ignore[arg-type]
-        shape.get("lineage"),
-        int(shape.get("serial") or 0),
-        str(shape.get("spec_digest") or ""),
+        _created_at(shape),
+        shape.text_or_none("lineage"),
+        shape.count("serial"),
+        shape.text("spec_digest"),
         tuple(jobs),
         tuple(steps),
-        notes=tuple(shape.get("notes") or ()),
-        offline_note=shape.get("offline_note"),
-        job_names=tuple(job_names) if job_names is not None else None,
+        notes=shape.texts("notes"),
+        offline_note=shape.text_or_none("offline_note"),
+        job_names=shape.texts_or_none("job_names"),
     )
+
+
+def _counts(job: _Fields) -> dict[str, int]:
+    """A job's item counts: one for each item state, as the views read them."""
+    counts = job.entry.get("counts")
+    if (
+        not isinstance(counts, dict)
+        or sorted(counts) != sorted(ITEM_STATES)
+        or not all(_is_count(v) for v in counts.values())
+    ):
+        raise job.damaged("counts", "a count of each item state")
+    return dict(counts)
+
+
+def _created_at(shape: _Fields) -> datetime:
+    try:
+        created = parse_time(shape.text("created_at"))
+    except ValueError:
+        created = None
+    if created is None or created.tzinfo is None:
+        raise shape.damaged("created_at", "a time")
+    return created
