@@ -18,8 +18,6 @@ harvest, worker path and in-process path, both backends; each test failed before
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +26,11 @@ import pytest
 
 from batchops.apply import harvest
 from batchops.apply.evaluator import Evaluator
-from batchops.remote.client import _parse_blocks
 from batchops.state import open_writer
 from tests.test_harvest_store import NOW, send
+from tests.test_harvest_worker import Replayed
 
 BATCH = "msgbatch_1"
-
-
-class Replayed:
-    """The API client's results, replayed from bytes."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    @contextlib.contextmanager
-    def results(self, batch_id: str) -> Iterator[Iterator]:
-        with self.result_blocks(batch_id) as blocks:
-            yield _parse_blocks(blocks, f"read results of batch {batch_id}")
-
-    @contextlib.contextmanager
-    def result_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
-        yield iter([self.data[i : i + 4096] for i in range(0, len(self.data), 4096)])
 
 
 def _succeeded(**fields: Any) -> dict:
