@@ -5,6 +5,7 @@ Found by a review of the team state; each test failed before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -85,10 +86,14 @@ def test_a_plan_saved_while_a_teammate_applies_never_sends_an_item_again(
     assert set(submissions.values()) == {1}, submissions
 
 
-def _apply_blocked_in_a_write(tmp_path: Path, emulator: str, pg_dsn: str):
+@contextlib.contextmanager
+def _apply_blocked_in_a_write(
+    tmp_path: Path, emulator: str, pg_dsn: str
+) -> Iterator[tuple[subprocess.Popen, psycopg.Connection, int]]:
     """An apply whose first write waits on the server (a row of `meta` held by another
     transaction: what a long COPY, a busy server or a slow settle looks like from the client),
-    holding its lease. Returns (process, the blocking connection, the waiting backend's pid)."""
+    holding its lease. Yields (process, the blocking connection, the waiting backend's pid);
+    on leaving, the blocking connection is closed and the process, if still running, killed."""
     write_project(tmp_path, rows(2))
     open_writer(pg_dsn, "test").close()  # the schema and the meta rows
     blocker = psycopg.connect(pg_dsn)
@@ -116,8 +121,14 @@ def _apply_blocked_in_a_write(tmp_path: Path, emulator: str, pg_dsn: str):
             blocker.close()
             raise AssertionError(f"the apply never waited on the server: {proc.communicate()}")
         time.sleep(0.05)
-    assert statedb.rows(pg_dsn, "select count(*) from leases") == [(1,)]
-    return proc, blocker, waiting[0][0]
+    try:
+        assert statedb.rows(pg_dsn, "select count(*) from leases") == [(1,)]
+        yield proc, blocker, waiting[0][0]
+    finally:
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_sigterm_while_a_postgres_statement_waits_releases_the_lease(
@@ -128,17 +139,11 @@ def test_sigterm_while_a_postgres_statement_waits_releases_the_lease(
     connection busy: the rollback and the lease's release both fail ("another command is
     already in progress", printed as psycopg warnings), and the lease stays behind, blocking
     the job for a runner on another host until it expires."""
-    proc, blocker, _ = _apply_blocked_in_a_write(tmp_path, emulator, pg_dsn)
-    try:
+    with _apply_blocked_in_a_write(tmp_path, emulator, pg_dsn) as (proc, blocker, _):
         proc.send_signal(signal.SIGTERM)
         time.sleep(1)
         blocker.rollback()  # the statement may finish now, if the fix is to let it
         out, err = proc.communicate(timeout=30)
-    finally:
-        blocker.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 143, err
     assert statedb.rows(pg_dsn, "select lock_id, pid from leases") == []
     assert "another command is already in progress" not in err
@@ -151,15 +156,9 @@ def test_a_dropped_state_connection_mid_apply_is_one_error_line_naming_the_state
     """A restarted server or a dropped connection mid-apply is an expected failure of a shared
     state (like "cannot connect to PostgreSQL"), not "Error: unexpected AdminShutdown: ... (a
     bug in batchops, or a damaged state file ...)" with the server's CONTEXT lines folded in."""
-    proc, blocker, pid = _apply_blocked_in_a_write(tmp_path, emulator, pg_dsn)
-    try:
+    with _apply_blocked_in_a_write(tmp_path, emulator, pg_dsn) as (proc, _, pid):
         statedb.rows(pg_dsn, "select pg_terminate_backend(?)", [pid])
         out, err = proc.communicate(timeout=30)
-    finally:
-        blocker.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 1, err
     assert len(err.splitlines()) == 1 and err.startswith("Error: "), err
     assert "a bug in batchops" not in err and "unexpected" not in err, err
