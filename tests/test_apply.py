@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -414,6 +418,14 @@ def test_force_unlock_needs_the_lock_id(tmp_path):
     store = StateStore.open(state)
     held, store.held = store.held, None  # left behind, as by a process that died holding it
     store.close()
+    # ... and that process is gone: a live holder on this host is refused without --force
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    held = dataclasses.replace(held, pid=int(gone.stdout))
+    with sqlite3.connect(state) as conn:
+        conn.execute("update leases set pid = ? where lock_id = ?", [held.pid, held.lock_id])
+    conn.close()
     runner = CliRunner()
     wrong = runner.invoke(cli, ["--state", str(state), "force-unlock", "nope"])
     assert wrong.exit_code == 1

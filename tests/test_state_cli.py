@@ -215,7 +215,7 @@ def test_no_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_rm_job(project: Path) -> None:
     lineage, serial = meta(project)
-    result = run("state", "rm", "demo", "--yes")
+    result = run("state", "rm", "demo", "--yes", "--force")
     assert result.exit_code == 0, result.stderr
     assert result.output == (
         "Backed up the state to state/batchops.db.backup-20260310T120000Z.\n"
@@ -238,7 +238,7 @@ def test_rm_job(project: Path) -> None:
 
 
 def test_rm_batch(project: Path) -> None:
-    result = run("state", "rm", "msgbatch_live", "--yes")
+    result = run("state", "rm", "msgbatch_live", "--yes", "--force")
     assert result.exit_code == 0, result.stderr
     assert result.output == (
         "Backed up the state to state/batchops.db.backup-20260310T120000Z.\n"
@@ -258,6 +258,25 @@ def test_rm_batch(project: Path) -> None:
     )
 
 
+def test_rm_refuses_a_batch_still_running_remotely_unless_forced(project: Path) -> None:
+    """Forgetting a batch the API may still be running sends its items again while it runs
+    (paid twice) and leaves its results unharvested: refused, nothing written, unless --force."""
+    before = (project / "state" / "batchops.db").read_bytes()
+    tail = (
+        " still running remotely, as the state last saw it: forgotten, its items would be sent "
+        "again by the next apply while it runs (paid twice) and its results never harvested; let "
+        "apply finish it (or remove the job from its spec and apply, which cancels it), or pass "
+        "--force to forget it anyway\n"
+    )
+    for target, what in (
+        ("msgbatch_live", "batch msgbatch_live is"),
+        ("demo", "job demo has batch msgbatch_live"),
+    ):
+        result = run("state", "rm", target, "--yes")
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {what}{tail}")
+    assert (project / "state" / "batchops.db").read_bytes() == before
+
+
 def test_rm_refuses_without_yes_when_not_a_terminal(project: Path) -> None:
     before = (project / "state" / "batchops.db").read_bytes()
     result = run("state", "rm", "demo")
@@ -274,7 +293,7 @@ def test_rm_asks_on_a_terminal(
     project: Path, monkeypatch: pytest.MonkeyPatch, answer: str, removed: bool
 ) -> None:
     monkeypatch.setattr(batchops.cli.surgery, "_interactive", lambda: True)
-    result = run("state", "rm", "msgbatch_live", input=answer)
+    result = run("state", "rm", "msgbatch_live", "--force", input=answer)
     question = (
         "This forgets batch msgbatch_live: 1 unfinished attempts become lost and 1 items are "
         "sent again by the next apply; stored results stay. Nothing remote is touched.\n"
@@ -291,7 +310,7 @@ def test_rm_refuses_while_locked(project: Path) -> None:
     store = StateStore.open(project / "state" / "batchops.db")
     lock = store.held
     try:
-        result = run("state", "rm", "demo", "--yes")
+        result = run("state", "rm", "demo", "--yes", "--force")
     finally:
         store.release_lock(lock.lock_id)
         store.close()

@@ -335,7 +335,7 @@ def test_state_rm_on_postgres_names_no_backup_file(
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
         cli,
-        ["--state", pg_dsn, "state", "rm", "msgbatch_live", "--yes"],
+        ["--state", pg_dsn, "state", "rm", "msgbatch_live", "--yes", "--force"],
         obj={"clock": lambda: NOW},
     )
     assert (result.exit_code, result.output) == (

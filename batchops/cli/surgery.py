@@ -99,14 +99,19 @@ def _interactive() -> bool:
 def state_migrate(ctx: click.Context) -> None:
     """Upgrade a state written by an older batchops (under the lock)."""
     _context(ctx).migrate()
-    click.echo(f"State {ctx.obj['settings'].state_path} is up to date.")
+    click.echo(f"State {ctx.obj['settings'].shown_state} is up to date.")
 
 
 @state_group.command("rm")
 @click.argument("target", metavar="JOB|BATCH_ID")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Forget a batch still running remotely too (its items are sent again, paid twice).",
+)
 @click.pass_context
-def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
+def state_rm(ctx: click.Context, target: str, yes: bool, force: bool) -> None:
     """Forget a job or a batch (a backup of the state file is made first)."""
     from batchops.commands.surgery import preview_rm
     from batchops.commands.surgery import state_rm as remove
@@ -115,7 +120,7 @@ def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
     if not yes:
         if not _interactive():
             raise BatchopsError("state rm needs --yes when standard input is not a terminal")
-        preview = preview_rm(context, target)
+        preview = preview_rm(context, target, force=force)
         click.echo(
             f"This forgets {preview.kind} {target}: {_removal_text(preview.rows)}. "
             "Nothing remote is touched."
@@ -123,7 +128,7 @@ def state_rm(ctx: click.Context, target: str, yes: bool) -> None:
         if not click.confirm("Remove it from the state?", default=False):
             click.echo("Nothing removed.")
             ctx.exit(1)
-    removal = remove(context, target)
+    removal = remove(context, target, force=force)
     if removal.backup_path is not None:  # a PostgreSQL state is backed up by its own means
         click.echo(f"Backed up the state to {removal.backup_path}.")
     click.echo(
@@ -202,7 +207,7 @@ def state_recover(ctx: click.Context, yes: bool) -> None:
         check_empty(context)
         click.echo(
             "This lists every batch on the API and records into the empty state "
-            f"{context.settings.state_path} each one whose custom_ids prove it a request of the "
+            f"{context.settings.shown_state} each one whose custom_ids prove it a request of the "
             "specs, with its results. Nothing remote is changed."
         )
         if not click.confirm("Recover?", default=False):
@@ -238,8 +243,14 @@ def import_(ctx: click.Context, job: str, batch_id: str) -> None:
 
 @cli.command("force-unlock")
 @click.argument("lock_id")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Remove it even while its holder still runs on this host.",
+)
 @click.pass_context
-def force_unlock(ctx: click.Context, lock_id: str) -> None:
-    """Remove a stale state lock. Only when no apply is running."""
-    held = _context(ctx).force_unlock(lock_id)
+def force_unlock(ctx: click.Context, lock_id: str, force: bool) -> None:
+    """Remove a stale state lock. Only when no apply is running: a holder still running on
+    this host is refused unless --force."""
+    held = _context(ctx).force_unlock(lock_id, force=force)
     click.echo(f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, since {held.since}).")

@@ -38,6 +38,7 @@ class Settings:
     jobs_path: Path = Path("jobs")
     state_path: Path | str = Path("state/batchops.db")  # a file, or a postgresql:// URL
     prices_file: Path | None = None
+    prices_root: Path | None = None  # batchops.toml named prices_file: it must lie inside this
     root: Path | None = None
     base_url: str | None = None  # None: the SDK's own default (ANTHROPIC_BASE_URL or the real API)
     api_key: str | None = None  # None: the SDK's own default (ANTHROPIC_API_KEY); never stored
@@ -53,6 +54,13 @@ class Settings:
             or os.environ.get("ANTHROPIC_API_KEY")
             or os.environ.get("ANTHROPIC_AUTH_TOKEN")
         )
+
+    @property
+    def shown_state(self) -> str:
+        """The state's location for messages and output: a PostgreSQL URL without its password."""
+        from batchops.state import shown
+
+        return shown(self.state_path)
 
     @property
     def limits(self) -> BatchLimits:
@@ -112,7 +120,7 @@ class Context:
     def prices(self) -> PriceTable:
         if self._prices is None:
             user = self.settings.prices_file or os.environ.get("BATCHOPS_PRICES")
-            self._prices = PriceTable.load(Path(user) if user else None)
+            self._prices = PriceTable.load(Path(user) if user else None, self.settings.prices_root)
         return self._prices
 
     def project(self) -> Project:
@@ -418,30 +426,39 @@ class Context:
         finally:
             client.close()
 
-    def force_unlock(self, lock_id: str) -> LockInfo:
-        """Remove the lock `lock_id` (after making sure no apply holds it)."""
+    def force_unlock(self, lock_id: str, *, force: bool = False) -> LockInfo:
+        """Remove the lock `lock_id`; refused while its holder provably runs on this host,
+        unless `force` (a live apply would go on writing beside the next one)."""
         if not state_exists(self.settings.state_path):
-            raise StateError(f"{self.settings.state_path}: no state file")
+            raise StateError(f"{self.settings.shown_state}: no state file")
         reader = self.reader()
         try:
             held = reader.leases()
         finally:
             reader.close()
         if not held:
-            raise StateError(f"{self.settings.state_path}: state is not locked")
+            raise StateError(f"{self.settings.shown_state}: state is not locked")
         if all(lease.lock_id != lock_id for lease in held):
             raise StateError(
-                f"{self.settings.state_path}: lock id {lock_id!r} does not match the lock "
+                f"{self.settings.shown_state}: lock id {lock_id!r} does not match the lock "
                 f"held ({held[0].describe()})"
             )
         from batchops.state import force_unlock
+        from batchops.state.leases import holder_alive
 
+        lease = next(lease for lease in held if lease.lock_id == lock_id)
+        if not force and holder_alive(lease):
+            raise StateError(
+                f"{self.settings.shown_state}: lock {lock_id} is held by process {lease.pid} "
+                f"({lease.command}), which is still running on this host; stop it first (its "
+                "lease is released when it ends), or pass --force to remove the lock anyway"
+            )
         return force_unlock(self.settings.state_path, lock_id)
 
     def migrate(self) -> None:
         """Upgrade the state's schema (under the lock)."""
         if not state_exists(self.settings.state_path):
-            raise StateError(f"{self.settings.state_path}: no state file")
+            raise StateError(f"{self.settings.shown_state}: no state file")
         open_writer(self.settings.state_path, "state migrate").close()
 
     def refresh(self, progress: Progress | None = None) -> ApplyReport:

@@ -8,6 +8,7 @@ of these files exists already, nothing at all is written and each one is named.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from batchops.errors import BatchopsError
@@ -95,19 +96,41 @@ def scaffold() -> dict[str, str]:
 
 
 def init_project(folder: Path) -> list[Path]:
-    """Write the scaffold into `folder`; refuses, writing nothing, if any file is there already."""
+    """Write the scaffold into `folder`; refuses, writing nothing, if any file is there already
+    or a file stands where a folder goes, and removes what it wrote if a write fails."""
     folder = Path(folder)
     files = scaffold()
-    existing = [name for name in files if (folder / name).exists() or (folder / name).is_symlink()]
-    if existing:
+    targets = [folder / name for name in files]
+    problems = [
+        f"{path}: already exists; init overwrites nothing"
+        for path in targets
+        if path.exists() or path.is_symlink()
+    ]
+    in_the_way = {p for path in targets for p in path.parents if p.exists() and not p.is_dir()}
+    problems += [
+        f"{p}: exists and is not a folder; init writes nothing" for p in sorted(in_the_way)
+    ]
+    if problems:
+        raise BatchopsError(*problems)
+    written: list[Path] = []
+    made: list[Path] = []  # folders this init made, outermost first
+    try:
+        for path, content in zip(targets, files.values(), strict=True):
+            missing = [p for p in reversed(path.parents) if not p.exists()]
+            for parent in missing:
+                parent.mkdir()
+                made.append(parent)
+            with open(path, "x", encoding="utf-8") as f:  # "x": never over a file made meanwhile
+                written.append(path)
+                f.write(content)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        where = exc.filename or folder
         raise BatchopsError(
-            *(f"{folder / name}: already exists; init overwrites nothing" for name in existing)
-        )
-    written = []
-    for name, content in files.items():
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "x", encoding="utf-8") as f:  # "x": never over a file made meanwhile
-            f.write(content)
-        written.append(path)
+            f"{where}: cannot write ({exc.strerror or exc}); init wrote nothing"
+        ) from None
     return written

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from batchops.apply.evaluator import Evaluator, NullProgress
 from batchops.apply.refresh import as_record
 from batchops.commands.context import Context
-from batchops.commands.transfer import shown
 from batchops.errors import RemoteError, StateError
 from batchops.plan.actions import SubmitItem
 from batchops.remote import BatchesClient, RemoteBatch
 from batchops.spec.desired import DesiredItem
-from batchops.state import open_writer
+from batchops.state import open_writer, shown
 from batchops.state.api import StateWriter
 
 

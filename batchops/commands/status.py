@@ -197,7 +197,7 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
         batches = [b for b in reader.batches() if b.job in scope]
         return Status(
             created_at=now,
-            state_path=str(context.settings.state_path),
+            state_path=context.settings.shown_state,
             lineage=reader.lineage,
             serial=reader.serial,
             jobs=tuple(jobs),
@@ -265,14 +265,17 @@ def _in_flight(batches: list[BatchRecord], now: datetime) -> list[InFlightBatch]
 
 
 def _next_expiry(batches: list[BatchRecord], now: datetime) -> ResultExpiry | None:
-    """The harvested, not yet pruned batch whose remote results expire first."""
+    """The harvested, not yet pruned batch whose remote results expire first (of those not
+    expired already: an archived batch's, or one past its time, are gone)."""
     candidates = [
         (b.results_expire_at, b.id, b.job)
         for b in batches
         if b.harvested_at is not None
         and b.pruned_at is None
+        and b.archived_at is None
         and b.drift not in ("deleted", "results-lost")
         and b.results_expire_at is not None
+        and b.results_expire_at > now
     ]
     if not candidates:
         return None

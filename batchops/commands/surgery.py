@@ -159,7 +159,7 @@ def _entry(b: BatchRecord) -> BatchEntry:
 def _reader(context: Context) -> StateReader:
     if not state_exists(context.settings.state_path):
         raise StateError(
-            f"{context.settings.state_path}: no state file (nothing has been applied yet)"
+            f"{context.settings.shown_state}: no state file (nothing has been applied yet)"
         )
     return context.reader()
 
@@ -169,7 +169,7 @@ def state_list(context: Context) -> StateListing:
     reader = _reader(context)
     try:
         return StateListing(
-            str(context.settings.state_path),
+            context.settings.shown_state,
             reader.lineage,
             reader.serial,
             tuple(reader.job_summaries(reader.job_names())),
@@ -183,12 +183,12 @@ def state_show(context: Context, target: str) -> BatchDetail | JobDetail:
     """Details of one batch (by id) or one job (by name)."""
     reader = _reader(context)
     try:
-        return _show(reader, target, context.settings.state_path)
+        return _show(reader, target, context.settings.shown_state)
     finally:
         reader.close()
 
 
-def _show(reader: StateReader, target: str, path: Path | str) -> BatchDetail | JobDetail:
+def _show(reader: StateReader, target: str, shown: str) -> BatchDetail | JobDetail:
     record = reader.batch(target)
     if record is not None:
         intent, attempts, results = reader.batch_detail(target)
@@ -198,40 +198,76 @@ def _show(reader: StateReader, target: str, path: Path | str) -> BatchDetail | J
         (entry,) = reader.job_summaries([target])
         batches = tuple(_entry(b) for b in reader.batches() if b.job == target)
         return JobDetail(entry, batches)
-    raise _unknown(target, path)
+    raise _unknown(target, shown)
 
 
-def _unknown(target: str, path: Path | str) -> BatchopsError:
+def _unknown(target: str, shown: str) -> BatchopsError:
     kind = "batch" if target.startswith("msgbatch_") else "job or batch"
-    return BatchopsError(f"no {kind} {target!r} in state {path}")
+    return BatchopsError(f"no {kind} {target!r} in state {shown}")
 
 
-def preview_rm(context: Context, target: str) -> Removal:
-    """What `rm` would remove (nothing is written)."""
+def preview_rm(context: Context, target: str, *, force: bool = False) -> Removal:
+    """What `rm` would remove (nothing is written); refused for a batch still running remotely
+    unless `force` (see `_refuse_live`)."""
     reader = _reader(context)
     try:
         found = reader.removal_counts(target)
+        if found is not None and not force:
+            _refuse_live(reader, found[0], target)
     finally:
         reader.close()
     if found is None:
-        raise _unknown(target, context.settings.state_path)
+        raise _unknown(target, context.settings.shown_state)
     return Removal(found[0], target, found[1])
 
 
-def state_rm(context: Context, target: str) -> Removal:
+def state_rm(context: Context, target: str, *, force: bool = False) -> Removal:
     """Forget a job or a batch: back up the state, then remove in one transaction (serial +1).
 
-    Takes the state's lock like apply, so it never runs beside one.
+    Takes the state's lock like apply, so it never runs beside one. A batch the state last saw
+    running remotely (or a job with one) is refused unless `force`.
     """
     location = context.settings.state_path
-    preview_rm(context, target)  # unknown target: fail before anything is written
+    kind = preview_rm(context, target, force=force).kind  # fail before anything is written
     state = open_writer(location, f"state rm {target}")
     try:
+        if not force:  # again under the lease: an apply may have created one meanwhile
+            _refuse_live(state, kind, target)
         copy = None if is_postgres(location) else _backup(Path(location), context.clock())
         kind, rows = state.remove(target)
     finally:
         state.close()
     return Removal(kind, target, rows, copy)
+
+
+def _refuse_live(reader: StateReader, kind: str, target: str) -> None:
+    """Refuse to forget a batch that may still be running remotely: its items would be sent
+    again by the next apply while it runs (paid twice), and its results never harvested. Such
+    a batch: not ended as the state last saw it, or a create sent whose batch is not known yet."""
+    mine = (lambda b: b.id == target) if kind == "batch" else (lambda b: b.job == target)
+    live = [
+        b.id
+        for b in reader.batches()
+        if mine(b)
+        and b.processing_status != "ended"
+        and b.pruned_at is None
+        and b.drift not in ("deleted", "results-lost")
+    ]
+    if kind == "job":
+        live += [
+            f"the batch of intent {i.id} (a create sent, its response never came)"
+            for i in reader.open_intents()
+            if i.job == target and i.create_sent
+        ]
+    if live:
+        what = f"batch {target} is" if kind == "batch" else f"job {target} has batch {live[0]}"
+        more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
+        raise BatchopsError(
+            f"{what}{more} still running remotely, as the state last saw it: forgotten, its "
+            "items would be sent again by the next apply while it runs (paid twice) and its "
+            "results never harvested; let apply finish it (or remove the job from its spec and "
+            "apply, which cancels it), or pass --force to forget it anyway"
+        )
 
 
 @dataclass(frozen=True)
@@ -256,7 +292,7 @@ def state_mv(context: Context, old: str, new: str) -> Move:
         )
     location = context.settings.state_path
     if not state_exists(location):
-        raise _unknown(old, location)
+        raise _unknown(old, context.settings.shown_state)
     state = open_writer(location, f"state mv {old} {new}", jobs=[old, new])
     try:
         rows = state.rename_job(old, new)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from batchops.commands.context import Context
 from batchops.errors import StateError
-from batchops.state import is_postgres, open_reader, open_writer, state_exists
+from batchops.state import is_postgres, open_reader, open_writer, shown, state_exists
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,6 @@ class Transfer:
     serial: int
     rows: dict[str, int]  # rows copied per table
     replaced: bool  # the destination had rows, overwritten with force
-
-
-def shown(location: str | Path) -> str:
-    """A location for messages: a PostgreSQL URL without its password."""
-    if not is_postgres(location):
-        return str(location)
-    from batchops.state.postgres import redact
-
-    return redact(str(location))
 
 
 def push(context: Context, destination: str | Path, *, force: bool = False) -> Transfer:
@@ -58,12 +49,13 @@ def copy_state(
     replaced = _check_destination(destination, force)
     created = not is_postgres(destination) and not Path(destination).exists()
     src = open_writer(source, command)  # the lock: nothing changes it while it is copied
+    dump = src.dump_tables()
     try:
         expected = src.table_counts()
         try:
             dst = _open_destination(destination, command)
             try:
-                rows = dst.load_tables(src.dump_tables(), replace=force, expected=expected)
+                rows = dst.load_tables(dump, replace=force, expected=expected)
                 lineage, serial = dst.lineage, dst.serial
             finally:
                 dst.close()
@@ -72,6 +64,7 @@ def copy_state(
                 Path(destination).unlink(missing_ok=True)
             raise
     finally:
+        dump.close()  # ends its read transaction: a failed copy leaves it open otherwise
         src.close()
     return Transfer(shown(source), shown(destination), lineage, serial, rows, replaced)
 

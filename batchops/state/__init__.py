@@ -22,6 +22,15 @@ def is_postgres(location: str | Path) -> bool:
     return str(location).startswith(POSTGRES_SCHEMES)
 
 
+def shown(location: str | Path) -> str:
+    """A location for messages and output: a PostgreSQL URL without its password."""
+    if not is_postgres(location):
+        return str(location)
+    from batchops.state.postgres import redact
+
+    return redact(str(location))
+
+
 def open_reader(location: str | Path) -> StateReader:
     """A read-only view; a state that does not exist yet reads as empty and is not created."""
     if is_postgres(location):

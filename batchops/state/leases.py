@@ -87,6 +87,17 @@ def holder_gone(lease: LockInfo) -> bool:
     return bool(lease.started) and process_started(lease.pid) != lease.started
 
 
+def holder_alive(lease: LockInfo) -> bool:
+    """True only when the holder provably runs: same host, same PID namespace, its pid alive
+    and started when the lease says (a lease from elsewhere proves nothing either way)."""
+    _, host, namespace, _ = me()
+    if lease.host != host or not lease.pid_ns or lease.pid_ns != namespace:
+        return False
+    if not pid_alive(lease.pid):
+        return False
+    return not lease.started or process_started(lease.pid) == lease.started
+
+
 def stale(lease: LockInfo, now: datetime) -> bool:
     """Unrenewed past its expiry, or its holder provably died."""
     expires = lease.expires

@@ -162,6 +162,7 @@ _FROM_THE_API = [
 
 
 _ACTIVE = pq.TransactionStatus.ACTIVE  # a statement is running on the connection
+_IDLE = pq.TransactionStatus.IDLE  # no statement running, no transaction open
 
 
 def _server_now(conn: psycopg.Connection) -> datetime:
@@ -570,6 +571,10 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
     def close(self) -> None:
         self.stop_keeper()
         self._drop_if_busy()
+        if not self.conn.closed and self.conn.info.transaction_status != _IDLE:
+            # a transaction left open (a copy's `dump_tables` cut short): the release would be
+            # a savepoint inside it, rolled back with it; closed, it goes over a new connection
+            self.conn.close()
         if self.held is not None and not self.conn.closed:
             with contextlib.suppress(psycopg.Error):
                 self.release_lock(self.held.lock_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -182,6 +183,20 @@ def _not_state(path: Path, exc: Exception | str) -> StateError:
     return StateError(f"{path}: not a batchops state file ({exc})")
 
 
+def _refuse_special(path: Path) -> None:
+    """StateError unless `path` is absent or, symlinks followed, a regular file. SQLite's open of
+    a FIFO blocks until a writer comes, deaf to SIGTERM, and a device reads as an empty state:
+    batchops.toml, which a pull request may change, names the state."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # absent (a reader's empty state, a writer's new file), or SQLite's to report
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a device"}
+        kind = next((k for test, k in kinds.items() if test(mode)), "not a file")
+        raise StateError(f"{path}: not a regular file ({kind})")
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Switch the file to WAL. Two connections switching a new file at once deadlock on its
     locks, and SQLite answers one of them "database is locked" at once, without its busy
@@ -208,6 +223,7 @@ class SqliteReader(SharedReads, StateReader):
         path = Path(path)
         if not path.exists():
             return cls(None, path)
+        _refuse_special(path)
         try:
             conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
             db = _Connection(conn)
@@ -413,6 +429,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         """Open for writing: create the file if needed, take the leases (one per job in `jobs`,
         or the whole state), then migrate, in one exclusive transaction."""
         path = Path(path)
+        _refuse_special(path)
         existed = path.exists()
         if not existed:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -558,6 +575,9 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
     def close(self) -> None:
         self.stop_keeper()
+        if self.db.conn.in_transaction:  # a reader's, left open (a copy's dump cut short):
+            with contextlib.suppress(sqlite3.Error):  # the release must not land inside it
+                self.db.conn.execute("rollback")
         if self.held is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.release_lock(self.held.lock_id)
@@ -804,6 +824,7 @@ def _dump_rows(table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> I
 
 def backup(source: Path, target: Path) -> Path:
     """Copy a state file with SQLite's online backup API (consistent even under WAL)."""
+    _refuse_special(Path(source))
     src = sqlite3.connect(f"file:{Path(source).resolve()}?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(str(target))
