@@ -2,7 +2,8 @@
 
 Prices move and sources disagree (ANTHROPIC_BATCHES_API.md §8), so nothing here is hard-coded: the
 table is `batchops/data/prices.toml`, and a user file given by `--prices` or `BATCHOPS_PRICES`
-overrides it row by row.
+overrides it row by row. One named by `batchops.toml`, which pull requests change, is read as a
+spec's data file is: inside the project root, a regular file, bounded (`batchops.spec.files`).
 
 Estimates are a range. The ceiling (what budgets gate on): input at 3 characters a token, output
 at `max_tokens`, and a cached prefix written once per batch it is sent in, then read by only 30% of
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Iterator
@@ -31,6 +33,7 @@ import orjson
 
 from batchops.apirules import cache_min_tokens as api_cache_min_tokens
 from batchops.errors import SpecError, location
+from batchops.spec.files import MIB, FileRefused, read_bounded
 
 _DATED = re.compile(r"^(?P<base>.+?)(-\d{8}|-latest)$")
 CHARS_PER_TOKEN = 3  # English runs nearer 3.5-4 characters a token: 3 keeps the estimate a ceiling
@@ -38,6 +41,7 @@ CHARS_PER_TOKEN_TYPICAL = 4  # the expected figure: the usual rule of thumb for 
 BATCH_HIT_RATE_FLOOR = 0.3  # the docs: batch cache hits are best-effort, "30 to 98%"
 IMAGE_TOKENS = 1600
 MESSAGE_OVERHEAD_TOKENS = 4
+MAX_PRICE_BYTES = MIB  # a user's price file: the shipped table is a few kB
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,21 @@ def _table_problems(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield from _row_problems(row, f"models.{name}")
 
 
+def _read_price_file(file: Path, root: Path | None) -> bytes:
+    """A price file's bytes, read as the spec layer reads a data file: a regular file (a FIFO
+    would block, /dev/zero never end), at most MAX_PRICE_BYTES, inside `root` when one is given;
+    without one (`--prices`, given by the person running the command) anywhere."""
+    within = root if root is not None else Path(Path(os.path.abspath(file)).anchor)
+    try:
+        return read_bounded(file, within, MAX_PRICE_BYTES, "a price file")
+    except FileRefused as e:
+        why = e.args[0]
+        if root is not None and why.startswith("is outside"):
+            if not Path(os.path.normpath(os.path.abspath(file))).is_relative_to(root):
+                why = "is outside the project root"  # written so, not a symlink out
+        raise SpecError(f"{file}: {why}") from None
+
+
 def _checked(data: dict[str, Any], file: object) -> dict[str, Any]:
     """`data`, or a SpecError naming `file` and the place of each value the table cannot use."""
     problems = [location(file, place, why) for place, why in _table_problems(data)]
@@ -178,18 +197,22 @@ class PriceTable:
         self.models: dict[str, dict[str, Any]] = dict(data.get("models", {}))
 
     @classmethod
-    def load(cls, user_file: Path | None = None) -> PriceTable:
-        """The shipped table, with the rows (and multipliers) of `user_file` laid over it."""
+    def load(cls, user_file: Path | None = None, root: Path | None = None) -> PriceTable:
+        """The shipped table, with the rows (and multipliers) of `user_file` laid over it; with
+        `root`, `user_file` must lie inside it (batchops.toml, which a pull request may change,
+        named it)."""
         shipped = Path(__file__).parent / "data" / "prices.toml"
         data = _checked(tomllib.loads(shipped.read_text("utf-8")), shipped)
         source = f"batchops price table as of {data.get('as_of')}"
         if user_file is not None:
             try:
-                user = tomllib.loads(Path(user_file).read_text("utf-8"))
+                user = tomllib.loads(_read_price_file(Path(user_file), root).decode("utf-8"))
             except (OSError, UnicodeDecodeError) as exc:
                 raise SpecError(f"{user_file}: cannot read price file ({exc})") from None
             except tomllib.TOMLDecodeError as exc:
                 raise SpecError(f"{user_file}: invalid TOML: {exc}") from None
+            except RecursionError:
+                raise SpecError(f"{user_file}: invalid TOML: nested too deeply") from None
             _checked(user, user_file)
             data["models"] = {**data.get("models", {}), **user.get("models", {})}
             data["multipliers"] = {**data.get("multipliers", {}), **user.get("multipliers", {})}

@@ -125,11 +125,29 @@ def _quiet_broken_pipe() -> None:
     sys.exit(EXIT_BROKEN_PIPE)
 
 
+class Given(click.ParamType):
+    """`inner`, but never empty: `--jobs ''` read the project root as the jobs folder (Path('')
+    is '.'). An empty BATCHOPS_* variable never comes here: click takes it as unset, as a CI
+    workflow needs (a secret a fork's pull request does not get is an empty string)."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None):
+        if value == "":
+            self.fail("should not be empty", param, ctx)
+        return self.inner.convert(value, param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str):
+        return self.inner.shell_complete(ctx, param, incomplete)
+
+
 @click.group(cls=BatchopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--jobs",
     "jobs_path",
-    type=click.Path(path_type=Path),
+    type=Given(click.Path(path_type=Path)),
     envvar="BATCHOPS_JOBS",
     default=None,
     help="Spec file or folder of specs [default: jobs/ in the project root].",
@@ -137,7 +155,7 @@ def _quiet_broken_pipe() -> None:
 @click.option(
     "--state",
     "state_path",
-    type=str,  # a file, or a postgresql:// URL (which a Path would mangle)
+    type=Given(click.STRING),  # a file, or a postgresql:// URL (which a Path would mangle)
     envvar="BATCHOPS_STATE",
     default=None,
     help="State file or postgresql:// URL "
@@ -146,7 +164,7 @@ def _quiet_broken_pipe() -> None:
 @click.option(
     "--prices",
     "prices_file",
-    type=click.Path(path_type=Path),
+    type=Given(click.Path(path_type=Path)),
     envvar="BATCHOPS_PRICES",
     default=None,
     help="A price table overriding the shipped one.",
@@ -209,12 +227,15 @@ def _settings(
             state_path = project.state  # a postgresql:// URL
         else:
             state_path = near((project and project.state) or base / "state/batchops.db")
+    prices_root = None  # a file the person running the command named may lie anywhere
     if prices_file is None and project is not None and project.prices is not None:
         prices_file = near(project.prices)
+        prices_root = project.root  # batchops.toml is checked in: a pull request names this one
     return Settings(
         jobs_path=jobs_path,
         state_path=state_path,
         prices_file=prices_file,
+        prices_root=prices_root,
         root=project.root if project is not None else None,
         emulator=use_emulator,
     )
