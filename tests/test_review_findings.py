@@ -95,7 +95,13 @@ def test_prune_cut_short_after_the_delete_is_recorded_even_once_results_expired(
     write_project(tmp_path, rows(2))
     ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx, wait=True)  # sent and harvested
-    emulator_admin.advance_clock(28 * DAY)
+    from datetime import timedelta
+
+    from batchops.clock import utcnow
+
+    # 28 days pass by batchops' clock (a harvested batch is not polled again before its stored
+    # results expiry nears, so a jump of the emulator's clock alone would not be seen)
+    ctx.clock = lambda: utcnow() + timedelta(days=28)
     real_checkpoint = applier_mod.checkpoint
 
     def die_after_delete(name):
@@ -108,11 +114,7 @@ def test_prune_cut_short_after_the_delete_is_recorded_even_once_results_expired(
     monkeypatch.setattr(applier_mod, "checkpoint", real_checkpoint)
     assert db_rows(ctx, "select count(*) from batches where pruned_at is null") == [(1,)]
     # the next run comes after day 29 (by batchops' clock): no prune action any more
-    from datetime import timedelta
-
-    from batchops.clock import utcnow
-
-    ctx.clock = lambda: utcnow() + timedelta(days=2)
+    ctx.clock = lambda: utcnow() + timedelta(days=30)
     report = apply(ctx)
     assert report.drift == [] and report.pruned == []
     assert db_rows(ctx, "select count(*) from batches where pruned_at is null") == [(0,)]

@@ -170,13 +170,24 @@ class Evaluator:
             key=lambda b: b.created_at,
         )
         expected = self.state.intent_custom_ids(intent.id)
-        waiting = []
+        waiting, unread, archived = [], [], []
         for remote in candidates:
-            if remote.processing_status != "ended" or remote.archived_at is not None:
+            if remote.archived_at is not None:  # its results are gone: ours or not, the items
+                archived.append(remote.id)  # must be sent again
+                continue
+            if remote.processing_status != "ended":
                 waiting.append(remote.id)
                 continue
-            if self._custom_ids_of(remote.id) != expected:
-                continue  # someone else's batch of the same size
+            read = self._custom_ids_of(remote.id)
+            if read is None:  # not an answer: it may well be ours
+                unread.append(remote.id)
+                continue
+            ids, lines = read
+            if not ids <= expected:
+                continue  # a custom_id this create never sent: someone else's batch
+            if ids != expected or lines != len(expected):
+                unread.append(remote.id)  # only ours so far, but not all of them: read again
+                continue
             record = as_record(remote, intent.job, intent.request_count)
             self.state.record_created(intent.id, record, self.clock(), adopted=True)
             self.report.adopted.append(remote.id)
@@ -186,17 +197,32 @@ class Evaluator:
             )
             return remote.id
         age = (self.clock() - intent.created_at).total_seconds()
+        if unread:
+            self._note(
+                f"Create for {intent.job} ({intent.request_count} requests): its outcome is "
+                f"unknown; batch {', '.join(unread)} may be it, but its results could not be "
+                "read in full this time. Its items are held, and it is read again next time."
+            )
         if waiting:
             self._note(
                 f"Create for {intent.job} ({intent.request_count} requests): its outcome is "
                 f"unknown; batch {', '.join(waiting)} may be it, and is proven (or not) once it "
                 "ends. Its items are held until then."
             )
-        elif age < create_grace_seconds():
+        if waiting or unread:
+            return None
+        if age < create_grace_seconds():
             self._note(
                 f"Create for {intent.job} ({intent.request_count} requests): no batch of it is "
                 f"listed yet; its items are held until {create_grace_seconds():.0f} s after the "
                 "create, then sent again."
+            )
+        elif archived:
+            self.state.mark_unsent(intent.id)
+            self._note(
+                f"Create for {intent.job} ({intent.request_count} requests): its outcome is "
+                f"unknown, and batch {', '.join(archived)}, which may be it, is archived with "
+                "its results: its items will be sent again."
             )
         else:
             self.state.mark_unsent(intent.id)
@@ -206,12 +232,15 @@ class Evaluator:
             )
         return None
 
-    def _custom_ids_of(self, batch_id: str) -> set[str] | None:
+    def _custom_ids_of(self, batch_id: str) -> tuple[set[str], int] | None:
+        """The custom_ids a batch's results carry, and how many lines carry them; None when
+        they could not be read (a stream cut short, a passing failure), which proves nothing."""
         try:
             with self.client.results(batch_id) as lines:
-                return {line.get("custom_id") for line in lines}  # type: ignore[misc]
+                ids = [line.get("custom_id") for line in lines]
         except RemoteError:
             return None
+        return set(ids), len(ids)  # type: ignore[arg-type]
 
     # -- harvest
     def harvest(self, step: Harvest | BatchRecord, index: int = 0) -> bool:

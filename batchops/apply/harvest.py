@@ -64,15 +64,20 @@ def verified_rows(
     sent: dict[str, Any],
     expected: int,
     at_halfway: Callable[[], None] = lambda: None,
+    *,
+    unmatched: set[str] | None = None,
 ) -> Iterator[tuple]:
     """Result lines as rows to store (plain tuples in `ResultRow`'s field order); raises (so
     nothing is stored) when they do not check out.
 
     `sent` is used up: each custom_id seen is set to None, so a second line for it is told
-    from a custom_id this batch was never sent. This runs once per result line (100,000 in a
+    from a custom_id this batch was never sent. A line for a custom_id not in `sent` is refused
+    (`ForeignResults`), unless `unmatched` is given: then its custom_id is added there, and the
+    line counts towards `expected` but is not stored (`state recover`, for the lines of a batch
+    that answer older versions of its items). This runs once per result line (100,000 in a
     full batch), so the row is built here, inline, rather than by helpers per field."""
     halfway = max(expected // 2, 1)
-    count = 0
+    count = skipped = 0
     nothing = (None,) * 5
     for line in lines:
         custom_id = line.get("custom_id")
@@ -81,11 +86,21 @@ def verified_rows(
             raise HarvestFailed(f"a result line without a custom_id and a result: {line!r:.200}")
         attempt = sent.get(custom_id)
         if attempt is None:
-            if custom_id not in sent:
+            if custom_id in sent or (unmatched is not None and custom_id in unmatched):
+                raise HarvestFailed(f"custom_id {custom_id!r} appears twice in the results")
+            if unmatched is None:
                 raise ForeignResults(
                     f"result for custom_id {custom_id!r}, which this batch was not sent"
                 )
-            raise HarvestFailed(f"custom_id {custom_id!r} appears twice in the results")
+            kind = result.get("type")
+            if type(kind) is not str or kind not in RESULT_TYPES:
+                raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
+            unmatched.add(custom_id)  # counted, never stored
+            skipped += 1
+            count += 1
+            if count == halfway:
+                at_halfway()
+            continue
         sent[custom_id] = None
         count += 1
         if count == halfway:
@@ -155,7 +170,7 @@ def verified_rows(
         yield row
     if count != expected:
         raise HarvestFailed(f"{count} result lines, but request_counts add up to {expected}")
-    missing = len(sent) - count
+    missing = len(sent) - (count - skipped)
     if missing:
         raise HarvestFailed(f"{missing} submitted custom_ids have no result")
 

@@ -91,11 +91,12 @@ def poll(
 def remote_view(
     batches: Iterable[BatchRecord], client: BatchesClient, now: datetime
 ) -> tuple[dict[str, BatchRecord], list[str]]:
-    """Poll every batch batchops has not finished with; nothing is written."""
+    """Poll every batch whose remote facts the plan still needs (`BatchRecord.needs_refresh`);
+    nothing is written."""
     out: dict[str, BatchRecord] = {}
     notes: list[str] = []
     for record in batches:
-        if record.finished:
+        if not record.needs_refresh(now, DEFAULT_PRUNE_MARGIN):
             continue
         updated, note = poll(record, client, now)
         out[record.id] = updated

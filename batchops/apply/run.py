@@ -28,7 +28,7 @@ from batchops.plan.actions import (
     SubmitItem,
     action_counts,
 )
-from batchops.plan.diff import BatchLimits
+from batchops.plan.diff import DEFAULT_PRUNE_MARGIN, BatchLimits
 from batchops.plan.memo import Planner
 from batchops.remote import BatchesClient
 from batchops.spec.desired import Desired
@@ -53,12 +53,15 @@ def refresh_state(
     progress,
     jobs: set[str] | None = None,
 ) -> None:
-    """Poll every batch batchops has not finished with, and save what the remote says.
+    """Poll every batch whose remote facts the plan still needs (not one harvested, until its
+    results near expiry: `BatchRecord.needs_refresh`), and save what the remote says.
 
     Only the batches of `jobs` (None: every job): another apply may hold the other jobs' leases
     and be writing their batches' rows."""
     for record in state.batches():
-        if record.finished or (jobs is not None and record.job not in jobs):
+        if (jobs is not None and record.job not in jobs) or not record.needs_refresh(
+            now, DEFAULT_PRUNE_MARGIN
+        ):
             continue
         from batchops.apply.refresh import poll
 

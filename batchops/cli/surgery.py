@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from batchops.cli import (
 from batchops.cli.applying import CliProgress
 from batchops.errors import BatchopsError
 from batchops.views.text import plural
+
+if TYPE_CHECKING:
+    from batchops.commands.recover import RecoveredBatch
 
 
 @cli.group("state")
@@ -215,7 +219,9 @@ def state_recover(ctx: click.Context, yes: bool) -> None:
             ctx.exit(1)
     found = recover(context)
     for b in found.recovered:
-        click.echo(f"Recovered batch {b.id} ({b.job}): {plural(b.results, 'result')}.")
+        click.echo(
+            f"Recovered batch {b.id} ({b.job}): {plural(b.results, 'result')}{_unmatched(b)}."
+        )
     for b in found.not_recovered:
         click.echo(f"Not recovered: batch {b.id} ({b.status}): {b.reason}.")
     if found.not_ours:
@@ -227,6 +233,22 @@ def state_recover(ctx: click.Context, yes: bool) -> None:
         f"Recovered {len(found.recovered)} of {plural(found.listed, 'batch')} on the API "
         f"({plural(found.results, 'result')}) into {found.location}; `batchops plan` shows what "
         "is left."
+    )
+
+
+def _unmatched(batch: RecoveredBatch) -> str:
+    """What `state recover` left out of a batch it recovered, if anything."""
+    n = batch.unmatched
+    if not n:
+        return ""
+    if n == 1:
+        return (
+            "; 1 result not stored: it answers an older version of an item, or a removed one "
+            "(its custom_id matches no item as the specs render now)"
+        )
+    return (
+        f"; {n} results not stored: they answer older versions of items, or removed ones "
+        "(their custom_ids match no item as the specs render now)"
     )
 
 

@@ -249,13 +249,16 @@ class Context:
         try:
             remote: dict[str, BatchRecord] | None = None
             notes: list[str] = []
-            polled = [b for b in reader.batches() if not b.finished]
+            from batchops.plan.diff import DEFAULT_PRUNE_MARGIN
+
+            now = self.clock()
+            polled = [b for b in reader.batches() if b.needs_refresh(now, DEFAULT_PRUNE_MARGIN)]
             if refresh and self.settings.has_credentials and reader.exists and polled:
                 from batchops.apply.refresh import remote_view
 
                 client = self.client()
                 try:
-                    remote, notes = remote_view(polled, client, self.clock())
+                    remote, notes = remote_view(polled, client, now)
                 finally:
                     client.close()
             plan = planner.plan(reader, self.clock(), remote, self.settings.limits)

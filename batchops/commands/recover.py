@@ -7,10 +7,19 @@ records a batch: an intent with its attempts, the batch, then the evaluator's ha
 against request_counts and the custom_ids, stored in one transaction). Batches are taken oldest
 first, so an item answered twice ends with its newest answer and its attempts counted.
 
+A batch only some of whose custom_ids match (all of one job) is ours too: the others answer
+older versions of its items, edited (or removed) since. It is recorded with the matching items
+only, and harvested here (`harvest.verified_rows` with `unmatched`): every line is still checked
+(as many as request_counts, no custom_id twice, known result types), the matching ones are
+stored, the others counted and reported. They are not stored even as history: a custom_id is a
+hash, so which key such a line answers, and what it asked, is unknown once the state is lost.
+Should that harvest fail, the batch is removed from the state again (apply's own harvest refuses
+a line it was not sent, so it could never harvest it), and reported.
+
 Nothing is guessed. Reported, not recovered: batches still in flight (their custom_ids are only
-known from their results), batches whose results expired, and batches some of whose custom_ids
-match no item (older versions of items). Batches none of whose custom_ids match are someone
-else's and are only counted. Recovery writes into an empty state only, under its lock.
+known from their results), batches whose results expired, and batches whose custom_ids match
+items of more than one job. Batches none of whose custom_ids match are someone else's and are
+only counted. Recovery writes into an empty state only, under its lock.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from batchops.apply.evaluator import Evaluator, NullProgress
+from batchops.apply.harvest import HarvestFailed, verified_rows
 from batchops.apply.refresh import as_record
+from batchops.clock import iso
 from batchops.commands.context import Context
 from batchops.errors import RemoteError, StateError
 from batchops.plan.actions import SubmitItem
@@ -33,7 +44,8 @@ from batchops.state.api import StateWriter
 class RecoveredBatch:
     id: str
     job: str
-    results: int
+    results: int  # stored
+    unmatched: int = 0  # lines answering no item as the specs render now: counted, not stored
 
 
 @dataclass(frozen=True)
@@ -127,12 +139,13 @@ def _recover_batch(
         out.not_ours += 1
         return None
     jobs = sorted({job for job, _ in matched})
-    if len(matched) != len(custom_ids) or len(jobs) > 1:
+    if len(jobs) > 1:
         return skip(
-            f"{len(custom_ids) - len(matched)} of its {len(custom_ids)} custom_ids match no item "
-            f"of job {jobs[0]} as the specs render it now (items edited since, or not ours)"
+            f"its custom_ids match items of jobs {', '.join(jobs)}, and a batch carries one "
+            "job's requests"
         )
     job = jobs[0]
+    unmatched = len(custom_ids) - len(matched)
     records = {r.key: r for r in state.item_records([job])}
     busy = [item.key for _, item in matched if item.key in records and records[item.key].inflight]
     if busy:
@@ -151,10 +164,49 @@ def _recover_batch(
     ]
     state.record_intent(intent_id, job, submits, 0, context.clock())
     state.record_created(intent_id, as_record(remote, job), context.clock())
-    evaluator = Evaluator(state, client, context.clock, NullProgress())
-    record = state.batch(remote.id)
-    if record is None or not evaluator.harvest(record):
-        problem = (evaluator.report.problems or ["harvest failed"])[-1]
-        return skip(f"recorded, but not harvested ({problem}); the next apply harvests it")
-    out.recovered.append(RecoveredBatch(remote.id, job, evaluator.report.results_stored))
+    if unmatched:
+        stored, problem = _harvest_matched(state, client, context, remote, job)
+        if problem is not None:
+            state.remove(remote.id)  # its items are no longer in flight: the next apply sends them
+            return skip(
+                f"its results could not be harvested ({problem}), so nothing of it was kept; "
+                "the next apply sends its items again, unless it is recovered into a new state"
+            )
+    else:
+        evaluator = Evaluator(state, client, context.clock, NullProgress())
+        record = state.batch(remote.id)
+        if record is None or not evaluator.harvest(record):
+            problem = (evaluator.report.problems or ["harvest failed"])[-1]
+            return skip(f"recorded, but not harvested ({problem}); the next apply harvests it")
+        stored = evaluator.report.results_stored
+    out.recovered.append(RecoveredBatch(remote.id, job, stored, unmatched))
     return None
+
+
+HARVEST_TRIES = 2  # a recovered batch has no next run to harvest it: one more read, at once
+
+
+def _harvest_matched(
+    state: StateWriter, client: BatchesClient, context: Context, remote: RemoteBatch, job: str
+) -> tuple[int, str | None]:
+    """Store, in one transaction, the results of a batch recorded with only some of its lines'
+    items; the other lines are checked and counted, not stored. Returns the results stored, or
+    why it failed.
+
+    Apply's harvest (the evaluator's) refuses a line the batch was not sent, as it must for a
+    batch apply sent; recovery knows some lines are older versions of the items."""
+    problem = "harvest failed"
+    for _ in range(HARVEST_TRIES):
+        sent = state.sent_attempts(remote.id)
+        now = context.clock()
+        try:
+            with client.results(remote.id) as lines:
+                rows = verified_rows(
+                    job, remote.id, iso(now) or "", lines, sent, remote.total, unmatched=set()
+                )
+                return state.store_harvest(remote.id, rows, canceled_by_us=False, now=now), None
+        except (HarvestFailed, RemoteError) as exc:
+            problem = str(exc).splitlines()[0]
+        except OverflowError:  # a token count past 64 bits, refused as the rows are stored
+            problem = "a result holds a number past what the state stores (64 bits)"
+    return 0, problem

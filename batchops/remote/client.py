@@ -8,6 +8,7 @@ with one line that names the call, the status and the request id, never the API 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ anthropic: Any = _SDK()
 
 RESULT_RETENTION = timedelta(days=29)
 READ_RETRIES = 5
+# The longest `retry-after` a read waits out before trying again. The SDK waits whatever a
+# response asks (an hour, a day), silently, up to READ_RETRIES times: past this, the read fails
+# at once, its error naming the wait asked for.
+LONGEST_RETRY_AFTER = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,49 @@ def describe(exc: BaseException, what: str) -> str:
         kind = err.get("type") or type(exc).__name__
         message = err.get("message") or str(exc)
         rid = f" (request-id {exc.request_id})" if exc.request_id else ""
-        return f"{what} failed: HTTP {exc.status_code} {kind}: {message}{rid}"
+        wait = retry_after(exc.response.headers)
+        asked = (
+            f"; the API asks to wait {wait:,.0f} s before trying again"
+            if wait is not None and wait > LONGEST_RETRY_AFTER
+            else ""
+        )
+        return f"{what} failed: HTTP {exc.status_code} {kind}: {message}{rid}{asked}"
     if isinstance(exc, anthropic.APITimeoutError):
         return f"{what} failed: timed out"
     if isinstance(exc, anthropic.APIConnectionError):
         return f"{what} failed: connection error ({exc.__cause__ or exc})"
     return f"{what} failed: {type(exc).__name__}: {exc}"
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds a response asks to wait before the next try (`retry-after-ms`, or `retry-after` in
+    seconds or as an HTTP date), as the SDK reads them; None when it asks nothing."""
+    try:
+        return float(headers["retry-after-ms"]) / 1000
+    except (KeyError, TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return (when - datetime.now(when.tzinfo)).total_seconds()
+
+
+def _no_long_waits(response: Any) -> None:
+    """A response hook: one asking for a wait past LONGEST_RETRY_AFTER is not retried (the SDK
+    obeys `x-should-retry`), so the call fails at once instead of sleeping through it."""
+    wait = retry_after(response.headers)
+    if wait is not None and wait > LONGEST_RETRY_AFTER:
+        response.headers["x-should-retry"] = "false"
 
 
 class BatchesClient:
@@ -110,7 +152,8 @@ class BatchesClient:
         to send makes none, and never pays the second it takes to import the SDK."""
         if self._client is None:
             try:
-                self._client = anthropic.Anthropic(**self._kwargs)
+                http = anthropic.DefaultHttpxClient(event_hooks={"response": [_no_long_waits]})
+                self._client = anthropic.Anthropic(**self._kwargs, http_client=http)
             except anthropic.AnthropicError as exc:
                 raise RemoteError(f"cannot set up the Anthropic client: {exc}") from None
         return self._client

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from batchops.clock import parse_time
@@ -79,6 +79,19 @@ class BatchRecord:
             or self.drift in ("deleted", "results-lost", "not-ours")
             or (self.harvested_at is not None and self.archived_at is not None)
         )
+
+    def needs_refresh(self, now: datetime, prune_margin: timedelta) -> bool:
+        """Whether a refresh should retrieve it: only while the remote can tell the plan
+        something (each retrieve counts against the workspace's shared per-minute limit).
+
+        Once harvested, nothing can change remotely but its deletion, and when its results
+        expire is known (`results_expire_at`): it is polled again only once that is within
+        `prune_margin`, where the plan prunes it (and should not, were it deleted meanwhile)."""
+        if self.finished:
+            return False
+        if self.harvested_at is None or self.results_expire_at is None:
+            return True
+        return self.results_expire_at - now <= prune_margin
 
     @property
     def lost(self) -> bool:
