@@ -103,6 +103,8 @@ def run_cycles(
     first = True
     follow_ups = 0
     unchanged: Plan | None = None
+    # by job, the ceiling of what this apply's cycles sent: a budget holds for the whole apply
+    spent: dict[str, float] = {}
     while True:
         if saved is not None and first:
             plan = saved.plan
@@ -119,7 +121,7 @@ def run_cycles(
             if submit:
                 from batchops.plan.build import check_budget
 
-                check_budget(plan)
+                check_budget(plan, spent if plan.submits else None)
             if confirm is not None and not confirm(plan):
                 report.approved = False
                 return report
@@ -129,6 +131,8 @@ def run_cycles(
 
                 evaluator = Evaluator(state, client, clock, progress, report)
             evaluator.run(plan, requests)
+            for step in plan.submits:
+                spent[step.job] = spent.get(step.job, 0.0) + step.cost_usd
         first = False
         planner.drop_replace()  # `--replace` items are sent once, by this first cycle
         harvested = any(

@@ -3,6 +3,7 @@ and the budget check with which `plan` and `apply` refuse a job estimated over i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -129,17 +130,25 @@ def _sent_fingerprints(desired: Desired, plan: Plan) -> set[str]:
     return out
 
 
-def budget_problems(plan: Plan) -> list[str]:
-    """One line per job whose estimate exceeds its budget_usd (the one place the rule lives)."""
-    return [
-        f"job {j.name}: estimated cost {money(j.estimated_cost_usd)} exceeds its budget_usd "
-        f"{money(j.budget_usd)}"
-        for j in plan.over_budget()
-    ]
+def budget_problems(plan: Plan, spent: Mapping[str, float] | None = None) -> list[str]:
+    """One line per job whose estimate exceeds its budget_usd (the one place the rule lives),
+    counting what earlier cycles of the same apply sent for it (`spent`, by job: their ceilings)."""
+    spent = spent or {}
+    problems = []
+    for j in plan.jobs:
+        before = spent.get(j.name, 0.0)
+        if j.budget_usd is None or j.estimated_cost_usd + before <= j.budget_usd:
+            continue
+        earlier = f", with this apply's earlier cycles' {money(before)}," if before else ""
+        problems.append(
+            f"job {j.name}: estimated cost {money(j.estimated_cost_usd)}{earlier} exceeds its "
+            f"budget_usd {money(j.budget_usd)}"
+        )
+    return problems
 
 
-def check_budget(plan: Plan) -> None:
-    problems = budget_problems(plan)
+def check_budget(plan: Plan, spent: Mapping[str, float] | None = None) -> None:
+    problems = budget_problems(plan, spent)
     if problems:
         raise BudgetExceeded(*problems)
 
