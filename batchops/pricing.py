@@ -5,27 +5,33 @@ table is `batchops/data/prices.toml`, and a user file given by `--prices` or `BA
 overrides it row by row. One named by `batchops.toml`, which pull requests change, is read as a
 spec's data file is: inside the project root, a regular file, bounded (`batchops.spec.files`).
 
-Estimates are a range. The ceiling (what budgets gate on): input at 3 characters a token, output
-at `max_tokens`, and a cached prefix written once per batch it is sent in, then read by only 30% of
-the other items sharing it (the docs' floor for batch cache hits, which are best-effort). The
-expected figure: input at a typical 4 characters a token, output at what a reply is expected to
-be (`OutputExpectation`: the job's stored results, its `expected_output_tokens`, other jobs'
-results, else `max_tokens`), and one cache write per batch with every other item sharing the
-prefix reading it. A marked prefix shorter than the model's minimum cacheable length is not
-cached by the API, and is estimated as plain input. Actual cost comes from stored usage.
+Estimates are a range. The ceiling (what budgets gate on): input at 3 characters a token (a
+character outside ASCII a whole token), output at `max_tokens`, each field at the higher of
+today's price and tomorrow's (a batch runs up to 24 hours, across a dated price change), and a
+cached prefix written once per batch it is sent in, then read by only 30% of the other items
+sharing it (the docs' floor for batch cache hits, which are best-effort). The expected figure:
+input at a typical 4 characters a token (a character outside ASCII half a token), output at what
+a reply is expected to be (`OutputExpectation`: the job's stored results, its
+`expected_output_tokens`, other jobs' results, else `max_tokens`), today's prices, and one cache
+write per batch with every other item sharing the prefix reading it. A prefix is written at the
+1-hour price up to its last 1-hour mark and at the 5-minute price after it, as the API bills it.
+A marked prefix shorter than the model's minimum cacheable length is not cached by the API, and
+is estimated as plain input. Both count the system prompt the API adds for tool use (the price
+row's `tool_overhead_tokens`), and a PDF by its pages. Actual cost comes from stored usage.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import date, datetime
-from math import ceil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,21 +44,58 @@ from batchops.spec.files import MIB, FileRefused, read_bounded
 _DATED = re.compile(r"^(?P<base>.+?)(-\d{8}|-latest)$")
 CHARS_PER_TOKEN = 3  # English runs nearer 3.5-4 characters a token: 3 keeps the estimate a ceiling
 CHARS_PER_TOKEN_TYPICAL = 4  # the expected figure: the usual rule of thumb for English prose
+# Text outside ASCII runs far fewer characters a token than English: CJK, Hangul, Thai and Indic
+# scripts about one token a character, Cyrillic, Greek, Arabic or Hebrew nearer a third of one,
+# and an accented letter mostly shares its word's token. The ceiling counts each non-ASCII
+# character as a whole token (as CHARS_PER_TOKEN characters); the expected figure as half a
+# token (2 of a typical token's 4 characters), between those scripts, the ceiling covering the
+# worst of them. ASCII keeps the rules above.
+WIDE_CHARS = CHARS_PER_TOKEN  # characters a non-ASCII one counts as in the ceiling
+WIDE_CHARS_TYPICAL = 2  # ... in the expected figure
 BATCH_HIT_RATE_FLOOR = 0.3  # the docs: batch cache hits are best-effort, "30 to 98%"
 IMAGE_TOKENS = 1600
+# A PDF is billed by the page: each page's text, "1,500-3,000 tokens per page depending on content
+# density" (Anthropic's PDF support page), plus an image of the page, priced as any image (about
+# IMAGE_TOKENS at most). A page counts as the top of that range plus a full image: 4,600 tokens in
+# the ceiling, and so 3,450 in the expected figure (its 4 characters a token for the ceiling's 3:
+# a mid-range 2,250 of text plus a 1,200-token image).
+PDF_PAGE_TOKENS = 3_000 + IMAGE_TOKENS
+# The pages of a PDF whose page objects cannot be found (held in compressed object streams, or
+# not a PDF at all) are guessed from its size, at about what a page of text takes compressed, so
+# that the guess errs on more pages; at most the pages the API takes in one request (600, per the
+# PDF support page; 100 under a 1M-token context), beyond which it refuses the request unbilled.
+PDF_BYTES_PER_PAGE = 3_000
+PDF_MAX_PAGES = 600
+# A page object's `/Type /Page` (not the page tree's `/Pages`): the name ends at a delimiter.
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![^\s/<>\[\]()%{}])")
+# The system prompt the API adds to a request with tools (Anthropic's pricing page, Claude 4
+# models: 346 tokens with tool_choice auto or none, 313 with any or tool): a price row's
+# `tool_overhead_tokens`, this when it has none.
+TOOL_OVERHEAD_TOKENS = 346
 MESSAGE_OVERHEAD_TOKENS = 4
 MAX_PRICE_BYTES = MIB  # a user's price file: the shipped table is a few kB
 
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """USD per million tokens, batch prices."""
+    """USD per million tokens, batch prices, on one day.
+
+    `high` is what the ceiling prices at when the price changes the next day (a batch created
+    late in the day runs into it): each field the higher of the two days'. None: no change.
+    """
 
     input: float
     output: float
     cache_write_5m: float
     cache_write_1h: float
     cache_read: float
+    tool_overhead_tokens: int = TOOL_OVERHEAD_TOKENS  # added to a request with tools
+    high: ModelPrice | None = None
+
+    @property
+    def ceiling(self) -> ModelPrice:
+        """The price the ceiling counts at."""
+        return self.high or self
 
 
 @dataclass(frozen=True)
@@ -74,7 +117,8 @@ class Usage:
 
 
 _MULTIPLIERS = ("cache_write_5m", "cache_write_1h", "cache_read")  # times the input price
-_ROW_KEYS = frozenset(("input", "output", "cache_min_tokens", "before", *_MULTIPLIERS))
+_COUNTS = ("cache_min_tokens", "tool_overhead_tokens")  # whole numbers of tokens
+_ROW_KEYS = frozenset(("input", "output", "before", *_COUNTS, *_MULTIPLIERS))
 
 
 def _number_problem(value: Any) -> str | None:
@@ -129,9 +173,10 @@ def _row_problems(row: Any, place: str) -> Iterator[tuple[str, str]]:
     for key in ("input", "output", *_MULTIPLIERS):
         if key in row and (why := _number_problem(row[key])) is not None:
             yield f"{place}.{key}", why
-    least = row.get("cache_min_tokens", 0)
-    if isinstance(least, bool) or not isinstance(least, int) or least < 0:
-        yield f"{place}.cache_min_tokens", "should be a whole number of tokens, 0 or more"
+    for key in _COUNTS:
+        tokens = row.get(key, 0)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            yield f"{place}.{key}", "should be a whole number of tokens, 0 or more"
     before = row.get("before", [])
     if not isinstance(before, list):
         yield f"{place}.before", "should be an array of tables ([[models.NAME.before]])"
@@ -230,10 +275,28 @@ class PriceTable:
         return None
 
     def price(self, model: str, on: date) -> ModelPrice | None:
-        """The batch price of `model` on `on`, or None when the table has no row for it."""
+        """The batch price of `model` on `on`, or None when the table has no row for it; with
+        `high` set when it changes the next day."""
         row = self.row_for(model)
         if row is None:
             return None
+        today = self._price_on(row, on)
+        if on == date.max:
+            return today
+        tomorrow = self._price_on(row, on + timedelta(days=1))
+        if tomorrow == today:
+            return today
+        high = ModelPrice(
+            input=max(today.input, tomorrow.input),
+            output=max(today.output, tomorrow.output),
+            cache_write_5m=max(today.cache_write_5m, tomorrow.cache_write_5m),
+            cache_write_1h=max(today.cache_write_1h, tomorrow.cache_write_1h),
+            cache_read=max(today.cache_read, tomorrow.cache_read),
+            tool_overhead_tokens=today.tool_overhead_tokens,
+        )
+        return replace(today, high=high)
+
+    def _price_on(self, row: dict[str, Any], on: date) -> ModelPrice:
         inp, out = float(row["input"]), float(row["output"])
         for period in sorted(row.get("before", []), key=lambda p: str(p["until"])):
             if on < date.fromisoformat(str(period["until"])):
@@ -246,24 +309,71 @@ class PriceTable:
             cache_write_5m=inp * float(row.get("cache_write_5m", mult.get("cache_write_5m", 1.25))),
             cache_write_1h=inp * float(row.get("cache_write_1h", mult.get("cache_write_1h", 2.0))),
             cache_read=inp * float(row.get("cache_read", mult.get("cache_read", 0.1))),
+            tool_overhead_tokens=int(row.get("tool_overhead_tokens", TOOL_OVERHEAD_TOKENS)),
         )
 
 
-def _chars(block: Any) -> int:
-    """Characters a content block counts as (images and binary documents at a fixed size)."""
+def non_ascii(text: str) -> int:
+    """Characters of `text` outside ASCII (no work for ASCII text: `isascii` reads a flag)."""
+    return 0 if text.isascii() else len(text) - len(text.encode("ascii", "ignore"))
+
+
+def _json_size(value: Any) -> tuple[int, int]:
+    """(characters, non-ASCII characters) of `value` written as JSON."""
+    data = orjson.dumps(value)
+    if data.isascii():
+        return len(data), 0
+    text = data.decode()
+    return len(text), non_ascii(text)
+
+
+def _pdf_pages(data: str) -> int:
+    """Pages of a base64 PDF: its page objects, else a guess from its size (PDF_BYTES_PER_PAGE)."""
+    try:
+        pdf = base64.b64decode(data)
+    except (binascii.Error, ValueError):
+        pdf = b""
+    pages = sum(1 for _ in _PDF_PAGE.finditer(pdf))
+    if pages:
+        return pages
+    size = len(pdf) or len(data) * 3 // 4
+    return min(max(1, math.ceil(size / PDF_BYTES_PER_PAGE)), PDF_MAX_PAGES)
+
+
+def _size(block: Any) -> tuple[int, int, int]:
+    """(characters, non-ASCII characters, documents left out) a content block counts as: text
+    by its characters, an image at IMAGE_TOKENS, a PDF at PDF_PAGE_TOKENS a page, a document
+    given by URL or file (which cannot be sized before it is sent) at nothing."""
     if isinstance(block, str):
-        return len(block)
+        return len(block), non_ascii(block), 0
     if not isinstance(block, dict):
-        return len(orjson.dumps(block))
+        return (*_json_size(block), 0)
     kind = block.get("type")
     if kind == "text":
-        return len(str(block.get("text", "")))
-    if kind in ("image", "document"):
-        source = block.get("source") or {}
-        if kind == "document" and source.get("type") == "text":
-            return len(str(source.get("data", "")))
-        return IMAGE_TOKENS * CHARS_PER_TOKEN
-    return len(orjson.dumps(block))
+        text = str(block.get("text", ""))
+        return len(text), non_ascii(text), 0
+    if kind == "image":
+        return IMAGE_TOKENS * CHARS_PER_TOKEN, 0, 0
+    if kind == "document":
+        source = block.get("source")
+        source = source if isinstance(source, dict) else {}
+        of = source.get("type")
+        if of == "text":
+            text = str(source.get("data", ""))
+            return len(text), non_ascii(text), 0
+        if of == "content":
+            content = source.get("content")
+            parts = [content] if isinstance(content, str) else content
+            chars = wide = unsized = 0
+            for part in parts if isinstance(parts, list) else ():
+                c, w, u = _size(part)
+                chars, wide, unsized = chars + c, wide + w, unsized + u
+            return chars, wide, unsized
+        if of == "base64":
+            pages = _pdf_pages(str(source.get("data", "")))
+            return pages * PDF_PAGE_TOKENS * CHARS_PER_TOKEN, 0, 0
+        return 0, 0, 1
+    return (*_json_size(block), 0)
 
 
 def _cache_ttl(block: Any) -> str | None:
@@ -274,59 +384,115 @@ def _cache_ttl(block: Any) -> str | None:
     return None
 
 
-def _scan(params: dict[str, Any]) -> tuple[int, int, str | None, tuple[str, int, int] | None]:
-    """(characters in all, characters of the cached prefix, its ttl, where the prefix ends) in one
-    pass over tools → system → messages; `where` is (section, message index, block index)."""
-    total = 0
-    prefix = 0
-    ttl: str | None = None
-    where: tuple[str, int, int] | None = None
-    for i, tool in enumerate(params.get("tools") or ()):
-        total += len(orjson.dumps(tool))
+Size = tuple[int, int]  # characters, and how many of them are outside ASCII
+Where = tuple[str, int, int]  # a cache mark's place: section, message index, block index
+
+
+class _Scan(NamedTuple):
+    """One pass over a request's tools → system → messages (sizes as `Size`)."""
+
+    total: Size
+    prefix: Size  # up to the last cache mark
+    long: Size  # up to the last 1-hour cache mark ((0, 0): none)
+    where: Where | None  # the last cache mark (or ("all", 0, 0): top-level cache_control)
+    long_where: Where | None  # the last 1-hour cache mark
+    tools: bool  # the API adds its tool-use system prompt, after the tools
+    unsized: int  # documents given by URL or file, counted as nothing
+
+
+def _scan(params: dict[str, Any]) -> _Scan:
+    """Sizes of all of a request and of its cached prefixes, in one pass."""
+    chars = wide = unsized = 0
+    marks: list[tuple[str, int, int, Where]] = []  # (ttl, characters, non-ASCII, place)
+    tools = params.get("tools") or ()
+    for i, tool in enumerate(tools):
+        c, w = _json_size(tool)
+        chars, wide = chars + c, wide + w
         if (t := _cache_ttl(tool)) is not None:
-            prefix, ttl, where = total, t, ("tools", 0, i)
+            marks.append((t, chars, wide, ("tools", 0, i)))
     system = params.get("system")
     if isinstance(system, str):
-        total += len(system)
+        chars, wide = chars + len(system), wide + non_ascii(system)
     elif isinstance(system, list):
         for i, block in enumerate(system):
-            total += _chars(block)
+            c, w, u = _size(block)
+            chars, wide, unsized = chars + c, wide + w, unsized + u
             if (t := _cache_ttl(block)) is not None:
-                prefix, ttl, where = total, t, ("system", 0, i)
+                marks.append((t, chars, wide, ("system", 0, i)))
     for m, message in enumerate(params.get("messages") or ()):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
-            total += len(content)
+            chars, wide = chars + len(content), wide + non_ascii(content)
         elif isinstance(content, list):
             for i, block in enumerate(content):
-                total += _chars(block)
+                c, w, u = _size(block)
+                chars, wide, unsized = chars + c, wide + w, unsized + u
                 if (t := _cache_ttl(block)) is not None:
-                    prefix, ttl, where = total, t, ("messages", m, i)
-        total += MESSAGE_OVERHEAD_TOKENS * CHARS_PER_TOKEN
+                    marks.append((t, chars, wide, ("messages", m, i)))
+        chars += MESSAGE_OVERHEAD_TOKENS * CHARS_PER_TOKEN
     top = params.get("cache_control")
     if isinstance(top, dict):  # top-level cache_control marks the last block: the whole prompt
-        prefix, ttl, where = total, str(top.get("ttl", "5m")), ("all", 0, 0)
-    return total, prefix, ttl, where
+        marks.append((str(top.get("ttl", "5m")), chars, wide, ("all", 0, 0)))
+    prefix, long, where, long_where = (0, 0), (0, 0), None, None
+    if marks:
+        _, c, w, where = marks[-1]
+        prefix = (c, w)
+        for t, c, w, place in reversed(marks):
+            if t == "1h":
+                long, long_where = (c, w), place
+                break
+    return _Scan((chars, wide), prefix, long, where, long_where, bool(tools), unsized)
 
 
-def estimate_input(params: dict[str, Any]) -> Usage:
-    """Estimate the input tokens of a request, splitting out a cached prefix (tools → system → messages).
+def _ceiling_tokens(chars: int, wide: int) -> int:
+    return -(-(chars + (WIDE_CHARS - 1) * wide) // CHARS_PER_TOKEN)
+
+
+def _typical_tokens(chars: int, wide: int) -> int:
+    return -(-(chars + (WIDE_CHARS_TYPICAL - 1) * wide) // CHARS_PER_TOKEN_TYPICAL)
+
+
+def _tokens(
+    scan: _Scan, tool: int, count: Callable[[int, int], int], cache_min: int
+) -> tuple[int, int, int]:
+    """(plain, 5-minute write, 1-hour write) input tokens of a scanned request, each part by
+    `count`: up to the last 1-hour mark at 1 hour, on to the last mark at 5 minutes, the rest
+    plain; all plain when there is no mark or the prefix is under `cache_min` tokens, which the
+    API does not cache. The tool-use system prompt (`tool` tokens) sits after the tools."""
+    (chars, wide), where = scan.total, scan.where
+    if where is None:
+        return count(chars, wide) + tool, 0, 0
+    (p_chars, p_wide), (l_chars, l_wide) = scan.prefix, scan.long
+    long = count(l_chars, l_wide)
+    short = count(p_chars - l_chars, p_wide - l_wide)
+    plain = count(chars - p_chars, wide - p_wide)
+    if tool:
+        if scan.long_where is not None and scan.long_where[0] != "tools":
+            long += tool
+        elif where[0] != "tools":
+            short += tool
+        else:
+            plain += tool
+    if long + short < cache_min:
+        return count(chars, wide) + tool, 0, 0
+    return plain, short, long
+
+
+def estimate_input(params: dict[str, Any], tool_tokens: int = TOOL_OVERHEAD_TOKENS) -> Usage:
+    """Estimate the input tokens of a request (the ceiling's count), splitting out its cached
+    prefix by TTL (tools → system → messages); `tool_tokens` for the API's tool-use prompt.
 
     One pass over the blocks, counting characters; this runs once per item, a million times for a
     large job, so it stays lean.
     """
-    total, prefix, ttl, _ = _scan(params)
-    cached = math.ceil(prefix / CHARS_PER_TOKEN)
-    return Usage(
-        input_tokens=math.ceil((total - prefix) / CHARS_PER_TOKEN),
-        cache_write_5m_tokens=cached if ttl is not None and ttl != "1h" else 0,
-        cache_write_1h_tokens=cached if ttl == "1h" else 0,
-    )
+    scan = _scan(params)
+    plain, short, long = _tokens(scan, tool_tokens if scan.tools else 0, _ceiling_tokens, 0)
+    return Usage(input_tokens=plain, cache_write_5m_tokens=short, cache_write_1h_tokens=long)
 
 
-def estimate_request(params: dict[str, Any]) -> Usage:
+def estimate_request(params: dict[str, Any], tool_tokens: int = TOOL_OVERHEAD_TOKENS) -> Usage:
     """The ceiling for one request: estimated input, output at max_tokens."""
-    usage = estimate_input(params)
+    usage = estimate_input(params, tool_tokens)
     return Usage(
         input_tokens=usage.input_tokens,
         output_tokens=int(params.get("max_tokens") or 0),
@@ -355,6 +521,7 @@ class ItemEstimate(NamedTuple):
     plain_high: float | None = None  # with auto marks: the ceiling without them
     max_tokens: int = 0
     expected_output: float = 0.0  # output tokens `expected` counts
+    unsized: int = 0  # documents given by URL or file: neither figure counts them
 
     def with_output(self, tokens: float, price: ModelPrice) -> ItemEstimate:
         """This estimate with `tokens` output tokens expected (at most max_tokens)."""
@@ -400,33 +567,54 @@ def estimate_item(
     """The ceiling and the expected cost of one request; `output_tokens` is the expected output
     (`max_tokens` when None). A marked prefix under `cache_min` tokens is counted as plain input,
     as the API bills it (each figure at its own characters a token)."""
-    total, prefix, ttl, where = _scan(params)
+    scan = _scan(params)
     max_tokens = int(params.get("max_tokens") or 0)
     expected_out = max_tokens if output_tokens is None else min(output_tokens, max_tokens)
-    write = price.cache_write_1h if ttl == "1h" else price.cache_write_5m
-    inp, output = price.input, price.output
-    # The ceiling (3 characters a token, max_tokens out), then the expected figure (4, expected);
-    # a prefix shorter than the API caches is plain input in each.
-    cached = ceil(prefix / CHARS_PER_TOKEN)
-    if where is None or cached < cache_min:
-        cached, plain = 0, ceil(total / CHARS_PER_TOKEN)
-    else:
-        plain = ceil((total - prefix) / CHARS_PER_TOKEN)
-    high = (plain * inp + cached * write + max_tokens * output) / 1_000_000
-    typical = ceil(prefix / CHARS_PER_TOKEN_TYPICAL)
-    if where is None or typical < cache_min:
-        typical, plain = 0, ceil(total / CHARS_PER_TOKEN_TYPICAL)
-    else:
-        plain = ceil((total - prefix) / CHARS_PER_TOKEN_TYPICAL)
-    expected = (plain * inp + typical * write + expected_out * output) / 1_000_000
-    high_saving = cached * (write - price.cache_read) / 1_000_000
-    if not high_saving:  # nothing cached even in the ceiling: no prefix to share
-        return ItemEstimate(high, expected, max_tokens=max_tokens, expected_output=expected_out)
-    expected_saving = typical * (write - price.cache_read) / 1_000_000
+    tool = price.tool_overhead_tokens if scan.tools else 0
+    # The ceiling: its characters a token, max_tokens out, the higher of today's and tomorrow's
+    # prices; the expected figure: its characters a token, the expected output, today's.
+    top = price.ceiling
+    if scan.where is not None:
+        plain, short, long = _tokens(scan, tool, _ceiling_tokens, cache_min)
+        if short or long:
+            high = (
+                plain * top.input + short * top.cache_write_5m + long * top.cache_write_1h
+                + max_tokens * top.output
+            ) / 1_000_000  # fmt: skip
+            high_saving = (
+                short * (top.cache_write_5m - top.cache_read)
+                + long * (top.cache_write_1h - top.cache_read)
+            ) / 1_000_000
+            plain, short, long = _tokens(scan, tool, _typical_tokens, cache_min)
+            expected = (
+                plain * price.input + short * price.cache_write_5m + long * price.cache_write_1h
+                + expected_out * price.output
+            ) / 1_000_000  # fmt: skip
+            if not high_saving:  # a read costs what a write does: no prefix worth sharing
+                return ItemEstimate(
+                    high, expected, max_tokens=max_tokens, expected_output=expected_out,
+                    unsized=scan.unsized,
+                )  # fmt: skip
+            expected_saving = (
+                short * (price.cache_write_5m - price.cache_read)
+                + long * (price.cache_write_1h - price.cache_read)
+            ) / 1_000_000
+            return ItemEstimate(
+                high, expected, prefix_id(params, scan.where), high_saving, expected_saving,
+                max_tokens=max_tokens, expected_output=expected_out, unsized=scan.unsized,
+            )  # fmt: skip
+    # Nothing cached: no mark, or a prefix under cache_min at the ceiling's count (and so at the
+    # expected figure's, which counts fewer tokens). The common case, kept lean.
+    chars, wide = scan.total
+    high = (_ceiling_tokens(chars, wide) + tool) * top.input + max_tokens * top.output
+    expected = (_typical_tokens(chars, wide) + tool) * price.input + expected_out * price.output
     return ItemEstimate(
-        high, expected, prefix_id(params, where), high_saving, expected_saving,
-        max_tokens=max_tokens, expected_output=expected_out,
-    )  # fmt: skip
+        high / 1_000_000,
+        expected / 1_000_000,
+        max_tokens=max_tokens,
+        expected_output=expected_out,
+        unsized=scan.unsized,
+    )
 
 
 def batch_cost(
@@ -549,7 +737,10 @@ def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
 
 def money(value: float | None) -> str:
     """Dollars, the one way every output shows them: four decimal places (batch requests cost
-    fractions of a cent, and a column of amounts lines up), `-` for none."""
+    fractions of a cent, and a column of amounts lines up), `-` for none, and `<$0.0001` for an
+    amount above nothing that four places would show as $0.0000."""
     if value is None:
         return "-"
+    if 0 < value < 0.00005:
+        return "<$0.0001"
     return f"${value:,.4f}"

@@ -12,7 +12,6 @@ from batchops.errors import BudgetExceeded
 from batchops.pricing import money
 from tests.projects import apply, context, rows, write_project
 
-
 LONG = "a long prompt, " * 3000  # a ceiling of cents, not of a hundredth of a cent
 
 

@@ -89,6 +89,26 @@ def test_cache_control_writes_first_then_reads(sdk_client: anthropic.Anthropic) 
     )
 
 
+def test_a_prefix_of_mixed_ttls_is_written_at_each_ttl(sdk_client: anthropic.Anthropic) -> None:
+    # the part up to the last 1-hour mark at 1 hour, the rest up to the last mark at 5 minutes
+    system = [
+        {
+            "type": "text",
+            "text": "Hour context. " * 800,  # 11,200 characters: 2,800 tokens
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        },
+        {
+            "type": "text",
+            "text": "Five minute context. " * 200,
+            "cache_control": {"type": "ephemeral"},
+        },
+    ]
+    usage = messages(sdk_client, {"a": params("Q1", system=system)})["a"].usage
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 2_800
+    assert usage.cache_creation.ephemeral_5m_input_tokens == 1_050
+    assert usage.cache_creation_input_tokens == 2_800 + 1_050
+
+
 def test_no_cache_control_means_no_cache_tokens(sdk_client: anthropic.Anthropic) -> None:
     usage = messages(sdk_client, {"a": params("Plain.")})["a"].usage
     assert usage.cache_creation_input_tokens == usage.cache_read_input_tokens == 0

@@ -144,7 +144,7 @@ def test_budget_exceeded_exits_1_naming_job_estimate_and_budget(project):
     result = CliRunner().invoke(cli, ["plan", "--no-refresh", "-o", "plan.jsonl"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: job demo: estimated cost $0.0001 exceeds its budget_usd $0.0000\n"
+        "Error: job demo: estimated cost $0.0001 exceeds its budget_usd <$0.0001\n"
     )
     assert "Plan: 3 to submit." in result.stdout
     assert not (project / "plan.jsonl").exists()  # a plan over budget is never saved

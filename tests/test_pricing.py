@@ -92,7 +92,7 @@ ROW = '[models."claude-haiku-4-5"]\ninput = 1.0\noutput = 4.0\n'
         (
             ROW + "inputs = 1.0\n",
             "models.claude-haiku-4-5.inputs: unknown key (one of before, cache_min_tokens, "
-            "cache_read, cache_write_1h, cache_write_5m, input, output)",
+            "cache_read, cache_write_1h, cache_write_5m, input, output, tool_overhead_tokens)",
         ),
         ('multipliers = { cache_read = "x" }\n', "multipliers.cache_read: should be a number"),
         (

@@ -95,26 +95,30 @@ def cache_prefix(params: dict[str, Any]) -> tuple[str, str] | None:
 def _usage(params: dict[str, Any], cache_state: str | None) -> dict[str, Any]:
     blocks = _blocks(params)
     total = _tokens(sum(_chars(b) for b in blocks)) + 3 * len(params.get("messages") or []) + 4
-    cached = 0
-    ttl = "5m"
+    cached = hour = 0
     if cache_state is not None:
-        last = max(
-            i
+        marks = [
+            (i, b["cache_control"].get("ttl") == "1h")
             for i, b in enumerate(blocks)
             if isinstance(b, dict) and isinstance(b.get("cache_control"), dict)
-        )
+        ]
+        last = marks[-1][0]
         cached = min(total - 1, _tokens(sum(_chars(b) for b in blocks[: last + 1])))
-        if blocks[last]["cache_control"].get("ttl") == "1h":
-            ttl = "1h"
+        # As the API writes a prefix of mixed TTLs: at 1 hour up to its last 1-hour mark, at 5
+        # minutes after it (a longer TTL must come first).
+        long = max((i for i, one_hour in marks if one_hour), default=None)
+        if long is not None:
+            hour = min(cached, _tokens(sum(_chars(b) for b in blocks[: long + 1])))
     write = cached if cache_state == "write" else 0
     read = cached if cache_state == "read" else 0
+    write_1h = min(write, hour)
     return {
         "input_tokens": total - cached,
         "cache_creation_input_tokens": write,
         "cache_read_input_tokens": read,
         "cache_creation": {
-            "ephemeral_5m_input_tokens": write if ttl == "5m" else 0,
-            "ephemeral_1h_input_tokens": write if ttl == "1h" else 0,
+            "ephemeral_5m_input_tokens": write - write_1h,
+            "ephemeral_1h_input_tokens": write_1h,
         },
         "output_tokens": 0,
         "service_tier": "batch",

@@ -517,11 +517,17 @@ def _desired_job(
     table.close()
     if job.cache == "auto":
         _auto_cache(table)
-    note = None
+    notes = []
     if missing and job.budget_usd is not None:
         raise SpecError(*(unpriced_budget(job.name, model, prices) for model in sorted(missing)))
     if missing:
-        note = f"no price for model {', '.join(sorted(missing))} in {prices.source}: estimate excludes it"
+        notes.append(
+            f"no price for model {', '.join(sorted(missing))} in {prices.source}: "
+            "estimate excludes it"
+        )
+    if any(e is not None and e.unsized for _, _, e in table.profiles):
+        notes.append(UNSIZED_NOTE)
+    note = "; ".join(notes) or None
     basis = None
     if expecting:
         notes = {found.note for found, _, _ in expecting.values()}
@@ -565,6 +571,13 @@ def _auto_cache(table: ItemTable) -> None:
                 )
                 twin = plain_of[p] = table.profile((plain.high, size, plain))
             table.set_profile(index, twin)
+
+
+# A document given by URL or by file_id cannot be sized before it is sent (pricing._size).
+UNSIZED_NOTE = (
+    "documents given by URL or file_id cannot be sized before they are sent: "
+    "the estimate leaves them out"
+)
 
 
 def unpriced_budget(job: str, model: str, prices: PriceTable) -> str:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -674,6 +675,60 @@ def _bad_value(value: Any) -> _BadRow | None:
     return _BadRow(f"{place}: {why}" if place else why)
 
 
+# Every digit as "0": a line's text so mapped holds "0e-" or "0E-" wherever it writes a number
+# with a negative exponent; one below 1e-4 written without is "0.0000…" (a string that merely
+# holds such text is taken for one too). It holds _LONG_NUMBER wherever it writes an integer past
+# 64 bits (19 digits or more), which orjson reads as a float, silently.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+# The types of an object's values in which no such float hides (an int orjson read is exact).
+_FLAT = frozenset((str, int, bool, type(None)))
+# Such a float is 2**63 or more (or -2**63 or less), which orjson writes with an exponent, as
+# every float of 1e16 or more: "e+16" ("e16" by older orjson), here with every digit as "0".
+_BIG_FLOAT = 2.0**63
+_EXPONENT = orjson.dumps(1e16).translate(_DIGITS_AS_ZERO)[1:]
+
+
+def _big_floats(row: Any) -> bool:
+    """Whether orjson's reading of a line may hold an integer past 64 bits (read as a float):
+    a float of 2**63 or more, in the row or written out in one of its lists or objects."""
+    if type(row) is not dict:
+        return _written_big(row)
+    for value in row.values():
+        kind = type(value)
+        if kind is float:
+            if not -_BIG_FLOAT < value < _BIG_FLOAT:
+                return True
+        elif (kind is list or kind is dict) and _written_big(value):
+            return True
+    return False
+
+
+def _written_big(value: Any) -> bool:
+    try:
+        return _EXPONENT in orjson.dumps(value).translate(_DIGITS_AS_ZERO)
+    except orjson.JSONEncodeError:
+        return True  # nested too deeply: the full reading says so
+
+
+def _exact(row: Any, line: bytes) -> Any:
+    """`row` as orjson read `line`, or a _BadRow when the line writes an integer past 64 bits
+    (which orjson read as a float): refused as `json_problem` refuses one read exactly."""
+    if type(row) is dict and _FLAT.issuperset(map(type, row.values())):
+        return row  # the common row, looked at in C calls alone
+    if not _big_floats(row) or _LONG_NUMBER not in line.translate(_DIGITS_AS_ZERO):
+        return row
+    try:
+        exact = strict_json(line)
+    except (ValueError, RecursionError) as e:
+        return _BadRow(json_error(e))
+    problem = json_problem(exact, max_depth=sys.maxsize)  # as deep as orjson read it
+    if problem is None:
+        return row
+    place, why = problem
+    return _BadRow(f"{place}: {why}" if place else why)
+
+
 def _json_line(line: bytes, number: int, shown: str) -> Any:
     """The value on one jsonl line, a _BadRow for a row that cannot be an item, or _Fatal."""
     try:
@@ -702,7 +757,7 @@ def _json_line(line: bytes, number: int, shown: str) -> Any:
                 strict_json(line)
             except (ValueError, RecursionError) as e:
                 return _BadRow(json_error(e))
-    return row
+    return _exact(row, line)
 
 
 def _colons(value: Any) -> int:
@@ -733,14 +788,18 @@ def _good_jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterat
 
 
 def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
-    position = {"line": 0}
+    position = {"line": 0, "ended": False}
 
     def text_lines() -> Iterator[str]:
         for number, line in _binary_lines(path, shown, root):
             position["line"] = number
             yield _decode(line, number, shown)
+        position["ended"] = True
 
-    reader = csv.reader(text_lines())
+    # strict: a quote closed before its field ends (`"a"b`), or never closed, is an error; read
+    # leniently, it makes a value the file does not hold (`ab`, or the rest of the file)
+    reader = csv.reader(text_lines(), strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -759,6 +818,9 @@ def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tupl
                 continue
             yield number, dict(zip(header, record, strict=True))
     except csv.Error as e:
+        if position["ended"]:  # the only error once every line is read: a quote left open
+            detail = "a quoted field is never closed (the file ends inside it)"
+            raise _Fatal(f"{shown}: line {start}", f"invalid CSV: {detail}") from None
         raise _Fatal(f"{shown}: line {position['line']}", f"invalid CSV: {e}") from None
 
 
@@ -1189,10 +1251,6 @@ def _raw_items(
             seen.clear()
 
 
-# Every digit as "0": a line's text so mapped holds "0e-" or "0E-" wherever it writes a number
-# with a negative exponent; one below 1e-4 written without is "0.0000…" (a string that merely
-# holds such text is taken for one too).
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 # What a custom_id may hold (`CUSTOM_ID_RE`), for `str.strip`.
 _CUSTOM_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
@@ -1206,7 +1264,8 @@ def _plain_request(
     API refuses, nesting near the limit), which `_raw_item` then reads as ever.
 
     The line is read by orjson, as the full reading reads it first: it refuses lone surrogates
-    and infinite numbers, and reads an integer past 64 bits as a float, so of what
+    and infinite numbers, and reads an integer past 64 bits as a float (a line with 19 digits
+    in a row is left to the full reading, which reads it again exactly: `_exact`), so of what
     `json_problem` looks for only deep nesting is left: a line with no more than MAX_DEPTH
     brackets cannot nest that deep. Its params are written as canonical
     JSON by orjson, as `canonical_json` does, when the line writes no number below 1e-4 (the
@@ -1248,7 +1307,7 @@ def _plain_request(
         if line.count(b":") != data.count(b":") + 2 or b"\\u003" in line:
             return None
         zeros = line.translate(_DIGITS_AS_ZERO)
-        if b"0e-" in zeros or b"0E-" in zeros or b"0.0000" in line:
+        if b"0e-" in zeros or b"0E-" in zeros or b"0.0000" in line or _LONG_NUMBER in zeros:
             return None
         body = len(data)  # what `request_size_of` counts: the same bytes, sorted
         if sorted_betas:

@@ -10,9 +10,10 @@ templates, so `RowMaker` writes it once per job with a marker in each template's
 item only renders the templates (`str.format`), writes each one as a JSON string and joins the
 pieces. A JSON string is written by orjson exactly as `json.dumps(ensure_ascii=False)` writes it,
 so the bytes are those `items._encoder` hashes. The request's size follows from the same lengths,
-and its cost from the total length of the rendered templates alone (every template sits where
-`pricing._scan` counts its characters, and no cache mark depends on it): it is estimated once
-per distinct length, from the request the general path renders.
+and its cost from the total length of the rendered templates and how many of their characters
+are outside ASCII, alone (every template sits where `pricing._scan` counts its characters, and no
+cache mark depends on it): it is estimated once per distinct pair, from the request the general
+path renders.
 
 A row the fast path does not take (a value that is not a string, a missing name, a key that is
 not a string, a duplicate, a bad line, a request over the size budget) goes through the general
@@ -36,13 +37,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from batchops.errors import SpecError
-from batchops.pricing import ItemEstimate, ModelPrice, PriceTable, _scan
+from batchops.pricing import ItemEstimate, ModelPrice, PriceTable, _scan, non_ascii
 from batchops.spec import caching
 from batchops.spec.items import (
+    _FLAT,
     FINGERPRINT_PREFIX,
     REQUEST_FRAME,
     Item,
     TemplateRows,
+    _big_floats,
     _custom_id_maker,
     _Fatal,
     _line_blocks,
@@ -344,17 +347,22 @@ def plain_row(
     line: bytes,
     loads: Callable[[bytes], Any] = orjson.loads,
     dumps: Callable[[Any], bytes] = orjson.dumps,
+    flat: Callable[[Iterable[type]], bool] = _FLAT.issuperset,
 ) -> dict[str, Any] | None:
-    """The object on a jsonl line, when the fast path may take it: valid JSON, an object, and
-    no key given twice (what `items._json_line` checks), found cheaply: a flat object holds
-    exactly one colon a key when no key is repeated and no string has one. None sends the line
-    to the general path, which reports or takes it as before."""
+    """The object on a jsonl line, when the fast path may take it: valid JSON, an object, no
+    key given twice and no integer past 64 bits (what `items._json_line` checks), found
+    cheaply: a flat object holds exactly one colon a key when no key is repeated and no string
+    has one, and orjson reads an integer past 64 bits as a float, which a value that is a
+    string, an int, a bool or null is not (`items._big_floats`). None sends the line to the
+    general path, which reports or takes it as before."""
     try:
         row = loads(line)
     except orjson.JSONDecodeError:
         return None
     if type(row) is not dict:
         return None
+    if not flat(map(type, row.values())) and _big_floats(row):
+        return None  # maybe an integer past 64 bits: the general path reads it exactly
     colons = line.count(b":")
     if colons != len(row):
         try:
@@ -785,13 +793,16 @@ def _maker(
         orjson.JSONEncodeError,
     )
     custom_id = _custom_id_maker(job.name)
-    estimates: dict[int, ItemEstimate | None] = {}  # by the total length of the templates
+    # by the total length of the templates, with their non-ASCII characters when there are any
+    estimates: dict[int | tuple[int, int], ItemEstimate | None] = {}
     pieces, order, size_base = layout.pieces, layout.order, layout.size
     plain_pieces, plain_order = layout.plain_pieces, layout.plain_order
     shapes = _shapes(layout.templates)
     spool_add = spool.add if spool is not None else None
 
-    def estimate(row: dict[str, Any], key: str, length: int) -> ItemEstimate | None:
+    def estimate(
+        row: dict[str, Any], key: str, length: int | tuple[int, int]
+    ) -> ItemEstimate | None:
         if price is None:
             cost = None
         else:
@@ -828,10 +839,11 @@ def _maker(
                 return None
             fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
             cid = custom_id(key, fp)
+            length = size if text.isascii() else (size, non_ascii(text))
             try:
-                cost = estimates[size]
+                cost = estimates[length]
             except KeyError:
-                cost = estimate(row, key, size)
+                cost = estimate(row, key, length)
             if spool is not None:
                 try:
                     line = join((b'{"key":', dumps(key), b',"custom_id":"', cid.encode(),
@@ -855,7 +867,9 @@ def _maker(
             return None
         fp = FINGERPRINT_PREFIX + sha256(data).hexdigest()
         cid = custom_id(key, fp)
-        length = sum(map(len, found))
+        length: int | tuple[int, int] = sum(map(len, found))
+        if not all(map(str.isascii, found)):
+            length = (length, sum(map(non_ascii, found)))
         cost = estimates[length] if length in estimates else estimate(row, key, length)
         if spool_add is not None:
             spool_add(key, cid, fp, _between(plain_pieces, plain_order, written))

@@ -82,9 +82,10 @@ def _sentence(plan: Plan) -> str:
     if not plan.changes:
         return "No changes. State matches the specs."
     parts = [f"{summary[a]} to {a}" for a in ACTIONS if summary[a]]
-    cost = f"Estimated cost {money(plan.expected_cost_usd)}"
-    if round(plan.estimated_cost_usd, 4) != round(plan.expected_cost_usd, 4):
-        cost += f" (up to {money(plan.estimated_cost_usd)})"
+    expected, ceiling = money(plan.expected_cost_usd), money(plan.estimated_cost_usd)
+    cost = f"Estimated cost {expected}"
+    if ceiling != expected:  # as shown: $0.0000 and <$0.0001 differ, two amounts under it do not
+        cost += f" (up to {ceiling})"
     if plan.saved_usd:
         cost += f"; reuse saves {money(plan.saved_usd)}"
     if plan.cache_saving_usd:
@@ -141,7 +142,7 @@ def _failed_lines(plan: Plan, limit: int = MAX_LISTED, cap: int = 0) -> list[str
 
 
 def _notes(plan: Plan) -> list[str]:
-    notes = [j.cost_note for j in plan.jobs if j.cost_note]
+    notes = [f"{j.name}: {j.cost_note}" for j in plan.jobs if j.cost_note]
     notes += [f"{j.name}: expected output {j.output_basis}" for j in plan.jobs if _basis(j)]
     if plan.offline_note:
         notes.append(plan.offline_note)
