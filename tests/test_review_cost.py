@@ -102,23 +102,25 @@ def test_a_document_of_text_content_blocks_is_counted_by_its_text_not_a_fixed_16
     # FINDING 2 (overspend): a `document` whose source is `content` (text blocks) falls into the
     # image branch of pricing._chars and counts as a fixed 1,600 tokens, whatever its length.
     text = "x" * 300_000  # 100,000 tokens at the ceiling's own 3 characters a token
-    params = {
+    params = _summarise({"type": "content", "content": [{"type": "text", "text": text}]})
+    assert estimate_request(params).input_tokens >= 100_000  # now 1,607
+
+
+def _summarise(source: dict) -> dict:
+    """A request asking to summarise one document of `source`."""
+    return {
         "model": "claude-haiku-4-5",
         "max_tokens": 1,
         "messages": [
             {
                 "role": "user",
                 "content": [
-                    {
-                        "type": "document",
-                        "source": {"type": "content", "content": [{"type": "text", "text": text}]},
-                    },
+                    {"type": "document", "source": source},
                     {"type": "text", "text": "Summarise."},
                 ],
             }
         ],
     }
-    assert estimate_request(params).input_tokens >= 100_000  # now 1,607
 
 
 def _pdf(pages: int, filler: int = 10_000) -> bytes:
@@ -140,22 +142,7 @@ def test_a_base64_pdf_is_not_counted_as_one_image():
     # API bills a PDF per page (its text plus an image of the page; Anthropic's PDF support page:
     # 1,500-3,000 tokens a page of text alone). Not in ANTHROPIC_BATCHES_API.md.
     data = base64.b64encode(_pdf(50)).decode()
-    params = {
-        "model": "claude-haiku-4-5",
-        "max_tokens": 1,
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {
-                        "type": "document",
-                        "source": {"type": "base64", "media_type": "application/pdf", "data": data},
-                    },
-                    {"type": "text", "text": "Summarise."},
-                ],
-            }
-        ],
-    }
+    params = _summarise({"type": "base64", "media_type": "application/pdf", "data": data})
     assert estimate_request(params).input_tokens >= 50 * 1_500  # now 1,607
 
 
