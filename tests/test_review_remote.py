@@ -59,6 +59,27 @@ def test_r1_a_results_read_failing_once_during_adoption_does_not_send_again(
     assert emulator_admin.stats()["batches_created"] == 1
 
 
+@pytest.mark.parametrize("spoil", ["drop_line", "duplicate_line"])
+def test_a_lost_creates_candidate_read_in_part_is_read_again_not_taken_for_foreign(
+    tmp_path, emulator, emulator_admin, spoil
+):
+    """A results file that reads well but shows only some of our custom_ids (a line left out, or
+    one repeated in its place) proves nothing: the items stay held, and the next read, whole,
+    adopts the batch. Nothing is sent twice."""
+    emulator_admin.set_config(processing_seconds=5)
+    write_project(tmp_path, rows(3))
+    emulator_admin.lose_next_create_response()
+    assert "held" in ok(apply(tmp_path, emulator)).stdout
+    emulator_admin.advance_clock(10)  # the batch ends; the create is older than the grace
+    emulator_admin.add_faults([{"kind": spoil, "endpoint": "results"}])
+    partly = ok(apply(tmp_path, emulator, env=FAST_GRACE))
+    assert "could not be read in full this time" in partly.stdout, partly.stdout
+    assert state_rows(tmp_path, "select status from intents") == [("open",)]
+    ok(apply(tmp_path, emulator, "--wait", "--timeout", "60", env=FAST_GRACE))
+    assert {submissions(emulator_admin, k) for k in ("r1", "r2", "r3")} == {1}
+    assert emulator_admin.stats()["batches_created"] == 1
+
+
 # FINDING R2 (wrong plan: items held for ever): resolve_intent puts an archived candidate in
 # `waiting` (`remote.processing_status != "ended" or remote.archived_at is not None`), and a
 # candidate there holds the intent's items "until it ends". An archived batch has ended and its
