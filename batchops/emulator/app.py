@@ -254,7 +254,8 @@ async def list_batches(request: Request, emu: Emulator) -> Response:
             request, 400, "invalid_request_error", "Cannot specify both after_id and before_id"
         )
     hidden = emu.list_lag.hidden(emu.clock.now())
-    page = emu.store.page(int(raw_limit), after_id or None, before_id or None, hidden)
+    accepted = emu.settings.deleted_cursors == "accepted"
+    page = emu.store.page(int(raw_limit), after_id or None, before_id or None, hidden, accepted)
     if page is None:
         return error_response(request, 400, "invalid_request_error", "Unknown pagination cursor")
     rows, has_more = page

@@ -7,6 +7,7 @@ the few settings a test may change while the server runs (`RuntimeSettings`) are
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -45,6 +46,9 @@ class RuntimeSettings(BaseModel):
     fault_rates: dict[str, float] = Field(default_factory=dict)
     # Model ids accepted besides batchops.apirules.MODELS (a model newer than that list).
     extra_models: list[str] = Field(default_factory=list)
+    # Whether a deleted batch's id still works as a list cursor (`after_id`, `before_id`): the
+    # API does not document it. "refused" answers it as an id never seen (400).
+    deleted_cursors: Literal["accepted", "refused"] = "accepted"
 
     @field_validator("fault_rates")
     @classmethod

@@ -328,12 +328,14 @@ class Store:
         after_id: str | None,
         before_id: str | None,
         hidden: Collection[str] = (),
+        deleted_cursors: bool = True,
     ) -> tuple[list[BatchRow], bool] | None:
-        """Newest first; None when a cursor id is unknown. `hidden` ids are left out."""
+        """Newest first; None when a cursor id is unknown (or deleted, unless `deleted_cursors`).
+        `hidden` ids are left out."""
         skip = orjson.dumps(sorted(hidden)).decode()
         with self._lock:
             if before_id is not None:
-                cursor = self._seq(before_id)
+                cursor = self._seq(before_id, deleted_cursors)
                 if cursor is None:
                     return None
                 found = self._db.execute(
@@ -346,7 +348,7 @@ class Store:
             else:
                 cursor = None
                 if after_id is not None:
-                    cursor = self._seq(after_id)
+                    cursor = self._seq(after_id, deleted_cursors)
                     if cursor is None:
                         return None
                 found = self._db.execute(
@@ -360,8 +362,11 @@ class Store:
 
     _VISIBLE = "id NOT IN (SELECT value FROM json_each(?))"
 
-    def _seq(self, batch_id: str) -> int | None:
-        found = self._db.execute("SELECT seq FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    def _seq(self, batch_id: str, deleted: bool = True) -> int | None:
+        found = self._db.execute(
+            "SELECT seq FROM batches WHERE id = ?" + ("" if deleted else " AND deleted = 0"),
+            (batch_id,),
+        ).fetchone()
         return found[0] if found else None
 
     # ------------------------------------------------------------------ results

@@ -79,6 +79,17 @@ def remote_error(exc: BaseException, what: str) -> RemoteError:
     return RemoteError(describe(exc, what), status=status, retryable=retryable)
 
 
+def _never_sent(exc: BaseException) -> bool:
+    """Whether an SDK connection failure happened before any byte of the request was written:
+    the connection was refused or not made in time, or no pooled connection came free. Any
+    other failure (a reset, a read timeout) may come after the API took the request."""
+    import httpx2  # the SDK's HTTP client, imported with it
+
+    return isinstance(
+        exc.__cause__, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+    )
+
+
 def describe(exc: BaseException, what: str) -> str:
     """One line about an SDK failure; never includes the key."""
     if isinstance(exc, anthropic.APIStatusError):
@@ -197,6 +208,8 @@ class BatchesClient:
                 ) from exc
             raise remote_error(exc, "create batch") from None
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+            if _never_sent(exc):  # nothing was created: sent again now, not held 15 minutes
+                raise remote_error(exc, "create batch") from None
             raise CreateOutcomeUnknown(describe(exc, "create batch"), retryable=True) from exc
         return RemoteBatch.from_sdk(batch)
 
@@ -217,13 +230,16 @@ class BatchesClient:
         return page.data[0].id if page.data else ""
 
     def list_after(self, anchor: str) -> Iterator[RemoteBatch]:
-        """Every batch created after the batch `anchor` ("" : every batch), by list position."""
+        """Every batch created after the batch `anchor` ("" : every batch), by list position,
+        newest first: the list read from its top down to the anchor. Not `before_id=anchor`:
+        the anchor may have been deleted since (a prune, a teammate), and the API does not say
+        whether a deleted batch still works as a cursor (an error would hold the items for
+        ever, an empty page would send them twice). From the top, a deleted anchor only makes
+        the read go on to the end of the list, 29 days' worth."""
         try:
-            if anchor:
-                pages = self._sdk.messages.batches.list(before_id=anchor, limit=100)
-            else:
-                pages = self._sdk.messages.batches.list(limit=100)
-            for batch in pages:
+            for batch in self._sdk.messages.batches.list(limit=100):
+                if batch.id == anchor:
+                    return
                 yield RemoteBatch.from_sdk(batch)
         except anthropic.APIError as exc:
             raise remote_error(exc, "list batches") from None
