@@ -145,3 +145,34 @@ def test_the_emulator_answers_a_deleted_cursor_as_set(
     else:
         with pytest.raises(anthropic.BadRequestError, match="Unknown pagination cursor"):
             sdk_client.messages.batches.list(before_id=older.id, limit=10)
+
+
+@pytest.mark.parametrize("status", [500, 529])
+def test_a_create_answered_5xx_after_it_was_committed_is_not_sent_twice(
+    tmp_path, emulator, emulator_admin, status
+):
+    """A 529 (overloaded) may come from any layer, after the API took the request, as a 500 may
+    (ANTHROPIC_BATCHES_API.md §7: "a timeout or a 5xx after the server has accepted the batch
+    can create a duplicate batch"): the batch it made is looked for and adopted, never made
+    again by a retried create."""
+    emulator_admin.set_config(processing_seconds=1)
+    write_project(tmp_path, rows(2))
+    emulator_admin.add_faults(
+        [{"kind": "status", "status": status, "endpoint": "create", "after_work": True}]
+    )
+    report = apply(context(tmp_path, emulator), wait=True, timeout=60)
+    assert not report.timed_out and not report.problems, report
+    assert emulator_admin.stats()["batches_created"] == 1
+    assert {submissions(emulator_admin, k) for k in ("r1", "r2")} == {1}
+    assert len(report.adopted) == 1 and report.results_stored == 2
+
+
+def test_a_create_answered_429_is_sent_again_at_once(tmp_path, emulator, emulator_admin):
+    """A 429 sheds load before a request is processed (rate and queue limits): nothing was made,
+    and the create is tried again in the same apply."""
+    write_project(tmp_path, rows(2))
+    emulator_admin.add_faults([{"kind": "status", "status": 429, "endpoint": "create"}])
+    report = apply(context(tmp_path, emulator), wait=True, timeout=30)
+    assert not report.timed_out and not report.problems, report
+    assert emulator_admin.stats()["batches_created"] == 1
+    assert not report.adopted and report.results_stored == 2

@@ -66,6 +66,10 @@ CREATE_TRIES = 4
 # sent again (DESIGN §6.3): the SDK's own request timeout is 10 minutes, so 15 leaves margin.
 CREATE_GRACE_SECONDS = 900.0
 CREATE_GRACE_ENV = "BATCHOPS_CREATE_GRACE_SECONDS"
+# How far before its local `results_expire_at` (the server's created_at + 29 days, read against our
+# clock) a results 404 from a batch that exists is taken as the end of retention: our clock may run
+# behind the server's. Earlier, a 404 proves nothing and the harvest is tried again.
+RETENTION_SKEW_ALLOWANCE = timedelta(days=1)
 
 
 def create_grace_seconds() -> float:
@@ -247,6 +251,8 @@ class Evaluator:
         record = step if isinstance(step, BatchRecord) else self.state.batch(step.batch_id)
         if record is None or record.harvested_at is not None:
             return record is not None
+        if record.finished:  # deleted, results lost or not ours: found by a step before this one
+            return False
         counts = orjson.loads(record.request_counts) if record.request_counts else {}
         expected = sum(counts.values()) if counts else record.request_count
         try:
@@ -269,6 +275,17 @@ class Evaluator:
                 self.report.drift.append(note)
                 self._note(f"Drift: {note}.")
                 return False
+            if self._past_retention(record):
+                # a server that stops serving results without setting archived_at: the next plan
+                # requeues its items
+                self.state.save_batch(replace(record, drift="results-lost"), self.clock())
+                note = (
+                    f"batch {record.id} ({record.job}): its results answered 404 at the end of "
+                    "retention, before they were harvested; its items will be sent again"
+                )
+                self.report.drift.append(note)
+                self._note(f"Drift: {note}.")
+                return False
             return self._harvest_problem(
                 record, "its results answered 404 although it exists", again=True
             )
@@ -282,6 +299,12 @@ class Evaluator:
         self.report.results_stored += stored
         self._note(f"Harvested batch {record.id} ({record.job}): {_count(stored, 'result')}.")
         return True
+
+    def _past_retention(self, record: BatchRecord) -> bool:
+        """Whether the batch's results may have expired remotely, by our clock (give or take the
+        skew allowed between it and the server's)."""
+        expires = record.results_expire_at
+        return expires is not None and self.clock() >= expires - RETENTION_SKEW_ALLOWANCE
 
     def _harvest_problem(self, record: BatchRecord, message: str, *, again: bool) -> bool:
         self.report.problems.append(f"harvest of batch {record.id} ({record.job}): {message}")

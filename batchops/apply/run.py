@@ -289,5 +289,6 @@ def import_batch(
     evaluator = Evaluator(state, client, clock, progress)
     record = state.batch(batch_id)
     if record is None or not evaluator.harvest(record):
-        raise RemoteError(*(evaluator.report.problems or [f"batch {batch_id}: harvest failed"]))
+        said = evaluator.report.problems or evaluator.report.drift
+        raise RemoteError(*(said or [f"batch {batch_id}: harvest failed"]))
     return evaluator.report.results_stored

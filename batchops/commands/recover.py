@@ -176,6 +176,8 @@ def _recover_batch(
         evaluator = Evaluator(state, client, context.clock, NullProgress())
         record = state.batch(remote.id)
         if record is None or not evaluator.harvest(record):
+            if evaluator.report.drift:  # its results are gone (retention's end, a deletion)
+                return skip(f"recorded, but not harvested ({evaluator.report.drift[-1]})")
             problem = (evaluator.report.problems or ["harvest failed"])[-1]
             return skip(f"recorded, but not harvested ({problem}); the next apply harvests it")
         stored = evaluator.report.results_stored

@@ -566,6 +566,8 @@ class RequestIdAndFaults:
             await asyncio.sleep(fault.delay_seconds)
             return await self.app(scope, receive, stamped)
         if fault.kind == "status":
+            if fault.after_work:
+                await self.app(scope, receive, _discard)
             return await self._status(fault, request_id, stamped)
         if fault.kind == "lost_response":
             await self.app(scope, receive, _discard)

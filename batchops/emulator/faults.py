@@ -20,6 +20,7 @@ whose endpoint (create, retrieve, list, results, cancel, delete; omitted = any) 
 
     {"kind": "status", "status": 529, "retry_after_ms": 20, "endpoint": "create"}
     {"kind": "status", "status": 500, "should_retry": false}
+    {"kind": "status", "status": 529, "endpoint": "create", "after_work": true}   committed, then 529
     {"kind": "lost_response", "endpoint": "create"}     committed, then the socket is closed
     {"kind": "truncate", "endpoint": "results", "after_bytes": 3000}
     {"kind": "slow", "delay_seconds": 2.5}
@@ -89,7 +90,8 @@ class HttpFault(BaseModel):
     """One spoiled response; `endpoint` None matches any API endpoint.
 
     kind `status`: answer `status` with an error envelope (and retry-after-ms / x-should-retry
-    when given) without doing the work. `lost_response`: do the work, then close the connection
+    when given) without doing the work; with `after_work`, once the work is done (a create is
+    committed), as a gateway may answer after the API took the request. `lost_response`: do the work, then close the connection
     without answering. `truncate`: send headers and the first `after_bytes` of the body, then
     close. `slow`: wait `delay_seconds`, then answer normally. `duplicate_line` / `drop_line`
     (results only): a well-framed result file with one line repeated, or one line missing.
@@ -118,6 +120,7 @@ class HttpFault(BaseModel):
     hidden_seconds: float | None = Field(default=None, ge=0)
     hidden_lists: int | None = Field(default=None, ge=1)
     lose_response: bool = False  # with `hidden`: the create's answer is lost as well
+    after_work: bool = False  # with `status`: the work is done first
 
     @model_validator(mode="after")
     def _hidden_shape(self) -> HttpFault:

@@ -91,8 +91,13 @@ def _describe_outcome(record: ItemRecord) -> str:
     return str(record.outcome)
 
 
-def lost_batches(batches: Iterable[BatchRecord], now: datetime) -> dict[str, str]:
-    """batch id → drift, for batches whose results can no longer be read and were not harvested."""
+def lost_batches(batches: Iterable[BatchRecord]) -> dict[str, str]:
+    """batch id → drift, for batches whose results can no longer be read and were not harvested.
+
+    Only the server says so (a confirmed deletion, `archived_at`, or results that answered 404 at
+    the end of retention), never the local clock: `results_expire_at` is the server's created_at
+    plus 29 days read against a clock that may run ahead of it, and results judged lost on that
+    alone are paid for twice, while the server still serves them."""
     out = {}
     for b in batches:
         if b.pruned_at is not None or b.harvested_at is not None or b.drift == "not-ours":
@@ -100,8 +105,6 @@ def lost_batches(batches: Iterable[BatchRecord], now: datetime) -> dict[str, str
         if b.drift == "deleted":
             out[b.id] = "deleted"
         elif b.drift == "results-lost" or b.archived_at is not None:
-            out[b.id] = "results-lost"
-        elif b.processing_status == "ended" and b.results_expire_at and now >= b.results_expire_at:
             out[b.id] = "results-lost"
     return out
 
@@ -148,7 +151,7 @@ def make_plan(
     # a lost batch is requeued while it still carries items, or until its drift is recorded
     lost = {
         batch_id: drift
-        for batch_id, drift in lost_batches(batches, now).items()
+        for batch_id, drift in lost_batches(batches).items()
         if inflight_batches.get(batch_id) or drifts[batch_id] != drift
     }
     obsolete: set[str] = set()  # job\x1fkey of in-flight items nobody wants any more

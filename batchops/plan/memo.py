@@ -339,11 +339,12 @@ def _no_op(plan: Plan, desired: Desired) -> bool:
 
 
 def valid_until(batches: Iterable[BatchRecord]) -> datetime | None:
-    """The first moment the diff's judgements on time (results expired unharvested, results
-    within the prune margin of expiry) could change for these batches; None: never.
+    """The first moment the diff's judgement on time (results within the prune margin of expiry)
+    could change for these batches; None: never.
 
-    A finished batch is judged without the clock; every other one with a results expiry is
-    judged against it, earliest at its expiry less the prune margin (see `plan.diff`)."""
+    Whether results are lost is the server's word, never the clock's (`diff.lost_batches`). A
+    finished batch is judged without the clock; every other one with a results expiry may be
+    pruned from its expiry less the prune margin (see `plan.diff`)."""
     moments = [
         b.results_expire_at - DEFAULT_PRUNE_MARGIN
         for b in batches

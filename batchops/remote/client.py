@@ -198,9 +198,10 @@ class BatchesClient:
                 options={"headers": headers},
             )  # fmt: skip
         except anthropic.APIStatusError as exc:
-            # 429 and 529 shed load before a request is processed: nothing was created. Any
-            # other 5xx, 408 or 409 may come after the batch was committed: outcome unknown.
-            if exc.status_code in (429, 529):
+            # A 429 sheds load before a request is processed (rate and queue limits): nothing
+            # was created. A 5xx (529 overloaded too: any layer may send it), 408 or 409 may
+            # come after the batch was committed: outcome unknown.
+            if exc.status_code == 429:
                 raise remote_error(exc, "create batch") from None
             if exc.status_code >= 500 or exc.status_code in (408, 409):
                 raise CreateOutcomeUnknown(
