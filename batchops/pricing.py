@@ -448,7 +448,7 @@ def _ceiling_tokens(chars: int, wide: int) -> int:
     return -(-(chars + (WIDE_CHARS - 1) * wide) // CHARS_PER_TOKEN)
 
 
-def _typical_tokens(chars: int, wide: int) -> int:
+def typical_tokens(chars: int, wide: int) -> int:
     return -(-(chars + (WIDE_CHARS_TYPICAL - 1) * wide) // CHARS_PER_TOKEN_TYPICAL)
 
 
@@ -585,7 +585,7 @@ def estimate_item(
                 short * (top.cache_write_5m - top.cache_read)
                 + long * (top.cache_write_1h - top.cache_read)
             ) / 1_000_000
-            plain, short, long = _tokens(scan, tool, _typical_tokens, cache_min)
+            plain, short, long = _tokens(scan, tool, typical_tokens, cache_min)
             expected = (
                 plain * price.input + short * price.cache_write_5m + long * price.cache_write_1h
                 + expected_out * price.output
@@ -607,7 +607,7 @@ def estimate_item(
     # expected figure's, which counts fewer tokens). The common case, kept lean.
     chars, wide = scan.total
     high = (_ceiling_tokens(chars, wide) + tool) * top.input + max_tokens * top.output
-    expected = (_typical_tokens(chars, wide) + tool) * price.input + expected_out * price.output
+    expected = (typical_tokens(chars, wide) + tool) * price.input + expected_out * price.output
     return ItemEstimate(
         high / 1_000_000,
         expected / 1_000_000,

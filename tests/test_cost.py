@@ -252,6 +252,20 @@ def test_auto_marks_nothing_shorter_than_the_models_minimum():
     assert caching.candidate({**params, "model": "claude-sonnet-4-5"}) is not None  # from 1,024
 
 
+def test_auto_sizes_a_non_ascii_prefix_as_the_estimate_counts_it():
+    """A system prompt in Japanese runs about a token a character, not four characters a
+    token: 3,000 of its characters are over Sonnet's 1,024-token minimum (the expected figure
+    counts a non-ASCII character as half a token: 1,500), and are marked. Sized at four
+    characters a token (750) it was left unmarked, and every item paid its full input."""
+    system = "規約に従って分類してください。" * 200  # 3,000 characters
+    params = {"model": "claude-sonnet-4-5", "max_tokens": 5, "system": system, "messages": []}
+    assert caching.candidate(params) is not None
+    ascii_twin = {**params, "system": "x" * 3_000}  # 750 tokens: still too short
+    assert caching.candidate(ascii_twin) is None
+    tools = [{"name": "label", "description": system, "input_schema": {"type": "object"}}]
+    assert caching.candidate({**params, "system": "Classify.", "tools": tools}) is not None
+
+
 def test_the_plan_and_the_emulator_agree_a_short_marked_prefix_is_not_cached(tmp_path, emulator):
     short = "Short rubric. " * 300  # ~1,050 tokens: under haiku 4.5's 4,096
     write_project(

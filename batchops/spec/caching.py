@@ -13,18 +13,18 @@ Marks are added when a request is sent, never to the request a fingerprint is ta
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from batchops.pricing import (
-    CHARS_PER_TOKEN_TYPICAL,
     ItemEstimate,
     ModelPrice,
     PriceTable,
     cache_min_tokens,
     estimate_item,
+    non_ascii,
+    typical_tokens,
 )
 
 if TYPE_CHECKING:
@@ -57,13 +57,15 @@ def candidate(params: dict[str, Any], row: dict[str, Any] | None = None) -> str 
         return None
     if _has_marks(params):
         return None
-    if isinstance(system, str):
-        chars = len(system)
-    else:
-        chars = sum(len(str(b.get("text", ""))) if isinstance(b, dict) else 0 for b in system or ())
-    chars += sum(len(orjson.dumps(t)) for t in tools)
+    # Sized as the expected figure counts it (`pricing.typical_tokens`): a non-ASCII character
+    # as more than a quarter of a token, or a prefix in Japanese would be judged too short.
+    texts = [system] if isinstance(system, str) else [
+        str(b.get("text", "")) for b in system or () if isinstance(b, dict)
+    ]  # fmt: skip
+    texts += [orjson.dumps(t).decode() for t in tools]
+    chars, wide = sum(map(len, texts)), sum(map(non_ascii, texts))
     model = str(params.get("model", ""))
-    if math.floor(chars / CHARS_PER_TOKEN_TYPICAL) < cache_min_tokens(model, row):
+    if typical_tokens(chars, wide) < cache_min_tokens(model, row):
         return None
     data = orjson.dumps([model, tools, system], option=orjson.OPT_SORT_KEYS)
     return "sha256:" + hashlib.sha256(data).hexdigest()
