@@ -275,7 +275,7 @@ class Evaluator:
                 self.report.drift.append(note)
                 self._note(f"Drift: {note}.")
                 return False
-            if self._past_retention(record):
+            if self._past_retention(record) and self._results_answer_404(record.id):
                 # a server that stops serving results without setting archived_at: the next plan
                 # requeues its items
                 self.state.save_batch(replace(record, drift="results-lost"), self.clock())
@@ -299,6 +299,17 @@ class Evaluator:
         self.report.results_stored += stored
         self._note(f"Harvested batch {record.id} ({record.job}): {_count(stored, 'result')}.")
         return True
+
+    def _results_answer_404(self, batch_id: str) -> bool:
+        """Whether a batch's results answer 404 when asked again, at once: one 404 is a
+        question (a passing fault), as a retrieve's is (`confirm_gone`)."""
+        try:
+            with self.client.result_blocks(batch_id):
+                return False
+        except NotFound:
+            return True
+        except RemoteError:
+            return False
 
     def _past_retention(self, record: BatchRecord) -> bool:
         """Whether the batch's results may have expired remotely, by our clock (give or take the

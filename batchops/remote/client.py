@@ -195,15 +195,17 @@ class BatchesClient:
         try:
             batch = sdk.post(
                 "/v1/messages/batches", cast_to=cast_to, content=iter(body),
-                options={"headers": headers},
+                options={"headers": headers, "follow_redirects": False},
             )  # fmt: skip
         except anthropic.APIStatusError as exc:
             # A 429 sheds load before a request is processed (rate and queue limits): nothing
             # was created. A 5xx (529 overloaded too: any layer may send it), 408 or 409 may
-            # come after the batch was committed: outcome unknown.
+            # come after the batch was committed: outcome unknown. So may a redirect, which a
+            # create does not follow: a connection refused on its second hop would read as
+            # "never sent" (`_never_sent`), after the first hop made the batch.
             if exc.status_code == 429:
                 raise remote_error(exc, "create batch") from None
-            if exc.status_code >= 500 or exc.status_code in (408, 409):
+            if exc.status_code >= 500 or exc.status_code in (408, 409) or exc.status_code < 400:
                 raise CreateOutcomeUnknown(
                     describe(exc, "create batch"), status=exc.status_code, retryable=True
                 ) from exc
