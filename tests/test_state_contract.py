@@ -984,8 +984,11 @@ def test_dump_and_load_copy_every_row(writer: StateWriter, backend: Backend, oth
     try:
         counts = target.load_tables(writer.dump_tables(), expected=writer.table_counts())
         assert counts == writer.table_counts()
-        assert counts["results"] == 2 and counts["attempts"] == 3 and counts["meta"] == 3
+        # meta: lineage, serial, created_at and the write id
+        assert counts["results"] == 2 and counts["attempts"] == 3 and counts["meta"] == 4
         assert (target.lineage, target.serial) == (writer.lineage, writer.serial)
+        # a history of its own from the copy on: a plan made against one is refused by the other
+        assert None is not target.write_id != writer.write_id is not None
         assert records(target) == records(writer)
         assert target.batches() == writer.batches()
         assert target.result_lookup(JOB, "a") == writer.result_lookup(JOB, "a")

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from batchops.plan.memo import Planner
     from batchops.plan.saved import SavedPlan
     from batchops.remote import BatchesClient
+    from batchops.state.api import StateReader
     from batchops.state.records import BatchRecord, LockInfo
 
 
@@ -320,7 +321,7 @@ class Context:
             planner = Planner.of(self.desired(job_names))
             reader = self.reader()
             try:
-                check_saved_plan(saved, reader.lineage, reader.serial, planner.spec_digest,
+                check_saved_plan(saved, reader, planner.spec_digest,
                                  reader.plan_applied(saved.plan_id))  # fmt: skip
             finally:
                 reader.close()
@@ -349,7 +350,7 @@ class Context:
             )
             try:
                 if saved is not None:
-                    check_saved_plan(saved, state.lineage, state.serial, planner.spec_digest,
+                    check_saved_plan(saved, state, planner.spec_digest,
                                      state.plan_applied(saved.plan_id))  # fmt: skip
                     state.record_plan_applied(saved.plan_id, self.clock())
                 report = run_cycles(
@@ -470,13 +471,10 @@ class Context:
 
 
 def check_saved_plan(
-    saved: SavedPlan,
-    store_lineage: str | None,
-    store_serial: int,
-    spec_digest: str,
-    already_applied: bool,
+    saved: SavedPlan, store: StateReader, spec_digest: str, already_applied: bool
 ) -> None:
     """Refuse a saved plan that no longer matches (before any network call)."""
+    store_lineage, store_serial = store.lineage, store.serial
     problems = []
     if already_applied:
         problems.append(f"{saved.path}: this plan was already applied; make a new plan")
@@ -491,6 +489,13 @@ def check_saved_plan(
         problems.append(
             f"{saved.path}: state changed since the plan was made (serial "
             f"{saved.serial} → {store_serial}); make a new plan"
+        )
+    elif saved.plan.write_id != store.write_id and not fresh:
+        # the same serial, another history: a copy of the state the plan was made against
+        # (`state push`), written since by others, or the state it was copied from
+        problems.append(
+            f"{saved.path}: state changed since the plan was made (serial {store_serial}, but "
+            "written by another copy of the state); make a new plan"
         )
     if saved.spec_digest != spec_digest:
         problems.append(f"{saved.path}: specs changed since the plan was made; make a new plan")

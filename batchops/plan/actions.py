@@ -456,6 +456,8 @@ class Plan:
     notes: tuple[str, ...] = field(default_factory=tuple)  # drift seen by the refresh
     offline_note: str | None = None  # set when batches in flight were not polled
     job_names: tuple[str, ...] | None = None  # the --job selection; None: every job
+    # the state's write id (`StateReader.write_id`): a saved plan applies only to that history
+    write_id: str | None = None
 
     @property
     def batches(self) -> tuple[BatchStep, ...]:

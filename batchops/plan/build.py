@@ -32,7 +32,7 @@ def plan_from(
     # The state's version first: a write that lands while the rest is read (another runner's
     # apply) then leaves this plan older than the state, and a saved plan of it is refused,
     # instead of holding the rows read before that write under the serial after it.
-    lineage, serial = reader.lineage, reader.serial
+    lineage, serial, write_id = reader.lineage, reader.serial, reader.write_id
     moves = pending_moves(reader, desired)
     scope = None if desired.all_jobs_in_scope else [j.name for j in desired.jobs] + list(moves)
     batches = reader.batches()
@@ -56,6 +56,7 @@ def plan_from(
             now=now,
             lineage=lineage,
             serial=serial,
+            write_id=write_id,
             spec_digest=desired.spec_digest,
             inflight_batches=inflight,
             all_jobs_in_scope=desired.all_jobs_in_scope,

@@ -119,6 +119,7 @@ def make_plan(
     lineage: str | None,
     serial: int,
     spec_digest: str,
+    write_id: str | None = None,
     inflight_batches: dict[str, set[str]] | None = None,
     all_jobs_in_scope: bool = True,
     prune_margin: timedelta = DEFAULT_PRUNE_MARGIN,
@@ -330,6 +331,7 @@ def make_plan(
         tuple(job_plans),
         tuple(steps),
         job_names=None if all_jobs_in_scope else tuple(j.name for j in desired_jobs),
+        write_id=write_id,
     )
 
 

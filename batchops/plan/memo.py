@@ -10,8 +10,9 @@ same:
   data file's identity: stat, or sha256 when the stat moved), the `moved` entries, the job scope,
   the batch limits, the price table (all of it) and today's date;
 - batchops itself: its version and the source of every module;
-- the state: its location, lineage and serial (every write transaction bumps it), and the
-  batches and open intents the diff sees (after a refresh's view of them);
+- the state: its location, lineage, serial and write id (every write transaction bumps the one
+  and sets the other anew: two copies of a state are told apart however their serials move),
+  and the batches and open intents the diff sees (after a refresh's view of them);
 - time: the diff judges results expiry and the prune margin against `now`; the memo records the
   first moment any such judgement on these batches could change, and is not served from then on.
 
@@ -419,6 +420,7 @@ def _state_identity(reader: StateReader, batches: list[BatchRecord]) -> str:
             "location": reader.location,
             "lineage": reader.lineage,
             "serial": reader.serial,
+            "write_id": reader.write_id,
             "batches": [dataclasses.asdict(b) for b in batches],
             "intents": [dataclasses.asdict(i) for i in reader.open_intents()],
         }

@@ -702,6 +702,7 @@ def _plan(shape: _Fields, steps: list[Step], desired: Desired) -> Plan:
         notes=shape.texts("notes"),
         offline_note=shape.text_or_none("offline_note"),
         job_names=shape.texts_or_none("job_names"),
+        write_id=shape.text_or_none("write_id"),
     )
 
 

@@ -179,6 +179,7 @@ def _shape(
         "created_at": iso(plan.created_at),
         "lineage": plan.lineage,
         "serial": plan.serial,
+        "write_id": plan.write_id,
         "spec_digest": plan.spec_digest,
         "job_names": list(plan.job_names) if plan.job_names is not None else None,
         "changes": plan.changes,

@@ -149,6 +149,12 @@ class StateReader(ABC):
     @abstractmethod
     def serial(self) -> int: ...
 
+    @property
+    @abstractmethod
+    def write_id(self) -> str | None:
+        """A random id the last write transaction set (None: no write since it was kept): with
+        the lineage and serial, what a saved plan and the plan memo check the state against."""
+
     @abstractmethod
     def item_records(self, jobs: Sequence[str] | None = None) -> Iterator[ItemRecord]: ...
 

@@ -48,7 +48,13 @@ from batchops.state.records import (
     ResultRow,
     UsageRow,
 )
-from batchops.state.shared import SENT_ATTEMPTS, SharedReads, SharedWrites
+from batchops.state.shared import (
+    NEW_WRITE_ID,
+    SENT_ATTEMPTS,
+    SharedReads,
+    SharedWrites,
+    new_write_id,
+)
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_batchops_migrations"
@@ -555,6 +561,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 cursor.execute(
                     "update meta set value = (value::bigint + 1)::text where key = 'serial'"
                 )
+                cursor.execute(NEW_WRITE_ID.replace("?", "%s"), [new_write_id()])
             except BaseException:
                 self._drop_if_busy()
                 raise
@@ -752,6 +759,8 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                         "update meta set value = %s where key = 'serial'",
                         [str(max(self.serial, own_serial) + 1)],
                     )
+                # a history of its own from here (see `batchops.state.shared.NEW_WRITE_ID`)
+                cur.execute(NEW_WRITE_ID.replace("?", "%s"), [new_write_id()])
                 counts = self.table_counts()
                 if expected is not None and counts != expected:
                     raise StateError(

@@ -6,6 +6,7 @@ PostgreSQL (opening, leases, bulk loads and reads, harvest) stays in `sqlite` an
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -59,6 +60,20 @@ def removal_rows(counts: dict[str, int], kept: int) -> dict[str, int]:
 
 # The batch and attempts of `remove` of a batch (its id once).
 # What a result line must match to be stored: custom_id, attempt id, key, fingerprint.
+# A new random id each write transaction (and each copy into a state) leaves in `meta`, beside
+# the serial: two copies of one state (`state push` while the old file is still used) have equal
+# lineages and serials at the copy, and may reach equal serials again by different writes; their
+# write ids differ from the copy on. (`?` marks: PostgreSQL's writer swaps them for `%s`.)
+NEW_WRITE_ID = (
+    "insert into meta (key, value) values ('write_id', ?)"
+    " on conflict (key) do update set value = excluded.value"
+)
+
+
+def new_write_id() -> str:
+    return uuid.uuid4().hex
+
+
 SENT_ATTEMPTS = (
     "select custom_id, id, key, fingerprint from attempts where batch_id = ? and status = 'sent'"
 )
@@ -117,6 +132,10 @@ class SharedReads:
     def serial(self) -> int:
         value = self.meta("serial")
         return int(value) if value is not None else 0
+
+    @property
+    def write_id(self) -> str | None:
+        return self.meta("write_id")
 
     def batches(self) -> list[BatchRecord]:
         return self._batches()

@@ -55,7 +55,13 @@ from batchops.state.records import (
     ResultLookup,
     UsageRow,
 )
-from batchops.state.shared import SENT_ATTEMPTS, SharedReads, SharedWrites
+from batchops.state.shared import (
+    NEW_WRITE_ID,
+    SENT_ATTEMPTS,
+    SharedReads,
+    SharedWrites,
+    new_write_id,
+)
 
 MIGRATION_SET = "batchops"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' table of applied migrations
@@ -567,6 +573,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         try:
             yield conn
             conn.execute("update meta set value = cast(value as integer) + 1 where key = 'serial'")
+            conn.execute(NEW_WRITE_ID, [new_write_id()])
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:
@@ -774,6 +781,9 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                     "update meta set value = ? where key = 'serial'",
                     [str(max(self.serial, own_serial) + 1)],
                 )
+            # a copy is a history of its own from here: a plan made against the source (or the
+            # source's plans against it) must not match, however the serials move on
+            conn.execute(NEW_WRITE_ID, [new_write_id()])
             counts = self.table_counts()
             if expected is not None and counts != expected:
                 raise StateError(
