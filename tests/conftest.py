@@ -93,3 +93,15 @@ def state_location(request: pytest.FixtureRequest, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "state" / "batchops.db"
     return request.getfixturevalue("pg_dsn")
+
+
+@pytest.fixture
+def ended_unharvested(tmp_path, emulator: str, emulator_admin: EmulatorAdmin) -> str:
+    """Job demo r1, r2 sent in one batch that has ended remotely and was never harvested."""
+    from tests.projects import apply, context, rows, write_project
+
+    write_project(tmp_path, rows(2))
+    emulator_admin.set_config(processing_seconds=2)
+    (batch_id,) = apply(context(tmp_path, emulator)).batches_created
+    emulator_admin.advance_clock(5)  # it ends; nobody harvests it
+    return batch_id

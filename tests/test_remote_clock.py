@@ -17,7 +17,7 @@ from batchops.plan.diff import lost_batches, make_plan
 from batchops.spec.desired import DesiredItem, DesiredJob
 from batchops.state.records import BatchRecord, ItemRecord
 from tests import statedb
-from tests.projects import API_KEY, apply, context, rows, write_project
+from tests.projects import API_KEY, apply, context
 from tests.test_apply import submissions
 
 DAY = 24 * 3600
@@ -42,16 +42,6 @@ def stored_states(root: Path, emulator: str, monkeypatch: pytest.MonkeyPatch) ->
     shown = CliRunner().invoke(cli, ["results", "demo", "--format", "jsonl"])
     assert shown.exit_code == 0, shown.output
     return {json.loads(line)["state"] for line in shown.stdout.splitlines()}
-
-
-@pytest.fixture
-def ended_unharvested(tmp_path: Path, emulator: str, emulator_admin) -> str:
-    """Job demo r1, r2 sent in one batch that has ended remotely and was never harvested."""
-    write_project(tmp_path, rows(2))
-    emulator_admin.set_config(processing_seconds=2)
-    (batch_id,) = apply(context(tmp_path, emulator)).batches_created
-    emulator_admin.advance_clock(5)  # it ends; nobody harvests it
-    return batch_id
 
 
 # -- a client clock ahead of the server's

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import anthropic
 import httpx2
-import pytest
 
 from tests import statedb
 from tests.projects import apply, context, rows, write_project
@@ -66,16 +64,6 @@ def test_a_create_made_then_redirected_to_a_refused_host_is_not_sent_again(
 
 
 # -- a single results 404 in the last day of retention, with a clock that is right
-
-
-@pytest.fixture
-def ended_unharvested(tmp_path: Path, emulator: str, emulator_admin) -> str:
-    """Job demo r1, r2 sent in one batch that has ended remotely and was never harvested."""
-    write_project(tmp_path, rows(2))
-    emulator_admin.set_config(processing_seconds=2)
-    (batch_id,) = apply(context(tmp_path, emulator)).batches_created
-    emulator_admin.advance_clock(5)  # it ends; nobody harvests it
-    return batch_id
 
 
 def test_one_results_404_a_day_before_expiry_does_not_throw_away_served_results(
