@@ -759,14 +759,15 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                         "update meta set value = %s where key = 'serial'",
                         [str(max(self.serial, own_serial) + 1)],
                     )
-                # a history of its own from here (see `batchops.state.shared.NEW_WRITE_ID`)
-                cur.execute(NEW_WRITE_ID.replace("?", "%s"), [new_write_id()])
                 counts = self.table_counts()
                 if expected is not None and counts != expected:
                     raise StateError(
                         f"{self.location}: the copy does not check out (rows {counts}, "
                         f"expected {expected}); nothing was copied"
                     )
+                # a history of its own from here (see `batchops.state.shared.NEW_WRITE_ID`),
+                # set once the rows are checked (a source never written since has none)
+                cur.execute(NEW_WRITE_ID.replace("?", "%s"), [new_write_id()])
         except psycopg.Error as exc:
             raise StateError(f"{self.location}: cannot load the copy ({exc})") from None
         return counts

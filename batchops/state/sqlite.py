@@ -781,15 +781,16 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                     "update meta set value = ? where key = 'serial'",
                     [str(max(self.serial, own_serial) + 1)],
                 )
-            # a copy is a history of its own from here: a plan made against the source (or the
-            # source's plans against it) must not match, however the serials move on
-            conn.execute(NEW_WRITE_ID, [new_write_id()])
             counts = self.table_counts()
             if expected is not None and counts != expected:
                 raise StateError(
                     f"{self.path}: the copy does not check out (rows {counts}, expected "
                     f"{expected}); nothing was copied"
                 )
+            # a copy is a history of its own from here: a plan made against the source (or the
+            # source's plans against it) must not match, however the serials move on. Set once
+            # the rows are checked: a source never written since write ids began has none.
+            conn.execute(NEW_WRITE_ID, [new_write_id()])
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:
