@@ -91,9 +91,9 @@ class HttpFault(BaseModel):
 
     kind `status`: answer `status` with an error envelope (and retry-after-ms / x-should-retry
     when given) without doing the work; with `after_work`, once the work is done (a create is
-    committed), as a gateway may answer after the API took the request. `lost_response`: do the work, then close the connection
-    without answering. `truncate`: send headers and the first `after_bytes` of the body, then
-    close. `slow`: wait `delay_seconds`, then answer normally. `duplicate_line` / `drop_line`
+    committed), as a gateway may answer after the API took the request. `lost_response`: do
+    the work, then close the connection without answering. `truncate`: send headers and the
+    first `after_bytes` of the body, then close. `slow`: wait `delay_seconds`, then answer normally. `duplicate_line` / `drop_line`
     (results only): a well-framed result file with one line repeated, or one line missing.
     `hidden` (create only): the batch is committed and answered, but the list endpoint leaves it
     out for `hidden_seconds` of emulator time or for the next `hidden_lists` list calls.
