@@ -288,3 +288,25 @@ def test_plan_markdown_is_capped_for_github_with_a_summary_of_what_was_left_out(
     assert "+ submit  long-00  000-kkkk" in out
     assert "000-" + "k" * 295 + "…  [todo]" in out  # a long key is cut to 300 characters
     assert "k" * 296 not in out
+
+
+def test_plan_markdown_footer_names_the_write_that_made_the_state(project, emulator):
+    """Two copies of one state (after `state push`) share lineage and serial; a PR comment's
+    footer names the write too, so a reader can tell which copy the plan was made from."""
+    prices = "; prices: batchops price table as of 2026\\-11\\-21.</sub>"
+    assert lines_of(run("plan", "--no-refresh", "--markdown"))[-1] == (
+        "<sub>State lineage `new`, serial 0" + prices
+    )
+    apply(context(project, emulator), wait=True)
+    made = json.loads(run("plan", "--no-refresh", "--json").output)
+    lineage, serial, write_id = made["lineage"], made["serial"], made["write_id"]
+    assert serial > 0 and len(write_id) == 32
+    footer = lines_of(run("plan", "--no-refresh", "--markdown"))[-1]
+    assert footer == (
+        f"<sub>State lineage `{lineage}`, serial {serial}, write `{write_id[:12]}`" + prices
+    )
+
+
+def lines_of(result) -> list[str]:
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()

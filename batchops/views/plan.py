@@ -32,6 +32,7 @@ MAX_LISTED = 20  # item actions listed per job in the human formats (--json list
 # GitHub refuses a comment over 65,536 characters; stay under it with room for the summary line.
 MARKDOWN_CAP = 65_536
 _MARKDOWN_BUDGET = MARKDOWN_CAP - 1_000
+_WRITE_ID_SHOWN = 12  # of a write id's 32 hex digits: as git shows a commit
 _FIELD_CAP = 300  # a key or message longer than this is cut in Markdown (the text plan has all)
 _NOTE_CAP = 1_000  # likewise a note (one can quote a model name of any length)
 
@@ -200,10 +201,14 @@ def _markdown_note(note: str) -> str:
 
 
 def _markdown_footer(plan: Plan, prices_source: str | None) -> str:
-    """The closing `<sub>` line. A prices file's path and `as_of` come from a pull request:
-    they are cut to _FIELD_CAP and escaped with entities, so no `<` of theirs closes the `<sub>`."""
+    """The closing `<sub>` line. It names the write that made the state as well as its lineage and
+    serial: two copies of one state (after `state push`) share those two. A prices file's path
+    and `as_of` come from a pull request: they are cut to _FIELD_CAP and escaped with entities,
+    so no `<` of theirs closes the `<sub>`."""
     lineage = markdown_code(shorten(terminal(plan.lineage or "new"), _FIELD_CAP))
     footer = f"State lineage {lineage}, serial {plan.serial}"
+    if plan.write_id:
+        footer += f", write {markdown_code(terminal(plan.write_id)[:_WRITE_ID_SHOWN])}"
     if prices_source:
         shown = markdown_text(shorten(terminal(prices_source), _FIELD_CAP), entities=True)
         footer += f"; prices: {shown}"
