@@ -99,11 +99,16 @@ def _interactive() -> bool:
 
 
 @state_group.command("migrate")
+@json_option
 @click.pass_context
-def state_migrate(ctx: click.Context) -> None:
+def state_migrate(ctx: click.Context, json_: bool) -> None:
     """Upgrade a state written by an older batchops (under the lock)."""
-    _context(ctx).migrate()
-    click.echo(f"State {ctx.obj['settings'].shown_state} is up to date.")
+    mark = _context(ctx).migrate()
+    shown_state = ctx.obj["settings"].shown_state
+    if json_:
+        _echo_json({"state": {"path": shown_state, **mark.to_dict()}})
+        return
+    click.echo(f"State {shown_state} is up to date.")
 
 
 @state_group.command("rm")
@@ -114,12 +119,14 @@ def state_migrate(ctx: click.Context) -> None:
     is_flag=True,
     help="Forget a batch still running remotely too (its items are sent again, paid twice).",
 )
+@json_option
 @click.pass_context
-def state_rm(ctx: click.Context, target: str, yes: bool, force: bool) -> None:
+def state_rm(ctx: click.Context, target: str, yes: bool, force: bool, json_: bool) -> None:
     """Forget a job or a batch (a backup of the state file is made first)."""
     from batchops.commands.surgery import preview_rm
     from batchops.commands.surgery import state_rm as remove
 
+    _cannot_ask(json_, yes, "state rm")
     context = _offline_context(ctx)
     if not yes:
         if not _interactive():
@@ -133,6 +140,9 @@ def state_rm(ctx: click.Context, target: str, yes: bool, force: bool) -> None:
             click.echo("Nothing removed.")
             ctx.exit(1)
     removal = remove(context, target, force=force)
+    if json_:
+        _echo_json(removal.to_dict())
+        return
     if removal.backup_path is not None:  # a PostgreSQL state is backed up by its own means
         click.echo(f"Backed up the state to {removal.backup_path}.")
     click.echo(
@@ -144,17 +154,28 @@ def state_rm(ctx: click.Context, target: str, yes: bool, force: bool) -> None:
 @state_group.command("mv")
 @click.argument("old", metavar="OLD")
 @click.argument("new", metavar="NEW")
+@json_option
 @click.pass_context
-def state_mv(ctx: click.Context, old: str, new: str) -> None:
+def state_mv(ctx: click.Context, old: str, new: str, json_: bool) -> None:
     """Rename job OLD to NEW in the state: its results stay current, nothing is sent again."""
     from batchops.commands.surgery import state_mv as move
 
     moved = move(_offline_context(ctx), old, new)
+    if json_:
+        _echo_json(moved.to_dict())
+        return
     click.echo(
         f"Moved job {old} to {new} in the state: "
         + ", ".join(f"{table} {n}" for table, n in moved.rows.items())
         + ". Nothing remote was touched."
     )
+
+
+def _cannot_ask(json_: bool, yes: bool, command: str) -> None:
+    """A command that asks before it writes cannot ask under `--json` (its question would break
+    the JSON on stdout): it needs `--yes`, as Terraform's `-json` needs `-auto-approve`."""
+    if json_ and not yes:
+        raise BatchopsError(f"{command} --json needs --yes (it cannot ask)")
 
 
 def _removal_text(rows: dict[str, int]) -> str:
@@ -169,26 +190,32 @@ def _removal_text(rows: dict[str, int]) -> str:
 @state_group.command("push")
 @click.argument("destination", metavar="DEST")
 @click.option("--force", is_flag=True, help="Replace DEST's contents if it is not empty.")
+@json_option
 @click.pass_context
-def state_push(ctx: click.Context, destination: str, force: bool) -> None:
+def state_push(ctx: click.Context, destination: str, force: bool, json_: bool) -> None:
     """Copy the whole state to DEST: a state file or a postgresql:// URL."""
     from batchops.commands.transfer import push
 
-    _transferred(push(_offline_context(ctx), _state_location(destination), force=force))
+    done = push(_offline_context(ctx), _state_location(destination), force=force)
+    _transferred(done, json_)
 
 
 @state_group.command("pull")
 @click.argument("source", metavar="SRC")
 @click.option("--force", is_flag=True, help="Replace the current state if it is not empty.")
+@json_option
 @click.pass_context
-def state_pull(ctx: click.Context, source: str, force: bool) -> None:
+def state_pull(ctx: click.Context, source: str, force: bool, json_: bool) -> None:
     """Copy SRC (a state file or a postgresql:// URL) into the current state."""
     from batchops.commands.transfer import pull
 
-    _transferred(pull(_offline_context(ctx), _state_location(source), force=force))
+    _transferred(pull(_offline_context(ctx), _state_location(source), force=force), json_)
 
 
-def _transferred(done) -> None:
+def _transferred(done, json_: bool) -> None:
+    if json_:
+        _echo_json(done.to_dict())
+        return
     rows = ", ".join(f"{table} {n}" for table, n in done.rows.items() if table != "meta")
     replaced = " (its previous contents replaced)" if done.replaced else ""
     click.echo(
@@ -199,11 +226,13 @@ def _transferred(done) -> None:
 
 @state_group.command("recover")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @click.pass_context
-def state_recover(ctx: click.Context, yes: bool) -> None:
+def state_recover(ctx: click.Context, yes: bool, json_: bool) -> None:
     """Rebuild a lost state from the batches still on the API (into an empty state)."""
     from batchops.commands.recover import check_empty, recover
 
+    _cannot_ask(json_, yes, "state recover")
     context = _context(ctx, remote=True)
     if not yes:
         if not _interactive():
@@ -218,6 +247,9 @@ def state_recover(ctx: click.Context, yes: bool) -> None:
             click.echo("Nothing recovered.")
             ctx.exit(1)
     found = recover(context)
+    if json_:
+        _echo_json(found.to_dict())
+        return
     for b in found.recovered:
         click.echo(
             f"Recovered batch {b.id} ({b.job}): {plural(b.results, 'result')}{_unmatched(b)}."
@@ -255,11 +287,15 @@ def _unmatched(batch: RecoveredBatch) -> str:
 @cli.command("import")
 @click.argument("job")
 @click.argument("batch_id")
+@json_option
 @click.pass_context
-def import_(ctx: click.Context, job: str, batch_id: str) -> None:
+def import_(ctx: click.Context, job: str, batch_id: str, json_: bool) -> None:
     """Adopt remote batch BATCH_ID (ended) into JOB's state, matching results by custom_id."""
     context = _context(ctx, remote=True)
-    stored = context.import_batch(job, batch_id, progress=CliProgress())
+    stored = context.import_batch(job, batch_id, progress=CliProgress(err=json_))
+    if json_:
+        _echo_json({"job": job, "batch_id": batch_id, "results_stored": stored})
+        return
     click.echo(f"Imported batch {batch_id} into {job}: {stored} results stored.")
 
 
@@ -270,9 +306,14 @@ def import_(ctx: click.Context, job: str, batch_id: str) -> None:
     is_flag=True,
     help="Remove it even while its holder still runs on this host.",
 )
+@json_option
 @click.pass_context
-def force_unlock(ctx: click.Context, lock_id: str, force: bool) -> None:
+def force_unlock(ctx: click.Context, lock_id: str, force: bool, json_: bool) -> None:
     """Remove a stale state lock. Only when no apply is running: a holder still running on
     this host is refused unless --force."""
     held = _context(ctx).force_unlock(lock_id, force=force)
+    if json_:
+        fields = ("lock_id", "name", "pid", "host", "since", "command")
+        _echo_json({name: getattr(held, name) for name in fields})
+        return
     click.echo(f"Removed lock {held.lock_id} (pid {held.pid} on {held.host}, since {held.since}).")

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from batchops.plan.saved import SavedPlan
     from batchops.remote import BatchesClient
     from batchops.state.api import StateReader
-    from batchops.state.records import BatchRecord, LockInfo
+    from batchops.state.records import BatchRecord, LockInfo, StateMark
 
 
 @dataclass
@@ -459,11 +459,15 @@ class Context:
             )
         return force_unlock(self.settings.state_path, lock_id)
 
-    def migrate(self) -> None:
-        """Upgrade the state's schema (under the lock)."""
+    def migrate(self) -> StateMark:
+        """Upgrade the state's schema (under the lock); where the state stands after it."""
         if not state_exists(self.settings.state_path):
             raise StateError(f"{self.settings.shown_state}: no state file")
-        open_writer(self.settings.state_path, "state migrate").close()
+        state = open_writer(self.settings.state_path, "state migrate")
+        try:
+            return state.mark()
+        finally:
+            state.close()
 
     def refresh(self, progress: Progress | None = None) -> ApplyReport:
         """Poll remote batches and harvest finished ones; submit nothing."""

@@ -24,8 +24,10 @@ only counted. Recovery writes into an empty state only, under its lock.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchops.apply.evaluator import Evaluator, NullProgress
 from batchops.apply.harvest import HarvestFailed, verified_rows
@@ -66,6 +68,16 @@ class Recovery:
     @property
     def results(self) -> int:
         return sum(b.results for b in self.recovered)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "location": self.location,
+            "listed": self.listed,
+            "recovered": [dataclasses.asdict(b) for b in self.recovered],
+            "not_recovered": [dataclasses.asdict(b) for b in self.not_recovered],
+            "not_ours": self.not_ours,
+            "results": self.results,
+        }
 
 
 def check_empty(context: Context) -> None:

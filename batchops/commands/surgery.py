@@ -24,7 +24,7 @@ from batchops.commands.context import Context
 from batchops.errors import BatchopsError, StateError
 from batchops.state import is_postgres, open_writer, state_exists
 from batchops.state.api import OUTCOMES, StateReader
-from batchops.state.records import BatchRecord, JobSummary
+from batchops.state.records import BatchRecord, JobSummary, StateMark
 
 JobEntry = JobSummary  # last finished attempt per item by outcome (OUTCOMES, and "none")
 __all__ = ["OUTCOMES", "JobEntry"]
@@ -110,6 +110,16 @@ class Removal:
     target: str
     rows: dict[str, int]  # table → rows deleted (or, for attempts of a batch, marked lost)
     backup_path: Path | None = None
+    state: StateMark | None = None  # after the removal (None: a preview)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "rows": self.rows,
+            "backup_path": None if self.backup_path is None else str(self.backup_path),
+            "state": None if self.state is None else self.state.to_dict(),
+        }
 
 
 def _job_dict(j: JobEntry) -> dict[str, Any]:
@@ -235,9 +245,10 @@ def state_rm(context: Context, target: str, *, force: bool = False) -> Removal:
             _refuse_live(state, kind, target)
         copy = None if is_postgres(location) else _backup(Path(location), context.clock())
         kind, rows = state.remove(target)
+        mark = state.mark()
     finally:
         state.close()
-    return Removal(kind, target, rows, copy)
+    return Removal(kind, target, rows, copy, mark)
 
 
 def _refuse_live(reader: StateReader, kind: str, target: str) -> None:
@@ -275,6 +286,10 @@ class Move:
     old: str
     new: str
     rows: dict[str, int]  # rows moved per table
+    state: StateMark
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"old": self.old, "new": self.new, "rows": self.rows, "state": self.state.to_dict()}
 
 
 def state_mv(context: Context, old: str, new: str) -> Move:
@@ -296,9 +311,10 @@ def state_mv(context: Context, old: str, new: str) -> Move:
     state = open_writer(location, f"state mv {old} {new}", jobs=[old, new])
     try:
         rows = state.rename_job(old, new)
+        mark = state.mark()
     finally:
         state.close()
-    return Move(old, new, rows)
+    return Move(old, new, rows, mark)
 
 
 def _backup(path: Path, now: datetime) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchops.commands.context import Context
 from batchops.errors import StateError
@@ -26,6 +27,16 @@ class Transfer:
     serial: int
     rows: dict[str, int]  # rows copied per table
     replaced: bool  # the destination had rows, overwritten with force
+    write_id: str | None = None  # the copy's own (see `StateReader.write_id`)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "replaced": self.replaced,
+            "rows": {table: n for table, n in self.rows.items() if table != "meta"},
+            "state": {"lineage": self.lineage, "serial": self.serial, "write_id": self.write_id},
+        }
 
 
 def push(context: Context, destination: str | Path, *, force: bool = False) -> Transfer:
@@ -56,7 +67,7 @@ def copy_state(
             dst = _open_destination(destination, command)
             try:
                 rows = dst.load_tables(dump, replace=force, expected=expected)
-                lineage, serial = dst.lineage, dst.serial
+                lineage, serial, write_id = dst.lineage, dst.serial, dst.write_id
             finally:
                 dst.close()
         except BaseException:
@@ -66,7 +77,9 @@ def copy_state(
     finally:
         dump.close()  # ends its read transaction: a failed copy leaves it open otherwise
         src.close()
-    return Transfer(shown(source), shown(destination), lineage, serial, rows, replaced)
+    return Transfer(
+        shown(source), shown(destination), lineage, serial, rows, replaced, write_id
+    )
 
 
 def _open_destination(destination: str | Path, command: str):

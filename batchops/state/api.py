@@ -21,6 +21,7 @@ from batchops.state.records import (
     LockInfo,
     ResultLookup,
     SentAttempt,
+    StateMark,
     UsageRow,
 )
 
@@ -154,6 +155,9 @@ class StateReader(ABC):
     def write_id(self) -> str | None:
         """A random id the last write transaction set (None: no write since it was kept): with
         the lineage and serial, what a saved plan and the plan memo check the state against."""
+
+    def mark(self) -> StateMark:
+        return StateMark(self.lineage, self.serial, self.write_id)
 
     @abstractmethod
     def item_records(self, jobs: Sequence[str] | None = None) -> Iterator[ItemRecord]: ...

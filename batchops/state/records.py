@@ -184,6 +184,19 @@ class JobSummary:
 
 
 @dataclass(frozen=True)
+class StateMark:
+    """Where a state stands: what a saved plan is checked against, and what a command that
+    wrote the state reports under `--json`."""
+
+    lineage: str | None
+    serial: int
+    write_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lineage": self.lineage, "serial": self.serial, "write_id": self.write_id}
+
+
+@dataclass(frozen=True)
 class LockInfo:
     """A lease held on the state (see `batchops.state.leases`)."""
 
