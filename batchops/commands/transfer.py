@@ -77,9 +77,7 @@ def copy_state(
     finally:
         dump.close()  # ends its read transaction: a failed copy leaves it open otherwise
         src.close()
-    return Transfer(
-        shown(source), shown(destination), lineage, serial, rows, replaced, write_id
-    )
+    return Transfer(shown(source), shown(destination), lineage, serial, rows, replaced, write_id)
 
 
 def _open_destination(destination: str | Path, command: str):
