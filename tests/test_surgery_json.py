@@ -188,3 +188,17 @@ def test_import_and_recover_json(tmp_path: Path, emulator: str, monkeypatch) -> 
         "not_ours": 0,
         "results": 3,
     }
+
+
+def test_push_to_postgres_and_mv_there_json(filled: Path, pg_dsn: str) -> None:
+    lineage, serial, _ = meta(filled / "state" / "batchops.db")
+    pushed = document(run("state", "push", pg_dsn, "--json"))
+    assert (pushed["source"], pushed["destination"]) == ("state/batchops.db", pg_dsn)
+    assert pushed["state"]["lineage"] == lineage and pushed["state"]["serial"] == serial
+    assert len(pushed["state"]["write_id"]) == 32
+    moved = document(run("--state", pg_dsn, "state", "mv", "demo", "renamed", "--json"))
+    assert moved["state"]["lineage"] == lineage and moved["state"]["serial"] == serial + 1
+    assert moved["state"]["write_id"] not in (None, pushed["state"]["write_id"])
+    listed = document(run("--state", pg_dsn, "state", "list", "--json"))
+    assert [j["name"] for j in listed["jobs"]] == ["renamed"]
+    assert listed["state"]["serial"] == serial + 1
