@@ -152,13 +152,21 @@ def test_no_changes_when_everything_succeeded():
 
 
 def test_removed_items_are_forgotten_and_their_batch_cancelled():
+    """A removed item in flight is forgotten once its batch is harvested, by a later plan: this
+    one cancels the batch and shows no forget, since apply forgets nothing of it now."""
     plan = plan_for(
         [item("a")],
-        [record("a", outcome="succeeded"), record("gone", inflight=True)],
+        [
+            record("a", outcome="succeeded"),
+            record("gone", inflight=True),
+            record("idle", outcome="succeeded"),
+        ],
         [batch("b1")],
         inflight={"b1": {"j\x1fgone"}},
     )
-    assert [(a.action, a.key) for a in plan.jobs[0].actions] == [("forget", "gone")]
+    [job] = plan.jobs
+    assert [(a.action, a.key) for a in job.actions] == [("forget", "idle")]
+    assert (job.counts["removed"], job.removed_in_flight) == (2, 1)
     assert [(b.action, b.batch_id) for b in plan.batches] == [("cancel", "b1")]
 
 

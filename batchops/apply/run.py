@@ -164,7 +164,9 @@ def run_cycles(
             or any(s.kind in ("harvest", "adopt", "requeue") for s in final.steps)
             or (submit and saved is None and bool(sendable or final.reuses))
             # removed items still in flight: forgotten once their batch is harvested
-            or any(action_counts(j.actions).get("forget") for j in final.jobs)
+            or any(
+                j.removed_in_flight or action_counts(j.actions).get("forget") for j in final.jobs
+            )
         )
         if not outstanding:
             return report

@@ -421,6 +421,10 @@ class JobPlan:
     # pending items waiting for the same request in flight for a job outside this run's --job
     # (its own apply harvests it; this run cannot)
     waiting_outside: int = 0
+    # pending items changed while in flight: sent once their batch ends, by a later cycle or
+    # apply; their ceiling counts against budget_usd now, before anything (a cancel) is done
+    deferred: int = 0
+    deferred_usd: float = 0.0
 
     @property
     def submits(self) -> Sequence[SubmitItem]:
@@ -440,8 +444,17 @@ class JobPlan:
         return self.expected_cost_usd
 
     @property
+    def removed_in_flight(self) -> int:
+        """Removed items still in flight: forgotten once their batch is harvested (no action of
+        this plan forgets them)."""
+        return self.counts["removed"] - action_counts(self.actions).get("forget", 0)
+
+    @property
     def over_budget(self) -> bool:
-        return self.budget_usd is not None and self.estimated_cost_usd > self.budget_usd
+        return (
+            self.budget_usd is not None
+            and self.estimated_cost_usd + self.deferred_usd > self.budget_usd
+        )
 
 
 @dataclass(frozen=True)

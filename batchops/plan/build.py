@@ -138,12 +138,18 @@ def budget_problems(plan: Plan, spent: Mapping[str, float] | None = None) -> lis
     problems = []
     for j in plan.jobs:
         before = spent.get(j.name, 0.0)
-        if j.budget_usd is None or j.estimated_cost_usd + before <= j.budget_usd:
+        if j.budget_usd is None or j.estimated_cost_usd + j.deferred_usd + before <= j.budget_usd:
             continue
+        deferred = (
+            f", with {money(j.deferred_usd)} for {j.deferred} item{'s' * (j.deferred != 1)} "
+            "changed while in flight (sent once their batch ends),"
+            if j.deferred
+            else ""
+        )
         earlier = f", with this apply's earlier cycles' {money(before)}," if before else ""
         problems.append(
-            f"job {j.name}: estimated cost {money(j.estimated_cost_usd)}{earlier} exceeds its "
-            f"budget_usd {money(j.budget_usd)}"
+            f"job {j.name}: estimated cost {money(j.estimated_cost_usd)}{deferred}{earlier} "
+            f"exceeds its budget_usd {money(j.budget_usd)}"
         )
     return problems
 

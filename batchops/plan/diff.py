@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from itertools import accumulate, islice
 from operator import itemgetter
 
+import orjson
+
 from batchops.plan.actions import (
     ITEM_STATES,
     Cancel,
@@ -162,6 +164,18 @@ def make_plan(
             if record.inflight and record.fingerprint and record.inflight_batch not in lost:
                 sending.setdefault(record.fingerprint, (record.job, record.key))
     elsewhere: set[str] = set()  # fingerprints in flight only for jobs outside the scope
+    awaited: set[str] = set()  # batches in flight whose answers items of the plan wait for
+    # ended batches not harvested yet: an item changed while in one of them is sent now (the
+    # batch is finished, so the item is never in two unfinished batches; its old answer is
+    # harvested as history by this plan's harvest)
+    ended = {
+        b.id
+        for b in batches
+        if b.processing_status == "ended"
+        and b.harvested_at is None
+        and not b.finished
+        and b.id not in lost
+    }
     for record in outside:
         if record.inflight and record.fingerprint and record.fingerprint not in sending:
             sending[record.fingerprint] = (record.job, record.key)
@@ -187,7 +201,9 @@ def make_plan(
         reuse_actions: list[ReuseItem] = []
         matched: set[str] = set()  # keys in state that some item wants (the others are removed)
         waiting_outside = 0
+        deferred, deferred_usd = 0, 0.0  # items changed while in flight, and their ceiling
         remembered: list[str] = []
+        desired_keys: set[str] | None = None  # made only when an in-flight answer is the job's own
         # Only a later job reads what this one sends (to wait for its answer): the last job's
         # million fingerprints need not be held.
         shares = n != last
@@ -208,6 +224,12 @@ def make_plan(
                         remembered.append(item.key)
                 if record is None:  # never sent: the common case at a million items
                     item_state, detail, reason, attempt = "todo", None, "todo", 1
+                elif (
+                    record.inflight
+                    and record.inflight_batch in ended
+                    and record.fingerprint != item.fingerprint
+                ):
+                    item_state, detail, reason, attempt = "changed", None, "changed", 1
                 elif record.inflight and record.inflight_batch in lost:
                     # its batch's results are gone: it is sent again, as this plan's requeue says
                     changed = record.fingerprint != item.fingerprint
@@ -233,7 +255,13 @@ def make_plan(
                         or item.fingerprint in elsewhere
                     )
                 ):
-                    reuse = _reuse(job.name, item, reusable, sending, elsewhere)
+                    held = _held(sending.get(item.fingerprint), by_job)
+                    removed_own = False  # the answer on its way is for a removed key of this job
+                    if held is not None and held.job == job.name:
+                        if desired_keys is None:
+                            desired_keys = {i.key for i in job.items}
+                        removed_own = held.key not in desired_keys
+                    reuse = _reuse(job.name, item, reusable, sending, elsewhere, removed_own)
                     if reuse is not None:
                         where.append(len(sent) + len(others))
                         others.append(reuse)
@@ -243,6 +271,8 @@ def make_plan(
                         else:  # its answer is on its way: it is pending like the item sending it
                             item_state = "pending"
                             waiting_outside += item.fingerprint in elsewhere
+                            if held is not None and held.inflight_batch is not None:
+                                awaited.add(held.inflight_batch)
                         counts[item_state] += 1
                         continue
                 counts[item_state] += 1
@@ -256,7 +286,10 @@ def make_plan(
                         FailedItem(item.key, record.error_type if record else None, detail or "")
                     )
                 elif item_state == "pending" and detail and record is not None:
+                    # changed while in flight: sent once its batch ends, by a later cycle
                     obsolete.add(f"{job.name}\x1f{item.key}")
+                    deferred += 1
+                    deferred_usd += item.cost_usd
             one_kind = len(kinds) <= 1
             submits = SubmitItems(
                 job.name, job.items, sent, list(kinds), None if one_kind else tags
@@ -265,12 +298,12 @@ def make_plan(
         for key, record in state_items.items():
             if key not in matched and not record.forgotten:
                 counts["removed"] += 1
+                if record.inflight:  # forgotten once its batch is harvested, by a later plan
+                    obsolete.add(f"{job.name}\x1f{key}")
+                    continue
                 where.append(len(submits) + len(others))
                 others.append(ForgetItem(job.name, key, "no longer in any spec"))
-                if record.inflight:
-                    obsolete.add(f"{job.name}\x1f{key}")
-                else:
-                    forgotten.append(key)
+                forgotten.append(key)
         job_batches = split(job.name, job.betas, submits, limits)
         expected, high = job_costs(job_batches)
         job_plans.append(
@@ -287,6 +320,8 @@ def make_plan(
                 round(cache_saving(job_batches, expected), 6),
                 job.output_basis,
                 waiting_outside,
+                deferred,
+                round(deferred_usd, 6),
             )
         )
         submit_steps.extend(job_batches)
@@ -302,10 +337,11 @@ def make_plan(
                 continue
             counts = dict.fromkeys(ITEM_STATES, 0)
             counts["removed"] = len(left)
-            forget = tuple(ForgetItem(name, key, "job no longer in any spec") for key in left)
             obsolete.update(f"{name}\x1f{key}" for key, r in by_job[name].items() if r.inflight)
-            job_plans.append(JobPlan(name, counts, forget, (), 0.0, None))
+            # the items in flight are forgotten once their batch is harvested, by a later plan
             idle = tuple(key for key in left if not by_job[name][key].inflight)
+            forget = tuple(ForgetItem(name, key, "job no longer in any spec") for key in idle)
+            job_plans.append(JobPlan(name, counts, forget, (), 0.0, None))
             if idle:
                 forget_steps.append(Forget(name, idle))
             scope.add(name)
@@ -316,6 +352,7 @@ def make_plan(
         inflight_batches,
         lost,
         obsolete,
+        awaited,
         now,
         prune_margin,
     )
@@ -347,18 +384,29 @@ _RANK = {
 }
 
 
+def _held(source: tuple[str, str] | None, by_job: dict[str, dict[str, ItemRecord]]):
+    """The in-flight record of the item `source` names (job, key), if it is one (it may be an
+    item this plan sends, or an in-flight item of a job outside the scope)."""
+    if source is None:
+        return None
+    record = by_job.get(source[0], {}).get(source[1])
+    return record if record is not None and record.inflight else None
+
+
 def _reuse(
     job: str,
     item: DesiredItem,
     reusable: Mapping[str, int],
     sending: dict[str, tuple[str, str]],
     elsewhere: Collection[str] = (),
+    removed_own: bool = False,
 ) -> ReuseItem | None:
     """The reuse of a stored (or coming) answer to this item's very request, if there is one.
 
-    A stored answer is reused from any job or key. An answer still coming is waited for only when
-    another job sends it: keys of one job asking the same request are distinct items (several
-    samples of one prompt, say), each sent.
+    A stored answer is reused from any job or key. An answer still coming is waited for when
+    another job sends it, or when it is for a key of this job no longer in its specs (its rows
+    re-keyed while in flight: `removed_own`); keys of one job asking the same request are
+    otherwise distinct items (several samples of one prompt, say), each sent.
     """
     saved = item.estimate.expected if item.estimate is not None else item.cost_usd
     result_id = reusable.get(item.fingerprint)
@@ -374,7 +422,7 @@ def _reuse(
             f"same request as {source[0]} {source[1]}, in flight for a job outside this run: "
             f"takes its result once an apply of {source[0]} harvests it", saved,
         )  # fmt: skip
-    if source is not None and source[0] != job:
+    if source is not None and (source[0] != job or removed_own):
         return ReuseItem(
             job, item.key, item.custom_id, item.fingerprint, None,
             f"same request as {source[0]} {source[1]}: takes its result once harvested", saved,
@@ -555,9 +603,12 @@ def _batch_steps(
     inflight_batches: dict[str, set[str]],
     lost: dict[str, str],
     obsolete: set[str],
+    awaited: set[str],
     now: datetime,
     margin: timedelta,
 ) -> list[Step]:
+    """The batch steps; a batch whose items are all obsolete is cancelled, unless an item of
+    the plan waits for its answers (`awaited`: the same request, for another job or key)."""
     out: list[Step] = []
     for b in batches:
         if b.id in lost:
@@ -576,8 +627,10 @@ def _batch_steps(
         if b.processing_status == "ended":
             if b.harvested_at is None:
                 out.append(Harvest(b.id, b.job, "ended"))
-            # the evaluator deletes it only once harvested: an adopted batch is proven ours then
-            if near_expiry:
+            # the evaluator deletes it only once harvested: an adopted batch is proven ours then.
+            # A batch holding requests the state has no attempt of (recovered in part: they
+            # answer older versions of items) is left to expire: its results are not all stored.
+            if near_expiry and _requests_in(b) <= b.request_count:
                 why = f"results expire {_when(expires, now)}: delete remotely"
                 out.append(Prune(b.id, b.job, why))
             continue
@@ -589,9 +642,18 @@ def _batch_steps(
             and not b.adopted
             and members
             and members <= obsolete
+            and b.id not in awaited
         ):
             out.append(Cancel(b.id, b.job, "every item in it is obsolete"))
     return out
+
+
+def _requests_in(batch: BatchRecord) -> int:
+    """The requests the API counts in a batch (its `request_counts` as last seen), or the
+    state's own count when it has not seen them."""
+    if not batch.request_counts:
+        return batch.request_count
+    return sum(orjson.loads(batch.request_counts).values())
 
 
 def _when(moment: datetime | None, now: datetime) -> str:

@@ -173,6 +173,7 @@ def _shape(
     summary["expected_cost_usd"] = round(plan.expected_cost_usd, 6)
     summary["saved_usd"] = round(plan.saved_usd, 6)
     summary["cache_saving_usd"] = round(plan.cache_saving_usd, 6)
+    summary["deferred_cost_usd"] = round(sum(j.deferred_usd for j in plan.jobs), 6)
     summary["batches_to_create"] = len(plan.submits)
     return {
         "format_version": plan.format_version,
@@ -201,6 +202,8 @@ def _shape(
                 "expected_cost_usd": job.expected_usd,
                 "saved_usd": job.saved_usd,
                 "cache_saving_usd": job.cache_saving_usd,
+                "deferred_items": job.deferred,
+                "deferred_cost_usd": job.deferred_usd,
                 "budget_usd": job.budget_usd,
                 "cost_note": job.cost_note,
                 "expected_output": job.output_basis if job.submits else None,

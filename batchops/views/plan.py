@@ -80,7 +80,16 @@ HEADERS = ["job", *ITEM_STATES, "to send", "reuse", "est. cost", "up to", "budge
 
 def _sentence(plan: Plan) -> str:
     summary = plan.summary()
+    deferred = sum(j.deferred for j in plan.jobs)
+    later = (
+        f" {plural(deferred, 'item')} changed while in flight: sent once their batch ends, up "
+        f"to {money(sum(j.deferred_usd for j in plan.jobs))} (counted against budget_usd)."
+        if deferred
+        else ""
+    )
     if not plan.changes:
+        if later:
+            return f"No changes now.{later}"
         return "No changes. State matches the specs."
     parts = [f"{summary[a]} to {a}" for a in ACTIONS if summary[a]]
     expected, ceiling = money(plan.expected_cost_usd), money(plan.estimated_cost_usd)
@@ -91,7 +100,7 @@ def _sentence(plan: Plan) -> str:
         cost += f"; reuse saves {money(plan.saved_usd)}"
     if plan.cache_saving_usd:
         cost += f"; prompt caching (cache = auto) saves {money(plan.cache_saving_usd)}"
-    return f"Plan: {', '.join(parts)}. {cost}."
+    return f"Plan: {', '.join(parts)}. {cost}.{later}"
 
 
 def _action_lines(
