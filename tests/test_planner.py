@@ -9,6 +9,7 @@ import pytest
 from batchops.plan.diff import classify, make_plan
 from batchops.spec.desired import DesiredItem, DesiredJob
 from batchops.state.records import BatchRecord, IntentRecord, ItemRecord
+from batchops.views.plan import plan_text
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -22,6 +23,7 @@ def record(
     error_type=None,
     canceled_by_us=False,
     job="j",
+    batch_id=None,
 ) -> ItemRecord:
     return ItemRecord(
         job,
@@ -34,6 +36,7 @@ def record(
         error_type,
         "message" if error_type else None,
         canceled_by_us,
+        inflight_batch=batch_id,
     )
 
 
@@ -189,6 +192,29 @@ def test_a_batch_whose_items_all_changed_is_cancelled():
     )
     assert plan.jobs[0].counts["pending"] == 1 and not plan.jobs[0].submits
     assert [b.action for b in plan.batches] == ["cancel"]
+    # its resend, once the batch ends, is shown with its ceiling and counted against the budget
+    assert (plan.jobs[0].deferred, plan.jobs[0].deferred_usd) == (1, 0.01)
+    assert plan_text(plan, None).splitlines()[-1] == (
+        "Plan: 1 to cancel. Estimated cost $0.0000. 1 item changed while in flight: sent once "
+        "their batch ends, up to $0.0100 (counted against budget_usd)."
+    )
+
+
+def test_an_item_changed_in_an_ended_batch_is_sent_by_the_plan_that_harvests_it():
+    plan = plan_for(
+        [item("a", fp="new"), item("b")],
+        [
+            record("a", fp="old", inflight=True, batch_id="b1"),
+            record("b", inflight=True, batch_id="b1"),
+        ],
+        [batch("b1", status="ended")],
+        inflight={"b1": {"j\x1fa", "j\x1fb"}},
+    )
+    [job] = plan.jobs
+    assert [(a.action, a.key, a.reason) for a in job.actions] == [("submit", "a", "changed")]
+    assert (job.counts["changed"], job.counts["pending"], job.deferred) == (1, 1, 0)
+    assert [b.action for b in plan.batches] == ["harvest"]
+    assert [s.kind for s in plan.steps] == ["harvest", "submit"]  # harvested first
 
 
 def test_jobs_gone_from_every_spec_are_removed_only_when_all_jobs_are_in_scope():
