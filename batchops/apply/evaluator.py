@@ -97,6 +97,16 @@ def _worker_for(expected: int) -> contextlib.AbstractContextManager[HarvestWorke
     return HarvestWorker() if worker_wanted(expected) else contextlib.nullcontext()
 
 
+def lease_lost() -> LockHeld:
+    """What stops an apply whose lease was found taken over (it stalled past the lease's
+    expiry), before its next step or cycle: a write would be refused anyway (see
+    `batchops.state.leases.taken_over`)."""
+    return LockHeld(
+        "the state's lease was taken over while this apply ran (it stalled past the lease's "
+        "expiry): stopped before the next step; run apply again"
+    )
+
+
 class Evaluator:
     """Runs plans against one state and one client."""
 
@@ -135,10 +145,7 @@ class Evaluator:
             if visit is None:
                 raise PlanError(f"unknown plan step {type(step).__name__}")
             if self.state.lease_lost:
-                raise LockHeld(
-                    "the state's lease was taken over while this apply ran (it stalled past the "
-                    "lease's expiry): stopped before the next step; run apply again"
-                )
+                raise lease_lost()
             visit(step, index)
 
     def _note(self, message: str) -> None:

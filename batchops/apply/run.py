@@ -106,6 +106,10 @@ def run_cycles(
     # by job, the ceiling of what this apply's cycles sent: a budget holds for the whole apply
     spent: dict[str, float] = {}
     while True:
+        if state.lease_lost:  # found by the keeper while this apply waited or ran a cycle
+            from batchops.apply.evaluator import lease_lost
+
+            raise lease_lost()
         if saved is not None and first:
             plan = saved.plan
             requests: RequestSource = _saved_source(saved)

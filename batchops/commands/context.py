@@ -335,10 +335,18 @@ class Context:
         command = "apply" if submit else "refresh"
 
         def takeover(held: LockInfo) -> None:
-            progress.note(
-                f"Taking over a lock left by process {held.pid}, which is no "
-                f"longer running ({held.describe().split(' (')[0]})."
-            )
+            from batchops.state.leases import holder_gone
+
+            # Said as it was judged: a dead holder only on this machine; otherwise its lease
+            # expired (on the state's clock), and the process may yet run: stalled, or cut off.
+            if holder_gone(held):
+                who = f"process {held.pid}, which is no longer running on this host"
+            else:
+                who = (
+                    f"process {held.pid} on {held.host}, whose lease expired unrenewed at "
+                    f"{held.expires_at}; if that process still runs, its next write is refused"
+                )
+            progress.note(f"Taking over a lock left by {who} ({held.describe().split(' (')[0]}).")
 
         try:
             state = open_writer(

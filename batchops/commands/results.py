@@ -26,6 +26,9 @@ input of its first tool call, else its text parsed as JSON — is split into tho
 that does not parse gets a `parse_error` and is counted. `input_columns` picks which input fields
 are echoed (none, for rows holding large documents).
 
+A job renamed by a spec's `moved` entry is read under its old name until an apply moves its
+rows, as `plan` and `status` read it.
+
 CSV cells a spreadsheet would run as a formula (`=`, `+`, `-`, `@` …) are written with a leading
 `'` (`batchops.safetext.csv_cell`) unless the export is asked for raw: keys and input columns come
 from whoever wrote the data.
@@ -55,10 +58,10 @@ from batchops.commands.context import Context
 from batchops.errors import BatchopsError
 from batchops.heap import paused_gc
 from batchops.plan.actions import Plan
-from batchops.plan.build import plan_from
+from batchops.plan.build import pending_moves, plan_from
 from batchops.plan.diff import classify
 from batchops.safetext import FORMULA_FIRST
-from batchops.spec.desired import DesiredItem, select_jobs
+from batchops.spec.desired import Desired, DesiredItem, DesiredJob, select_jobs
 from batchops.spec.inputs import (
     ExportItem,
     changed_while_read,
@@ -153,11 +156,6 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def _job(context: Context, job_name: str) -> tuple[Job, Path]:
-    job, project = _job_and_project(context, job_name)
-    return job, project.root
-
-
 def _job_and_project(context: Context, job_name: str) -> tuple[Job, Project]:
     project = context.project()
     (job,) = select_jobs(project, [job_name])
@@ -216,37 +214,57 @@ def _row_chunks(
     return _streamed(context, job_name, lambda *a: _rows(*a, failed_only, options))
 
 
+@dataclass(frozen=True)
+class _Recorded:
+    """Where the state holds an export's job: a reader of it, and the job's name there."""
+
+    reader: StateReader
+    name: str  # the job's own, or the old name of a `moved` entry still to apply (`_state_name`)
+
+
 def _streamed(
     context: Context,
     job_name: str,
     produce: Callable[..., Iterator[T]],
     part: tuple[int, int] = (0, 1),
 ) -> Iterator[T]:
-    """What `produce(job, chunks, reader)` yields of the job's items in chunks of `CHUNK_KEYS`
-    (None for each chunk `part` does not take, as `export_chunks`) and a state reader, which is
-    closed when it is done."""
-    job, root = _job(context, job_name)
+    """What `produce(job, chunks, recorded)` yields of the job's items in chunks of `CHUNK_KEYS`
+    (None for each chunk `part` does not take, as `export_chunks`) and where the state holds
+    them (`_Recorded`), whose reader is closed when it is done."""
+    job, project = _job_and_project(context, job_name)
     today = context.clock().date()
-    chunks = export_chunks(job, root, context.prices, today, CHUNK_KEYS, part)
+    chunks = export_chunks(job, project.root, context.prices, today, CHUNK_KEYS, part)
     reader = context.reader()
     try:
+        recorded = _Recorded(reader, _state_name(project, job, reader))
         # Every row is new dicts and lists, none in a cycle, freed as soon as written.
         with paused_gc():
-            yield from produce(job, chunks, reader)
+            yield from produce(job, chunks, recorded)
     finally:
         reader.close()
+
+
+def _state_name(project: Project, job: Job, reader: StateReader) -> str:
+    """The name under which the state holds `job`'s rows: the old name of a spec's `moved`
+    entry to it while that move is still to be applied (the rows move at the next apply; `plan`
+    and `status` see them under the new name already: `pending_moves`), else its own."""
+    # pending_moves reads the names of the jobs in scope and the project's moved entries only
+    scope = Desired(project, (DesiredJob(job.name, job.max_attempts, None, ()),), "", False)
+    moves = pending_moves(reader, scope)
+    return next((old for old, new in moves.items() if new == job.name), job.name)
 
 
 _NO_ANSWER: dict[str, Any] = {}
 
 
 def _looked_up(
-    name: str, chunks: Iterator[list[ExportItem] | None], reader: StateReader
+    chunks: Iterator[list[ExportItem] | None], recorded: _Recorded
 ) -> Iterator[tuple[list[ExportItem], list[SucceededRow], dict[str, ResultLookup]]]:
     """Each chunk of items (None ones passed over) with what state holds of them: every key's
     own succeeded result (`succeeded_results`, one narrow query, rows in key order) and, for the
     items whose result is not a success of the spec's fingerprint, their whole record
     (`results_of`)."""
+    reader, name = recorded.reader, recorded.name
     for chunk in chunks:
         if chunk is None:
             continue
@@ -266,24 +284,24 @@ _KEY, _FIRST, _FINGERPRINT = itemgetter(0), itemgetter(0), itemgetter(2)
 def _rows(
     job: Job,
     chunks: Iterator[list[ExportItem] | None],
-    reader: StateReader,
+    recorded: _Recorded,
     failed_only: bool,
     options: ExportOptions = ExportOptions(),  # noqa: B008 (frozen)
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of each chunk of items that has any, as a list (`_chunk_rows`)."""
-    return filter(None, _chunk_rows(job, chunks, reader, failed_only, options))
+    return filter(None, _chunk_rows(job, chunks, recorded, failed_only, options))
 
 
 def _chunk_rows(
     job: Job,
     chunks: Iterator[list[ExportItem] | None],
-    reader: StateReader,
+    recorded: _Recorded,
     failed_only: bool,
     options: ExportOptions,
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of each chunk of items (None ones passed over), as a list (`_looked_up`): an item whose own succeeded result has the spec's fingerprint is
     `succeeded` with that answer, the others are classified from their records."""
-    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
+    for chunk, answers, found_of in _looked_up(chunks, recorded):
         yield [
             row
             for item, found in zip(chunk, answers, strict=True)
@@ -384,7 +402,7 @@ _FEW = 256  # distinct stop reasons, models and batch ids whose JSON is kept whi
 def _jsonl_blocks(
     job: Job,
     chunks: Iterator[list[ExportItem] | None],
-    reader: StateReader,
+    recorded: _Recorded,
     options: ExportOptions,
 ) -> Iterator[tuple[list[bytes], int]]:
     """The jsonl lines of every row (no `columns`, no `thinking`), a chunk at a time (None
@@ -401,7 +419,7 @@ def _jsonl_blocks(
         made = few[value] = dumps(value)
         return made
 
-    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
+    for chunk, answers, found_of in _looked_up(chunks, recorded):
         lines: list[bytes] = []  # a line per row, or the lines of a run in one
         for start in range(0, len(chunk), PLAIN_RUN):
             run = chunk[start : start + PLAIN_RUN]
@@ -682,12 +700,12 @@ def _write_back(out: IO[bytes]) -> Callable[[], None] | None:
 def _block_maker(
     context: Context, job: Job, root: Path, make: Callable[..., Any], two: bool
 ) -> Callable[[], Iterator[tuple[list[bytes], int]]]:
-    """What makes the (pieces, rows) blocks of an export by `make(job, chunks, reader,
+    """What makes the (pieces, rows) blocks of an export by `make(job, chunks, recorded,
     first)`: on two processes (`_halves`), each given every other chunk, else on this one. Only
     the one given the first chunk has `first` true."""
 
     def part(mine: int, of: int) -> Iterator[tuple[list[bytes], int]]:
-        produce = lambda j, chunks, reader: make(j, chunks, reader, mine == 0)  # noqa: E731
+        produce = lambda j, chunks, recorded: make(j, chunks, recorded, mine == 0)  # noqa: E731
         return _streamed(context, job.name, produce, (mine, of))
 
     if two:
@@ -991,7 +1009,7 @@ class _CsvLines:
 def _csv_blocks(
     job: Job,
     chunks: Iterator[list[ExportItem] | None],
-    reader: StateReader,
+    recorded: _Recorded,
     options: ExportOptions,
     fields: list[str] | None,
     safe: bool,
@@ -1014,7 +1032,7 @@ def _csv_blocks(
     line, values_of, plain = csv_lines.line, csv_lines.values, csv_lines.plain
     head = [csv_lines.header] if header else []
     thinking = options.thinking
-    for chunk, answers, found_of in _looked_up(job.name, chunks, reader):
+    for chunk, answers, found_of in _looked_up(chunks, recorded):
         lines = []
         for item, found in zip(chunk, answers, strict=True):
             message = found[2]
@@ -1127,7 +1145,7 @@ def export(
     elif fmt == "csv" and not options.columns:  # no parse errors to count
 
         def csv_blocks(fields: list[str] | None, learnt: bool) -> Any:
-            def make(j: Job, c: Any, r: StateReader, first: bool) -> Any:
+            def make(j: Job, c: Any, r: _Recorded, first: bool) -> Any:
                 return _csv_blocks(
                     j, c, r, options, fields, safe, failed_only, learnt=learnt, header=first
                 )

@@ -4,22 +4,35 @@ A lease is named for what it guards: `job:<name>` for one job, or `*` for the wh
 apply of every job, state surgery, migrations). `*` conflicts with every lease; a job lease with
 `*` and with the same job's. A live holder renews its leases (see `LeaseKeeper`) and is never taken
 over; a lease left unrenewed past its expiry is stale and is taken over, with a message naming the
-old holder. A holder that died on this host, in this PID namespace, is known dead at once (its
-pid is gone, or now belongs to a process started later), so a crashed run's lease need not expire
-first. A pid from another PID namespace (another container with the same host name) proves
-nothing: such a lease is only taken over once it expires.
+old holder. Every write of a holder checks, in its transaction, that its leases are still there:
+one that stalled past its expiry (a stopped process, a paused VM) and was taken over writes
+nothing more when it wakes.
+
+A holder that died on this machine, in this PID namespace, since the machine last booted, is
+known dead at once (its pid is gone, or now belongs to a process started later), so a crashed
+run's lease need not expire first. A host name proves no machine (VMs cloned from one image,
+containers given one `--hostname`), nor does a PID namespace id (the initial namespace's is the
+same on every Linux machine), so a lease records the machine's boot id beside its namespace
+(`holder_where`: the kernel draws the id at each boot, so a pid of another boot is never judged
+here either). A lease from anywhere else, or from a batchops that recorded no boot id, proves
+nothing by its pid: it is only taken over once it expires.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
+from batchops.errors import LockHeld
 from batchops.state.records import LockInfo, pid_alive
 
 WHOLE_STATE = "*"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # Linux: a random id drawn at each boot
+_BOOT = " boot:"  # between the PID namespace and the boot id in a lease's `pid_ns`
 DEFAULT_LEASE_SECONDS = 120.0
 LEASE_ENV = "BATCHOPS_LEASE_SECONDS"
 
@@ -45,6 +58,46 @@ def conflicting(wanted: Iterable[str], held: Iterable[LockInfo]) -> list[LockInf
     return out
 
 
+def to_be_free(names: list[str], pending: Sequence[str]) -> tuple[list[str], str]:
+    """The leases a writer must be free to take before it takes `names`: the whole state while
+    migrations are pending (they change the schema under every runner, of every job), with the
+    reason to add to a "locked" error."""
+    if not pending:
+        return names, ""
+    return [WHOLE_STATE], (
+        f"; the state's schema needs upgrading (migration {pending[0]}), which takes the whole"
+        " state: wait for it (--lock-timeout), or run `batchops state migrate` once it is free"
+    )
+
+
+def to_take_over(
+    names: Iterable[str], held: Sequence[LockInfo], now: datetime, where: str, why: str = ""
+) -> list[LockInfo]:
+    """The stale leases standing in the way of `names`, one per lock id (naming all its leases,
+    which go together); a LockHeld naming the holder of the first live one."""
+    stale_ids: list[str] = []
+    for lease in conflicting(names, held):
+        if not stale(lease, now):
+            raise LockHeld(f"{where}: state is locked: {lease.describe()}{why}")
+        if lease.lock_id not in stale_ids:
+            stale_ids.append(lease.lock_id)
+    out = []
+    for lock_id in stale_ids:
+        rows = [lease for lease in held if lease.lock_id == lock_id]
+        out.append(dataclasses.replace(rows[0], name=",".join(sorted({r.name for r in rows}))))
+    return out
+
+
+def taken_over(held: LockInfo, where: str) -> LockHeld:
+    """The error of a write refused because the writer's leases are gone: taken over (or
+    force-unlocked) while it stalled past their expiry."""
+    return LockHeld(
+        f"{where}: the state's lease ({held.lock_id} on {held.name}) was taken over while this "
+        f"{held.command} ran (it stalled past the lease's expiry): nothing more was written; "
+        f"run {held.command} again"
+    )
+
+
 def pid_namespace() -> str:
     try:
         return os.readlink("/proc/self/ns/pid")
@@ -67,6 +120,25 @@ def me() -> tuple[int, str, str, str]:
     return pid, _host(), pid_namespace(), process_started(pid)
 
 
+@functools.cache
+def boot_id() -> str:
+    """This machine's current boot ("" where the kernel tells none)."""
+    try:
+        with open(BOOT_ID, encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def holder_where() -> str:
+    """What a lease records as its `pid_ns`: this process's PID namespace and this machine's
+    boot id (`pid:[4026531836] boot:<uuid>`), or the namespace alone where there is no boot id.
+    Only ever compared whole (no schema change): an older batchops compares it with its bare
+    namespace, finds it unequal, and judges the lease by its expiry alone."""
+    namespace, boot = pid_namespace(), boot_id()
+    return f"{namespace}{_BOOT}{boot}" if namespace and boot else namespace
+
+
 def _host() -> str:
     """The host's name as `socket.gethostname()` gives it, without importing socket (~5 ms)
     where `os.uname` exists."""
@@ -77,10 +149,16 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def _judged_here(lease: LockInfo) -> bool:
+    """Its holder ran here: this host, this PID namespace, this machine since its last boot."""
+    where = holder_where()
+    return _BOOT in where and lease.host == _host() and lease.pid_ns == where
+
+
 def holder_gone(lease: LockInfo) -> bool:
-    """True only when the holder provably died: same host, same PID namespace, pid gone."""
-    _, host, namespace, _ = me()
-    if lease.host != host or not lease.pid_ns or lease.pid_ns != namespace:
+    """True only when the holder provably died: it ran here (`_judged_here`), its pid is gone
+    or belongs to a process started later."""
+    if not _judged_here(lease):
         return False
     if not pid_alive(lease.pid):
         return True
@@ -88,10 +166,11 @@ def holder_gone(lease: LockInfo) -> bool:
 
 
 def holder_alive(lease: LockInfo) -> bool:
-    """True only when the holder provably runs: same host, same PID namespace, its pid alive
-    and started when the lease says (a lease from elsewhere proves nothing either way)."""
-    _, host, namespace, _ = me()
-    if lease.host != host or not lease.pid_ns or lease.pid_ns != namespace:
+    """True when the holder runs here: its pid alive and started when the lease says (a lease
+    from elsewhere proves nothing either way). A lease of an older batchops (no boot id) of this
+    host and namespace is judged by its pid too: this only refuses a `force-unlock`."""
+    older = bool(lease.pid_ns) and lease.pid_ns == pid_namespace() and lease.host == _host()
+    if not older and not _judged_here(lease):
         return False
     if not pid_alive(lease.pid):
         return False
@@ -113,6 +192,8 @@ class LeaseKeeper:
 
     `renew()` is called every third of the lease's life with its own connection; when it finds the
     lease gone (taken over after a stall), `lost` is set and the holder stops before its next step.
+    That is a courtesy: the keeper beats only while the process runs, so what keeps a holder
+    that was taken over from writing is the check of every write transaction (`taken_over`).
     """
 
     def __init__(self, renew: Callable[[], bool], seconds: float):

@@ -39,7 +39,15 @@ from batchops.state.api import (
     TableDump,
     check_dump_table,
 )
-from batchops.state.leases import conflicting, expiry, lease_names, lease_seconds, me, stale
+from batchops.state.leases import (
+    expiry,
+    holder_where,
+    lease_names,
+    lease_seconds,
+    me,
+    to_be_free,
+    to_take_over,
+)
 from batchops.state.records import (
     BatchRecord,
     ItemRecord,
@@ -139,6 +147,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m0008_attempts_room_to_settle", ["alter table attempts set (fillfactor = 45)"]),
 ]
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
+# The serial's bump closing each write; a writer holding leases bumps it only while they are
+# there, and locks one of them to the commit (see `PostgresWriter._transaction`).
+_BUMP_SERIAL = "update meta set value = (value::bigint + 1)::text where key = 'serial'"
+_BUMP_SERIAL_HOLDING = (
+    f"{_BUMP_SERIAL} and exists (select from leases where lock_id = %s limit 1 for key share)"
+)
 KNOWN_MIGRATIONS = [name for name, _ in MIGRATIONS]
 
 _ITEM_COLUMNS = (
@@ -497,11 +511,9 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 table = "lock"
             else:
                 rows, table = [], "leases"
-            for lease in conflicting(names, [LockInfo(*r) for r in rows]):
-                if not stale(lease, now):
-                    raise LockHeld(f"{location}: state is locked: {lease.describe()}")
-                if on_takeover is not None:
-                    on_takeover(lease)
+            free, why = to_be_free(names, pending)  # a migration takes the whole state
+            taken = to_take_over(free, [LockInfo(*r) for r in rows], now, location, why)
+            for lease in taken:
                 conn.execute(f"delete from {table} where lock_id = %s", [lease.lock_id])
             if pending:
                 conn.execute(
@@ -529,7 +541,8 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                         ("created_at", iso(utcnow())),
                     ],
                 )
-            pid, host, namespace, started = me()
+            pid, host, _, started = me()
+            where = holder_where()
             info = LockInfo(
                 str(uuid.uuid4()),
                 pid,
@@ -538,7 +551,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 command,
                 ",".join(names),
                 iso(expiry(now, seconds)),
-                namespace,
+                where,
                 started,
             )
             conn.cursor().executemany(
@@ -546,21 +559,31 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 " values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [
                     (info.lock_id, pid, host, info.since, command, name, info.expires_at,
-                     namespace, started)
+                     where, started)
                     for name in names
                 ],
             )  # fmt: skip
+        # told once the leases are ours: a try that found another lease live rolled back
+        for lease in taken if on_takeover is not None else ():
+            on_takeover(lease)
         return info
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor]:
-        """One atomic state change; bumps the serial in the same transaction."""
+        """One atomic state change; bumps the serial in the same transaction.
+
+        A writer holding leases bumps it only while they are there, in the same statement (no
+        round trip of its own): it locks one of their rows to the commit, FOR KEY SHARE, so a
+        takeover's FOR UPDATE waits for the commit (a renewal's update of the expiry does not);
+        leases already taken over are not found, and the whole write rolls back (`taken_over`)."""
         with self.conn.transaction(), self.conn.cursor() as cursor:
             try:
                 yield cursor
-                cursor.execute(
-                    "update meta set value = (value::bigint + 1)::text where key = 'serial'"
-                )
+                held = self.held
+                if held is None:
+                    cursor.execute(_BUMP_SERIAL)
+                elif not cursor.execute(_BUMP_SERIAL_HOLDING, [held.lock_id]).rowcount:
+                    raise self._lease_taken_over(held)
                 cursor.execute(NEW_WRITE_ID.replace("?", "%s"), [new_write_id()])
             except BaseException:
                 self._drop_if_busy()

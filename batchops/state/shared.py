@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from batchops.clock import iso, parse_time, utcnow
-from batchops.errors import StateError
+from batchops.errors import LockHeld, StateError
 from batchops.state.api import (
     OUTCOMES,
     OUTPUT_MEANS_SQL,
@@ -20,6 +20,7 @@ from batchops.state.api import (
     RELEASE_DRIFTS,
     STATE_TABLES,
 )
+from batchops.state.leases import taken_over
 from batchops.state.records import BatchRecord, IntentRecord, JobSummary, LockInfo, SentAttempt
 
 # Every table holding a job's rows, and how it names the job.
@@ -275,6 +276,14 @@ class SharedWrites:
     def _transaction(self) -> Any: ...  # a context manager yielding something with .execute
 
     _sql: Any  # the reader's (`SharedReads._sql`): not defined here, or it would hide it
+    keeper: Any  # the writer's (`StateWriter.keeper`)
+
+    def _lease_taken_over(self, held: LockInfo) -> LockHeld:
+        """The error of a write transaction that found this writer's leases gone (see
+        `batchops.state.leases.taken_over`); the keeper is told, as its own beat would."""
+        if self.keeper is not None:
+            self.keeper.lost = True
+        return taken_over(held, self.location)
 
     def _run(self, sql: str, params: list[Any]) -> int:
         with self._transaction() as conn:

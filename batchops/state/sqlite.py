@@ -47,7 +47,15 @@ from batchops.state.api import (
     TableDump,
     check_dump_table,
 )
-from batchops.state.leases import conflicting, expiry, lease_names, lease_seconds, me, stale
+from batchops.state.leases import (
+    expiry,
+    holder_where,
+    lease_names,
+    lease_seconds,
+    me,
+    to_be_free,
+    to_take_over,
+)
 from batchops.state.records import (
     BatchRecord,
     ItemRecord,
@@ -76,6 +84,8 @@ KNOWN_MIGRATIONS = [
     "m0008_attempts_room_to_settle",
 ]  # in order; registered in batchops.state.sqlite_migrations
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
+# A writer's leases, still held (each write's first statement: see `SqliteWriter._transaction`).
+_HOLDING = "select 1 from leases where lock_id = ? limit 1"
 
 _ITEM_SQL = (
     "select i.job, i.key, i.custom_id, coalesce(a.fingerprint, i.fingerprint),"
@@ -93,15 +103,22 @@ _LOOKUP_SQL = (
     " from items i left join attempts a on a.id = i.inflight_attempt"
     " left join results r on r.id = i.result_id"
 )
-# `succeeded_results`: each key of a JSON array, in order, with its item's own succeeded result.
-_SUCCEEDED_SQL = (
+# An item's own succeeded result (`succeeded_results`), the items `i` to be given in `{items}`.
+_SUCCEEDED_OF = (
     "select r.fingerprint, r.text, r.message, r.stop_reason, r.model, r.input_tokens,"
-    " r.output_tokens, r.batch_id from json_each(?2) k"
-    " left join items i on i.job = ?1 and i.key = k.value"
+    " r.output_tokens, r.batch_id from {items}"
     " left join results r on r.id = i.result_id and i.inflight_attempt is null"
     " and i.outcome = 'succeeded' and r.type = 'succeeded' and r.fingerprint = i.fingerprint"
-    " order by k.id"
 )
+# `succeeded_results`: each key of a JSON array, in order, with its item's own succeeded result.
+_SUCCEEDED_SQL = (
+    _SUCCEEDED_OF.format(
+        items="json_each(?2) k left join items i on i.job = ?1 and i.key = k.value"
+    )
+    + " order by k.id"
+)
+# The same for one key, bound as a parameter (a key holding a NUL: `_keys_array`).
+_SUCCEEDED_ONE_SQL = _SUCCEEDED_OF.format(items="items i") + " where i.job = ? and i.key = ?"
 # The same, with each key's item looked for at a row id: the first key's item's id (?3) plus the
 # key's place in the array. A job's items are written in the order of its source, which is the
 # order an export asks for them in, so this finds them along the table instead of through the
@@ -111,6 +128,9 @@ _SUCCEEDED_ALONG_SQL = _SUCCEEDED_SQL.replace(
     "left join items i on i.rowid = ?3 + k.key and i.job = ?1 and i.key = k.value",
 )
 _ITEM_ROWID_SQL = "select rowid from items where job = ? and key = ?"
+# How orjson writes a NUL in a string. SQLite's json_each ends a string at an escaped NUL
+# (3.40: "a\u0000b" reads as "a"), so a key holding one would be looked up as another key.
+_ESCAPED_NUL = b"\\u0000"
 _BATCH_SQL = (
     "select b.*, coalesce(i.status = 'adopted', 0) as adopted from batches b"
     " left join intents i on i.id = b.intent_id"
@@ -150,6 +170,24 @@ def _pending(conn: sqlite3.Connection, path: Path) -> list[str]:
             f"(migration {unknown[-1]!r}); upgrade batchops to use this state file"
         )
     return [name for name in KNOWN_MIGRATIONS if name not in applied]
+
+
+def _keys_array(keys: Sequence[str]) -> tuple[str, list[int]]:
+    """The JSON array of `keys` that json_each reads, and the places of the keys holding a NUL
+    (usually none): those are null in the array, which matches no key, and are to be looked up
+    one by one, bound as parameters, which SQLite compares whole."""
+    array = orjson.dumps(keys)
+    # the keys themselves are visited only when their JSON holds the escape (a backslash is
+    # found by memchr, the escape by a slower search)
+    if b"\\" not in array or _ESCAPED_NUL not in array:
+        return array.decode(), []
+    cut = [at for at, key in enumerate(keys) if "\x00" in key]
+    if not cut:  # a key holding a backslash and "u0000", escaped: read whole
+        return array.decode(), []
+    safe: list[str | None] = list(keys)
+    for at in cut:
+        safe[at] = None
+    return orjson.dumps(safe).decode(), cut
 
 
 class _Connection:
@@ -332,32 +370,45 @@ class SqliteReader(SharedReads, StateReader):
     def results_of(self, job: str, keys: Sequence[str]) -> dict[str, ResultLookup]:
         if self.db is None or not keys:
             return {}
-        # The keys travel as one JSON array: no limit on bound parameters, one statement to cache.
+        # The keys travel as one JSON array: no limit on bound parameters, one statement to cache;
+        # a key holding a NUL is left out of it and looked up alone (`_keys_array`).
         sql = f"{_LOOKUP_SQL} where i.job = ? and i.key in (select value from json_each(?))"
+        array, cut = _keys_array(keys)
+        conn = self.db.conn
+        rows = conn.execute(sql, (job, array))
+        if cut:
+            one = f"{_LOOKUP_SQL} where i.job = ? and i.key = ?"
+            alone = (conn.execute(one, (job, keys[at])).fetchone() for at in cut)
+            rows = itertools.chain(rows.fetchall(), filter(None, alone))
         new = tuple.__new__  # the NamedTuples from their fields in C calls (this runs per item)
-        return {
-            row[1]: new(ResultLookup, (new(ItemRecord, row[:12]), *row[12:]))
-            for row in self.db.conn.execute(sql, (job, orjson.dumps(keys).decode()))
-        }
+        return {row[1]: new(ResultLookup, (new(ItemRecord, row[:12]), *row[12:])) for row in rows}
 
     def succeeded_results(self, job: str, keys: Sequence[str]) -> list[SucceededRow]:
         if self.db is None or not keys:
             return [NO_SUCCEEDED_ROW] * len(keys)
         # One row per key, in the keys' order (json_each's ids), each item looked for at its
         # place along the table first (`_SUCCEEDED_ALONG_SQL`), through the index on (job, key)
-        # for the keys not found there.
+        # for the keys not found there; a key holding a NUL is null in the array, which finds
+        # nothing, and is looked up alone (`_keys_array`).
         conn = self.db.conn
+        array, cut = _keys_array(keys)
         first = conn.execute(_ITEM_ROWID_SQL, (job, keys[0])).fetchone()
         if first is None:
-            return conn.execute(_SUCCEEDED_SQL, (job, orjson.dumps(keys).decode())).fetchall()
-        rows = conn.execute(_SUCCEEDED_ALONG_SQL, (job, orjson.dumps(keys).decode(), first[0]))
-        rows = rows.fetchall()
-        missing = [at for at, row in enumerate(rows) if row[0] is None]
-        if missing:
-            again = [keys[at] for at in missing]
-            found = conn.execute(_SUCCEEDED_SQL, (job, orjson.dumps(again).decode())).fetchall()
-            for at, row in zip(missing, found, strict=True):
-                rows[at] = row
+            rows = conn.execute(_SUCCEEDED_SQL, (job, array)).fetchall()
+        else:
+            rows = conn.execute(_SUCCEEDED_ALONG_SQL, (job, array, first[0])).fetchall()
+            missing = [at for at, row in enumerate(rows) if row[0] is None]
+            if cut:
+                alone = set(cut)
+                missing = [at for at in missing if at not in alone]
+            if missing:
+                again = [keys[at] for at in missing]  # no NUL in them
+                found = conn.execute(_SUCCEEDED_SQL, (job, orjson.dumps(again).decode()))
+                for at, row in zip(missing, found.fetchall(), strict=True):
+                    rows[at] = row
+        for at in cut:
+            row = conn.execute(_SUCCEEDED_ONE_SQL, (job, keys[at])).fetchone()
+            rows[at] = row or NO_SUCCEEDED_ROW
         return rows
 
     def usage_rows(self) -> Iterator[UsageRow]:
@@ -515,12 +566,10 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                 held = [LockInfo(*r) for r in rows]
             else:
                 held = []
-            for lease in conflicting(names, held):
-                if not stale(lease, now):
-                    raise LockHeld(f"{path}: state is locked: {lease.describe()}")
-                if on_takeover is not None:
-                    on_takeover(lease)
-                table = "leases" if "leases" in tables else "lock"
+            free, why = to_be_free(names, pending)  # a migration takes the whole state
+            taken = to_take_over(free, held, now, str(path), why)
+            table = "leases" if "leases" in tables else "lock"
+            for lease in taken:
                 conn.execute(f"delete from {table} where lock_id = ?", [lease.lock_id])
             if pending:
                 if existed and KNOWN_MIGRATIONS[0] not in pending:
@@ -535,7 +584,8 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                     "insert or replace into meta (key, value) values (?, ?)",
                     [("lineage", str(uuid.uuid4())), ("serial", "0"), ("created_at", iso(now))],
                 )
-            pid, host, namespace, started = me()
+            pid, host, _, started = me()
+            where = holder_where()
             info = LockInfo(
                 str(uuid.uuid4()),
                 pid,
@@ -544,14 +594,14 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                 command,
                 ",".join(names),
                 iso(expiry(now, seconds)),
-                namespace,
+                where,
                 started,
             )
             conn.executemany(
                 f"insert into leases ({_LEASE_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (info.lock_id, pid, host, info.since, command, name, info.expires_at,
-                     namespace, started)
+                     where, started)
                     for name in names
                 ],
             )  # fmt: skip
@@ -560,6 +610,9 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             if conn.in_transaction:
                 conn.execute("rollback")
             raise
+        # told once the leases are ours: a try that found another lease live rolled back
+        for lease in taken if on_takeover is not None else ():
+            on_takeover(lease)
         return info
 
     @contextlib.contextmanager
@@ -567,10 +620,15 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         """One atomic state change; bumps the serial in the same transaction.
 
         BEGIN IMMEDIATE: another apply (of another job) may write too, and a deferred
-        transaction that reads before it writes could not wait for it."""
+        transaction that reads before it writes could not wait for it. It also keeps a takeover
+        out until the commit, so a writer holding leases finds them there first, or writes
+        nothing (`batchops.state.leases.taken_over`)."""
         conn = self.db.conn
         conn.execute("begin immediate")
         try:
+            held = self.held
+            if held is not None and not conn.execute(_HOLDING, [held.lock_id]).fetchone():
+                raise self._lease_taken_over(held)
             yield conn
             conn.execute("update meta set value = cast(value as integer) + 1 where key = 'serial'")
             conn.execute(NEW_WRITE_ID, [new_write_id()])
