@@ -92,6 +92,7 @@ def test_plan_json_shape(project):
         "expected_cost_usd": data["summary"]["expected_cost_usd"],
         "saved_usd": 0,
         "cache_saving_usd": 0,
+        "deferred_cost_usd": 0,
         "batches_to_create": 1,
     }
     assert 0 < data["summary"]["expected_cost_usd"] <= data["summary"]["estimated_cost_usd"]

@@ -21,6 +21,7 @@ from batchops.plan.actions import (
     Cancel,
     Forget,
     Harvest,
+    JobPlan,
     Plan,
     Prune,
     Reuse,
@@ -121,11 +122,12 @@ def run_cycles(
             if not submit or saved is not None:
                 plan = _refresh_only(plan)
             requests = _spec_source(plan, planner)
-        if plan.changes:
-            if submit:
+        if plan.changes or (submit and any(j.deferred for j in plan.jobs)):
+            if submit:  # a resend deferred to a later cycle counts from the first (as `plan`)
                 from batchops.plan.build import check_budget
 
                 check_budget(plan, spent if plan.submits else None)
+        if plan.changes:
             if confirm is not None and not confirm(plan):
                 report.approved = False
                 return report
@@ -167,10 +169,10 @@ def run_cycles(
             in_flight
             or any(s.kind in ("harvest", "adopt", "requeue") for s in final.steps)
             or (submit and saved is None and bool(sendable or final.reuses))
-            # removed items still in flight: forgotten once their batch is harvested
-            or any(
-                j.removed_in_flight or action_counts(j.actions).get("forget") for j in final.jobs
-            )
+            # removed items still in flight: forgotten once their batch is harvested, by a
+            # cycle that may forget (a saved plan's later cycles only refresh)
+            or any(j.removed_in_flight for j in final.jobs)
+            or (submit and saved is None and any(_forgets_of(j) for j in final.jobs))
         )
         if not outstanding:
             return report
@@ -178,6 +180,10 @@ def run_cycles(
             report.timed_out = True
             return report
         time.sleep(poll_interval)
+
+
+def _forgets_of(job: JobPlan) -> int:
+    return action_counts(job.actions).get("forget", 0)
 
 
 def _forgets(plan: Plan) -> bool:

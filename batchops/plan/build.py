@@ -3,7 +3,7 @@ and the budget check with which `plan` and `apply` refuse a job estimated over i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -69,7 +69,7 @@ def plan_from(
     # Stored answers are looked up only for what would otherwise be sent: a plan with nothing to
     # send (the common, no-op case at a million items) is diffed once and asks nothing more.
     plan = diff({})
-    reusable = _reusable(reader, desired, plan)
+    reusable = _reusable(reader, desired, plan, records)
     outside = _in_flight_outside(reader, desired, plan, inflight)
     if reusable or outside:
         plan = diff(reusable, outside)
@@ -108,12 +108,14 @@ def _moved_member(member: str, moves: dict[str, str]) -> str:
     return f"{moves[job]}\x1f{key}" if job in moves else member
 
 
-def _reusable(reader: StateReader, desired: Desired, plan: Plan) -> dict[str, int]:
+def _reusable(
+    reader: StateReader, desired: Desired, plan: Plan, records: Sequence[ItemRecord]
+) -> dict[str, int]:
     """Stored answers (fingerprint → result id) for the requests `plan` would send, in jobs that
     allow reuse; the diff decides which of them answer an item."""
     if not reader.exists:  # no results to reuse: no set of a million fingerprints to ask with
         return {}
-    wanted = _sent_fingerprints(desired, plan)
+    wanted = _sent_fingerprints(desired, plan) | _deferred_fingerprints(desired, plan, records)
     return reader.results_by_fingerprint(wanted) if wanted else {}
 
 
@@ -129,6 +131,24 @@ def _sent_fingerprints(desired: Desired, plan: Plan) -> set[str]:
             else:
                 out.update(a.fingerprint for a in submits)
     return out
+
+
+def _deferred_fingerprints(desired: Desired, plan: Plan, records: Sequence[ItemRecord]) -> set[str]:
+    """The new fingerprints of items changed while in flight (`JobPlan.deferred`), in jobs that
+    allow reuse: a stored answer to one of them makes its resend free, and its ceiling is then
+    not counted against the budget. Read only for the jobs that have any."""
+    reuse = {j.name for j in desired.jobs if j.reuse}
+    jobs = {j.name for j in plan.jobs if j.deferred and j.name in reuse}
+    if not jobs:
+        return set()
+    old = {(r.job, r.key): r.fingerprint for r in records if r.job in jobs and r.inflight}
+    return {
+        item.fingerprint
+        for job in desired.jobs
+        if job.name in jobs
+        for item in job.items
+        if old.get((job.name, item.key), item.fingerprint) != item.fingerprint
+    }
 
 
 def budget_problems(plan: Plan, spent: Mapping[str, float] | None = None) -> list[str]:

@@ -165,17 +165,6 @@ def make_plan(
                 sending.setdefault(record.fingerprint, (record.job, record.key))
     elsewhere: set[str] = set()  # fingerprints in flight only for jobs outside the scope
     awaited: set[str] = set()  # batches in flight whose answers items of the plan wait for
-    # ended batches not harvested yet: an item changed while in one of them is sent now (the
-    # batch is finished, so the item is never in two unfinished batches; its old answer is
-    # harvested as history by this plan's harvest)
-    ended = {
-        b.id
-        for b in batches
-        if b.processing_status == "ended"
-        and b.harvested_at is None
-        and not b.finished
-        and b.id not in lost
-    }
     for record in outside:
         if record.inflight and record.fingerprint and record.fingerprint not in sending:
             sending[record.fingerprint] = (record.job, record.key)
@@ -224,12 +213,6 @@ def make_plan(
                         remembered.append(item.key)
                 if record is None:  # never sent: the common case at a million items
                     item_state, detail, reason, attempt = "todo", None, "todo", 1
-                elif (
-                    record.inflight
-                    and record.inflight_batch in ended
-                    and record.fingerprint != item.fingerprint
-                ):
-                    item_state, detail, reason, attempt = "changed", None, "changed", 1
                 elif record.inflight and record.inflight_batch in lost:
                     # its batch's results are gone: it is sent again, as this plan's requeue says
                     changed = record.fingerprint != item.fingerprint
@@ -286,10 +269,15 @@ def make_plan(
                         FailedItem(item.key, record.error_type if record else None, detail or "")
                     )
                 elif item_state == "pending" and detail and record is not None:
-                    # changed while in flight: sent once its batch ends, by a later cycle
+                    # Changed while in flight: sent once its batch ends and is harvested, by a
+                    # later cycle's plan (an answer that batch holds may answer it then, so it
+                    # is not sent before). Its ceiling counts now, unless an answer stored or
+                    # on its way for another item would answer it instead.
                     obsolete.add(f"{job.name}\x1f{item.key}")
                     deferred += 1
-                    deferred_usd += item.cost_usd
+                    fp = item.fingerprint
+                    if not (job.reuse and (fp in reusable or fp in sending or fp in elsewhere)):
+                        deferred_usd += item.cost_usd
             one_kind = len(kinds) <= 1
             submits = SubmitItems(
                 job.name, job.items, sent, list(kinds), None if one_kind else tags

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import queue
 import threading
@@ -486,6 +487,10 @@ class _Fields:
     def count_or_none(self, name: str) -> int | None:
         return self._get(name, _is_count, "a count", True)
 
+    def amount_or_none(self, name: str) -> float | None:
+        """A finite number of 0 or more (dollars), never a bool."""
+        return self._get(name, _is_amount, "an amount", True)
+
     def texts(self, name: str) -> tuple[str, ...]:
         return tuple(self._get(name, _is_texts, "a list of text", False))
 
@@ -503,6 +508,15 @@ class _Fields:
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_amount(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _is_text(value: Any) -> bool:
@@ -690,6 +704,11 @@ def _plan(shape: _Fields, steps: list[Step], desired: Desired) -> Plan:
                 round(sum(r.saved_usd for r in reuses), 6),
                 round(cache_saving(batches.get(name, []), expected), 6),
                 bases.get(name),
+                # shown, never run: items changed while in flight are sent by a later plan,
+                # which counts their cost against the budget itself (written by batchops 0.1
+                # before these: none)
+                deferred=entry.count_or_none("deferred_items") or 0,
+                deferred_usd=entry.amount_or_none("deferred_cost_usd") or 0.0,
             )
         )
     return Plan(
