@@ -150,6 +150,7 @@ _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, 
 # The serial's bump closing each write; a writer holding leases bumps it only while they are
 # there, and locks one of them to the commit (see `PostgresWriter._transaction`).
 _BUMP_SERIAL = "update meta set value = (value::bigint + 1)::text where key = 'serial'"
+_HOLDING = "select 1 from leases where lock_id = %s limit 1 for key share"
 _BUMP_SERIAL_HOLDING = (
     f"{_BUMP_SERIAL} and exists (select from leases where lock_id = %s limit 1 for key share)"
 )
@@ -564,8 +565,13 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 ],
             )  # fmt: skip
         # told once the leases are ours: a try that found another lease live rolled back
-        for lease in taken if on_takeover is not None else ():
-            on_takeover(lease)
+        try:
+            for lease in taken if on_takeover is not None else ():
+                on_takeover(lease)
+        except BaseException:  # a signal or a full pipe while telling: the leases given back
+            with contextlib.suppress(psycopg.Error), conn.transaction():
+                conn.execute("delete from leases where lock_id = %s", [info.lock_id])
+            raise
         return info
 
     @contextlib.contextmanager
@@ -788,6 +794,11 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                         f"{self.location}: the copy does not check out (rows {counts}, "
                         f"expected {expected}); nothing was copied"
                     )
+                # the lease still ours (as every write checks it: `_transaction`), held to the
+                # commit: a copy that stalled past it and was taken over writes nothing
+                held = self.held
+                if held is not None and cur.execute(_HOLDING, [held.lock_id]).fetchone() is None:
+                    raise self._lease_taken_over(held)
                 # a history of its own from here (see `batchops.state.shared.NEW_WRITE_ID`),
                 # set once the rows are checked (a source never written since has none)
                 cur.execute(NEW_WRITE_ID.replace("?", "%s"), [new_write_id()])

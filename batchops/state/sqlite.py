@@ -611,8 +611,13 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                 conn.execute("rollback")
             raise
         # told once the leases are ours: a try that found another lease live rolled back
-        for lease in taken if on_takeover is not None else ():
-            on_takeover(lease)
+        try:
+            for lease in taken if on_takeover is not None else ():
+                on_takeover(lease)
+        except BaseException:  # a signal or a full pipe while telling: the leases given back
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("delete from leases where lock_id = ?", [info.lock_id])
+            raise
         return info
 
     @contextlib.contextmanager
@@ -821,6 +826,10 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
         conn = self.db.conn
         conn.execute("begin immediate")
         try:
+            # the lease still ours, as every write checks it (`_transaction`)
+            held = self.held
+            if held is not None and not conn.execute(_HOLDING, [held.lock_id]).fetchone():
+                raise self._lease_taken_over(held)
             had_rows, own_serial = not self.is_empty(), self.serial
             if had_rows and not replace:
                 raise StateError(f"{self.path}: the state is not empty; nothing was copied")
