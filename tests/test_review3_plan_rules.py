@@ -8,6 +8,7 @@ import pytest
 from batchops.errors import BudgetExceeded
 from tests import statedb
 from tests.projects import apply, context, rows, write_project, write_rows
+from tests.test_review3_batches import write_twin
 
 HOUR = 3600
 
@@ -22,16 +23,6 @@ def answered_twice(ctx) -> list[tuple]:
         ctx,
         "select fingerprint, count(*) from results where type = 'succeeded'"
         " group by fingerprint having count(*) > 1",
-    )
-
-
-def write_twin(root, keys, job: str = "twin") -> None:
-    """A second job whose items send the very same requests as demo's r<k> (same fingerprint)."""
-    items = ", ".join(f'{{ key = "{k}", text = "text number {k[1:]}" }}' for k in keys)
-    (root / "jobs" / f"{job}.toml").write_text(
-        f'version = 1\n\n[jobs.{job}]\nmodel = "claude-haiku-4-5"\nmax_tokens = 16\n'
-        f'prompt = "Classify: {{{{ text }}}}"\nitems = [{items}]\n',
-        encoding="utf-8",
     )
 
 

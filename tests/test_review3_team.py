@@ -227,12 +227,7 @@ def test_a_holder_whose_connection_is_terminated_mid_wait_releases_its_lease(
         while not statedb.rows(pg_dsn, "select 1 from batches"):
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.1)
-        statedb.rows(
-            pg_dsn,
-            "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where datname = current_database() and pid <> pg_backend_pid()",
-        )
-        _, err = proc.communicate(timeout=30)
+        err = _cut_off(proc, pg_dsn)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -506,12 +501,7 @@ def test_a_connection_dropped_while_a_create_is_in_flight_is_adopted_not_sent_ag
     the batch the create made and sends nothing twice."""
     proc = _apply_in_a_slow_create(tmp_path, emulator, emulator_admin, pg_dsn)
     try:
-        statedb.rows(
-            pg_dsn,
-            "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where datname = current_database() and pid <> pg_backend_pid()",
-        )
-        _, err = proc.communicate(timeout=30)
+        err = _cut_off(proc, pg_dsn)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -623,3 +613,14 @@ def test_a_takeover_is_reported_once_when_the_apply_waits_for_another_lease(
     assert out.returncode == 0, out.stderr
     said = [line for line in out.stdout.splitlines() if line.startswith("Taking over")]
     assert len(said) == 1, f"{len(said)} takeover messages for one takeover: {said[:2]}"
+
+
+def _cut_off(proc, pg_dsn: str) -> str:
+    """Every connection to the state but this one terminated, as a server restart does; what
+    the apply `proc` then wrote to stderr."""
+    statedb.rows(
+        pg_dsn,
+        "select pg_terminate_backend(pid) from pg_stat_activity"
+        " where datname = current_database() and pid <> pg_backend_pid()",
+    )
+    return proc.communicate(timeout=30)[1]
