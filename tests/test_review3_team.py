@@ -38,6 +38,18 @@ def _item(key: str, fingerprint: str = "sha256:" + "0" * 64) -> SubmitItem:
     return SubmitItem("demo", key, f"demo-{key}-0", fingerprint, "todo", 1, 0.0)
 
 
+def _apply_waiting(tmp_path: Path, emulator: str, pg_dsn: str) -> subprocess.Popen:
+    """`apply --yes --wait` on the PostgreSQL state, as a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchops", "apply", "--yes", "--wait", "--poll-interval", "0.3"],
+        cwd=tmp_path,
+        env=_env(emulator, pg_dsn),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _server_now(dsn: str) -> datetime:
     return statedb.rows(dsn, "select now()")[0][0].astimezone(UTC)
 
@@ -214,14 +226,7 @@ def test_a_holder_whose_connection_is_terminated_mid_wait_releases_its_lease(
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(2))
     open_writer(pg_dsn, "migrate").close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchops", "apply", "--yes", "--wait", "--poll-interval", "0.3"],
-        cwd=tmp_path,
-        env=_env(emulator, pg_dsn),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _apply_waiting(tmp_path, emulator, pg_dsn)
     try:
         deadline = time.monotonic() + 30
         while not statedb.rows(pg_dsn, "select 1 from batches"):
@@ -245,14 +250,7 @@ def test_sigterm_during_wait_on_postgres_exits_143_and_releases_the_lease(
     released, the batch in flight recorded and named."""
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(2))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchops", "apply", "--yes", "--wait", "--poll-interval", "0.3"],
-        cwd=tmp_path,
-        env=_env(emulator, pg_dsn),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _apply_waiting(tmp_path, emulator, pg_dsn)
     try:
         deadline = time.monotonic() + 30
         while not (statedb.exists(pg_dsn) and statedb.rows(pg_dsn, "select id from batches")):

@@ -58,10 +58,10 @@ from batchops.commands.context import Context
 from batchops.errors import BatchopsError
 from batchops.heap import paused_gc
 from batchops.plan.actions import Plan
-from batchops.plan.build import pending_moves, plan_from
+from batchops.plan.build import moves_to_apply, plan_from
 from batchops.plan.diff import classify
 from batchops.safetext import FORMULA_FIRST
-from batchops.spec.desired import Desired, DesiredItem, DesiredJob, select_jobs
+from batchops.spec.desired import DesiredItem, select_jobs
 from batchops.spec.inputs import (
     ExportItem,
     changed_while_read,
@@ -248,10 +248,8 @@ def _state_name(project: Project, job: Job, reader: StateReader) -> str:
     """The name under which the state holds `job`'s rows: the old name of a spec's `moved`
     entry to it while that move is still to be applied (the rows move at the next apply; `plan`
     and `status` see them under the new name already: `pending_moves`), else its own."""
-    # pending_moves reads the names of the jobs in scope and the project's moved entries only
-    scope = Desired(project, (DesiredJob(job.name, job.max_attempts, None, ()),), "", False)
-    moves = pending_moves(reader, scope)
-    return next((old for old, new in moves.items() if new == job.name), job.name)
+    moves = moves_to_apply(reader, project.moves, {job.name})
+    return next(iter(moves), job.name)
 
 
 _NO_ANSWER: dict[str, Any] = {}

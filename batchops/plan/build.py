@@ -3,7 +3,7 @@ and the budget check with which `plan` and `apply` refuse a job estimated over i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -12,6 +12,7 @@ from batchops.plan.actions import Move, Plan, SubmitItems
 from batchops.plan.diff import BatchLimits, make_plan
 from batchops.pricing import money
 from batchops.spec.desired import Desired
+from batchops.spec.model import Moved
 from batchops.state.api import StateReader
 from batchops.state.records import BatchRecord, ItemRecord
 
@@ -85,8 +86,14 @@ def plan_from(
 def pending_moves(reader: StateReader, desired: Desired) -> dict[str, str]:
     """old → new for each `moved` entry of the specs that is still to be done in this state
     (its new name in scope, its old name with rows); refused when both names have rows."""
-    wanted = {j.name for j in desired.jobs}
-    moves = [m for m in desired.project.moves if m.new in wanted]
+    return moves_to_apply(reader, desired.project.moves, {j.name for j in desired.jobs})
+
+
+def moves_to_apply(
+    reader: StateReader, entries: Iterable[Moved], wanted: Collection[str]
+) -> dict[str, str]:
+    """`pending_moves` of the `moved` entries `entries` to the job names `wanted`."""
+    moves = [m for m in entries if m.new in wanted]
     if not moves:
         return {}
     names = set(reader.job_names())
