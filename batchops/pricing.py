@@ -30,7 +30,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +39,7 @@ import orjson
 
 from batchops.apirules import cache_min_tokens as api_cache_min_tokens
 from batchops.errors import SpecError, location
+from batchops.lazyclass import dataclass
 from batchops.spec.files import MIB, FileRefused, read_bounded
 
 _DATED = re.compile(r"^(?P<base>.+?)(-\d{8}|-latest)$")

@@ -3,9 +3,11 @@ no-op apply needs these and nothing of the evaluator."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from batchops.lazyclass import dataclass
 
 if TYPE_CHECKING:
     from batchops.plan.actions import Plan

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchops.clock import utcnow
 from batchops.errors import BatchopsError, NoCredentials, StateError
+from batchops.lazyclass import dataclass
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod

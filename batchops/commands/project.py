@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from batchops.errors import BatchopsError
+from batchops.lazyclass import dataclass
 from batchops.safetext import terminal
 from batchops.state import is_postgres
 

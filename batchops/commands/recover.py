@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from batchops.apply.evaluator import Evaluator, NullProgress
@@ -35,6 +35,7 @@ from batchops.apply.refresh import as_record
 from batchops.clock import iso
 from batchops.commands.context import Context
 from batchops.errors import RemoteError, StateError
+from batchops.lazyclass import dataclass
 from batchops.plan.actions import SubmitItem
 from batchops.remote import BatchesClient, RemoteBatch
 from batchops.spec.desired import DesiredItem

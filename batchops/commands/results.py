@@ -46,7 +46,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
@@ -57,6 +56,7 @@ import orjson
 from batchops.commands.context import Context
 from batchops.errors import BatchopsError
 from batchops.heap import paused_gc
+from batchops.lazyclass import dataclass
 from batchops.plan.actions import Plan
 from batchops.plan.build import moves_to_apply, plan_from
 from batchops.plan.diff import classify

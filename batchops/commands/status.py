@@ -9,12 +9,12 @@ shows remote progress as of the last `apply` or `refresh`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from batchops.clock import iso
 from batchops.commands.context import Context
+from batchops.lazyclass import dataclass
 from batchops.plan.actions import SubmitItems
 from batchops.plan.build import plan_from
 from batchops.plan.diff import BatchLimits, job_costs, split

@@ -12,7 +12,6 @@ is refused).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import orjson
 from batchops.clock import iso
 from batchops.commands.context import Context
 from batchops.errors import BatchopsError, StateError
+from batchops.lazyclass import dataclass
 from batchops.state import is_postgres, open_writer, state_exists
 from batchops.state.api import OUTCOMES, StateReader
 from batchops.state.records import BatchRecord, JobSummary, StateMark

@@ -10,12 +10,12 @@ unless `force`; it is checked before anything is opened for writing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from batchops.commands.context import Context
 from batchops.errors import StateError
+from batchops.lazyclass import dataclass
 from batchops.state import is_postgres, open_reader, open_writer, shown, state_exists
 
 

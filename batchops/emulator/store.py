@@ -15,7 +15,6 @@ import random
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from batchops.emulator.config import RuntimeSettings
 from batchops.emulator.faults import Outcome, marker_outcome, rate_outcome
 from batchops.emulator.responses import FAULT_MESSAGES, cache_prefix, validation_error
 from batchops.errors import BatchopsError
+from batchops.lazyclass import dataclass
 
 DAY = 86_400.0
 EXPIRY = 1 * DAY

@@ -10,12 +10,13 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from itertools import islice
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from batchops.lazyclass import dataclass
 from batchops.pricing import ItemEstimate, batch_cost
 from batchops.spec.desired import DesiredItem, ItemTable, SequenceView
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import accumulate, islice
 from operator import itemgetter
 
 import orjson
 
+from batchops.lazyclass import dataclass
 from batchops.plan.actions import (
     ITEM_STATES,
     Cancel,

@@ -28,7 +28,6 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from itertools import repeat
 from pathlib import Path
@@ -38,6 +37,7 @@ import orjson
 
 from batchops.clock import parse_time
 from batchops.errors import PlanError
+from batchops.lazyclass import dataclass
 from batchops.plan.actions import (
     ITEM_STATES,
     Cancel,

@@ -11,7 +11,6 @@ import contextlib
 import email.utils
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +18,7 @@ import orjson
 
 from batchops.clock import parse_time
 from batchops.errors import CreateOutcomeUnknown, NotFound, RemoteError
+from batchops.lazyclass import dataclass
 
 
 class _SDK:

@@ -12,12 +12,13 @@ import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, overload
 
 from batchops.errors import BatchopsError, SpecError
+from batchops.lazyclass import dataclass
 from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
 from batchops.spec import cache, caching, parallel, rowmaker
 from batchops.spec.items import FINGERPRINT_PREFIX, Item, iter_items

@@ -21,13 +21,14 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
 from batchops.errors import SpecError
+from batchops.lazyclass import dataclass
 from batchops.safetext import terminal
 from batchops.spec import attachments
 from batchops.spec.files import (

@@ -17,11 +17,11 @@ import re
 import stat
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchops.errors import SpecError, location
+from batchops.lazyclass import dataclass
 from batchops.safetext import terminal
 from batchops.spec.files import MAX_SPEC_BYTES, FileRefused, read_bounded
 

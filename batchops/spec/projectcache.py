@@ -38,13 +38,14 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 import batchops
+from batchops.lazyclass import dataclass
 from batchops.spec.files import MAX_SPEC_BYTES, FileRefused, read_bounded
 from batchops.spec.model import (
     InputSpec,

@@ -6,11 +6,11 @@ Nothing here touches a database, so the pure planner can import these without th
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from batchops.clock import parse_time
+from batchops.lazyclass import dataclass
 
 # Result types a harvested line may carry.
 RESULT_TYPES = frozenset({"succeeded", "errored", "canceled", "expired"})
