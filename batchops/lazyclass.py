@@ -3,22 +3,30 @@
 Python 3.11 writes each dataclass's `__init__`, `__repr__`, `__eq__`, `__hash__` (and a frozen
 class's `__setattr__` and `__delattr__`) as source text and compiles it when the class is defined:
 batchops' 34 dataclasses took 30–43 ms of a 105–130 ms cold start, and a command makes instances
-of a few of them. Here the class is defined again over a stand-in base, `_Unmade`, whose
-`__init__` (a call) and `__setstate__` (an unpickling, a copy) hand the class to
-`dataclasses.dataclass` first. The dataclass's own `__init__` then stands in front of the
-stand-in's, set in one assignment, so a thread making an instance meanwhile waits for it
-(`tests/test_lazyclass.py` makes first instances on eight threads at once).
+of a few of them.
+
+Here the class is defined again, over a stand-in base (`_Unmade`) and with a metaclass of its own
+(`_Lazy`, which adds nothing to making an instance). The stand-in's `__init__` (a call) and
+`__setstate__` (an unpickling, a copy) make the class first: `ready` hands it to
+`dataclasses.dataclass` under a lock, and while it does, the class's metaclass is `_Making`, whose
+`__call__` waits for that lock. So no thread makes an instance of a class half made (the stdlib
+sets `__init__` before `__eq__` and a frozen class's `__setattr__`), and a fork waits until no
+class is being made (the child would hold a lock no thread of it can release).
 
 An instance sees a plain dataclass; only a look at the class itself before any instance
-(`dataclasses.fields(cls)`, a field's default through the class) can tell, and `ready(cls)`
-makes it whole for that. What cannot wait is made at once, as `dataclasses.dataclass` makes it:
-a class with slots, with its own `__init__`, `__new__` or `__setstate__`, with a method that
-names its class (`super()`), with a base that is a dataclass, or under another metaclass.
+(`dataclasses.fields(cls)`, a field's default through the class, its signature) can tell, and
+`ready(cls)` makes it whole for that. What cannot wait is made at once, as
+`dataclasses.dataclass` makes it: a class with slots or `init=False`, with its own `__init__`,
+`__new__`, `__setstate__` or `__slots__`, with a method that names its class (`super()`), with a
+base that is a dataclass, or under another metaclass. A subclass of a lazy dataclass must be a
+dataclass too (a plain subclass calling `super().__init__` would make its instance twice).
+`tests/test_lazyclass.py` holds them to the dataclasses they declare.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from types import FunctionType
 from typing import Any, TypeVar, dataclass_transform, overload
@@ -26,7 +34,24 @@ from typing import Any, TypeVar, dataclass_transform, overload
 _T = TypeVar("_T", bound=type)
 _PENDING = "__batchops_dataclass_options__"
 _MAKING = threading.RLock()
-_OWN = frozenset({"__init__", "__new__", "__setstate__"})
+_OWN = frozenset({"__init__", "__new__", "__setstate__", "__slots__"})
+
+os.register_at_fork(
+    before=_MAKING.acquire, after_in_parent=_MAKING.release, after_in_child=_MAKING.release
+)
+
+
+class _Lazy(type):
+    """The metaclass of a lazy dataclass: `type` itself, as far as an instance can tell."""
+
+
+class _Making(_Lazy):
+    """A lazy dataclass's metaclass while `ready` makes it: an instance waits until it is made."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        with _MAKING:
+            pass
+        return type.__call__(cls, *args, **kwargs)  # not super(): cls is _Lazy's again by now
 
 
 class _Unmade:
@@ -65,7 +90,7 @@ def dataclass(cls: Any = None, /, **options: Any) -> Any:
             return dataclasses.dataclass(cls, **options)
         namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
         namespace[_PENDING] = options
-        return type(cls.__name__, (_Unmade, *cls.__bases__), namespace)
+        return _Lazy(cls.__name__, (_Unmade, *cls.__bases__), namespace)
 
     return wrap if cls is None else wrap(cls)
 
@@ -76,18 +101,28 @@ def ready(cls: _T) -> _T:
         for base in reversed(cls.__mro__):
             options = base.__dict__.get(_PENDING)
             if options is not None:
-                dataclasses.dataclass(base, **options)
-                delattr(base, _PENDING)
+                base.__class__ = _Making  # type: ignore[assignment]
+                try:
+                    dataclasses.dataclass(base, **options)
+                    delattr(base, _PENDING)
+                finally:
+                    base.__class__ = _Lazy  # type: ignore[assignment]
     return cls
 
 
 def _can_wait(cls: type, options: dict[str, Any]) -> bool:
-    if options.get("slots") or type(cls) is not type or _OWN & cls.__dict__.keys():
+    if options.get("slots") or options.get("init") is False or type(cls) is not type:
+        return False
+    if _OWN & cls.__dict__.keys():
         return False
     if any(dataclasses.is_dataclass(b) or _PENDING in b.__dict__ for b in cls.__mro__[1:]):
         return False
     for value in cls.__dict__.values():
-        for f in (value, getattr(value, "__func__", None), getattr(value, "fget", None)):
+        parts = (
+            value,
+            *(getattr(value, a, None) for a in ("__func__", "fget", "fset", "fdel", "func")),
+        )
+        for f in parts:
             if isinstance(f, FunctionType) and "__class__" in f.__code__.co_freevars:
                 return False
     return True

@@ -17,13 +17,13 @@ from typing import Any
 
 # C0 controls (ESC, CR, BEL, BS, TAB, LF ...), DEL, C1 controls (0x9b is a one-byte CSI),
 # zero-width and bidirectional formatting characters (Trojan Source), line/paragraph separators,
-# the BOM, and lone surrogates (which cannot even be encoded to UTF-8).
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
-)
-_UNSAFE_KEEP_NEWLINES = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
-)
+# the BOM, and lone surrogates (which cannot even be encoded to UTF-8). Every one of them is a
+# character `str.isprintable` calls unprintable (`tests/test_safetext.py` checks each), so a
+# printable text needs no search; the patterns are compiled when a text is not (2–3 ms of a
+# cold start: the surrogate range makes a large character set).
+_UNSAFE = "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
+_UNSAFE_KEEP_NEWLINES = _UNSAFE.replace("\x00-\x1f", "\x00-\x09\x0b-\x1f")
+_PATTERNS: dict[bool, re.Pattern[str]] = {}
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -39,7 +39,14 @@ def terminal(text: object, keep_newlines: bool = False) -> str:
     terminal. Backslashes are left alone, so `\\x1b` typed by a user reads the same: harmless.
     """
     s = text if isinstance(text, str) else str(text)
-    return (_UNSAFE_KEEP_NEWLINES if keep_newlines else _UNSAFE).sub(_escape, s)
+    if s.isprintable():
+        return s
+    pattern = _PATTERNS.get(keep_newlines)
+    if pattern is None:
+        pattern = _PATTERNS[keep_newlines] = re.compile(
+            _UNSAFE_KEEP_NEWLINES if keep_newlines else _UNSAFE
+        )
+    return pattern.sub(_escape, s)
 
 
 def _longest_run(text: str, char: str) -> int:

@@ -409,7 +409,9 @@ def bench_cold(args, rows: list[Row]) -> None:
     for python, how in ((installed, "installed"), (PYTHON, "editable checkout")):
 
         def start(argv: list[str], python: str = python) -> Run:
-            return run([python, "-m", "batchops", *argv], cwd=repo, env=env)
+            # -P: the working directory (the checkout) is not put first on the import path, so
+            # the installed copy is the one imported, as a user's `batchops` command imports it
+            return run([python, "-P", "-m", "batchops", *argv], cwd=repo, env=env)
 
         def miss(argv: list[str]) -> Run:
             shutil.rmtree(home / "batchops" / "projects", ignore_errors=True)

@@ -157,6 +157,36 @@ def test_first_instances_made_on_many_threads_at_once():
     assert failures == []
 
 
+def test_what_cannot_wait_is_made_at_once():
+    @dataclass(init=False)
+    class NoInit:
+        x: int = 1
+
+    @dataclass
+    class Slotted:
+        __slots__ = ("x",)
+        x: int
+
+    class Mixin:
+        pass
+
+    @dataclass(frozen=True)
+    class NamesItsClass(Mixin):
+        x: int
+
+        @property
+        def doubled(self) -> int:
+            return 2 * self.x
+
+        @doubled.setter
+        def doubled(self, value: int) -> None:
+            super().__setattr__("x", value // 2)
+
+    for cls in (NoInit, Slotted, NamesItsClass):
+        assert dataclasses.is_dataclass(cls), cls  # made when defined, as the stdlib makes it
+    assert NoInit().x == 1 and Slotted(2).x == 2 and NamesItsClass(3).doubled == 6
+
+
 def test_every_dataclass_of_batchops_is_lazy_or_says_why():
     # The stdlib decorator is allowed only where the lazy one cannot serve (slots=True).
     offenders = []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from batchops import safetext
 from batchops.safetext import csv_cell, markdown_block, markdown_code, markdown_text, terminal
 
 
@@ -28,6 +31,21 @@ from batchops.safetext import csv_cell, markdown_block, markdown_code, markdown_
 def test_terminal(text: str, shown: str) -> None:
     assert terminal(text) == shown
     terminal(text).encode("utf-8")
+
+
+def test_every_character_terminal_escapes_is_one_isprintable_refuses() -> None:
+    """`terminal` returns a printable text as it is, without its search: sound only while every
+    character of its patterns is unprintable to `str.isprintable` (checked over all of Unicode,
+    against the patterns themselves, compiled)."""
+    for keep_newlines, source in (
+        (False, safetext._UNSAFE),
+        (True, safetext._UNSAFE_KEEP_NEWLINES),
+    ):
+        pattern = re.compile(source)
+        caught = [chr(c) for c in range(0x110000) if pattern.match(chr(c))]
+        assert len(caught) == (2136 if keep_newlines else 2137)
+        assert [c for c in caught if c.isprintable()] == []
+        assert all(terminal(c, keep_newlines) != c for c in caught)
 
 
 def test_terminal_can_keep_newlines() -> None:
