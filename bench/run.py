@@ -1020,7 +1020,7 @@ def main() -> None:
     parser.add_argument("--submit-mb", type=float, help="payload of one create in MB [200]")
     parser.add_argument("--curve", help="comma-separated sizes [10,000,100,000,1,000,000]")
     parser.add_argument("--repeat", type=int, default=2, help="runs per figure; the best counts")
-    parser.add_argument("--cold-repeat", type=int, default=7)
+    parser.add_argument("--cold-repeat", type=int, default=11)
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--fill", nargs=2, help=argparse.SUPPRESS)
