@@ -97,6 +97,8 @@ def dataclass(cls: Any = None, /, **options: Any) -> Any:
 
 def ready(cls: _T) -> _T:
     """`cls` and its bases made into the dataclasses they were declared as, if not made yet."""
+    if not any(_PENDING in base.__dict__ for base in cls.__mro__):
+        return cls  # made (the mark goes once the class is whole): a copy need not take the lock
     with _MAKING:
         for base in reversed(cls.__mro__):
             options = base.__dict__.get(_PENDING)

@@ -361,7 +361,9 @@ def installed_python(root: Path) -> str:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(HERE.parent / "batchops", target, ignore=shutil.ignore_patterns("__pycache__"))
     (Path(purelib) / "batchops-deps.pth").write_text(deps + "\n")
-    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(target)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "compileall", "-q", str(target)], check=True
+    )
     return str(venv / "bin" / "python")
 
 
