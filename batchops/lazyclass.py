@@ -16,10 +16,14 @@ class is being made (the child would hold a lock no thread of it can release).
 An instance sees a plain dataclass; only a look at the class itself before any instance
 (`dataclasses.fields(cls)`, a field's default through the class, its signature) can tell, and
 `ready(cls)` makes it whole for that. What cannot wait is made at once, as
-`dataclasses.dataclass` makes it: a class with slots or `init=False`, with its own `__init__`,
-`__new__`, `__setstate__` or `__slots__`, with a method that names its class (`super()`), with a
-base that is a dataclass, or under another metaclass. A subclass of a lazy dataclass must be a
-dataclass too (a plain subclass calling `super().__init__` would make its instance twice).
+`dataclasses.dataclass` makes it: a class with slots or `init=False`, with no field, with its own
+`__init__`, `__new__`, `__setstate__` or `__slots__`, with a method that names its class
+(`super()`, under decorators too), with a base that is a dataclass or has its own `__new__` or
+`__setstate__`, or under another metaclass. A class `dataclasses.dataclass` refuses fails each
+time an instance is made (the stdlib fails when it is defined). Not for batchops' classes, and
+not checked: a plain subclass calling `super().__init__` (its `__init__` would run twice), class
+keywords (not passed again when the class is defined again), a decorator under this one (it
+sees the class before it is defined again).
 `tests/test_lazyclass.py` holds them to the dataclasses they declare.
 """
 
@@ -102,29 +106,62 @@ def ready(cls: _T) -> _T:
     with _MAKING:
         for base in reversed(cls.__mro__):
             options = base.__dict__.get(_PENDING)
+            if isinstance(options, _Failed):
+                raise TypeError(f"{base.__qualname__}: {options.error}")
             if options is not None:
+                documented = bool(base.__doc__)
                 base.__class__ = _Making  # type: ignore[assignment]
                 try:
                     dataclasses.dataclass(base, **options)
+                except Exception as e:  # half made: every later instance fails the same way
+                    setattr(base, _PENDING, _Failed(e))
+                    raise
+                else:
                     delattr(base, _PENDING)
                 finally:
                     base.__class__ = _Lazy  # type: ignore[assignment]
+                if not documented:  # the stdlib's docstring, read through `_Making.__call__`
+                    base.__doc__ = base.__name__ + _signature(base)
     return cls
+
+
+class _Failed:
+    """The mark of a class `dataclasses.dataclass` refused: it is not made again."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _signature(cls: type) -> str:
+    """What `dataclasses` puts in a class's docstring: its signature, as inspect gives it."""
+    import inspect  # imported by dataclasses already
+
+    try:
+        return str(inspect.signature(cls)).replace(" -> None", "")
+    except (TypeError, ValueError):
+        return ""
 
 
 def _can_wait(cls: type, options: dict[str, Any]) -> bool:
     if options.get("slots") or options.get("init") is False or type(cls) is not type:
         return False
-    if _OWN & cls.__dict__.keys():
-        return False
-    if any(dataclasses.is_dataclass(b) or _PENDING in b.__dict__ for b in cls.__mro__[1:]):
-        return False
+    if _OWN & cls.__dict__.keys() or not cls.__dict__.get("__annotations__"):
+        return False  # methods of its own, or no field (an empty instance unpickles unmade)
+    for base in cls.__mro__[1:-1]:
+        if dataclasses.is_dataclass(base) or _PENDING in base.__dict__:
+            return False
+        if {"__new__", "__setstate__"} & base.__dict__.keys():
+            return False  # the stand-in's `__setstate__` would hide it; a `__new__` runs first
     for value in cls.__dict__.values():
-        parts = (
+        parts = [
             value,
             *(getattr(value, a, None) for a in ("__func__", "fget", "fset", "fdel", "func")),
-        )
+        ]
         for f in parts:
-            if isinstance(f, FunctionType) and "__class__" in f.__code__.co_freevars:
-                return False
+            for _ in range(16):  # and what each decorator wraps (functools.wraps)
+                if isinstance(f, FunctionType) and "__class__" in f.__code__.co_freevars:
+                    return False
+                f = getattr(f, "__wrapped__", None)
+                if f is None:
+                    break
     return True

@@ -119,3 +119,77 @@ def test_a_fork_while_another_thread_makes_a_class_hangs_the_child() -> None:
         "the forked child hung making its first instance "
         f"(killed by signal {os.WTERMSIG(status) if os.WIFSIGNALED(status) else None})"
     )
+
+
+# A second read of the fixed module (read-only) found these; each test failed before its fix.
+
+
+def test_a_class_without_a_docstring_gets_the_stdlibs():
+    """`dataclasses` writes a missing docstring from `inspect.signature(cls)`, which read the
+    waiting metaclass's `__call__` while the class was made: `(*args, **kwargs)`."""
+
+    @dataclass(frozen=True)
+    class Undocumented:
+        x: int
+        y: str = "y"
+
+    Undocumented(1)
+
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        x: int
+        y: str = "y"
+
+    assert Undocumented.__doc__ == Plain.__doc__.replace("Plain", "Undocumented")
+
+
+def test_a_class_the_stdlib_refuses_fails_every_time():
+    """The stdlib refuses a field without a default after one with a default factory; a second
+    attempt made a class in which the first field had lost its default factory."""
+
+    @dataclass
+    class Refused:
+        a: list = dataclasses.field(default_factory=list)
+        b: int  # type: ignore[misc]
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="non-default argument 'b' follows default argument"):
+            Refused([], 1)
+
+
+def test_super_under_a_decorator_is_seen():
+    """A method wrapped by `functools.wraps` that calls `super()` names the class defined first,
+    not the one defined again: such a class must be made at once."""
+    import functools
+
+    def logged(f):  # type: ignore[no-untyped-def]
+        @functools.wraps(f)
+        def wrapper(*args):  # type: ignore[no-untyped-def]
+            return f(*args)
+
+        return wrapper
+
+    @dataclass
+    class Wrapped:
+        x: int
+
+        @logged
+        def text(self) -> str:
+            return super().__repr__()
+
+    assert dataclasses.is_dataclass(Wrapped)
+    assert Wrapped(1).text().startswith("<")
+
+
+def test_a_base_with_its_own_setstate_keeps_it():
+    class Restoring:
+        def __setstate__(self, state: dict) -> None:
+            self.__dict__.update(state, restored=True)
+
+    @dataclass
+    class Child(Restoring):
+        x: int
+
+    import copy
+
+    assert copy.copy(Child(1)).restored is True  # type: ignore[attr-defined]
