@@ -10,8 +10,10 @@ Here the class is defined again, over a stand-in base (`_Unmade`) and with a met
 `__setstate__` (an unpickling, a copy) make the class first: `ready` hands it to
 `dataclasses.dataclass` under a lock, and while it does, the class's metaclass is `_Making`, whose
 `__call__` waits for that lock. So no thread makes an instance of a class half made (the stdlib
-sets `__init__` before `__eq__` and a frozen class's `__setattr__`), and a fork waits until no
-class is being made (the child would hold a lock no thread of it can release).
+sets `__init__` before `__eq__` and a frozen class's `__setattr__`), but for one window: a thread
+whose first instance's allocation runs a Python finalizer that lets another thread start making
+the class may find its new `__init__` before the rest. And a fork waits until no class is being
+made (the child would hold a lock no thread of it can release).
 
 An instance sees a plain dataclass; only a look at the class itself before any instance
 (`dataclasses.fields(cls)`, a field's default through the class, its signature) can tell, and
