@@ -26,7 +26,8 @@ time an instance is made (the stdlib fails when it is defined). Not for batchops
 not checked: a plain subclass calling `super().__init__` (its `__init__` would run twice), class
 keywords (not passed again when the class is defined again), a decorator under this one (it
 sees the class before it is defined again).
-`tests/test_lazyclass.py` holds them to the dataclasses they declare.
+`tests/test_lazyclass.py` and `tests/test_review4_lazyclass.py` hold them to the dataclasses they
+declare.
 """
 
 from __future__ import annotations
@@ -91,9 +92,7 @@ def dataclass(cls: Any = None, /, **options: Any) -> Any:
 
     def wrap(cls: type) -> type:
         if not _can_wait(cls, options):
-            for base in cls.__mro__[1:]:
-                ready(base)
-            return dataclasses.dataclass(cls, **options)
+            return dataclasses.dataclass(ready(cls), **options)  # its lazy bases made first
         namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
         namespace[_PENDING] = options
         return _Lazy(cls.__name__, (_Unmade, *cls.__bases__), namespace)
@@ -108,15 +107,15 @@ def ready(cls: _T) -> _T:
     with _MAKING:
         for base in reversed(cls.__mro__):
             options = base.__dict__.get(_PENDING)
-            if isinstance(options, _Failed):
-                raise TypeError(f"{base.__qualname__}: {options.error}")
+            if isinstance(options, Exception):  # refused before: not made again
+                raise TypeError(f"{base.__qualname__}: {options}")
             if options is not None:
                 documented = bool(base.__doc__)
                 base.__class__ = _Making  # type: ignore[assignment]
                 try:
                     dataclasses.dataclass(base, **options)
                 except Exception as e:  # half made: every later instance fails the same way
-                    setattr(base, _PENDING, _Failed(e))
+                    setattr(base, _PENDING, e)
                     raise
                 else:
                     delattr(base, _PENDING)
@@ -125,13 +124,6 @@ def ready(cls: _T) -> _T:
                 if not documented:  # the stdlib's docstring, read through `_Making.__call__`
                     base.__doc__ = base.__name__ + _signature(base)
     return cls
-
-
-class _Failed:
-    """The mark of a class `dataclasses.dataclass` refused: it is not made again."""
-
-    def __init__(self, error: Exception):
-        self.error = error
 
 
 def _signature(cls: type) -> str:

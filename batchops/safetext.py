@@ -12,18 +12,23 @@ A leaf module: it imports nothing from batchops, so every output layer can use i
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 # C0 controls (ESC, CR, BEL, BS, TAB, LF ...), DEL, C1 controls (0x9b is a one-byte CSI),
 # zero-width and bidirectional formatting characters (Trojan Source), line/paragraph separators,
 # the BOM, and lone surrogates (which cannot even be encoded to UTF-8). Every one of them is a
-# character `str.isprintable` calls unprintable (`tests/test_safetext.py` checks each), so a
+# character `str.isprintable` calls unprintable (`tests/hostile/test_safetext.py` checks each), so a
 # printable text needs no search; the patterns are compiled when a text is not (2–3 ms of a
 # cold start: the surrogate range makes a large character set).
 _UNSAFE = "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 _UNSAFE_KEEP_NEWLINES = _UNSAFE.replace("\x00-\x1f", "\x00-\x09\x0b-\x1f")
-_PATTERNS: dict[bool, re.Pattern[str]] = {}
+
+
+@functools.cache
+def _pattern(keep_newlines: bool) -> re.Pattern[str]:
+    return re.compile(_UNSAFE_KEEP_NEWLINES if keep_newlines else _UNSAFE)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -41,12 +46,7 @@ def terminal(text: object, keep_newlines: bool = False) -> str:
     s = text if isinstance(text, str) else str(text)
     if s.isprintable():
         return s
-    pattern = _PATTERNS.get(keep_newlines)
-    if pattern is None:
-        pattern = _PATTERNS[keep_newlines] = re.compile(
-            _UNSAFE_KEEP_NEWLINES if keep_newlines else _UNSAFE
-        )
-    return pattern.sub(_escape, s)
+    return _pattern(keep_newlines).sub(_escape, s)
 
 
 def _longest_run(text: str, char: str) -> int:
