@@ -23,7 +23,7 @@ from batchops.commands.context import Context, Settings
 from batchops.commands.results import ExportOptions, export, export_options
 from batchops.errors import SpecError
 from batchops.spec import cache, inputs
-from batchops.spec.items import iter_items
+from batchops.spec.items import Chunk, iter_items
 from batchops.spec.model import load_project
 from batchops.state.sqlite import SqliteWriter
 from tests.statefill import NOW, copy_state
@@ -463,19 +463,26 @@ def test_cli_file_and_stream_match_the_library(
         assert (root / "out" / f"mix.{fmt}").read_text(encoding="utf-8") == body
 
 
+def rechunked(rows: list[Any], size: int) -> Any:
+    """`input_chunks`' chunks of these (key, row) pairs: what a source holding them gives."""
+    parts = [rows[at : at + size] for at in range(0, len(rows), size)]
+    return (Chunk(len(part), lambda part=part: part) for part in parts)
+
+
 def test_a_source_that_disagrees_with_its_cached_rows_is_an_error(
     filled: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BATCHOPS_CACHE", "on")
     monkeypatch.setattr(cache, "MIN_ROWS", 0)
     filled.desired()
-    real = inputs.iter_inputs
+    real = inputs.input_chunks
 
-    def one_row_short(job: Any, root: Path) -> Any:
-        rows = list(real(job, root))
-        return iter(rows[:-1])
+    def one_row_short(job: Any, root: Path, size: int) -> Any:
+        return rechunked(
+            [row for chunk in real(job, root, size) for row in chunk.rows()][:-1], size
+        )
 
-    monkeypatch.setattr(inputs, "iter_inputs", one_row_short)
+    monkeypatch.setattr(inputs, "input_chunks", one_row_short)
     with pytest.raises(SpecError) as raised:
         export_bytes(filled, "mix", "jsonl", "default")
     assert raised.value.problems == [
@@ -494,17 +501,17 @@ def test_a_source_rewritten_with_the_same_keys_while_exported_is_an_error(
     monkeypatch.setattr(cache, "MIN_ROWS", 0)
     filled.desired()
     data = filled.project().root / "jobs" / "data" / "mix.jsonl"
-    real = inputs.iter_inputs
+    real = inputs.input_chunks
 
-    def rewritten_after_the_first_row(job: Any, root: Path) -> Any:
-        rows = real(job, root)
-        yield next(rows)
+    def rewritten_after_the_first_chunk(job: Any, root: Path, size: int) -> Any:
+        chunks = real(job, root, size)
+        yield next(chunks)
         text = data.read_text(encoding="utf-8")
         assert "integer key" in text
         data.write_text(text.replace("integer key", "integer KEY"), encoding="utf-8")  # same size
-        yield from rows
+        yield from chunks
 
-    monkeypatch.setattr(inputs, "iter_inputs", rewritten_after_the_first_row)
+    monkeypatch.setattr(inputs, "input_chunks", rewritten_after_the_first_chunk)
     with pytest.raises(SpecError) as raised:
         export_bytes(filled, "mix", "jsonl", "default")
     assert raised.value.problems == [

@@ -20,7 +20,7 @@ from batchops.commands.context import Context
 from batchops.commands.results import ExportOptions, export
 from batchops.errors import SpecError, StateError
 from batchops.spec import cache, inputs
-from tests.test_results_golden import GOLDEN, cases, export_bytes, filled  # noqa: F401
+from tests.test_results_golden import GOLDEN, cases, export_bytes, filled, rechunked  # noqa: F401
 
 
 def takes_two(job: str, fmt: str, option_set: str) -> bool:
@@ -33,11 +33,19 @@ def takes_two(job: str, fmt: str, option_set: str) -> bool:
     return fmt == "csv"
 
 
-@pytest.fixture
-def two(filled: Context, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:  # noqa: F811
-    """Rows kept for every job, two processes from the first byte; the children forked."""
+@pytest.fixture(params=["a chunk a line", "lines of 1,000 rows"])
+def two(
+    filled: Context,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> dict[str, list[int]]:
+    """Rows kept for every job, two processes from the first byte; the children forked. The
+    rows cache's lines hold a chunk each (each process reads the other's lines past unparsed),
+    or more (each reads every line and makes its chunks of them)."""
     monkeypatch.setenv("BATCHOPS_CACHE", "on")
     monkeypatch.setattr(cache, "MIN_ROWS", 0)
+    if request.param == "a chunk a line":
+        monkeypatch.setattr(cache, "CHUNK_ROWS", 4)
     filled.desired()
     monkeypatch.setattr(results_mod, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)
@@ -131,13 +139,15 @@ def test_a_child_that_read_fewer_items_is_a_changed_source(
     two: dict,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    parent, real = os.getpid(), inputs.iter_inputs
+    parent, real = os.getpid(), inputs.input_chunks
 
-    def fewer_in_the_child(job: Any, root: Path) -> Any:
-        rows = real(job, root)
-        return rows if os.getpid() == parent else iter(list(rows)[:8])
+    def fewer_in_the_child(job: Any, root: Path, size: int) -> Any:
+        chunks = real(job, root, size)
+        if os.getpid() == parent:
+            return chunks
+        return rechunked([row for chunk in chunks for row in chunk.rows()][:8], size)
 
-    monkeypatch.setattr(inputs, "iter_inputs", fewer_in_the_child)
+    monkeypatch.setattr(inputs, "input_chunks", fewer_in_the_child)
     with pytest.raises(SpecError) as raised:
         export(filled, "mix", "jsonl", io.BytesIO(), options=ExportOptions())
     assert raised.value.problems == [
@@ -173,3 +183,30 @@ def test_a_second_process_only_on_a_core_left_idle(
     monkeypatch.setattr(results_mod.os, "sched_getaffinity", lambda pid: affinity, raising=False)
     monkeypatch.setattr(results_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
     assert results_mod._spare_core() is two
+
+
+def test_each_process_parses_only_its_own_lines_of_the_rows_cache(
+    filled: Context,  # noqa: F811
+    two: dict,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Counted in the parent: with a chunk a line, it parses every other line of the kept rows
+    (the child the rest); with longer lines, every line, as one process does."""
+    parsed: list[int] = []
+    real = cache._line_rows
+
+    def counted(fh: Any, line: bytes, rows: int | None) -> Any:
+        made = real(fh, line, rows)
+        parsed.append(len(made))
+        return made
+
+    monkeypatch.setattr(cache, "_line_rows", counted)
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    assert export_bytes(filled, "mix", "jsonl", "default") == golden["mix/jsonl/default"]
+    items = len(next(j for j in filled.desired().jobs if j.name == "mix").items)
+    assert items > 8 and len(two["forked"]) == 1
+    if request.node.callspec.params["two"] == "a chunk a line":
+        assert parsed == [4] * ((items + 7) // 8)  # chunks 0, 2, 4 …: every one full here
+    else:
+        assert sum(parsed) == items

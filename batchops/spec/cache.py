@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -45,11 +45,16 @@ from batchops.heap import paused_gc
 from batchops.pricing import PriceTable
 from batchops.spec.model import Job
 
+if TYPE_CHECKING:
+    from batchops.spec.items import Chunk
+
 FORMAT = "batchops-rows-v1"
 CACHE_DIR = ".batchops-cache"
-# Rows per line of the file: a line is parsed whole, so this bounds what reading holds at once
-# (a few MB); a file written with other chunk sizes reads the same.
-CHUNK_ROWS = 2_000
+# Rows per line of the file, every line but the last (the header says so, as `line_rows`): a
+# line is parsed whole, so this bounds what reading holds at once (a few MB), and an export's
+# chunks are lines, so that a process taking every other chunk reads the others past unparsed
+# (`identity_chunks`). A file written with other line sizes reads the same, chunk by chunk.
+CHUNK_ROWS = 1_000
 MIN_ROWS = 10_000  # a smaller job renders in a fraction of a second: no file is kept for it
 RACY_SECONDS = 2.0  # a file modified this close to when its rows were written is hashed anyway
 # The modules whose code decides what a row holds: rendering, fingerprints, custom ids, prices.
@@ -126,9 +131,7 @@ def _rows(
                 if chunk:
                     written.add(chunk)
                     chunk = []
-                listed = row if kind is list else list(unpack(row))  # type: ignore[arg-type]
-                for at in range(0, len(listed), CHUNK_ROWS):
-                    written.add(listed[at : at + CHUNK_ROWS])
+                written.add(row if kind is list else list(unpack(row)))  # type: ignore[arg-type]
             else:
                 chunk.append(row)
                 if len(chunk) == CHUNK_ROWS:
@@ -250,16 +253,26 @@ class _Written:
     def __init__(self) -> None:
         self.body: IO[bytes] | None = None  # made once MIN_ROWS rows came
         self.early: list[bytes] = []  # the lines before that (a small job writes no file)
+        self.pending: list[Row] = []  # the rows not yet in a line: fewer than CHUNK_ROWS
         self.rows = 0
         self.models: set[str] = set()
         self.cost_type: type | None = None
         self.ok = True  # False once a write failed: nothing is kept then
 
     def add(self, chunk: list[Row]) -> None:
+        """Add rows: written in lines of CHUNK_ROWS, the rest once `lines()` are read."""
         self.rows += len(chunk)
         self.models.update(r[4] for r in chunk)
         if self.cost_type is None:
             self.cost_type = next((type(r[3]) for r in chunk if isinstance(r[3], tuple)), None)
+        pending = self.pending
+        pending += chunk
+        whole = len(pending) - len(pending) % CHUNK_ROWS
+        for at in range(0, whole, CHUNK_ROWS):
+            self._write(pending[at : at + CHUNK_ROWS])
+        del pending[:whole]
+
+    def _write(self, chunk: list[Row]) -> None:
         if self.ok:
             try:
                 line = orjson.dumps(chunk, default=_plain) + b"\n"
@@ -281,6 +294,9 @@ class _Written:
             self.body.close()
 
     def lines(self) -> Iterator[bytes]:
+        if self.pending:
+            self._write(self.pending)
+            self.pending = []
         if self.body is None:
             yield from self.early
             return
@@ -325,6 +341,7 @@ def _save(
         if cost_type is None
         else [cost_type.__module__, cost_type.__qualname__, list(cost_type._fields)],
         "rows": written.rows,
+        "line_rows": CHUNK_ROWS,
     }
     mac = hashlib.blake2b(key=key, digest_size=32)
     tmp = directory / f".{path.name}.{os.getpid()}.tmp"
@@ -398,28 +415,86 @@ def _chunks(fh: IO[bytes], path: Path, checked: _Checked, key: bytes) -> Iterato
         raise SpecError(f"{path}: changed while it was read, or damaged; run the command again")
 
 
-def identities(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[Row] | None:
+def identity_chunks(
+    job: Job, root: Path, prices: PriceTable, today: date, size: int
+) -> Iterator[Chunk] | None:
     """The cached row (key, custom_id, fingerprint, cost, model, size) of every item of `job`
-    in source order, streamed; None when the cache cannot serve them (then render).
+    in source order, in chunks of `size` rows (`items.Chunk`), streamed; None when the cache
+    cannot serve them (then render).
 
     What an export needs without rendering: the file is checked whole (header, prices, hash)
     before its first row is read again, through the same open file, so its memory stays flat.
-    """
-    fh = _checked_file(job, root, prices, today)
-    return None if fh is None else _identities(fh)
+    Where the file's lines hold `size` rows each (its `line_rows`), a chunk is a line, parsed
+    only when its rows are asked for: a reader of every other chunk reads the others past."""
+    opened = _opened(job, root, prices, today)
+    if opened is None:
+        return None
+    fh, checked = opened
+    return _identity_chunks(fh, checked.header, size)
+
+
+def _identity_chunks(fh: IO[bytes], header: dict[str, Any], size: int) -> Iterator[Chunk]:
+    from batchops.spec.items import Chunk  # what the rows' reader makes of them too
+
+    with fh:
+        fh.seek(0)
+        fh.readline()  # the header
+        if header.get("line_rows") == size:  # a chunk a line: counted, not parsed, till asked
+            left = header.get("rows")
+            for line in fh:
+                if line.startswith(b'{"mac":'):
+                    return
+                if type(left) is not int or left <= 0:
+                    raise _damaged(fh)
+                rows = min(size, left)
+                left -= rows
+                yield Chunk(rows, lambda line=line, rows=rows: _line_rows(fh, line, rows))
+            return
+        pending: list[Row] = []  # the rows read and not yet in a chunk
+        for line in fh:
+            if line.startswith(b'{"mac":'):
+                break
+            pending += _line_rows(fh, line, None)
+            whole = len(pending) - len(pending) % size
+            for at in range(0, whole, size):
+                taken = pending[at : at + size]
+                yield Chunk(len(taken), lambda taken=taken: taken)
+            del pending[:whole]
+        if pending:
+            yield Chunk(len(pending), lambda: pending)
+
+
+def _line_rows(fh: IO[bytes], line: bytes, rows: int | None) -> list[Row]:
+    """The rows of one line of a rows file (lists, as read: the caller takes what it needs of
+    each), which must be `rows` of them unless that is None."""
+    with paused_gc():  # a line is thousands of new lists at once
+        try:
+            made = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise _damaged(fh) from None
+    if type(made) is not list or (rows is not None and len(made) != rows):
+        raise _damaged(fh)
+    return made
+
+
+def _damaged(fh: IO[bytes]) -> SpecError:
+    return SpecError(f"{fh.name}: changed while it was read, or damaged; run the command again")
 
 
 def serves(job: Job, root: Path, prices: PriceTable, today: date) -> bool:
-    """True when `identities` would serve the job's rows (its source rendered without a problem
-    into the rows kept, and nothing they were made from changed since)."""
-    fh = _checked_file(job, root, prices, today)
-    if fh is None:
+    """True when `identity_chunks` would serve the job's rows (its source rendered without a
+    problem into the rows kept, and nothing they were made from changed since)."""
+    opened = _opened(job, root, prices, today)
+    if opened is None:
         return False
-    fh.close()
+    opened[0].close()
     return True
 
 
-def _checked_file(job: Job, root: Path, prices: PriceTable, today: date) -> IO[bytes] | None:
+def _opened(
+    job: Job, root: Path, prices: PriceTable, today: date
+) -> tuple[IO[bytes], _Checked] | None:
+    """The job's rows file, open and checked whole (`_open_checked`), when it serves the job."""
     if not enabled() or job.attachments:
         return None
     key = _mac_key()
@@ -427,8 +502,7 @@ def _checked_file(job: Job, root: Path, prices: PriceTable, today: date) -> IO[b
         return None
     path = cache_dir(root) / "rows" / f"{job.name}.jsonl"
     definition = _definition_digest(job, prices)
-    opened = _open_checked(path, key, definition, job.source_file(), prices, today)
-    return None if opened is None else opened[0]
+    return _open_checked(path, key, definition, job.source_file(), prices, today)
 
 
 def _open_checked(
@@ -454,18 +528,6 @@ def _open_checked(
         fh.close()
         return None
     return fh, checked
-
-
-def _identities(fh: IO[bytes]) -> Iterator[Row]:
-    with fh:
-        fh.seek(0)
-        fh.readline()  # the header
-        for line in fh:
-            if line.startswith(b'{"mac":'):
-                return
-            with paused_gc():  # a chunk is tens of thousands of new lists at once
-                chunk = orjson.loads(line)
-            yield from chunk  # lists, as read: the caller takes what it needs of each
 
 
 class _Checked(NamedTuple):

@@ -2,7 +2,7 @@
 
 An export needs each item's key, custom_id and fingerprint (to find its current result) and the
 input row it came from (echoed beside the answer), never the rendered request. When the rows cache
-serves the job (`cache.identities`: nothing the rows were made from changed, so the source rendered
+serves the job (`cache.identity_chunks`: nothing the rows were made from changed, so the source rendered
 without a problem, one item per row), the identities come from it and the rows from the data file
 read directly, and no template runs; otherwise every item is made again (`rowmaker.identities`:
 no request built for a job of the common shape, its keys checked for duplicates as a plan checks
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
-from itertools import count, islice, repeat, zip_longest
+from itertools import count, islice, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,10 +21,9 @@ from typing import Any, NamedTuple
 from batchops.errors import SpecError
 from batchops.pricing import PriceTable
 from batchops.spec import cache
-from batchops.spec.items import iter_inputs
+from batchops.spec.items import input_chunks, iter_inputs
 from batchops.spec.model import Job, display_path
 
-_MISSING: Any = (None, None)  # what one of the two streams gives once the other ran out
 _FIRST, _SECOND, _THIRD, _FOURTH = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 
 
@@ -37,8 +36,11 @@ class ExportItem(NamedTuple):
 
 def export_items(job: Job, root: Path, prices: PriceTable, today: date) -> Iterator[ExportItem]:
     """Every item of `job` with its input row, in source order (SpecError as `iter_items`)."""
-    before = cache.stat_of(job.source_file())
-    return _export_items(job, root, cache.identities(job, root, prices, today), before)
+    for chunk in export_chunks(job, root, prices, today, EXPORT_CHUNK_ROWS, (0, 1)):
+        yield from chunk or ()
+
+
+EXPORT_CHUNK_ROWS = 1_000  # `export_items` reads its items in lists of this many
 
 
 def _unchanged_since(job: Job, root: Path, before: list[int] | None) -> None:
@@ -55,54 +57,40 @@ def export_chunks(
 ) -> Iterator[list[ExportItem] | None]:
     """`export_items` in lists of `size` items, in order, None in place of each list `part`
     (i, n) does not take (it takes lists i, i + n, i + 2n …): those are read past, and their
-    items not made."""
+    items not made (nor, where the rows cache's lines hold `size` rows, its rows parsed)."""
     before = cache.stat_of(job.source_file())  # what the rows cache checks its rows against
-    cached = cache.identities(job, root, prices, today)
+    cached = cache.identity_chunks(job, root, prices, today, size)
     mine, parts = part
     if cached is None:  # every item made, one at a time
-        items = _export_items(job, root, cached, before)
+        new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
+        items = (new(ExportItem, made) for block in _identities(job, root) for made in block)
         for number in count():
             chunk = list(islice(items, size))
             if not chunk:
                 return
             yield chunk if number % parts == mine else None
         return
-    rows = iter_inputs(job, root)
+    chunks = input_chunks(job, root, size)  # a chunk of the source rows is parsed when taken
     new = tuple.__new__  # the NamedTuples from their fields in C calls (this runs per item)
     for number in count():
-        ids = list(islice(cached, size))
-        read = list(islice(rows, len(ids) or 1))  # one past the last: there must be none
-        if len(read) != len(ids):
+        cached_chunk, chunk = next(cached, None), next(chunks, None)
+        if (cached_chunk is None) != (chunk is None) or (
+            chunk is not None and len(chunk) != len(cached_chunk)  # type: ignore[arg-type]
+        ):
             raise changed_while_read(job, root)  # not the file the rows were made from
-        if not ids:
+        if cached_chunk is None or chunk is None:
             _unchanged_since(job, root, before)
             return
         if number % parts != mine:
             yield None
             continue
+        ids, read = cached_chunk.rows(), chunk.rows()
         keys = list(map(_FIRST, read))
         if keys != list(map(_FIRST, ids)):
             raise changed_while_read(job, root)
         # Each ExportItem by C calls alone: its fields zipped, the tuple made by tuple.__new__.
         fields = zip(keys, map(_SECOND, ids), map(_THIRD, ids), map(_SECOND, read), strict=True)
         yield list(map(new, repeat(ExportItem), fields))
-
-
-def _export_items(
-    job: Job, root: Path, cached: Iterator[Any] | None, before: list[int] | None
-) -> Iterator[ExportItem]:
-    new = tuple.__new__  # the NamedTuple from its fields in one C call (this runs per item)
-    if cached is None:
-        for made in _identities(job, root):
-            yield from map(new, repeat(ExportItem), made)
-        return
-    for cached_row, (key, row) in zip_longest(cached, iter_inputs(job, root), fillvalue=_MISSING):
-        if cached_row is _MISSING or key != cached_row[0]:
-            raise changed_while_read(
-                job, root
-            )  # the data file is not the one the rows were made from
-        yield new(ExportItem, (key, cached_row[1], cached_row[2], row))
-    _unchanged_since(job, root, before)
 
 
 def export_inputs(

@@ -22,6 +22,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import field
+from itertools import compress, islice, repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -773,21 +774,6 @@ def _jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tu
         yield number, _json_line(line, number, shown)
 
 
-def _good_jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
-    """`_jsonl_rows` of a file known to hold only good rows (every one became an item): a line
-    orjson reads is taken as it reads it, without looking for what would make it a bad row."""
-    loads, error = orjson.loads, orjson.JSONDecodeError
-    for first, lines in _line_blocks(path, shown, root):
-        for number, line in enumerate(lines, first):
-            if not line.strip():
-                continue
-            try:
-                row = loads(line)
-            except error:
-                row = _json_line(line, number, shown)
-            yield number, row
-
-
 def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:
     position = {"line": 0, "ended": False}
 
@@ -929,38 +915,158 @@ def iter_inputs(job: Job, root: Path) -> Iterator[tuple[str | None, Any]]:
     Only a source whose every row is an item (it rendered without a problem) gives one row per
     item; a row that cannot be one has the key None. A file that cannot be read is a SpecError.
     """
+    if _jsonl_source(job, root) is not None:
+        for chunk in input_chunks(job, root, INPUT_CHUNK_ROWS):
+            yield from chunk.rows()
+        return
+    keyed = _keyed_input(job)
     try:
-        if job.requests is not None:
-            shown = display_path(job.requests.path, root)
-            for _, request in _good_jsonl_rows(job.requests.path, shown, root):
-                if type(request) is not dict:
-                    yield None, request
-                    continue
-                custom_id = request.get("custom_id")
-                key = custom_id if type(custom_id) is str else None
-                yield key, {"custom_id": key, "params": request.get("params")}
-            return
-        rows: Iterator[tuple[int, Any]]
         if job.input is not None:
             shown = display_path(job.input.path, root)
-            reader = _READERS[job.input.format]
-            rows = (_good_jsonl_rows if reader is _jsonl_rows else reader)(
-                job.input.path, shown, root
-            )
-            key_field = job.input.key
+            rows = _READERS[job.input.format](job.input.path, shown, root)
         else:
             rows = enumerate(job.items or [])
-            key_field = "key"
         for _, row in rows:
-            if type(row) is not dict:
-                yield None, row
-                continue
-            key = row.get(key_field)
-            if type(key) is not str or not key:
-                key = _key_of(row, key_field)
-            yield (key if type(key) is str else None), row
+            yield keyed(row)
     except _Fatal as e:
         raise SpecError(terminal(e.line(job.name))) from None
+
+
+INPUT_CHUNK_ROWS = 1_024  # rows `iter_inputs` parses at once from a jsonl file
+
+
+class Chunk:
+    """`size` consecutive rows of a stream (a job's source, `input_chunks`; its kept rows,
+    `cache.identity_chunks`), made only when asked for: `len()` is known without reading them,
+    `rows()` makes them (once)."""
+
+    __slots__ = ("_made", "_make", "_size")
+
+    def __init__(self, size: int, make: Callable[[], list[Any]]) -> None:
+        self._size, self._make, self._made = size, make, None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def rows(self) -> list[Any]:
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+
+def input_chunks(job: Job, root: Path, size: int) -> Iterator[Chunk]:
+    """`iter_inputs` in chunks of `size` rows (the last may be shorter). The lines of a jsonl
+    source are only counted until a chunk's `rows()` is called: a reader that takes every
+    other chunk (an export on two processes) parses only its own. Errors as `iter_inputs`:
+    reading the file as the chunks are made, parsing a line when its chunk's rows are."""
+    source = _jsonl_source(job, root)
+    if source is None:
+        rows = iter_inputs(job, root)
+        while chunk := list(islice(rows, size)):
+            yield Chunk(len(chunk), lambda chunk=chunk: chunk)
+        return
+    path, shown = source
+    keyed_all = _keyed_inputs(job)
+
+    def parsed(lines: list[bytes], numbers: list[int]) -> list[tuple[str | None, Any]]:
+        try:
+            try:
+                rows = list(map(orjson.loads, lines))  # a good line is taken as orjson reads it
+            except orjson.JSONDecodeError:  # each line again, the bad one read as any line is
+                rows = [
+                    _good_json_line(line, n, shown) for line, n in zip(lines, numbers, strict=True)
+                ]
+        except _Fatal as e:
+            raise SpecError(terminal(e.line(job.name))) from None
+        return keyed_all(rows)
+
+    lines: list[bytes] = []  # the non-blank lines not yet in a chunk, and their numbers
+    numbers: list[int] = []
+    try:
+        for first, block in _line_blocks(path, shown, root):
+            if any(map(bytes.isspace, block)):  # a blank line (isspace: strip's set), rarely
+                kept = list(compress(range(first, first + len(block)), map(_filled, block)))
+                lines += [block[n - first] for n in kept]
+                numbers += kept
+            else:
+                lines += block
+                numbers += range(first, first + len(block))
+            whole = len(lines) - len(lines) % size
+            for at in range(0, whole, size):
+                taken = lines[at : at + size], numbers[at : at + size]
+                yield Chunk(size, lambda taken=taken: parsed(*taken))
+            del lines[:whole], numbers[:whole]
+    except _Fatal as e:
+        raise SpecError(terminal(e.line(job.name))) from None
+    if lines:
+        yield Chunk(len(lines), lambda: parsed(lines, numbers))
+
+
+def _filled(line: bytes) -> bool:
+    return not line.isspace()
+
+
+def _jsonl_source(job: Job, root: Path) -> tuple[Path, str] | None:
+    """The jsonl file of a job whose rows come from one (a requests file or a jsonl input), and
+    its name as shown; None for any other source."""
+    if job.requests is not None:
+        return job.requests.path, display_path(job.requests.path, root)
+    if job.input is not None and job.input.format == "jsonl":
+        return job.input.path, display_path(job.input.path, root)
+    return None
+
+
+def _good_json_line(line: bytes, number: int, shown: str) -> Any:
+    """A line of a file known to hold only good rows (every one became an item): taken as
+    orjson reads it, without looking for what would make it a bad row (`_json_line`)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _json_line(line, number, shown)
+
+
+def _keyed_input(job: Job) -> Callable[[Any], tuple[str | None, Any]]:
+    """What makes a source row `iter_inputs`' (key, input row): a request's custom_id and the
+    row `input_of` gives, or a row's key field; the key None for a row that cannot be an item."""
+    if job.requests is not None:
+
+        def keyed_request(request: Any) -> tuple[str | None, Any]:
+            if type(request) is not dict:
+                return None, request
+            custom_id = request.get("custom_id")
+            key = custom_id if type(custom_id) is str else None
+            return key, {"custom_id": key, "params": request.get("params")}
+
+        return keyed_request
+    key_field = job.input.key if job.input is not None else "key"
+
+    def keyed_row(row: Any) -> tuple[str | None, Any]:
+        if type(row) is not dict:
+            return None, row
+        key = row.get(key_field)
+        if type(key) is not str or not key:
+            key = _key_of(row, key_field)
+        return (key if type(key) is str else None), row
+
+    return keyed_row
+
+
+def _keyed_inputs(job: Job) -> Callable[[list[Any]], list[tuple[str | None, Any]]]:
+    """`_keyed_input` of a list of rows: for a list of dicts whose key fields all hold a
+    non-empty string (a good source of a template job), by C calls alone."""
+    keyed = _keyed_input(job)
+    if job.requests is not None or job.input is None:
+        return lambda rows: list(map(keyed, rows))
+    get, key_field = dict.get, job.input.key
+
+    def keyed_rows(rows: list[Any]) -> list[tuple[str | None, Any]]:
+        if set(map(type, rows)) <= {dict}:
+            keys = list(map(get, rows, repeat(key_field)))
+            if set(map(type, keys)) <= {str} and "" not in keys:
+                return list(zip(keys, rows, strict=True))
+        return list(map(keyed, rows))
+
+    return keyed_rows
 
 
 def _template_items(
