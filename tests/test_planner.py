@@ -250,6 +250,37 @@ def test_batch_actions_harvest_prune_requeue_adopt():
     ]
 
 
+@pytest.mark.parametrize(("other", "waits"), [("alpha", True), ("zed", False)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_an_item_waits_for_the_same_answer_whatever_order_the_state_lists_records_in(
+    other, waits, reverse
+):
+    """fp1 is in flight for j's k1 (a key still wanted) and for another job's x. j's k2 asks
+    the same request: whether it waits (pending) or is sent depends on which of the two it is
+    told of, the first by job and key (x of alpha: another job's answer; k1 of j, before zed:
+    its own job's, a distinct item) — never on the order the state lists them in (SQLite and
+    PostgreSQL list them differently), so that `results` and `status` pick the same one."""
+    records = [
+        record("k1", inflight=True, batch_id="b1"),
+        record("x", inflight=True, job=other, batch_id="b2"),
+    ]
+    plan = plan_for(
+        [item("k1"), item("k2")],
+        records[::-1] if reverse else records,
+        [batch("b1"), batch("b2", job=other)],
+        inflight={"b1": {"j\x1fk1"}, "b2": {f"{other}\x1fx"}},
+    )
+    job = plan.job("j")
+    assert job is not None
+    if waits:
+        assert job.counts["pending"] == 2 and job.submits == []
+        assert [(r.key, r.reason) for r in job.reuses] == [
+            ("k2", f"same request as {other} x: takes its result once harvested")
+        ]
+    else:
+        assert job.counts["pending"] == 1 and [a.key for a in job.submits] == ["k2"]
+
+
 def test_plan_is_a_pure_function_of_its_inputs():
     args = ([item("a"), item("b")], [record("a", outcome="expired")], [batch("b1", status="ended")])
     assert plan_for(*args) == plan_for(*args)

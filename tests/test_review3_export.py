@@ -106,24 +106,19 @@ def test_a_job_renamed_by_a_moved_entry_exports_its_results_before_the_next_appl
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: `results` classifies each item from its own record; the planner's "
-    "fan-out rule (waiting for another job's identical request in flight) needs the whole "
-    "plan, which an export does not make",
-)
 def test_an_item_waiting_for_another_jobs_identical_request_is_pending_as_status_says(
-    tmp_path: Path, emulator: str, emulator_admin: Any
+    tmp_path: Path, emulator: str, emulator_admin: Any, state_location: Path | str
 ) -> None:
     """Job copy renders the same requests as demo, whose batch is still running: apply sends
     nothing for copy (its answers are on their way) and `status` counts copy's items pending.
-    The export classifies each item from its own record alone and calls them `todo`."""
+    The export classifies each item from its own record alone and calls them `todo`. (Both
+    backends: SQLite and PostgreSQL.)"""
     write_project(tmp_path, _rows(3))
     emulator_admin.set_config(processing_seconds=1000)
-    apply(context(tmp_path, emulator))
+    apply(context(tmp_path, emulator, state=state_location))
     spec = (tmp_path / "jobs" / "demo.toml").read_text(encoding="utf-8")
     (tmp_path / "jobs" / "copy.toml").write_text(spec.replace("[jobs.demo]", "[jobs.copy]"))
-    ctx = context(tmp_path, emulator)
+    ctx = context(tmp_path, emulator, state=state_location)
     assert apply(ctx).submitted == 0
     assert status_counts(ctx, "copy") == {**dict.fromkeys(STATES, 0), "pending": 3}
     assert export_counts(ctx, "copy") == status_counts(ctx, "copy"), (
@@ -305,3 +300,136 @@ def test_a_renamed_job_exports_its_results_in_every_format_and_process(
         assert all(r["text"] for r in exported if r["state"] == "succeeded"), fmt
     assert len(fast["forked"]) == 2  # jsonl and csv
     assert [r["key"] for r in parsed(ctx, "triage", "csv", failed_only=True)] == ["bad"]
+
+
+def copy_of_demo(root: Path, job: str = "copy") -> None:
+    """A second job rendering the very requests of demo (its spec under another name)."""
+    spec = (root / "jobs" / "demo.toml").read_text(encoding="utf-8")
+    (root / "jobs" / f"{job}.toml").write_text(
+        spec.replace("[jobs.demo]", f"[jobs.{job}]"), encoding="utf-8"
+    )
+
+
+def test_items_waiting_for_another_job_are_pending_in_every_format_and_process(
+    tmp_path: Path, emulator: str, emulator_admin: Any, fast: dict[str, Any]
+) -> None:
+    """copy's items wait for demo's identical requests in flight: every writer (jsonl and csv
+    on two processes over chunks of 4, json) calls them pending, saying whose answer each waits
+    for as the plan does, and `--failed` leaves them out."""
+    write_project(tmp_path, _rows(10))
+    emulator_admin.set_config(processing_seconds=1000)
+    apply(context(tmp_path, emulator))
+    copy_of_demo(tmp_path)
+    ctx = context(tmp_path, emulator)
+    ctx.desired()  # rows kept
+    plan, _ = ctx.plan(refresh=False)
+    copy = plan.job("copy")
+    assert copy is not None and copy.counts["pending"] == 10
+    waits = {r.key: r.reason for r in copy.reuses}
+    assert waits["r1"] == "same request as demo r1: takes its result once harvested"
+    want = [(f"r{i}", "pending", waits[f"r{i}"]) for i in range(1, 11)]
+    for fmt in ("jsonl", "csv", "json"):
+        assert [(r["key"], r["state"], r["detail"]) for r in parsed(ctx, "copy", fmt)] == want
+    assert len(fast["forked"]) == 2  # jsonl and csv
+    assert parsed(ctx, "copy", failed_only=True) == []
+
+
+@pytest.fixture
+def state_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often an export's state reader is asked each of its per-chunk and beside-the-record
+    questions, whichever backend it is."""
+    from batchops.state.postgres import PostgresReader
+    from batchops.state.sqlite import SqliteReader
+
+    calls = dict.fromkeys(("succeeded_results", "results_of", "inflight_records", "batches"), 0)
+    for cls in (SqliteReader, PostgresReader):
+        for name in calls:
+            real = getattr(cls, name)
+
+            def counted(self, *args, _real=real, _name=name, **kwargs):
+                calls[_name] += 1
+                return _real(self, *args, **kwargs)
+
+            monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def test_chunks_of_current_results_ask_the_state_nothing_more(
+    tmp_path: Path,
+    emulator: str,
+    monkeypatch: pytest.MonkeyPatch,
+    state_location: Path | str,
+    state_calls: dict[str, int],
+) -> None:
+    """In chunks of 4: a chunk whose items all hold their current results costs one query
+    (`succeeded_results`) and nothing else. Once r10-r13 are added (to do), the chunks holding
+    them look their items up (`results_of`, one query a chunk), and what the planner reads
+    beside the records (the requests in flight, the batches) is read once for the export, not
+    once a chunk."""
+    monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)
+    write_project(tmp_path, _rows(9))
+    ctx = context(tmp_path, emulator, state=state_location)
+    apply(ctx, wait=True)
+    state_calls.update(dict.fromkeys(state_calls, 0))  # what apply asked
+    for fmt in ("jsonl", "csv", "json"):
+        assert {r["state"] for r in parsed(ctx, "demo", fmt)} == {"succeeded"}
+    assert state_calls == {
+        "succeeded_results": 3 * 3,
+        "results_of": 0,
+        "inflight_records": 0,
+        "batches": 0,
+    }
+    write_rows(tmp_path, _rows(13))  # chunks r1-r4, r5-r8, r9-r12, r13
+    state_calls.update(dict.fromkeys(state_calls, 0))
+    rows = parsed(ctx, "demo")
+    assert [r["state"] for r in rows] == ["succeeded"] * 9 + ["todo"] * 4
+    assert state_calls == {
+        "succeeded_results": 4,
+        "results_of": 2,
+        "inflight_records": 1,
+        "batches": 1,
+    }
+
+
+def test_rows_rekeyed_while_in_flight_are_pending_as_status_says(
+    tmp_path: Path, emulator: str, emulator_admin: Any
+) -> None:
+    """The data's keys are renamed (r1-r4 → k1-k4, the same texts) while their batch runs: each
+    k<i> waits for the answer on its way to r<i> (a key of its own job no longer in its specs),
+    and `status` counts them pending; so does the export, with the plan's reason."""
+    emulator_admin.set_config(processing_seconds=1000)
+    write_project(tmp_path, _rows(4))
+    ctx = context(tmp_path, emulator)
+    apply(ctx)
+    write_rows(tmp_path, [{"id": f"k{i}", "text": f"text number {i}"} for i in range(1, 5)])
+    assert status_counts(ctx, "demo") == {**dict.fromkeys(STATES, 0), "pending": 4}
+    assert export_counts(ctx, "demo") == status_counts(ctx, "demo")
+    details = [r["detail"] for r in parsed(ctx, "demo")]
+    assert details[0] == "same request as demo r1: takes its result once harvested"
+
+
+def test_items_of_a_batch_deleted_before_harvest_are_to_do_as_status_says(
+    tmp_path: Path, emulator: str, sdk_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch deleted outside batchops before its harvest, found so (drift `deleted`) by a
+    refresh stopped before it requeued the items: they are still in flight in the state, but
+    the plan sends them again, and `status` counts them to do. So does the export."""
+    from batchops.apply.evaluator import Evaluator
+
+    class Stopped(BaseException):
+        """Stands in for a SIGKILL between the drift and the requeue."""
+
+    def stop(self: Any, step: Any, index: int = 0) -> None:
+        raise Stopped
+
+    write_project(tmp_path, _rows(3))
+    ctx = context(tmp_path, emulator)
+    (batch_id,) = apply(ctx).batches_created
+    sdk_client.messages.batches.delete(batch_id)
+    monkeypatch.setattr(Evaluator, "requeue", stop)
+    with pytest.raises(Stopped):
+        ctx.refresh()
+    monkeypatch.undo()
+    assert status_counts(ctx, "demo") == {**dict.fromkeys(STATES, 0), "todo": 3}
+    assert export_counts(ctx, "demo") == status_counts(ctx, "demo")
+    assert {r["detail"] for r in parsed(ctx, "demo")} == {"results lost before harvest"}

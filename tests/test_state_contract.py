@@ -228,6 +228,35 @@ def test_record_created(writer: StateWriter) -> None:
     assert (intent, attempts, results) == ("intent-msgbatch_1", {"sent": 2}, 0)
 
 
+def test_inflight_records_are_the_item_records_in_flight(
+    writer: StateWriter, backend: Backend
+) -> None:
+    """Of every job, from an open intent (no batch yet) to a harvest; an empty state has none."""
+
+    def in_flight() -> list:
+        return sorted(r for r in writer.item_records() if r.inflight)
+
+    reader = open_reader(backend.location)
+    try:
+        assert list(reader.inflight_records()) == []
+    finally:
+        reader.close()
+    writer.record_intent("i0", "other", atts("x"), 10, NOW)  # an open intent: in flight
+    sent_batch(writer)  # a, b in msgbatch_1
+    sent_batch(writer, "msgbatch_2", "c")
+    harvested = [result_row(writer, "msgbatch_2", "cid-c-1")]
+    writer.store_harvest("msgbatch_2", iter(harvested), canceled_by_us=False, now=NOW)
+    found = sorted(writer.inflight_records())
+    assert found == in_flight()
+    assert [(r.job, r.key, r.fingerprint, r.inflight_batch) for r in found] == [
+        (JOB, "a", "sha256:a", "msgbatch_1"),
+        (JOB, "b", "sha256:b", "msgbatch_1"),
+        ("other", "x", "sha256:x", None),
+    ]
+    writer.mark_unsent("i0")
+    assert [r.key for r in writer.inflight_records()] == sorted(r.key for r in in_flight())
+
+
 def test_record_created_adopted(writer: StateWriter) -> None:
     writer.record_intent("i1", JOB, atts("a"), 10, NOW)
     writer.record_created("i1", batch_record("msgbatch_9"), NOW, adopted=True)

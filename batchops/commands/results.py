@@ -2,7 +2,9 @@
 
 Users come for the answers, not for a database. Every input key appears exactly once, in source
 order: with its answer when the item has a current result (a stored success whose fingerprint is
-the spec's current one), otherwise with its state (`pending`, `todo`, `failed` …) and no text.
+the spec's current one), otherwise with its state as `plan` and `status` tell it (`pending`,
+`todo`, `failed` …; `pending` too while it waits for the answer on its way to the very same
+request of another item, as the planner's fan-out rule has it) and no text.
 
 The export streams, a chunk of keys at a time: who each item is (key, custom_id, fingerprint) and
 its input row come from `spec.inputs` (the rows cache and the data file read directly when the
@@ -45,7 +47,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
@@ -59,20 +61,29 @@ from batchops.heap import paused_gc
 from batchops.lazyclass import dataclass
 from batchops.plan.actions import Plan
 from batchops.plan.build import moves_to_apply, plan_from
-from batchops.plan.diff import classify
+from batchops.plan.diff import (
+    SENDING_STATES,
+    classify,
+    lost_batches,
+    requests_in_flight,
+    waiting_for,
+    waits,
+)
 from batchops.safetext import FORMULA_FIRST
+from batchops.spec.cache import CHUNK_ROWS
 from batchops.spec.desired import DesiredItem, select_jobs
 from batchops.spec.inputs import (
     ExportItem,
     changed_while_read,
     export_chunks,
     export_inputs,
+    export_items,
     rows_kept,
 )
 from batchops.spec.items import iter_inputs
 from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
 from batchops.state.api import StateReader, SucceededRow
-from batchops.state.records import ResultLookup
+from batchops.state.records import ItemRecord, ResultLookup
 
 T = TypeVar("T")
 FORMATS = ("jsonl", "csv", "json")
@@ -98,7 +109,9 @@ COLUMNS = (
 _USAGE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 UNFINISHED_STATES = ("todo", "changed", "pending", "retry")
 CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
-CHUNK_KEYS = 1_000  # keys looked up in state at once: a query per chunk, memory flat
+# Keys looked up in state at once: a query per chunk, memory flat. A line of the rows cache, so
+# that a process taking every other chunk reads the other lines past unparsed.
+CHUNK_KEYS = CHUNK_ROWS
 PLAIN_RUN = 256  # plain jsonl lines made together (`_plain_run`): few enough to stay in cache
 WRITE_BUFFER = 1 << 20  # bytes gathered before each write to a file: a write call per MB
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024  # a source this large repays a second process (jsonl)
@@ -214,12 +227,90 @@ def _row_chunks(
     return _streamed(context, job_name, lambda *a: _rows(*a, failed_only, options))
 
 
-@dataclass(frozen=True)
-class _Recorded:
-    """Where the state holds an export's job: a reader of it, and the job's name there."""
+# The state of an item whose own succeeded result is not current, as the planner tells it
+# (`_Recorded.states_of`): (state, detail, its record in state if any).
+Unsettled = tuple[str, str | None, ItemRecord | None]
 
-    reader: StateReader
-    name: str  # the job's own, or the old name of a `moved` entry still to apply (`_state_name`)
+
+class _Recorded:
+    """Where the state holds an export's job (a reader of it, and the job's name there), and
+    the state of each of its items whose own result is not current, as `plan` and `status` tell
+    it (`states_of`). Beside the item's own record, the planner reads the batches whose results
+    are lost (an item in flight in one is sent again) and the requests in flight (an item that
+    would send one of them waits for its answer: `waits`): read from the state once an export,
+    when a chunk first has an item they may change (never, when every item holds its current
+    result). At once, not a chunk at a time: nothing indexes the requests in flight by
+    fingerprint, so each look-up would read every item in flight."""
+
+    __slots__ = ("reader", "name", "job", "_keys", "_lost", "_sending", "_removed")
+
+    def __init__(
+        self, reader: StateReader, name: str, job: Job, keys: Callable[[], Iterable[str]]
+    ) -> None:
+        self.reader = reader
+        # the job's own, or the old name of a `moved` entry still to apply (`_state_name`)
+        self.name = name
+        self.job = job
+        self._keys = keys  # every key of the job in its specs, read when first needed
+        self._lost: Collection[str] | None = None
+        self._sending: dict[str, tuple[str, str]] | None = None
+        self._removed: set[str] | None = None
+
+    def states_of(
+        self, items: Iterable[ExportItem], found_of: dict[str, ResultLookup]
+    ) -> dict[str, Unsettled]:
+        """key → (state, detail, record) of items whose own succeeded result is not current,
+        given their records (`found_of`, by key; none for an item never sent), as the planner
+        decides: from its record (`classify`), and pending when it waits for another item's
+        answer to its very request (`waits`)."""
+        name, max_attempts, reuse = self.job.name, self.job.max_attempts, self.job.reuse
+        new = tuple.__new__  # the DesiredItem from its fields in a C call (this runs per item)
+        sending = None  # the answers on their way, once an item may wait for one
+        states: dict[str, Unsettled] = {}
+        for key, custom_id, fingerprint, _ in items:
+            lookup = found_of.get(key)
+            record = lookup.record if lookup is not None else None
+            lost = self.lost() if record is not None and record.inflight else ()
+            desired = new(DesiredItem, (key, custom_id, fingerprint, 0.0, 0, None))
+            state, detail = classify(desired, record, max_attempts, lost)
+            if reuse and state in SENDING_STATES:
+                if sending is None:
+                    sending = self.sending()
+                source = sending.get(fingerprint)
+                if source is not None and waits(name, state, source, self.removed):
+                    state, detail = "pending", waiting_for(source)
+            states[key] = (state, detail, record)
+        return states
+
+    def lost(self) -> Collection[str]:
+        """The batches whose results are lost before harvest (`lost_batches`)."""
+        if self._lost is None:
+            self._lost = lost_batches(self.reader.batches()).keys()
+        return self._lost
+
+    def sending(self) -> dict[str, tuple[str, str]]:
+        """fingerprint → (job, key) of an item in flight with that request (`requests_in_flight`),
+        this job's own under its name in the specs, as the planner names it."""
+        if self._sending is None:
+            records: Iterable[ItemRecord] = self.reader.inflight_records()
+            old, new = self.name, self.job.name
+            if old != new:  # a `moved` entry still to apply
+                records = (r._replace(job=new) if r.job == old else r for r in records)
+            self._sending = requests_in_flight(records, self.lost())
+        return self._sending
+
+    def removed(self, key: str) -> bool:
+        """Whether `key`, of this job and in flight, is no longer in its specs (`waits`)."""
+        if self._removed is None:
+            name = self.job.name
+            own = {k for job, k in self.sending().values() if job == name}
+            if own:
+                for spec_key in self._keys():
+                    own.discard(spec_key)
+                    if not own:
+                        break
+            self._removed = own
+        return key in self._removed
 
 
 def _streamed(
@@ -236,7 +327,11 @@ def _streamed(
     chunks = export_chunks(job, project.root, context.prices, today, CHUNK_KEYS, part)
     reader = context.reader()
     try:
-        recorded = _Recorded(reader, _state_name(project, job, reader))
+
+        def keys() -> Iterator[str]:
+            return map(_KEY, export_items(job, project.root, context.prices, today))
+
+        recorded = _Recorded(reader, _state_name(project, job, reader), job, keys)
         # Every row is new dicts and lists, none in a cycle, freed as soon as written.
         with paused_gc():
             yield from produce(job, chunks, recorded)
@@ -257,11 +352,12 @@ _NO_ANSWER: dict[str, Any] = {}
 
 def _looked_up(
     chunks: Iterator[list[ExportItem] | None], recorded: _Recorded
-) -> Iterator[tuple[list[ExportItem], list[SucceededRow], dict[str, ResultLookup]]]:
+) -> Iterator[tuple[list[ExportItem], list[SucceededRow], dict[str, Unsettled]]]:
     """Each chunk of items (None ones passed over) with what state holds of them: every key's
     own succeeded result (`succeeded_results`, one narrow query, rows in key order) and, for the
-    items whose result is not a success of the spec's fingerprint, their whole record
-    (`results_of`)."""
+    items whose result is not a success of the spec's fingerprint, their state as the planner
+    tells it, from their whole record (`results_of`, one query) and what it reads beside
+    (`_Recorded.states_of`)."""
     reader, name = recorded.reader, recorded.name
     for chunk in chunks:
         if chunk is None:
@@ -270,10 +366,9 @@ def _looked_up(
         if list(map(_FIRST, answers)) == list(map(_FINGERPRINT, chunk)):  # all, in C calls
             yield chunk, answers, {}
             continue
-        others = [
-            item[0] for item, found in zip(chunk, answers, strict=True) if found[0] != item[2]
-        ]
-        yield chunk, answers, reader.results_of(name, others) if others else {}
+        others = [item for item, found in zip(chunk, answers, strict=True) if found[0] != item[2]]
+        found_of = reader.results_of(name, list(map(_KEY, others)))
+        yield chunk, answers, recorded.states_of(others, found_of)
 
 
 _KEY, _FIRST, _FINGERPRINT = itemgetter(0), itemgetter(0), itemgetter(2)
@@ -297,8 +392,9 @@ def _chunk_rows(
     failed_only: bool,
     options: ExportOptions,
 ) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each chunk of items (None ones passed over), as a list (`_looked_up`): an item whose own succeeded result has the spec's fingerprint is
-    `succeeded` with that answer, the others are classified from their records."""
+    """The rows of each chunk of items (None ones passed over), as a list (`_looked_up`): an
+    item whose own succeeded result has the spec's fingerprint is `succeeded` with that answer,
+    the others take the state the planner gives them (`_Recorded.states_of`)."""
     for chunk, answers, found_of in _looked_up(chunks, recorded):
         yield [
             row
@@ -311,12 +407,12 @@ def _row(
     job: Job,
     item: ExportItem,
     found: SucceededRow,
-    found_of: dict[str, ResultLookup],
+    found_of: dict[str, Unsettled],
     failed_only: bool,
     options: ExportOptions,
 ) -> dict[str, Any] | None:
     """The row of one item (None when `failed_only` leaves it out), from its succeeded result
-    `found` or, when that is not a success of its fingerprint, its record in `found_of`."""
+    `found` or, when that is not a success of its fingerprint, its state in `found_of`."""
     key, custom_id, fingerprint, source = item
     thinking, columns, chosen = options.thinking, options.columns, options.input_columns
     plain = not columns and not thinking  # then a message is parsed only when it may show
@@ -335,10 +431,7 @@ def _row(
         else:
             answer = _answer(message, options)
     else:
-        lookup = found_of.get(key)
-        record = lookup.record if lookup is not None else None
-        desired = tuple.__new__(DesiredItem, (key, custom_id, fingerprint, 0.0, 0, None))
-        state, detail = classify(desired, record, job.max_attempts)
+        state, detail, record = found_of[key]
         if failed_only and state != "failed":
             return None
         error_type = error_message = None

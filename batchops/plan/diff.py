@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from itertools import accumulate, islice
+from itertools import accumulate, chain, islice
 from operator import itemgetter
 
 import orjson
@@ -44,6 +44,7 @@ from batchops.spec.desired import DesiredItem, DesiredJob
 from batchops.state.records import BatchRecord, IntentRecord, ItemRecord
 
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
+SENDING_STATES = ("todo", "changed", "retry")  # the item states a plan sends (unless they wait)
 DEFAULT_PRUNE_MARGIN = timedelta(days=2)
 ENVELOPE_BYTES = 1024  # the create body around its requests
 
@@ -57,12 +58,20 @@ class BatchLimits:
 
 
 def classify(
-    desired: DesiredItem, record: ItemRecord | None, max_attempts: int
+    desired: DesiredItem,
+    record: ItemRecord | None,
+    max_attempts: int,
+    lost: Collection[str] = (),
 ) -> tuple[str, str | None]:
-    """The DESIGN §5 state of one desired item, with the reason or error message."""
+    """The DESIGN §5 state of one desired item, with the reason or error message. An item in
+    flight in a batch whose results are lost (`lost`: `lost_batches`) is sent again (requeued)."""
     if record is None or record.fingerprint is None:
         return "todo", None
     if record.inflight:
+        if record.inflight_batch in lost:
+            if record.fingerprint != desired.fingerprint:
+                return "changed", None
+            return "todo", "results lost before harvest"
         if record.fingerprint != desired.fingerprint:
             return "pending", "changed while in flight: sent again once its batch ends"
         return "pending", None
@@ -109,6 +118,72 @@ def lost_batches(batches: Iterable[BatchRecord]) -> dict[str, str]:
         elif b.drift == "results-lost" or b.archived_at is not None:
             out[b.id] = "results-lost"
     return out
+
+
+def requests_in_flight(
+    records: Iterable[ItemRecord], lost: Collection[str]
+) -> dict[str, tuple[str, str]]:
+    """fingerprint → (job, key) of an item in flight with that very request, leaving out the
+    batches whose results are lost (`lost`: their items are sent again): the answers on their
+    way that other items may wait for (`waits`). Of several items in flight with one request,
+    the first by job and key, whatever order the records come in."""
+    sending: dict[str, tuple[str, str]] = {}
+    for record in records:
+        if record.inflight and record.fingerprint and record.inflight_batch not in lost:
+            source = (record.job, record.key)
+            held = sending.get(record.fingerprint)
+            if held is None or source < held:
+                sending[record.fingerprint] = source
+    return sending
+
+
+def waits(
+    job: str,
+    item_state: str,
+    source: tuple[str, str] | None,
+    removed: Callable[[str], bool],
+    *,
+    reuse: bool = True,
+    outside: bool = False,
+) -> bool:
+    """The fan-out rule: whether an item of `job` in `item_state` waits for the answer its very
+    request is getting for `source` (job, key: an item in flight, `requests_in_flight`, or one
+    this plan sends), to reuse it once harvested, instead of being sent (it is `pending` then).
+
+    It waits when it would be sent (`SENDING_STATES`), its job allows reuse, and `source` is an
+    item of another job (`outside`: of a job outside this run), or a key of its own job that is
+    no longer in its specs (`removed(key)`: its rows re-keyed while in flight); keys of one job
+    asking the same request are otherwise distinct items (several samples of one prompt, say),
+    each sent.
+    """
+    if source is None or not reuse or item_state not in SENDING_STATES:
+        return False
+    return outside or source[0] != job or removed(source[1])
+
+
+def waiting_for(source: tuple[str, str]) -> str:
+    """Why an item waits for the answer `source` (job, key) is getting for its request (`waits`)."""
+    return f"same request as {source[0]} {source[1]}: takes its result once harvested"
+
+
+class _RemovedKeys:
+    """`waits`' `removed` for a job in a plan: whether a key of the job is in flight in state and
+    no longer in its specs (the job's keys gathered once, when first asked)."""
+
+    __slots__ = ("job", "keys", "records")
+
+    def __init__(self, job: DesiredJob, records: Mapping[str, ItemRecord]):
+        self.job = job
+        self.records = records
+        self.keys: set[str] | None = None
+
+    def __call__(self, key: str) -> bool:
+        record = self.records.get(key)
+        if record is None or not record.inflight:  # an item this plan sends: in its specs
+            return False
+        if self.keys is None:
+            self.keys = {i.key for i in self.job.items}
+        return key not in self.keys
 
 
 def make_plan(
@@ -158,11 +233,8 @@ def make_plan(
         if inflight_batches.get(batch_id) or drifts[batch_id] != drift
     }
     obsolete: set[str] = set()  # job\x1fkey of in-flight items nobody wants any more
-    sending: dict[str, tuple[str, str]] = {}  # fingerprint → (job, key) of an item sending it
-    for state_items in by_job.values():
-        for record in state_items.values():
-            if record.inflight and record.fingerprint and record.inflight_batch not in lost:
-                sending.setdefault(record.fingerprint, (record.job, record.key))
+    # fingerprint → (job, key) of an item sending it: in flight, then as this plan sends them
+    sending = requests_in_flight(chain.from_iterable(r.values() for r in by_job.values()), lost)
     elsewhere: set[str] = set()  # fingerprints in flight only for jobs outside the scope
     awaited: set[str] = set()  # batches in flight whose answers items of the plan wait for
     for record in outside:
@@ -192,7 +264,7 @@ def make_plan(
         waiting_outside = 0
         deferred, deferred_usd = 0, 0.0  # items changed while in flight, and their ceiling
         remembered: list[str] = []
-        desired_keys: set[str] | None = None  # made only when an in-flight answer is the job's own
+        removed = _RemovedKeys(job, state_items)  # keys in flight no longer in the job's specs
         # Only a later job reads what this one sends (to wait for its answer): the last job's
         # million fingerprints need not be held.
         shares = n != last
@@ -215,8 +287,8 @@ def make_plan(
                     item_state, detail, reason, attempt = "todo", None, "todo", 1
                 elif record.inflight and record.inflight_batch in lost:
                     # its batch's results are gone: it is sent again, as this plan's requeue says
-                    changed = record.fingerprint != item.fingerprint
-                    item_state = "changed" if changed else "todo"
+                    item_state, detail = classify(item, record, job.max_attempts, lost)
+                    changed = item_state == "changed"
                     reason, attempt = ("changed", 1) if changed else ("requeue", record.attempts)
                 else:
                     item_state, detail = classify(item, record, job.max_attempts)
@@ -229,7 +301,7 @@ def make_plan(
                     if item_state in ("succeeded", "failed") and (job.name, item.key) in replace:
                         item_state, reason, attempt = "todo", "replace", 1
                 if (
-                    item_state in ("todo", "changed", "retry")
+                    item_state in SENDING_STATES
                     and job.reuse
                     and reason != "replace"
                     and (
@@ -238,13 +310,12 @@ def make_plan(
                         or item.fingerprint in elsewhere
                     )
                 ):
-                    held = _held(sending.get(item.fingerprint), by_job)
-                    removed_own = False  # the answer on its way is for a removed key of this job
-                    if held is not None and held.job == job.name:
-                        if desired_keys is None:
-                            desired_keys = {i.key for i in job.items}
-                        removed_own = held.key not in desired_keys
-                    reuse = _reuse(job.name, item, reusable, sending, elsewhere, removed_own)
+                    source = sending.get(item.fingerprint)
+                    outside = item.fingerprint in elsewhere
+                    if not waits(job.name, item_state, source, removed, outside=outside):
+                        source = None
+                    held = _held(source, by_job)
+                    reuse = _reuse(job.name, item, reusable, source, outside)
                     if reuse is not None:
                         where.append(len(sent) + len(others))
                         others.append(reuse)
@@ -385,16 +456,14 @@ def _reuse(
     job: str,
     item: DesiredItem,
     reusable: Mapping[str, int],
-    sending: dict[str, tuple[str, str]],
-    elsewhere: Collection[str] = (),
-    removed_own: bool = False,
+    source: tuple[str, str] | None,
+    outside: bool = False,
 ) -> ReuseItem | None:
     """The reuse of a stored (or coming) answer to this item's very request, if there is one.
 
     A stored answer is reused from any job or key. An answer still coming is waited for when
-    another job sends it, or when it is for a key of this job no longer in its specs (its rows
-    re-keyed while in flight: `removed_own`); keys of one job asking the same request are
-    otherwise distinct items (several samples of one prompt, say), each sent.
+    `source` (job, key) is getting it and the item waits for it (`waits`; None: it does not);
+    `outside`: for a job outside this run.
     """
     saved = item.estimate.expected if item.estimate is not None else item.cost_usd
     result_id = reusable.get(item.fingerprint)
@@ -403,18 +472,16 @@ def _reuse(
             job, item.key, item.custom_id, item.fingerprint, result_id,
             "same request answered before", saved,
         )  # fmt: skip
-    source = sending.get(item.fingerprint)
-    if source is not None and item.fingerprint in elsewhere:
+    if source is not None and outside:
         return ReuseItem(
             job, item.key, item.custom_id, item.fingerprint, None,
             f"same request as {source[0]} {source[1]}, in flight for a job outside this run: "
             f"takes its result once an apply of {source[0]} harvests it", saved,
         )  # fmt: skip
-    if source is not None and (source[0] != job or removed_own):
+    if source is not None:
         return ReuseItem(
-            job, item.key, item.custom_id, item.fingerprint, None,
-            f"same request as {source[0]} {source[1]}: takes its result once harvested", saved,
-        )  # fmt: skip
+            job, item.key, item.custom_id, item.fingerprint, None, waiting_for(source), saved
+        )
     return None
 
 

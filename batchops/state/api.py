@@ -163,6 +163,11 @@ class StateReader(ABC):
     def item_records(self, jobs: Sequence[str] | None = None) -> Iterator[ItemRecord]: ...
 
     @abstractmethod
+    def inflight_records(self) -> Iterator[ItemRecord]:
+        """`item_records` of every job, of the items in flight only (an attempt open or sent):
+        the requests on their way, which other items may wait for, read without the rest."""
+
+    @abstractmethod
     def batches(self) -> list[BatchRecord]:
         """Every batch recorded, oldest first."""
 

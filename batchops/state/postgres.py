@@ -57,6 +57,7 @@ from batchops.state.records import (
     UsageRow,
 )
 from batchops.state.shared import (
+    INFLIGHT,
     NEW_WRITE_ID,
     SENT_ATTEMPTS,
     SharedReads,
@@ -297,6 +298,9 @@ class PostgresReader(SharedReads, StateReader):
             sql += " where i.job = any(%s)"
             params = [list(jobs)]
         yield from map(ItemRecord._make, self._rows(sql, params))
+
+    def inflight_records(self) -> Iterator[ItemRecord]:
+        yield from map(ItemRecord._make, self._rows(f"{_ITEM_SQL} where {INFLIGHT}"))
 
     def _batches(self, where: str = "", params: Sequence[Any] = ()) -> list[BatchRecord]:
         if not self._exists:

@@ -75,6 +75,11 @@ def new_write_id() -> str:
     return uuid.uuid4().hex
 
 
+# The items in flight (`inflight_records`), as a range of attempt ids (all positive) rather than
+# `is not null`: SQLite reads the range through the index on inflight_attempt, the other as a
+# scan of every item.
+INFLIGHT = "i.inflight_attempt > 0"
+
 SENT_ATTEMPTS = (
     "select custom_id, id, key, fingerprint from attempts where batch_id = ? and status = 'sent'"
 )

@@ -64,6 +64,7 @@ from batchops.state.records import (
     UsageRow,
 )
 from batchops.state.shared import (
+    INFLIGHT,
     NEW_WRITE_ID,
     SENT_ATTEMPTS,
     SharedReads,
@@ -310,6 +311,11 @@ class SqliteReader(SharedReads, StateReader):
             params = list(jobs)
         with paused_gc():  # a million records, a million tuples, none in a cycle
             yield from map(ItemRecord._make, self.db.execute(sql, params))
+
+    def inflight_records(self) -> Iterator[ItemRecord]:
+        if self.db is None:
+            return
+        yield from map(ItemRecord._make, self.db.execute(f"{_ITEM_SQL} where {INFLIGHT}"))
 
     def _batches(self, where: str = "", params: Sequence[Any] = ()) -> list[BatchRecord]:
         if self.db is None:
