@@ -242,16 +242,22 @@ class _Recorded:
     result). At once, not a chunk at a time: nothing indexes the requests in flight by
     fingerprint, so each look-up would read every item in flight."""
 
-    __slots__ = ("reader", "name", "job", "_keys", "_lost", "_sending", "_removed")
+    __slots__ = ("reader", "name", "job", "_keys", "_moves", "_lost", "_sending", "_removed")
 
     def __init__(
-        self, reader: StateReader, name: str, job: Job, keys: Callable[[], Iterable[str]]
+        self,
+        reader: StateReader,
+        name: str,
+        job: Job,
+        keys: Callable[[], Iterable[str]],
+        moves: Callable[[], dict[str, str]],
     ) -> None:
         self.reader = reader
         # the job's own, or the old name of a `moved` entry still to apply (`_state_name`)
         self.name = name
         self.job = job
         self._keys = keys  # every key of the job in its specs, read when first needed
+        self._moves = moves  # old → new of every `moved` entry still to apply, when needed
         self._lost: Collection[str] | None = None
         self._sending: dict[str, tuple[str, str]] | None = None
         self._removed: set[str] | None = None
@@ -290,12 +296,13 @@ class _Recorded:
 
     def sending(self) -> dict[str, tuple[str, str]]:
         """fingerprint → (job, key) of an item in flight with that request (`requests_in_flight`),
-        this job's own under its name in the specs, as the planner names it."""
+        every job's under its name in the specs (its `moved` entries applied), as the planner
+        names them."""
         if self._sending is None:
             records: Iterable[ItemRecord] = self.reader.inflight_records()
-            old, new = self.name, self.job.name
-            if old != new:  # a `moved` entry still to apply
-                records = (r._replace(job=new) if r.job == old else r for r in records)
+            moves = self._moves()
+            if moves:
+                records = (r._replace(job=moves[r.job]) if r.job in moves else r for r in records)
             self._sending = requests_in_flight(records, self.lost())
         return self._sending
 
@@ -331,7 +338,10 @@ def _streamed(
         def keys() -> Iterator[str]:
             return map(_KEY, export_items(job, project.root, context.prices, today))
 
-        recorded = _Recorded(reader, _state_name(project, job, reader), job, keys)
+        def moves() -> dict[str, str]:  # every `moved` entry still to apply, as `plan` sees
+            return moves_to_apply(reader, project.moves, {j.name for j in project.jobs})
+
+        recorded = _Recorded(reader, _state_name(project, job, reader), job, keys, moves)
         # Every row is new dicts and lists, none in a cycle, freed as soon as written.
         with paused_gc():
             yield from produce(job, chunks, recorded)

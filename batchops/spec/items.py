@@ -984,7 +984,7 @@ def input_chunks(job: Job, root: Path, size: int) -> Iterator[Chunk]:
     numbers: list[int] = []
     try:
         for first, block in _line_blocks(path, shown, root):
-            if any(map(bytes.isspace, block)):  # a blank line (isspace: strip's set), rarely
+            if not all(block) or any(map(bytes.isspace, block)):  # a blank line, rarely
                 kept = list(compress(range(first, first + len(block)), map(_filled, block)))
                 lines += [block[n - first] for n in kept]
                 numbers += kept
@@ -1003,7 +1003,8 @@ def input_chunks(job: Job, root: Path, size: int) -> Iterator[Chunk]:
 
 
 def _filled(line: bytes) -> bool:
-    return not line.isspace()
+    """Whether a line holds more than whitespace (`bytes.strip`'s set; a BOM alone leaves b"")."""
+    return bool(line) and not line.isspace()
 
 
 def _jsonl_source(job: Job, root: Path) -> tuple[Path, str] | None:
