@@ -291,6 +291,32 @@ def test_removed_items_cancel_their_batch_and_are_forgotten(
     assert db_rows(ctx, "select key from items where forgotten_at is null") == [("other",)]
 
 
+def test_a_cancel_answered_404_is_said_and_the_next_apply_cancels(
+    tmp_path, emulator, emulator_admin, state_location
+):
+    # The plan cancels a batch the API then does not know (a key of another workspace, a
+    # passing 404): apply said nothing and exited as if it had cancelled it.
+    emulator_admin.set_config(processing_seconds=3600)
+    write_project(tmp_path, rows(2))
+    ctx = context(tmp_path, emulator, state=state_location)
+    apply(ctx)
+    (batch_id,) = db_rows(ctx, "select id from batches")[0]
+    write_rows(tmp_path, [{"id": "other", "text": "something else"}])
+    emulator_admin.add_faults([{"status": 404, "endpoint": "cancel"}])
+    report = apply(ctx)
+    assert report.canceled == []
+    assert report.drift == [
+        f"batch {batch_id} (job demo): the API answered 404 to its cancel; the next refresh"
+        " checks whether it is gone, and the cancel is tried again while it is not"
+    ]
+    assert report.problems == []
+    report = apply(ctx)  # the fault used up: the same cancel, answered
+    assert (report.canceled, report.drift) == ([batch_id], [])
+    emulator_admin.advance_clock(2 * 3600)  # "other", sent by the first apply, ends
+    apply(ctx, wait=True)
+    assert states(ctx) == {"other": "succeeded"}
+
+
 def test_plan_never_writes_state(tmp_path, emulator):
     write_project(tmp_path, rows(3))
     ctx = context(tmp_path, emulator)

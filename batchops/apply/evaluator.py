@@ -482,7 +482,14 @@ class Evaluator:
         checkpoint("after-cancel-mark")
         try:
             remote = self.client.cancel(step.batch_id)
-        except NotFound:
+        except NotFound:  # gone, another workspace's key, or a passing 404: the refresh tells
+            note = (
+                f"batch {step.batch_id} (job {step.job}): the API answered 404 to its cancel;"
+                " the next refresh checks whether it is gone, and the cancel is tried again"
+                " while it is not"
+            )
+            self.report.drift.append(note)
+            self._note(f"Drift: {note}.")
             return
         except RemoteError as exc:
             self._step_problem(step, exc)
