@@ -1,8 +1,9 @@
-"""A large jsonl export on two processes (`results._halves`) writes the bytes one process writes.
+"""A large export on several processes (`results._parts`) writes the bytes one process writes.
 
 The project, state and golden file are `test_results_golden`'s; the rows cache serves every job,
 and the size from which a second process is started is brought down to nothing, so every export
-that may take two processes does, over chunks of 4 keys (the parent's and the child's alternate).
+that may take several processes does, over chunks of 4 keys (of n processes, each makes every
+n-th chunk): two, as on this project's machines, and three and four, as on a larger one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from batchops.commands import results as results_mod
 from batchops.commands.context import Context
 from batchops.commands.results import ExportOptions, export
-from batchops.errors import SpecError, StateError
+from batchops.errors import BatchopsError, SpecError, StateError
 from batchops.spec import cache, inputs
 from tests.test_results_golden import GOLDEN, cases, export_bytes, filled, rechunked  # noqa: F401
 
@@ -33,23 +34,32 @@ def takes_two(job: str, fmt: str, option_set: str) -> bool:
     return fmt == "csv"
 
 
-@pytest.fixture(params=["a chunk a line", "lines of 1,000 rows"])
+@pytest.fixture(
+    params=[
+        ("a chunk a line", 2),
+        ("lines of 1,000 rows", 2),
+        ("a chunk a line", 3),
+        ("lines of 1,000 rows", 4),
+    ],
+    ids=lambda param: f"{param[0]}, {param[1]} processes",
+)
 def two(
     filled: Context,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> dict[str, list[int]]:
-    """Rows kept for every job, two processes from the first byte; the children forked. The
-    rows cache's lines hold a chunk each (each process reads the other's lines past unparsed),
-    or more (each reads every line and makes its chunks of them)."""
+    """Rows kept for every job, n processes from the first byte; the children forked, and n.
+    The rows cache's lines hold a chunk each (each process reads the others' lines past
+    unparsed), or more (each reads every line and makes its chunks of them)."""
+    lines, processes = request.param
     monkeypatch.setenv("BATCHOPS_CACHE", "on")
     monkeypatch.setattr(cache, "MIN_ROWS", 0)
-    if request.param == "a chunk a line":
+    if lines == "a chunk a line":
         monkeypatch.setattr(cache, "CHUNK_ROWS", 4)
     filled.desired()
     monkeypatch.setattr(results_mod, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)
-    monkeypatch.setattr(results_mod, "_spare_core", lambda: True)
+    monkeypatch.setattr(results_mod, "_idle_cores", lambda: processes)
     forked: list[int] = []
     real_fork = os.fork
 
@@ -60,7 +70,7 @@ def two(
         return pid
 
     monkeypatch.setattr(results_mod.os, "fork", fork)
-    return {"forked": forked}
+    return {"forked": forked, "children": processes - 1, "lines": lines}
 
 
 def _gone(pid: int) -> bool:
@@ -71,7 +81,7 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_two_processes_write_the_golden_bytes(filled: Context, two: dict) -> None:  # noqa: F811
+def test_several_processes_write_the_golden_bytes(filled: Context, two: dict) -> None:  # noqa: F811
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
     for case in cases():
         name = "/".join(case)
@@ -81,7 +91,7 @@ def test_two_processes_write_the_golden_bytes(filled: Context, two: dict) -> Non
     assert two["forked"] and all(_gone(pid) for pid in two["forked"])
 
 
-def test_two_processes_write_a_file_as_one_does(
+def test_several_processes_write_a_file_as_one_does(
     filled: Context,  # noqa: F811
     two: dict,
     tmp_path: Path,
@@ -89,11 +99,11 @@ def test_two_processes_write_a_file_as_one_does(
 ) -> None:
     path = tmp_path / "mix.jsonl"
     summary = export(filled, "mix", "jsonl", path)
-    assert len(two["forked"]) == 1
-    monkeypatch.setattr(results_mod, "_spare_core", lambda: False)  # one process
+    assert len(two["forked"]) == two["children"]
+    monkeypatch.setattr(results_mod, "_idle_cores", lambda: 1)  # one process
     alone = io.BytesIO()
     assert export(filled, "mix", "jsonl", alone).rows == summary.rows == 30
-    assert len(two["forked"]) == 1
+    assert len(two["forked"]) == two["children"]
     assert path.read_bytes() == alone.getvalue()
 
 
@@ -113,7 +123,28 @@ def test_an_error_in_the_child_is_raised_by_the_parent(
     with pytest.raises(StateError) as raised:
         export(filled, "mix", "jsonl", io.BytesIO(), options=ExportOptions())
     assert raised.value.problems == ["state/filled.db: the child could not read it"]
-    assert len(two["forked"]) == 1 and _gone(two["forked"][0])
+    assert len(two["forked"]) == two["children"] and all(_gone(pid) for pid in two["forked"])
+
+
+def test_a_child_that_ends_without_a_word_is_an_error(
+    filled: Context,  # noqa: F811
+    two: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child killed (the OOM killer, a signal) ends its pipe without its end: the parent
+    says so, ends the others, and writes nothing more."""
+    parent, real = os.getpid(), results_mod._jsonl_blocks
+
+    def dying(*args: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(*args)
+
+    monkeypatch.setattr(results_mod, "_jsonl_blocks", dying)
+    with pytest.raises(BatchopsError) as raised:
+        export(filled, "mix", "jsonl", io.BytesIO(), options=ExportOptions())
+    assert raised.value.problems == ["another process of the export ended abnormally; export again"]
+    assert len(two["forked"]) == two["children"] and all(_gone(pid) for pid in two["forked"])
 
 
 def test_an_error_in_the_parent_ends_the_child(
@@ -131,7 +162,7 @@ def test_an_error_in_the_parent_ends_the_child(
     monkeypatch.setattr(results_mod, "_jsonl_blocks", failing)
     with pytest.raises(StateError, match="the parent could not read it"):
         export(filled, "mix", "jsonl", io.BytesIO(), options=ExportOptions())
-    assert len(two["forked"]) == 1 and _gone(two["forked"][0])
+    assert len(two["forked"]) == two["children"] and all(_gone(pid) for pid in two["forked"])
 
 
 def test_a_child_that_read_fewer_items_is_a_changed_source(
@@ -153,7 +184,7 @@ def test_a_child_that_read_fewer_items_is_a_changed_source(
     assert raised.value.problems == [
         "jobs/data/mix.jsonl: job mix: changed while it was read; export again"
     ]
-    assert len(two["forked"]) == 1 and _gone(two["forked"][0])
+    assert len(two["forked"]) == two["children"] and all(_gone(pid) for pid in two["forked"])
 
 
 @pytest.mark.parametrize("chunk", [1, 4])  # 1: the child meets the first row with a new field
@@ -169,20 +200,29 @@ def test_a_csv_file_whose_fields_grow_is_written_again_whole(
     path = tmp_path / "mix.csv"
     summary = export(filled, "mix", "csv", path, options=ExportOptions())
     assert f"{summary.rows} rows, 0 parse errors\n" + path.read_text() == golden["mix/csv/default"]
-    assert len(two["forked"]) == 2 and all(_gone(pid) for pid in two["forked"])
+    assert len(two["forked"]) == 2 * two["children"] and all(_gone(p) for p in two["forked"])
 
 
 @pytest.mark.parametrize(
-    ("affinity", "load", "two"),
-    [({0, 1}, 0.4, True), ({0, 1}, 1.0, True), ({0, 1}, 1.6, False), ({0}, 0.0, False)],
+    ("cpus", "affinity", "load", "processes"),
+    [
+        (2, {0, 1}, 0.4, 2),
+        (2, {0, 1}, 1.0, 2),
+        (2, {0, 1}, 1.6, 1),
+        (2, {0}, 0.0, 1),
+        (8, set(range(8)), 0.5, 4),  # at most MAX_PROCESSES
+        (8, set(range(8)), 5.5, 3),  # this one and the two cores left idle
+        (8, set(range(8)), 7.2, 1),
+        (8, {2, 3}, 0.0, 2),  # `taskset -c 2,3`
+    ],
 )
-def test_a_second_process_only_on_a_core_left_idle(
-    monkeypatch: pytest.MonkeyPatch, affinity: set[int], load: float, two: bool
+def test_a_process_more_only_for_a_core_left_idle(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, affinity: set[int], load: float, processes: int
 ) -> None:
-    monkeypatch.setattr(results_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(results_mod.os, "cpu_count", lambda: cpus)
     monkeypatch.setattr(results_mod.os, "sched_getaffinity", lambda pid: affinity, raising=False)
     monkeypatch.setattr(results_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
-    assert results_mod._spare_core() is two
+    assert results_mod._idle_cores() == processes
 
 
 def test_each_process_parses_only_its_own_lines_of_the_rows_cache(
@@ -191,8 +231,8 @@ def test_each_process_parses_only_its_own_lines_of_the_rows_cache(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    """Counted in the parent: with a chunk a line, it parses every other line of the kept rows
-    (the child the rest); with longer lines, every line, as one process does."""
+    """Counted in the parent: with a chunk a line, it parses every n-th line of the kept rows
+    (the children the rest); with longer lines, every line, as one process does."""
     parsed: list[int] = []
     real = cache._line_rows
 
@@ -205,8 +245,9 @@ def test_each_process_parses_only_its_own_lines_of_the_rows_cache(
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
     assert export_bytes(filled, "mix", "jsonl", "default") == golden["mix/jsonl/default"]
     items = len(next(j for j in filled.desired().jobs if j.name == "mix").items)
-    assert items > 8 and len(two["forked"]) == 1
-    if request.node.callspec.params["two"] == "a chunk a line":
-        assert parsed == [4] * ((items + 7) // 8)  # chunks 0, 2, 4 …: every one full here
+    assert items > 8 and len(two["forked"]) == two["children"]
+    if two["lines"] == "a chunk a line":
+        processes = two["children"] + 1  # its chunks: 0, n, 2n …
+        assert parsed == [min(4, items - at) for at in range(0, items, 4 * processes)]
     else:
         assert sum(parsed) == items

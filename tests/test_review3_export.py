@@ -137,7 +137,7 @@ def fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(cache, "MIN_ROWS", 0)
     monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)
     monkeypatch.setattr(results_mod, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(results_mod, "_spare_core", lambda: True)
+    monkeypatch.setattr(results_mod, "_idle_cores", lambda: 2)
     # the emulator's server thread runs in this process; the forked child never uses it
     monkeypatch.setattr(results_mod.threading, "active_count", lambda: 1)
     forked: list[int] = []

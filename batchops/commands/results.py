@@ -14,8 +14,9 @@ so a million results never sit in memory and no template runs twice. A plain ans
 it shown but its text) is written from its fields, as jsonl into the bytes `orjson.dumps` gives
 its row and as CSV cells, without building the row; in jsonl, a run of plain answers is made
 column by column, in C calls (`_plain_run`). A large job whose rows are kept is exported
-on two processes where there are two cores: a forked child makes every other chunk at the same
-time and sends its bytes through a pipe (`_halves`); the bytes are those of one process. Files are
+on as many processes as there are idle cores (at most MAX_PROCESSES): of n, a forked child makes
+every n-th chunk at the same time and sends its bytes through a pipe (`_parts`); the bytes are
+those of one process. Files are
 written atomically (a temporary file in the same folder, then `os.replace`), so a reader never
 sees half a file and a failed export leaves the previous one in place; a temporary file left by a killed export is removed
 by the next write of the same file once it is a minute old. An output is checked like a spec's
@@ -48,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from itertools import chain, islice
+from itertools import chain, count, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
@@ -114,8 +115,9 @@ CSV_CHUNK_ROWS = 1_000  # CSV rows encoded and written at once
 CHUNK_KEYS = CHUNK_ROWS
 PLAIN_RUN = 256  # plain jsonl lines made together (`_plain_run`): few enough to stay in cache
 WRITE_BUFFER = 1 << 20  # bytes gathered before each write to a file: a write call per MB
-PARALLEL_MIN_BYTES = 8 * 1024 * 1024  # a source this large repays a second process (jsonl)
-PIPE_BYTES = 1 << 20  # the pipe from the second process, and its buffers
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024  # a source this large repays more processes
+PIPE_BYTES = 1 << 20  # each pipe from another process, and its buffers
+MAX_PROCESSES = 4  # an export's processes at most (each holds about 60 MB at a million rows)
 WRITE_BACK_BYTES = 32 << 20  # written to a file between two starts of its writing to disk
 
 STALE_TEMP_SECONDS = 60  # a temporary file this old is left over from a killed export
@@ -795,22 +797,24 @@ def _write_back(out: IO[bytes]) -> Callable[[], None] | None:
     return back
 
 
-# ------------------------------------------------------------------ two processes
+# ------------------------------------------------------------------ several processes
 
 
 def _block_maker(
-    context: Context, job: Job, root: Path, make: Callable[..., Any], two: bool
+    context: Context, job: Job, root: Path, make: Callable[..., Any], processes: int
 ) -> Callable[[], Iterator[tuple[list[bytes], int]]]:
     """What makes the (pieces, rows) blocks of an export by `make(job, chunks, recorded,
-    first)`: on two processes (`_halves`), each given every other chunk, else on this one. Only
-    the one given the first chunk has `first` true."""
+    first)`: on `processes` processes (`_parts`), each given every n-th chunk, else on this
+    one. Only the one given the first chunk has `first` true."""
 
     def part(mine: int, of: int) -> Iterator[tuple[list[bytes], int]]:
         produce = lambda j, chunks, recorded: make(j, chunks, recorded, mine == 0)  # noqa: E731
         return _streamed(context, job.name, produce, (mine, of))
 
-    if two:
-        return lambda: _halves(lambda mine: part(mine, 2), lambda: changed_while_read(job, root))
+    if processes > 1:
+        return lambda: _parts(
+            lambda mine: part(mine, processes), processes, lambda: changed_while_read(job, root)
+        )
     return lambda: part(0, 1)
 
 
@@ -822,25 +826,29 @@ def _first_fields(job: Job, root: Path) -> list[str]:
     return []
 
 
-def _two_processes(job: Job, root: Path) -> bool:
-    """Whether an export of `job` runs on two processes (`_halves`): its rows kept by the rows
-    cache (else each process would render every item), a source of PARALLEL_MIN_BYTES or more,
-    a core to spare, `fork`, and no other thread (a fork copies no thread but this one)."""
+def _processes_for(job: Job, root: Path) -> int:
+    """How many processes an export of `job` runs on (`_parts`): one, unless its rows are kept
+    by the rows cache (else each process would render every item), its source holds
+    PARALLEL_MIN_BYTES or more, there is `fork` and no other thread (a fork copies no thread
+    but this one); then as many as there are idle cores (`_idle_cores`)."""
     source = job.source_file()
     if source is None or not hasattr(os, "fork") or not rows_kept(job, root):
-        return False
-    if threading.active_count() > 1 or not _spare_core():
-        return False
+        return 1
+    if threading.active_count() > 1:
+        return 1
     try:
-        return source.stat().st_size >= PARALLEL_MIN_BYTES
+        if source.stat().st_size < PARALLEL_MIN_BYTES:
+            return 1
     except OSError:
-        return False  # one process reports the unreadable file
+        return 1  # one process reports the unreadable file
+    return _idle_cores()
 
 
-def _spare_core() -> bool:
-    """Whether this process may run on two cores (`taskset -c 0` means one) and the machine
-    leaves one of them idle (its load average over the last minute): two processes cost a
-    third more CPU time than one, which pays only on a core that would wait otherwise."""
+def _idle_cores() -> int:
+    """The processes an export may run on: this one, and one more for each core this process
+    may run on (`taskset -c 0` means none) that the machine leaves idle (its load average over
+    the last minute), at most MAX_PROCESSES. A process more costs CPU time (each reads past
+    the others' chunks), which pays only on a core that would wait otherwise."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -849,56 +857,69 @@ def _spare_core() -> bool:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = 0.0
-    return cores >= 2 and load <= (os.cpu_count() or cores) - 1
+    idle = (os.cpu_count() or cores) - load
+    return max(1, min(MAX_PROCESSES, cores, 1 + int(idle)))
 
 
-def _halves(
-    part: Callable[[int], Iterator[tuple[list[bytes], int]]], changed: Callable[[], Exception]
+def _parts(
+    part: Callable[[int], Iterator[tuple[list[bytes], int]]],
+    processes: int,
+    changed: Callable[[], Exception],
 ) -> Iterator[tuple[list[bytes], int]]:
-    """The (pieces, rows) blocks `part(0)` and `part(1)` make of alternate chunks, in order:
-    the even ones made here, the odd ones by a forked child at the same time, which sends
-    each as `rows bytes` and its bytes through a pipe. Both read the job's items, and each
-    asks the state for its own chunks only; `changed` is raised when they did not read the
-    same number of chunks."""
+    """The (pieces, rows) blocks `part(0)` … `part(processes - 1)` make of the chunks, in
+    order: chunk n is made by part n % processes, part 0 here, each other part by a forked
+    child at the same time, which sends each block as `rows bytes` and its bytes through a
+    pipe of its own. Every part reads the job's items, and asks the state for its own chunks
+    only; `changed` is raised when they did not read the same number of chunks."""
     import fcntl  # only here: POSIX, as `fork` is
 
-    read_end, write_end = os.pipe()
-    with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux): fewer waits
-        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    child = os.fork()
-    if child == 0:  # the child: never returns, never runs the parent's cleanup
-        os.close(read_end)
-        _serve_half(part(1), write_end)
-    os.close(write_end)
+    children: list[tuple[int, IO[bytes]]] = []  # (pid, the pipe it writes) of parts 1, 2 …
     ended = False
     try:
-        with os.fdopen(read_end, "rb", buffering=PIPE_BYTES) as pipe:
-            own = part(0)
-            try:
-                while True:
-                    block = next(own, None)
-                    if block is not None:
-                        yield block
-                    theirs = _received(pipe)
-                    if theirs is None:  # the child has no more chunks: neither may we
-                        if block is not None and next(own, None) is not None:
-                            raise changed()
-                        break
-                    if block is None:  # a chunk of theirs after the last of ours
+        for mine in range(1, processes):
+            read_end, write_end = os.pipe()
+            with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux)
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            child = os.fork()
+            if child == 0:  # the child: never returns, never runs the parent's cleanup
+                os.close(read_end)
+                for _, pipe in children:  # its elder siblings' pipes are not its to read
+                    os.close(pipe.fileno())
+                _serve_half(part(mine), write_end)
+            os.close(write_end)
+            children.append((child, os.fdopen(read_end, "rb", buffering=PIPE_BYTES)))
+
+        def taken(owner: int) -> tuple[list[bytes], int] | None:
+            if owner == 0:
+                return next(own, None)
+            theirs = _received(children[owner - 1][1])
+            return None if theirs is None else ([theirs[1]], theirs[0])
+
+        own = part(0)
+        try:
+            for number in count():
+                owner = number % processes
+                block = taken(owner)
+                if block is None:  # the chunks end here: the other parts' must end too
+                    if any(taken(o) is not None for o in range(processes) if o != owner):
                         raise changed()
-                    yield [theirs[1]], theirs[0]
-            finally:
-                own.close()
-        _, status = os.waitpid(child, 0)
+                    break
+                yield block
+        finally:
+            own.close()
+        statuses = [os.waitpid(pid, 0)[1] for pid, _ in children]
         ended = True
-        if status != 0:
-            raise BatchopsError("the export's second process ended abnormally; export again")
+        if any(statuses):
+            raise BatchopsError("another process of the export ended abnormally; export again")
     finally:
+        for _, pipe in children:
+            pipe.close()
         if not ended:
-            with contextlib.suppress(OSError):
-                os.kill(child, signal.SIGTERM)
-            with contextlib.suppress(OSError):
-                os.waitpid(child, 0)
+            for pid, _ in children:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, 0)
 
 
 def _serve_half(blocks: Iterator[tuple[list[bytes], int]], fd: int) -> NoReturn:
@@ -940,10 +961,10 @@ def _received(pipe: IO[bytes]) -> tuple[int, bytes] | None:
 
         raise pickle.loads(pipe.read(int(size)))
     if not head.endswith(b"\n") or not kind.isdigit():
-        raise BatchopsError("the export's second process ended abnormally; export again")
+        raise BatchopsError("another process of the export ended abnormally; export again")
     data = pipe.read(int(size))
     if len(data) != int(size):
-        raise BatchopsError("the export's second process ended abnormally; export again")
+        raise BatchopsError("another process of the export ended abnormally; export again")
     return int(kind), data
 
 
@@ -1237,11 +1258,11 @@ def export(
         return counted(chunks) if options.columns else chunks
 
     blocks, safe, root = None, not raw_csv, project.root
-    two = _two_processes(job, root)
+    processes = _processes_for(job, root)
     if fmt == "jsonl" and not (failed_only or options.columns or options.thinking):
         # Lines made a chunk at a time, a plain answer's without its row (`_jsonl_blocks`).
         blocks = _block_maker(
-            context, job, root, lambda j, c, r, _: _jsonl_blocks(j, c, r, options), two
+            context, job, root, lambda j, c, r, _: _jsonl_blocks(j, c, r, options), processes
         )
     elif fmt == "csv" and not options.columns:  # no parse errors to count
 
@@ -1251,9 +1272,11 @@ def export(
                     j, c, r, options, fields, safe, failed_only, learnt=learnt, header=first
                 )
 
-            return _block_maker(context, job, root, make, two)
+            return _block_maker(context, job, root, make, processes)
 
-        if fields is None and two:  # both learn the first row's fields, not the first item's
+        if (
+            fields is None and processes > 1
+        ):  # all learn the first row's fields, not the first item's
             blocks = csv_blocks(_first_fields(job, root), True)
         else:
             blocks = csv_blocks(fields, False)
