@@ -509,8 +509,20 @@ class Evaluator:
         checkpoint("mid-prune")
         try:
             self.client.delete(record.id)
-        except NotFound:
-            pass
+        except NotFound:  # deleted already (by us, its answer lost), or a passing 404: asked
+            try:
+                gone = self.client.confirm_gone(record.id, record.created_at)
+            except RemoteError as exc:
+                self._step_problem(step, exc)
+                return
+            if not gone:
+                note = (
+                    f"batch {record.id} (job {record.job}): the API answered 404 to its delete"
+                    " and still lists it; the delete is tried again at the next apply"
+                )
+                self.report.drift.append(note)
+                self._note(f"Drift: {note}.")
+                return
         except RemoteError as exc:
             self._step_problem(step, exc)
             return

@@ -812,9 +812,7 @@ def _block_maker(
         return _streamed(context, job.name, produce, (mine, of))
 
     if processes > 1:
-        return lambda: _parts(
-            lambda mine: part(mine, processes), processes, lambda: changed_while_read(job, root)
-        )
+        return lambda: _parts(part, processes, lambda: changed_while_read(job, root))
     return lambda: part(0, 1)
 
 
@@ -862,64 +860,89 @@ def _idle_cores() -> int:
 
 
 def _parts(
-    part: Callable[[int], Iterator[tuple[list[bytes], int]]],
+    part: Callable[[int, int], Iterator[tuple[list[bytes], int]]],
     processes: int,
     changed: Callable[[], Exception],
 ) -> Iterator[tuple[list[bytes], int]]:
-    """The (pieces, rows) blocks `part(0)` … `part(processes - 1)` make of the chunks, in
-    order: chunk n is made by part n % processes, part 0 here, each other part by a forked
-    child at the same time, which sends each block as `rows bytes` and its bytes through a
-    pipe of its own. Every part reads the job's items, and asks the state for its own chunks
-    only; `changed` is raised when they did not read the same number of chunks."""
+    """The (pieces, rows) blocks `part(mine, processes)` makes of the chunks for each `mine`
+    below `processes`, in order: chunk n is made by part n % processes, part 0 here, each
+    other part by a forked child at the same time, which sends each block as `rows bytes` and
+    its bytes through a pipe of its own. Every part reads the job's items, and asks the state
+    for its own chunks only; `changed` is raised when they did not read the same number of
+    chunks. A fork refused (a limit on processes, memory) leaves no child and no pipe behind,
+    and the blocks are then made here alone (`part(0, 1)`)."""
     import fcntl  # only here: POSIX, as `fork` is
 
-    children: list[tuple[int, IO[bytes]]] = []  # (pid, the pipe it writes) of parts 1, 2 …
-    ended = False
+    pids: list[int] = []  # the children, part 1, 2 …
+    pipes: list[IO[bytes]] = []  # the pipe each writes
+    ended = refused = False
     try:
         for mine in range(1, processes):
             read_end, write_end = os.pipe()
-            with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux)
-                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-            child = os.fork()
+            try:
+                with contextlib.suppress(OSError, AttributeError):  # a larger pipe (Linux)
+                    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+                child = os.fork()
+            except OSError:
+                os.close(read_end)
+                os.close(write_end)
+                refused = True
+                break
             if child == 0:  # the child: never returns, never runs the parent's cleanup
                 os.close(read_end)
-                for _, pipe in children:  # its elder siblings' pipes are not its to read
+                for pipe in pipes:  # its elder siblings' pipes are not its to read
                     os.close(pipe.fileno())
-                _serve_half(part(mine), write_end)
+                _serve_half(part(mine, processes), write_end)
+            pids.append(child)
             os.close(write_end)
-            children.append((child, os.fdopen(read_end, "rb", buffering=PIPE_BYTES)))
-
-        def taken(owner: int) -> tuple[list[bytes], int] | None:
-            if owner == 0:
-                return next(own, None)
-            theirs = _received(children[owner - 1][1])
-            return None if theirs is None else ([theirs[1]], theirs[0])
-
-        own = part(0)
-        try:
-            for number in count():
-                owner = number % processes
-                block = taken(owner)
-                if block is None:  # the chunks end here: the other parts' must end too
-                    if any(taken(o) is not None for o in range(processes) if o != owner):
-                        raise changed()
-                    break
-                yield block
-        finally:
-            own.close()
-        statuses = [os.waitpid(pid, 0)[1] for pid, _ in children]
-        ended = True
-        if any(statuses):
-            raise BatchopsError("another process of the export ended abnormally; export again")
+            pipes.append(os.fdopen(read_end, "rb", buffering=PIPE_BYTES))
+        if not refused:
+            yield from _merged(part(0, processes), pipes, changed)
+            statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+            ended = True
+            if any(statuses):
+                raise _abnormal()
     finally:
-        for _, pipe in children:
+        for pipe in pipes:
             pipe.close()
         if not ended:
-            for pid, _ in children:
+            for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
                 with contextlib.suppress(OSError):
                     os.waitpid(pid, 0)
+    if refused:
+        yield from part(0, 1)
+
+
+def _merged(
+    own: Iterator[tuple[list[bytes], int]],
+    pipes: list[IO[bytes]],
+    changed: Callable[[], Exception],
+) -> Iterator[tuple[list[bytes], int]]:
+    """The blocks of `own` (part 0) and of the children writing `pipes` (parts 1, 2 …), taken
+    by turns, until one part has no more: then none may have more (`changed`)."""
+    processes = len(pipes) + 1
+
+    def taken(owner: int) -> tuple[list[bytes], int] | None:
+        if owner == 0:
+            return next(own, None)
+        theirs = _received(pipes[owner - 1])
+        return None if theirs is None else ([theirs[1]], theirs[0])
+
+    try:
+        for number in count():
+            owner = number % processes
+            block = taken(owner)
+            if block is None:  # the chunks end here: the other parts' must end too
+                if any(taken(other) is not None for other in range(processes) if other != owner):
+                    raise changed()
+                return
+            yield block
+    finally:
+        close = getattr(own, "close", None)
+        if close is not None:
+            close()
 
 
 def _serve_half(blocks: Iterator[tuple[list[bytes], int]], fd: int) -> NoReturn:
@@ -961,11 +984,15 @@ def _received(pipe: IO[bytes]) -> tuple[int, bytes] | None:
 
         raise pickle.loads(pipe.read(int(size)))
     if not head.endswith(b"\n") or not kind.isdigit():
-        raise BatchopsError("another process of the export ended abnormally; export again")
+        raise _abnormal()
     data = pipe.read(int(size))
     if len(data) != int(size):
-        raise BatchopsError("another process of the export ended abnormally; export again")
+        raise _abnormal()
     return int(kind), data
+
+
+def _abnormal() -> BatchopsError:
+    return BatchopsError("another process of the export ended abnormally; export again")
 
 
 class _FieldsGrew(Exception):

@@ -15,7 +15,7 @@ serves them again while everything they were made from is the same:
 
 Anything else renders in full, and the rows are written again. Rows are written only when a render
 completes without a problem, atomically (a temporary file, then a rename). The files hold JSON,
-never pickles, and carry a keyed hash (BLAKE2b) whose key lives in the user's cache folder
+never pickles, and carry a keyed hash (HMAC-SHA256) whose key lives in the user's cache folder
 (`$XDG_CACHE_HOME/batchops`, or `~/.cache/batchops`), outside the project: specs come from pull
 requests, and a cache file planted in one is refused, because no pull request knows the key.
 Jobs of fewer than MIN_ROWS items are not kept (they render in a fraction of a second, and a small
