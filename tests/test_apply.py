@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from batchops.clock import utcnow
+from batchops.commands.context import Context
 from batchops.emulator import EmulatorAdmin
 from batchops.errors import BudgetExceeded, LockHeld, PlanError, StateError
 from batchops.spec.desired import items_for
@@ -271,14 +272,21 @@ def test_results_archived_before_harvest_are_sent_again(
     assert set(emulator_admin.stats()["submissions"].values()) == {2}
 
 
-def test_removed_items_cancel_their_batch_and_are_forgotten(
-    tmp_path, emulator, emulator_admin, state_location
-):
+def _sent_then_replaced(tmp_path, emulator, emulator_admin, state_location) -> Context:
+    """Two items sent in a batch that runs for an hour, then replaced in the data file by
+    another: the plan cancels that batch."""
     emulator_admin.set_config(processing_seconds=3600)
     write_project(tmp_path, rows(2))
     ctx = context(tmp_path, emulator, state=state_location)
     apply(ctx)
     write_rows(tmp_path, [{"id": "other", "text": "something else"}])
+    return ctx
+
+
+def test_removed_items_cancel_their_batch_and_are_forgotten(
+    tmp_path, emulator, emulator_admin, state_location
+):
+    ctx = _sent_then_replaced(tmp_path, emulator, emulator_admin, state_location)
     plan, _ = ctx.plan(refresh=True)
     # r1 and r2 are forgotten once their cancelled batch is harvested, not by this plan
     assert [(a.action, a.key) for a in plan.jobs[0].actions] == [("submit", "other")]
@@ -296,12 +304,8 @@ def test_a_cancel_answered_404_is_said_and_the_next_apply_cancels(
 ):
     # The plan cancels a batch the API then does not know (a key of another workspace, a
     # passing 404): apply said nothing and exited as if it had cancelled it.
-    emulator_admin.set_config(processing_seconds=3600)
-    write_project(tmp_path, rows(2))
-    ctx = context(tmp_path, emulator, state=state_location)
-    apply(ctx)
+    ctx = _sent_then_replaced(tmp_path, emulator, emulator_admin, state_location)
     (batch_id,) = db_rows(ctx, "select id from batches")[0]
-    write_rows(tmp_path, [{"id": "other", "text": "something else"}])
     emulator_admin.add_faults([{"status": 404, "endpoint": "cancel"}])
     report = apply(ctx)
     assert report.canceled == []

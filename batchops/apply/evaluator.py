@@ -151,6 +151,11 @@ class Evaluator:
     def _note(self, message: str) -> None:
         self.progress.note(message)
 
+    def _drift(self, note: str) -> None:
+        """Report a way the remote side is not what state says (`report.drift`), and say it."""
+        self.report.drift.append(note)
+        self._note(f"Drift: {note}.")
+
     # -- intents
     def resolve_intent(self, step: ResolveIntent, index: int = 0) -> str | None:
         """Find the batch an unanswered create made, proven ours by its custom_ids, and adopt it;
@@ -279,8 +284,7 @@ class Evaluator:
                 # deleted before harvest: the next plan requeues its items
                 self.state.save_batch(replace(record, drift="deleted"), self.clock())
                 note = f"batch {record.id} ({record.job}) was deleted outside batchops"
-                self.report.drift.append(note)
-                self._note(f"Drift: {note}.")
+                self._drift(note)
                 return False
             if self._past_retention(record) and self._results_answer_404(record.id):
                 # a server that stops serving results without setting archived_at: the next plan
@@ -290,8 +294,7 @@ class Evaluator:
                     f"batch {record.id} ({record.job}): its results answered 404 at the end of "
                     "retention, before they were harvested; its items will be sent again"
                 )
-                self.report.drift.append(note)
-                self._note(f"Drift: {note}.")
+                self._drift(note)
                 return False
             return self._harvest_problem(
                 record, "its results answered 404 although it exists", again=True
@@ -337,8 +340,7 @@ class Evaluator:
             f"batch {record.id} was adopted by mistake ({why}): it is not ours, so it is "
             "forgotten and its items will be sent again"
         )
-        self.report.drift.append(note)
-        self._note(f"Drift: {note}.")
+        self._drift(note)
 
     def _store_results(
         self, record: BatchRecord, expected: int, worker: HarvestWorker | None
@@ -488,8 +490,7 @@ class Evaluator:
                 " the next refresh checks whether it is gone, and the cancel is tried again"
                 " while it is not"
             )
-            self.report.drift.append(note)
-            self._note(f"Drift: {note}.")
+            self._drift(note)
             return
         except RemoteError as exc:
             self._step_problem(step, exc)
@@ -520,8 +521,7 @@ class Evaluator:
                     f"batch {record.id} (job {record.job}): the API answered 404 to its delete"
                     " and still lists it; the delete is tried again at the next apply"
                 )
-                self.report.drift.append(note)
-                self._note(f"Drift: {note}.")
+                self._drift(note)
                 return
         except RemoteError as exc:
             self._step_problem(step, exc)
