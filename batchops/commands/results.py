@@ -892,7 +892,7 @@ def _parts(
                 os.close(read_end)
                 for pipe in pipes:  # its elder siblings' pipes are not its to read
                     os.close(pipe.fileno())
-                _serve_half(part(mine, processes), write_end)
+                _serve_part(part(mine, processes), write_end)
             pids.append(child)
             os.close(write_end)
             pipes.append(os.fdopen(read_end, "rb", buffering=PIPE_BYTES))
@@ -945,7 +945,7 @@ def _merged(
             close()
 
 
-def _serve_half(blocks: Iterator[tuple[list[bytes], int]], fd: int) -> NoReturn:
+def _serve_part(blocks: Iterator[tuple[list[bytes], int]], fd: int) -> NoReturn:
     """In the child: send each block through `fd` as `rows bytes\n` and its lines, then
     `end\n`; an error as `error bytes\n` and the pickled exception. Ends the process."""
     status = 1
@@ -1301,9 +1301,8 @@ def export(
 
             return _block_maker(context, job, root, make, processes)
 
-        if (
-            fields is None and processes > 1
-        ):  # all learn the first row's fields, not the first item's
+        # on several processes, all learn the first row's fields, not the first item's
+        if fields is None and processes > 1:
             blocks = csv_blocks(_first_fields(job, root), True)
         else:
             blocks = csv_blocks(fields, False)
