@@ -92,11 +92,21 @@ class ModelPrice:
     cache_read: float
     tool_overhead_tokens: int = TOOL_OVERHEAD_TOKENS  # added to a request with tools
     high: ModelPrice | None = None
+    # A request whose input tokens (cache reads and writes included) are more than `long_above`
+    # is billed at `long` (the row's `long_context`); None: one price whatever the length.
+    long_above: int = 0
+    long: ModelPrice | None = None
 
     @property
     def ceiling(self) -> ModelPrice:
         """The price the ceiling counts at."""
         return self.high or self
+
+    def at(self, prompt_tokens: float) -> ModelPrice:
+        """The price of a request of `prompt_tokens` input tokens, cached ones included."""
+        if self.long is not None and prompt_tokens > self.long_above:
+            return self.long
+        return self
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,9 @@ class Usage:
 
 _MULTIPLIERS = ("cache_write_5m", "cache_write_1h", "cache_read")  # times the input price
 _COUNTS = ("cache_min_tokens", "tool_overhead_tokens")  # whole numbers of tokens
-_ROW_KEYS = frozenset(("input", "output", "before", *_COUNTS, *_MULTIPLIERS))
+_ROW_KEYS = frozenset(("input", "output", "before", "long_context", *_COUNTS, *_MULTIPLIERS))
+# A row's `long_context`: above how many input tokens a request costs more, and how much more.
+_LONG_KEYS = ("above_tokens", "input_times", "output_times")
 
 
 def _number_problem(value: Any) -> str | None:
@@ -178,12 +190,33 @@ def _row_problems(row: Any, place: str) -> Iterator[tuple[str, str]]:
         tokens = row.get(key, 0)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
             yield f"{place}.{key}", "should be a whole number of tokens, 0 or more"
+    if "long_context" in row:
+        yield from _long_problems(row["long_context"], f"{place}.long_context")
     before = row.get("before", [])
     if not isinstance(before, list):
         yield f"{place}.before", "should be an array of tables ([[models.NAME.before]])"
         return
     for i, period in enumerate(before):
         yield from _period_problems(period, f"{place}.before[{i}]")
+
+
+def _long_problems(table: Any, place: str) -> Iterator[tuple[str, str]]:
+    """(place, why) of what is wrong in a price row's `long_context`."""
+    if not isinstance(table, dict):
+        yield place, "should be a table with above_tokens, input_times and output_times"
+        return
+    for key in sorted(set(table) - set(_LONG_KEYS)):
+        yield f"{place}.{key}", f"unknown key (one of {', '.join(_LONG_KEYS)})"
+    above = table.get("above_tokens")
+    if above is None:
+        yield f"{place}.above_tokens", "missing"
+    elif isinstance(above, bool) or not isinstance(above, int) or above < 0:
+        yield f"{place}.above_tokens", "should be a whole number of tokens, 0 or more"
+    for key in ("input_times", "output_times"):
+        if key not in table:
+            yield f"{place}.{key}", "missing"
+        elif (why := _number_problem(table[key])) is not None:
+            yield f"{place}.{key}", why
 
 
 def _table_problems(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -267,6 +300,14 @@ class PriceTable:
             source = f"{user_file} as of {data.get('as_of')}"
         return cls(data, source)
 
+    def long_context_lengths(self) -> tuple[int, ...]:
+        """Every row's `long_context.above_tokens`, ascending, each once."""
+        return tuple(sorted({
+            int(row["long_context"]["above_tokens"])
+            for row in self.models.values()
+            if isinstance(row, dict) and "long_context" in row
+        }))  # fmt: skip
+
     def row_for(self, model: str) -> dict[str, Any] | None:
         if model in self.models:
             return self.models[model]
@@ -287,15 +328,7 @@ class PriceTable:
         tomorrow = self._price_on(row, on + timedelta(days=1))
         if tomorrow == today:
             return today
-        high = ModelPrice(
-            input=max(today.input, tomorrow.input),
-            output=max(today.output, tomorrow.output),
-            cache_write_5m=max(today.cache_write_5m, tomorrow.cache_write_5m),
-            cache_write_1h=max(today.cache_write_1h, tomorrow.cache_write_1h),
-            cache_read=max(today.cache_read, tomorrow.cache_read),
-            tool_overhead_tokens=today.tool_overhead_tokens,
-        )
-        return replace(today, high=high)
+        return replace(today, high=_higher(today, tomorrow))
 
     def _price_on(self, row: dict[str, Any], on: date) -> ModelPrice:
         inp, out = float(row["input"]), float(row["output"])
@@ -304,7 +337,7 @@ class PriceTable:
                 inp, out = float(period["input"]), float(period["output"])
                 break
         mult = self.multipliers
-        return ModelPrice(
+        price = ModelPrice(
             input=inp,
             output=out,
             cache_write_5m=inp * float(row.get("cache_write_5m", mult.get("cache_write_5m", 1.25))),
@@ -312,6 +345,34 @@ class PriceTable:
             cache_read=inp * float(row.get("cache_read", mult.get("cache_read", 0.1))),
             tool_overhead_tokens=int(row.get("tool_overhead_tokens", TOOL_OVERHEAD_TOKENS)),
         )
+        long = row.get("long_context")
+        if long is None:
+            return price
+        times_in, times_out = float(long["input_times"]), float(long["output_times"])
+        above = ModelPrice(
+            input=price.input * times_in,
+            output=price.output * times_out,
+            cache_write_5m=price.cache_write_5m * times_in,
+            cache_write_1h=price.cache_write_1h * times_in,
+            cache_read=price.cache_read * times_in,
+            tool_overhead_tokens=price.tool_overhead_tokens,
+        )
+        return replace(price, long_above=int(long["above_tokens"]), long=above)
+
+
+def _higher(a: ModelPrice, b: ModelPrice) -> ModelPrice:
+    """Each price the higher of `a`'s and `b`'s (two days of one row: the same long_context)."""
+    long = None if a.long is None or b.long is None else _higher(a.long, b.long)
+    return ModelPrice(
+        input=max(a.input, b.input),
+        output=max(a.output, b.output),
+        cache_write_5m=max(a.cache_write_5m, b.cache_write_5m),
+        cache_write_1h=max(a.cache_write_1h, b.cache_write_1h),
+        cache_read=max(a.cache_read, b.cache_read),
+        tool_overhead_tokens=a.tool_overhead_tokens,
+        long_above=a.long_above,
+        long=long,
+    )
 
 
 def non_ascii(text: str) -> int:
@@ -523,10 +584,13 @@ class ItemEstimate(NamedTuple):
     max_tokens: int = 0
     expected_output: float = 0.0  # output tokens `expected` counts
     unsized: int = 0  # documents given by URL or file: neither figure counts them
+    long: bool = False  # `expected` is at the price above the model's long_context
 
     def with_output(self, tokens: float, price: ModelPrice) -> ItemEstimate:
         """This estimate with `tokens` output tokens expected (at most max_tokens)."""
         out = min(float(tokens), float(self.max_tokens))
+        if self.long and price.long is not None:
+            price = price.long
         delta = (out - self.expected_output) * price.output / 1_000_000
         if not delta:
             return self
@@ -574,10 +638,12 @@ def estimate_item(
     tool = price.tool_overhead_tokens if scan.tools else 0
     # The ceiling: its characters a token, max_tokens out, the higher of today's and tomorrow's
     # prices; the expected figure: its characters a token, the expected output, today's.
+    # A request past the model's long_context costs more, each figure by its own count.
     top = price.ceiling
     if scan.where is not None:
         plain, short, long = _tokens(scan, tool, _ceiling_tokens, cache_min)
         if short or long:
+            top = top.at(plain + short + long)
             high = (
                 plain * top.input + short * top.cache_write_5m + long * top.cache_write_1h
                 + max_tokens * top.output
@@ -587,6 +653,8 @@ def estimate_item(
                 + long * (top.cache_write_1h - top.cache_read)
             ) / 1_000_000
             plain, short, long = _tokens(scan, tool, typical_tokens, cache_min)
+            priced = price.at(plain + short + long)
+            is_long, price = priced is not price, priced
             expected = (
                 plain * price.input + short * price.cache_write_5m + long * price.cache_write_1h
                 + expected_out * price.output
@@ -594,7 +662,7 @@ def estimate_item(
             if not high_saving:  # a read costs what a write does: no prefix worth sharing
                 return ItemEstimate(
                     high, expected, max_tokens=max_tokens, expected_output=expected_out,
-                    unsized=scan.unsized,
+                    unsized=scan.unsized, long=is_long,
                 )  # fmt: skip
             expected_saving = (
                 short * (price.cache_write_5m - price.cache_read)
@@ -603,18 +671,27 @@ def estimate_item(
             return ItemEstimate(
                 high, expected, prefix_id(params, scan.where), high_saving, expected_saving,
                 max_tokens=max_tokens, expected_output=expected_out, unsized=scan.unsized,
+                long=is_long,
             )  # fmt: skip
     # Nothing cached: no mark, or a prefix under cache_min at the ceiling's count (and so at the
     # expected figure's, which counts fewer tokens). The common case, kept lean.
     chars, wide = scan.total
-    high = (_ceiling_tokens(chars, wide) + tool) * top.input + max_tokens * top.output
-    expected = (typical_tokens(chars, wide) + tool) * price.input + expected_out * price.output
+    ceiling_in = _ceiling_tokens(chars, wide) + tool
+    typical_in = typical_tokens(chars, wide) + tool
+    if price.long is not None or top.long is not None:
+        top, priced = top.at(ceiling_in), price.at(typical_in)
+        is_long, price = priced is not price, priced
+    else:
+        is_long = False
+    high = ceiling_in * top.input + max_tokens * top.output
+    expected = typical_in * price.input + expected_out * price.output
     return ItemEstimate(
         high / 1_000_000,
         expected / 1_000_000,
         max_tokens=max_tokens,
         expected_output=expected_out,
         unsized=scan.unsized,
+        long=is_long,
     )
 
 

@@ -318,10 +318,31 @@ def test_store_harvest_settles_items(writer: StateWriter) -> None:
         2,
     )
     [usage] = list(writer.usage_rows())
-    assert usage == (JOB, "claude-haiku-4-5", "2026-03-10", 10, 5, 0, 0, 0)
+    assert usage == (JOB, "claude-haiku-4-5", "2026-03-10", 10, 5, 0, 0, 0, 0)
     [summary] = writer.job_summaries([JOB])
     assert (summary.items, summary.in_flight, summary.batches, summary.results) == (2, 0, 1, 2)
     assert summary.outcomes["succeeded"] == 1 and summary.outcomes["errored"] == 1
+
+
+def test_usage_rows_come_apart_by_the_lengths_each_request_passed(writer: StateWriter) -> None:
+    # A price row's long_context prices a request by its input tokens, cached ones included.
+    sent_batch(writer, "msgbatch_1", "a", "b", "c", "d")
+    tokens = {"a": (10, 0, 0), "b": (60, 0, 50), "c": (10, 900, 200), "d": (2000, 0, 0)}
+    rows = []
+    for key, (plain, written, read) in tokens.items():
+        row = result_row(writer, "msgbatch_1", f"cid-{key}-1")
+        rows.append(row._replace(input_tokens=plain, cache_creation_input_tokens=written,
+                                 cache_creation_1h_input_tokens=written // 3,
+                                 cache_read_input_tokens=read))  # fmt: skip
+    writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW)
+    day = "2026-03-10"
+    assert sorted(writer.usage_rows([100, 1000])) == [
+        (JOB, "claude-haiku-4-5", day, 10, 5, 0, 0, 0, 0),  # a: 10 tokens
+        (JOB, "claude-haiku-4-5", day, 60, 5, 0, 0, 50, 1),  # b: 110
+        (JOB, "claude-haiku-4-5", day, 2010, 10, 600, 300, 200, 2),  # c: 1,110; d: 2,000
+    ]
+    [everything] = writer.usage_rows()
+    assert everything == (JOB, "claude-haiku-4-5", day, 2080, 20, 600, 300, 250, 0)
 
 
 def test_succeeded_results_answer_each_key_in_order(writer: StateWriter, backend: Backend) -> None:

@@ -214,17 +214,23 @@ def actual_costs(
     """Job → USD billed for every succeeded result stored (history included), at batch prices.
 
     Each result is priced on the day its batch was created (the result's arrival day when the
-    batch row is gone). Returns the costs and, per job, a note naming models with no price;
+    batch row is gone), at its model's long_context price when its input passed that length.
+    Returns the costs and, per job, a note naming models with no price;
     `parts`, when given, is filled with each job's cost split into COST_PARTS.
     """
     costs: dict[str, float] = {}
     unpriced: dict[str, set[str]] = {}
-    for job, model, day, inp, out, write_5m, write_1h, read in reader.usage_rows():
+    # Requests past a model's long_context cost more: the rows come apart by how many of these
+    # lengths their input passed.
+    lengths = prices.long_context_lengths()
+    for job, model, day, inp, out, write_5m, write_1h, read, over in reader.usage_rows(lengths):
         costs.setdefault(job, 0.0)
         price = prices.price(model or "", date.fromisoformat(day)) if day else None
         if price is None:
             unpriced.setdefault(job, set()).add(model or "(unknown model)")
             continue
+        if price.long is not None and over > lengths.index(price.long_above):
+            price = price.long
         costs[job] += Usage(inp, out, write_5m, write_1h, read).cost(price)
         if parts is not None:
             split = parts.setdefault(job, dict.fromkeys(COST_PARTS, 0.0))

@@ -569,6 +569,7 @@ def _auto_cache(table: ItemTable) -> None:
                     e.plain_expected or e.expected,
                     max_tokens=e.max_tokens,
                     expected_output=e.expected_output,
+                    long=e.long,
                 )
                 twin = plain_of[p] = table.profile((plain.high, size, plain))
             table.set_profile(index, twin)

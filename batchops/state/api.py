@@ -268,7 +268,9 @@ class StateReader(ABC):
         return rows
 
     @abstractmethod
-    def usage_rows(self) -> Iterator[UsageRow]: ...
+    def usage_rows(self, above: Sequence[int] = ()) -> Iterator[UsageRow]:
+        """Token totals of succeeded results (`UsageRow`), apart by how many of `above` (input
+        tokens, ascending) each request's input passed."""
 
     @abstractmethod
     def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:

@@ -59,6 +59,7 @@ from batchops.state.records import (
 from batchops.state.shared import (
     INFLIGHT,
     NEW_WRITE_ID,
+    PROMPT_TOKENS,
     SENT_ATTEMPTS,
     SharedReads,
     SharedWrites,
@@ -376,18 +377,19 @@ class PostgresReader(SharedReads, StateReader):
             return [NO_SUCCEEDED_ROW] * len(keys)
         return self.conn.execute(self._SUCCEEDED_SQL, [list(keys), job]).fetchall()
 
-    def usage_rows(self) -> Iterator[UsageRow]:
+    def usage_rows(self, above: Sequence[int] = ()) -> Iterator[UsageRow]:
+        over = " + ".join([f"({PROMPT_TOKENS} > %s)::int" for _ in above]) or "0"
         sql = (
             "select r.job, r.model, substr(coalesce(b.created_at, r.received_at), 1, 10),"
             " sum(coalesce(r.input_tokens, 0))::bigint, sum(coalesce(r.output_tokens, 0))::bigint,"
             " sum(greatest(coalesce(r.cache_creation_input_tokens, 0)"
             " - coalesce(r.cache_creation_1h_input_tokens, 0), 0))::bigint,"
             " sum(coalesce(r.cache_creation_1h_input_tokens, 0))::bigint,"
-            " sum(coalesce(r.cache_read_input_tokens, 0))::bigint"
+            f" sum(coalesce(r.cache_read_input_tokens, 0))::bigint, {over}"
             " from results r left join batches b on b.id = r.batch_id"
-            " where r.type = 'succeeded' group by 1, 2, 3"
+            " where r.type = 'succeeded' group by 1, 2, 3, 9"
         )
-        yield from map(UsageRow._make, self._rows(sql))
+        yield from map(UsageRow._make, self._rows(sql, list(above)))
 
     def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:
         wanted = sorted(set(fingerprints))

@@ -161,7 +161,8 @@ class ResultLookup(NamedTuple):
 
 
 class UsageRow(NamedTuple):
-    """Token totals of succeeded results, per job, model and the day their batch was created."""
+    """Token totals of succeeded results, per job, model, the day their batch was created and
+    how many of the lengths asked for (`usage_rows(above)`) their requests' input passed."""
 
     job: str
     model: str | None
@@ -171,6 +172,7 @@ class UsageRow(NamedTuple):
     cache_write_5m: int
     cache_write_1h: int
     cache_read: int
+    over: int = 0  # of `above`, the lengths (input tokens) each request passed
 
 
 @dataclass(frozen=True)

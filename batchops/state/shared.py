@@ -84,6 +84,12 @@ SENT_ATTEMPTS = (
     "select custom_id, id, key, fingerprint from attempts where batch_id = ? and status = 'sent'"
 )
 UNFINISHED = "batch_id = ? and status in ('open', 'sent')"
+# A result's request length, as a price row's `long_context` counts it: input tokens, cached ones
+# (written or read) included.
+PROMPT_TOKENS = (
+    "(coalesce(r.input_tokens, 0) + coalesce(r.cache_creation_input_tokens, 0)"
+    " + coalesce(r.cache_read_input_tokens, 0))"
+)
 
 
 def _times(batch: BatchRecord) -> list[str | None]:

@@ -66,6 +66,7 @@ from batchops.state.records import (
 from batchops.state.shared import (
     INFLIGHT,
     NEW_WRITE_ID,
+    PROMPT_TOKENS,
     SENT_ATTEMPTS,
     SharedReads,
     SharedWrites,
@@ -417,18 +418,19 @@ class SqliteReader(SharedReads, StateReader):
             rows[at] = row or NO_SUCCEEDED_ROW
         return rows
 
-    def usage_rows(self) -> Iterator[UsageRow]:
+    def usage_rows(self, above: Sequence[int] = ()) -> Iterator[UsageRow]:
+        over = " + ".join([f"({PROMPT_TOKENS} > ?)" for _ in above]) or "0"
         sql = (
             "select r.job, r.model, substr(coalesce(b.created_at, r.received_at), 1, 10),"
             " sum(coalesce(r.input_tokens, 0)), sum(coalesce(r.output_tokens, 0)),"
             " sum(max(coalesce(r.cache_creation_input_tokens, 0)"
             " - coalesce(r.cache_creation_1h_input_tokens, 0), 0)),"
             " sum(coalesce(r.cache_creation_1h_input_tokens, 0)),"
-            " sum(coalesce(r.cache_read_input_tokens, 0))"
+            f" sum(coalesce(r.cache_read_input_tokens, 0)), {over}"
             " from results r left join batches b on b.id = r.batch_id"
-            " where r.type = 'succeeded' group by 1, 2, 3"
+            " where r.type = 'succeeded' group by 1, 2, 3, 9"
         )
-        yield from map(UsageRow._make, self._rows(sql))
+        yield from map(UsageRow._make, self._rows(sql, list(above)))
 
     def results_by_fingerprint(self, fingerprints: Iterable[str]) -> dict[str, int]:
         wanted = set(fingerprints)
