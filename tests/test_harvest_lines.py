@@ -74,12 +74,20 @@ def test_the_text_is_every_text_block_joined_whatever_the_content():
         [{"text": "no type"}],
         ["a string block"],
         [],
-        None,
         [text, {"type": "thinking", "thinking": "x"}, {"type": "text", "text": " there"}],
-        {"type": "text"},  # an object, not a list: its keys are what a loop sees
-        "x",
     ]
-    assert texts(contents) == ["hi", "", "", "", "", "", "", "hi there", "", ""]
+    assert texts(contents) == ["hi", "", "", "", "", "", "hi there"]
+
+
+@pytest.mark.parametrize("content", [None, {"type": "text"}, "x"])
+def test_a_content_that_is_no_list_is_a_result_that_does_not_check_out(content):
+    """A success whose content is missing or no list was stored with an empty text: a success
+    with no answer, never asked again (found by a review). The API sends a list."""
+    with pytest.raises(HarvestFailed) as caught:
+        texts([content])
+    assert str(caught.value) == (
+        "the result for 'c0' is not of the shape the API sends (its message's content is not a list)"
+    )
 
 
 @pytest.mark.parametrize("value", [3, None, ["x"]])

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from batchops.cli import cli
-from batchops.errors import SpecError
 from batchops.commands.status import actual_costs
+from batchops.errors import SpecError
 from batchops.pricing import PriceTable, Usage, estimate_item, estimate_request, usage_from_message
 from batchops.state.records import UsageRow
 from tests.projects import rows, write_project

@@ -111,14 +111,16 @@ def verified_rows(
             if type(kind) is not str or kind not in RESULT_TYPES:
                 raise HarvestFailed(f"result for {custom_id!r} has unknown type {kind!r}")
             if kind == "succeeded":
-                body = result.get("message") or {}
-                content = body.get("content") or ()
+                # Without its message, or with content that is no list, a success would be
+                # stored with no answer, and never asked again.
+                body = result.get("message")
+                if type(body) is not dict:
+                    raise TypeError("its message is not an object")
+                content = body.get("content")
+                if type(content) is not list:
+                    raise TypeError("its message's content is not a list")
                 inputs, outputs, write_5m, write_1h, reads = usage_counts(body.get("usage") or {})
-                if (
-                    type(content) is list
-                    and len(content) == 1
-                    and type(block := content[0]) is dict
-                ):
+                if len(content) == 1 and type(block := content[0]) is dict:
                     # one block, as most replies: its text, without a list and a join
                     text = block.get("text", "") if block.get("type") == "text" else ""
                     if type(text) is not str:

@@ -275,7 +275,9 @@ class Context:
                         f"{len(moving)} batches in flight were not refreshed ({why}): "
                         "the plan uses their last recorded state"
                     )
-            return replace(plan, notes=tuple(notes), offline_note=offline_note), planner
+            observed = tuple(remote.values()) if remote else ()
+            plan = replace(plan, notes=tuple(notes), offline_note=offline_note, observed=observed)
+            return plan, planner
         finally:
             reader.close()
 
@@ -359,8 +361,12 @@ class Context:
             )
             try:
                 if saved is not None:
+                    from batchops.plan.saved import check_steps, lost_claims
+
                     check_saved_plan(saved, state, planner.spec_digest,
                                      state.plan_applied(saved.plan_id))  # fmt: skip
+                    check_steps(saved, state, planner.desired, self.settings.limits)
+                    lost_claims(saved, state, client, self.clock())
                     state.record_plan_applied(saved.plan_id, self.clock())
                 report = run_cycles(
                     state,

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from batchops.lazyclass import dataclass
 from batchops.pricing import ItemEstimate, batch_cost
 from batchops.spec.desired import DesiredItem, ItemTable, SequenceView
+from batchops.state.records import BatchRecord
 
 FORMAT_VERSION = 2
 ITEM_STATES = ("todo", "changed", "pending", "retry", "failed", "succeeded", "removed")
@@ -472,6 +473,9 @@ class Plan:
     job_names: tuple[str, ...] | None = None  # the --job selection; None: every job
     # the state's write id (`StateReader.write_id`): a saved plan applies only to that history
     write_id: str | None = None
+    # the batches as the refresh saw them, where that differs from the state (`plan_from`'s
+    # `remote`): kept in a saved plan, so that apply can make the very same plan again
+    observed: tuple[BatchRecord, ...] = ()
 
     @property
     def batches(self) -> tuple[BatchStep, ...]:

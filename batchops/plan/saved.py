@@ -1,8 +1,9 @@
 """Saved plans (`plan -o FILE`, `apply FILE`, `show FILE`): the plan object, serialized.
 
 A plan file is JSON Lines:
-- line 1, the header: `{"kind": "batchops-plan", "plan_id", "plan": <the JSON shape>}`, whose
-  jobs list their actions but the submits (the request lines list those);
+- line 1, the header: `{"kind": "batchops-plan", "plan_id", "observed", "replace", "plan": <the
+  JSON shape>}`, whose jobs list their actions but the submits (the request lines list those);
+  `observed` holds the batches as the plan's refresh saw them, `replace` the `--replace` items;
 - one line per step, in order; a submit step is followed by one line per request it sends:
   `{"key", "custom_id", "fingerprint", "params", "reason", "attempt"}`;
 - a last line `{"kind": "batchops-plan-end", "lines": N, "digest": "sha256:…"}` over every byte
@@ -14,13 +15,19 @@ is rendered again by the fast producer, and each request checked against the pla
 
 Loading verifies more than the digest (which anyone can recompute): every field read has the type
 batchops writes (`_Fields`), and every request must be exactly one that the specs render now (same
-job, key, custom_id and fingerprint of its params), so a damaged file, or an edited, added or
-removed request, is refused before any network call. The API key is never written.
+job, key, custom_id and fingerprint of its params), so a damaged file or an edited request is
+refused before any network call. Apply then makes the plan again, from the state it holds (at the
+plan's serial), the specs, and the batches as the file says the refresh saw them, and refuses a
+file whose steps are not exactly those (`check_steps`): a request added or removed, a step added,
+dropped or changed, even with the digest made anew. What the refresh saw is checked again where
+it would send items again (`lost_claims`: a batch said deleted or expired is asked once more).
+The API key is never written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -35,7 +42,7 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
-from batchops.clock import parse_time
+from batchops.clock import iso, parse_time
 from batchops.errors import PlanError
 from batchops.lazyclass import dataclass
 from batchops.plan.actions import (
@@ -58,12 +65,15 @@ from batchops.plan.actions import (
     SubmitItem,
     SubmitItems,
 )
-from batchops.plan.diff import cache_saving, job_costs
+from batchops.plan.build import plan_from
+from batchops.plan.diff import BatchLimits, cache_saving, job_costs
 from batchops.plan.serialize import plan_json_chunks, step_dict
 from batchops.spec.desired import Desired, DesiredItem, items_for, requests_for
 from batchops.spec.items import fingerprint, request_size_of
 from batchops.spec.model import Project
 from batchops.spec.spool import JobSpool, RequestSpool, head, request_line
+from batchops.state.api import StateReader
+from batchops.state.records import BatchRecord
 
 MAGIC = "batchops-plan"
 END = "batchops-plan-end"
@@ -82,6 +92,7 @@ class SavedPlan:
     plan: Plan
     header: dict[str, Any]
     offsets: dict[int, int]  # index of a submit step in plan.steps → byte offset of its requests
+    replace: frozenset[tuple[str, str]] = frozenset()  # the `--replace` items it was made with
 
     @property
     def lineage(self) -> str | None:
@@ -182,7 +193,13 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
             out = _Writer(fh)
             stack.callback(out.close)
             # The header holds the plan but its submit actions: written as it is encoded.
-            head = orjson.dumps({"kind": MAGIC, "plan_id": plan_id, "plan": None})
+            head = orjson.dumps({
+                "kind": MAGIC,
+                "plan_id": plan_id,
+                "observed": [_record_dict(b) for b in plan.observed],
+                "replace": sorted([job, key] for job, key in desired.replace),
+                "plan": None,
+            })  # fmt: skip
             out.write(head[: -len(b"null}")], 0)
             for piece in plan_json_chunks(plan, prices_source, indent=False, submits=False):
                 out.write(piece, 0)
@@ -410,7 +427,11 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
             f"{path}: plan format {shape.entry.get('format_version')!r} is not 2; make a new plan"
         )
     _check_digest(data, lines, path)
-    plan_id = _Fields(header, f"{path}: line 1", "the header").text("plan_id")
+    top = _Fields(header, f"{path}: line 1", "the header")
+    plan_id = top.text("plan_id")
+    # written by batchops 0.1 before these: a plan with no refresh seen, no item replaced
+    observed = tuple(_record(r) for r in top.objects("observed")) if "observed" in header else ()
+    replaced = frozenset(_pairs(top)) if "replace" in header else frozenset()
     job_names = shape.texts_or_none("job_names")
     shape.text_or_none("prices")  # shown by `show` as it is
     desired: Desired = desired_for(list(job_names) if job_names is not None else None)
@@ -448,8 +469,116 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
                 items.append(_verified(_json(raw, path, n), step, by_key, path, n))
             step = SubmitBatch(step.job, step.betas, tuple(items), step.request_bytes)
         steps.append(step)
-    plan = _plan(shape, steps, desired)
-    return SavedPlan(path, plan_id, plan, header, offsets)
+    plan = dataclasses.replace(_plan(shape, steps, desired), observed=observed)
+    return SavedPlan(path, plan_id, plan, header, offsets, replaced)
+
+
+_TIMES = ("created_at", "expires_at", "ended_at", "archived_at", "results_expire_at",
+          "harvested_at", "canceled_by_us_at", "pruned_at")  # fmt: skip
+
+
+def _record_dict(record: BatchRecord) -> dict[str, Any]:
+    out = dataclasses.asdict(record)
+    for name in _TIMES:
+        out[name] = iso(out[name])
+    return out
+
+
+def _record(f: _Fields) -> BatchRecord:
+    """A batch as a plan's refresh saw it, each field of the type batchops writes."""
+    times = {}
+    for name in _TIMES:
+        value = f.text_or_none(name)
+        try:
+            moment = parse_time(value)
+        except ValueError:
+            moment = None
+        if value is not None and (moment is None or moment.tzinfo is None):
+            raise f.damaged(name, "a time")
+        times[name] = moment
+    adopted = f.entry.get("adopted")
+    if not isinstance(adopted, bool):
+        raise f.damaged("adopted", "true or false")
+    return BatchRecord(
+        id=f.text("id"),
+        job=f.text("job"),
+        request_count=f.count("request_count"),
+        processing_status=f.text("processing_status"),
+        drift=f.text_or_none("drift"),
+        request_counts=f.text_or_none("request_counts"),
+        adopted=adopted,
+        **times,
+    )
+
+
+def _pairs(top: _Fields) -> Iterator[tuple[str, str]]:
+    value = top.entry.get("replace")
+    if not isinstance(value, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p) for p in value
+    ):
+        raise top.damaged("replace", "a list of [job, key] pairs")
+    yield from ((job, key) for job, key in value)
+
+
+def check_steps(
+    saved: SavedPlan, reader: StateReader, desired: Desired, limits: BatchLimits
+) -> None:
+    """Refuse a saved plan whose steps are not exactly the plan batchops makes now from the state
+    (at the plan's serial, checked before), the specs and the batches as the file says its
+    refresh saw them: a file edited on purpose, its digest made anew, is still refused."""
+    remote = {b.id: b for b in saved.plan.observed}
+    if saved.replace:
+        desired = dataclasses.replace(desired, replace=saved.replace)
+    made = plan_from(reader, desired, saved.plan.created_at, remote or None, limits)
+    wanted = [_step_identity(s) for s in made.steps]
+    given = [_step_identity(s) for s in saved.plan.steps]
+    if given == wanted:
+        return
+    pairs = enumerate(zip(given, wanted, strict=False))
+    at = next((i for i, (g, w) in pairs if g != w), min(len(given), len(wanted)))
+    if at < len(given):
+        what = f"its step {at + 1} ({saved.plan.steps[at].kind} for job {saved.plan.steps[at].job})"
+        raise PlanError(
+            f"{saved.path}: {what} is not what the state and the specs call for; the file was "
+            "edited: refusing the plan; make a new plan"
+        )
+    raise PlanError(
+        f"{saved.path}: it lacks step {at + 1} ({made.steps[at].kind} for job "
+        f"{made.steps[at].job}) that the state and the specs call for; the file was edited: "
+        "refusing the plan; make a new plan"
+    )
+
+
+def lost_claims(saved: SavedPlan, reader: StateReader, client: Any, now: datetime) -> None:
+    """Ask again of each batch the file says its refresh saw deleted or expired (and the state
+    does not), before anything runs: its items are sent again on that word alone, and a file
+    edited on purpose could say it of a batch still running (its items then paid twice)."""
+    from batchops.apply.refresh import poll
+    from batchops.plan.diff import lost_batches
+
+    for step in saved.plan.steps:
+        if not isinstance(step, Requeue):
+            continue
+        record = reader.batch(step.batch_id)
+        if record is None or record.id in lost_batches([record]):
+            continue  # the state says so itself (or check_steps found no such step)
+        seen, _ = poll(record, client, now)
+        if seen.id not in lost_batches([seen]):
+            raise PlanError(
+                f"{saved.path}: batch {step.batch_id} ({step.job}) is not lost as the plan says "
+                f"(its refresh saw it {step.drift}; the API says {seen.processing_status}); "
+                "refusing the plan; make a new plan"
+            )
+
+
+def _step_identity(step: Step) -> tuple:
+    """What a step does, without what is recomputed on load (costs, sizes, reasons' wording)."""
+    if isinstance(step, SubmitBatch):
+        items = tuple((i.key, i.custom_id, i.fingerprint, i.reason, i.attempt) for i in step.items)
+        return ("submit", step.job, step.betas, items)
+    if isinstance(step, Reuse):
+        return ("reuse", step.job, tuple((i.key, i.fingerprint, i.result_id) for i in step.items))
+    return (type(step).__name__, *dataclasses.astuple(step))
 
 
 class _Fields:
