@@ -166,10 +166,17 @@ def _period_problems(period: Any, place: str) -> Iterator[tuple[str, str]]:
         yield f"{place}.until", "missing"
     elif not _is_date(until):
         yield f"{place}.until", "should be a date (YYYY-MM-DD)"
-    for key in ("input", "output"):
-        if key not in period:
+    yield from _numbers_problems(period, ("input", "output"), place)
+
+
+def _numbers_problems(
+    table: dict[str, Any], keys: tuple[str, ...], place: str
+) -> Iterator[tuple[str, str]]:
+    """(place, why) of each of `keys` missing from `table`, or not a number 0 or more."""
+    for key in keys:
+        if key not in table:
             yield f"{place}.{key}", "missing"
-        elif (why := _number_problem(period[key])) is not None:
+        elif (why := _number_problem(table[key])) is not None:
             yield f"{place}.{key}", why
 
 
@@ -212,11 +219,7 @@ def _long_problems(table: Any, place: str) -> Iterator[tuple[str, str]]:
         yield f"{place}.above_tokens", "missing"
     elif isinstance(above, bool) or not isinstance(above, int) or above < 0:
         yield f"{place}.above_tokens", "should be a whole number of tokens, 0 or more"
-    for key in ("input_times", "output_times"):
-        if key not in table:
-            yield f"{place}.{key}", "missing"
-        elif (why := _number_problem(table[key])) is not None:
-            yield f"{place}.{key}", why
+    yield from _numbers_problems(table, ("input_times", "output_times"), place)
 
 
 def _table_problems(data: dict[str, Any]) -> Iterator[tuple[str, str]]:

@@ -26,6 +26,16 @@ def _rewrite_digest(lines: list[str]) -> list[str]:
     return [*lines[:-1], json.dumps(end)]
 
 
+def _refused_as_edited(ctx, path, kind: str) -> None:
+    """Apply of `path` is refused, its first step named as not what the state calls for."""
+    with pytest.raises(PlanError) as caught:
+        apply(ctx, plan_file=path)
+    assert str(caught.value) == (
+        f"{path}: its step 1 ({kind} for job demo) is not what the state and the specs call "
+        "for; the file was edited: refusing the plan; make a new plan"
+    )
+
+
 def _request_lines(path) -> dict[str, str]:
     """key → request line of a saved plan."""
     out = {}
@@ -67,12 +77,7 @@ def test_a_saved_plan_with_a_request_added_for_an_answered_item_is_refused(
     lines.insert(step_at + 2, r1_line)  # r1's request beside r4's
     path.write_text("".join(line + "\n" for line in _rewrite_digest(lines)))
 
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path)
-    assert str(caught.value) == (
-        f"{path}: its step 1 (submit for job demo) is not what the state and the specs call "
-        "for; the file was edited: refusing the plan; make a new plan"
-    )
+    _refused_as_edited(ctx, path, "submit")
     assert submissions(emulator_admin, "r1") == 1, "r1, answered already, was sent again"
     assert submissions(emulator_admin, "r4") == 0
 
@@ -94,12 +99,7 @@ def test_a_saved_plan_with_a_request_removed_is_refused_even_with_its_digest_rew
     step["step"]["requests"] = 2
     tampered = _rewrite_digest([lines[0], json.dumps(step), *lines[3:]])  # r1's line gone
     path.write_text("".join(line + "\n" for line in tampered))
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path)
-    assert str(caught.value) == (
-        f"{path}: its step 1 (submit for job demo) is not what the state and the specs call "
-        "for; the file was edited: refusing the plan; make a new plan"
-    )
+    _refused_as_edited(ctx, path, "submit")
 
 
 def test_a_saved_plan_with_a_step_added_that_the_state_does_not_call_for_is_refused(
@@ -130,12 +130,7 @@ def test_a_saved_plan_with_a_step_added_that_the_state_does_not_call_for_is_refu
     }
     tampered = _rewrite_digest([lines[0], json.dumps({"step": requeue}), lines[-1]])
     path.write_text("".join(line + "\n" for line in tampered))
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path)
-    assert str(caught.value) == (
-        f"{path}: its step 1 (requeue for job demo) is not what the state and the specs call "
-        "for; the file was edited: refusing the plan; make a new plan"
-    )
+    _refused_as_edited(ctx, path, "requeue")
     apply(ctx)
     assert submissions(emulator_admin, "r1") == 1, "r1, in flight, was sent a second time"
 
@@ -225,6 +220,17 @@ def test_a_saved_plan_made_with_replace_applies_as_made(tmp_path, emulator, emul
     plan, desired = ctx.plan(refresh=True, replace_items=["demo:r2"], keep_requests=True)
     path = tmp_path / "plan.jsonl"
     planfile.save(plan, desired, path, None)
-    report = apply(ctx, plan_file=path, wait=True)
+    with pytest.raises(PlanError) as caught:  # who applies it names what it sends again
+        apply(ctx, plan_file=path, wait=True)
+    assert str(caught.value) == (
+        f"{path}: the plan sends demo:r2 again on purpose (plan --replace); apply it with the "
+        "same --replace to confirm"
+    )
+    with pytest.raises(PlanError) as caught:
+        apply(ctx, plan_file=path, replace_items=["demo:r1"])
+    assert str(caught.value) == (
+        f"{path}: --replace demo:r1 is not what the plan was made with (demo:r2)"
+    )
+    report = apply(ctx, plan_file=path, wait=True, replace_items=["demo:r2"])
     assert report.submitted == 1
     assert (submissions(emulator_admin, "r1"), submissions(emulator_admin, "r2")) == (1, 2)

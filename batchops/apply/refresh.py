@@ -1,6 +1,7 @@
 """What the remote says of the batches state records: polling, and the drift it reveals.
 
-Used by `plan` (in memory, nothing written) and by `apply` (which saves what it learnt).
+Used by `plan` (in memory, nothing written) and by `apply` (which saves what it learnt); and,
+before a saved plan runs, to ask again of the batches it says are lost (`lost_claims`).
 """
 
 from __future__ import annotations
@@ -8,13 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import orjson
 
-from batchops.errors import NotFound
-from batchops.plan.diff import DEFAULT_PRUNE_MARGIN
+from batchops.errors import NotFound, PlanError
+from batchops.plan.actions import Requeue
+from batchops.plan.diff import DEFAULT_PRUNE_MARGIN, lost_batches
 from batchops.remote import RESULT_RETENTION, BatchesClient, RemoteBatch
 from batchops.state.records import BatchRecord
+
+if TYPE_CHECKING:
+    from batchops.plan.saved import SavedPlan
+    from batchops.state.api import StateReader
 
 
 def as_record(remote: RemoteBatch, job: str, request_count: int = 0) -> BatchRecord:
@@ -103,3 +110,24 @@ def remote_view(
         if note:
             notes.append(note)
     return out, notes
+
+
+def lost_claims(
+    saved: SavedPlan, reader: StateReader, client: BatchesClient, now: datetime
+) -> None:
+    """Ask again of each batch the file says its refresh saw deleted or expired (and the state
+    does not), before anything runs: its items are sent again on that word alone, and a file
+    edited on purpose could say it of a batch still running (its items then paid twice)."""
+    for step in saved.plan.steps:
+        if not isinstance(step, Requeue):
+            continue
+        record = reader.batch(step.batch_id)
+        if record is None or record.id in lost_batches([record]):
+            continue  # the state says so itself (or check_steps found no such step)
+        seen, _ = poll(record, client, now)
+        if seen.id not in lost_batches([seen]):
+            raise PlanError(
+                f"{saved.path}: batch {step.batch_id} ({step.job}) is not lost as the plan says "
+                f"(its refresh saw it {step.drift}; the API says {seen.processing_status}); "
+                "refusing the plan; make a new plan"
+            )

@@ -114,6 +114,9 @@ def run_cycles(
         if saved is not None and first:
             plan = saved.plan
             requests: RequestSource = _saved_source(saved)
+            # made again from this very state when apply checked it: with nothing to run, the
+            # final plan (a diff of every item: seconds at a million)
+            unchanged = saved.checked if not plan.steps else None
         else:
             scope = None if planner.all_jobs_in_scope else set(planner.names)
             refresh_state(state, client, clock(), report, progress, scope)
@@ -146,7 +149,7 @@ def run_cycles(
         )
         # Nothing ran: the state is as the cycle's plan saw it, so that plan is the final one
         # (a no-op apply plans once, not twice: a diff of a million items takes seconds).
-        nothing_ran = not plan.steps and not (saved is not None and plan is saved.plan)
+        nothing_ran = not plan.steps
         if nothing_ran and unchanged is not None:
             final = unchanged
         else:

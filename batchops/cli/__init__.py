@@ -304,7 +304,10 @@ def replace_option(f):
         "replace_items",
         multiple=True,
         metavar="JOB:KEY",
-        help="Send this item again on purpose, even if it succeeded (repeatable).",
+        help=(
+            "Send this item again on purpose, even if it succeeded (repeatable); with a saved "
+            "plan, name the items it was made to send again."
+        ),
     )(f)
 
 

@@ -120,8 +120,6 @@ def apply(
     json_: bool,
 ) -> None:
     """Make it so: submit, retry, harvest, cancel and prune. Safe to re-run after any failure."""
-    if plan_file is not None and replace_items:
-        raise BatchopsError("--replace goes with plan -o, not with a saved plan's apply")
     if plan_file is None and not yes and not sys.stdin.isatty():
         raise BatchopsError(
             "apply needs --yes (or --auto-approve) when standard input is not a terminal"

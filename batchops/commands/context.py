@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchops.clock import utcnow
-from batchops.errors import BatchopsError, NoCredentials, StateError
+from batchops.errors import BatchopsError, NoCredentials, PlanError, StateError
 from batchops.lazyclass import dataclass
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
@@ -322,6 +322,10 @@ class Context:
             saved = self.load_plan(plan_file)
             job_names = list(saved.plan.job_names or [])
             planner = Planner.of(self.desired(job_names))
+            # Items a saved plan sends again on purpose are named again by whoever applies it:
+            # the file alone (anyone may write one) never makes an answered item paid twice.
+            named = replacements(planner.desired, replace_items) if replace_items else frozenset()
+            check_replace(saved, named)
             reader = self.reader()
             try:
                 check_saved_plan(saved, reader, planner.spec_digest,
@@ -361,11 +365,12 @@ class Context:
             )
             try:
                 if saved is not None:
-                    from batchops.plan.saved import check_steps, lost_claims
+                    from batchops.apply.refresh import lost_claims
+                    from batchops.plan.saved import check_steps
 
                     check_saved_plan(saved, state, planner.spec_digest,
                                      state.plan_applied(saved.plan_id))  # fmt: skip
-                    check_steps(saved, state, planner.desired, self.settings.limits)
+                    saved = check_steps(saved, state, planner.desired, self.settings.limits)
                     lost_claims(saved, state, client, self.clock())
                     state.record_plan_applied(saved.plan_id, self.clock())
                 report = run_cycles(
@@ -540,6 +545,22 @@ def _lease_names(planner: Planner) -> list[str]:
     """The jobs an apply of `planner` writes: its own, and the old names it moves from."""
     names = list(planner.names)
     return names + [m.old for m in planner.project.moves if m.new in names]
+
+
+def check_replace(saved: SavedPlan, named: frozenset[tuple[str, str]]) -> None:
+    """Refuse a saved plan made with `--replace` unless apply names the very same items."""
+    if named == saved.replace:
+        return
+    made = ", ".join(f"{j}:{k}" for j, k in sorted(saved.replace))
+    if not named:
+        raise PlanError(
+            f"{saved.path}: the plan sends {made} again on purpose (plan --replace); apply it "
+            "with the same --replace to confirm"
+        )
+    raise PlanError(
+        f"{saved.path}: --replace {', '.join(f'{j}:{k}' for j, k in sorted(named))} is not what "
+        f"the plan was made with ({made or 'no --replace'})"
+    )
 
 
 def replacements(desired: Desired, items: Iterable[str]) -> frozenset[tuple[str, str]]:

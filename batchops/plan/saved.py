@@ -20,7 +20,8 @@ refused before any network call. Apply then makes the plan again, from the state
 plan's serial), the specs, and the batches as the file says the refresh saw them, and refuses a
 file whose steps are not exactly those (`check_steps`): a request added or removed, a step added,
 dropped or changed, even with the digest made anew. What the refresh saw is checked again where
-it would send items again (`lost_claims`: a batch said deleted or expired is asked once more).
+it would send items again (`apply.refresh.lost_claims`: a batch said deleted or expired is
+asked once more).
 The API key is never written.
 """
 
@@ -34,7 +35,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from itertools import repeat
 from pathlib import Path
@@ -47,6 +48,7 @@ from batchops.errors import PlanError
 from batchops.lazyclass import dataclass
 from batchops.plan.actions import (
     ITEM_STATES,
+    STEP_ORDER,
     Cancel,
     FailedItem,
     Forget,
@@ -93,6 +95,7 @@ class SavedPlan:
     header: dict[str, Any]
     offsets: dict[int, int]  # index of a submit step in plan.steps → byte offset of its requests
     replace: frozenset[tuple[str, str]] = frozenset()  # the `--replace` items it was made with
+    checked: Plan | None = None  # the plan made again from the state by apply (`check_steps`)
 
     @property
     def lineage(self) -> str | None:
@@ -522,53 +525,63 @@ def _pairs(top: _Fields) -> Iterator[tuple[str, str]]:
 
 def check_steps(
     saved: SavedPlan, reader: StateReader, desired: Desired, limits: BatchLimits
-) -> None:
+) -> SavedPlan:
     """Refuse a saved plan whose steps are not exactly the plan batchops makes now from the state
     (at the plan's serial, checked before), the specs and the batches as the file says its
-    refresh saw them: a file edited on purpose, its digest made anew, is still refused."""
-    remote = {b.id: b for b in saved.plan.observed}
+    refresh saw them: a file edited on purpose, its digest made anew, is still refused. The
+    saved plan, with the plan made again (`checked`: a saved plan with nothing to do needs no
+    other plan after it)."""
+    # Of each batch the file says its refresh saw, only what a refresh learns is taken from it;
+    # who the batch belongs to, and what this side did to it, are the state's.
+    recorded = {b.id: b for b in reader.batches()}
+    remote = {
+        b.id: dataclasses.replace(recorded[b.id], **{f: getattr(b, f) for f in _REFRESHED})
+        for b in saved.plan.observed
+        if b.id in recorded
+    }
     if saved.replace:
         desired = dataclasses.replace(desired, replace=saved.replace)
     made = plan_from(reader, desired, saved.plan.created_at, remote or None, limits)
-    wanted = [_step_identity(s) for s in made.steps]
-    given = [_step_identity(s) for s in saved.plan.steps]
-    if given == wanted:
-        return
+    ranks = [_RANK[type(s)] for s in saved.plan.steps]
+    given, wanted = _identities(saved.plan.steps), _identities(made.steps)
+    edited = "the file was edited: refusing the plan; make a new plan"
+    if ranks != sorted(ranks):
+        raise PlanError(f"{saved.path}: its steps are not in the order a plan runs them; {edited}")
+    if [i for _, i in given] == [i for _, i in wanted]:
+        return dataclasses.replace(saved, checked=made)
     pairs = enumerate(zip(given, wanted, strict=False))
-    at = next((i for i, (g, w) in pairs if g != w), min(len(given), len(wanted)))
+    at = next((i for i, (g, w) in pairs if g[1] != w[1]), min(len(given), len(wanted)))
     if at < len(given):
-        what = f"its step {at + 1} ({saved.plan.steps[at].kind} for job {saved.plan.steps[at].job})"
+        index = given[at][0]
+        step = saved.plan.steps[index]
         raise PlanError(
-            f"{saved.path}: {what} is not what the state and the specs call for; the file was "
-            "edited: refusing the plan; make a new plan"
+            f"{saved.path}: its step {index + 1} ({step.kind} for job {step.job}) is not what "
+            f"the state and the specs call for; {edited}"
         )
+    missing = made.steps[wanted[at][0]]
     raise PlanError(
-        f"{saved.path}: it lacks step {at + 1} ({made.steps[at].kind} for job "
-        f"{made.steps[at].job}) that the state and the specs call for; the file was edited: "
-        "refusing the plan; make a new plan"
+        f"{saved.path}: it lacks a step ({missing.kind} for job {missing.job}) that the state "
+        f"and the specs call for; {edited}"
     )
 
 
-def lost_claims(saved: SavedPlan, reader: StateReader, client: Any, now: datetime) -> None:
-    """Ask again of each batch the file says its refresh saw deleted or expired (and the state
-    does not), before anything runs: its items are sent again on that word alone, and a file
-    edited on purpose could say it of a batch still running (its items then paid twice)."""
-    from batchops.apply.refresh import poll
-    from batchops.plan.diff import lost_batches
+# What a refresh learns of a batch (`apply.refresh.refreshed`), the rest being the state's.
+_REFRESHED = ("processing_status", "created_at", "expires_at", "ended_at", "archived_at",
+              "results_expire_at", "request_counts", "drift", "pruned_at")  # fmt: skip
+_RANK = {kind: rank for rank, kind in enumerate(STEP_ORDER)}
 
-    for step in saved.plan.steps:
-        if not isinstance(step, Requeue):
-            continue
-        record = reader.batch(step.batch_id)
-        if record is None or record.id in lost_batches([record]):
-            continue  # the state says so itself (or check_steps found no such step)
-        seen, _ = poll(record, client, now)
-        if seen.id not in lost_batches([seen]):
-            raise PlanError(
-                f"{saved.path}: batch {step.batch_id} ({step.job}) is not lost as the plan says "
-                f"(its refresh saw it {step.drift}; the API says {seen.processing_status}); "
-                "refusing the plan; make a new plan"
-            )
+
+def _identities(steps: Sequence[Step]) -> list[tuple[int, tuple]]:
+    """(index, identity) of each step, in plan order (by kind), and within a kind by job and
+    batch: the order a state's rows come in (a PostgreSQL table's heap) is not the plan's."""
+    keyed = [(i, _step_identity(s)) for i, s in enumerate(steps)]
+    return sorted(keyed, key=lambda p: (_RANK[type(steps[p[0]])], *_place(steps[p[0]])))
+
+
+def _place(step: Step) -> tuple[str, str]:
+    """A step's job and the batch (or intent, or old job) it acts on; submits keep their order."""
+    where = getattr(step, "batch_id", None) or getattr(step, "intent_id", None)
+    return step.job, where or getattr(step, "from_job", "")
 
 
 def _step_identity(step: Step) -> tuple:
@@ -577,7 +590,9 @@ def _step_identity(step: Step) -> tuple:
         items = tuple((i.key, i.custom_id, i.fingerprint, i.reason, i.attempt) for i in step.items)
         return ("submit", step.job, step.betas, items)
     if isinstance(step, Reuse):
-        return ("reuse", step.job, tuple((i.key, i.fingerprint, i.result_id) for i in step.items))
+        return ("reuse", step.job, tuple(sorted((i.key, i.fingerprint, i.result_id or 0) for i in step.items)))  # fmt: skip
+    if isinstance(step, Forget):
+        return ("forget", step.job, tuple(sorted(step.keys)), tuple(sorted(step.remembered)))
     return (type(step).__name__, *dataclasses.astuple(step))
 
 
