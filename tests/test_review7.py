@@ -205,8 +205,8 @@ def test_a_saved_plan_whose_refresh_says_a_running_batch_was_deleted_is_refused(
     with pytest.raises(PlanError) as caught:
         apply(ctx, plan_file=path)
     assert str(caught.value) == (
-        f"{path}: batch {batch_id} (demo) is not lost as the plan says (its refresh saw it "
-        "deleted; the API says in_progress); refusing the plan; make a new plan"
+        f"{path}: batch {batch_id} (demo) is not lost as the plan says (the API, asked again, "
+        "does not say so); refusing the plan; make a new plan"
     )
     assert submissions(emulator_admin, "r1") == 1
     assert set(states(ctx).values()) == {"pending"}

@@ -1,7 +1,7 @@
 """What the remote says of the batches state records: polling, and the drift it reveals.
 
 Used by `plan` (in memory, nothing written) and by `apply` (which saves what it learnt); and,
-before a saved plan runs, to ask again of the batches it says are lost (`lost_claims`).
+before a saved plan runs, to ask again what it says of batches that it acts on (`remote_claims`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from batchops.errors import NotFound, PlanError
-from batchops.plan.actions import Requeue
+from batchops.plan.actions import Prune, Requeue
 from batchops.plan.diff import DEFAULT_PRUNE_MARGIN, lost_batches
 from batchops.remote import RESULT_RETENTION, BatchesClient, RemoteBatch
 from batchops.state.records import BatchRecord
@@ -112,22 +112,31 @@ def remote_view(
     return out, notes
 
 
-def lost_claims(
+def remote_claims(
     saved: SavedPlan, reader: StateReader, client: BatchesClient, now: datetime
 ) -> None:
-    """Ask again of each batch the file says its refresh saw deleted or expired (and the state
-    does not), before anything runs: its items are sent again on that word alone, and a file
-    edited on purpose could say it of a batch still running (its items then paid twice)."""
+    """Before anything runs, ask again of each batch the file says its refresh saw deleted or
+    expired (its items are then sent again), or with its results near their end (it is then
+    deleted remotely), where the state does not say so itself: a file edited on purpose could
+    say it of a batch still running, or of one with weeks of retention left."""
     for step in saved.plan.steps:
-        if not isinstance(step, Requeue):
+        if isinstance(step, Requeue):
+            judge, what = (lambda b: b.id in lost_batches([b])), "lost"
+        elif isinstance(step, Prune):
+            judge, what = (lambda b: _near_expiry(b, now)), "near the end of its results' retention"
+        else:
             continue
         record = reader.batch(step.batch_id)
-        if record is None or record.id in lost_batches([record]):
+        if record is None or judge(record):
             continue  # the state says so itself (or check_steps found no such step)
         seen, _ = poll(record, client, now)
-        if seen.id not in lost_batches([seen]):
+        if not judge(seen):
             raise PlanError(
-                f"{saved.path}: batch {step.batch_id} ({step.job}) is not lost as the plan says "
-                f"(its refresh saw it {step.drift}; the API says {seen.processing_status}); "
-                "refusing the plan; make a new plan"
+                f"{saved.path}: batch {step.batch_id} ({step.job}) is not {what} as the plan "
+                "says (the API, asked again, does not say so); refusing the plan; make a new plan"
             )
+
+
+def _near_expiry(record: BatchRecord, now: datetime) -> bool:
+    expires = record.results_expire_at
+    return expires is not None and expires - now <= DEFAULT_PRUNE_MARGIN

@@ -320,7 +320,14 @@ class Context:
         saved = None
         if plan_file is not None:
             saved = self.load_plan(plan_file)
-            job_names = list(saved.plan.job_names or [])
+            made_for = list(saved.plan.job_names or [])
+            if job_names and sorted(set(job_names)) != sorted(made_for):
+                raise PlanError(
+                    f"{saved.path}: --job {', '.join(job_names)} is not what the plan was made "
+                    f"for ({', '.join(made_for) or 'every job'}): a saved plan runs the jobs it "
+                    "was made for"
+                )
+            job_names = made_for
             planner = Planner.of(self.desired(job_names))
             # Items a saved plan sends again on purpose are named again by whoever applies it:
             # the file alone (anyone may write one) never makes an answered item paid twice.
@@ -365,13 +372,13 @@ class Context:
             )
             try:
                 if saved is not None:
-                    from batchops.apply.refresh import lost_claims
+                    from batchops.apply.refresh import remote_claims
                     from batchops.plan.saved import check_steps
 
                     check_saved_plan(saved, state, planner.spec_digest,
                                      state.plan_applied(saved.plan_id))  # fmt: skip
                     saved = check_steps(saved, state, planner.desired, self.settings.limits)
-                    lost_claims(saved, state, client, self.clock())
+                    remote_claims(saved, state, client, self.clock())
                     state.record_plan_applied(saved.plan_id, self.clock())
                 report = run_cycles(
                     state,

@@ -20,8 +20,8 @@ refused before any network call. Apply then makes the plan again, from the state
 plan's serial), the specs, and the batches as the file says the refresh saw them, and refuses a
 file whose steps are not exactly those (`check_steps`): a request added or removed, a step added,
 dropped or changed, even with the digest made anew. What the refresh saw is checked again where
-it would send items again (`apply.refresh.lost_claims`: a batch said deleted or expired is
-asked once more).
+it would send items again or delete a batch (`apply.refresh.remote_claims`: a batch said
+deleted, expired or near its results' end is asked once more).
 The API key is never written.
 """
 
