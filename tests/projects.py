@@ -104,3 +104,32 @@ def rows_outcome(rows_of):
     except SpecError as e:
         return out, e.problems
     return out, None
+
+
+def rewrite_digest(lines: list[str]) -> list[str]:
+    """A saved plan's lines with its end line made anew over the others, as anyone editing the
+    file on purpose can (the digest is a checksum, not a signature)."""
+    import hashlib
+    import json
+
+    body = "".join(line + "\n" for line in lines[:-1]).encode()
+    end = json.loads(lines[-1])
+    end["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
+    end["lines"] = len(lines) - 1
+    return [*lines[:-1], json.dumps(end)]
+
+
+def write_edited(path: Path, lines: list[str]) -> None:
+    """Write a saved plan's lines, edited, with its digest made anew."""
+    path.write_text("".join(line + "\n" for line in rewrite_digest(lines)))
+
+
+def refused(ctx: Context, **kw) -> str:
+    """What apply (with `kw`) is refused with: a PlanError's message."""
+    import pytest
+
+    from batchops.errors import PlanError
+
+    with pytest.raises(PlanError) as caught:
+        apply(ctx, **kw)
+    return str(caught.value)

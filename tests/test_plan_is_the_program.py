@@ -12,7 +12,7 @@ import pytest
 
 from batchops.errors import PlanError
 from batchops.plan import saved as planfile
-from tests.projects import apply, context, rows, run_cli, write_project
+from tests.projects import apply, context, rewrite_digest, rows, run_cli, write_project
 from tests.test_apply import DAY, states, submissions
 
 
@@ -95,22 +95,11 @@ def _lines(path):
     return path.read_text().splitlines()
 
 
-def _rewrite_digest(lines):
-    """Recompute the end line, as someone editing the file on purpose would."""
-    import hashlib
-
-    body = "".join(line + "\n" for line in lines[:-1]).encode()
-    end = json.loads(lines[-1])
-    end["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
-    end["lines"] = len(lines) - 1
-    return [*lines[:-1], json.dumps(end)]
-
-
 def _edit_request(lines):
     request = json.loads(lines[2])
     request["params"]["model"] = "claude-opus-4-1"
     request["params"]["max_tokens"] = 64000
-    return _rewrite_digest([lines[0], lines[1], json.dumps(request), *lines[3:]])
+    return rewrite_digest([lines[0], lines[1], json.dumps(request), *lines[3:]])
 
 
 def _add_request(lines):
@@ -118,7 +107,7 @@ def _add_request(lines):
     step["step"]["requests"] += 1
     extra = json.loads(lines[2])
     extra.update(key="zzz", custom_id="demo-zzz-aaaaaaaaaaaa")
-    return _rewrite_digest([lines[0], json.dumps(step), *lines[2:-1], json.dumps(extra), lines[-1]])
+    return rewrite_digest([lines[0], json.dumps(step), *lines[2:-1], json.dumps(extra), lines[-1]])
 
 
 def _remove_request(lines):
@@ -174,7 +163,7 @@ def _edit_plan(**fields):
     def edit(lines):
         header = json.loads(lines[0])
         header["plan"].update(fields)
-        return _rewrite_digest([json.dumps(header), *lines[1:]])
+        return rewrite_digest([json.dumps(header), *lines[1:]])
 
     return edit
 
@@ -185,7 +174,7 @@ def _edit_line(index, edit_entry):
     def edit(lines):
         entry = json.loads(lines[index])
         edit_entry(entry)
-        return _rewrite_digest([*lines[:index], json.dumps(entry), *lines[index + 1 :]])
+        return rewrite_digest([*lines[:index], json.dumps(entry), *lines[index + 1 :]])
 
     return edit
 

@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
 
-from batchops.errors import PlanError
 from batchops.plan import saved as planfile
-from tests.projects import apply, context, rows, write_project, write_rows
+from tests.projects import (
+    apply,
+    context,
+    refused,
+    rewrite_digest,
+    rows,
+    write_edited,
+    write_project,
+    write_rows,
+)
 from tests.test_apply import states, submissions
 from tests.test_harvest_odd_results import harvest_once
 
 # ------------------------------------------------------------------ saved plan: tampering
 
 
-def _rewrite_digest(lines: list[str]) -> list[str]:
-    """Recompute the end line, as someone editing the file on purpose would (the digest is a
-    checksum, not a signature: `plan.saved`'s docstring says anyone can recompute it)."""
-    body = "".join(line + "\n" for line in lines[:-1]).encode()
-    end = json.loads(lines[-1])
-    end["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
-    end["lines"] = len(lines) - 1
-    return [*lines[:-1], json.dumps(end)]
-
-
 def _refused_as_edited(ctx, path, kind: str) -> None:
     """Apply of `path` is refused, its first step named as not what the state calls for."""
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path)
-    assert str(caught.value) == (
+    assert refused(ctx, plan_file=path) == (
         f"{path}: its step 1 ({kind} for job demo) is not what the state and the specs call "
         "for; the file was edited: refusing the plan; make a new plan"
     )
@@ -75,7 +70,7 @@ def test_a_saved_plan_with_a_request_added_for_an_answered_item_is_refused(
     step["step"]["requests"] = 2
     lines[step_at] = json.dumps(step)
     lines.insert(step_at + 2, r1_line)  # r1's request beside r4's
-    path.write_text("".join(line + "\n" for line in _rewrite_digest(lines)))
+    write_edited(path, lines)
 
     _refused_as_edited(ctx, path, "submit")
     assert submissions(emulator_admin, "r1") == 1, "r1, answered already, was sent again"
@@ -97,7 +92,7 @@ def test_a_saved_plan_with_a_request_removed_is_refused_even_with_its_digest_rew
     step = json.loads(lines[1])
     assert step["step"]["action"] == "submit" and step["step"]["requests"] == 3
     step["step"]["requests"] = 2
-    tampered = _rewrite_digest([lines[0], json.dumps(step), *lines[3:]])  # r1's line gone
+    tampered = rewrite_digest([lines[0], json.dumps(step), *lines[3:]])  # r1's line gone
     path.write_text("".join(line + "\n" for line in tampered))
     _refused_as_edited(ctx, path, "submit")
 
@@ -128,7 +123,7 @@ def test_a_saved_plan_with_a_step_added_that_the_state_does_not_call_for_is_refu
         "drift": "deleted",
         "reason": "deleted outside batchops",
     }
-    tampered = _rewrite_digest([lines[0], json.dumps({"step": requeue}), lines[-1]])
+    tampered = rewrite_digest([lines[0], json.dumps({"step": requeue}), lines[-1]])
     path.write_text("".join(line + "\n" for line in tampered))
     _refused_as_edited(ctx, path, "requeue")
     apply(ctx)
@@ -202,9 +197,7 @@ def test_a_saved_plan_whose_refresh_says_a_running_batch_was_deleted_is_refused(
     assert [s.kind for s in plan.steps] == ["requeue", "submit"]
     path = tmp_path / "plan.jsonl"
     planfile.save(plan, desired, path, None)
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path)
-    assert str(caught.value) == (
+    assert refused(ctx, plan_file=path) == (
         f"{path}: batch {batch_id} (demo) is not lost as the plan says (the API, asked again, "
         "does not say so); refusing the plan; make a new plan"
     )
@@ -220,15 +213,11 @@ def test_a_saved_plan_made_with_replace_applies_as_made(tmp_path, emulator, emul
     plan, desired = ctx.plan(refresh=True, replace_items=["demo:r2"], keep_requests=True)
     path = tmp_path / "plan.jsonl"
     planfile.save(plan, desired, path, None)
-    with pytest.raises(PlanError) as caught:  # who applies it names what it sends again
-        apply(ctx, plan_file=path, wait=True)
-    assert str(caught.value) == (
+    assert refused(ctx, plan_file=path, wait=True) == (  # who applies it names what it sends again
         f"{path}: the plan sends demo:r2 again on purpose (plan --replace); apply it with the "
         "same --replace to confirm"
     )
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path, replace_items=["demo:r1"])
-    assert str(caught.value) == (
+    assert refused(ctx, plan_file=path, replace_items=["demo:r1"]) == (
         f"{path}: --replace demo:r1 is not what the plan was made with (demo:r2)"
     )
     report = apply(ctx, plan_file=path, wait=True, replace_items=["demo:r2"])

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import pytest
-
-from batchops.errors import PlanError
 from batchops.plan import saved as planfile
 from tests import statedb
-from tests.projects import apply, context, rows, write_project, write_rows
+from tests.projects import apply, context, refused, rows, write_edited, write_project, write_rows
 from tests.test_apply import submissions
-
-
-def _rewrite_digest(lines: list[str]) -> list[str]:
-    """The end line made anew, as anyone editing the file on purpose can."""
-    body = "".join(line + "\n" for line in lines[:-1]).encode()
-    end = json.loads(lines[-1])
-    end["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
-    end["lines"] = len(lines) - 1
-    return [*lines[:-1], json.dumps(end)]
-
 
 # ------------------------------------------------------------------ saved plan: made again at apply
 
@@ -84,11 +70,9 @@ def test_a_saved_plan_with_a_request_added_for_an_answered_item_is_refused_with_
     step["step"]["requests"] = 2
     lines[step_at] = json.dumps(step)
     lines.insert(step_at + 1, r1_line)  # r1 before r4, as the specs order them
-    path.write_text("".join(line + "\n" for line in _rewrite_digest(lines)))
+    write_edited(path, lines)
 
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path, wait=True)
-    assert str(caught.value) == (
+    assert refused(ctx, plan_file=path, wait=True) == (
         f"{path}: the plan sends demo:r1 again on purpose (plan --replace); apply it with the "
         "same --replace to confirm"
     )
@@ -116,10 +100,8 @@ def test_what_the_file_says_its_refresh_saw_cannot_say_whose_a_batch_is(
     lines[0] = json.dumps(header)
     edited = [line for line in lines if not line.startswith('{"step":{"action":"cancel"')]
     assert len(edited) == len(lines) - 1
-    path.write_text("".join(line + "\n" for line in _rewrite_digest(edited)))
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path)
-    assert str(caught.value) == (
+    write_edited(path, edited)
+    assert refused(ctx, plan_file=path) == (
         f"{path}: it lacks a step (cancel for job demo) that the state and the specs call for; "
         "the file was edited: refusing the plan; make a new plan"
     )

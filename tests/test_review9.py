@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import timedelta
 
@@ -10,20 +9,10 @@ import anthropic
 import pytest
 
 from batchops.clock import iso, parse_time
-from batchops.errors import PlanError
 from batchops.plan import saved as planfile
 from batchops.plan.actions import Prune
 from batchops.plan.serialize import step_dict
-from tests.projects import apply, context, rows, write_project
-
-
-def _rewrite_digest(lines: list[str]) -> list[str]:
-    """The end line made anew, as anyone editing the file on purpose can."""
-    body = "".join(line + "\n" for line in lines[:-1]).encode()
-    end = json.loads(lines[-1])
-    end["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
-    end["lines"] = len(lines) - 1
-    return [*lines[:-1], json.dumps(end)]
+from tests.projects import apply, context, refused, rows, write_edited, write_project
 
 
 def test_a_saved_plan_cannot_delete_a_batch_on_its_word_that_the_results_expire_soon(
@@ -55,11 +44,9 @@ def test_a_saved_plan_cannot_delete_a_batch_on_its_word_that_the_results_expire_
     lines[0] = json.dumps(header)
     step = Prune(batch.id, "demo", "results expire in 30 h: delete remotely")
     lines.insert(1, json.dumps({"step": step_dict(step)}))
-    path.write_text("".join(line + "\n" for line in _rewrite_digest(lines)))
+    write_edited(path, lines)
 
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, plan_file=path)
-    assert str(caught.value) == (
+    assert refused(ctx, plan_file=path) == (
         f"{path}: batch {batch.id} (demo) is not near the end of its results' retention as the "
         "plan says (the API, asked again, does not say so); refusing the plan; make a new plan"
     )
@@ -89,9 +76,7 @@ def test_apply_of_a_saved_plan_with_job_naming_another_job_does_not_run_it_silen
     plan, desired = ctx.plan(["other"], refresh=True, keep_requests=True)
     path = tmp_path / "plan.jsonl"
     planfile.save(plan, desired, path, None)
-    with pytest.raises(PlanError) as caught:
-        apply(ctx, job_names=["demo"], plan_file=path)
-    assert str(caught.value) == (
+    assert refused(ctx, job_names=["demo"], plan_file=path) == (
         f"{path}: --job demo is not what the plan was made for (other): a saved plan runs the "
         "jobs it was made for"
     )
