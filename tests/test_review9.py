@@ -12,7 +12,8 @@ from batchops.clock import iso, parse_time
 from batchops.plan import saved as planfile
 from batchops.plan.actions import Prune
 from batchops.plan.serialize import step_dict
-from tests.projects import apply, context, refused, rows, write_edited, write_project
+from tests.projects import apply, context, refused, rows, run_cli, write_edited, write_project
+from tests.test_apply import submissions
 
 
 def test_a_saved_plan_cannot_delete_a_batch_on_its_word_that_the_results_expire_soon(
@@ -82,3 +83,25 @@ def test_apply_of_a_saved_plan_with_job_naming_another_job_does_not_run_it_silen
     )
     apply(ctx, job_names=["other"], plan_file=path)  # the jobs it was made for: it runs
     assert emulator_admin.stats()["batches_created"] == 1
+
+
+def test_plan_o_with_replace_says_how_to_apply_it(tmp_path, emulator, emulator_admin):
+    """The line after `plan --replace … -o FILE` names the `--replace` apply needs, and
+    that command applies the plan; without it, apply is refused (exit 1, nothing sent)."""
+    write_project(tmp_path, rows(2))
+    apply(context(tmp_path, emulator), wait=True)
+    result = run_cli(tmp_path, emulator, "plan", "--replace", "demo:r2", "-o", "plan.jsonl")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "Saved this plan to plan.jsonl: apply it with `batchops apply plan.jsonl --replace "
+        "demo:r2`."
+    )
+    refused_run = run_cli(tmp_path, emulator, "apply", "plan.jsonl")
+    assert (refused_run.returncode, refused_run.stderr) == (
+        1,
+        "Error: plan.jsonl: the plan sends demo:r2 again on purpose (plan --replace); apply it "
+        "with the same --replace to confirm\n",
+    )
+    applied = run_cli(tmp_path, emulator, "apply", "plan.jsonl", "--replace", "demo:r2")
+    assert applied.returncode == 0, applied.stderr
+    assert (submissions(emulator_admin, "r1"), submissions(emulator_admin, "r2")) == (1, 2)

@@ -105,10 +105,14 @@ def plan(
 
         saved.save(the_plan, desired, out_file, source)
         if not json_:
-            click.echo(
-                f"Saved this plan to {out_file}: apply it with `batchops apply {out_file}`.",
-                err=markdown,
-            )
+            import shlex
+
+            # what it sends again on purpose is named again by whoever applies it
+            command = " ".join(["batchops apply", str(out_file)] + [
+                f"--replace {shlex.quote(f'{job}:{key}')}" for job, key in sorted(desired.replace)
+            ])  # fmt: skip
+            message = f"Saved this plan to {out_file}: apply it with `{command}`."
+            click.echo(terminal(message), err=markdown)
     if detailed_exitcode and the_plan.changes:
         ctx.exit(2)
 
