@@ -105,3 +105,38 @@ def test_plan_o_with_replace_says_how_to_apply_it(tmp_path, emulator, emulator_a
     applied = run_cli(tmp_path, emulator, "apply", "plan.jsonl", "--replace", "demo:r2")
     assert applied.returncode == 0, applied.stderr
     assert (submissions(emulator_admin, "r1"), submissions(emulator_admin, "r2")) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        (
+            "observed",
+            [{"id": "msgbatch_1", "created_at": "yesterday"}],
+            "line 1: the header: an entry of observed: created_at is not a time: the file is "
+            "damaged",
+        ),
+        (
+            "replace",
+            "demo:r1",
+            "line 1: the header: replace is not a list of [job, key] pairs: the file is damaged",
+        ),  # fmt: skip
+    ],
+)
+def test_a_damaged_header_field_is_one_error_line(tmp_path, field, value, error):
+    """What a saved plan's header says of its refresh and its `--replace` items is read as
+    batchops writes it, or refused: one `Error:` line naming the file and line, exit 1, no
+    network call (nothing listens at the API's address), the state not written."""
+    write_project(tmp_path, rows(2))
+    ctx = context(tmp_path, "http://127.0.0.1:9")
+    plan, desired = ctx.plan(refresh=False, keep_requests=True)
+    path = tmp_path / "plan.jsonl"
+    planfile.save(plan, desired, path, None)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    header[field] = value
+    lines[0] = json.dumps(header)
+    write_edited(path, lines)
+    result = run_cli(tmp_path, "http://127.0.0.1:9", "apply", "plan.jsonl")
+    assert (result.returncode, result.stderr) == (1, f"Error: plan.jsonl: {error}\n")
+    assert not (tmp_path / "state").exists()
