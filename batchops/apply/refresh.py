@@ -120,23 +120,22 @@ def remote_claims(
     deleted remotely), where the state does not say so itself: a file edited on purpose could
     say it of a batch still running, or of one with weeks of retention left."""
     for step in saved.plan.steps:
-        if isinstance(step, Requeue):
-            judge, what = (lambda b: b.id in lost_batches([b])), "lost"
-        elif isinstance(step, Prune):
-            judge, what = (lambda b: _near_expiry(b, now)), "near the end of its results' retention"
-        else:
+        if not isinstance(step, Requeue | Prune):
             continue
         record = reader.batch(step.batch_id)
-        if record is None or judge(record):
+        if record is None or _as_claimed(step, record, now):
             continue  # the state says so itself (or check_steps found no such step)
         seen, _ = poll(record, client, now)
-        if not judge(seen):
+        if not _as_claimed(step, seen, now):
+            what = "lost" if isinstance(step, Requeue) else "near the end of its results' retention"
             raise PlanError(
                 f"{saved.path}: batch {step.batch_id} ({step.job}) is not {what} as the plan "
                 "says (the API, asked again, does not say so); refusing the plan; make a new plan"
             )
 
 
-def _near_expiry(record: BatchRecord, now: datetime) -> bool:
-    expires = record.results_expire_at
-    return expires is not None and expires - now <= DEFAULT_PRUNE_MARGIN
+def _as_claimed(step: Requeue | Prune, record: BatchRecord, now: datetime) -> bool:
+    """Whether `record` is what the step says: lost (a requeue), or near its results' end."""
+    if isinstance(step, Requeue):
+        return record.id in lost_batches([record])
+    return record.expiring(now, DEFAULT_PRUNE_MARGIN)

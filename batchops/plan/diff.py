@@ -678,7 +678,7 @@ def _batch_steps(
         if b.finished:
             continue
         expires = b.results_expire_at
-        near_expiry = expires is not None and expires - now <= margin
+        near_expiry = b.expiring(now, margin)
         if b.processing_status == "ended":
             if b.harvested_at is None:
                 out.append(Harvest(b.id, b.job, "ended"))

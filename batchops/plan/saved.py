@@ -434,7 +434,7 @@ def load(path: Path, desired_for: Any) -> SavedPlan:
     plan_id = top.text("plan_id")
     # written by batchops 0.1 before these: a plan with no refresh seen, no item replaced
     observed = tuple(_record(r) for r in top.objects("observed")) if "observed" in header else ()
-    replaced = frozenset(_pairs(top)) if "replace" in header else frozenset()
+    replaced = _pairs(top) if "replace" in header else frozenset()
     job_names = shape.texts_or_none("job_names")
     shape.text_or_none("prices")  # shown by `show` as it is
     desired: Desired = desired_for(list(job_names) if job_names is not None else None)
@@ -514,13 +514,13 @@ def _record(f: _Fields) -> BatchRecord:
     )
 
 
-def _pairs(top: _Fields) -> Iterator[tuple[str, str]]:
+def _pairs(top: _Fields) -> frozenset[tuple[str, str]]:
     value = top.entry.get("replace")
     if not isinstance(value, list) or not all(
         isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p) for p in value
     ):
         raise top.damaged("replace", "a list of [job, key] pairs")
-    yield from ((job, key) for job, key in value)
+    return frozenset((job, key) for job, key in value)
 
 
 def check_steps(

@@ -91,7 +91,12 @@ class BatchRecord:
             return False
         if self.harvested_at is None or self.results_expire_at is None:
             return True
-        return self.results_expire_at - now <= prune_margin
+        return self.expiring(now, prune_margin)
+
+    def expiring(self, now: datetime, margin: timedelta) -> bool:
+        """Whether its results expire remotely within `margin` of `now` (where a plan prunes)."""
+        expires = self.results_expire_at
+        return expires is not None and expires - now <= margin
 
     @property
     def lost(self) -> bool:
