@@ -549,6 +549,11 @@ def check_steps(
         raise PlanError(f"{saved.path}: its steps are not in the order a plan runs them; {edited}")
     if [i for _, i in given] == [i for _, i in wanted]:
         return dataclasses.replace(saved, checked=made)
+    if "observed" not in saved.header:  # batchops 0.1 before it: the plan cannot be made again
+        raise PlanError(
+            f"{saved.path}: written by an older batchops, it does not say what its refresh saw, "
+            "so its steps cannot be checked; make a new plan"
+        )
     pairs = enumerate(zip(given, wanted, strict=False))
     at = next((i for i, (g, w) in pairs if g[1] != w[1]), min(len(given), len(wanted)))
     if at < len(given):
