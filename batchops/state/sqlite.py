@@ -475,9 +475,12 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
 
     db: _Connection
 
-    def __init__(self, db: _Connection, path: Path, lock: LockInfo | None = None):
+    def __init__(
+        self, db: _Connection, path: Path, lock: LockInfo | None = None, seconds: float = 0.0
+    ):
         super().__init__(db, path)
         self.held = lock
+        self._lease_seconds = seconds  # how long a renewal extends the leases `held` names
         self._checkpointer: threading.Thread | None = None
 
     @classmethod
@@ -511,7 +514,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
                 lock = cls._lock_and_migrate(
                     db, path, command, lease_names(jobs), existed, on_takeover, seconds
                 )
-                return cls(db, path, lock)
+                return cls(db, path, lock, seconds)
             except LockHeld:
                 if time.monotonic() >= deadline:
                     conn.close()
@@ -645,11 +648,23 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             yield conn
             conn.execute("update meta set value = cast(value as integer) + 1 where key = 'serial'")
             conn.execute(NEW_WRITE_ID, [new_write_id()])
+            self._renew_in(conn)
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("rollback")
             raise
+
+    def _renew_in(self, conn: sqlite3.Connection) -> None:
+        """Renew the leases held, in the write about to commit. Their keeper renews them on a
+        connection of its own, which waits out this write's lock like any other: a write
+        longer than the lease would commit with them unrenewed, and an apply waiting for them
+        would take them over from this live holder."""
+        if self.held is not None and self._lease_seconds:
+            until = iso(expiry(utcnow(), self._lease_seconds))
+            conn.execute(
+                "update leases set expires_at = ? where lock_id = ?", [until, self.held.lock_id]
+            )
 
     def close(self) -> None:
         self.stop_keeper()
@@ -866,6 +881,7 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             # source's plans against it) must not match, however the serials move on. Set once
             # the rows are checked: a source never written since write ids began has none.
             conn.execute(NEW_WRITE_ID, [new_write_id()])
+            self._renew_in(conn)
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:
