@@ -162,7 +162,12 @@ def holder_gone(lease: LockInfo) -> bool:
         return False
     if not pid_alive(lease.pid):
         return True
-    return bool(lease.started) and process_started(lease.pid) != lease.started
+    if not lease.started:
+        return False
+    # Unreadable (`hidepid` hides another user's processes; or it ended just now): that proves
+    # nothing, and the lease is judged by its expiry.
+    now_started = process_started(lease.pid)
+    return bool(now_started) and now_started != lease.started
 
 
 def holder_alive(lease: LockInfo) -> bool:
@@ -174,7 +179,8 @@ def holder_alive(lease: LockInfo) -> bool:
         return False
     if not pid_alive(lease.pid):
         return False
-    return not lease.started or process_started(lease.pid) == lease.started
+    now_started = process_started(lease.pid) if lease.started else ""
+    return not now_started or now_started == lease.started  # unreadable: alive, as its pid says
 
 
 def stale(lease: LockInfo, now: datetime) -> bool:
