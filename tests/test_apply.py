@@ -218,7 +218,7 @@ def test_budget_exceeded_refuses_before_sending(tmp_path, emulator, emulator_adm
     ctx = context(tmp_path, emulator, state=state_location)
     with pytest.raises(BudgetExceeded) as caught:
         apply(ctx)
-    assert caught.value.problems[0].startswith("job demo: estimated cost $0.0")
+    assert caught.value.problems[0].startswith("job demo: estimated cost up to $0.0")
     assert "exceeds its budget_usd <$0.0001" in caught.value.problems[0]
     assert emulator_admin.stats()["batches_created"] == 0
 
@@ -578,8 +578,7 @@ def test_an_offline_plan_says_which_batches_it_did_not_refresh(
     apply(context(tmp_path, emulator, state=state_location))
     offline, _ = context(tmp_path, emulator, state=state_location).plan(refresh=False)
     assert offline.offline_note == (
-        "1 batches in flight were not refreshed (--no-refresh): the plan uses their last "
-        "recorded state"
+        "1 batch in flight was not refreshed (--no-refresh): the plan uses its last recorded state"
     )
     assert f"Note: {offline.offline_note}" in plan_text(offline)
     no_key, _ = context(tmp_path, None, state=state_location).plan(refresh=True)

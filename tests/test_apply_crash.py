@@ -213,7 +213,9 @@ def test_apply_json_is_one_document_on_stdout(tmp_path, emulator):
     assert report["jobs"][0]["failed"][0]["key"] == "r2"
     assert report["jobs"][0]["failed"][0]["error_type"] == "invalid_request_error"
     assert "Created batch" in out.stderr
-    assert out.stderr.rstrip().endswith("Error: 1 item failed (see above)")
+    assert out.stderr.rstrip().endswith(
+        "Error: 1 item failed (their errors are in the JSON report)"
+    )  # not "(see above)": above, on stderr, is only progress
     refreshed = run_cli(tmp_path, emulator, "refresh", "--json")
     assert refreshed.returncode == 0
     assert json.loads(refreshed.stdout)["submitted"] == 0

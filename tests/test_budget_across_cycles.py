@@ -40,7 +40,7 @@ def test_apply_wait_keeps_the_whole_apply_within_the_budget(
     (problem,) = caught.value.problems
     price = money(one)
     assert problem == (
-        f"job demo: estimated cost {price}, with {price} for 1 item changed while in flight "
+        f"job demo: estimated cost up to {price}, with {price} for 1 item changed while in flight "
         f"(sent once their batch ends), exceeds its budget_usd {money(one * 1.5)}"
     )
     assert emulator_admin.stats()["batches_created"] == 1  # r1 first; neither r2 nor r1 again
@@ -63,7 +63,7 @@ def test_a_retry_in_a_later_cycle_counts_what_the_earlier_cycles_sent(
     (problem,) = caught.value.problems
     price = money(ceiling)
     assert problem == (
-        f"job demo: estimated cost {price}, with this apply's earlier cycles' {price}, exceeds "
+        f"job demo: estimated cost up to {price}, with this apply's earlier cycles' {price}, exceeds "
         f"its budget_usd {money(one * 1.5)}"
     )
     assert emulator_admin.stats()["batches_created"] == 1  # the retry was not sent

@@ -62,9 +62,9 @@ def test_validate(project):
     result = run("validate")
     assert result.exit_code == 0
     assert result.output == (
-        "job    spec            source      items  model               est. cost\n"
-        "-----  --------------  --------  -------  ----------------  -----------\n"
-        "demo   jobs/demo.toml  input           3  claude-haiku-4-5      $0.0001\n"
+        "job    spec            source      items  model               est. cost    up to\n"
+        "-----  --------------  --------  -------  ----------------  -----------  -------\n"
+        "demo   jobs/demo.toml  input           3  claude-haiku-4-5      $0.0001  $0.0001\n"
         "\n"
         "Valid: 1 job, 3 items.\n"
     )
@@ -145,7 +145,7 @@ def test_budget_exceeded_exits_1_naming_job_estimate_and_budget(project):
     result = CliRunner().invoke(cli, ["plan", "--no-refresh", "-o", "plan.jsonl"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: job demo: estimated cost $0.0001 exceeds its budget_usd <$0.0001\n"
+        "Error: job demo: estimated cost up to $0.0001 exceeds its budget_usd <$0.0001\n"
     )
     assert "Plan: 3 to submit." in result.stdout
     assert not (project / "plan.jsonl").exists()  # a plan over budget is never saved

@@ -292,7 +292,7 @@ def test_a_plan_counts_the_resend_of_items_changed_in_flight_against_the_budget(
     with pytest.raises(BudgetExceeded) as refused:
         apply(ctx, wait=True)
     assert refused.value.problems == [
-        f"job demo: estimated cost $0.0000, with {money(job.deferred_usd)} for 4 items changed "
+        f"job demo: estimated cost up to $0.0000, with {money(job.deferred_usd)} for 4 items changed "
         "while in flight (sent once their batch ends), exceeds its budget_usd $0.0003"
     ]
     assert db_rows(ctx, "select canceled_by_us_at is null from batches") == [(1,)]

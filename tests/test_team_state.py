@@ -212,6 +212,7 @@ def test_recover_a_lost_state_then_apply_sends_nothing_answered_again(
     emulator_admin.set_config(processing_seconds=0)
     imported = run_cli(tmp_path, emulator, "import", "demo", in_flight, state=state_location)
     assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.endswith(f"Imported batch {in_flight} into demo: 2 results stored.\n")
     before = emulator_admin.stats()
     report = apply(ctx, wait=True)
     assert report.submitted == 0 and emulator_admin.stats() == before

@@ -206,7 +206,8 @@ def _finish(ctx: click.Context, report, json_: bool) -> None:
     final = report.final_plan
     if final is not None and any(j.failed for j in final.jobs):
         failed = sum(len(j.failed) for j in final.jobs)
-        problems.append(f"{plural(failed, 'item')} failed (see above)")
+        where = "their errors are in the JSON report" if json_ else "see above"
+        problems.append(f"{plural(failed, 'item')} failed ({where})")
     if json_:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -296,7 +296,7 @@ def import_(ctx: click.Context, job: str, batch_id: str, json_: bool) -> None:
     if json_:
         _echo_json({"job": job, "batch_id": batch_id, "results_stored": stored})
         return
-    click.echo(f"Imported batch {batch_id} into {job}: {stored} results stored.")
+    click.echo(f"Imported batch {batch_id} into {job}: {plural(stored, 'result')} stored.")
 
 
 @cli.command("force-unlock")

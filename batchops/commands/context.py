@@ -18,7 +18,7 @@ from batchops.lazyclass import dataclass
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod
-from batchops.spec.desired import Desired, DesiredItem, ItemTable
+from batchops.spec.desired import Desired, DesiredItem, DesiredJob, ItemTable
 from batchops.spec.model import Project, load_project
 from batchops.state import is_postgres, open_reader, open_writer, state_exists
 
@@ -78,9 +78,10 @@ class ValidatedJob:
     source: str
     items: int
     model: str | None
-    estimated_cost_usd: float
+    estimated_cost_usd: float  # the ceiling, as a plan's `up to`
     cost_note: str | None
     warnings: tuple[str, ...] = ()  # what the API would refuse (batchops.apirules), checked offline
+    expected_cost_usd: float = 0.0  # the central estimate, as a plan's `est. cost`
 
 
 WARN_SAMPLE = 1_000  # items checked per job: enough to catch a template's mistake, cheap at 1M
@@ -221,6 +222,7 @@ class Context:
         out = []
         for dj in desired.jobs:
             job = desired.spec_job(dj.name)
+            expected, ceiling = job_estimate(dj, self.settings.limits)
             out.append(
                 ValidatedJob(
                     dj.name,
@@ -228,9 +230,10 @@ class Context:
                     job.kind,
                     len(dj.items),
                     job.model,
-                    round(sum(_costs(dj.items)), 6),
+                    round(ceiling, 6),
                     dj.cost_note,
                     tuple(api_warnings(desired, dj.name)),
+                    round(expected, 6),
                 )
             )
         return out
@@ -272,7 +275,10 @@ class Context:
                 if moving:
                     why = "--no-refresh" if not refresh else "no ANTHROPIC_API_KEY"
                     offline_note = (
-                        f"{len(moving)} batches in flight were not refreshed ({why}): "
+                        f"1 batch in flight was not refreshed ({why}): the plan uses its last "
+                        "recorded state"
+                        if len(moving) == 1
+                        else f"{len(moving)} batches in flight were not refreshed ({why}): "
                         "the plan uses their last recorded state"
                     )
             observed = tuple(remote.values()) if remote else ()
@@ -539,6 +545,18 @@ def _rel(path: Path, root: Path) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
+
+
+def job_estimate(job: DesiredJob, limits: BatchLimits) -> tuple[float, float]:
+    """(expected, ceiling) of sending every item of `job`, estimated as a plan estimates what it
+    sends: the same batches, packed for cache hits, one cache write per shared prefix per batch
+    and reads for the rest, replies as long as the job's results so far (`validate`: as its
+    spec expects). `validate`, `plan` and `status` show the same figures."""
+    from batchops.plan.actions import SubmitItems
+    from batchops.plan.diff import job_costs, split
+
+    items = SubmitItems(job.name, job.items, range(len(job.items)), [("todo", 1)])
+    return job_costs(split(job.name, job.betas, items, limits))
 
 
 def _costs(items: Sequence[DesiredItem]) -> Iterable[float]:

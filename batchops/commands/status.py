@@ -13,13 +13,10 @@ from datetime import date, datetime
 from typing import Any
 
 from batchops.clock import iso
-from batchops.commands.context import Context
+from batchops.commands.context import Context, job_estimate
 from batchops.lazyclass import dataclass
-from batchops.plan.actions import SubmitItems
 from batchops.plan.build import plan_from
-from batchops.plan.diff import BatchLimits, job_costs, split
 from batchops.pricing import PriceTable, Usage
-from batchops.spec.desired import DesiredJob
 from batchops.state.api import StateReader
 from batchops.state.records import BatchRecord
 
@@ -142,14 +139,6 @@ class Status:
 
 def _expected(job: JobStatus) -> float:
     return job.estimated_cost_usd if job.expected_cost_usd is None else job.expected_cost_usd
-
-
-def job_estimate(job: DesiredJob, limits: BatchLimits) -> tuple[float, float]:
-    """(expected, ceiling) of sending every item of `job`, estimated as a plan estimates what it
-    sends: the same batches, packed for cache hits, one cache write per shared prefix per batch
-    and reads for the rest, replies as long as the job's results so far."""
-    items = SubmitItems(job.name, job.items, range(len(job.items)), [("todo", 1)])
-    return job_costs(split(job.name, job.betas, items, limits))
 
 
 def _round(value: float | None) -> float | None:

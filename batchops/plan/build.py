@@ -175,7 +175,7 @@ def budget_problems(plan: Plan, spent: Mapping[str, float] | None = None) -> lis
         )
         earlier = f", with this apply's earlier cycles' {money(before)}," if before else ""
         problems.append(
-            f"job {j.name}: estimated cost {money(j.estimated_cost_usd)}{deferred}{earlier} "
+            f"job {j.name}: estimated cost up to {money(j.estimated_cost_usd)}{deferred}{earlier} "
             f"exceeds its budget_usd {money(j.budget_usd)}"
         )
     return problems

@@ -740,8 +740,12 @@ def _json_line(line: bytes, number: int, shown: str) -> Any:
         try:  # stdlib json accepts lone surrogate escapes and big numbers that orjson refuses
             row = strict_json(line)
         except json.JSONDecodeError:
+            # past the line's own end (its newline is part of `line`): the column it ends at
+            column = (
+                e.colno if e.lineno == 1 else len(line.rstrip(b"\r\n").decode(errors="replace")) + 1
+            )
             raise _Fatal(
-                f"{shown}: line {number}", f"invalid JSON: {e.msg} (column {e.colno})"
+                f"{shown}: line {number}", f"invalid JSON: {e.msg} (column {column})"
             ) from None
         except (ValueError, RecursionError) as e2:
             raise _Fatal(f"{shown}: line {number}", json_error(e2)) from None

@@ -103,14 +103,15 @@ def validate_table(jobs: list[Any]) -> str:
             j.source,
             j.items,
             j.model or "(per request)",
+            money(j.expected_cost_usd),
             money(j.estimated_cost_usd),
         ]
         for j in jobs
     ]
     return simple_table(
         rows,
-        headers=["job", "spec", "source", "items", "model", "est. cost"],
-        colalign=("left", "left", "left", "right", "left", "right"),
+        headers=["job", "spec", "source", "items", "model", "est. cost", "up to"],
+        colalign=("left", "left", "left", "right", "left", "right", "right"),
     )
 
 
