@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import importlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -56,6 +57,7 @@ CACHE_DIR = ".batchops-cache"
 # (`identity_chunks`). A file written with other line sizes reads the same, chunk by chunk.
 CHUNK_ROWS = 1_000
 MIN_ROWS = 10_000  # a smaller job renders in a fraction of a second: no file is kept for it
+_HEADER_BYTES = 1 << 20  # a rows file's header line is read up to this
 RACY_SECONDS = 2.0  # a file modified this close to when its rows were written is hashed anyway
 # The modules whose code decides what a row holds: rendering, fingerprints, custom ids, prices.
 _CODE = (
@@ -522,9 +524,8 @@ def _open_checked(
 ) -> tuple[IO[bytes], _Checked] | None:
     """The rows file at `path`, open after a whole check (`_check`), and what it holds; None
     (and closed) when there is none or it cannot be trusted and used."""
-    try:
-        fh = path.open("rb")
-    except OSError:
+    fh = _open_regular(path)
+    if fh is None:
         return None
     try:
         checked = _check(fh, key, definition, data_file, prices, today)
@@ -535,6 +536,27 @@ def _open_checked(
         fh.close()
         return None
     return fh, checked
+
+
+def _open_regular(path: Path) -> IO[bytes] | None:
+    """The file at `path` open for reading if it is a regular file, not through a symlink; else
+    None. `.batchops-cache/` is in the project, so a pull request can put anything there: a
+    symlink to /dev/zero or a FIFO would be read without end."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
 
 
 class _Checked(NamedTuple):
@@ -554,7 +576,7 @@ def _check(
 ) -> _Checked | None:
     """What a cache file holds, when its rows were written for this definition and data, with
     this user's key, at today's prices; None otherwise. Reads the file through, holding nothing."""
-    first = fh.readline()
+    first = fh.readline(_HEADER_BYTES)  # a longer one is no header batchops wrote
     try:
         header = orjson.loads(first)
     except orjson.JSONDecodeError:

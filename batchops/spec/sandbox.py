@@ -35,12 +35,13 @@ import functools
 import json
 import re
 import string
+import textwrap
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from time import monotonic
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, Undefined, nodes
+from jinja2 import StrictUndefined, Template, Undefined, nodes, pass_environment
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -531,9 +532,42 @@ def _guard_test(func: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+class _TimedWrapper(textwrap.TextWrapper):
+    """textwrap, ticking the render's time budget at each break of a word or run of whitespace
+    longer than the width: each break copies what is left of it, so a long run at a small width
+    (`(" " * 1000000 + "x") | wordwrap(1)`) took minutes in one call."""
+
+    def _handle_long_word(self, reversed_chunks, cur_line, cur_len, width):  # type: ignore[no-untyped-def]
+        _budget().tick()
+        super()._handle_long_word(reversed_chunks, cur_line, cur_len, width)
+
+
+@pass_environment
+def _wordwrap(
+    environment: Any,
+    s: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    """Jinja's `wordwrap` (each line a paragraph, wrapped alone), with `_TimedWrapper`."""
+    if wrapstring is None:
+        wrapstring = environment.newline_sequence
+    wrapper = _TimedWrapper(
+        width=width,
+        expand_tabs=False,
+        replace_whitespace=False,
+        break_long_words=break_long_words,
+        break_on_hyphens=break_on_hyphens,
+    )
+    return wrapstring.join([wrapstring.join(wrapper.wrap(line)) for line in s.splitlines()])
+
+
 ENV = _Sandbox(
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize
 )
+ENV.filters["wordwrap"] = _wordwrap
 # `random` would pick anew on every render, as `lipsum` writes anew: a request would be another
 # on every plan, so what apply sends would not be what plan showed, and every fingerprint would
 # change each run.
