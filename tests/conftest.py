@@ -105,3 +105,10 @@ def ended_unharvested(tmp_path, emulator: str, emulator_admin: EmulatorAdmin) ->
     (batch_id,) = apply(context(tmp_path, emulator)).batches_created
     emulator_admin.advance_clock(5)  # it ends; nobody harvests it
     return batch_id
+
+
+@pytest.fixture
+def list_caught_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch list has caught up with every batch made: a batch that a second retrieve and
+    the list both lack reads as deleted at once, however new (`confirm_gone`'s list lag)."""
+    monkeypatch.setenv("BATCHOPS_LIST_LAG_SECONDS", "0")

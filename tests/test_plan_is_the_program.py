@@ -26,7 +26,7 @@ def _deleted_before_harvest(tmp_path, emulator, sdk_client, state_location):
 
 
 def test_a_batch_deleted_outside_batchops_is_planned_as_submits_with_their_cost(
-    tmp_path, emulator, emulator_admin, sdk_client, state_location
+    tmp_path, emulator, emulator_admin, sdk_client, state_location, list_caught_up
 ):
     _deleted_before_harvest(tmp_path, emulator, sdk_client, state_location)
     result = run_cli(
@@ -69,7 +69,7 @@ def test_results_expired_before_harvest_are_planned_as_submits(
 
 
 def test_a_saved_plan_runs_its_harvest_and_submit_steps_as_written(
-    tmp_path, emulator, emulator_admin, sdk_client, state_location
+    tmp_path, emulator, emulator_admin, sdk_client, state_location, list_caught_up
 ):
     ctx = _deleted_before_harvest(tmp_path, emulator, sdk_client, state_location)
     plan, desired = ctx.plan(refresh=True)

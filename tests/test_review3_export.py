@@ -409,7 +409,7 @@ def test_rows_rekeyed_while_in_flight_are_pending_as_status_says(
 
 
 def test_items_of_a_batch_deleted_before_harvest_are_to_do_as_status_says(
-    tmp_path: Path, emulator: str, sdk_client: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, emulator: str, sdk_client: Any, monkeypatch: pytest.MonkeyPatch, list_caught_up
 ) -> None:
     """A batch deleted outside batchops before its harvest, found so (drift `deleted`) by a
     refresh stopped before it requeued the items: they are still in flight in the state, but

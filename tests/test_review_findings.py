@@ -16,7 +16,7 @@ class Killed(BaseException):
 
 
 def test_crash_between_deleted_drift_and_requeue_still_converges(
-    tmp_path, emulator, emulator_admin, sdk_client, monkeypatch, state_location
+    tmp_path, emulator, emulator_admin, sdk_client, monkeypatch, state_location, list_caught_up
 ):
     # A batch deleted outside batchops before harvest: refresh saves drift=deleted (which makes
     # the batch `finished`, never polled again) and only then requeues its items. A crash between

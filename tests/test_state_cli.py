@@ -408,7 +408,7 @@ def test_drift_cancelled_outside_batchops(remote_project) -> None:
     assert shown["drift"] == "canceled"
 
 
-def test_drift_deleted_outside_batchops(remote_project) -> None:
+def test_drift_deleted_outside_batchops(remote_project, list_caught_up) -> None:
     root, sdk, _ = remote_project
     batch_id = submit_once(root)
     sdk.messages.batches.delete(batch_id)

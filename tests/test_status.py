@@ -129,6 +129,7 @@ def test_status_json(shared: Path) -> None:
                 "expires_in_seconds": 75600.0,
             }
         ],
+        "unknown_creates": [],
         "next_result_expiry": {
             "batch_id": "msgbatch_old",
             "job": "demo",

@@ -280,7 +280,7 @@ class Evaluator:
                 return False
             return self._harvest_problem(record, str(exc), again=False)
         except NotFound:
-            if self.client.confirm_gone(record.id, record.created_at):
+            if self.client.confirm_gone(record.id, record.created_at, self.clock()):
                 # deleted before harvest: the next plan requeues its items
                 self.state.save_batch(replace(record, drift="deleted"), self.clock())
                 note = f"batch {record.id} ({record.job}) was deleted outside batchops"
@@ -512,7 +512,7 @@ class Evaluator:
             self.client.delete(record.id)
         except NotFound:  # deleted already (by us, its answer lost), or a passing 404: asked
             try:
-                gone = self.client.confirm_gone(record.id, record.created_at)
+                gone = self.client.confirm_gone(record.id, record.created_at, self.clock())
             except RemoteError as exc:
                 self._step_problem(step, exc)
                 return

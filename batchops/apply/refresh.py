@@ -89,7 +89,7 @@ def poll(
     try:
         remote: RemoteBatch | None = client.retrieve(record.id)
     except NotFound:
-        if not client.confirm_gone(record.id, record.created_at):
+        if not client.confirm_gone(record.id, record.created_at, now):
             return record, None  # a passing 404: nothing learnt this time
         remote = None
     return refreshed(record, remote, now)

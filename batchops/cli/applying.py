@@ -20,7 +20,7 @@ from batchops.cli import (
 )
 from batchops.errors import BatchopsError, Interrupted
 from batchops.safetext import terminal
-from batchops.views.text import plural
+from batchops.views.text import plural, unknown_create_lines
 
 
 class Seconds(click.ParamType):
@@ -180,6 +180,7 @@ def _name_in_flight(context) -> None:
     """After a signal: which batches are still running remotely (nothing is lost with them)."""
     try:
         batches = context.in_flight()
+        creates = context.unknown_creates()
     except Exception:  # the state could not be read: the signal's own message is enough
         return
     if batches:
@@ -188,7 +189,9 @@ def _name_in_flight(context) -> None:
             f"Batches still in flight: {listed}. Run `batchops apply` again to harvest them.",
             err=True,
         )
-    else:
+    for line in unknown_create_lines(creates):
+        click.echo(line, err=True)
+    if not batches and not creates:
         click.echo("No batches in flight.", err=True)
 
 

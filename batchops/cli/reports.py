@@ -17,7 +17,7 @@ from batchops.cli import (
     json_option,
     money,
 )
-from batchops.views.text import plural
+from batchops.views.text import plural, unknown_create_lines
 
 
 @cli.command()
@@ -54,7 +54,11 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
     if report.batches_in_flight:
         click.echo("\nBatches in flight:")
         click.echo(in_flight_table(list(report.batches_in_flight), duration))
-    else:
+    if report.unknown_creates:
+        click.echo("")
+        for line in unknown_create_lines(report.unknown_creates):
+            click.echo(line)
+    if not report.batches_in_flight and not report.unknown_creates:
         click.echo("\nNo batches in flight.")
     expiry = report.next_result_expiry
     if expiry is not None:

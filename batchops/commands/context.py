@@ -439,6 +439,17 @@ class Context:
         finally:
             reader.close()
 
+    def unknown_creates(self) -> list[Any]:
+        """Creates sent whose answer never came (`status.UnknownCreate`): each may have made a
+        batch that runs remotely (no network)."""
+        from batchops.commands.status import unknown_creates
+
+        reader = self.reader()
+        try:
+            return unknown_creates(reader)
+        finally:
+            reader.close()
+
     def import_batch(self, job_name: str, batch_id: str, progress: Progress | None = None) -> int:
         """`batchops import JOB BATCH_ID`: adopt a remote batch by hand; returns results stored."""
         from batchops.apply.evaluator import NullProgress

@@ -63,6 +63,15 @@ class ResultExpiry:
 
 
 @dataclass(frozen=True)
+class UnknownCreate:
+    """A create sent whose answer never came: the batch it may have made is not known yet."""
+
+    job: str
+    request_count: int
+    sent_at: datetime
+
+
+@dataclass(frozen=True)
 class Status:
     created_at: datetime
     state_path: str
@@ -71,6 +80,8 @@ class Status:
     jobs: tuple[JobStatus, ...]
     batches_in_flight: tuple[InFlightBatch, ...]
     next_result_expiry: ResultExpiry | None
+    # creates sent whose answer was lost: each may have made a batch that runs (and is billed)
+    unknown_creates: tuple[UnknownCreate, ...] = ()
 
     @property
     def actual_cost_usd(self) -> float:
@@ -125,6 +136,10 @@ class Status:
                     "expires_in_seconds": _round(b.expires_in_seconds),
                 }
                 for b in self.batches_in_flight
+            ],
+            "unknown_creates": [
+                {"job": c.job, "request_count": c.request_count, "sent_at": iso(c.sent_at)}
+                for c in self.unknown_creates
             ],
             "next_result_expiry": None
             if self.next_result_expiry is None
@@ -192,6 +207,7 @@ def status(context: Context, job_names: Iterable[str] | None = None) -> Status:
             jobs=tuple(jobs),
             batches_in_flight=tuple(_in_flight(batches, now)),
             next_result_expiry=_next_expiry(batches, now),
+            unknown_creates=tuple(unknown_creates(reader, scope)),
         )
     finally:
         reader.close()
@@ -235,6 +251,17 @@ def actual_costs(
         for job, models in unpriced.items()
     }
     return costs, notes
+
+
+def unknown_creates(reader: StateReader, jobs: Iterable[str] | None = None) -> list[UnknownCreate]:
+    """The creates sent whose outcome is not known (open intents, their create sent), of `jobs`
+    (None: every job)."""
+    scope = None if jobs is None else set(jobs)
+    return [
+        UnknownCreate(i.job, i.request_count, i.created_at)
+        for i in reader.open_intents()
+        if i.create_sent and (scope is None or i.job in scope)
+    ]
 
 
 def _in_flight(batches: list[BatchRecord], now: datetime) -> list[InFlightBatch]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import os
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +36,18 @@ class _SDK:
 anthropic: Any = _SDK()
 
 RESULT_RETENTION = timedelta(days=29)
+# How long the list may go on lacking a batch just made (`confirm_gone`), clock skew included.
+LIST_LAG_SECONDS = 900.0
+LIST_LAG_ENV = "BATCHOPS_LIST_LAG_SECONDS"
+
+
+def list_lag() -> timedelta:
+    try:
+        return timedelta(seconds=float(os.environ.get(LIST_LAG_ENV, LIST_LAG_SECONDS)))
+    except ValueError:
+        return timedelta(seconds=LIST_LAG_SECONDS)
+
+
 READ_RETRIES = 5
 # The longest `retry-after` a read waits out before trying again. The SDK waits whatever a
 # response asks (an hour, a day), silently, up to READ_RETRIES times: past this, the read fails
@@ -247,22 +260,35 @@ class BatchesClient:
         except anthropic.APIError as exc:
             raise remote_error(exc, "list batches") from None
 
-    def confirm_gone(self, batch_id: str, created_at: datetime | None) -> bool:
-        """A 404 is a question: True only when another retrieve and the list both lack the batch."""
+    def confirm_gone(
+        self, batch_id: str, created_at: datetime | None, now: datetime | None = None
+    ) -> bool:
+        """A 404 is a question: True only when another retrieve and the list both lack the
+        batch, and the list has caught up with the batch's making. The list shows a new batch
+        late (as an unanswered create finds), so its lack of a batch proves something only
+        once it lists a batch made after it, or once the batch is older than `list_lag()` by
+        `now` (without it, a batch that stays the newest would never be judged)."""
         try:
             self.retrieve(batch_id)
             return False
         except NotFound:
             pass
+        newer = False
         try:
             for batch in self._sdk.messages.batches.list(limit=100):
                 if batch.id == batch_id:
                     return False
-                if created_at is not None and batch.created_at < created_at:
-                    return True  # the list is newest first: past where it would be
+                if created_at is None:
+                    continue
+                if batch.created_at > created_at:
+                    newer = True
+                elif batch.created_at < created_at:
+                    break  # the list is newest first: past where it would be
         except anthropic.APIError as exc:
             raise remote_error(exc, "list batches") from None
-        return True
+        if created_at is None or newer:
+            return True
+        return now is not None and now - created_at >= list_lag()
 
     def list_all(self) -> Iterator[RemoteBatch]:
         """Every batch in the workspace (29 days' worth), newest first, page after page."""

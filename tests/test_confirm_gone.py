@@ -1,0 +1,48 @@
+"""`confirm_gone`: a batch the API answers 404 for reads as deleted only once the list, which
+shows a new batch late, has caught up with its making: it lists a batch made after it, or the
+batch is older than the list's lag allowance. Before, an absence from a list that had not caught
+up (even an empty list) was taken as proof, and a batch just made was sent again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from batchops.remote.client import LIST_LAG_ENV, BatchesClient, list_lag
+from tests.conftest import DUMMY_API_KEY
+
+PARAMS = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 8,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def _made(sdk_client, custom_id: str):
+    return sdk_client.messages.batches.create(requests=[{"custom_id": custom_id, "params": PARAMS}])
+
+
+def test_a_deleted_batch_is_gone_once_the_list_has_caught_up(
+    emulator, sdk_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(LIST_LAG_ENV, raising=False)
+    assert list_lag() == timedelta(minutes=15)
+    ours = _made(sdk_client, "ours")  # processing_seconds=0: ended, so it may be deleted
+    sdk_client.messages.batches.delete(ours.id)
+    client = BatchesClient(base_url=emulator, api_key=DUMMY_API_KEY)
+    try:
+        made = ours.created_at
+        # the newest batch, just made: its absence proves nothing yet
+        assert not client.confirm_gone(ours.id, made, made + timedelta(minutes=1))
+        assert not client.confirm_gone(ours.id, made, None)
+        # past the lag allowance, by the clock given
+        assert client.confirm_gone(ours.id, made, made + timedelta(minutes=15))
+        # a batch made after it is listed: the list has caught up, whatever the clock
+        _made(sdk_client, "theirs")
+        assert client.confirm_gone(ours.id, made, made + timedelta(minutes=1))
+        # a batch the list still shows is not gone, however old
+        kept = _made(sdk_client, "kept")
+        assert not client.confirm_gone(kept.id, kept.created_at, made + timedelta(days=1))
+    finally:
+        client.close()
