@@ -402,6 +402,14 @@ def test_drift_cancelled_outside_batchops(remote_project) -> None:
     assert result.exit_code == 0, result.stderr
     assert f"Drift: batch {batch_id} (demo) was cancelled outside batchops\n" in result.output
     assert (root / "state" / "batchops.db").read_bytes() == before  # plan writes nothing
+    # the pull-request comment says it too (it used to go to stderr alone)
+    markdown = CliRunner().invoke(cli, ["plan", "--markdown"])
+    assert markdown.exit_code == 0, markdown.stderr
+    from batchops.safetext import markdown_text
+
+    said = markdown_text(f"batch {batch_id} (demo) was cancelled outside batchops", entities=True)
+    assert f"\n> Drift: {said}\n" in markdown.stdout, markdown.stdout
+    assert "msgbatch\\_" in said  # escaped as the comment shows it
     result = live("refresh")
     assert f"Drift: batch {batch_id} (demo) was cancelled outside batchops" in result.output
     shown = json.loads(live("state", "show", batch_id, "--json").output)

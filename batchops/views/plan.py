@@ -246,7 +246,9 @@ def plan_markdown(plan: Plan, prices_source: str | None = None) -> str:
     budget = _MARKDOWN_BUDGET - _size(head + tail) - 1  # the blank line after the notes
 
     left_out: list[str] = []
-    notes, notes_out = _fit([f"\n> Note: {_markdown_note(n)}" for n in _notes(plan)], budget // 2)
+    drift = [f"\n> Drift: {_markdown_note(terminal(n))}" for n in plan.notes]
+    notes = drift + [f"\n> Note: {_markdown_note(n)}" for n in _notes(plan)]
+    notes, notes_out = _fit(notes, budget // 2)
     if notes_out:
         left_out.append(plural(notes_out, "note"))
     out = [*head, *notes, ""]
