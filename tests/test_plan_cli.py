@@ -176,6 +176,11 @@ def test_plan_output_in_a_missing_directory_is_one_error(project):
     result = CliRunner().invoke(cli, ["plan", "--no-refresh", "-o", "nowhere/plan.jsonl"])
     assert result.exit_code == 1
     assert result.stderr == "Error: nowhere/plan.jsonl: directory nowhere does not exist\n"
+    assert result.stdout == ""  # refused before the plan is made, not after it is printed
+    (project / "here").mkdir()
+    result = CliRunner().invoke(cli, ["plan", "--no-refresh", "--markdown", "-o", "here"])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == "Error: here: is a directory\n"
 
 
 def test_unknown_job_is_one_error(project):

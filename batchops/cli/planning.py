@@ -78,6 +78,10 @@ def plan(
 ) -> None:
     """Show what apply would do, and what it would cost. Writes nothing."""
     _exclusive(ctx, json=json_, markdown=markdown)
+    if out_file is not None:
+        from batchops.plan.saved import check_target
+
+        check_target(out_file)
     context = _context(ctx, remote=not no_refresh)
     the_plan, desired = context.plan(
         job_names,

@@ -179,15 +179,21 @@ _FLUSH_BYTES = 1 << 20  # what the writer's threads are given at a time
 _AHEAD = 4  # pieces made ahead of the digest and of the file
 
 
+def check_target(path: Path) -> None:
+    """Refuse a path a plan cannot be saved to (`plan -o` asks before it plans: a million-item
+    plan is not made, and printed, to be refused then)."""
+    if not path.parent.is_dir():
+        raise PlanError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise PlanError(f"{path}: is a directory")
+
+
 def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) -> str:
     """Write the plan and every request it sends, atomically (temporary file, then rename).
     The request lines `desired` kept from its render (`desired.spool`) are used up."""
     plan_id = str(uuid.uuid4())
     path = Path(path)
-    if not path.parent.is_dir():
-        raise PlanError(f"{path}: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise PlanError(f"{path}: is a directory")
+    check_target(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     spool = desired.spool if plan.submits else None
     try:
