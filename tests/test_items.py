@@ -774,3 +774,15 @@ def test_lists_and_dicts_print_as_json_not_python(project: Path, source: str) ->
     )
     (item,) = items_of(project)
     assert item.params["messages"][0]["content"] == '["a", "é"] {"k": true, "n": null}'
+
+
+def test_a_csv_field_past_the_field_limit_names_the_row_it_is_in(project: Path) -> None:
+    """A quoted field over many lines that passes csv's field limit is named by the line its
+    row begins on (the line where it passed the limit is said beside it)."""
+    long_text = "\n".join(["y" * 1000] * 140)  # 140,139 characters over 140 lines
+    write(project / "jobs/data/p.csv", f'id,body\na,1\nb,"{long_text}"\nc,3\n')
+    spec_job(project, BASE + 'input = { path = "data/p.csv", key = "id" }\n')
+    assert item_problems(project) == [
+        "jobs/data/p.csv: line 3: job j: invalid CSV: field larger than field limit (131072) "
+        "(in the row that begins there and reaches line 133)"
+    ]

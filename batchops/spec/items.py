@@ -812,6 +812,9 @@ def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tupl
         if position["ended"]:  # the only error once every line is read: a quote left open
             detail = "a quoted field is never closed (the file ends inside it)"
             raise _Fatal(f"{shown}: line {start}", f"invalid CSV: {detail}") from None
+        if position["line"] > start:  # a quoted field over many lines: the row is named
+            detail = f"{e} (in the row that begins there and reaches line {position['line']})"
+            raise _Fatal(f"{shown}: line {start}", f"invalid CSV: {detail}") from None
         raise _Fatal(f"{shown}: line {position['line']}", f"invalid CSV: {e}") from None
 
 
