@@ -356,7 +356,8 @@ def test_out_of_range_numbers(project: Path) -> None:
 def test_bad_job_name(project: Path, name: str) -> None:
     write(project, "jobs/a.json", json.dumps({"version": 1, "jobs": {name: {}}}))
     assert problems() == [
-        f"jobs/a.json: jobs.{name}: invalid job name {json.dumps(name)} (lowercase letters, "
+        f"jobs/a.json: jobs.{name}: invalid job name {json.dumps(name, ensure_ascii=False)} "
+        "(lowercase letters, "
         "digits, '-' and '_', starting with a letter or digit, at most 64 characters)"
     ]
 

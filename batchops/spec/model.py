@@ -406,9 +406,7 @@ def _move_problems(moves: list[Moved], jobs: Mapping[str, Job], root: Path) -> l
     for i, m in enumerate(moves):
         where = f"{display_path(m.spec_file, root)}: moved.{i}"
         if not JOB_NAME_RE.fullmatch(m.old) or not JOB_NAME_RE.fullmatch(m.new):
-            problems.append(
-                f"{where}: invalid job name in {json.dumps(m.old)} → {json.dumps(m.new)}"
-            )
+            problems.append(f"{where}: invalid job name in {_quoted(m.old)} → {_quoted(m.new)}")
         elif m.old == m.new:
             problems.append(f"{where}: from and to are the same job {json.dumps(m.old)}")
         elif m.new not in jobs:
@@ -680,7 +678,7 @@ def _jobs_of(
     for name, raw_job in spec.jobs.items():
         if not JOB_NAME_RE.fullmatch(name):
             out.append(
-                f"{shown}: jobs.{name}: invalid job name {json.dumps(name)} (lowercase letters, "
+                f"{shown}: jobs.{name}: invalid job name {_quoted(name)} (lowercase letters, "
                 "digits, '-' and '_', starting with a letter or digit, at most 64 characters)"
             )
             continue
@@ -867,3 +865,9 @@ def _confined(
     if record is not None:
         record.append((str(file), value, must_exist, str(resolved)))
     return resolved
+
+
+def _quoted(name: str) -> str:
+    """A name in quotes as JSON writes it, its letters as they are (`"tâche"`, not
+    `"t\\u00e2che"`); control characters stay escaped."""
+    return json.dumps(name, ensure_ascii=False)
