@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import os
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
@@ -211,9 +212,12 @@ class Memo:
             ignore = directory.parent / ".gitignore"
             if not ignore.exists() and not ignore.is_symlink():
                 ignore.write_text("# batchops's cache: never commit it\n*\n", encoding="utf-8")
-            tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+            # a name no one can guess, made new (O_EXCL): never a planted symlink written through
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+            tmp = Path(name)
             try:
-                tmp.write_bytes(body + b"\n" + b'{"mac":"' + _mac(key, body).encode() + b'"}\n')
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(body + b"\n" + b'{"mac":"' + _mac(key, body).encode() + b'"}\n')
                 os.replace(tmp, path)
             finally:
                 with contextlib.suppress(OSError):

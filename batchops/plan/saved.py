@@ -33,6 +33,7 @@ import hashlib
 import math
 import os
 import queue
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -194,11 +195,14 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
     plan_id = str(uuid.uuid4())
     path = Path(path)
     check_target(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a name no one can guess, made new (`mkstemp`: O_EXCL): a symlink a pull request planted
+    # at a temporary path beside the plan file would otherwise be written through
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     spool = desired.spool if plan.submits else None
     try:
         # the writer's threads are stopped (on an error too) before the file is closed
-        with tmp.open("wb") as fh, contextlib.ExitStack() as stack:
+        with os.fdopen(fd, "wb") as fh, contextlib.ExitStack() as stack:
             out = _Writer(fh)
             stack.callback(out.close)
             # The header holds the plan but its submit actions: written as it is encoded.
@@ -227,6 +231,7 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
                     _write_requests(out, step, stream, held)
             digest = out.finish()
             fh.write(orjson.dumps({"kind": END, "lines": out.lines, "digest": digest}) + b"\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plan is no secret (a CI artifact)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

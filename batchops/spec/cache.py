@@ -32,6 +32,7 @@ import hmac
 import importlib
 import os
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -346,9 +347,12 @@ def _save(
         "line_rows": CHUNK_ROWS,
     }
     mac = _mac(key)
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    # a new file of a name no one can guess (`mkstemp`: O_EXCL): a symlink a pull request
+    # planted at a temporary path would otherwise be written through, out of the project
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = Path(name)
     try:
-        with tmp.open("wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             for line in _lines(header, written):
                 mac.update(line)
                 fh.write(line)
