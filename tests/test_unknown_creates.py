@@ -19,7 +19,7 @@ def test_status_names_a_create_with_no_known_outcome(tmp_path, emulator, emulato
     assert text.returncode == 0, text.stderr
     assert "No batches in flight" not in text.stdout
     assert re.search(
-        r"\nCreate for demo \(3 requests, sent \d{4}-\d\d-\d\d \d\d:\d\d UTC\) has no known "
+        r"\nCreate for demo \(3 requests, begun \d{4}-\d\d-\d\d \d\d:\d\d UTC\) has no known "
         r"outcome: a batch it made may be in flight, and billed\. Run `batchops apply` again: it "
         r"finds that batch \(its custom_ids prove it ours\) and sends nothing twice\.\n",
         text.stdout,
@@ -27,7 +27,7 @@ def test_status_names_a_create_with_no_known_outcome(tmp_path, emulator, emulato
     data = json.loads(run_cli(tmp_path, emulator, "status", "--json").stdout)
     [create] = data["unknown_creates"]
     assert (create["job"], create["request_count"]) == ("demo", 3)
-    assert create["sent_at"].endswith("Z")
+    assert create["begun_at"].endswith("Z")
     # once it ends, the batch is found (adopted), harvested, and nothing was sent twice
     emulator_admin.advance_clock(7200)
     assert apply(context(tmp_path, emulator), wait=True).adopted != []

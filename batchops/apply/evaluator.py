@@ -560,4 +560,4 @@ def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n} {noun}" if n == 1 else f"{n:,} {noun}s"

@@ -63,7 +63,9 @@ class CliProgress:
 
     def waiting(self, done: int, total: int, in_flight: int) -> None:
         if not self.tty:
-            click.echo(f"Waiting: {done}/{total} items done, {in_flight} in flight.", err=self.err)
+            click.echo(
+                f"Waiting: {done:,}/{total:,} items done, {in_flight:,} in flight.", err=self.err
+            )
             return
         if self._bar is None or self._bar.length != total:
             self._bar = click.progressbar(

@@ -6,7 +6,7 @@ The CLI builds a Context from its options and calls one method; tests do the sam
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import field, replace
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from batchops.lazyclass import dataclass
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod
-from batchops.spec.desired import Desired, DesiredItem, DesiredJob, ItemTable
+from batchops.spec.desired import Desired, DesiredJob, ItemTable
 from batchops.spec.model import Project, load_project
 from batchops.state import is_postgres, open_reader, open_writer, state_exists
 
@@ -568,13 +568,6 @@ def job_estimate(job: DesiredJob, limits: BatchLimits) -> tuple[float, float]:
 
     items = SubmitItems(job.name, job.items, range(len(job.items)), [("todo", 1)])
     return job_costs(split(job.name, job.betas, items, limits))
-
-
-def _costs(items: Sequence[DesiredItem]) -> Iterable[float]:
-    """Each item's cost_usd (from a table's few distinct profiles when it is one)."""
-    if isinstance(items, ItemTable):
-        return items.costs()
-    return (i.cost_usd for i in items)
 
 
 def _lease_names(planner: Planner) -> list[str]:

@@ -68,7 +68,7 @@ class UnknownCreate:
 
     job: str
     request_count: int
-    sent_at: datetime
+    begun_at: datetime  # when apply recorded it, just before the create was sent
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class Status:
                 for b in self.batches_in_flight
             ],
             "unknown_creates": [
-                {"job": c.job, "request_count": c.request_count, "sent_at": iso(c.sent_at)}
+                {"job": c.job, "request_count": c.request_count, "begun_at": iso(c.begun_at)}
                 for c in self.unknown_creates
             ],
             "next_result_expiry": None

@@ -91,7 +91,7 @@ def _sentence(plan: Plan) -> str:
         if later:
             return f"No changes now.{later}"
         return "No changes. State matches the specs."
-    parts = [f"{summary[a]} to {a}" for a in ACTIONS if summary[a]]
+    parts = [f"{summary[a]:,} to {a}" for a in ACTIONS if summary[a]]
     expected, ceiling = money(plan.expected_cost_usd), money(plan.estimated_cost_usd)
     cost = f"Estimated cost {expected}"
     if ceiling != expected:  # as shown: $0.0000 and <$0.0001 differ, two amounts under it do not

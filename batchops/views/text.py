@@ -12,7 +12,7 @@ def plural(count: int, word: str, many: str | None = None) -> str:
         return f"{count} {word}"
     if many is None:
         many = word + "es" if word.endswith(("s", "sh", "ch", "x")) else word + "s"
-    return f"{count} {many}"
+    return f"{count:,} {many}"  # 400,000 items: as the money beside it, in thousands
 
 
 def shorten(text: str, limit: int) -> str:
@@ -24,8 +24,8 @@ def unknown_create_lines(creates: Iterable[Any]) -> list[str]:
     """What `status` and a stopped apply say of each create sent whose answer never came
     (`status.UnknownCreate`): its batch may be running, and is billed if it is."""
     return [
-        f"Create for {c.job} ({plural(c.request_count, 'request')}, sent "
-        f"{c.sent_at:%Y-%m-%d %H:%M} UTC) has no known outcome: a batch it made may be in "
+        f"Create for {c.job} ({plural(c.request_count, 'request')}, begun "
+        f"{c.begun_at:%Y-%m-%d %H:%M} UTC) has no known outcome: a batch it made may be in "
         "flight, and billed. Run `batchops apply` again: it finds that batch (its custom_ids "
         "prove it ours) and sends nothing twice."
         for c in creates
