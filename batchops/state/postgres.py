@@ -509,7 +509,12 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
             pending = _pending(conn, location)
             now = _server_now(conn)  # one clock for every runner: the server's
             if _has_table(conn, "leases"):
-                rows = conn.execute(f"select {_LEASE_COLUMNS} from leases for update").fetchall()
+                # Read without a lock: a runner's write holds its own lease's row (FOR KEY
+                # SHARE) to its commit, and a runner cut off mid-write keeps it for hours;
+                # locking every row would hold every other job's apply (and, behind the
+                # advisory lock, every runner) for as long. Only a lease to be taken over is
+                # locked, below.
+                rows = conn.execute(f"select {_LEASE_COLUMNS} from leases").fetchall()
                 table = "leases"
             elif _has_table(conn, "lock"):
                 rows = conn.execute(
@@ -519,7 +524,19 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
             else:
                 rows, table = [], "leases"
             free, why = to_be_free(names, pending)  # a migration takes the whole state
-            taken = to_take_over(free, [LockInfo(*r) for r in rows], now, location, why)
+            held = [LockInfo(*r) for r in rows]
+            taken = to_take_over(free, held, now, location, why)
+            if taken and table == "leases":
+                # Locked before it is taken over, so a write of its holder still under way ends
+                # first; read again then (its keeper may have renewed it meanwhile) and judged
+                # again.
+                ids = [lease.lock_id for lease in taken]
+                again = conn.execute(
+                    f"select {_LEASE_COLUMNS} from leases where lock_id = any(%s) for update",
+                    [ids],
+                ).fetchall()
+                held = [h for h in held if h.lock_id not in ids] + [LockInfo(*r) for r in again]
+                taken = to_take_over(free, held, now, location, why)
             for lease in taken:
                 conn.execute(f"delete from {table} where lock_id = %s", [lease.lock_id])
             if pending:
