@@ -15,12 +15,13 @@ as libpq reads them; `location` never shows a password.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 import psycopg
@@ -206,17 +207,45 @@ def redact(url: str) -> str:
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
         netloc = f"{userinfo.partition(':')[0]}@{hosts}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # the other parameters as written (`host=/tmp/…` stays so): only `password=` is left out
+    pieces = [p for p in parts.query.split("&") if p and unquote(p.partition("=")[0]) != "password"]
+    if netloc == parts.netloc and len(pieces) == len([p for p in parts.query.split("&") if p]):
+        return url  # nothing secret in it: shown as given (`postgresql:///db?host=…` too)
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    if pieces:
+        shown += "?" + "&".join(pieces)
+    return shown + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def _secrets(url: str) -> list[str]:
+    """The password in `url` as written and as decoded, for an error message to leave out."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = []
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    if ":" in userinfo:
+        found.append(userinfo.partition(":")[2])
+    found += [v for k, v in parse_qsl(parts.query) if k == "password"]
+    found += [p.partition("=")[2] for p in parts.query.split("&") if p.startswith("password=")]
+    words = {w for f in found for w in (f, unquote(f)) if w}
+    return sorted(words, key=len, reverse=True)
 
 
 def _connect(url: str, location: str) -> psycopg.Connection:
     try:
         return psycopg.connect(url, autocommit=True)
     except psycopg.Error as exc:
-        # libpq's messages name host, port and user, never the password.
-        # One line: libpq's message may carry a hint on a line of its own.
+        # One line: libpq's message may carry a hint on a line of its own. It names host, port
+        # and user, and the password only where it cannot read the URL (it quotes the token it
+        # refused: a password with an unencoded `%`), which is left out.
         why = " ".join(str(exc).split())
+        for secret in _secrets(url):
+            if secret in why:
+                why = re.sub(r'"[^"]*"', '"…"', why)  # the token quoted
+            if len(secret) >= 4:  # anywhere else (a shorter one would cut words up)
+                why = why.replace(secret, "…")
         raise StateError(f"{location}: cannot connect to PostgreSQL ({why})") from None
 
 
