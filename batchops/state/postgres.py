@@ -249,6 +249,24 @@ def _connect(url: str, location: str) -> psycopg.Connection:
         raise StateError(f"{location}: cannot connect to PostgreSQL ({why})") from None
 
 
+def _open_failed(location: str, exc: psycopg.Error) -> Exception:
+    """What opening the state failed with, as one line. A lost connection is left as it is
+    (the CLI says the connection was lost: run again); a role without the rights to create the
+    state's tables is told so; anything else is not a state batchops can read."""
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, psycopg.OperationalError) and (
+        state is None or state.startswith(("08", "57P"))
+    ):
+        return exc
+    why = " ".join(str(exc).split("\n", 1)[0].split())  # not libpq's LINE 1 and caret
+    if state == "42501":  # insufficient_privilege
+        return StateError(
+            f"{location}: {why}: this role cannot create or change the state's tables; run "
+            "`batchops state migrate` once as a role that may (the database's owner)"
+        )
+    return StateError(f"{location}: not a batchops state database ({why})")
+
+
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("select to_regclass(%s) is not null", [name]).fetchone()[0]
 
@@ -291,7 +309,7 @@ class PostgresReader(SharedReads, StateReader):
             pending = _pending(conn, location)
         except psycopg.Error as exc:
             conn.close()
-            raise StateError(f"{location}: not a batchops state database ({exc})") from None
+            raise _open_failed(location, exc) from None
         except BaseException:
             conn.close()
             raise
@@ -495,7 +513,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 time.sleep(0.25)
             except psycopg.Error as exc:
                 conn.close()
-                raise StateError(f"{location}: not a batchops state database ({exc})") from None
+                raise _open_failed(location, exc) from None
             except BaseException:
                 conn.close()
                 raise
