@@ -90,9 +90,27 @@ def _open_destination(destination: str | Path, command: str):
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
+    if is_postgres(a) and is_postgres(b):
+        # one database may be spelled many ways (localhost or 127.0.0.1, a password in the URL
+        # or in PGPASSWORD): the same state is the same history, to its last write
+        if str(a) == str(b):
+            return True
+        history = _history(a)
+        return history[1] is not None and history == _history(b)
     if is_postgres(a) or is_postgres(b):
-        return str(a) == str(b)
+        return False
     return Path(a).resolve() == Path(b).resolve()
+
+
+def _history(location: str | Path) -> tuple[str | None, str | None]:
+    """(lineage, write id) of a state: a copy keeps the lineage, never the write id."""
+    if not state_exists(location):
+        return None, None
+    reader = open_reader(location)
+    try:
+        return reader.lineage, reader.write_id
+    finally:
+        reader.close()
 
 
 def _check_destination(destination: str | Path, force: bool) -> bool:
