@@ -108,24 +108,15 @@ ADVISORY_KEY = 0x62617463686F7073
 
 
 def _popen_cli(root: Path, emulator: str, state: str, *args: str):
-    import os
     import subprocess
     import sys
 
-    from tests.projects import API_KEY
+    from tests.test_review3_team import _env
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update(
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        ANTHROPIC_BASE_URL=emulator,
-        ANTHROPIC_API_KEY=API_KEY,
-        BATCHOPS_STATE=state,
-    )
     return subprocess.Popen(
         [sys.executable, "-m", "batchops", *args],
         cwd=root,
-        env=env,
+        env=_env(emulator, state),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -10,6 +10,17 @@ from batchops.plan import saved as planfile
 from tests.projects import apply, context, refused, write_edited
 
 
+def _older_plan(ctx, tmp_path, kinds):
+    """A plan made now (its steps of `kinds`), saved as the batchops before `observed` and
+    `replace` wrote it."""
+    plan, desired = ctx.plan(refresh=True, keep_requests=True)
+    assert [s.kind for s in plan.steps] == kinds
+    path = tmp_path / "plan.jsonl"
+    planfile.save(plan, desired, path, None)
+    _as_older(path)
+    return path
+
+
 def _as_older(path):
     """The plan file as the batchops before `observed` and `replace` wrote it."""
     lines = path.read_text().splitlines()
@@ -23,11 +34,7 @@ def test_an_older_plan_with_a_harvest_it_saw_is_refused_as_older(
     tmp_path, emulator, ended_unharvested
 ):
     ctx = context(tmp_path, emulator)
-    plan, desired = ctx.plan(refresh=True, keep_requests=True)
-    assert [s.kind for s in plan.steps] == ["harvest"]
-    path = tmp_path / "plan.jsonl"
-    planfile.save(plan, desired, path, None)
-    _as_older(path)
+    path = _older_plan(ctx, tmp_path, ["harvest"])
     assert refused(ctx, plan_file=path) == (
         f"{path}: written by an older batchops, it does not say what its refresh saw, so its "
         "steps cannot be checked; make a new plan"
@@ -40,11 +47,7 @@ def test_an_older_plan_without_refresh_made_steps_still_applies(tmp_path, emulat
 
     write_project(tmp_path, rows(2))
     ctx = context(tmp_path, emulator)
-    plan, desired = ctx.plan(refresh=True, keep_requests=True)
-    assert [s.kind for s in plan.steps] == ["submit"]
-    path = tmp_path / "plan.jsonl"
-    planfile.save(plan, desired, path, None)
-    _as_older(path)
+    path = _older_plan(ctx, tmp_path, ["submit"])
     report = apply(ctx, plan_file=path, wait=True)
     assert len(report.batches_created) == 1
     assert {r.key for r in ctx.reader().item_records() if r.outcome == "succeeded"} == {"r1", "r2"}
