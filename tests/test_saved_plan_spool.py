@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 from array import array
 from pathlib import Path
@@ -352,15 +353,15 @@ def test_a_plan_whose_file_cannot_be_written_leaves_nothing(tmp_path, monkeypatc
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_write(self, data)
 
-    real_open = Path.open
+    real_fdopen = os.fdopen
 
-    def opening(self, mode="r", *args, **kwargs):
-        fh = real_open(self, mode, *args, **kwargs)
-        if mode == "wb" and self.name.startswith(".plan.jsonl."):
+    def opening(fd, mode="r", *args, **kwargs):  # the plan's temporary file (`new_temp`)
+        fh = real_fdopen(fd, mode, *args, **kwargs)
+        if mode == "wb":
             return Full(fh.detach())
         return fh
 
-    monkeypatch.setattr(Path, "open", opening)
+    monkeypatch.setattr(os, "fdopen", opening)
     path = tmp_path / "plan.jsonl"
     with pytest.raises(OSError, match="No space left"):
         saved.save(plan, desired, path, "prices")

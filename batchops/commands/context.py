@@ -6,7 +6,7 @@ The CLI builds a Context from its options and calls one method; tests do the sam
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import field, replace
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from batchops.lazyclass import dataclass
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
 from batchops.spec import desired as desired_mod
-from batchops.spec.desired import Desired, DesiredJob, ItemTable
+from batchops.spec.desired import Desired, DesiredItem, DesiredJob, ItemTable
 from batchops.spec.model import Project, load_project
 from batchops.state import is_postgres, open_reader, open_writer, state_exists
 
@@ -222,7 +222,9 @@ class Context:
         out = []
         for dj in desired.jobs:
             job = desired.spec_job(dj.name)
-            expected, ceiling = job_estimate(dj, self.settings.limits)
+            expected, ceiling = one_batch_estimate(
+                dj.items, self.settings.max_batch_requests, self.settings.max_batch_bytes
+            ) or job_estimate(dj, self.settings.limits)
             out.append(
                 ValidatedJob(
                     dj.name,
@@ -556,6 +558,29 @@ def _rel(path: Path, root: Path) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
+
+
+def one_batch_estimate(
+    items: Sequence[DesiredItem], max_requests: int, max_bytes: int
+) -> tuple[float, float] | None:
+    """`job_estimate` of a job whose items all fit one batch, without the planner (which
+    `validate` does not load): the splitter makes one batch of them, whose cost is the same in
+    any order. None for a job of more than one batch."""
+    from batchops.pricing import batch_cost
+    from batchops.spec.items import ENVELOPE_BYTES
+
+    if len(items) > max_requests:
+        return None
+    if isinstance(items, ItemTable):
+        profiles, used = items.profiles, items.profile_of
+        size = sum(profiles[p][1] for p in used)
+        estimates, costs = (profiles[p][2] for p in used), (profiles[p][0] for p in used)
+    else:
+        size = sum(i.size for i in items)
+        estimates, costs = (i.estimate for i in items), (i.cost_usd for i in items)
+    if ENVELOPE_BYTES + size > max_bytes:
+        return None
+    return batch_cost(estimates, costs)
 
 
 def job_estimate(job: DesiredJob, limits: BatchLimits) -> tuple[float, float]:

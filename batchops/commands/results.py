@@ -45,7 +45,6 @@ import io
 import os
 import signal
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -73,6 +72,7 @@ from batchops.plan.diff import (
 from batchops.safetext import FORMULA_FIRST
 from batchops.spec.cache import CHUNK_ROWS
 from batchops.spec.desired import DesiredItem, select_jobs
+from batchops.spec.files import new_temp
 from batchops.spec.inputs import (
     ExportItem,
     changed_while_read,
@@ -1353,13 +1353,12 @@ def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]
     if path.is_dir():
         raise BatchopsError(f"{path}: cannot write: it is a directory")
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_temp(parent, path.name)  # its mode as `open` gives: the umask is the user's
     try:
         with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are not secrets
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -1369,8 +1368,8 @@ def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]
 
 def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
     """Remove `.{name}.*.tmp` files beside `path` older than `older_than` seconds (left by an
-    export that was killed); a younger one may belong to an export still running. The `*` is
-    mkstemp's random part, which holds no dot: `.{name}.bak.*.tmp` is another file's."""
+    export that was killed); a younger one may belong to an export still running. The `*` is a
+    random part (`new_temp`), which holds no dot: `.{name}.bak.*.tmp` is another file's."""
     cutoff = time.time() - older_than
     removed = []
     prefix, suffix = f".{path.name}.", ".tmp"

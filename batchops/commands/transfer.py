@@ -92,23 +92,17 @@ def _open_destination(destination: str | Path, command: str):
 def _same(a: str | Path, b: str | Path) -> bool:
     if is_postgres(a) and is_postgres(b):
         # one database may be spelled many ways (localhost or 127.0.0.1, a password in the URL
-        # or in PGPASSWORD): the same state is the same history, to its last write
-        if str(a) == str(b):
-            return True
-        history = _history(a)
-        return history[1] is not None and history == _history(b)
+        # or in PGPASSWORD): the same database on the same server is the same state
+        return str(a) == str(b) or _identity(a) == _identity(b)
     if is_postgres(a) or is_postgres(b):
         return False
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _history(location: str | Path) -> tuple[str | None, str | None]:
-    """(lineage, write id) of a state: a copy keeps the lineage, never the write id."""
-    if not state_exists(location):
-        return None, None
+def _identity(location: str | Path) -> Any:
     reader = open_reader(location)
     try:
-        return reader.lineage, reader.write_id
+        return reader.identity()  # type: ignore[attr-defined]
     finally:
         reader.close()
 

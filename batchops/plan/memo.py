@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
@@ -213,6 +212,8 @@ class Memo:
             if not ignore.exists() and not ignore.is_symlink():
                 ignore.write_text("# batchops's cache: never commit it\n*\n", encoding="utf-8")
             # a name no one can guess, made new (O_EXCL): never a planted symlink written through
+            import tempfile  # here: a plan that keeps nothing never loads it
+
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
             tmp = Path(name)
             try:

@@ -33,7 +33,6 @@ import hashlib
 import math
 import os
 import queue
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +71,7 @@ from batchops.plan.build import plan_from
 from batchops.plan.diff import BatchLimits, cache_saving, job_costs
 from batchops.plan.serialize import plan_json_chunks, step_dict
 from batchops.spec.desired import Desired, DesiredItem, items_for, requests_for
+from batchops.spec.files import new_temp
 from batchops.spec.items import fingerprint, request_size_of
 from batchops.spec.model import Project
 from batchops.spec.spool import JobSpool, RequestSpool, head, request_line
@@ -195,10 +195,9 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
     plan_id = str(uuid.uuid4())
     path = Path(path)
     check_target(path)
-    # a name no one can guess, made new (`mkstemp`: O_EXCL): a symlink a pull request planted
-    # at a temporary path beside the plan file would otherwise be written through
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
+    # a name no one can guess, made new: a symlink a pull request planted at a temporary path
+    # beside the plan file would otherwise be written through
+    fd, tmp = new_temp(path.parent, path.name)
     spool = desired.spool if plan.submits else None
     try:
         # the writer's threads are stopped (on an error too) before the file is closed
@@ -231,7 +230,6 @@ def save(plan: Plan, desired: Desired, path: Path, prices_source: str | None) ->
                     _write_requests(out, step, stream, held)
             digest = out.finish()
             fh.write(orjson.dumps({"kind": END, "lines": out.lines, "digest": digest}) + b"\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plan is no secret (a CI artifact)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -32,7 +32,6 @@ import hmac
 import importlib
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -349,6 +348,8 @@ def _save(
     mac = _mac(key)
     # a new file of a name no one can guess (`mkstemp`: O_EXCL): a symlink a pull request
     # planted at a temporary path would otherwise be written through, out of the project
+    import tempfile  # here: a plan that keeps nothing never loads it
+
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     tmp = Path(name)
     try:

@@ -9,6 +9,7 @@ for anything but a regular file) and reads at most a stated number of bytes.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from io import BytesIO
@@ -127,3 +128,17 @@ def bounded_line_blocks(
         if lines:
             yield number, lines
             number += len(lines)
+
+
+def new_temp(directory: Path, name: str) -> tuple[int, Path]:
+    """A new file `.{name}.<random>.tmp` in `directory`, for a write renamed over `name` once
+    whole: a name no one can guess, made with O_EXCL (never through a symlink planted in the
+    checkout), its mode what `open` gives (0666 less the umask). Its descriptor and path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = directory / f".{name}.{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:  # 64 random bits taken already: another name
+            continue

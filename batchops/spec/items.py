@@ -1497,6 +1497,7 @@ def _raw_item(
 # Bytes around a request's custom_id and params in a create body: `{"custom_id":"","params":}`
 # and the separator after it.
 REQUEST_FRAME = 28
+ENVELOPE_BYTES = 1024  # the create body around its requests
 
 
 def request_size_of(custom_id: str, params: dict[str, Any]) -> int:

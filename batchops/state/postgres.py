@@ -194,7 +194,7 @@ def _server_now(conn: psycopg.Connection) -> datetime:
 
 
 def redact(url: str) -> str:
-    """The URL without its password (in the userinfo or as a `password=` parameter); a
+    """The URL without its secrets (the password in the userinfo, `password=`, `sslpassword=`); a
     StateError for a URL that does not parse (which names no part of it: any may be secret)."""
     try:
         parts = urlsplit(url)
@@ -207,14 +207,20 @@ def redact(url: str) -> str:
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
         netloc = f"{userinfo.partition(':')[0]}@{hosts}"
-    # the other parameters as written (`host=/tmp/…` stays so): only `password=` is left out
-    pieces = [p for p in parts.query.split("&") if p and unquote(p.partition("=")[0]) != "password"]
+    # the other parameters as written (`host=/tmp/…` stays so): only the secret ones are left out
+    pieces = [
+        p for p in parts.query.split("&") if p and unquote(p.partition("=")[0]) not in _SECRET
+    ]
     if netloc == parts.netloc and len(pieces) == len([p for p in parts.query.split("&") if p]):
         return url  # nothing secret in it: shown as given (`postgresql:///db?host=…` too)
     shown = f"{parts.scheme}://{netloc}{parts.path}"
     if pieces:
         shown += "?" + "&".join(pieces)
     return shown + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+# libpq's parameters that hold a secret: the password, and the client key's passphrase
+_SECRET = frozenset({"password", "sslpassword"})
 
 
 def _secrets(url: str) -> list[str]:
@@ -227,8 +233,12 @@ def _secrets(url: str) -> list[str]:
     userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
     if ":" in userinfo:
         found.append(userinfo.partition(":")[2])
-    found += [v for k, v in parse_qsl(parts.query) if k == "password"]
-    found += [p.partition("=")[2] for p in parts.query.split("&") if p.startswith("password=")]
+    found += [v for k, v in parse_qsl(parts.query) if k in _SECRET]
+    found += [
+        value
+        for key, _, value in (p.partition("=") for p in parts.query.split("&"))
+        if unquote(key) in _SECRET
+    ]
     words = {w for f in found for w in (f, unquote(f)) if w}
     return sorted(words, key=len, reverse=True)
 
@@ -333,6 +343,15 @@ class PostgresReader(SharedReads, StateReader):
         if not self._exists:
             return []
         return self.conn.execute(sql, list(params)).fetchall()
+
+    def identity(self) -> tuple[str, str]:
+        """Which database this is: its name and its server's start (to the microsecond). One
+        database spelled two ways (localhost or 127.0.0.1, a password in the URL or not) has
+        one identity."""
+        name, started = self.conn.execute(
+            "select current_database(), pg_postmaster_start_time()::text"
+        ).fetchone()
+        return name, started
 
     @property
     def exists(self) -> bool:
@@ -574,14 +593,22 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
             held = [LockInfo(*r) for r in rows]
             taken = to_take_over(free, held, now, location, why)
             if taken and table == "leases":
-                # Locked before it is taken over, so a write of its holder still under way ends
-                # first; read again then (its keeper may have renewed it meanwhile) and judged
-                # again.
+                # Locked before it is taken over, read again (its keeper may have renewed it)
+                # and judged again. NOWAIT: a write of its holder still open on the server (a
+                # runner cut off mid-write, whose session the server keeps for hours) holds
+                # the row; waiting for it would hold every runner behind the advisory lock.
                 ids = [lease.lock_id for lease in taken]
-                again = conn.execute(
-                    f"select {_LEASE_COLUMNS} from leases where lock_id = any(%s) for update",
-                    [ids],
-                ).fetchall()
+                try:
+                    again = conn.execute(
+                        f"select {_LEASE_COLUMNS} from leases where lock_id = any(%s)"
+                        " for update nowait",
+                        [ids],
+                    ).fetchall()
+                except psycopg.errors.LockNotAvailable:
+                    raise LockHeld(
+                        f"{location}: state is locked: {taken[0].describe()}{why}; its holder's "
+                        "last write is still open on the server, so it cannot be taken over yet"
+                    ) from None
                 held = [h for h in held if h.lock_id not in ids] + [LockInfo(*r) for r in again]
                 taken = to_take_over(free, held, now, location, why)
             for lease in taken:
