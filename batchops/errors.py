@@ -87,3 +87,19 @@ class Interrupted(BaseException):  # noqa: N818 (not an error: a request to stop
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+# The signal a stop was asked by (set by the CLI's handler). The handler raises `Interrupted`
+# where the signal lands; landing in a weakref callback or a `__del__`, the raise is printed as
+# "Exception ignored" and lost, and the process waited on with the signal ignored: `pause` and
+# the wait loop raise it again.
+STOP_REQUESTED: list[int] = []
+
+
+def pause(seconds: float) -> None:
+    """`time.sleep`, then `Interrupted` if a stop was asked for and its raise was lost."""
+    import time
+
+    time.sleep(seconds)
+    if STOP_REQUESTED:
+        raise Interrupted(STOP_REQUESTED[0])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -40,6 +39,7 @@ from batchops.apply.refresh import as_record
 from batchops.apply.report import ApplyReport, NullProgress, Progress
 from batchops.clock import iso
 from batchops.errors import CreateOutcomeUnknown, LockHeld, NotFound, PlanError, RemoteError
+from batchops.errors import pause as wait
 from batchops.plan.actions import (
     Cancel,
     Forget,
@@ -454,7 +454,7 @@ class Evaluator:
                 self._note(f"{exc}; looking for the batch remotely before sending again.")
                 resolve = ResolveIntent(intent_id, step.job, len(items), "create outcome unknown")
                 for pause in (0.5, 2.0):
-                    time.sleep(pause)
+                    wait(pause)
                     if self.resolve_intent(resolve) or not self._open(intent_id):
                         break
                 return  # held (or adopted): the next cycle's plan resolves it
@@ -463,7 +463,7 @@ class Evaluator:
                 if not exc.retryable or try_number == CREATE_TRIES:
                     raise
                 self._note(f"{exc}; trying again.")
-                time.sleep(min(2**try_number * 0.25, 5))
+                wait(min(2**try_number * 0.25, 5))
                 continue
             checkpoint("after-create")
             self.state.record_created(intent_id, as_record(remote, step.job), self.clock())

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from batchops.apply.report import ApplyReport, Progress
-from batchops.errors import NotFound, RemoteError, StateError
+from batchops.errors import NotFound, RemoteError, StateError, pause
 from batchops.plan.actions import (
     Cancel,
     Forget,
@@ -182,7 +182,7 @@ def run_cycles(
         if timeout is not None and time.monotonic() - started >= timeout:
             report.timed_out = True
             return report
-        time.sleep(poll_interval)
+        pause(poll_interval)
 
 
 def _forgets_of(job: JobPlan) -> int:

@@ -15,7 +15,7 @@ import click
 import orjson
 
 from batchops import __version__
-from batchops.errors import BatchopsError, Interrupted
+from batchops.errors import STOP_REQUESTED, BatchopsError, Interrupted
 from batchops.safetext import terminal
 
 if TYPE_CHECKING:
@@ -344,6 +344,7 @@ def _stop(signum: int, frame: object) -> None:
     """SIGINT/SIGTERM: unwind cleanly (see `Interrupted`); a second signal waits for that."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    STOP_REQUESTED.append(signum)  # raised again by `pause` if this raise lands where it is lost
     raise Interrupted(signum)
 
 
