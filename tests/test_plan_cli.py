@@ -17,15 +17,6 @@ from tests.projects import API_KEY, apply, context, rows, write_project
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for var in (
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_AUTH_TOKEN",
-        "ANTHROPIC_BASE_URL",
-        "BATCHOPS_JOBS",
-        "BATCHOPS_STATE",
-        "BATCHOPS_PRICES",
-    ):
-        monkeypatch.delenv(var, raising=False)
     write_project(tmp_path, rows(3), extra="budget_usd = 1.00\n")
     return tmp_path
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.hostile.helpers import FOUR_GB, ROOT, one_line, problems_in_subprocess, write
+from tests.hostile.helpers import one_line, problems_in_subprocess, write
+from tests.test_hostile_settings import batchops
 
 INPUT_JOB = """version = 1
 [jobs.j]
@@ -24,23 +23,9 @@ input = { path = "data/t.jsonl", key = "id" }
 """
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (FOUR_GB, FOUR_GB))
-
-
 def _batchops(root: Path, home_cache: Path, *args: str) -> subprocess.CompletedProcess:
     """`batchops ARGS` in `root`, in a child limited to 4 GB and 30 s, with the rows cache on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BATCHOPS_"))}
-    env.update({"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(home_cache)})
-    return subprocess.run(
-        [sys.executable, "-m", "batchops", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        preexec_fn=_limit_memory,
-    )
+    return batchops(root, *args, env={"XDG_CACHE_HOME": str(home_cache)})
 
 
 @pytest.mark.parametrize("command", [["validate"], ["plan", "--no-refresh"]])

@@ -17,15 +17,6 @@ def project(tmp_path, monkeypatch):
     """One job `demo` of three rows whose expected cost (10 tokens a reply) is far below its
     ceiling (max_tokens 4,000): `est. cost` and `up to` differ."""
     monkeypatch.chdir(tmp_path)
-    for var in (
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_AUTH_TOKEN",
-        "ANTHROPIC_BASE_URL",
-        "BATCHOPS_JOBS",
-        "BATCHOPS_STATE",
-        "BATCHOPS_PRICES",
-    ):
-        monkeypatch.delenv(var, raising=False)
     (tmp_path / "jobs" / "data").mkdir(parents=True)
     (tmp_path / "jobs" / "data" / "rows.jsonl").write_text(
         '{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n{"id": "c", "text": "z"}\n'

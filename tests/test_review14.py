@@ -12,6 +12,7 @@ import psycopg
 from batchops.state import open_reader
 from tests import statedb
 from tests.projects import rows, run_cli, write_project
+from tests.test_review3_team import OTHER_JOB
 
 
 def test_apply_as_a_role_without_create_says_permission_denied_in_one_plain_line(
@@ -85,10 +86,18 @@ def test_push_onto_the_same_postgres_state_by_another_spelling_is_refused_as_the
     write_project(tmp_path, rows(2))
     made = run_cli(tmp_path, emulator, "apply", "--yes", state=pg_dsn)
     assert made.returncode == 0, made.stderr
+    before = statedb.rows(pg_dsn, "select key, value from meta order by key")
+    assert_push_to_localhost_refused_as_same(tmp_path, emulator, pg_dsn, before)
+
+
+def assert_push_to_localhost_refused_as_same(
+    root: Path, emulator: str, pg_dsn: str, before: list
+) -> None:
+    """`state push --force` onto `pg_dsn` spelled with `localhost` is refused in one line as the
+    same state, and leaves its meta (`before`) and leases as they were."""
     parts = urlsplit(pg_dsn)
     other = f"postgresql://{parts.username}@localhost:{parts.port}{parts.path}"
-    before = statedb.rows(pg_dsn, "select key, value from meta order by key")
-    out = run_cli(tmp_path, emulator, "state", "push", "--force", other, state=pg_dsn)
+    out = run_cli(root, emulator, "state", "push", "--force", other, state=pg_dsn)
     assert out.returncode == 1, out.stdout
     assert out.stderr.splitlines() == [
         f"Error: {pg_dsn}: source and destination are the same state"
@@ -97,13 +106,6 @@ def test_push_onto_the_same_postgres_state_by_another_spelling_is_refused_as_the
     assert statedb.rows(pg_dsn, "select count(*) from leases") == [(0,)]
 
 
-OTHER_JOB = (
-    "\n[jobs.other]\n"
-    'model = "claude-haiku-4-5"\n'
-    "max_tokens = 16\n"
-    'prompt = "Summarise: {{ text }}"\n'
-    'input = { path = "data/rows.jsonl", key = "id" }\n'
-)
 ADVISORY_KEY = 0x62617463686F7073
 
 

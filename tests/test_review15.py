@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 
@@ -15,15 +14,7 @@ from batchops.errors import LockHeld
 from batchops.state.postgres import PostgresWriter
 from tests import statedb
 from tests.projects import rows, run_cli, write_project
-
-
-def _waiting_on_a_lock(dsn: str) -> list[int]:
-    found = statedb.rows(
-        dsn,
-        "select pid from pg_stat_activity where wait_event_type = 'Lock'"
-        " and datname = current_database() and pid <> pg_backend_pid()",
-    )
-    return [r[0] for r in found]
+from tests.test_review14 import _waiting_backends, assert_push_to_localhost_refused_as_same
 
 
 def _open_in_thread(dsn: str, jobs: list[str]) -> tuple[threading.Thread, dict]:
@@ -69,7 +60,7 @@ def test_taking_over_a_stale_lease_whose_write_hangs_does_not_hold_every_other_r
         opened.append(c)
         c_thread.join(timeout=5)
         c_done = not c_thread.is_alive()
-        waiting = _waiting_on_a_lock(pg_dsn)
+        waiting = _waiting_backends(pg_dsn)
     finally:
         cut_off.rollback()
         cut_off.close()
@@ -100,15 +91,7 @@ def test_push_of_a_never_written_postgres_state_onto_itself_is_refused_as_the_sa
     PostgresWriter.open(pg_dsn, "state migrate").close()  # opened, never written
     before = statedb.rows(pg_dsn, "select key, value from meta order by key")
     assert "lineage" in dict(before) and "write_id" not in dict(before), before
-    parts = urlsplit(pg_dsn)
-    other = f"postgresql://{parts.username}@localhost:{parts.port}{parts.path}"
-    out = run_cli(tmp_path, emulator, "state", "push", "--force", other, state=pg_dsn)
-    assert out.returncode == 1, out.stdout
-    assert out.stderr.splitlines() == [
-        f"Error: {pg_dsn}: source and destination are the same state"
-    ], out.stderr
-    assert statedb.rows(pg_dsn, "select key, value from meta order by key") == before
-    assert statedb.rows(pg_dsn, "select count(*) from leases") == [(0,)]
+    assert_push_to_localhost_refused_as_same(tmp_path, emulator, pg_dsn, before)
 
 
 def test_a_saved_plan_is_made_with_the_users_umask_not_world_readable(
