@@ -204,10 +204,32 @@ def test_a_csv_file_whose_fields_grow_is_written_again_whole(
 
 
 @pytest.mark.parametrize(
+    ("loadavg", "processes"),
+    [
+        ("1.62 1.50 1.20 1/85 3639\n", 2),  # a step just done: busy a minute ago, idle now
+        ("0.10 0.20 0.30 2/85 3639\n", 1),  # one more process running now
+        ("0.10 0.20 0.30 3/85 3639\n", 1),
+    ],
+)
+def test_a_core_is_idle_by_what_runs_now_not_by_the_last_minutes_average(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, loadavg: str, processes: int
+) -> None:
+    """On 2 cores, an export started right after another CPU-bound step (a CI job's plan, the
+    bench's own baseline) found a load average of 1.6 and ran on one process, though nothing
+    else ran: the one-minute average still counted the finished step. What runs now is the
+    runnable count in /proc/loadavg (this process included)."""
+    (tmp_path / "loadavg").write_text(loadavg)
+    monkeypatch.setattr(results_mod, "LOADAVG", tmp_path / "loadavg")
+    monkeypatch.setattr(results_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(results_mod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert results_mod._idle_cores() == processes
+
+
+@pytest.mark.parametrize(
     ("cpus", "affinity", "load", "processes"),
     [
         (2, {0, 1}, 0.4, 2),
-        (2, {0, 1}, 1.0, 2),
+        (2, {0, 1}, 1.0, 1),  # one other process busy all the last minute
         (2, {0, 1}, 1.6, 1),
         (2, {0}, 0.0, 1),
         (8, set(range(8)), 0.5, 4),  # at most MAX_PROCESSES
@@ -222,6 +244,7 @@ def test_a_process_more_only_for_a_core_left_idle(
     monkeypatch.setattr(results_mod.os, "cpu_count", lambda: cpus)
     monkeypatch.setattr(results_mod.os, "sched_getaffinity", lambda pid: affinity, raising=False)
     monkeypatch.setattr(results_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(results_mod, "LOADAVG", Path("/nonexistent/loadavg"))  # not Linux
     assert results_mod._idle_cores() == processes
 
 

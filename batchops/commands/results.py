@@ -844,19 +844,33 @@ def _processes_for(job: Job, root: Path) -> int:
 
 def _idle_cores() -> int:
     """The processes an export may run on: this one, and one more for each core this process
-    may run on (`taskset -c 0` means none) that the machine leaves idle (its load average over
-    the last minute), at most MAX_PROCESSES. A process more costs CPU time (each reads past
-    the others' chunks), which pays only on a core that would wait otherwise."""
+    may run on (`taskset -c 0` means none) that the machine leaves idle (`_running_elsewhere`),
+    at most MAX_PROCESSES. A process more costs CPU time (each reads past the others' chunks),
+    which pays only on a core that would wait otherwise."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
+    free = (os.cpu_count() or cores) - _running_elsewhere()  # this process's core among them
+    return max(1, min(MAX_PROCESSES, cores, free))
+
+
+LOADAVG = Path("/proc/loadavg")
+
+
+def _running_elsewhere() -> int:
+    """How many other processes use a core now: the runnable count of /proc/loadavg ("1/85":
+    this process alone), less this one. Not the load average, which still counts for a minute
+    a step that has just ended (a CI job's plan, a bench's baseline) and left an idle core
+    unused all export long. Where there is no /proc, the one-minute load average, rounded down."""
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    idle = (os.cpu_count() or cores) - load
-    return max(1, min(MAX_PROCESSES, cores, 1 + int(idle)))
+        running = int(LOADAVG.read_bytes().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        try:
+            return int(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0
+    return max(0, running - 1)
 
 
 def _parts(
