@@ -303,3 +303,54 @@ def test_a_replaced_file_changes_the_plan_even_with_the_rows_cache_on(
     (root / "jobs" / "files" / "dot.png").write_bytes(png(shade=9))
     after = fingerprints()
     assert before["p1"] != after["p1"] and before["d1"] == after["d1"]
+
+
+def test_a_file_named_by_every_row_is_read_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path rendered from the row was read and base64-encoded again for every row naming it: a
+    pull request's data file of a million rows naming one 20 MB PDF made `validate` and `plan`
+    read and encode 20 TB. A file's block is kept (within ATTACHMENT_CACHE_CHARS of base64) and
+    given to every item that names it."""
+    (root / "jobs" / "files" / "big.pdf").write_bytes(pdf() + b"%" + b"x" * 200_000 + b"\n")
+    opened: list[Path] = []
+    real = attachments.open_regular
+
+    def counted(path: Path, root_: Path):
+        opened.append(path)
+        return real(path, root_)
+
+    monkeypatch.setattr(attachments, "open_regular", counted)
+    rows = [{"id": f"r{n}", "name": f"terms {n}", "file": "files/big.pdf"} for n in range(300)]
+    write_job(root, [*rows, {"id": "p1", "name": "the dot", "file": "files/dot.png"}])
+    made = items(root)
+    assert [p.name for p in opened] == ["big.pdf", "dot.png"]
+    expected = base64.b64encode((root / "jobs" / "files" / "big.pdf").read_bytes()).decode()
+    for item in made[:-1]:
+        assert item.params["messages"][0]["content"][0]["source"]["data"] == expected
+    assert len({i.fingerprint for i in made[:-1]}) == 300  # each its own row's text
+
+
+def test_files_beyond_the_kept_size_are_read_again_and_the_items_are_the_same(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept blocks are bounded: rows naming more files than fit are served by reading them
+    again (the least recently named first out), with the same items as when all are kept."""
+    rows = [
+        {"id": f"r{n}", "name": "x", "file": ("files/dot.png", "files/terms.pdf")[n % 2]}
+        for n in range(6)
+    ]
+    write_job(root, rows)
+    kept = items(root)
+    opened: list[str] = []
+    real = attachments.open_regular
+    monkeypatch.setattr(
+        attachments, "open_regular", lambda p, r: opened.append(p.name) or real(p, r)
+    )
+    one_pdf = len("files/terms.pdf") + len(base64.b64encode(pdf()))  # the PDF, not the PNG too
+    monkeypatch.setattr(attachments, "ATTACHMENT_CACHE_CHARS", one_pdf)
+    again = items(root)
+    assert [(i.key, i.fingerprint, i.params) for i in again] == [
+        (i.key, i.fingerprint, i.params) for i in kept
+    ]
+    assert opened == ["dot.png", "terms.pdf"] * 3  # each evicts the other

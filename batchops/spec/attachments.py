@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from batchops.spec.files import FileRefused, open_regular
 # maximum"), i.e. 3,932,160 bytes of file; a PDF is bounded by the 32 MB request, base64 4/3.
 MAX_IMAGE_BYTES = 5 * 1024 * 1024 * 3 // 4
 MAX_PDF_BYTES = 32_000_000 * 3 // 4
+# The base64 a job's rendering keeps of the files its rows name (`Kept`): enough for many small
+# images or two of the largest PDFs.
+ATTACHMENT_CACHE_CHARS = 64 * 1024 * 1024
 
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -79,6 +83,45 @@ def block(written: str, spec_dir: Path, root: Path) -> dict[str, Any]:
         )
     source = {"type": "base64", "media_type": kind, "data": base64.b64encode(data).decode()}
     return {"type": "document" if kind == "application/pdf" else "image", "source": source}
+
+
+class Kept:
+    """The blocks of files named by rows (`block`), each file read once while its block is kept:
+    rows naming one file (a million rows, one PDF) read it once, not once each. The blocks kept
+    hold at most ATTACHMENT_CACHE_CHARS of base64, the least recently named going first; a file
+    that cannot be attached is kept as its one-line reason."""
+
+    def __init__(self, spec_dir: Path, root: Path) -> None:
+        self.spec_dir, self.root = spec_dir, root
+        self._kept: OrderedDict[str, tuple[dict[str, Any] | str, int]] = OrderedDict()
+        self._chars = 0
+
+    def block(self, written: str) -> dict[str, Any]:
+        found = self._kept.get(written)
+        if found is None:
+            try:
+                made: dict[str, Any] | str = block(written, self.spec_dir, self.root)
+            except AttachmentError as e:
+                made = e.args[0]
+            size = len(made) if isinstance(made, str) else len(made["source"]["data"])
+            found = (made, len(written) + size)
+            self._keep(written, found)
+        else:
+            self._kept.move_to_end(written)
+        made = found[0]
+        if isinstance(made, str):
+            raise AttachmentError(made)
+        return made
+
+    def _keep(self, written: str, entry: tuple[dict[str, Any] | str, int]) -> None:
+        limit = ATTACHMENT_CACHE_CHARS
+        if entry[1] > limit:
+            return
+        while self._kept and self._chars + entry[1] > limit:
+            _, (_, size) = self._kept.popitem(last=False)
+            self._chars -= size
+        self._kept[written] = entry
+        self._chars += entry[1]
 
 
 def attach(params: dict[str, Any], blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:

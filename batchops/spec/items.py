@@ -1208,6 +1208,7 @@ def _attaching(
     ]
     spec_dir = job.spec_file.parent
     fixed: dict[str, dict[str, Any]] = {}  # blocks of paths written in the spec, read once
+    named = attachments.Kept(spec_dir, root)  # blocks of paths rendered from rows
 
     def render_attached(row: dict[str, Any], key: str) -> dict[str, Any]:
         params = render(row, key)
@@ -1224,7 +1225,7 @@ def _attaching(
                 if not path:
                     continue
                 if not isinstance(part, str):
-                    blocks.append(attachments.block(path, spec_dir, root))
+                    blocks.append(named.block(path))
                 elif path in fixed:
                     blocks.append(fixed[path])
                 else:
