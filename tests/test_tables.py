@@ -49,7 +49,7 @@ def table_args(draw):
 @example(([["True"], [True]], ["n"], ["right"]))
 def test_plain_tables_are_tabulates(args):
     rows, headers, colalign = args
-    expected = tabulate(rows, headers=headers, colalign=colalign)
+    expected = tabulate(rows, headers=headers, colalign=colalign, intfmt=",")
     assert tables.simple_table(rows, headers, colalign) == expected
     plain = tables._plain_table(rows, headers, colalign)
     assert plain is None or plain == expected
@@ -65,5 +65,5 @@ def test_the_tables_of_validate_and_plan_are_plain():
     align = ("left", "left", "left", "right", "left", "right")
     plain = tables._plain_table(rows, headers, align)
     assert plain is not None
-    assert plain == tabulate(rows, headers=headers, colalign=align)
+    assert plain == tabulate(rows, headers=headers, colalign=align, intfmt=",")
     assert tables._plain_table([], headers, align) == tabulate([], headers=headers, colalign=align)

@@ -17,9 +17,10 @@ from batchops.safetext import terminal
 
 
 def tabulate(*args: Any, **kwargs: Any) -> str:
+    """tabulate's table, its whole numbers with thousands separators (1,000,000)."""
     from tabulate import tabulate as _tabulate
 
-    return _tabulate(*args, **kwargs)
+    return _tabulate(*args, intfmt=",", **kwargs)
 
 
 def simple_table(
@@ -44,7 +45,7 @@ def _plain_cell(value: Any) -> str | None:
     anything but printable ASCII)."""
     t = type(value)
     if t is int:
-        return str(value)  # format(value, "") in an int column, f"{value}" in a text one
+        return f"{value:,}"  # as tabulate's `intfmt` in a column of ints (`_plain_table`)
     if (
         t is str
         and value
@@ -76,6 +77,10 @@ def _plain_table(
         if None in texts:
             return None
         cells.append(texts)
+    for i in range(n):  # an int among text is printed f"{value}" by tabulate: left to it
+        kinds = {type(row[i]) is int for row in rows}
+        if len(kinds) > 1:
+            return None
     if not cells:
         colalign = ["left"] * n  # tabulate aligns columns it has no cells of as text
     # tabulate: a column is as wide as its widest cell, and its header plus two
