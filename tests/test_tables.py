@@ -65,5 +65,6 @@ def test_the_tables_of_validate_and_plan_are_plain():
     align = ("left", "left", "left", "right", "left", "right")
     plain = tables._plain_table(rows, headers, align)
     assert plain is not None
+    assert plain.splitlines()[-1].split()[3] == "1,000,000"  # thousands separated
     assert plain == tabulate(rows, headers=headers, colalign=align, intfmt=",")
     assert tables._plain_table([], headers, align) == tabulate([], headers=headers, colalign=align)
