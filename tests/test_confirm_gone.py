@@ -46,3 +46,29 @@ def test_a_deleted_batch_is_gone_once_the_list_has_caught_up(
         assert not client.confirm_gone(kept.id, kept.created_at, made + timedelta(days=1))
     finally:
         client.close()
+
+
+def test_a_new_batch_deleted_before_its_harvest_is_not_said_to_exist(
+    tmp_path, emulator, emulator_admin, ended_unharvested, sdk_client, monkeypatch
+) -> None:
+    """A batch deleted outside batchops minutes after it was made, before its harvest: the
+    batch and its results answer 404 and the list lacks it, but the list may not have caught
+    up yet. The harvest's problem said "its results answered 404 although it exists", which
+    is false, and gave no hint of when it would be judged."""
+    monkeypatch.delenv(LIST_LAG_ENV, raising=False)
+    from tests.projects import apply, context
+
+    ctx = context(tmp_path, emulator)
+    emulator_admin.not_found(ended_unharvested, endpoint="results", times=1)
+    first = apply(ctx)  # its harvest met a passing 404: the batch is ended, not harvested
+    assert first.problems == [
+        f"harvest of batch {ended_unharvested} (demo): its results answered 404 although it exists"
+    ]
+    sdk_client.messages.batches.delete(ended_unharvested)
+    second = apply(ctx)
+    assert second.problems == [
+        f"harvest of batch {ended_unharvested} (demo): the batch and its results answer 404 and"
+        " the list of batches lacks it, but the list may not show a batch this new yet: it is"
+        " taken as deleted once the list shows a newer batch or it is 15 minutes old"
+    ]
+    assert second.submitted == 0

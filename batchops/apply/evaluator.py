@@ -55,6 +55,7 @@ from batchops.plan.actions import (
 )
 from batchops.pricing import money
 from batchops.remote import BatchesClient, encode_request
+from batchops.remote.client import list_lag
 from batchops.spec import caching
 from batchops.state.api import StateWriter
 from batchops.state.records import BatchRecord, SentAttempt
@@ -280,7 +281,8 @@ class Evaluator:
                 return False
             return self._harvest_problem(record, str(exc), again=False)
         except NotFound:
-            if self.client.confirm_gone(record.id, record.created_at, self.clock()):
+            gone = self.client.gone_status(record.id, record.created_at, self.clock())
+            if gone == "gone":
                 # deleted before harvest: the next plan requeues its items
                 self.state.save_batch(replace(record, drift="deleted"), self.clock())
                 note = f"batch {record.id} ({record.job}) was deleted outside batchops"
@@ -296,6 +298,12 @@ class Evaluator:
                 )
                 self._drift(note)
                 return False
+            if gone == "unconfirmed":
+                return self._harvest_problem(
+                    record,
+                    f"the batch and its results answer 404 and {_not_listed_yet()}",
+                    again=True,
+                )
             return self._harvest_problem(
                 record, "its results answered 404 although it exists", again=True
             )
@@ -512,14 +520,15 @@ class Evaluator:
             self.client.delete(record.id)
         except NotFound:  # deleted already (by us, its answer lost), or a passing 404: asked
             try:
-                gone = self.client.confirm_gone(record.id, record.created_at, self.clock())
+                gone = self.client.gone_status(record.id, record.created_at, self.clock())
             except RemoteError as exc:
                 self._step_problem(step, exc)
                 return
-            if not gone:
+            if gone != "gone":
+                why = "still lists it" if gone == "exists" else _not_listed_yet()
                 note = (
                     f"batch {record.id} (job {record.job}): the API answered 404 to its delete"
-                    " and still lists it; the delete is tried again at the next apply"
+                    f" and {why}; the delete is tried again at the next apply"
                 )
                 self._drift(note)
                 return
@@ -557,6 +566,16 @@ def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
     if item.estimate is not None and item.estimate.auto:
         return caching.mark(params)
     return params
+
+
+def _not_listed_yet() -> str:
+    """Why a batch that answers 404 and is not listed is not taken as deleted yet."""
+    seconds = int(list_lag().total_seconds())
+    age = f"{seconds // 60} minutes" if seconds % 60 == 0 else _count(seconds, "second")
+    return (
+        "the list of batches lacks it, but the list may not show a batch this new yet: it is"
+        f" taken as deleted once the list shows a newer batch or it is {age} old"
+    )
 
 
 def _count(n: int, noun: str) -> str:

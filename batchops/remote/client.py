@@ -264,20 +264,28 @@ class BatchesClient:
         self, batch_id: str, created_at: datetime | None, now: datetime | None = None
     ) -> bool:
         """A 404 is a question: True only when another retrieve and the list both lack the
-        batch, and the list has caught up with the batch's making. The list shows a new batch
-        late (as an unanswered create finds), so its lack of a batch proves something only
-        once it lists a batch made after it, or once the batch is older than `list_lag()` by
-        `now` (without it, a batch that stays the newest would never be judged)."""
+        batch, and the list has caught up with the batch's making (`gone_status`)."""
+        return self.gone_status(batch_id, created_at, now) == "gone"
+
+    def gone_status(
+        self, batch_id: str, created_at: datetime | None, now: datetime | None = None
+    ) -> str:
+        """After a 404: "exists" when another retrieve or the list has the batch; "gone" when
+        both lack it and the list has caught up with its making; else "unconfirmed". The list
+        shows a new batch late (as an unanswered create finds), so its lack of a batch proves
+        something only once it lists a batch made after it, or once the batch is older than
+        `list_lag()` by `now` (without it, a batch that stays the newest would never be
+        judged)."""
         try:
             self.retrieve(batch_id)
-            return False
+            return "exists"
         except NotFound:
             pass
         newer = False
         try:
             for batch in self._sdk.messages.batches.list(limit=100):
                 if batch.id == batch_id:
-                    return False
+                    return "exists"
                 if created_at is None:
                     continue
                 if batch.created_at > created_at:
@@ -286,9 +294,9 @@ class BatchesClient:
                     break  # the list is newest first: past where it would be
         except anthropic.APIError as exc:
             raise remote_error(exc, "list batches") from None
-        if created_at is None or newer:
-            return True
-        return now is not None and now - created_at >= list_lag()
+        if created_at is None or newer or (now is not None and now - created_at >= list_lag()):
+            return "gone"
+        return "unconfirmed"
 
     def list_all(self) -> Iterator[RemoteBatch]:
         """Every batch in the workspace (29 days' worth), newest first, page after page."""
