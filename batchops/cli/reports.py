@@ -86,7 +86,8 @@ def status(ctx: click.Context, job_names: tuple[str, ...], json_: bool) -> None:
     "--out",
     "out_file",
     type=click.Path(path_type=Path),
-    help="Write to FILE (atomically) instead of standard output.",
+    help="Write to FILE (atomically; a symlink, pipe or device is written through) instead of"
+    " standard output.",
 )
 @click.option("--failed", "failed_only", is_flag=True, help="Only failed items, with their errors.")
 @click.option(

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import os
 import signal
@@ -72,7 +73,7 @@ from batchops.plan.diff import (
 from batchops.safetext import FORMULA_FIRST
 from batchops.spec.cache import CHUNK_ROWS
 from batchops.spec.desired import DesiredItem, select_jobs
-from batchops.spec.files import new_temp
+from batchops.spec.files import new_temp, temp_stem
 from batchops.spec.inputs import (
     ExportItem,
     changed_while_read,
@@ -1357,27 +1358,80 @@ def export(
 
 @contextlib.contextmanager
 def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]]:
-    """Write `path` through a temporary file in its folder, renamed over it on success only."""
+    """Write `path` through a temporary file in its folder, renamed over it on success only. A
+    path that is a symlink, a pipe or a device (`-o /dev/stdout`, a named pipe a script reads)
+    is written through instead (`_written_through`), never replaced by a file."""
     path = Path(path)
     parent = path.parent
     if create_dirs:
-        parent.mkdir(parents=True, exist_ok=True)
+        with _cannot_write(path):
+            parent.mkdir(parents=True, exist_ok=True)
     if not parent.is_dir():
         raise BatchopsError(f"{path}: cannot write: directory {parent} does not exist")
     if path.is_dir():
         raise BatchopsError(f"{path}: cannot write: it is a directory")
-    remove_stale_temps(path)
-    fd, tmp = new_temp(parent, path.name)  # its mode as `open` gives: the umask is the user's
     try:
-        with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as f:
+        through = not stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        through = False
+    except OSError as e:
+        raise BatchopsError(f"{path}: cannot write: {e.strerror}") from None
+    if through:
+        with _written_through(path) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return
+    remove_stale_temps(path)
+    with _cannot_write(path):
+        fd, tmp = new_temp(parent, path.name)  # its mode as `open` gives: the umask is the user's
+    try:
+        with _cannot_write(path, only=_WRITE_ERRNOS):
+            with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        with _cannot_write(path):
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# What only a write can fail with: an OSError with one of these, raised while an export writes,
+# is about its output, not about a file it reads.
+_WRITE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EPIPE") if hasattr(errno, name)
+)
+
+
+@contextlib.contextmanager
+def _cannot_write(path: Path, only: Collection[int] | None = None) -> Iterator[None]:
+    """An OSError (with an errno among `only`, when given) as the one line `PATH: cannot write:
+    why`."""
+    try:
+        yield
+    except OSError as e:
+        if only is not None and e.errno not in only:
+            raise
+        raise BatchopsError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def _written_through(path: Path) -> Iterator[IO[bytes]]:
+    """Write a symlink's target, a pipe or a device at `path`: the export is made in a
+    temporary file first (a CSV export may start again, and nothing reaches the reader of a
+    failed one), then copied into `path` as it is opened for writing."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryFile() as made:
+        with _cannot_write(path, only=_WRITE_ERRNOS):
+            yield made
+            made.flush()
+        made.seek(0)
+        with _cannot_write(path):
+            with open(path, "wb") as out:
+                shutil.copyfileobj(made, out, WRITE_BUFFER)
 
 
 def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
@@ -1386,7 +1440,7 @@ def remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> li
     random part (`new_temp`), which holds no dot: `.{name}.bak.*.tmp` is another file's."""
     cutoff = time.time() - older_than
     removed = []
-    prefix, suffix = f".{path.name}.", ".tmp"
+    prefix, suffix = f".{temp_stem(path.name)}.", ".tmp"
     try:
         names = os.listdir(path.parent)
     except OSError:

@@ -130,14 +130,32 @@ def bounded_line_blocks(
             number += len(lines)
 
 
+# Past this many characters a file's name is cut in its temporary files' names (`temp_stem`):
+# `.{name}.<16 hex>.tmp` adds 22 to a name that may have up to 255 (NAME_MAX).
+TEMP_STEM_MAX = 200
+
+
+def temp_stem(name: str) -> str:
+    """What `name`'s temporary files are named after: `name` itself, or, for a long one, its
+    start and a hash of it (no dot in the hash: `remove_stale_temps` splits on them)."""
+    if len(name.encode()) <= TEMP_STEM_MAX:
+        return name
+    import hashlib
+
+    cut = name.encode()[: TEMP_STEM_MAX - 17].decode(errors="ignore")
+    return f"{cut}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
 def new_temp(directory: Path, name: str) -> tuple[int, Path]:
-    """A new file `.{name}.<random>.tmp` in `directory`, for a write renamed over `name` once
-    whole: a name no one can guess, made with O_EXCL (never through a symlink planted in the
-    checkout), its mode what `open` gives (0666 less the umask). Its descriptor and path."""
+    """A new file `.{name}.<random>.tmp` in `directory` (the name cut, `temp_stem`), for a write
+    renamed over `name` once whole: a name no one can guess, made with O_EXCL (never through a
+    symlink planted in the checkout), its mode what `open` gives (0666 less the umask). Its
+    descriptor and path."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    stem = temp_stem(name)
     while True:
-        path = directory / f".{name}.{secrets.token_hex(8)}.tmp"
+        path = directory / f".{stem}.{secrets.token_hex(8)}.tmp"
         try:
             return os.open(path, flags, 0o666), path
         except FileExistsError:  # 64 random bits taken already: another name
