@@ -101,5 +101,11 @@ def pause(seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+    stop_if_requested()
+
+
+def stop_if_requested() -> None:
+    """`Interrupted` if a stop was asked for and its raise was lost: called before anything new
+    begins (an apply's cycle, a step, a create), so a lost stop runs nothing more."""
     if STOP_REQUESTED:
         raise Interrupted(STOP_REQUESTED[0])

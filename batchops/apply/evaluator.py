@@ -38,7 +38,14 @@ from batchops.apply.harvest import (
 from batchops.apply.refresh import as_record
 from batchops.apply.report import ApplyReport, NullProgress, Progress
 from batchops.clock import iso
-from batchops.errors import CreateOutcomeUnknown, LockHeld, NotFound, PlanError, RemoteError
+from batchops.errors import (
+    CreateOutcomeUnknown,
+    LockHeld,
+    NotFound,
+    PlanError,
+    RemoteError,
+    stop_if_requested,
+)
 from batchops.errors import pause as wait
 from batchops.plan.actions import (
     Cancel,
@@ -147,6 +154,7 @@ class Evaluator:
                 raise PlanError(f"unknown plan step {type(step).__name__}")
             if self.state.lease_lost:
                 raise lease_lost()
+            stop_if_requested()
             visit(step, index)
 
     def _note(self, message: str) -> None:
@@ -448,6 +456,7 @@ class Evaluator:
 
     def _create(self, step: SubmitBatch, items: list[SubmitItem], requests: list[bytes]) -> None:
         for try_number in range(1, CREATE_TRIES + 1):
+            stop_if_requested()  # before the intent: nothing is sent after a stop
             intent_id = f"intent_{uuid.uuid4().hex}"
             anchor = self.client.newest_batch_id()  # where the list stands before the create
             self.state.record_intent(

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from batchops.apply.report import ApplyReport, Progress
-from batchops.errors import NotFound, RemoteError, StateError, pause
+from batchops.errors import NotFound, RemoteError, StateError, pause, stop_if_requested
 from batchops.plan.actions import (
     Cancel,
     Forget,
@@ -107,6 +107,7 @@ def run_cycles(
     # by job, the ceiling of what this apply's cycles sent: a budget holds for the whole apply
     spent: dict[str, float] = {}
     while True:
+        stop_if_requested()  # a SIGTERM whose raise was lost (`errors.STOP_REQUESTED`)
         if state.lease_lost:  # found by the keeper while this apply waited or ran a cycle
             from batchops.apply.evaluator import lease_lost
 

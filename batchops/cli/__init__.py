@@ -15,7 +15,7 @@ import click
 import orjson
 
 from batchops import __version__
-from batchops.errors import STOP_REQUESTED, BatchopsError, Interrupted
+from batchops.errors import STOP_REQUESTED, BatchopsError, Interrupted, stop_if_requested
 from batchops.safetext import terminal
 
 if TYPE_CHECKING:
@@ -351,10 +351,12 @@ def _stop(signum: int, frame: object) -> None:
 def main() -> None:
     """Console entry point. Usage errors exit 1 (DESIGN §4), not click's 2; SIGINT exits 130 and
     SIGTERM 143, after the step in progress was rolled back and the lease released."""
+    STOP_REQUESTED.clear()
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
         rc = cli.main(standalone_mode=False)
+        stop_if_requested()  # a stop whose raise was lost ends as a stop: 130 or 143
     except Interrupted as exc:
         name = "SIGTERM" if exc.signum == signal.SIGTERM else "SIGINT"
         click.echo(f"Stopped by {name}.", err=True)

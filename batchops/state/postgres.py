@@ -196,27 +196,43 @@ def _server_now(conn: psycopg.Connection) -> datetime:
 def redact(url: str) -> str:
     """The URL without its secrets (the password in the userinfo, `password=`, `sslpassword=`); a
     StateError for a URL that does not parse (which names no part of it: any may be secret)."""
+    userinfo = _userinfo(url)
+    secret_user = userinfo is not None and ":" in userinfo[1]
+    if secret_user:  # read as libpq reads it: a `?` or `#` in the password is the password's
+        scheme, user, rest = userinfo
+        url_left = f"{scheme}://{user.partition(':')[0]}@{rest}"
+    else:
+        url_left = url
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url_left)
     except ValueError as exc:
         scheme = url.partition(":")[0]
         raise StateError(
             f"the {scheme} state URL is not a valid URL ({exc}); check --state or BATCHOPS_STATE"
         ) from None
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}@{hosts}"
     # the other parameters as written (`host=/tmp/…` stays so): only the secret ones are left out
-    pieces = [
-        p for p in parts.query.split("&") if p and unquote(p.partition("=")[0]) not in _SECRET
-    ]
-    if netloc == parts.netloc and len(pieces) == len([p for p in parts.query.split("&") if p]):
+    written = [p for p in parts.query.split("&") if p]
+    pieces = [p for p in written if unquote(p.partition("=")[0]) not in _SECRET]
+    if not secret_user and len(pieces) == len(written):
         return url  # nothing secret in it: shown as given (`postgresql:///db?host=…` too)
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
     if pieces:
         shown += "?" + "&".join(pieces)
     return shown + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme, userinfo, the rest) of a URL with a userinfo, split as libpq splits it: the
+    userinfo ends at the first `@` before any `/` (not at a `?` or `#`, as `urlsplit` has it)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    for at, char in enumerate(rest):
+        if char == "/":
+            return None
+        if char == "@":
+            return scheme, rest[:at], rest[at + 1 :]
+    return None
 
 
 # libpq's parameters that hold a secret: the password, and the client key's passphrase
@@ -230,9 +246,9 @@ def _secrets(url: str) -> list[str]:
     except ValueError:
         return []
     found = []
-    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
-    if ":" in userinfo:
-        found.append(userinfo.partition(":")[2])
+    userinfo = _userinfo(url)
+    if userinfo is not None and ":" in userinfo[1]:
+        found.append(userinfo[1].partition(":")[2])
     found += [v for k, v in parse_qsl(parts.query) if k in _SECRET]
     found += [
         value
@@ -269,12 +285,39 @@ def _open_failed(location: str, exc: psycopg.Error) -> Exception:
     ):
         return exc
     why = " ".join(str(exc).split("\n", 1)[0].split())  # not libpq's LINE 1 and caret
-    if state == "42501":  # insufficient_privilege
+    if state == "42501":  # insufficient_privilege, where the state's tables are whole
         return StateError(
-            f"{location}: {why}: this role cannot create or change the state's tables; run "
-            "`batchops state migrate` once as a role that may (the database's owner)"
+            f"{location}: {why}: this role may read the state but not write it (a command that"
+            " writes needs insert, update and delete on its tables)"
         )
     return StateError(f"{location}: not a batchops state database ({why})")
+
+
+def _migrate(conn: psycopg.Connection, location: str, pending: list[str]) -> None:
+    """Run the `pending` migrations (in the caller's transaction). A role that may not create
+    or change the tables is told who may."""
+    try:
+        conn.execute(
+            f"create table if not exists {MIGRATIONS_TABLE} (migration_set text not null,"
+            " name text not null, applied_at text not null,"
+            " primary key (migration_set, name))"
+        )
+        for name, statements in MIGRATIONS:
+            if name not in pending:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(
+                f"insert into {MIGRATIONS_TABLE} (migration_set, name, applied_at)"
+                " values (%s, %s, %s)",
+                [MIGRATION_SET, name, iso(utcnow())],
+            )
+    except psycopg.errors.InsufficientPrivilege as exc:
+        why = " ".join(str(exc).split("\n", 1)[0].split())  # not libpq's LINE 1 and caret
+        raise StateError(
+            f"{location}: {why}: this role cannot create or change the state's tables; run "
+            "`batchops state migrate` once as a role that may (the database's owner)"
+        ) from None
 
 
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
@@ -344,14 +387,17 @@ class PostgresReader(SharedReads, StateReader):
             return []
         return self.conn.execute(sql, list(params)).fetchall()
 
-    def identity(self) -> tuple[str, str]:
-        """Which database this is: its name and its server's start (to the microsecond). One
-        database spelled two ways (localhost or 127.0.0.1, a password in the URL or not) has
-        one identity."""
-        name, started = self.conn.execute(
-            "select current_database(), pg_postmaster_start_time()::text"
+    def identity(self) -> tuple[str, str, str]:
+        """Which state this is: its database's name, its server's start (to the microsecond)
+        and the schema its tables are in (or would be made in: one database may hold a state a
+        schema, picked by `options=-csearch_path=…`). One state spelled two ways (localhost or
+        127.0.0.1, a password in the URL or not) has one identity."""
+        name, started, schema = self.conn.execute(
+            "select current_database(), pg_postmaster_start_time()::text,"
+            " coalesce((select relnamespace::regnamespace::text from pg_class"
+            " where oid = to_regclass('meta')), current_schema())"
         ).fetchone()
-        return name, started
+        return name, started, schema
 
     @property
     def exists(self) -> bool:
@@ -614,21 +660,7 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
             for lease in taken:
                 conn.execute(f"delete from {table} where lock_id = %s", [lease.lock_id])
             if pending:
-                conn.execute(
-                    f"create table if not exists {MIGRATIONS_TABLE} (migration_set text not null,"
-                    " name text not null, applied_at text not null,"
-                    " primary key (migration_set, name))"
-                )
-                for name, statements in MIGRATIONS:
-                    if name not in pending:
-                        continue
-                    for statement in statements:
-                        conn.execute(statement)
-                    conn.execute(
-                        f"insert into {MIGRATIONS_TABLE} (migration_set, name, applied_at)"
-                        " values (%s, %s, %s)",
-                        [MIGRATION_SET, name, iso(utcnow())],
-                    )
+                _migrate(conn, location, pending)
             if conn.execute("select 1 from meta where key = 'lineage'").fetchone() is None:
                 conn.cursor().executemany(
                     "insert into meta (key, value) values (%s, %s)"
