@@ -72,3 +72,13 @@ def test_a_new_batch_deleted_before_its_harvest_is_not_said_to_exist(
         " taken as deleted once the list shows a newer batch or it is 15 minutes old"
     ]
     assert second.submitted == 0
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-5", "1e30", "soon"])
+def test_a_list_lag_that_is_no_duration_is_the_default(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """`BATCHOPS_LIST_LAG_SECONDS=inf` made `timedelta` raise OverflowError once a batch
+    answered 404: 'unexpected OverflowError (a bug in batchops)'."""
+    monkeypatch.setenv(LIST_LAG_ENV, value)
+    assert list_lag() == timedelta(minutes=15)

@@ -585,7 +585,7 @@ def test_ragged_csv_row(project: Path) -> None:
     spec_job(project, BASE + 'input = { path = "data/p.csv", key = "id" }\n')
     assert item_problems(project) == [
         "jobs/data/p.csv: line 3: job j: row has 3 fields, the header has 2",
-        "jobs/data/p.csv: line 4: job j: row has 1 fields, the header has 2",
+        "jobs/data/p.csv: line 4: job j: row has 1 field, the header has 2",
     ]
 
 

@@ -42,10 +42,15 @@ LIST_LAG_ENV = "BATCHOPS_LIST_LAG_SECONDS"
 
 
 def list_lag() -> timedelta:
+    """BATCHOPS_LIST_LAG_SECONDS as a duration; the default for one that is not a number of
+    seconds from 0 to a year (`inf`, `nan`, `-5`)."""
     try:
-        return timedelta(seconds=float(os.environ.get(LIST_LAG_ENV, LIST_LAG_SECONDS)))
+        seconds = float(os.environ.get(LIST_LAG_ENV, LIST_LAG_SECONDS))
     except ValueError:
-        return timedelta(seconds=LIST_LAG_SECONDS)
+        seconds = LIST_LAG_SECONDS
+    if not 0 <= seconds <= 366 * 86400:  # false for nan too
+        seconds = LIST_LAG_SECONDS
+    return timedelta(seconds=seconds)
 
 
 READ_RETRIES = 5

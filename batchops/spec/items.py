@@ -804,7 +804,7 @@ def _csv_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tupl
             if not record:
                 continue
             if len(record) != len(header):
-                message = f"row has {len(record)} fields, the header has {len(header)}"
+                message = f"row has {_fields(len(record))}, the header has {len(header)}"
                 yield number, _BadRow(message)
                 continue
             yield number, dict(zip(header, record, strict=True))
@@ -1514,3 +1514,7 @@ def request_size(item: Item) -> int:
     if item.size is not None:
         return item.size
     return request_size_of(item.custom_id, item.params)
+
+
+def _fields(count: int) -> str:
+    return f"{count:,} field" if count == 1 else f"{count:,} fields"
