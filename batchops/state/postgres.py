@@ -285,6 +285,17 @@ def _open_failed(location: str, exc: psycopg.Error) -> Exception:
     ):
         return exc
     why = " ".join(str(exc).split("\n", 1)[0].split())  # not libpq's LINE 1 and caret
+    if state == "55P03":  # lock_not_available: the advisory lock, past lock_timeout
+        return StateError(
+            f"{location}: {why}: another batchops was opening or migrating the state for longer"
+            " than the session's lock_timeout; try again"
+        )
+    if state == "57014" and "statement timeout" in why:
+        return StateError(
+            f"{location}: {why}: opening the state took longer than the session's"
+            " statement_timeout (another batchops opening or migrating it, or a long"
+            " migration); try again"
+        )
     if state == "42501":  # insufficient_privilege, where the state's tables are whole
         return StateError(
             f"{location}: {why}: this role may read the state but not write it (a command that"
