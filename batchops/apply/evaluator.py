@@ -580,7 +580,7 @@ def _as_sent(item: SubmitItem, params: dict[str, Any]) -> dict[str, Any]:
 def _not_listed_yet() -> str:
     """Why a batch that answers 404 and is not listed is not taken as deleted yet."""
     seconds = int(list_lag().total_seconds())
-    age = f"{seconds // 60} minutes" if seconds % 60 == 0 else _count(seconds, "second")
+    age = _count(seconds // 60, "minute") if seconds % 60 == 0 else _count(seconds, "second")
     return (
         "the list of batches lacks it, but the list may not show a batch this new yet: it is"
         f" taken as deleted once the list shows a newer batch or it is {age} old"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import stat
 import sys
 from pathlib import Path
 
@@ -138,10 +140,31 @@ def results(
         context, job, fmt, target, failed_only=failed_only, raw_csv=raw_csv, options=options
     )
     if out_file is not None:
-        click.echo(f"Wrote {plural(summary.rows, 'row')} of {job} to {out_file} ({fmt}).")
+        click.echo(
+            f"Wrote {plural(summary.rows, 'row')} of {job} to {out_file} ({fmt}).",
+            err=_is_a_stream(out_file),
+        )
     if summary.parse_errors:
         click.echo(
             f"Note: {plural(summary.parse_errors, 'answer')} did not parse as JSON with the "
             "asked columns (see parse_error).",
             err=True,
         )
+
+
+def _is_a_stream(path: Path) -> bool:
+    """Whether `path` is no regular file (a pipe, a terminal: `-o /dev/stdout`) or is this
+    process's standard output: what is written there is the reader's, and the line saying it
+    was written goes to standard error."""
+    import os
+
+    try:
+        written = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(written.st_mode):
+        return True
+    try:
+        return os.path.samestat(written, os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False

@@ -1358,9 +1358,10 @@ def export(
 
 @contextlib.contextmanager
 def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]]:
-    """Write `path` through a temporary file in its folder, renamed over it on success only. A
-    path that is a symlink, a pipe or a device (`-o /dev/stdout`, a named pipe a script reads)
-    is written through instead (`_written_through`), never replaced by a file."""
+    """Write `path` through a temporary file in its folder, renamed over it on success only (a
+    symlink's regular file: that file, the link kept). A pipe or a device (`-o /dev/stdout`, a
+    named pipe a script reads) is written through instead (`_written_through`), never replaced
+    by a file."""
     path = Path(path)
     parent = path.parent
     if create_dirs:
@@ -1376,6 +1377,11 @@ def atomic_write(path: Path, *, create_dirs: bool = False) -> Iterator[IO[bytes]
         through = False
     except OSError as e:
         raise BatchopsError(f"{path}: cannot write: {e.strerror}") from None
+    if through and os.path.islink(path):  # a link to a regular file: that file, replaced whole
+        real = Path(os.path.realpath(path))
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(real).st_mode) and os.path.samefile(real, path):
+                path, parent, through = real, real.parent, False
     if through:
         with _written_through(path) as f:
             yield f

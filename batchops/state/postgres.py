@@ -222,17 +222,17 @@ def redact(url: str) -> str:
 
 
 def _userinfo(url: str) -> tuple[str, str, str] | None:
-    """(scheme, userinfo, the rest) of a URL with a userinfo, split as libpq splits it: the
-    userinfo ends at the first `@` before any `/` (not at a `?` or `#`, as `urlsplit` has it)."""
+    """(scheme, userinfo, the rest) of a URL with a userinfo: to the last `@` before any `/`.
+    libpq ends it at the first `@` (not at a `?` or `#`, as `urlsplit` has it), but no host
+    holds an `@`: a password with an unencoded one is hidden whole."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return None
-    for at, char in enumerate(rest):
-        if char == "/":
-            return None
-        if char == "@":
-            return scheme, rest[:at], rest[at + 1 :]
-    return None
+    authority = rest.partition("/")[0]
+    if "@" not in authority:
+        return None
+    at = authority.rindex("@")
+    return scheme, rest[:at], rest[at + 1 :]
 
 
 # libpq's parameters that hold a secret: the password, and the client key's passphrase
@@ -248,7 +248,8 @@ def _secrets(url: str) -> list[str]:
     found = []
     userinfo = _userinfo(url)
     if userinfo is not None and ":" in userinfo[1]:
-        found.append(userinfo[1].partition(":")[2])
+        password = userinfo[1].partition(":")[2]
+        found += [password, *password.split("@")]  # libpq's password ends at the first `@`
     found += [v for k, v in parse_qsl(parts.query) if k in _SECRET]
     found += [
         value
@@ -275,7 +276,7 @@ def _connect(url: str, location: str) -> psycopg.Connection:
         raise StateError(f"{location}: cannot connect to PostgreSQL ({why})") from None
 
 
-def _open_failed(location: str, exc: psycopg.Error) -> Exception:
+def _open_failed(location: str, exc: psycopg.Error, *, reading: bool = False) -> Exception:
     """What opening the state failed with, as one line. A lost connection is left as it is
     (the CLI says the connection was lost: run again); a role without the rights to create the
     state's tables is told so; anything else is not a state batchops can read."""
@@ -297,9 +298,10 @@ def _open_failed(location: str, exc: psycopg.Error) -> Exception:
             " migration); try again"
         )
     if state == "42501":  # insufficient_privilege, where the state's tables are whole
+        needs = "select on them" if reading else "select, insert, update and delete on them"
         return StateError(
-            f"{location}: {why}: this role may read the state but not write it (a command that"
-            " writes needs insert, update and delete on its tables)"
+            f"{location}: {why}: this role may not use the state's tables as this command"
+            f" needs ({needs})"
         )
     return StateError(f"{location}: not a batchops state database ({why})")
 
@@ -373,7 +375,7 @@ class PostgresReader(SharedReads, StateReader):
             pending = _pending(conn, location)
         except psycopg.Error as exc:
             conn.close()
-            raise _open_failed(location, exc) from None
+            raise _open_failed(location, exc, reading=True) from None
         except BaseException:
             conn.close()
             raise
