@@ -5,7 +5,9 @@ For assertions only: batchops itself reads and writes state through `batchops.st
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from batchops.state import is_postgres
@@ -33,3 +35,32 @@ def exists(location: Path | str) -> bool:
     if is_postgres(location):
         return bool(rows(location, "select to_regclass('meta') is not null")[0][0])
     return Path(location).exists()
+
+
+@contextlib.contextmanager
+def login_role(server_dsn: str, dsn: str, prefix: str, *grants: str) -> Iterator[str]:
+    """A new login role on the test server (`grants` run for it first, `{role}` in each), as
+    the URL of `dsn`'s database under that role; at the end its sessions ended, its rights
+    on the state's tables revoked and the role dropped."""
+    import uuid
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    role = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"create role {role} login")
+        for grant in grants:
+            admin.execute(grant.format(role=role))
+    parts = urlsplit(dsn)
+    try:
+        yield f"postgresql://{role}@{parts.hostname}:{parts.port}{parts.path}"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
+                [role],
+            )
+            admin.execute(f"revoke all on all tables in schema public from {role}")
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(f"drop role if exists {role}")

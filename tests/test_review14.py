@@ -3,7 +3,6 @@ URLs, privileges, copies). Each test reproduces one defect and fails on the code
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -23,22 +22,9 @@ def test_apply_as_a_role_without_create_says_permission_denied_in_one_plain_line
     the schema: the error should say so, in one readable line. It says instead that the
     database is "not a batchops state database", with libpq's LINE/caret lines escaped as
     \\x0a into the line."""
-    role = f"ci_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f"create role {role} login")
-    try:
-        parts = urlsplit(pg_dsn)
-        url = f"postgresql://{role}@{parts.hostname}:{parts.port}{parts.path}"
+    with statedb.login_role(pg_server.dsn, pg_dsn, "ci") as url:
         write_project(tmp_path, rows(2))
         out = run_cli(tmp_path, emulator, "apply", "--yes", state=url)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
-                [role],
-            )
-        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-            admin.execute(f"drop role if exists {role}")
     assert out.returncode == 1, out.stdout
     (line,) = out.stderr.splitlines()
     assert line.startswith(f"Error: {url}: "), line

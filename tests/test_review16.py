@@ -4,10 +4,8 @@ reproduces one defect: it fails on the code as reviewed and passes once fixed.""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,7 +15,8 @@ import pytest
 from batchops.state import open_reader
 from batchops.state.postgres import redact
 from tests import statedb
-from tests.projects import API_KEY, rows, run_cli, write_project
+from tests.projects import rows, run_cli, write_project
+from tests.test_review3_team import _env
 
 
 def _lineage_serial(location: str) -> tuple[str, int]:
@@ -113,13 +112,7 @@ def test_a_sigterm_whose_raise_was_lost_still_stops_an_apply_without_wait(
     had come. DESIGN §6.12: SIGTERM ends apply cleanly, exit 143; a stop asked for before any
     step began runs no step. Expected: "Stopped by SIGTERM.", exit 143, no batch created."""
     write_project(tmp_path, rows(2))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update(
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        ANTHROPIC_BASE_URL=emulator,
-        ANTHROPIC_API_KEY=API_KEY,
-    )
+    env = _env(emulator, None)  # the project's own SQLite state
     out = subprocess.run(
         [sys.executable, "-c", _LOSE_A_SIGTERM],
         cwd=tmp_path,
@@ -147,24 +140,10 @@ def test_apply_as_a_read_only_role_is_not_told_to_run_state_migrate(
     write_project(tmp_path, rows(2))
     made = run_cli(tmp_path, emulator, "apply", "--yes", state=pg_dsn)
     assert made.returncode == 0, made.stderr
-    role = f"ro_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f"create role {role} login")
-        admin.execute(f"grant select on all tables in schema public to {role}")
-    parts = urlsplit(pg_dsn)
-    url = f"postgresql://{role}@{parts.hostname}:{parts.port}{parts.path}"
-    try:
+    grant = "grant select on all tables in schema public to {role}"
+    with statedb.login_role(pg_server.dsn, pg_dsn, "ro", grant) as url:
         planned = run_cli(tmp_path, emulator, "plan", state=url)
         out = run_cli(tmp_path, emulator, "apply", "--yes", state=url)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
-                [role],
-            )
-            admin.execute(f"revoke all on all tables in schema public from {role}")
-        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-            admin.execute(f"drop role if exists {role}")
     assert planned.returncode == 0, planned.stderr  # the role reads the state
     assert out.returncode == 1, out.stdout
     (line,) = out.stderr.splitlines()

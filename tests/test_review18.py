@@ -5,13 +5,10 @@ one defect: it fails on the code as reviewed and passes once fixed."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import psycopg
 
 from batchops.state.postgres import redact
+from tests import statedb
 from tests.projects import rows, run_cli, write_project
 
 
@@ -69,21 +66,8 @@ def test_a_role_that_may_not_read_the_state_is_not_told_it_may(
     write_project(tmp_path, rows(2))
     made = run_cli(tmp_path, emulator, "apply", "--yes", state=pg_dsn)
     assert made.returncode == 0, made.stderr
-    role = f"none_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f"create role {role} login")
-    parts = urlsplit(pg_dsn)
-    url = f"postgresql://{role}@{parts.hostname}:{parts.port}{parts.path}"
-    try:
+    with statedb.login_role(pg_server.dsn, pg_dsn, "none") as url:
         out = run_cli(tmp_path, emulator, "status", state=url)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
-                [role],
-            )
-        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-            admin.execute(f"drop role if exists {role}")
     assert out.returncode == 1, out.stdout
     (line,) = out.stderr.splitlines()
     assert line.startswith(f"Error: {url}: permission denied for table _batchops_migrations"), line

@@ -54,14 +54,16 @@ def _server_now(dsn: str) -> datetime:
     return statedb.rows(dsn, "select now()")[0][0].astimezone(UTC)
 
 
-def _env(emulator: str, dsn: str, **extra: str) -> dict[str, str]:
+def _env(emulator: str, dsn: str | None, **extra: str) -> dict[str, str]:
+    """A child's environment: the emulator's URL and key, the state at `dsn` (None: the
+    project's own), and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env.update(
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
         ANTHROPIC_BASE_URL=emulator,
         ANTHROPIC_API_KEY=API_KEY,
-        BATCHOPS_STATE=dsn,
+        **({} if dsn is None else {"BATCHOPS_STATE": dsn}),
         **extra,
     )
     return env

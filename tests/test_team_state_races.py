@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,8 @@ import psycopg
 from batchops.plan import saved as saved_mod
 from batchops.state import open_reader, open_writer
 from tests import statedb
-from tests.projects import API_KEY, context, rows, run_cli, write_project, write_rows
+from tests.projects import context, rows, run_cli, write_project, write_rows
+from tests.test_review3_team import _env
 
 _WAITING = (
     "select pid from pg_stat_activity where datname = current_database()"
@@ -98,14 +98,7 @@ def _apply_blocked_in_a_write(
     open_writer(pg_dsn, "test").close()  # the schema and the meta rows
     blocker = psycopg.connect(pg_dsn)
     blocker.execute("select value from meta where key = 'serial' for update")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update(
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        ANTHROPIC_BASE_URL=emulator,
-        ANTHROPIC_API_KEY=API_KEY,
-        BATCHOPS_STATE=pg_dsn,
-    )
+    env = _env(emulator, pg_dsn)
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchops", "apply", "--yes"],
         cwd=tmp_path,
