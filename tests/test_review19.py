@@ -80,3 +80,31 @@ def test_a_password_holding_a_slash_is_not_shown_whole(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stdout
     (line,) = out.stderr.splitlines()
     assert "Zx9" not in line and "Qw+e" not in line, line
+
+
+def test_a_lost_stop_does_not_use_a_saved_plan_up(
+    tmp_path: Path, emulator: str, emulator_admin
+) -> None:
+    """A saved plan is marked applied once checked, before its steps run: a SIGTERM whose
+    raise was lost before then (review 16's case) stopped the apply after that mark, and the
+    plan could not be applied again ("already applied") though nothing of it ran. Expected:
+    exit 143, no batch, and the same plan applied by the next run."""
+    import subprocess
+    import sys
+
+    from tests.test_review3_team import _env
+    from tests.test_review16 import _LOSE_A_SIGTERM
+
+    write_project(tmp_path, rows(2))
+    planned = run_cli(tmp_path, emulator, "plan", "-o", "p.plan")
+    assert planned.returncode == 0, planned.stderr
+    script = _LOSE_A_SIGTERM.replace(
+        '["batchops", "apply", "--yes"]', '["batchops", "apply", "p.plan"]'
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(emulator, None),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 143, out.stdout + out.stderr
+    assert emulator_admin.stats()["batches_created"] == 0
+    again = run_cli(tmp_path, emulator, "apply", "p.plan")
+    assert again.returncode == 0, again.stderr
+    assert emulator_admin.stats()["batches_created"] == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchops.clock import utcnow
-from batchops.errors import BatchopsError, NoCredentials, PlanError, StateError
+from batchops.errors import BatchopsError, NoCredentials, PlanError, StateError, stop_if_requested
 from batchops.lazyclass import dataclass
 from batchops.pricing import PriceTable
 from batchops.safetext import terminal
@@ -387,6 +387,7 @@ class Context:
                                      state.plan_applied(saved.plan_id))  # fmt: skip
                     saved = check_steps(saved, state, planner.desired, self.settings.limits)
                     remote_claims(saved, state, client, self.clock())
+                    stop_if_requested()  # a lost stop must not use the plan up unrun
                     state.record_plan_applied(saved.plan_id, self.clock())
                 report = run_cycles(
                     state,

@@ -186,8 +186,9 @@ def check_output_path(context: Context, project: Project, job: Job, path: Path) 
     except (OSError, RuntimeError):
         pass
     if not resolved.is_relative_to(project.root):
-        protected = {Path(os.path.abspath(f"{p}{s}")) for p in context.protected_paths()
-                     for s in ("", "-wal", "-shm", "-journal")}  # fmt: skip
+        protected = {form for p in context.protected_paths()
+                     for s in ("", "-wal", "-shm", "-journal")
+                     for form in _both_forms(Path(os.path.abspath(f"{p}{s}")))}  # fmt: skip
         if resolved in protected or ".git" in resolved.parts:
             raise BatchopsError(f"{path}: refusing to write over the state or into .git")
         return
@@ -206,6 +207,15 @@ def check_output_path(context: Context, project: Project, job: Job, path: Path) 
     ]
     if problems:
         raise BatchopsError(*(f"{path}: cannot write results there: it {p}" for p in problems))
+
+
+def _both_forms(path: Path) -> tuple[Path, Path]:
+    """`path` as written and resolved (through a symlinked folder: a volume linked in, macOS's
+    /tmp): an output is refused for either."""
+    try:
+        return path, path.resolve()
+    except (OSError, RuntimeError):
+        return path, path
 
 
 def iter_results(

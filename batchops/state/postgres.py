@@ -222,17 +222,25 @@ def redact(url: str) -> str:
 
 
 def _userinfo(url: str) -> tuple[str, str, str] | None:
-    """(scheme, userinfo, the rest) of a URL with a userinfo: to the last `@` before any `/`.
-    libpq ends it at the first `@` (not at a `?` or `#`, as `urlsplit` has it), but no host
-    holds an `@`: a password with an unencoded one is hidden whole."""
+    """(scheme, userinfo, the rest) of a URL with a userinfo, None without one. The user runs to
+    its first `:` or `@`; after a `:` (not a port's digits) the password runs to the first `@`
+    followed by a host, one with no `@` up to its `/`, `?` or end. libpq ends the password at
+    the first `@` and at a `/`, but a password the user wrote with an unencoded `@`, `/`, `?`
+    or `#` is still a password, and is hidden whole."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return None
-    authority = rest.partition("/")[0]
-    if "@" not in authority:
+    user_end = re.match(r"[^:@/?#]*", rest).end()  # type: ignore[union-attr]
+    if user_end == len(rest) or rest[user_end] not in ":@":
         return None
-    at = authority.rindex("@")
-    return scheme, rest[:at], rest[at + 1 :]
+    if rest[user_end] == "@":
+        return scheme, rest[:user_end], rest[user_end + 1 :]
+    if re.match(r"\d*(?:[/?#,]|$)", rest[user_end + 1 :]):
+        return None  # host:port
+    for at in range(user_end + 1, len(rest)):
+        if rest[at] == "@" and "@" not in re.split(r"[/?#]", rest[at + 1 :], maxsplit=1)[0]:
+            return scheme, rest[:at], rest[at + 1 :]
+    return None
 
 
 # libpq's parameters that hold a secret: the password, and the client key's passphrase
@@ -249,7 +257,7 @@ def _secrets(url: str) -> list[str]:
     userinfo = _userinfo(url)
     if userinfo is not None and ":" in userinfo[1]:
         password = userinfo[1].partition(":")[2]
-        found += [password, *password.split("@")]  # libpq's password ends at the first `@`
+        found += [password, *re.split(r"[@/]", password)]  # libpq's ends at an `@` or a `/`
     found += [v for k, v in parse_qsl(parts.query) if k in _SECRET]
     found += [
         value
