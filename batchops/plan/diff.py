@@ -336,9 +336,10 @@ def make_plan(
                     sent.append(index)
                     tags.append(kinds.setdefault((reason, attempt), len(kinds)))
                 elif item_state == "failed":
-                    failed.append(
-                        FailedItem(item.key, record.error_type if record else None, detail or "")
-                    )
+                    # its error as `results` gives it: the API's error type, else the outcome
+                    # that failed it (expired, canceled, lost)
+                    error = (record.error_type or record.outcome) if record else None
+                    failed.append(FailedItem(item.key, error, detail or ""))
                 elif item_state == "pending" and detail and record is not None:
                     # Changed while in flight: sent once its batch ends and is harvested, by a
                     # later cycle's plan (an answer that batch holds may answer it then, so it
