@@ -198,7 +198,7 @@ def redact(url: str) -> str:
     StateError for a URL that does not parse (which names no part of it: any may be secret)."""
     userinfo = _userinfo(url)
     secret_user = userinfo is not None and ":" in userinfo[1]
-    if secret_user:  # read as libpq reads it: a `?` or `#` in the password is the password's
+    if secret_user:  # the password, whatever it holds (`_userinfo`), left out
         scheme, user, rest = userinfo
         url_left = f"{scheme}://{user.partition(':')[0]}@{rest}"
     else:
@@ -286,8 +286,10 @@ def _connect(url: str, location: str) -> psycopg.Connection:
 
 def _open_failed(location: str, exc: psycopg.Error, *, reading: bool = False) -> Exception:
     """What opening the state failed with, as one line. A lost connection is left as it is
-    (the CLI says the connection was lost: run again); a role without the rights to create the
-    state's tables is told so; anything else is not a state batchops can read."""
+    (the CLI says the connection was lost: run again); an open cancelled by the session's
+    lock_timeout or statement_timeout is to be tried again; a role without the rights the
+    command needs (`reading`: select only) is told which; anything else is not a state batchops
+    can read. A migration refused is `_migrate`'s."""
     state = getattr(exc, "sqlstate", None)
     if isinstance(exc, psycopg.OperationalError) and (
         state is None or state.startswith(("08", "57P"))
