@@ -42,14 +42,20 @@ def test_a_password_holding_an_at_sign_is_not_shown_in_part(tmp_path: Path) -> N
     postgresql://ci@127.0.0.1:1/state, and no part of the password anywhere in the line."""
     url = "postgresql://ci:Sup3r@Secret@127.0.0.1:1/state"
     assert redact(url) == "postgresql://ci@127.0.0.1:1/state"
-    (tmp_path / "jobs").mkdir()
-    out = run_cli(tmp_path, None, "state", "list", state=url)
-    assert out.returncode == 1, out.stdout
-    (line,) = out.stderr.splitlines()
+    line = state_list_error(tmp_path, url)
     assert line.startswith(
         "Error: postgresql://ci@127.0.0.1:1/state: cannot connect to PostgreSQL ("
     ), line
     assert "Secret" not in line and "Sup3r" not in line, line
+
+
+def state_list_error(root: Path, url: str) -> str:
+    """The one error line `state list` gives for a state URL it cannot reach."""
+    (root / "jobs").mkdir()
+    out = run_cli(root, None, "state", "list", state=url)
+    assert out.returncode == 1, out.stdout
+    (line,) = out.stderr.splitlines()
+    return line
 
 
 def test_a_role_that_may_not_read_the_state_is_not_told_it_may(

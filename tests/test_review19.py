@@ -9,6 +9,7 @@ from pathlib import Path
 
 from batchops.state.postgres import redact
 from tests.projects import rows, run_cli, write_project
+from tests.test_review18 import state_list_error
 
 
 def test_results_refuses_the_state_file_named_through_a_symlinked_folder(
@@ -54,10 +55,7 @@ def test_a_password_with_an_at_sign_in_the_query_is_not_shown_in_part(tmp_path: 
     was shown as postgresql://ci@127.0.0.1:1. Expected: that, and no piece of the password."""
     url = "postgresql://ci@127.0.0.1:1?password=Sup3r@Secret"
     assert redact(url) == "postgresql://ci@127.0.0.1:1"
-    (tmp_path / "jobs").mkdir()
-    out = run_cli(tmp_path, None, "state", "list", state=url)
-    assert out.returncode == 1, out.stdout
-    (line,) = out.stderr.splitlines()
+    line = state_list_error(tmp_path, url)
     assert line.startswith("Error: postgresql://ci@127.0.0.1:1: cannot connect to PostgreSQL ("), (
         line
     )
@@ -75,10 +73,7 @@ def test_a_password_holding_a_slash_is_not_shown_whole(tmp_path: Path) -> None:
     it, postgresql://ci@127.0.0.1:1/state, and no piece of it in the line."""
     url = "postgresql://ci:Zx9/Qw+e@127.0.0.1:1/state"
     assert redact(url) == "postgresql://ci@127.0.0.1:1/state"
-    (tmp_path / "jobs").mkdir()
-    out = run_cli(tmp_path, None, "state", "list", state=url)
-    assert out.returncode == 1, out.stdout
-    (line,) = out.stderr.splitlines()
+    line = state_list_error(tmp_path, url)
     assert "Zx9" not in line and "Qw+e" not in line, line
 
 
