@@ -87,3 +87,23 @@ def test_an_item_cancelled_outside_batchops_has_one_error_type_in_apply_json_and
     in_apply = _failed_entries(report, "demo")["r1"]
     assert in_apply["message"] == in_plan["message"] == "canceled outside batchops"
     assert (in_apply["error_type"], in_plan["error_type"]) == ("canceled", "canceled")
+
+
+def test_the_failed_heading_says_what_sends_a_failed_item_again(
+    tmp_path: Path, emulator: str
+) -> None:
+    """The plan's heading over failed items said "not sent again until the item changes", yet
+    an item whose attempts were used up is sent again once max_attempts is raised, as the next
+    plan shows. Expected: the heading says both, and raising max_attempts sends r2 again."""
+    write_project(tmp_path, rows(2, r2="y [[emulator:expired]]"), max_attempts=2)
+    applied = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    planned = run_cli(tmp_path, emulator, "plan")
+    assert (
+        "Failed (not sent again until the item changes, or, once its attempts are used up,"
+        " max_attempts is raised):"
+    ) in planned.stdout.splitlines(), planned.stdout
+    write_project(tmp_path, rows(2, r2="y [[emulator:expired]]"), max_attempts=3)
+    raised = run_cli(tmp_path, emulator, "plan", "--json")
+    (job,) = json.loads(raised.stdout)["jobs"]
+    assert job["counts"]["retry"] == 1 and job["failed"] == [], job

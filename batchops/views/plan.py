@@ -164,6 +164,12 @@ def _basis(job: JobPlan) -> bool:
     return bool(job.output_basis and job.submits)
 
 
+FAILED_HEADING = (
+    "Failed (not sent again until the item changes, or, once its attempts are used up,"
+    " max_attempts is raised):"
+)
+
+
 def plan_text(plan: Plan, prices_source: str | None = None) -> str:
     out = [
         simple_table(
@@ -177,7 +183,7 @@ def plan_text(plan: Plan, prices_source: str | None = None) -> str:
         out += ["", "Actions:", *actions]
     failed = _failed_lines(plan)
     if failed:
-        out += ["", "Failed (not sent again until the item changes):", *failed]
+        out += ["", FAILED_HEADING, *failed]
     notes = _notes(plan)
     if notes:
         out += ["", *(f"Note: {n}" for n in notes)]
