@@ -307,6 +307,8 @@ def _open_failed(location: str, exc: psycopg.Error, *, reading: bool = False) ->
             " statement_timeout (another batchops opening or migrating it, or a long"
             " migration); try again"
         )
+    if state == "57014":  # query_canceled: by an administrator (pg_cancel_backend)
+        return StateError(f"{location}: {why}: the server cancelled opening the state; try again")
     if state == "42501":  # insufficient_privilege, where the state's tables are whole
         needs = "select on them" if reading else "select, insert, update and delete on them"
         return StateError(
