@@ -200,6 +200,15 @@ async def create(request: Request, emu: Emulator) -> Response:
     problem = envelope_problem(parsed)
     if problem is not None:
         return error_response(request, 400, "invalid_request_error", problem)
+    limit = emu.settings.max_queued_requests
+    queued = await anyio.to_thread.run_sync(emu.store.queued)
+    if queued + len(parsed["requests"]) > limit:
+        return error_response(
+            request,
+            429,
+            "rate_limit_error",
+            f"Number of batch requests in the processing queue would exceed the limit of {limit:,}",
+        )
     hidden: HttpFault | None = getattr(request.state, "hidden", None)
     return await _create(request, emu, parsed["requests"], hidden)
 
@@ -576,14 +585,18 @@ class RequestIdAndFaults:
 
     async def _status(self, fault: HttpFault, request_id: str, send: Send) -> None:
         error_type = fault.error_type or STATUS_ERROR_TYPES.get(fault.status, "api_error")
-        message = fault.message or (NOT_FOUND if fault.status == 404 else "Injected fault")
-        body = orjson.dumps(
-            {
-                "type": "error",
-                "error": {"type": error_type, "message": message},
-                "request_id": request_id,
-            }
-        )
+        if fault.status == 413:  # Cloudflare's, before the API: no top-level type, no request_id
+            message = fault.message or "Request exceeds the maximum size"
+            body = orjson.dumps({"error": {"type": error_type, "message": message}})
+        else:
+            message = fault.message or (NOT_FOUND if fault.status == 404 else "Injected fault")
+            body = orjson.dumps(
+                {
+                    "type": "error",
+                    "error": {"type": error_type, "message": message},
+                    "request_id": request_id,
+                }
+            )
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         if fault.retry_after_ms is not None:
             headers.append((b"retry-after-ms", str(fault.retry_after_ms).encode()))

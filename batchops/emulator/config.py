@@ -49,6 +49,9 @@ class RuntimeSettings(BaseModel):
     # Whether a deleted batch's id still works as a list cursor (`after_id`, `before_id`): the
     # API does not document it. "refused" answers it as an id never seen (400).
     deleted_cursors: Literal["accepted", "refused"] = "accepted"
+    # Requests of unfinished batches the workspace may hold (the processing queue); a create
+    # past it is refused with 429 rate_limit_error. 500,000: the highest tier's limit.
+    max_queued_requests: int = Field(default=500_000, ge=1)
 
     @field_validator("fault_rates")
     @classmethod

@@ -193,6 +193,19 @@ class Store:
             ).fetchone()
         return self._row(values) if values else None
 
+    def queued(self) -> int:
+        """Requests of the batches not ended (and not deleted): the processing queue."""
+        now = self.clock.now()
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLS} FROM batches WHERE deleted = 0"
+            ).fetchall()
+        return sum(
+            row.request_count
+            for row in map(self._row, rows)
+            if lifecycle(row, now).status != "ended"
+        )
+
     def create(
         self, requests: list[Any], settings: RuntimeSettings, count_submissions: bool = True
     ) -> BatchRow:
