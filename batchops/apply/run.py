@@ -31,8 +31,10 @@ from batchops.plan.actions import (
 )
 from batchops.plan.diff import DEFAULT_PRUNE_MARGIN, BatchLimits
 from batchops.plan.memo import Planner
-from batchops.remote import BatchesClient
+from batchops.remote import BatchesClient, RemoteBatch
 from batchops.spec.desired import Desired
+from batchops.spec.items import custom_id_for
+from batchops.spec.model import former_names
 from batchops.state.api import StateWriter
 
 if TYPE_CHECKING:
@@ -255,6 +257,11 @@ def import_batch(
     by_custom_id = {
         item.custom_id: item for dj in desired.jobs if dj.name == job_name for item in dj.items
     }
+    for dj in desired.jobs:  # requests sent under a name the job had before (`moved`)
+        if dj.name == job_name:
+            for old in former_names(desired.project.moves, job_name):
+                for item in dj.items:
+                    by_custom_id[custom_id_for(old, item.key, item.fingerprint)] = item
     with client.results(batch_id) as lines:
         custom_ids = [line.get("custom_id") for line in lines]
     if len(custom_ids) != remote.total or len(set(custom_ids)) != len(custom_ids):
@@ -264,11 +271,14 @@ def import_batch(
             f"add up to {remote.total}); nothing was imported, try again"
         )
     unknown = [c for c in custom_ids if c not in by_custom_id]
-    if unknown:
+    if len(unknown) == len(custom_ids):
         raise StateError(
             f"batch {batch_id}: {len(unknown)} of its {len(custom_ids)} results "
             f"are not items of job {job_name} (first: {unknown[0]!r})"
         )
+    # Lines that answer no current item (an older version of one, edited since) are checked and
+    # counted, not stored, as `state recover` does; the items they answered are sent again.
+    custom_ids = [c for c in custom_ids if c in by_custom_id]
     records = {r.key: r for r in state.item_records([job_name])}
     busy = {key for key, r in records.items() if r.inflight}
     clash = [by_custom_id[c].key for c in custom_ids if by_custom_id[c].key in busy]
@@ -302,9 +312,56 @@ def import_batch(
     state.record_created(intent_id, as_record(remote, job_name), clock())
     from batchops.apply.evaluator import Evaluator
 
+    if unknown:
+        stored, problem = harvest_matched(state, client, clock, remote, job_name)
+        if problem is not None:
+            state.remove(batch_id)  # its items are no longer in flight: the next apply sends them
+            raise RemoteError(f"batch {batch_id}: {problem}; nothing of it was imported")
+        progress.note(
+            f"{len(unknown):,} result{'' if len(unknown) == 1 else 's'} of batch {batch_id} not stored: "
+            f"{'it answers' if len(unknown) == 1 else 'they answer'} no current item of job "
+            f"{job_name} (an older version of one)."
+        )
+        return stored
     evaluator = Evaluator(state, client, clock, progress)
     record = state.batch(batch_id)
     if record is None or not evaluator.harvest(record):
         said = evaluator.report.problems or evaluator.report.drift
         raise RemoteError(*(said or [f"batch {batch_id}: harvest failed"]))
     return evaluator.report.results_stored
+
+
+HARVEST_TRIES = 2  # a batch recovered or imported has no next run to harvest it: once more
+
+
+def harvest_matched(
+    state: StateWriter,
+    client: BatchesClient,
+    clock: Callable[[], datetime],
+    remote: RemoteBatch,
+    job: str,
+) -> tuple[int, str | None]:
+    """Store, in one transaction, the results of a batch recorded with only some of its lines'
+    items; the other lines are checked and counted, not stored. Returns the results stored, or
+    why it failed.
+
+    Apply's harvest (the evaluator's) refuses a line the batch was not sent, as it must for a
+    batch apply sent; recovery (and import) know some lines are older versions of the items."""
+    from batchops.apply.harvest import HarvestFailed, verified_rows
+    from batchops.clock import iso
+
+    problem = "harvest failed"
+    for _ in range(HARVEST_TRIES):
+        sent = state.sent_attempts(remote.id)
+        now = clock()
+        try:
+            with client.results(remote.id) as lines:
+                rows = verified_rows(
+                    job, remote.id, iso(now) or "", lines, sent, remote.total, unmatched=set()
+                )
+                return state.store_harvest(remote.id, rows, canceled_by_us=False, now=now), None
+        except (HarvestFailed, RemoteError) as exc:
+            problem = str(exc).splitlines()[0]
+        except OverflowError:  # a token count past 64 bits, refused as the rows are stored
+            problem = "a result holds a number past what the state stores (64 bits)"
+    return 0, problem

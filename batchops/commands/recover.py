@@ -30,15 +30,16 @@ from dataclasses import field
 from typing import Any
 
 from batchops.apply.evaluator import Evaluator, NullProgress
-from batchops.apply.harvest import HarvestFailed, verified_rows
 from batchops.apply.refresh import as_record
-from batchops.clock import iso
+from batchops.apply.run import harvest_matched
 from batchops.commands.context import Context
 from batchops.errors import RemoteError, StateError
 from batchops.lazyclass import dataclass
 from batchops.plan.actions import SubmitItem
 from batchops.remote import BatchesClient, RemoteBatch
 from batchops.spec.desired import DesiredItem
+from batchops.spec.items import custom_id_for
+from batchops.spec.model import former_names
 from batchops.state import open_writer, shown
 from batchops.state.api import StateWriter
 
@@ -100,6 +101,10 @@ def recover(context: Context) -> Recovery:
     desired = context.desired()  # every job; bad specs fail here, before anything is written
     check_empty(context)
     by_custom_id = {item.custom_id: (dj.name, item) for dj in desired.jobs for item in dj.items}
+    for dj in desired.jobs:  # requests sent under a name the job had before (`moved`)
+        for old in former_names(desired.project.moves, dj.name):
+            for item in dj.items:
+                by_custom_id[custom_id_for(old, item.key, item.fingerprint)] = (dj.name, item)
     client = context.client()  # no credentials: fail before anything is written
     try:
         listed = sorted(client.list_all(), key=lambda b: (b.created_at, b.id))  # oldest first
@@ -147,11 +152,11 @@ def _recover_batch(
             f"{len(set(custom_ids))} distinct custom_ids, request_counts add up to "
             f"{remote.total})"
         )
-    matched = [by_custom_id[c] for c in custom_ids if c in by_custom_id]
+    matched = [(c, *by_custom_id[c]) for c in custom_ids if c in by_custom_id]
     if not matched:
         out.not_ours += 1
         return None
-    jobs = sorted({job for job, _ in matched})
+    jobs = sorted({job for _, job, _ in matched})
     if len(jobs) > 1:
         return skip(
             f"its custom_ids match items of jobs {', '.join(jobs)}, and a batch carries one "
@@ -160,7 +165,9 @@ def _recover_batch(
     job = jobs[0]
     unmatched = len(custom_ids) - len(matched)
     records = {r.key: r for r in state.item_records([job])}
-    busy = [item.key for _, item in matched if item.key in records and records[item.key].inflight]
+    busy = [
+        item.key for _, _, item in matched if item.key in records and records[item.key].inflight
+    ]
     if busy:
         return skip(f"item {busy[0]} of job {job} is already in flight in another batch")
 
@@ -171,14 +178,14 @@ def _recover_batch(
         return 1
 
     intent_id = f"intent_{uuid.uuid4().hex}"
-    submits = [
-        SubmitItem(job, item.key, item.custom_id, item.fingerprint, "recover", attempt(item), 0.0)
-        for _, item in matched
+    submits = [  # each under the custom_id it was sent with (a former name's, after `moved`)
+        SubmitItem(job, item.key, custom_id, item.fingerprint, "recover", attempt(item), 0.0)
+        for custom_id, _, item in matched
     ]
     state.record_intent(intent_id, job, submits, 0, context.clock())
     state.record_created(intent_id, as_record(remote, job), context.clock())
     if unmatched:
-        stored, problem = _harvest_matched(state, client, context, remote, job)
+        stored, problem = harvest_matched(state, client, context.clock, remote, job)
         if problem is not None:
             state.remove(remote.id)  # its items are no longer in flight: the next apply sends them
             return skip(
@@ -196,32 +203,3 @@ def _recover_batch(
         stored = evaluator.report.results_stored
     out.recovered.append(RecoveredBatch(remote.id, job, stored, unmatched))
     return None
-
-
-HARVEST_TRIES = 2  # a recovered batch has no next run to harvest it: one more read, at once
-
-
-def _harvest_matched(
-    state: StateWriter, client: BatchesClient, context: Context, remote: RemoteBatch, job: str
-) -> tuple[int, str | None]:
-    """Store, in one transaction, the results of a batch recorded with only some of its lines'
-    items; the other lines are checked and counted, not stored. Returns the results stored, or
-    why it failed.
-
-    Apply's harvest (the evaluator's) refuses a line the batch was not sent, as it must for a
-    batch apply sent; recovery knows some lines are older versions of the items."""
-    problem = "harvest failed"
-    for _ in range(HARVEST_TRIES):
-        sent = state.sent_attempts(remote.id)
-        now = context.clock()
-        try:
-            with client.results(remote.id) as lines:
-                rows = verified_rows(
-                    job, remote.id, iso(now) or "", lines, sent, remote.total, unmatched=set()
-                )
-                return state.store_harvest(remote.id, rows, canceled_by_us=False, now=now), None
-        except (HarvestFailed, RemoteError) as exc:
-            problem = str(exc).splitlines()[0]
-        except OverflowError:  # a token count past 64 bits, refused as the rows are stored
-            problem = "a result holds a number past what the state stores (64 bits)"
-    return 0, problem

@@ -260,7 +260,7 @@ def _refuse_live(reader: StateReader, kind: str, target: str) -> None:
         b.id
         for b in reader.batches()
         if mine(b)
-        and b.processing_status != "ended"
+        and (b.processing_status != "ended" or (b.harvested_at is None and b.archived_at is None))
         and b.pruned_at is None
         and b.drift not in ("deleted", "results-lost")
     ]

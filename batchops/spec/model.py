@@ -254,6 +254,21 @@ class Moved:
     spec_file: Path
 
 
+def former_names(moves: Iterable[Moved], name: str) -> list[str]:
+    """The names job `name` had before, by the specs' `moved` entries (a chain of them too):
+    its requests sent under one carry it in their custom_ids."""
+    moves = list(moves)
+    found: list[str] = []
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        for move in moves:
+            if move.new == current and move.old != name and move.old not in found:
+                found.append(move.old)
+                todo.append(move.old)
+    return found
+
+
 @dataclass(frozen=True)
 class Project:
     """Every job found under the jobs path; `root` confines all paths."""
