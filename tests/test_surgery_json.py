@@ -180,6 +180,7 @@ def test_import_and_recover_json(tmp_path: Path, emulator: str, monkeypatch) -> 
             cli, ["--state", "recovered.db", "state", "recover", "--yes", "--json"], env=env
         )
     )
+    lineage, serial, write_id = meta(tmp_path / "recovered.db")  # the README: after a write
     assert recovered == {
         "location": "recovered.db",
         "listed": 1,
@@ -187,7 +188,9 @@ def test_import_and_recover_json(tmp_path: Path, emulator: str, monkeypatch) -> 
         "not_recovered": [],
         "not_ours": 0,
         "results": 3,
+        "state": {"lineage": lineage, "serial": serial, "write_id": write_id},
     }
+    assert lineage and serial > 0 and write_id
 
 
 def test_push_to_postgres_and_mv_there_json(filled: Path, pg_dsn: str) -> None:

@@ -42,6 +42,7 @@ from batchops.spec.items import custom_id_for
 from batchops.spec.model import former_names
 from batchops.state import open_writer, shown
 from batchops.state.api import StateWriter
+from batchops.state.records import StateMark
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Recovery:
     recovered: list[RecoveredBatch] = field(default_factory=list)
     not_recovered: list[UnrecoveredBatch] = field(default_factory=list)
     not_ours: int = 0  # batches none of whose custom_ids is an item of the specs
+    state: StateMark | None = None  # where the state stands after the recovery
 
     @property
     def results(self) -> int:
@@ -79,6 +81,7 @@ class Recovery:
             "not_recovered": [dataclasses.asdict(b) for b in self.not_recovered],
             "not_ours": self.not_ours,
             "results": self.results,
+            "state": None if self.state is None else self.state.to_dict(),
         }
 
 
@@ -115,6 +118,7 @@ def recover(context: Context) -> Recovery:
                 check_empty(context)
             for remote in listed:
                 _recover_batch(state, client, context, remote, by_custom_id, out)
+            out.state = state.mark()
         finally:
             state.close()
     finally:
