@@ -32,9 +32,7 @@ from batchops.plan.actions import (
 from batchops.plan.diff import DEFAULT_PRUNE_MARGIN, BatchLimits
 from batchops.plan.memo import Planner
 from batchops.remote import BatchesClient, RemoteBatch
-from batchops.spec.desired import Desired
-from batchops.spec.items import custom_id_for
-from batchops.spec.model import former_names
+from batchops.spec.desired import Desired, sent_custom_ids
 from batchops.state.api import StateWriter
 
 if TYPE_CHECKING:
@@ -255,13 +253,11 @@ def import_batch(
     if remote.archived_at is not None:
         raise StateError(f"batch {batch_id}: its results expired remotely; nothing to import")
     by_custom_id = {
-        item.custom_id: item for dj in desired.jobs if dj.name == job_name for item in dj.items
+        custom_id: item
+        for dj in desired.jobs
+        if dj.name == job_name
+        for custom_id, item in sent_custom_ids(desired, dj)
     }
-    for dj in desired.jobs:  # requests sent under a name the job had before (`moved`)
-        if dj.name == job_name:
-            for old in former_names(desired.project.moves, job_name):
-                for item in dj.items:
-                    by_custom_id[custom_id_for(old, item.key, item.fingerprint)] = item
     with client.results(batch_id) as lines:
         custom_ids = [line.get("custom_id") for line in lines]
     if len(custom_ids) != remote.total or len(set(custom_ids)) != len(custom_ids):

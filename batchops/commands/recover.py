@@ -37,9 +37,7 @@ from batchops.errors import RemoteError, StateError
 from batchops.lazyclass import dataclass
 from batchops.plan.actions import SubmitItem
 from batchops.remote import BatchesClient, RemoteBatch
-from batchops.spec.desired import DesiredItem
-from batchops.spec.items import custom_id_for
-from batchops.spec.model import former_names
+from batchops.spec.desired import DesiredItem, sent_custom_ids
 from batchops.state import open_writer, shown
 from batchops.state.api import StateWriter
 from batchops.state.records import StateMark
@@ -103,11 +101,11 @@ def recover(context: Context) -> Recovery:
     """List the batches on the API and record every one whose custom_ids prove it ours."""
     desired = context.desired()  # every job; bad specs fail here, before anything is written
     check_empty(context)
-    by_custom_id = {item.custom_id: (dj.name, item) for dj in desired.jobs for item in dj.items}
-    for dj in desired.jobs:  # requests sent under a name the job had before (`moved`)
-        for old in former_names(desired.project.moves, dj.name):
-            for item in dj.items:
-                by_custom_id[custom_id_for(old, item.key, item.fingerprint)] = (dj.name, item)
+    by_custom_id = {
+        custom_id: (dj.name, item)
+        for dj in desired.jobs
+        for custom_id, item in sent_custom_ids(desired, dj)
+    }
     client = context.client()  # no credentials: fail before anything is written
     try:
         listed = sorted(client.list_all(), key=lambda b: (b.created_at, b.id))  # oldest first

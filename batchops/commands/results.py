@@ -83,7 +83,14 @@ from batchops.spec.inputs import (
     rows_kept,
 )
 from batchops.spec.items import iter_inputs
-from batchops.spec.model import Job, OutputSpec, Project, check_outputs, display_path
+from batchops.spec.model import (
+    Job,
+    OutputSpec,
+    Project,
+    check_outputs,
+    display_path,
+    resolve_quietly,
+)
 from batchops.state.api import StateReader, SucceededRow
 from batchops.state.records import ItemRecord, ResultLookup
 
@@ -180,15 +187,12 @@ def _job_and_project(context: Context, job_name: str) -> tuple[Job, Project]:
 
 def check_output_path(context: Context, project: Project, job: Job, path: Path) -> None:
     """Refuse to export `job` to `path` when a spec's `output` could not be `path` either."""
-    resolved = Path(os.path.abspath(path))
-    try:
-        resolved = resolved.resolve()
-    except (OSError, RuntimeError):
-        pass
+    resolved = resolve_quietly(Path(os.path.abspath(path)))
     if not resolved.is_relative_to(project.root):
-        protected = {form for p in context.protected_paths()
-                     for s in ("", "-wal", "-shm", "-journal")
-                     for form in _both_forms(Path(os.path.abspath(f"{p}{s}")))}  # fmt: skip
+        written = [Path(os.path.abspath(f"{p}{s}")) for p in context.protected_paths()
+                   for s in ("", "-wal", "-shm", "-journal")]  # fmt: skip
+        # as written and resolved (through a symlinked folder: a volume linked in, macOS's /tmp)
+        protected = {*written, *map(resolve_quietly, written)}
         if resolved in protected or ".git" in resolved.parts:
             raise BatchopsError(f"{path}: refusing to write over the state or into .git")
         return
@@ -207,15 +211,6 @@ def check_output_path(context: Context, project: Project, job: Job, path: Path) 
     ]
     if problems:
         raise BatchopsError(*(f"{path}: cannot write results there: it {p}" for p in problems))
-
-
-def _both_forms(path: Path) -> tuple[Path, Path]:
-    """`path` as written and resolved (through a symlinked folder: a volume linked in, macOS's
-    /tmp): an output is refused for either."""
-    try:
-        return path, path.resolve()
-    except (OSError, RuntimeError):
-        return path, path
 
 
 def iter_results(

@@ -21,8 +21,8 @@ from batchops.errors import BatchopsError, SpecError
 from batchops.lazyclass import dataclass
 from batchops.pricing import ItemEstimate, OutputExpectation, PriceTable, expected_output
 from batchops.spec import cache, caching, parallel, rowmaker
-from batchops.spec.items import FINGERPRINT_PREFIX, Item, iter_items
-from batchops.spec.model import Job, Project
+from batchops.spec.items import FINGERPRINT_PREFIX, Item, custom_id_for, iter_items
+from batchops.spec.model import Job, Project, former_names
 
 if TYPE_CHECKING:
     from batchops.spec.spool import RequestSpool
@@ -375,6 +375,16 @@ class Desired:
 
     def spec_job(self, name: str) -> Job:
         return next(j for j in self.project.jobs if j.name == name)
+
+
+def sent_custom_ids(desired: Desired, job: DesiredJob) -> Iterator[tuple[str, DesiredItem]]:
+    """Every custom_id a request of one of `job`'s items may have been sent with: its own, and
+    the one made under each name the job had before (`moved`), with the item it names."""
+    for item in job.items:
+        yield item.custom_id, item
+    for old in former_names(desired.project.moves, job.name):
+        for item in job.items:
+            yield custom_id_for(old, item.key, item.fingerprint), item
 
 
 def select_jobs(project: Project, names: Iterable[str] | None) -> list[Job]:

@@ -461,7 +461,7 @@ def check_outputs(
     for path in protected:
         for suffix in _STATE_COMPANIONS:
             companion = Path(os.path.abspath(f"{path}{suffix}"))
-            for form in {companion, _resolve_quietly(companion)}:
+            for form in {companion, resolve_quietly(companion)}:
                 claimed.setdefault(form, f"a protected file ({display_path(form, root)})")
     claimed.setdefault(root / "batchops.toml", "the project settings")
     for f in (*project.spec_files, *other_files):
@@ -487,7 +487,7 @@ def check_outputs(
     return problems
 
 
-def _resolve_quietly(path: Path) -> Path:
+def resolve_quietly(path: Path) -> Path:
     try:
         return path.resolve()
     except (OSError, RuntimeError):
