@@ -160,12 +160,45 @@ def test_a_state_from_before_attempts_kept_room_migrates_and_harvests(state_loca
 
     migration = "m0008_attempts_room_to_settle"
     with _migrated(state_location, migration, "idx_results_job") as writer:
-        if is_postgres(state_location):  # attempts written from now on leave room (SQLite: none)
+        if is_postgres(state_location):  # the room m0008 left is given back by m0009
             fill = "select reloptions from pg_class where relname = 'attempts'"
-            assert statedb.rows(state_location, fill) == [(["fillfactor=45"],)]
+            assert statedb.rows(state_location, fill) == [(None,)]
         sent_batch(writer, "msgbatch_1", "a", "b")
         rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b")]
         assert writer.store_harvest("msgbatch_1", rows, canceled_by_us=False, now=NOW) == 2
         assert writer.result_lookup(JOB, "a").text == "answer a"
         (summary,) = writer.job_summaries([JOB])
         assert (summary.results, summary.outcomes["succeeded"]) == (3, 3)
+
+
+def test_a_state_whose_harvests_set_each_attempt_done_migrates_and_harvests(state_location):
+    """A state left by the release before m0009: its harvested attempts set done one by one,
+    PostgreSQL's attempts leaving room for it. Migrated, the room is given back (pages written
+    from now on), both batches read alike, and a new harvest leaves its attempts sent."""
+    from tests.test_state_contract import NOW, atts, result_row, sent_batch
+
+    migration = "m0009_attempts_done_with_their_batch"
+    with _migrated(state_location, migration, "idx_results_job") as writer:
+        if is_postgres(state_location):
+            fill = "select reloptions from pg_class where relname = 'attempts'"
+            assert statedb.rows(state_location, fill) == [(None,)]
+        sent_batch(writer, "msgbatch_1", "a", "b")
+        rows = [result_row(writer, "msgbatch_1", a.custom_id) for a in atts("a", "b")]
+        assert writer.store_harvest("msgbatch_1", rows, canceled_by_us=False, now=NOW) == 2
+        statedb.rows(  # as the release before left a harvested batch
+            state_location,
+            "update attempts set status = 'done', outcome = 'succeeded'"
+            " where batch_id = 'msgbatch_1'",
+        )
+        sent_batch(writer, "msgbatch_2", "c")
+        rows = [result_row(writer, "msgbatch_2", a.custom_id) for a in atts("c")]
+        assert writer.store_harvest("msgbatch_2", rows, canceled_by_us=False, now=NOW) == 1
+        assert writer.batch_detail("msgbatch_1")[1:] == ({"succeeded": 2}, 2)
+        assert writer.batch_detail("msgbatch_2")[1:] == ({"succeeded": 1}, 1)
+        statuses = "select batch_id, status from attempts order by batch_id, key"
+        assert statedb.rows(state_location, statuses) == [
+            ("msgbatch_1", "done"),
+            ("msgbatch_1", "done"),
+            ("msgbatch_2", "sent"),
+        ]
+        assert writer.sent_attempts("msgbatch_1") == writer.sent_attempts("msgbatch_2") == {}

@@ -2,7 +2,7 @@
 
 The tables and their columns are SQLite's (see `sqlite`), with PostgreSQL types: bigint identity
 ids, booleans for flags, and timestamps kept as the same ISO text so both backends compare and
-report alike. The schema is made by the same named migrations (m0001..m0008), recorded in
+report alike. The schema is made by the same named migrations (m0001..m0009), recorded in
 `_batchops_migrations`; a database carrying a migration this batchops does not know is refused.
 
 Opening for writing takes a transaction-scoped advisory lock on a fixed key (so two applies racing
@@ -148,6 +148,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     # twice the room on disk (a fifth of what the results of its attempts take); pages written
     # before this migration keep their fill.
     ("m0008_attempts_room_to_settle", ["alter table attempts set (fillfactor = 45)"]),
+    # A harvest no longer writes a version of each attempt (see SQLite's m0009): the room left
+    # for it is given back on the pages written from here, and the name makes a batchops from
+    # before refuse this state, which it would read as attempts still in flight.
+    ("m0009_attempts_done_with_their_batch", ["alter table attempts reset (fillfactor)"]),
 ]
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 # The serial's bump closing each write; a writer holding leases bumps it only while they are
@@ -857,12 +861,9 @@ class PostgresWriter(SharedWrites, PostgresReader, StateWriter):
                 for row in rows:
                     copy.write_row(_storable(row))
                     count += 1
-            # Two set-based statements rather than two per result: a batch may hold 100,000.
-            cur.execute(
-                "update attempts set status = 'done', outcome = r.type from results r"
-                " where r.batch_id = %s and r.attempt_id = attempts.id",
-                [batch_id],
-            )
+            # One set-based statement rather than one per result: a batch may hold 100,000.
+            # Attempts are not settled one by one: their batch's harvested_at says they are done
+            # (`batchops.state.shared`).
             cur.execute(
                 "update items set inflight_attempt = null, outcome = r.type,"
                 " error_type = r.error_type, error_message = r.error_message,"

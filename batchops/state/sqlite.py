@@ -6,7 +6,8 @@ Tables (see `m0001_initial` and later migrations):
 - items: one row per (job, key): the current fingerprint, attempts used for it, the attempt in
   flight (if any) and the outcome of the last finished attempt. The planner reads only this table
   (joined to the attempt in flight) for items, so planning a million items is one scan.
-- attempts: one row per submission of an item (history; never deleted).
+- attempts: one row per submission of an item (history; never deleted). The attempts of a
+  harvested batch are done; their status stays `sent` (a harvest does not rewrite them).
 - intents: the intent to create a remote batch, committed before the create call.
 - batches: remote batches and what batchops knows of them.
 - results: every result line harvested (current and history).
@@ -84,6 +85,7 @@ KNOWN_MIGRATIONS = [
     "m0006_lean_result_indexes",
     "m0007_results_without_batch_index",
     "m0008_attempts_room_to_settle",
+    "m0009_attempts_done_with_their_batch",
 ]  # in order; registered in batchops.state.sqlite_migrations
 _LEASE_COLUMNS = "lock_id, pid, host, since, command, name, expires_at, pid_ns, started"
 # A writer's leases, still held (each write's first statement: see `SqliteWriter._transaction`).
@@ -790,18 +792,15 @@ class SqliteWriter(SharedWrites, SqliteReader, StateWriter):
             first = conn.execute("select coalesce(max(id), 0) + 1 from results").fetchone()[0]
             # straight from the iterator: the rows are never held together
             count = _insert_results(conn, rows)
-            # What settles each attempt and item, narrow and in attempt order, so that the two
-            # set-based updates below visit attempts and items in the order they were written
-            # (results arrive shuffled: visited in that order, a large state misses its cache).
+            # What settles each item, narrow and in attempt order, so that the update below
+            # visits items in the order they were written (results arrive shuffled: visited in
+            # that order, a large state misses its cache). Attempts are not settled one by one:
+            # their batch's harvested_at says they are done (`batchops.state.shared`).
             conn.execute("drop table if exists temp.harvested")
             conn.execute(
                 "create temp table harvested as select attempt_id, id, type, error_type,"
                 " error_message from results where id >= ? order by attempt_id",
                 [first],
-            )
-            conn.execute(
-                "update attempts set status = 'done', outcome = r.type from temp.harvested r"
-                " where attempts.id = r.attempt_id"
             )
             conn.execute(
                 "update items set inflight_attempt = null, outcome = r.type,"

@@ -191,3 +191,11 @@ def m0008_attempts_room_to_settle(db: Database) -> None:
     """PostgreSQL's attempts leave room on each page, so that a harvest's settle stays on the
     page (see `batchops.state.postgres`). SQLite rewrites a changed row in place on its
     page: nothing changes here, the name keeps the two backends' migrations in step."""
+
+
+@migrations()
+def m0009_attempts_done_with_their_batch(db: Database) -> None:
+    """A harvest no longer sets each attempt it answered done: the attempts of a harvested
+    batch are done, their status left `sent` (see `batchops.state.shared`). Nothing changes in
+    the tables; the name makes a batchops from before refuse this state, which it would read as
+    attempts still in flight (and `state rm` would give them up as lost)."""
