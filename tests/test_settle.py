@@ -135,8 +135,9 @@ def test_a_state_whose_harvest_set_each_attempt_done_reads_the_same(
 def test_attempts_sent_and_answered_by_no_stored_result_still_show_as_sent(
     writer: StateWriter, location: str
 ) -> None:
-    """A batch harvested with fewer results stored than attempts it carried (a recovered batch's
-    lines that answer older versions are counted, not stored): the rest show as sent."""
+    """A batch stored with fewer results than attempts it carried (no harvest stores that:
+    `verified_rows` refuses a sent custom_id without its result): the rest show as sent, not
+    lost from the count, and `state rm` gives them up (tests/test_review23.py)."""
     send(writer, "msgbatch_1", KEYS)
     rows = rows_of(writer, "msgbatch_1", dict.fromkeys(KEYS, "succeeded"))[:280]
     assert writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 280

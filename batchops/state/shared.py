@@ -88,7 +88,13 @@ SENT_ATTEMPTS = (
     "select custom_id, id, key, fingerprint from attempts where batch_id = ? and status = 'sent'"
     f" and {_NOT_HARVESTED}"
 )
-UNFINISHED = f"batch_id = ? and status in ('open', 'sent') and {_NOT_HARVESTED}"
+UNFINISHED_ANY = "batch_id = ? and status in ('open', 'sent')"
+UNFINISHED = f"{UNFINISHED_ANY} and {_NOT_HARVESTED}"
+# Of a harvested batch, the attempts still in flight: none that a harvest stores, which checks
+# every attempt has its result (`verified_rows`), but given up, not left, should one be there.
+UNANSWERED = (
+    f"{UNFINISHED_ANY} and id in (select inflight_attempt from items where inflight_attempt > 0)"
+)
 # A result's request length, as a price row's `long_context` counts it: input tokens, cached ones
 # (written or read) included.
 PROMPT_TOKENS = (
@@ -238,8 +244,10 @@ class SharedReads:
         attempts: dict[str, int] = {}
         results = 0
         if self._one("select harvested_at from batches where id = ?", [batch_id]) is None:
-            for _, shown, count in by_status:
+            for status, shown, count in by_status:
                 attempts[shown] = attempts.get(shown, 0) + count
+                if status == "done":  # answered by a result stored (a batch id met again)
+                    results += count
         else:
             # The attempts its harvest answered are told by their results: one stored a result
             # (SQLite keeps no index of results by batch (m0007): read once, for this command).
@@ -274,13 +282,15 @@ class SharedReads:
     def removal_counts(self, target: str) -> tuple[str, dict[str, int]] | None:
         if not self.exists:
             return None
-        if self.batch(target) is not None:
-            in_flight = f"inflight_attempt in (select id from attempts where {UNFINISHED})"
+        record = self.batch(target)
+        if record is not None:
+            unfinished = UNFINISHED if record.harvested_at is None else UNANSWERED
+            in_flight = f"inflight_attempt in (select id from attempts where {unfinished})"
             return "batch", {
                 "batches": 1,
                 "items": self._one(f"select count(*) from items where {in_flight}", [target]),
                 "attempts": self._one(
-                    f"select count(*) from attempts where {UNFINISHED}", [target]
+                    f"select count(*) from attempts where {unfinished}", [target]
                 ),
             }
         if target not in self.job_names():
@@ -394,7 +404,9 @@ class SharedWrites:
                 ],
             )
 
-    def _release(self, conn: Any, batch_id: str, drift: str, now: datetime) -> tuple[int, int]:
+    def _release(
+        self, conn: Any, batch_id: str, drift: str, now: datetime, unfinished: str = UNFINISHED
+    ) -> tuple[int, int]:
         """Give a batch's unfinished attempts up (`drift` says why), in the caller's transaction:
         their items are no longer in flight; (items released, attempts given up)."""
         if drift not in RELEASE_DRIFTS:
@@ -404,7 +416,7 @@ class SharedWrites:
             sql(
                 "update items set inflight_attempt = null, outcome = 'lost',"
                 " attempts = case when attempts > 0 then attempts - 1 else 0 end, updated_at = ?"
-                f" where inflight_attempt in (select id from attempts where {UNFINISHED})"
+                f" where inflight_attempt in (select id from attempts where {unfinished})"
             ),
             [iso(now), batch_id],
         ).rowcount
@@ -414,12 +426,12 @@ class SharedWrites:
                 [batch_id],
             )
             attempts = conn.execute(
-                sql(f"update attempts set status = 'unsent', batch_id = null where {UNFINISHED}"),
+                sql(f"update attempts set status = 'unsent', batch_id = null where {unfinished}"),
                 [batch_id],
             ).rowcount
         else:
             attempts = conn.execute(
-                sql(f"update attempts set status = 'lost', outcome = 'lost' where {UNFINISHED}"),
+                sql(f"update attempts set status = 'lost', outcome = 'lost' where {unfinished}"),
                 [batch_id],
             ).rowcount
         conn.execute(sql("update batches set drift = ? where id = ?"), [drift, batch_id])
@@ -475,16 +487,25 @@ class SharedWrites:
 
     def remove(self, target: str) -> tuple[str, dict[str, int]]:
         with self._transaction() as conn:
-            if self.batch(target) is not None:  # type: ignore[attr-defined]
-                items, attempts = self._release(conn, target, "deleted", utcnow())
-                # The attempts a harvest answered are done by their batch's harvested_at, which
-                # goes with its row: said here, so that they never read as sent again.
-                conn.execute(
-                    self._sql(
-                        "update attempts set status = 'done' where batch_id = ? and status = 'sent'"
-                    ),
-                    [target],
-                )
+            record = self.batch(target)  # type: ignore[attr-defined]
+            if record is not None:
+                if record.harvested_at is None:
+                    items, attempts = self._release(conn, target, "deleted", utcnow())
+                else:
+                    # The attempts its harvest answered are done by its harvested_at, which goes
+                    # with its row: each set done with its result's type here (as a harvest did
+                    # before m0009), so that they read as answered if the batch id is met again.
+                    conn.execute(
+                        self._sql(
+                            "update attempts set status = 'done', outcome = r.type from"
+                            " (select attempt_id, type from results where batch_id = ?) r"
+                            " where attempts.id = r.attempt_id and attempts.status = 'sent'"
+                        ),
+                        [target],
+                    )
+                    items, attempts = self._release(  # those left: no result answered them
+                        conn, target, "deleted", utcnow(), unfinished=UNFINISHED_ANY
+                    )
                 conn.execute(self._sql("delete from batches where id = ?"), [target])
                 return "batch", {"batches": 1, "items": items, "attempts": attempts}
             if target not in self.job_names():  # type: ignore[attr-defined]
