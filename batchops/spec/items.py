@@ -1115,7 +1115,10 @@ class TemplateRows:
         self.job, self.root, self.problems = job, root, problems
         self.renderer = renderer
         self.render = render
+        self.size_of: Callable[[], int | None] = lambda: None
         self.encode = _encoder(renderer.exact, job.betas, renderer.max_size)
+        if job.attachments:
+            self.encode, self.size_of = _attached_encoder(self.encode, renderer, job.betas)
         self.custom_ids = custom_ids
         self.custom_id = _custom_id_maker(job.name)
         name = job.name
@@ -1187,7 +1190,10 @@ class TemplateRows:
             self.problem(number, f"item {key}: {e.describe()}")
             return None
         custom_id = self.custom_id(key, fp) if self.custom_ids else ""
-        return Item(self.job.name, key, custom_id, params, fp, row)
+        size = self.size_of()
+        if size is not None:  # the request's, known from its fingerprint (`_attached_encoder`)
+            size += len(custom_id.encode()) + REQUEST_FRAME
+        return Item(self.job.name, key, custom_id, params, fp, row, size)
 
     def problem(self, number: int, message: str) -> None:
         self.problems.add(f"{self.where_of(number)}: job {self.job.name}: {message}")
@@ -1275,6 +1281,55 @@ def _encoder(
         return FINGERPRINT_PREFIX + sha256(data).hexdigest()
 
     return encode
+
+
+def _attached_encoder(
+    encode: Callable[[dict[str, Any]], str], renderer: Any, betas: Sequence[str]
+) -> tuple[Callable[[dict[str, Any]], str], Callable[[], int | None]]:
+    """`encode` for a job with attachments, each file's base64 written and hashed once
+    (`attachments.Written`), not once an item; and what tells the size of the params the last
+    fingerprint was of (None: not known; `request_size_of` then writes them out)."""
+    if not renderer.exact:
+        return encode, lambda: None
+    written = attachments.Written()
+    dumps, option, sorted_betas = orjson.dumps, orjson.OPT_SORT_KEYS, sorted(betas)
+    limit = renderer.max_size if renderer.max_size is not None else RENDER_MAX_SIZE_DEFAULT
+    if sorted_betas:
+        # the params' length inside `{"betas":[...],"params":...}`: the whole less the frame's
+        frame = len(dumps({"betas": sorted_betas, "params": 0}, option=option)) - 1
+
+        def wrap(params: Any) -> Any:
+            return {"betas": sorted_betas, "params": params}
+    else:
+        frame = 0
+
+        def wrap(params: Any) -> Any:
+            return params
+
+    def write(obj: Any) -> bytes:
+        return dumps(obj, option=option)
+
+    last: list[int | None] = [None]
+
+    def encode_attached(params: dict[str, Any]) -> str:
+        last[0] = None
+        try:
+            hashed = written.hashed(params, wrap, write)
+        except (TypeError, orjson.JSONEncodeError):  # a lone surrogate: told by `encode`
+            hashed = None
+        if hashed is None:
+            return encode(params)
+        digest, size = hashed
+        if size > limit:
+            raise _RenderError(
+                "",
+                f"the rendered request is {size:,} bytes, over the size budget of "
+                f"{limit:,} (render_max_size)",
+            )
+        last[0] = size - frame
+        return FINGERPRINT_PREFIX + digest.hexdigest()
+
+    return encode_attached, lambda: last[0]
 
 
 # What a cost estimate needs from a raw request; the API checks the rest when it processes it.
