@@ -3,8 +3,11 @@ another's batches, clock or faults, and nothing touches the network or the user'
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import anthropic
 import pytest
@@ -35,6 +38,31 @@ def emulator(emulator_config: EmulatorConfig) -> Iterator[str]:
 def emulator_admin(emulator: str) -> Iterator[EmulatorAdmin]:
     with EmulatorAdmin(emulator) as admin:
         yield admin
+
+
+@pytest.fixture
+def clock_running(emulator_admin: EmulatorAdmin) -> Callable[..., Any]:
+    """`with clock_running():` moves the emulator's clock on by `step` seconds every `every`
+    seconds of the block: a batch with an expired request ends only when its day is up
+    (`expires_at`), as the API's does, and an `apply --wait` in the block gets there."""
+
+    @contextlib.contextmanager
+    def running(step: float = 3600.0, every: float = 0.05) -> Iterator[None]:
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(every):
+                emulator_admin.advance_clock(step)
+
+        thread = threading.Thread(target=tick, name="emulator-clock", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    return running
 
 
 @pytest.fixture

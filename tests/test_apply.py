@@ -88,7 +88,7 @@ def test_editing_one_row_sends_exactly_that_item(
 
 
 def test_retries_up_to_max_attempts_and_never_invalid_requests(
-    tmp_path, emulator, emulator_admin, state_location
+    tmp_path, emulator, emulator_admin, state_location, clock_running
 ):
     write_project(
         tmp_path,
@@ -103,7 +103,8 @@ def test_retries_up_to_max_attempts_and_never_invalid_requests(
         max_attempts=3,
     )
     ctx = context(tmp_path, emulator, state=state_location)
-    apply(ctx, wait=True)
+    with clock_running():  # r4's first batch ends at its expiry, a day on
+        apply(ctx, wait=True)
     assert states(ctx) == {
         "r1": "succeeded",
         "r2": "failed",

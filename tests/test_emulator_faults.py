@@ -11,6 +11,8 @@ import pytest
 
 from batchops.emulator import EmulatorAdmin, EmulatorConfig, running_emulator
 
+DAY = 86_400.0
+
 
 def request(custom_id: str, text: str = "Say hello.") -> dict[str, Any]:
     return {
@@ -60,18 +62,31 @@ def test_marker_without_times_is_persistent(
         assert got.type == "errored" and got.error.error.type == error_type
 
 
-def test_marker_in_system_blocks_counts(sdk_client: anthropic.Anthropic) -> None:
+def test_marker_in_system_blocks_counts(
+    sdk_client: anthropic.Anthropic, emulator_admin: EmulatorAdmin
+) -> None:
     item = request("x")
     item["params"]["system"] = [{"type": "text", "text": "Be brief. [[emulator:expired]]"}]
     batch = sdk_client.messages.batches.create(requests=[item])
+    emulator_admin.advance_clock(DAY)  # an expired request ends its batch at its expiry
     assert results(sdk_client, batch.id)["x"].type == "expired"
 
 
 @pytest.mark.parametrize("kind", ["expired", "canceled"])
-def test_expired_and_canceled_markers(sdk_client: anthropic.Anthropic, kind: str) -> None:
+def test_expired_and_canceled_markers(
+    sdk_client: anthropic.Anthropic, emulator_admin: EmulatorAdmin, kind: str
+) -> None:
     batch = sdk_client.messages.batches.create(
         requests=[request("x", f"[[emulator:{kind}:times=1]]"), request("y")]
     )
+    ended = sdk_client.messages.batches.retrieve(batch.id)
+    if kind == "expired":  # it ends when its day is up, as the API's batch does
+        assert (ended.processing_status, ended.cancel_initiated_at) == ("in_progress", None)
+        emulator_admin.advance_clock(DAY)
+        ended = sdk_client.messages.batches.retrieve(batch.id)
+        assert ended.ended_at == ended.expires_at
+    else:  # stopped by a cancel (someone else's), made as late as leaves y its answer
+        assert ended.cancel_initiated_at is not None
     got = results(sdk_client, batch.id)
     assert got["x"].type == kind and got["y"].type == "succeeded"
     counts = sdk_client.messages.batches.retrieve(batch.id).request_counts
@@ -86,6 +101,8 @@ def test_expired_and_canceled_markers(sdk_client: anthropic.Anthropic, kind: str
 def _outcomes(config: EmulatorConfig, n: int) -> dict[str, str]:
     with running_emulator(config) as url, anthropic.Anthropic(base_url=url, api_key="k") as c:
         batch = c.messages.batches.create(requests=[request(f"r{i}") for i in range(n)])
+        with EmulatorAdmin(url) as admin:
+            admin.advance_clock(DAY)  # a batch with expired requests ends at its expiry
         got = results(c, batch.id)
         counts = c.messages.batches.retrieve(batch.id).request_counts
         assert counts.succeeded + counts.errored + counts.expired + counts.canceled == n

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from tests.projects import rows, run_cli, write_project
 
@@ -22,7 +23,7 @@ def _failed_entries(document: dict, job: str) -> dict[str, dict]:
 
 
 def test_an_item_failed_by_expiry_has_one_error_type_in_plan_json_and_results(
-    tmp_path: Path, emulator: str
+    tmp_path: Path, emulator: str, clock_running: Any
 ) -> None:
     """r2's every attempt expires (max_attempts 2). `batchops results demo --failed` (jsonl and
     csv) says `"error_type": "expired"` beside the detail "max_attempts (2) used up; last:
@@ -33,7 +34,8 @@ def test_an_item_failed_by_expiry_has_one_error_type_in_plan_json_and_results(
     "expired", as `results` does (DESIGN §5: the plan carries the failed items with their
     error; `results --failed` is "only failed items, with their errors")."""
     write_project(tmp_path, rows(2, r2="y [[emulator:expired]]"), max_attempts=2)
-    applied = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+    with clock_running():  # each batch with r2 ends at its expiry, a day on
+        applied = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
     assert applied.returncode == 1, applied.stdout + applied.stderr
     assert "  ! failed  demo  r2  max_attempts (2) used up; last: expired" in (
         applied.stdout.splitlines()
@@ -90,13 +92,14 @@ def test_an_item_cancelled_outside_batchops_has_one_error_type_in_apply_json_and
 
 
 def test_the_failed_heading_says_what_sends_a_failed_item_again(
-    tmp_path: Path, emulator: str
+    tmp_path: Path, emulator: str, clock_running: Any
 ) -> None:
     """The plan's heading over failed items said "not sent again until the item changes", yet
     an item whose attempts were used up is sent again once max_attempts is raised, as the next
     plan shows. Expected: the heading says both, and raising max_attempts sends r2 again."""
     write_project(tmp_path, rows(2, r2="y [[emulator:expired]]"), max_attempts=2)
-    applied = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
+    with clock_running():  # each batch with r2 ends at its expiry, a day on
+        applied = run_cli(tmp_path, emulator, "apply", "--yes", "--wait", "--poll-interval", "0.05")
     assert applied.returncode == 1, applied.stdout + applied.stderr
     planned = run_cli(tmp_path, emulator, "plan")
     assert (

@@ -15,7 +15,7 @@ from typing import Any
 
 from batchops.emulator import EmulatorConfig
 
-FAULT_RATES = {"overloaded_error": 0.06, "api_error": 0.03, "expired": 0.03}
+FAULT_RATES = {"overloaded_error": 0.06, "api_error": 0.06}
 SEED = 6  # with the example jobs: 7 faults, and every item succeeds within its max_attempts
 FAULT_MODES = ("none", "markers", "demo")
 

@@ -234,6 +234,7 @@ class Store:
                     ),
                 )
                 seq = cur.lastrowid
+                cut: set[str] = set()  # "expired" / "canceled" results planned for this batch
                 for start in range(0, len(requests), INSERT_CHUNK):
                     rows = []
                     for idx in range(start, min(start + INSERT_CHUNK, len(requests))):
@@ -249,6 +250,7 @@ class Store:
                     self._db.executemany(
                         "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
                     )
+                    cut.update(r[5] for r in rows if r[5] in ("expired", "canceled"))
                     if count_submissions:
                         self._db.executemany(
                             "INSERT INTO submissions (custom_id, count) VALUES (?, 1)"
@@ -259,6 +261,7 @@ class Store:
                     "INSERT OR IGNORE INTO cache_prefixes (hash) VALUES (?)",
                     ((h,) for h in seen_prefixes),
                 )
+                self._cut_as_the_api_would(seq, cut)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -267,6 +270,21 @@ class Store:
         if found is None:  # pragma: no cover - just inserted under the same lock
             raise RuntimeError("batch vanished after insert")
         return found
+
+    def _cut_as_the_api_would(self, seq: int, cut: set[str]) -> None:
+        """A batch with `expired` or `canceled` results planned (a fault) in the only states the
+        API shows them in: an expired request is one the batch never sent before `expires_at`,
+        so the batch runs until then; a canceled one is one a cancel stopped, so the batch has a
+        cancel (someone else's, `cancel_initiated_at`), made late enough that every other
+        request keeps its planned result."""
+        if "expired" in cut:
+            self._db.execute("UPDATE batches SET duration = ? WHERE seq = ?", (EXPIRY, seq))
+        if "canceled" in cut:
+            self._db.execute(
+                "UPDATE batches SET cancel_at = max(created_at,"
+                " created_at + duration - cancel_duration) WHERE seq = ?",
+                (seq,),
+            )
 
     def _request_row(
         self, req: dict[str, Any], settings: RuntimeSettings, seen_prefixes: set[str]
