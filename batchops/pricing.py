@@ -394,9 +394,10 @@ def _json_size(value: Any) -> tuple[int, int]:
 
 # The pages of the last base64 PDFs counted, by the very string (rows naming one file share it:
 # decoding 9 MB of base64 took 18 ms an item): (the string, its pages), newest last; at most
-# _PAGES_KEPT of them, holding at most _PAGES_KEPT_CHARS of base64 beside the newest.
-_PAGES_KEPT = 8
-_PAGES_KEPT_CHARS = 64 * 1024 * 1024
+# _PAGES_KEPT of them, holding at most _PAGES_KEPT_CHARS of base64 beside the newest (a
+# requests file's lines each hold a string of their own, which only the newest keeps alive).
+_PAGES_KEPT = 4
+_PAGES_KEPT_CHARS = 16 * 1024 * 1024
 _pages_kept: list[tuple[str, int]] = []
 
 
