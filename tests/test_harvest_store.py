@@ -50,15 +50,17 @@ def writer(location: str) -> Iterator[StateWriter]:
         w.close()
 
 
-def send(w: StateWriter, batch_id: str, keys: list[str]) -> None:
-    w.record_intent(f"intent-{batch_id}", JOB, [Att(k, batch_id) for k in keys], 100, NOW)
+def send(w: StateWriter, batch_id: str, keys: list[str], intent: str | None = None) -> None:
+    """`keys` sent in batch `batch_id` (its intent `intent-<batch_id>` unless named)."""
+    intent = intent or f"intent-{batch_id}"
+    w.record_intent(intent, JOB, [Att(k, batch_id) for k in keys], 100, NOW)
     record = BatchRecord(
         id=batch_id, job=JOB, request_count=len(keys), processing_status="ended",
         created_at=NOW, expires_at=NOW + timedelta(days=1), ended_at=NOW, archived_at=None,
         results_expire_at=None, harvested_at=None, canceled_by_us_at=None, pruned_at=None,
         drift=None, request_counts=None,
     )  # fmt: skip
-    w.record_created(f"intent-{batch_id}", record, NOW)
+    w.record_created(intent, record, NOW)
 
 
 def rows_of(w: StateWriter, batch_id: str, kinds: dict[str, str]) -> list[tuple]:

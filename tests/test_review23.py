@@ -6,26 +6,12 @@ attempt of a harvested batch that no stored result answers can no longer be give
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 from batchops.emulator.admin import EmulatorAdmin
 from batchops.state import open_writer
-from batchops.state.records import BatchRecord
 from tests.projects import apply, context, rows, run_cli, write_project
-from tests.test_harvest_store import JOB, NOW, Att, rows_of, send
-
-
-def _sent_again(w, batch_id: str, keys: list[str], intent: str) -> None:
-    """The batch recorded again under the same id, as `import JOB BATCH_ID` records it."""
-    w.record_intent(intent, JOB, [Att(k, batch_id) for k in keys], 0, NOW)
-    record = BatchRecord(
-        id=batch_id, job=JOB, request_count=len(keys), processing_status="ended",
-        created_at=NOW, expires_at=NOW + timedelta(days=1), ended_at=NOW, archived_at=None,
-        results_expire_at=None, harvested_at=None, canceled_by_us_at=None, pruned_at=None,
-        drift=None, request_counts=None,
-    )  # fmt: skip
-    w.record_created(intent, record, NOW)
+from tests.test_harvest_store import NOW, rows_of, send
 
 
 def test_a_removed_harvested_batch_recorded_again_keeps_its_outcomes_and_results(
@@ -44,7 +30,7 @@ def test_a_removed_harvested_batch_recorded_again_keeps_its_outcomes_and_results
         rows = rows_of(w, "msgbatch_1", kinds)
         assert w.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 3
         assert w.remove("msgbatch_1")[0] == "batch"
-        _sent_again(w, "msgbatch_1", ["a", "b"], "intent-again")
+        send(w, "msgbatch_1", ["a", "b"], intent="intent-again")
         detail = w.batch_detail("msgbatch_1")[1:]
     finally:
         w.close()

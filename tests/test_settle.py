@@ -5,7 +5,7 @@ given up as lost. A state written before (its attempts set done one by one) read
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import pytest
 
 from batchops.state import open_writer
 from batchops.state.api import StateWriter
+from tests import statedb
 from tests.test_harvest_store import NOW, rows_of, send
 
 KINDS = ("succeeded", "errored", "canceled", "expired")
@@ -21,33 +22,14 @@ KEYS = [f"k{i:03}" for i in range(300)]
 ATTEMPT_ROWS = "select id, status, outcome, batch_id from attempts order by id"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "state.db")
-    return request.getfixturevalue("pg_dsn")
-
-
 @pytest.fixture
-def writer(location: str) -> Iterator[StateWriter]:
-    w = open_writer(location, "test")
-    try:
+def writer(state_location: Path | str) -> Iterator[StateWriter]:
+    with contextlib.closing(open_writer(str(state_location), "test")) as w:
         yield w
-    finally:
-        w.close()
 
 
-def query(location: str, sql: str) -> list[tuple[Any, ...]]:
-    if location.startswith("postgresql"):
-        import psycopg
-
-        with psycopg.connect(location) as conn:
-            return [tuple(r) for r in conn.execute(sql).fetchall()]
-    conn = sqlite3.connect(location)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def query(state_location: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    return statedb.rows(state_location, sql)
 
 
 def harvested(w: StateWriter) -> dict[str, int]:
@@ -64,14 +46,14 @@ def harvested(w: StateWriter) -> dict[str, int]:
 
 
 def test_a_harvest_leaves_the_attempts_it_answered_as_they_were_sent(
-    writer: StateWriter, location: str
+    writer: StateWriter, state_location: Path | str
 ) -> None:
     send(writer, "msgbatch_1", KEYS)
-    before = query(location, ATTEMPT_ROWS)
+    before = query(state_location, ATTEMPT_ROWS)
     kinds = {key: KINDS[i % 4] for i, key in enumerate(KEYS)}
     rows = rows_of(writer, "msgbatch_1", kinds)
     assert writer.store_harvest("msgbatch_1", iter(rows), canceled_by_us=False, now=NOW) == 300
-    assert query(location, ATTEMPT_ROWS) == before
+    assert query(state_location, ATTEMPT_ROWS) == before
     assert {status for _, status, _, _ in before} == {"sent"}
     # and they are done: none left to harvest, none in flight, each told by its result
     assert writer.sent_attempts("msgbatch_1") == {}
@@ -83,7 +65,9 @@ def test_a_harvest_leaves_the_attempts_it_answered_as_they_were_sent(
     )
 
 
-def test_a_harvested_batch_is_never_given_up_as_lost(writer: StateWriter, location: str) -> None:
+def test_a_harvested_batch_is_never_given_up_as_lost(
+    writer: StateWriter, state_location: Path | str
+) -> None:
     counts = harvested(writer)
     assert writer.removal_counts("msgbatch_1") == (
         "batch",
@@ -96,34 +80,27 @@ def test_a_harvested_batch_is_never_given_up_as_lost(writer: StateWriter, locati
     }
 
     assert writer.remove("msgbatch_1") == ("batch", {"batches": 1, "items": 0, "attempts": 0})
-    statuses = query(location, "select batch_id, status, count(*) from attempts group by 1, 2")
+    statuses = query(
+        state_location, "select batch_id, status, count(*) from attempts group by 1, 2"
+    )
     assert sorted(statuses) == [("msgbatch_1", "done", 300), ("msgbatch_2", "sent", 5)]
     assert writer.sent_attempts("msgbatch_1") == {}
     assert len(writer.inflight_by_batch()["msgbatch_2"]) == 5
 
 
 def test_a_state_whose_harvest_set_each_attempt_done_reads_the_same(
-    writer: StateWriter, location: str
+    writer: StateWriter, state_location: Path | str
 ) -> None:
     """Attempts settled one by one, as batchops did before m0009: the same detail, nothing sent
     or unfinished."""
     counts = harvested(writer)
     lazy = writer.batch_detail("msgbatch_1")
-    sql = (
+    query(
+        state_location,
         "update attempts set status = 'done', outcome = r.type from results r"
-        " where r.attempt_id = attempts.id"
+        " where r.attempt_id = attempts.id",
     )
-    if location.startswith("postgresql"):
-        import psycopg
-
-        with psycopg.connect(location) as conn:
-            conn.execute(sql)
-    else:
-        conn = sqlite3.connect(location)
-        with conn:
-            conn.execute(sql)
-        conn.close()
-    assert query(location, "select count(*) from attempts where status = 'done'") == [(300,)]
+    assert query(state_location, "select count(*) from attempts where status = 'done'") == [(300,)]
     assert writer.batch_detail("msgbatch_1") == lazy == ("intent-msgbatch_1", counts, 300)
     assert writer.sent_attempts("msgbatch_1") == {}
     assert writer.removal_counts("msgbatch_1") == (
@@ -133,7 +110,7 @@ def test_a_state_whose_harvest_set_each_attempt_done_reads_the_same(
 
 
 def test_attempts_sent_and_answered_by_no_stored_result_still_show_as_sent(
-    writer: StateWriter, location: str
+    writer: StateWriter, state_location: Path | str
 ) -> None:
     """A batch stored with fewer results than attempts it carried (no harvest stores that:
     `verified_rows` refuses a sent custom_id without its result): the rest show as sent, not
