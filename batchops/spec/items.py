@@ -1272,15 +1272,20 @@ def _encoder(
                 problem = json_problem(params) or ("", "not UTF-8")
                 where = f" at {problem[0]}" if problem[0] else ""
                 raise _RenderError("", f"the rendered request{where}: {problem[1]}") from None
-        if len(data) > limit:
-            raise _RenderError(
-                "",
-                f"the rendered request is {len(data):,} bytes, over the size budget of "
-                f"{limit:,} (render_max_size)",
-            )
+        _check_size(len(data), limit)
         return FINGERPRINT_PREFIX + sha256(data).hexdigest()
 
     return encode
+
+
+def _check_size(size: int, limit: int) -> None:
+    """Refuse a rendered request of `size` bytes over the job's `limit` (render_max_size)."""
+    if size > limit:
+        raise _RenderError(
+            "",
+            f"the rendered request is {size:,} bytes, over the size budget of "
+            f"{limit:,} (render_max_size)",
+        )
 
 
 def _attached_encoder(
@@ -1320,12 +1325,7 @@ def _attached_encoder(
         if hashed is None:
             return encode(params)
         digest, size = hashed
-        if size > limit:
-            raise _RenderError(
-                "",
-                f"the rendered request is {size:,} bytes, over the size budget of "
-                f"{limit:,} (render_max_size)",
-            )
+        _check_size(size, limit)
         last[0] = size - frame
         return FINGERPRINT_PREFIX + digest.hexdigest()
 
