@@ -47,6 +47,8 @@ def table_args(draw):
 @example(([["-inf"], [7]], ["n"], ["left"]))
 @example(([["1_0.5"], [-7]], ["n"], ["right"]))
 @example(([["True"], [True]], ["n"], ["right"]))
+@example(([["-", 1], ["$1.00", 2]], ["budget", "n"], ["right", "right"]))
+@example(([["-"], [3]], ["n"], ["right"]))
 def test_plain_tables_are_tabulates(args):
     rows, headers, colalign = args
     expected = tabulate(rows, headers=headers, colalign=colalign, intfmt=",")
@@ -68,3 +70,39 @@ def test_the_tables_of_validate_and_plan_are_plain():
     assert plain.splitlines()[-1].split()[3] == "1,000,000"  # thousands separated
     assert plain == tabulate(rows, headers=headers, colalign=align, intfmt=",")
     assert tables._plain_table([], headers, align) == tabulate([], headers=headers, colalign=align)
+
+
+class _Job:
+    def __init__(self, name: str, counts: dict[str, int]) -> None:
+        self.name, self.counts = name, counts
+
+
+class _Plan:
+    def __init__(self, jobs: list[_Job]) -> None:
+        self.jobs = jobs
+
+
+COUNTS = ("succeeded", "pending", "todo", "changed", "retry", "failed")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(PLAIN, TRICKY, st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True)),
+            st.lists(st.integers(0, 10**7), min_size=len(COUNTS), max_size=len(COUNTS)),
+        ),
+        max_size=4,
+    )
+)
+def test_apply_summary_is_tabulates_default_table(jobs):
+    """apply's closing table (`job_counts_table`) is the table tabulate makes of it with its
+    own default alignment, whether or not it is written without tabulate."""
+    plan = _Plan([_Job(name, dict(zip(COUNTS, counts, strict=True))) for name, counts in jobs])
+    rows = [
+        [j.name, j.counts["succeeded"], j.counts["pending"],
+         j.counts["todo"] + j.counts["changed"] + j.counts["retry"], j.counts["failed"]]
+        for j in plan.jobs
+    ]  # fmt: skip
+    headers = ["job", "succeeded", "pending", "to send", "failed"]
+    assert tables.job_counts_table(plan) == tabulate(rows, headers=headers, intfmt=",")

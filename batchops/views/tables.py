@@ -54,7 +54,7 @@ def _plain_cell(value: Any) -> str | None:
         and value[0] != " "
         and value[-1] != " "
         and value not in ("True", "False")
-        and not _NUMBERISH.issuperset(value)
+        and (value == "-" or not _NUMBERISH.issuperset(value))  # "-": no budget, no time
     ):
         return value
     return None
@@ -132,7 +132,10 @@ def job_counts_table(plan: Any) -> str:
         ]
         for j in plan.jobs
     ]
-    return tabulate(rows, headers=["job", "succeeded", "pending", "to send", "failed"])
+    headers = ["job", "succeeded", "pending", "to send", "failed"]
+    # tabulate's default alignment when every cell is plain (numbers right, text left)
+    plain = _plain_table(rows, headers, ("left",) + ("right",) * 4)
+    return plain if plain is not None else tabulate(rows, headers=headers)
 
 
 def _expected(job: Any) -> float:
