@@ -646,7 +646,9 @@ def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
         if b.get("type") in ("tool_use", "server_tool_use")
     ]
     usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else {}
-    out: dict[str, Any] = {"tool_calls": calls or None}
+    # a row holds a call's input four levels down (`[{"tool_calls": [{"input": …}]}]`)
+    shown = [{**c, "input": _writable(c["input"], 4)} for c in calls]
+    out: dict[str, Any] = {"tool_calls": shown or None}
     for name in _USAGE:
         out[name] = usage.get(name)
     if options.thinking:
@@ -655,15 +657,58 @@ def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
             for b in blocks
             if b.get("type") in ("thinking", "redacted_thinking")
         ]
-        out["thinking"] = "\n\n".join(t or "" for t in thoughts) if thoughts else None
+        out["thinking"] = "\n\n".join(map(_thought, thoughts)) if thoughts else None
     if options.columns:
         value, error = _structured(blocks, calls)
         if error is not None:
             out["parse_error"] = error
             out["output"] = dict.fromkeys(options.columns)
-        else:
-            out["output"] = {c: value.get(c) for c in options.columns}
+        else:  # a column's value sits three levels down in a row (`[{"output": {c: …}}]`)
+            out["output"] = {c: _writable(value.get(c), 3) for c in options.columns}
     return out
+
+
+def _thought(value: Any) -> str:
+    """A thinking block's text (the JSON of a value the API never sends there)."""
+    if value is None or type(value) is str:
+        return value or ""
+    return _json_text(_writable(value, 0))
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# The deepest a parsed answer can be (orjson reads 1024 levels): the stdlib's encoder needs a
+# frame a level, on top of the frames below it.
+_DEEPEST_READ = 1024
+
+
+def _writable(value: Any, levels: int) -> Any:
+    """`value` as a row holds it `levels` levels down: itself, or, when orjson would refuse to
+    write it there (it writes 254 levels; an answer may nest up to 1024), the same JSON written
+    by the stdlib's encoder, as an `orjson.Fragment` that orjson writes as it is. A model's
+    answer nested so deep then never stops the export of a whole job."""
+    if type(value) is not dict and type(value) is not list:
+        return value
+    wrapped = value
+    for _ in range(levels):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+        return value
+    except orjson.JSONEncodeError:
+        pass
+    import json
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, _DEEPEST_READ + 1000))
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    finally:
+        sys.setrecursionlimit(limit)
+    return orjson.Fragment(text)
 
 
 def _may_show(message: str, thinking: bool) -> bool:
@@ -1228,9 +1273,10 @@ def _csv_blocks(
 
 
 def _text_cell(value: Any) -> str:
-    """The text the csv module writes for a value that is not None, a string or an int."""
-    if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
+    """The text the csv module writes for a value that is not None, a string or an int: JSON
+    for a list, an object or a `_writable` fragment (orjson writes a fragment as it is)."""
+    if isinstance(value, dict | list | orjson.Fragment):
+        return _json_text(_writable(value, 0))
     return str(value)  # a float as its repr, a bool as True / False
 
 

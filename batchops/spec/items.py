@@ -767,8 +767,10 @@ def _json_line(line: bytes, number: int, shown: str) -> Any:
 
 
 def _colons(value: Any) -> int:
-    """Colons in `value` written as JSON by orjson (keys and string contents)."""
-    return orjson.dumps(value).count(b":")
+    """Colons in `value` written as JSON by orjson (keys and string contents). Written two
+    levels down, where a `results --format json` export writes a row (`[{"input": row}]`): a
+    row nested deeper than orjson writes there (252 levels) raises, and is refused."""
+    return orjson.dumps([[value]]).count(b":")
 
 
 def _jsonl_rows(path: Path, shown: str, root: Path | None = None) -> Iterator[tuple[int, Any]]:

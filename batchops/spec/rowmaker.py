@@ -365,22 +365,25 @@ def plain_row(
         return None  # maybe an integer past 64 bits: the general path reads it exactly
     colons = line.count(b":")
     if colons != len(row):
-        try:
-            if colons != dumps(row).count(b":") or b"\\u003" in line:
+        try:  # two levels down, as the general path writes it (`items._colons`)
+            if colons != dumps([[row]]).count(b":") or b"\\u003" in line:
                 return None
         except orjson.JSONEncodeError:
             return None
     elif len(line) > _DEEP and line.count(b"[") + line.count(b"{") > _DEEP:
-        # nested past what orjson writes (the general path writes every row out, and refuses
-        # it: "nested too deeply"); a shorter line cannot be
+        # nested past what orjson writes two levels down, as an export writes a row (the
+        # general path writes every row out so, and refuses it: "nested too deeply"); a
+        # shorter line cannot be
         try:
-            dumps(row)
+            dumps([[row]])
         except orjson.JSONEncodeError:
             return None
     return row
 
 
-_DEEP = 250  # brackets a line holds below which it cannot nest as deep as orjson refuses (254)
+# brackets a line holds below which it cannot nest as deep as orjson refuses two levels down
+# (252: orjson writes 254)
+_DEEP = 250
 
 
 def _checked(
