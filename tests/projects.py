@@ -133,3 +133,20 @@ def refused(ctx: Context, **kw) -> str:
     with pytest.raises(PlanError) as caught:
         apply(ctx, **kw)
     return str(caught.value)
+
+
+def record_forks(monkeypatch) -> list[int]:
+    """The pids of the children the export forks from now on (`results._parts`), as they fork."""
+    from batchops.commands import results as results_mod
+
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(results_mod.os, "fork", fork)
+    return forked

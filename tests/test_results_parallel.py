@@ -21,6 +21,7 @@ from batchops.commands.context import Context
 from batchops.commands.results import ExportOptions, export
 from batchops.errors import BatchopsError, SpecError, StateError
 from batchops.spec import cache, inputs
+from tests.projects import record_forks
 from tests.test_results_golden import GOLDEN, cases, export_bytes, filled, rechunked  # noqa: F401
 
 
@@ -60,16 +61,7 @@ def two(
     monkeypatch.setattr(results_mod, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(results_mod, "CHUNK_KEYS", 4)
     monkeypatch.setattr(results_mod, "_idle_cores", lambda: processes)
-    forked: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            forked.append(pid)
-        return pid
-
-    monkeypatch.setattr(results_mod.os, "fork", fork)
+    forked = record_forks(monkeypatch)
     return {"forked": forked, "children": processes - 1, "lines": lines}
 
 

@@ -34,7 +34,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +51,7 @@ from batchops.errors import SpecError
 from batchops.spec import cache
 from batchops.spec.items import iter_items
 from batchops.spec.model import load_project
+from tests.projects import record_forks
 from tests.test_results import _csv_module_bytes
 from tests.test_results_golden import ANSWERS, _context, _Filler, _message, _text
 
@@ -146,16 +146,7 @@ def _exporting(
     mp.setattr(results_mod, "PLAIN_RUN", run)
     mp.setattr(results_mod, "PARALLEL_MIN_BYTES", 0)
     mp.setattr(results_mod, "_idle_cores", lambda: processes)
-    forked: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            forked.append(pid)
-        return pid
-
-    mp.setattr(results_mod.os, "fork", fork)
+    forked = record_forks(mp)
     if cached:
         mp.setenv("BATCHOPS_CACHE", "on")
         mp.setattr(cache, "MIN_ROWS", 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from batchops.plan.diff import classify
 from batchops.spec import cache
 from batchops.spec.items import input_of, iter_items
 from batchops.state.api import NO_SUCCEEDED_ROW
-from tests.projects import apply, context, write_project, write_rows
+from tests.projects import apply, context, record_forks, write_project, write_rows
 
 STATES = ("succeeded", "pending", "retry", "failed", "todo")
 
@@ -140,16 +139,7 @@ def fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(results_mod, "_idle_cores", lambda: 2)
     # the emulator's server thread runs in this process; the forked child never uses it
     monkeypatch.setattr(results_mod.threading, "active_count", lambda: 1)
-    forked: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            forked.append(pid)
-        return pid
-
-    monkeypatch.setattr(results_mod.os, "fork", fork)
+    forked = record_forks(monkeypatch)
     return {"forked": forked, "mp": monkeypatch}
 
 
