@@ -646,8 +646,8 @@ def _answer(message: str | None, options: ExportOptions) -> dict[str, Any]:
         if b.get("type") in ("tool_use", "server_tool_use")
     ]
     usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else {}
-    # a row holds a call's input four levels down (`[{"tool_calls": [{"input": …}]}]`)
-    shown = [{**c, "input": _writable(c["input"], 4)} for c in calls]
+    # a row holds a call's name and input four levels down (`[{"tool_calls": [{"input": …}]}]`)
+    shown = [{k: _writable(v, 4) for k, v in c.items()} for c in calls]
     out: dict[str, Any] = {"tool_calls": shown or None}
     for name in _USAGE:
         out[name] = usage.get(name)
