@@ -149,3 +149,22 @@ def test_a_tool_name_or_an_emulated_custom_id_ending_in_a_newline_is_refused() -
 
     assert TOOL_NAME.match("lookup") and not TOOL_NAME.match("lookup\n")
     assert CUSTOM_ID.match("abc") and not CUSTOM_ID.match("abc\n")
+
+
+def test_a_row_one_level_deeper_than_an_export_writes_is_one_error_line_everywhere(tmp_path):
+    """A row of 253 levels (252 is the deepest an export writes, inside `[{"input": row}]`):
+    `validate`, `plan` and `apply` end in the same one `Error:` line naming the file and line,
+    exit 1, no traceback, and no state file is written."""
+    deep = "[" * 252 + "1" + "]" * 252  # with the row's object: 253 levels
+    _job(
+        tmp_path,
+        "{{ body }}",
+        f'{{"id": "a", "body": "hi", "x": {deep}}}\n{{"id": "b", "body": "yo"}}\n',
+    )
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "BATCHOPS_CACHE": "off"}
+    state = tmp_path / "state.db"
+    line = "Error: jobs/data/rows.jsonl: line 1: job j: nested too deeply\n"
+    for args in (["validate"], ["plan", "--no-refresh"], ["apply", "--yes"]):
+        done = run_cli(tmp_path, "http://127.0.0.1:9", *args, env=env, state=state)
+        assert (done.returncode, done.stderr) == (1, line), args
+    assert not state.exists()
